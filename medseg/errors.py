@@ -1,0 +1,55 @@
+"""The medseg error hierarchy.
+
+Every error a user can cause with bad input is a :class:`MedsegError` whose message names the file (or config
+key) and the reason, so a clinician-researcher can act on it without reading a traceback. Batch jobs catch
+``MedsegError`` per case, record it and go on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MedsegError(Exception):
+    """Base class of every error medseg raises for bad input or a bad configuration."""
+
+
+class UnreadableScanError(MedsegError):
+    """A scan (file or DICOM folder) cannot be read: missing, corrupt, not an image, or an unsupported layout."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"Cannot read scan '{self.path}': {reason}")
+
+
+class MultipleSeriesError(UnreadableScanError):
+    """A DICOM folder holds several series and none was chosen with ``series=``."""
+
+
+class MissingDecoderError(UnreadableScanError):
+    """A DICOM series uses a compressed transfer syntax no installed decoder can read."""
+
+
+class GeometryMismatchError(MedsegError):
+    """Two arrays or volumes that must share a voxel grid do not (shape, spacing, origin or direction)."""
+
+
+class BadCaseError(MedsegError):
+    """A training case is unusable: image and label disagree, labels outside the classes, a file missing."""
+
+
+class ConfigError(MedsegError):
+    """The configuration is invalid: unknown key, wrong type, missing folder. The message names the key path."""
+
+
+class CheckpointError(MedsegError):
+    """A checkpoint file is missing, unreadable, or incompatible with what is asked of it."""
+
+
+class OutputExistsError(MedsegError):
+    """An output file exists and ``overwrite`` was not requested."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        super().__init__(f"Output '{self.path}' already exists; pass overwrite=True to replace it")

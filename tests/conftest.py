@@ -1,0 +1,60 @@
+"""Shared fixtures: where the real data lives, and skips with a reason when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DATA = REPO / "sample_data"
+# A fresh clone has no ../shared; MEDSEG_SHARED_DATA points elsewhere if the data lives elsewhere.
+SHARED_DATA = Path(os.environ.get("MEDSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+HIPPO = SHARED_DATA / "Task04_Hippocampus"
+PGBM = SHARED_DATA / "Brain-Tumor-Progression_PGBM_DICOM"
+TOTALSEG = SHARED_DATA / "TotalSegmentator_examples"
+HIPPOCROP = SHARED_DATA / "HippoCrop_DICOM_Udacity"
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"needs real data at {path} (../shared/data is not part of a fresh clone)")
+    return path
+
+
+@pytest.fixture
+def hippo_dir() -> Path:
+    """MSD Task04 Hippocampus (91 labelled cases) from ../shared/data."""
+    return _require(HIPPO)
+
+
+@pytest.fixture
+def pgbm_dir() -> Path:
+    """TCIA Brain-Tumor-Progression DICOM studies from ../shared/data."""
+    return _require(PGBM)
+
+
+@pytest.fixture
+def totalseg_dir() -> Path:
+    """TotalSegmentator example CT/MR files from ../shared/data."""
+    return _require(TOTALSEG)
+
+
+@pytest.fixture
+def hippocrop_dir() -> Path:
+    """HippoCrop DICOM series (file names sort wrongly as text) from ../shared/data."""
+    return _require(HIPPOCROP)
+
+
+@pytest.fixture
+def sample_hippo() -> Path:
+    """The small MSD-layout hippocampus set shipped in sample_data/ (always present)."""
+    return SAMPLE_DATA / "hippocampus"
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
