@@ -1,0 +1,183 @@
+"""PNG overlays of ground-truth and predicted contours on the slice with the most label.
+
+Uses matplotlib's object API with the Agg canvas directly (no ``pyplot``), so drawing needs no display, does not
+change the process-wide backend and is safe in batch jobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from medseg.errors import GeometryMismatchError
+from medseg.io.atomic import atomic_path
+
+# tab10 in pairs: ground truth of class c takes an even entry, the prediction the odd one next to it, so the
+# two contours of one class and those of different classes are all distinguishable.
+_TAB10 = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
+
+
+def class_colours(index: int) -> tuple[str, str]:
+    """Colours ``(ground truth, prediction)`` for foreground class ``index`` (1-based)."""
+    k = 2 * (index - 1)
+    return _TAB10[k % 10], _TAB10[(k + 1) % 10]
+
+
+def overlay_axis(spacing: Sequence[float] | np.ndarray) -> int:
+    """The axis to slice along: the coarsest one (the acquisition direction), the last on ties."""
+    sp = np.asarray(spacing, dtype=float)
+    return int(len(sp) - 1 - np.argmax(sp[::-1]))
+
+
+def pick_slice(gt: np.ndarray, pred: np.ndarray, axis: int) -> int:
+    """Index along ``axis`` of the slice with the most ground-truth foreground.
+
+    Falls back to the prediction's foreground when the ground truth is empty, and to the middle slice when both
+    are empty.
+    """
+    for labels in (gt, pred):
+        other_axes = tuple(a for a in range(labels.ndim) if a != axis)
+        counts = np.count_nonzero(labels, axis=other_axes)
+        if counts.any():
+            return int(np.argmax(counts))
+    return gt.shape[axis] // 2
+
+
+def _window(slice2d: np.ndarray) -> tuple[float, float]:
+    # Robust window: MR intensities are not calibrated and a few bright voxels would wash the slice out.
+    lo, hi = (float(v) for v in np.percentile(slice2d, [1.0, 99.0]))
+    if hi <= lo:
+        lo, hi = float(slice2d.min()), float(slice2d.max())
+    if hi <= lo:
+        hi = lo + 1.0
+    return lo, hi
+
+
+def draw_overlay(
+    path: str | Path,
+    *,
+    case_id: str,
+    gt: np.ndarray,
+    pred: np.ndarray,
+    classes: Sequence[str],
+    spacing: Sequence[float] | np.ndarray,
+    image: np.ndarray | None = None,
+    dice_by_class: Mapping[str, float] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Draws one overlay PNG and writes it atomically.
+
+    The slice is taken along the coarsest axis (:func:`overlay_axis`) where the ground truth has the most
+    foreground. The background is the image (grey, 1st-99th percentile window) or, without an image, the
+    ground-truth label map in grey levels. Ground-truth contours are solid, prediction contours dashed, each
+    class and source in its own colour (:func:`class_colours`). Physical aspect ratio is kept.
+
+    Args:
+        path: Output ``.png`` file.
+        case_id: Shown in the title.
+        gt: Ground-truth label map (3D, or 2D to draw as is).
+        pred: Predicted label map, same shape.
+        classes: Class names by label value, background first.
+        spacing: Voxel size in mm per axis.
+        image: Intensity image on the same grid, or ``None``.
+        dice_by_class: Dice per class name, shown in the legend.
+        title: First title line; default ``case_id``.
+
+    Returns:
+        The written path.
+
+    Raises:
+        GeometryMismatchError: If ``pred`` or ``image`` does not have ``gt``'s shape.
+    """
+    gt = np.asarray(gt)
+    pred = np.asarray(pred)
+    if pred.shape != gt.shape or (image is not None and np.shape(image) != gt.shape):
+        raise GeometryMismatchError(
+            f"Overlay for '{case_id}': shapes differ (gt {gt.shape}, prediction {pred.shape}, "
+            f"image {None if image is None else np.shape(image)})"
+        )
+    sp = np.asarray(spacing, dtype=float)
+    if gt.ndim == 3:
+        axis = overlay_axis(sp)
+        index = pick_slice(gt, pred, axis)
+        gt2, pred2 = np.take(gt, index, axis=axis), np.take(pred, index, axis=axis)
+        img2 = np.take(np.asarray(image), index, axis=axis) if image is not None else None
+        sp2 = np.delete(sp, axis)
+        where = f"axis {'IJK'[axis]}, slice {index}"
+    elif gt.ndim == 2:
+        gt2, pred2, img2, sp2, where = gt, pred, image, sp, "2D"
+    else:
+        raise GeometryMismatchError(f"Overlay for '{case_id}': expected a 2D or 3D label map, got {gt.shape}")
+
+    # Display with the first in-plane axis horizontal and the second vertical (origin lower), in mm.
+    n0, n1 = gt2.shape
+    extent = (-0.5 * sp2[0], (n0 - 0.5) * sp2[0], -0.5 * sp2[1], (n1 - 0.5) * sp2[1])
+    x = np.arange(n0) * sp2[0]
+    y = np.arange(n1) * sp2[1]
+
+    fig = Figure(figsize=(6.4, 6.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    if img2 is not None:
+        data = np.asarray(img2, dtype=np.float64)
+        lo, hi = _window(data)
+        ax.imshow(data.T, cmap="gray", vmin=lo, vmax=hi, origin="lower", extent=extent, interpolation="nearest")
+    else:
+        ax.imshow(
+            gt2.T.astype(float),
+            cmap="gray",
+            vmin=0,
+            # Headroom so the last class is light grey, not the white of the figure.
+            vmax=1.25 * max(len(classes) - 1, 1),
+            origin="lower",
+            extent=extent,
+            interpolation="nearest",
+        )
+
+    handles: list[Line2D] = []
+    for index_c, name in enumerate(classes):
+        if index_c == 0:
+            continue
+        c_gt, c_pred = class_colours(index_c)
+        score = ""
+        if dice_by_class is not None and name in dice_by_class and np.isfinite(dice_by_class[name]):
+            score = f" (Dice {dice_by_class[name]:.3f})"
+        sources: tuple[tuple[np.ndarray, str, Literal["solid", "dashed"], str], ...] = (
+            (gt2, c_gt, "solid", "GT"),
+            (pred2, c_pred, "dashed", "Pred"),
+        )
+        for labels, colour, style, who in sources:
+            mask = (labels == index_c).T.astype(float)
+            # contour() warns on a constant field; an absent class on this slice simply draws nothing.
+            if 0.0 < mask.mean() < 1.0:
+                ax.contour(x, y, mask, levels=[0.5], colors=[colour], linestyles=style, linewidths=1.6)
+            handles.append(Line2D([], [], color=colour, linestyle=style, linewidth=1.6, label=f"{who} {name}"))
+        handles[-1].set_label(f"{handles[-1].get_label()}{score}")
+    if handles:
+        ax.legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.7)
+    ax.set_title(f"{title or case_id}\n{where}", fontsize=9)
+    ax.set_xlabel("mm")
+    ax.set_ylabel("mm")
+    fig.tight_layout()
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path

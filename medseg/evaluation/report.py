@@ -1,0 +1,343 @@
+"""Evaluation report: predictions vs ground truth -> ``metrics.csv``, ``summary.json`` and PNG overlays.
+
+Each case is evaluated in isolation: a prediction that cannot be read, lies on another grid than its ground
+truth or holds labels outside the classes is recorded (``error`` column, ``failed_cases`` in the summary) and
+the rest go on. Spacing comes from the ground-truth file's geometry.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _stdio
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from medseg.errors import BadCaseError, GeometryMismatchError, MedsegError
+from medseg.evaluation.overlays import draw_overlay
+from medseg.io import case_id_from_path, is_supported_file, load_volume
+from medseg.io.atomic import atomic_write_text
+from medseg.metrics import FLAGS, case_metrics
+from medseg.volume import Volume
+
+log = logging.getLogger(__name__)
+
+#: Columns of ``metrics.csv``; a failed case has one row with ``case`` and ``error`` filled in.
+CSV_COLUMNS = (
+    "case",
+    "class",
+    "dice",
+    "iou",
+    "hd95_mm",
+    "assd_mm",
+    "vol_pred_ml",
+    "vol_gt_ml",
+    "vol_diff_ml",
+    "flag",
+    "error",
+)
+#: Metrics summarised per class in ``summary.json`` (``abs_vol_diff_ml`` is derived from ``vol_diff_ml``).
+SUMMARY_METRICS = ("dice", "iou", "hd95_mm", "assd_mm", "vol_pred_ml", "vol_gt_ml", "vol_diff_ml", "abs_vol_diff_ml")
+
+#: Affine tolerance (mm) for "prediction and ground truth are on the same grid": float32 headers written by
+#: different tools differ in the 6th digit, a real misregistration is at least a fraction of a voxel.
+GRID_ATOL_MM = 1e-3
+
+
+class EvalPair(NamedTuple):
+    """One case to evaluate: its id, the predicted mask, the ground-truth mask, optionally the image."""
+
+    case_id: str
+    pred: Path
+    gt: Path
+    image: Path | None = None
+
+
+def _files_by_case(folder: Path, what: str, *, allow_folders: bool = False) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise MedsegError(f"{what} folder '{folder}' does not exist or is not a folder")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        # Hidden files include the temp files of atomic writes that a killed run may have left.
+        if path.name.startswith("."):
+            continue
+        if not (is_supported_file(path) or (allow_folders and path.is_dir())):
+            continue
+        cid = case_id_from_path(path)
+        if cid in found:
+            raise MedsegError(
+                f"{what} folder '{folder}' has two files for case '{cid}': '{found[cid].name}' and '{path.name}'"
+            )
+        found[cid] = path
+    return found
+
+
+def match_predictions(pred_dir: str | Path, gt_dir: str | Path, image_dir: str | Path | None = None) -> list[EvalPair]:
+    """Pairs predicted masks with ground-truth masks (and optionally images) by case id.
+
+    Case ids come from :func:`medseg.io.case_id_from_path` (``case.nii.gz``, ``case_0000.nii.gz`` -> ``case``).
+    The folders are not searched recursively. Predictions without a ground truth are skipped with a warning (they
+    cannot be scored); ground-truth cases without a prediction are ignored, since predicting a subset (e.g. the
+    validation cases) of a labelled folder is normal. An image (file or DICOM folder) is attached when
+    ``image_dir`` has one for the case.
+
+    Args:
+        pred_dir: Folder of predicted label masks.
+        gt_dir: Folder of ground-truth label masks.
+        image_dir: Optional folder of the images, used as overlay background.
+
+    Returns:
+        One :class:`EvalPair` per matched case, sorted by case id.
+
+    Raises:
+        MedsegError: A folder is missing, two files in one folder map to the same case id, or no prediction
+            matches any ground truth.
+    """
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    preds = _files_by_case(pred_dir, "Prediction")
+    gts = _files_by_case(gt_dir, "Ground-truth")
+    images = _files_by_case(Path(image_dir), "Image", allow_folders=True) if image_dir is not None else {}
+    unmatched = sorted(set(preds) - set(gts))
+    if unmatched:
+        log.warning(
+            "%d prediction(s) in '%s' have no ground truth in '%s' and are not evaluated: %s",
+            len(unmatched),
+            pred_dir,
+            gt_dir,
+            ", ".join(unmatched[:10]) + (" ..." if len(unmatched) > 10 else ""),
+        )
+    pairs = [EvalPair(cid, preds[cid], gts[cid], images.get(cid)) for cid in sorted(set(preds) & set(gts))]
+    if preds and not pairs:
+        raise MedsegError(f"No prediction in '{pred_dir}' has a ground truth with the same case id in '{gt_dir}'")
+    return pairs
+
+
+def _labels(volume: Volume, path: Path, n_classes: int) -> np.ndarray:
+    arr = np.asarray(volume.array)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
+            raise BadCaseError(f"'{path}' is not a label mask: it holds non-integer values")
+    elif arr.dtype.kind not in "iub":
+        raise BadCaseError(f"'{path}' is not a label mask: voxel type {arr.dtype}")
+    labels = arr.astype(np.int64)
+    bad = np.unique(labels[(labels < 0) | (labels >= n_classes)])
+    if bad.size:
+        raise BadCaseError(
+            f"'{path}' holds label values {bad[:10].tolist()} outside the {n_classes} classes 0..{n_classes - 1}"
+        )
+    return labels
+
+
+def _load_pair(pair: EvalPair, n_classes: int) -> tuple[np.ndarray, np.ndarray, Volume]:
+    gt_vol = load_volume(pair.gt)
+    pred_vol = load_volume(pair.pred)
+    if not pred_vol.same_grid(gt_vol, atol=GRID_ATOL_MM):
+        raise GeometryMismatchError(
+            f"Prediction '{pair.pred}' (shape {pred_vol.shape}, spacing {np.round(pred_vol.spacing, 4).tolist()}, "
+            f"origin {np.round(pred_vol.origin, 3).tolist()}) is not on the grid of ground truth '{pair.gt}' "
+            f"(shape {gt_vol.shape}, spacing {np.round(gt_vol.spacing, 4).tolist()}, "
+            f"origin {np.round(gt_vol.origin, 3).tolist()})"
+        )
+    return _labels(pred_vol, pair.pred, n_classes), _labels(gt_vol, pair.gt, n_classes), gt_vol
+
+
+def _finite(values: list[float]) -> np.ndarray:
+    a = np.asarray(values, dtype=np.float64)
+    return a[np.isfinite(a)]
+
+
+def _stats(values: list[float]) -> dict[str, float | int | None]:
+    a = _finite(values)
+    return {
+        "mean": float(a.mean()) if a.size else None,
+        "median": float(np.median(a)) if a.size else None,
+        # Sample standard deviation (ddof=1), as in "mean ± SD" tables; undefined for fewer than two cases.
+        "std": float(a.std(ddof=1)) if a.size > 1 else None,
+        "n": int(a.size),
+    }
+
+
+def _csv_cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if not math.isfinite(value) else f"{value:.6g}"
+    return str(value)
+
+
+def _as_pairs(pairs: Sequence[EvalPair | Sequence[Any]]) -> list[EvalPair]:
+    out = []
+    for p in pairs:
+        if isinstance(p, EvalPair):
+            out.append(p)
+        else:
+            cid, pred, gt, *rest = p
+            image = rest[0] if rest else None
+            out.append(EvalPair(str(cid), Path(pred), Path(gt), Path(image) if image is not None else None))
+    return out
+
+
+def _overlay_image(pair: EvalPair, gt_vol: Volume) -> np.ndarray | None:
+    if pair.image is None:
+        return None
+    try:
+        image = load_volume(pair.image)
+    except MedsegError as err:
+        try:  # a multi-channel image (e.g. MSD brain MR): its first channel is a fine background
+            image = load_volume(pair.image, channel=0)
+        except MedsegError:
+            log.warning("Overlay of '%s' drawn on the labels: %s", pair.case_id, err)
+            return None
+    if image.shape != gt_vol.shape:
+        log.warning(
+            "Overlay of '%s' drawn on the labels: image '%s' has shape %s, ground truth %s",
+            pair.case_id,
+            pair.image,
+            image.shape,
+            gt_vol.shape,
+        )
+        return None
+    if not image.same_grid(gt_vol, atol=GRID_ATOL_MM):
+        log.warning("Image '%s' and ground truth '%s' differ in their affines", pair.image, pair.gt)
+    return np.asarray(image.array)
+
+
+def _select_overlays(case_dice: dict[str, float], k: int) -> list[tuple[str, int, str]]:
+    ranked = sorted(case_dice, key=lambda c: (-case_dice[c], c))
+    best = ranked[:k]
+    worst = [c for c in reversed(ranked) if c not in best][:k]
+    return [("best", i + 1, c) for i, c in enumerate(best)] + [("worst", i + 1, c) for i, c in enumerate(worst)]
+
+
+def _remove_stale_overlays(out_dir: Path, written: list[str]) -> None:
+    # A re-run into the same folder must not leave last run's best/worst PNGs looking like this run's. Only
+    # files with the names this module writes are touched.
+    folder = out_dir / "overlays"
+    if not folder.is_dir():
+        return
+    keep = {out_dir / rel for rel in written}
+    for png in [*folder.glob("best_*.png"), *folder.glob("worst_*.png")]:
+        if png not in keep:
+            png.unlink()
+
+
+def evaluate(
+    pairs: Sequence[EvalPair | Sequence[Any]],
+    classes: Sequence[str],
+    out_dir: str | Path,
+    overlays: int = 3,
+) -> dict[str, Any]:
+    """Scores predictions against ground truth and writes the report.
+
+    Writes, atomically, into ``out_dir``:
+
+    - ``metrics.csv``: one row per case and foreground class with the columns :data:`CSV_COLUMNS`
+      (undefined values are empty cells; a failed case is one row with its ``error``).
+    - ``summary.json``: ``n_cases``, ``n_evaluated``, ``n_failed``, ``failed_cases`` (case, error),
+      ``mean_dice`` (mean over evaluated cases of the case's mean Dice over foreground classes; a class empty in
+      both masks counts as Dice 1), and per class the ``mean``/``median``/``std`` (sample SD)/``n`` of each of
+      :data:`SUMMARY_METRICS` over the cases where it is defined, plus the count of each flag; ``overlays``
+      lists the PNGs relative to ``out_dir``.
+    - ``overlays/{best,worst}_NN_<case>.png`` for the ``overlays`` best and worst cases by mean Dice
+      (see :func:`medseg.evaluation.overlays.draw_overlay`).
+
+    Args:
+        pairs: ``(case_id, pred_path, gt_path[, image_path])`` tuples, e.g. from :func:`match_predictions`.
+        classes: Class names by label value, background first.
+        out_dir: Output folder (created).
+        overlays: How many best and how many worst cases to draw (0 = none).
+
+    Returns:
+        The summary written to ``summary.json``.
+
+    Raises:
+        ValueError: If ``classes`` has no foreground class or ``overlays`` is negative.
+    """
+    classes = list(classes)
+    if len(classes) < 2:
+        raise ValueError(f"classes must list background and at least one foreground class, got {classes}")
+    if overlays < 0:
+        raise ValueError(f"overlays must be >= 0, got {overlays}")
+    out_dir = Path(out_dir)
+    cases = _as_pairs(pairs)
+    n_classes = len(classes)
+
+    rows: list[dict[str, Any]] = []
+    failed: list[dict[str, str]] = []
+    case_dice: dict[str, float] = {}
+    class_dice: dict[str, dict[str, float]] = {}
+    for pair in cases:
+        try:
+            pred, gt, gt_vol = _load_pair(pair, n_classes)
+            case_rows = case_metrics(pred, gt, gt_vol.spacing, classes)
+        except Exception as err:  # per-case isolation: one bad file must not stop the report
+            if not isinstance(err, MedsegError):
+                log.exception("Unexpected error evaluating case '%s'", pair.case_id)
+            reason = str(err) if isinstance(err, MedsegError) else f"{type(err).__name__}: {err}"
+            log.warning("Case '%s' not evaluated: %s", pair.case_id, reason)
+            failed.append({"case": pair.case_id, "error": reason})
+            rows.append({"case": pair.case_id, "error": reason})
+            continue
+        for row in case_rows:
+            rows.append({"case": pair.case_id, **row, "error": ""})
+        case_dice[pair.case_id] = float(np.mean([r["dice"] for r in case_rows]))
+        class_dice[pair.case_id] = {r["class"]: r["dice"] for r in case_rows}
+
+    buf = _stdio.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        writer.writerow([_csv_cell(row.get(col, "")) for col in CSV_COLUMNS])
+    atomic_write_text(out_dir / "metrics.csv", buf.getvalue())
+
+    per_class: dict[str, Any] = {}
+    for name in classes[1:]:
+        crow = [r for r in rows if r.get("class") == name]
+        stats: dict[str, Any] = {}
+        for metric in SUMMARY_METRICS:
+            if metric == "abs_vol_diff_ml":
+                stats[metric] = _stats([abs(r["vol_diff_ml"]) for r in crow])
+            else:
+                stats[metric] = _stats([r[metric] for r in crow])
+        stats["flags"] = {flag: sum(r["flag"] == flag for r in crow) for flag in FLAGS}
+        per_class[name] = stats
+
+    written: list[str] = []
+    if overlays and case_dice:
+        by_id = {p.case_id: p for p in cases}
+        for rank, number, cid in _select_overlays(case_dice, overlays):
+            pair = by_id[cid]
+            target = out_dir / "overlays" / f"{rank}_{number:02d}_{cid}.png"
+            try:
+                pred, gt, gt_vol = _load_pair(pair, n_classes)
+                draw_overlay(
+                    target,
+                    case_id=cid,
+                    gt=gt,
+                    pred=pred,
+                    classes=classes,
+                    spacing=gt_vol.spacing,
+                    image=_overlay_image(pair, gt_vol),
+                    dice_by_class=class_dice[cid],
+                    title=f"{cid} - {rank} #{number}, mean Dice {case_dice[cid]:.3f}",
+                )
+            except Exception as err:  # an overlay is a convenience; its failure must not lose the metrics
+                log.warning("Overlay of case '%s' not drawn: %s", cid, err)
+                continue
+            written.append(target.relative_to(out_dir).as_posix())
+    _remove_stale_overlays(out_dir, written)
+
+    summary: dict[str, Any] = {
+        "n_cases": len(cases),
+        "n_evaluated": len(case_dice),
+        "n_failed": len(failed),
+        "failed_cases": failed,
+        "mean_dice": float(np.mean(list(case_dice.values()))) if case_dice else None,
+        "classes": per_class,
+        "overlays": written,
+    }
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    return summary
