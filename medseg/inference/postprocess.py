@@ -1,0 +1,177 @@
+"""Postprocessing of label volumes, and deciding on validation data which steps help (as nnU-Net does).
+
+Two steps, each applied per foreground class:
+
+* **Largest connected component**: voxels of class ``c`` outside the largest 3D connected component of ``c``
+  become background. Connectivity is *full* (26-neighbourhood in 3D) so that parts of one structure that touch
+  only along an edge or corner (common for thin structures in anisotropic scans) are not cut off.
+* **Fill holes**: background voxels enclosed by class ``c`` become ``c``. Holes are filled **per 2D slice along
+  the model's slice axis** when ``axis`` is given (what the predictor does: a 2D model's spurious holes are
+  per-slice, and a 3D fill would miss any hole that opens into a neighbouring slice), or in 3D when ``axis`` is
+  ``None``. Voxels of *other* classes are never overwritten (a tumour core inside an oedema is not a hole).
+
+The order is fixed: largest component first, then fill holes (holes of removed islands are not filled).
+
+:func:`decide_postprocessing` compares mean validation Dice per class with and without each step and enables a
+step for a class only where it strictly improves that class's mean Dice (each step changes only its own class's
+voxels and background, so per-class Dice decides exactly what the mean Dice over classes would).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TypedDict
+
+import numpy as np
+from scipy import ndimage
+
+
+class PostprocessingPlan(TypedDict):
+    """Which classes (indices into the checkpoint's ``classes``) each step is applied to."""
+
+    largest_component: list[int]
+    fill_holes: list[int]
+
+
+def _check_classes(labels: np.ndarray, classes: Sequence[int]) -> list[int]:
+    out = [int(c) for c in classes]
+    if any(c <= 0 for c in out):
+        raise ValueError(f"postprocessing applies to foreground classes (>= 1), got {out}")
+    if labels.ndim != 3:
+        raise ValueError(f"label volume must be 3D (I, J, K), got shape {labels.shape}")
+    return out
+
+
+def keep_largest_component(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+    """Keeps only the largest 3D connected component of each class in ``classes``; the rest becomes background.
+
+    Args:
+        labels: ``(I, J, K)`` integer label volume (not modified).
+        classes: Foreground class indices to process; classes absent from ``labels`` are left alone.
+
+    Returns:
+        A new label volume of the same dtype.
+    """
+    out = labels.copy()
+    structure = ndimage.generate_binary_structure(3, 3)
+    for c in _check_classes(labels, classes):
+        mask = labels == c
+        components, n = ndimage.label(mask, structure=structure)
+        if n <= 1:
+            continue
+        sizes = np.bincount(components.ravel())
+        sizes[0] = 0
+        out[mask & (components != int(np.argmax(sizes)))] = 0
+    return out
+
+
+def fill_holes(labels: np.ndarray, classes: Sequence[int], axis: int | None = None) -> np.ndarray:
+    """Fills background holes enclosed by each class in ``classes``.
+
+    Args:
+        labels: ``(I, J, K)`` integer label volume (not modified).
+        classes: Foreground class indices to process.
+        axis: Fill per 2D slice along this axis (the model's slice axis), or in 3D when ``None``.
+
+    Returns:
+        A new label volume of the same dtype; only former background voxels change.
+    """
+    out = labels.copy()
+    for c in _check_classes(labels, classes):
+        mask = labels == c
+        if not mask.any():
+            continue
+        if axis is None:
+            filled = ndimage.binary_fill_holes(mask)
+        else:
+            # 2D structure on the slice plane and none across slices = independent per-slice filling.
+            structure = np.zeros((3, 3, 3), dtype=bool)
+            index: list[slice | int] = [slice(None)] * 3
+            index[axis] = 1
+            structure[tuple(index)] = ndimage.generate_binary_structure(2, 1)
+            filled = ndimage.binary_fill_holes(mask, structure=structure)
+        out[filled & (out == 0)] = c
+    return out
+
+
+def apply_postprocessing(
+    labels: np.ndarray,
+    *,
+    largest_component: Sequence[int] = (),
+    fill_holes_classes: Sequence[int] = (),
+    axis: int | None = None,
+) -> np.ndarray:
+    """Applies largest-component then hole filling to the given classes (returns ``labels`` itself if nothing to do).
+
+    Args:
+        labels: ``(I, J, K)`` integer label volume.
+        largest_component: Classes to reduce to their largest connected component.
+        fill_holes_classes: Classes whose holes are filled.
+        axis: Slice axis for per-slice hole filling, ``None`` for 3D (see :func:`fill_holes`).
+    """
+    out = labels
+    if largest_component:
+        out = keep_largest_component(out, largest_component)
+    if fill_holes_classes:
+        out = fill_holes(out, fill_holes_classes, axis)
+    return out
+
+
+def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    # Both empty counts as perfect agreement (the convention of medseg.metrics); postprocessing never turns a
+    # non-empty prediction empty, so such cases cannot sway a decision either way.
+    total = int(pred.sum()) + int(gt.sum())
+    if total == 0:
+        return 1.0
+    return 2.0 * int(np.logical_and(pred, gt).sum()) / total
+
+
+def _mean_dice(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray], c: int) -> float:
+    return float(np.mean([_dice(p == c, g == c) for p, g in zip(preds, gts, strict=True)]))
+
+
+def decide_postprocessing(
+    pred_label_volumes: Sequence[np.ndarray],
+    gt_label_volumes: Sequence[np.ndarray],
+    n_classes: int,
+    *,
+    axis: int | None = None,
+) -> PostprocessingPlan:
+    """Decides, per class, whether each postprocessing step improves mean validation Dice.
+
+    The largest-component step is decided first; hole filling is then judged on the predictions after the
+    chosen largest-component steps, i.e. in the order the steps are applied at prediction time.
+
+    Args:
+        pred_label_volumes: Predicted ``(I, J, K)`` label volumes of the validation cases.
+        gt_label_volumes: Ground-truth label volumes, same order and shapes.
+        n_classes: Number of classes including background.
+        axis: Slice axis used for hole filling (must match the one used at prediction time; ``None`` = 3D).
+
+    Returns:
+        ``{"largest_component": [class idx], "fill_holes": [class idx]}``: the classes where the step strictly
+        improved that class's mean Dice over the cases.
+
+    Raises:
+        ValueError: If the lists differ in length or a pair differs in shape.
+    """
+    if len(pred_label_volumes) != len(gt_label_volumes):
+        raise ValueError(f"{len(pred_label_volumes)} predictions but {len(gt_label_volumes)} ground truths")
+    for i, (p, g) in enumerate(zip(pred_label_volumes, gt_label_volumes, strict=True)):
+        if p.shape != g.shape:
+            raise ValueError(f"case {i}: prediction shape {p.shape} != ground-truth shape {g.shape}")
+    plan: PostprocessingPlan = {"largest_component": [], "fill_holes": []}
+    if not pred_label_volumes:
+        return plan
+    # Largest component of class c changes only class-c voxels (to background), so classes are judged apart.
+    for c in range(1, n_classes):
+        lcc = [keep_largest_component(p, [c]) for p in pred_label_volumes]
+        if _mean_dice(lcc, gt_label_volumes, c) > _mean_dice(pred_label_volumes, gt_label_volumes, c):
+            plan["largest_component"].append(c)
+    # Hole filling is judged on the predictions as they will be after the chosen largest-component step.
+    base = [apply_postprocessing(p, largest_component=plan["largest_component"]) for p in pred_label_volumes]
+    for c in range(1, n_classes):
+        filled = [fill_holes(p, [c], axis) for p in base]
+        if _mean_dice(filled, gt_label_volumes, c) > _mean_dice(base, gt_label_volumes, c):
+            plan["fill_holes"].append(c)
+    return plan

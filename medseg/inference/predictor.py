@@ -1,0 +1,300 @@
+"""`Predictor`: a trained checkpoint applied to whole volumes, masks returned on the scan's own grid.
+
+::
+
+    predictor = Predictor.from_checkpoint("runs/x/checkpoints/best.pt")
+    mask = predictor.predict(medseg.load_volume("scan.nii.gz"))   # uint8 labels, same affine/header as the scan
+
+Everything that shaped the model's input in training comes from the checkpoint (normalisation parameters, slice
+axis, 2.5D context, training patch size, sigmoid/softmax mode, classes), so prediction cannot drift from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medseg.config import PostprocessingConfig
+from medseg.data.normalization import NormalizationParams, normalize
+from medseg.errors import CheckpointError
+from medseg.inference.forward import predict_volume_probs
+from medseg.inference.postprocess import apply_postprocessing
+from medseg.inference.precision import resolve_channels_last, resolve_device, resolve_precision
+from medseg.losses import probs_to_labels
+from medseg.volume import Volume
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the model expects and produces, as recorded in the checkpoint.
+
+    Attributes:
+        classes: Class names including background at index 0.
+        mode: ``"sigmoid"`` or ``"softmax"``.
+        normalization: Intensity normalisation fitted in training.
+        slice_axis: Voxel axis (0, 1, 2) the 2D model slices along.
+        context_slices: Neighbouring slices on each side fed as extra channels.
+        patch_hw: Training patch size; prediction pads slices to at least this.
+        pad_multiple: Slices are padded to a multiple of this.
+        postprocessing: The plan decided on validation data (``{"largest_component": [...], "fill_holes": [...]}``).
+    """
+
+    classes: tuple[str, ...]
+    mode: str
+    normalization: NormalizationParams
+    slice_axis: int
+    context_slices: int
+    patch_hw: tuple[int, int] | None = None
+    pad_multiple: int = 16
+    postprocessing: dict[str, list[int]] | None = None
+
+
+def _resolve_postprocessing(
+    setting: PostprocessingConfig | None, decided: dict[str, list[int]] | None, n_classes: int
+) -> tuple[list[int], list[int]]:
+    """Turns true/false/auto per step into the list of classes it applies to."""
+    setting = setting or PostprocessingConfig()
+    decided = decided or {}
+    all_fg = list(range(1, n_classes))
+
+    def one(value: str | bool, key: str) -> list[int]:
+        if value is True:
+            return all_fg
+        if value is False:
+            return []
+        # auto: what validation decided in training; a checkpoint without a decision means "off".
+        return sorted(int(c) for c in decided.get(key, []) if 0 < int(c) < n_classes)
+
+    return one(setting.largest_component, "largest_component"), one(setting.fill_holes, "fill_holes")
+
+
+def _strip_prefixes(state: dict[str, Any]) -> dict[str, Any]:
+    # State dicts saved from DistributedDataParallel ("module.") or torch.compile ("_orig_mod.") wrappers.
+    out = {}
+    for key, value in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+        out[key] = value
+    return out
+
+
+def _field(ckpt: dict[str, Any], key: str, path: Path) -> Any:
+    if key not in ckpt:
+        raise CheckpointError(f"Checkpoint '{path}' has no '{key}' field; is it a medseg checkpoint?")
+    return ckpt[key]
+
+
+class Predictor:
+    """Applies a 2D(.5) segmentation model to 3D volumes.
+
+    Build it with :meth:`from_checkpoint`; the constructor is for models held in memory (e.g. tests, or the
+    trainer validating its current weights).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: ModelSpec,
+        *,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        batch_size: int = 64,
+        tta_flips: bool = False,
+        postprocessing: PostprocessingConfig | None = None,
+        channels_last: str | bool = "auto",
+    ) -> None:
+        """Wraps ``model`` (moved to ``device``, eval mode) with the preprocessing recorded in ``spec``.
+
+        Args:
+            model: Maps ``(B, 2k+1, H, W)`` to logits ``(B, n_outputs, H, W)``.
+            spec: See :class:`ModelSpec`.
+            device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` (see ``resolve_device``).
+            precision: ``auto`` | ``fp32`` | ``bf16`` | ``fp16`` (see ``resolve_precision``).
+            batch_size: Slices per forward pass.
+            tta_flips: Average probabilities over flips of the slice axes (4x the compute).
+            postprocessing: Per step true/false/auto; ``None`` = auto for both (the checkpoint's decision).
+            channels_last: ``auto`` or a bool (see ``resolve_channels_last``).
+
+        Raises:
+            ConfigError: Bad device/precision option.
+            ValueError: ``batch_size`` < 1.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.spec = spec
+        self.device = resolve_device(device)
+        self.dtype = resolve_precision(precision, self.device)
+        self.channels_last = resolve_channels_last(channels_last, self.device)
+        self.batch_size = int(batch_size)
+        self.tta_flips = bool(tta_flips)
+        self.largest_component, self.fill_holes = _resolve_postprocessing(
+            postprocessing, spec.postprocessing, len(spec.classes)
+        )
+        model = model.to(self.device).eval()
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.model = model
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        *,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        batch_size: int = 64,
+        tta_flips: bool = False,
+        postprocessing: PostprocessingConfig | None = None,
+        channels_last: str | bool = "auto",
+    ) -> Predictor:
+        """Loads a medseg checkpoint (``training/checkpoint.py`` format) for prediction.
+
+        Args:
+            path: A ``best.pt`` / ``last.pt`` written by the trainer.
+            device, precision, batch_size, tta_flips, postprocessing, channels_last: See :meth:`__init__`.
+
+        Raises:
+            CheckpointError: Missing/unreadable file, missing fields, or weights that do not fit the model.
+        """
+        from medseg.models.unet import UNet
+        from medseg.training.checkpoint import load_checkpoint
+
+        path = Path(path)
+        ckpt = load_checkpoint(path)
+        arch = _field(ckpt, "model", path)
+        classes = tuple(str(c) for c in _field(ckpt, "classes", path))
+        context = int(_field(ckpt, "context_slices", path))
+        axis = _field(ckpt, "slice_axis", path)
+        if axis not in (0, 1, 2):
+            raise CheckpointError(f"Checkpoint '{path}': slice_axis must be 0, 1 or 2, got {axis!r}")
+        try:
+            n_channels, n_outputs = int(arch["n_channels"]), int(arch["n_outputs"])
+            model = UNet(
+                n_channels,
+                n_outputs,
+                bilinear=bool(arch.get("bilinear", False)),
+                base_features=int(arch.get("base_features", 64)),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"Checkpoint '{path}': bad 'model' description {arch!r}: {err}") from None
+        if n_channels != 2 * context + 1:
+            raise CheckpointError(
+                f"Checkpoint '{path}': model takes {n_channels} channels but context_slices={context} "
+                f"implies {2 * context + 1}"
+            )
+        try:
+            model.load_state_dict(_strip_prefixes(_field(ckpt, "model_state", path)))
+        except RuntimeError as err:
+            raise CheckpointError(f"Checkpoint '{path}': weights do not fit the recorded model: {err}") from None
+        try:
+            normalization = NormalizationParams.from_dict(_field(ckpt, "normalization", path))
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"Checkpoint '{path}': bad normalization parameters: {err}") from None
+        patch = ckpt.get("patch_hw")
+        pad_multiple = ckpt.get("pad_multiple") or ((ckpt.get("config") or {}).get("preprocessing") or {}).get(
+            "pad_multiple", 16
+        )
+        spec = ModelSpec(
+            classes=classes,
+            mode=str(_field(ckpt, "mode", path)),
+            normalization=normalization,
+            slice_axis=int(axis),
+            context_slices=context,
+            patch_hw=(int(patch[0]), int(patch[1])) if patch else None,
+            pad_multiple=int(pad_multiple),
+            postprocessing=ckpt.get("postprocessing"),
+        )
+        return cls(
+            model,
+            spec,
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+            tta_flips=tta_flips,
+            postprocessing=postprocessing,
+            channels_last=channels_last,
+        )
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names including background at index 0."""
+        return self.spec.classes
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes including background."""
+        return len(self.spec.classes)
+
+    def predict_proba(self, volume: Volume) -> np.ndarray:
+        """Per-class probabilities on the volume's voxel grid.
+
+        Args:
+            volume: A scan as read by ``medseg.io.load_volume``.
+
+        Returns:
+            ``(n_classes, I, J, K)`` float32; for ``softmax`` models they sum to 1 per voxel; for ``sigmoid``
+            models channel 0 is ``1 - max`` foreground probability (see ``medseg.losses.logits_to_probs``).
+        """
+        image = normalize(np.asarray(volume.array), self.spec.normalization, source=volume.source)
+        return predict_volume_probs(
+            self.model,
+            image,
+            self.spec.slice_axis,
+            self.spec.context_slices,
+            n_classes=self.n_classes,
+            mode=self.spec.mode,
+            batch_size=self.batch_size,
+            device=self.device,
+            precision=self.dtype,
+            channels_last=self.channels_last,
+            tta_flips=self.tta_flips,
+            patch_hw=self.spec.patch_hw,
+            pad_multiple=self.spec.pad_multiple,
+        )
+
+    def labels_from_proba(self, probs: np.ndarray) -> np.ndarray:
+        """Label volume (uint8, or uint16 beyond 255 classes) from :meth:`predict_proba` output, postprocessed."""
+        if probs.ndim != 4 or probs.shape[0] != self.n_classes:
+            raise ValueError(f"expected probabilities ({self.n_classes}, I, J, K), got shape {probs.shape}")
+        ni, nj, nk = probs.shape[1:]
+        labels = np.empty((ni, nj, nk), dtype=np.uint8 if self.n_classes <= 256 else np.uint16)
+        # In chunks: probs_to_labels returns int64, 8 bytes a voxel, too much for a whole large CT at once.
+        step = max(1, (1 << 22) // max(1, ni * nj))
+        for k in range(0, labels.shape[-1], step):
+            labels[..., k : k + step] = probs_to_labels(probs[..., k : k + step], self.spec.mode, channel_dim=0)
+        return apply_postprocessing(
+            labels,
+            largest_component=self.largest_component,
+            fill_holes_classes=self.fill_holes,
+            axis=self.spec.slice_axis,
+        )
+
+    def predict_with_proba(self, volume: Volume) -> tuple[Volume, np.ndarray]:
+        """Both the mask volume and the probabilities (one forward pass), e.g. to save probability maps."""
+        probs = self.predict_proba(volume)
+        return volume.with_array(self.labels_from_proba(probs)), probs
+
+    def predict(self, volume: Volume) -> Volume:
+        """Label mask for ``volume``.
+
+        Args:
+            volume: A scan as read by ``medseg.io.load_volume``.
+
+        Returns:
+            A :class:`Volume` with uint8 labels (indices into :attr:`classes`) and the scan's affine, header and
+            source, so ``medseg.io.save_mask(mask.array, like=volume, ...)`` writes it on the scan's grid.
+        """
+        return self.predict_with_proba(volume)[0]
+
+    def class_volumes(self, labels: np.ndarray, spacing: Sequence[float] | np.ndarray) -> dict[str, tuple[int, float]]:
+        """Voxel count and volume in mL of each foreground class in ``labels``."""
+        counts = np.bincount(np.asarray(labels).ravel(), minlength=self.n_classes)
+        voxel_ml = float(np.prod(np.asarray(spacing, dtype=np.float64))) / 1000.0
+        return {name: (int(counts[i]), int(counts[i]) * voxel_ml) for i, name in enumerate(self.classes) if i > 0}
