@@ -1,0 +1,28 @@
+"""Scan readers and mask writers: the only place that knows file formats and world coordinates.
+
+Every reader returns a :class:`~medseg.volume.Volume` with ``array[i, j, k]`` in NIfTI voxel order and an
+affine to RAS mm; every writer takes such a Volume as ``like`` and reproduces its grid exactly.
+
+Modules: ``nifti`` (nibabel), ``itk`` (NRRD/MHA via SimpleITK), ``dicom`` (series folders: listing, slice
+order, spacing checks) and ``dicom_pixels`` (decoding, incl. the pydicom fallback), ``geometry``
+(RAS/LPS and axis-order conversions), ``scans`` (finding and naming scans), ``reading`` / ``writing`` (the
+public entry points), ``atomic`` (temp file + rename).
+"""
+
+from __future__ import annotations
+
+from medseg.io.dicom import DicomSeriesInfo, list_dicom_series
+from medseg.io.reading import load_volume
+from medseg.io.scans import case_id_from_path, find_scans, is_supported_file
+from medseg.io.writing import save_mask, save_volume
+
+__all__ = [
+    "DicomSeriesInfo",
+    "case_id_from_path",
+    "find_scans",
+    "is_supported_file",
+    "list_dicom_series",
+    "load_volume",
+    "save_mask",
+    "save_volume",
+]

@@ -1,0 +1,366 @@
+"""DICOM series folders: listing series, ordering slices by position, checking spacing, reading voxels.
+
+Slices are ordered by ImagePositionPatient projected on the slice normal (never by file name or
+InstanceNumber), the slice spacing comes from those positions (never from SliceThickness), and a series whose
+positions do not form a regular grid (a missing slice, uneven spacing, several slices at one position, a
+gantry tilt) is refused with an error that says where. Oblique orientations are kept as they are.
+
+Each file's header is parsed once by SimpleITK's GDCM (series are grouped by SeriesInstanceUID from that
+pass); the pixels of the chosen series are decoded by :mod:`medseg.io.dicom_pixels`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from medseg.errors import MultipleSeriesError, UnreadableScanError
+from medseg.io.dicom_pixels import read_pixels, transfer_syntax
+from medseg.io.geometry import affine_from_itk
+from medseg.io.itk import sitk_message, volume_from_sitk
+from medseg.io.scans import find_scans, is_dicom_file
+from medseg.volume import Volume
+
+__all__ = ["DicomSeriesInfo", "list_dicom_series", "load_dicom", "series_uid_of_file", "transfer_syntax"]
+
+# DICOM tags as SimpleITK's metadata keys.
+_SERIES_UID = "0020|000e"
+_SERIES_DESCRIPTION = "0008|103e"
+_POSITION = "0020|0032"
+_ORIENTATION = "0020|0037"
+_SLOPE = "0028|1053"
+_INTERCEPT = "0028|1052"
+
+#: Slices closer than this (mm) along the normal are "at the same position".
+_DUPLICATE_MM = 1e-3
+#: A gap may differ from the median spacing by this fraction (plus 1 um) and still count as uniform.
+_SPACING_RTOL = 0.01
+#: Largest in-plane drift of slice positions (fraction of the in-plane pixel size) still taken as a straight stack.
+_SHEAR_PIXELS = 0.05
+#: Series listed in an error message (a folder of single-image series can hold hundreds).
+_MAX_LISTED = 20
+#: Tolerance on direction cosines and pixel spacing agreeing between slices of one series.
+_ORIENTATION_ATOL = 1e-4
+
+
+@dataclass(frozen=True)
+class DicomSeriesInfo:
+    """One DICOM series found in a folder.
+
+    Attributes:
+        uid: SeriesInstanceUID (``""`` when the files carry none).
+        description: SeriesDescription (``""`` when absent).
+        n_slices: Number of files in the series.
+        files: The series' files.
+    """
+
+    uid: str
+    description: str
+    n_slices: int
+    files: tuple[Path, ...]
+
+    def __str__(self) -> str:
+        uid = self.uid or "(no SeriesInstanceUID)"
+        return f"{uid}  description={self.description!r}  {self.n_slices} slice(s)"
+
+
+@dataclass(frozen=True)
+class _Slice:
+    """Header facts of one DICOM file, as GDCM reads them (ITK/LPS conventions)."""
+
+    path: Path
+    uid: str
+    description: str
+    position: np.ndarray  # (3,) LPS mm, ImagePositionPatient
+    direction: np.ndarray  # 3x3, columns: row direction, column direction, normal
+    spacing: np.ndarray  # (3,) mm; [0] along a row (between columns), [1] along a column, [2] GDCM's guess
+    size: tuple[int, int, int]  # columns, rows, frames
+    has_position: bool
+    rescale: tuple[str, str]
+
+
+def _file_reader(path: Path, folder: Path) -> sitk.ImageFileReader:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.SetImageIO("GDCMImageIO")
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise UnreadableScanError(folder, f"DICOM file '{path.name}' cannot be read ({sitk_message(exc)})") from exc
+    return reader
+
+
+def _meta(reader: sitk.ImageFileReader, key: str) -> str:
+    return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
+
+
+def series_uid_of_file(path: str | Path) -> str:
+    """The SeriesInstanceUID of one DICOM file (``""`` if it has none)."""
+    path = Path(path)
+    return _meta(_file_reader(path, path.parent), _SERIES_UID)
+
+
+def _read_slice(path: Path, folder: Path) -> _Slice:
+    reader = _file_reader(path, folder)
+    size = reader.GetSize()
+    if len(size) == 2:
+        size = (*size, 1)
+    spacing = np.array(reader.GetSpacing(), dtype=np.float64)
+    direction = np.array(reader.GetDirection(), dtype=np.float64).reshape(len(spacing), len(spacing))
+    if len(spacing) == 2:
+        spacing, direction = np.append(spacing, 1.0), np.pad(direction, ((0, 1), (0, 1)))
+        direction[2, 2] = 1.0
+    return _Slice(
+        path=path,
+        uid=_meta(reader, _SERIES_UID),
+        description=_meta(reader, _SERIES_DESCRIPTION),
+        position=np.array(reader.GetOrigin()[:3], dtype=np.float64),
+        direction=direction,
+        spacing=spacing,
+        size=(int(size[0]), int(size[1]), int(size[2])),
+        has_position=reader.HasMetaDataKey(_POSITION) and reader.HasMetaDataKey(_ORIENTATION),
+        rescale=(_meta(reader, _SLOPE), _meta(reader, _INTERCEPT)),
+    )
+
+
+def _scan_folder(folder: Path) -> tuple[dict[str, list[_Slice]], list[str]]:
+    """Reads the header of every DICOM image file directly in ``folder`` once, grouped by SeriesInstanceUID.
+
+    Files GDCM cannot read as an image (a DICOMDIR, a structured report, a corrupt file) are skipped, as
+    SimpleITK's own series scanner skips them, and returned by name so errors can mention them; if nothing
+    readable is left, the first reason is reported.
+    """
+    if not folder.exists():
+        raise UnreadableScanError(folder, "no such folder")
+    if not folder.is_dir():
+        raise UnreadableScanError(folder, "not a folder (a DICOM series is read from its folder)")
+    groups: dict[str, list[_Slice]] = {}
+    skipped: list[str] = []
+    first_error: UnreadableScanError | None = None
+    candidates = sorted(p for p in folder.iterdir() if p.is_file() and p.name.upper() != "DICOMDIR")
+    for path in candidates:
+        if not is_dicom_file(path):
+            continue
+        try:
+            header = _read_slice(path, folder)
+        except UnreadableScanError as exc:
+            first_error = first_error or exc
+            skipped.append(path.name)
+            continue
+        groups.setdefault(header.uid, []).append(header)
+    if not groups and first_error is not None:
+        raise first_error
+    return groups, skipped
+
+
+def _info(slices: list[_Slice]) -> DicomSeriesInfo:
+    normal = np.cross(slices[0].direction[:, 0], slices[0].direction[:, 1])
+    ordered = sorted(slices, key=lambda s: (float(s.position @ normal), s.path.name))
+    return DicomSeriesInfo(
+        uid=slices[0].uid,
+        description=slices[0].description,
+        n_slices=len(slices),
+        files=tuple(s.path for s in ordered),
+    )
+
+
+def list_dicom_series(folder: str | Path) -> list[DicomSeriesInfo]:
+    """Lists the DICOM series directly inside ``folder`` (not in its subfolders).
+
+    Args:
+        folder: A folder of DICOM files.
+
+    Returns:
+        One entry per SeriesInstanceUID (sorted by UID), files in position order; empty if the folder holds no
+        DICOM Part-10 files (``DICM`` marker or ``.dcm`` name).
+
+    Raises:
+        UnreadableScanError: ``folder`` does not exist or is not a folder, or none of its DICOM files is readable.
+    """
+    groups, _ = _scan_folder(Path(folder))
+    return [_info(groups[uid]) for uid in sorted(groups)]
+
+
+def _choose_series(infos: list[DicomSeriesInfo], series: str | None, folder: Path) -> DicomSeriesInfo:
+    listing = "\n  ".join(str(info) for info in infos[:_MAX_LISTED])
+    if len(infos) > _MAX_LISTED:
+        listing += f"\n  ... and {len(infos) - _MAX_LISTED} more (see medseg.io.list_dicom_series)"
+    if series is None:
+        if len(infos) == 1:
+            return infos[0]
+        raise MultipleSeriesError(
+            folder,
+            f"it holds {len(infos)} DICOM series; choose one with series= (its SeriesInstanceUID, a unique "
+            f"description or a unique UID prefix):\n  {listing}",
+        )
+    wanted = series.strip()
+    for matches in (
+        [i for i in infos if i.uid == wanted],
+        [i for i in infos if i.description.casefold() == wanted.casefold()],
+        [i for i in infos if wanted and i.uid.startswith(wanted)],
+    ):
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            break
+    raise UnreadableScanError(
+        folder, f"series={series!r} does not pick exactly one of its {len(infos)} series:\n  {listing}"
+    )
+
+
+def _check_consistent(slices: list[_Slice], folder: Path) -> None:
+    ref = slices[0]
+    for s in slices[1:]:
+        if s.size != ref.size:
+            raise UnreadableScanError(
+                folder,
+                f"slices differ in size: '{ref.path.name}' is {ref.size[1]}x{ref.size[0]} (rows x columns), "
+                f"'{s.path.name}' is {s.size[1]}x{s.size[0]}",
+            )
+        if not np.allclose(s.direction[:, :2], ref.direction[:, :2], atol=_ORIENTATION_ATOL):
+            raise UnreadableScanError(
+                folder,
+                f"slices have different orientations (ImageOrientationPatient of '{ref.path.name}' and "
+                f"'{s.path.name}' differ): the series mixes stacks, e.g. a localizer; separate them",
+            )
+        if not np.allclose(s.spacing[:2], ref.spacing[:2], rtol=_ORIENTATION_ATOL, atol=0):
+            raise UnreadableScanError(
+                folder, f"slices have different pixel spacings ('{ref.path.name}' and '{s.path.name}')"
+            )
+    if any(s.size[2] > 1 for s in slices):
+        raise UnreadableScanError(folder, "the series mixes multi-frame files with other files; medseg cannot stack it")
+    missing = [s.path.name for s in slices if not s.has_position]
+    if missing:
+        raise UnreadableScanError(
+            folder,
+            f"{len(missing)} slice(s) have no ImagePositionPatient/ImageOrientationPatient (e.g. '{missing[0]}'), "
+            "so they cannot be placed in space",
+        )
+
+
+def _order_slices(slices: list[_Slice], folder: Path) -> tuple[list[_Slice], float]:
+    """Sorts slices along the slice normal and checks they form a regular stack.
+
+    Returns:
+        The slices in ascending position along ``normal = row direction x column direction`` and the slice
+        spacing in mm (first-to-last distance / (n - 1)).
+
+    Raises:
+        UnreadableScanError: Duplicate positions, a missing slice, uneven spacing, or a sheared (tilted) stack.
+    """
+    ref = slices[0]
+    normal = np.cross(ref.direction[:, 0], ref.direction[:, 1])
+    normal /= np.linalg.norm(normal)
+    along = np.array([s.position @ normal for s in slices])
+    order = np.argsort(along, kind="stable")
+    slices = [slices[i] for i in order]
+    along = along[order]
+    gaps = np.diff(along)
+
+    def between(i: int) -> str:
+        return (
+            f"between '{slices[i].path.name}' ({along[i]:.2f} mm along the slice normal) and "
+            f"'{slices[i + 1].path.name}' ({along[i + 1]:.2f} mm), slices {i + 1} and {i + 2} of {len(slices)} "
+            "in position order"
+        )
+
+    dup = np.flatnonzero(gaps < _DUPLICATE_MM)
+    if dup.size:
+        raise UnreadableScanError(
+            folder,
+            f"{dup.size} pair(s) of slices share a position, e.g. {between(int(dup[0]))}: the series holds "
+            "several acquisitions, echoes or time points; separate them into one folder each",
+        )
+    median = float(np.median(gaps))
+    tol = _SPACING_RTOL * median + 1e-3
+    off = np.flatnonzero(np.abs(gaps - median) > tol)
+    if off.size:
+        worst = int(off[np.argmax(gaps[off])])
+        ratio = gaps[worst] / median
+        if ratio > 1.5 and abs(ratio - round(ratio)) < 0.1:
+            raise UnreadableScanError(
+                folder,
+                f"missing slice(s): a gap of {gaps[worst]:.3f} mm ({ratio:.1f}x the {median:.3f} mm slice "
+                f"spacing) {between(worst)}; about {round(ratio) - 1} slice(s) are missing",
+            )
+        raise UnreadableScanError(
+            folder,
+            f"slice spacing is not uniform: gaps from {gaps.min():.3f} to {gaps.max():.3f} mm (median "
+            f"{median:.3f} mm), e.g. {gaps[worst]:.3f} mm {between(worst)}",
+        )
+    offsets = np.array([s.position for s in slices]) - slices[0].position
+    in_plane = offsets - np.outer(along - along[0], normal)
+    drift = float(np.linalg.norm(in_plane, axis=1).max())
+    if drift > _SHEAR_PIXELS * float(ref.spacing[:2].min()) + 1e-3:
+        raise UnreadableScanError(
+            folder,
+            f"slice positions drift {drift:.2f} mm sideways from the slice normal (gantry tilt or a sheared "
+            "stack), which a voxel grid cannot represent; resample the series (e.g. with dcm2niix) first",
+        )
+    return slices, float((along[-1] - along[0]) / (len(slices) - 1))
+
+
+def _no_dicom_reason(folder: Path) -> str:
+    try:
+        below = [p for p in find_scans(folder) if p != folder]
+    except OSError:
+        below = []
+    if below:
+        shown = ", ".join(f"'{p.relative_to(folder)}'" for p in below[:5])
+        more = f" and {len(below) - 5} more" if len(below) > 5 else ""
+        return f"no DICOM files directly in it, but it contains scans: {shown}{more}; pass one of those"
+    return "no DICOM files in it"
+
+
+def load_dicom(folder: str | Path, *, series: str | None = None) -> Volume:
+    """Reads one DICOM series from a folder into a Volume (``(I, J, K)`` = columns, rows, slices; RAS affine).
+
+    Args:
+        folder: Folder holding the series' files (not searched recursively).
+        series: Which series, when the folder holds several: SeriesInstanceUID, a unique SeriesDescription
+            (case-insensitive) or a unique UID prefix.
+
+    Returns:
+        The volume, slices in ascending order along the slice normal; ``source`` is the folder, ``header`` None.
+
+    Raises:
+        UnreadableScanError: No DICOM files, an irregular stack (missing slice, uneven spacing, tilt), corrupt files.
+        MultipleSeriesError: Several series and ``series`` not given.
+        MissingDecoderError: Compressed pixel data no installed decoder can read.
+    """
+    folder = Path(folder)
+    groups, skipped = _scan_folder(folder)
+    if not groups:
+        raise UnreadableScanError(folder, _no_dicom_reason(folder))
+    info = _choose_series([_info(groups[uid]) for uid in sorted(groups)], series, folder)
+    slices = groups[info.uid]
+    if len(slices) == 1 and slices[0].size[2] > 1:
+        # One multi-frame file: GDCM builds the 3D geometry from its functional groups.
+        try:
+            image = sitk.ReadImage(str(slices[0].path), imageIO="GDCMImageIO")
+        except RuntimeError as exc:
+            raise UnreadableScanError(folder, f"SimpleITK could not read it ({sitk_message(exc)})") from exc
+        return volume_from_sitk(image, folder)
+    try:
+        _check_consistent(slices, folder)
+        if len(slices) > 1:
+            slices, slice_spacing = _order_slices(slices, folder)
+        else:
+            slice_spacing = float(slices[0].spacing[2])
+    except UnreadableScanError as exc:
+        if not skipped:
+            raise
+        names = ", ".join(f"'{n}'" for n in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        raise UnreadableScanError(folder, f"{exc.reason} ({len(skipped)} unreadable file(s) skipped: {names})") from exc
+    array = read_pixels([s.path for s in slices], folder, rescale_varies=len({s.rescale for s in slices}) > 1)
+    ref = slices[0]
+    expected = (ref.size[0], ref.size[1], len(slices))
+    if array.shape != expected:
+        raise UnreadableScanError(folder, f"decoded voxels have shape {array.shape}, expected {expected}")
+    direction = np.column_stack([ref.direction[:, 0], ref.direction[:, 1], np.cross(*ref.direction[:, :2].T)])
+    spacing = np.array([ref.spacing[0], ref.spacing[1], slice_spacing])
+    affine = affine_from_itk(spacing, ref.position, direction)
+    return Volume(array=array, affine=affine, source=folder)

@@ -1,0 +1,104 @@
+"""Finding scans on disk and naming them: supported extensions, DICOM folders, case ids."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from medseg.errors import UnreadableScanError
+
+#: Image-file extensions medseg reads (lower case; matched case-insensitively, longest first).
+SUPPORTED_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+#: The nnU-Net suffix of a scan's first (often only) channel: ``case_0000.nii.gz`` is case ``case``.
+_CHANNEL_SUFFIX = "_0000"
+
+
+def image_suffix(path: str | Path) -> str | None:
+    """The supported image extension ``path`` ends with (e.g. ``".nii.gz"``), or None."""
+    name = Path(path).name.lower()
+    return next((s for s in SUPPORTED_SUFFIXES if name.endswith(s)), None)
+
+
+def is_supported_file(path: str | Path) -> bool:
+    """Whether ``path`` names an image file medseg reads (by extension: NIfTI, NRRD/NHDR, MHA/MHD).
+
+    DICOM slices are not "supported files" on their own: a DICOM series is read as its folder
+    (see :func:`find_scans`).
+    """
+    return image_suffix(path) is not None
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """Whether ``path`` is a DICOM file: the ``DICM`` marker after the 128-byte preamble, or a ``.dcm`` name."""
+    path = Path(path)
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with path.open("rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def _is_hidden(name: str) -> bool:
+    # Hidden entries include medseg's own in-progress atomic writes (".case.xxxx.nii.gz"), which are not scans.
+    return name.startswith(".")
+
+
+def find_scans(folder: str | Path) -> list[Path]:
+    """Lists the scans under ``folder``, recursively and sorted.
+
+    A scan is an image file with a supported extension, or a folder holding DICOM files (listed once, as the
+    folder; its files are not listed separately). Hidden files and folders are skipped.
+
+    Args:
+        folder: Folder to search. A single supported image file is returned as a one-element list.
+
+    Returns:
+        Sorted paths of image files and DICOM folders.
+
+    Raises:
+        UnreadableScanError: ``folder`` does not exist, or is a file medseg does not read.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise UnreadableScanError(folder, "no such file or folder")
+    if folder.is_file():
+        if is_supported_file(folder):
+            return [folder]
+        raise UnreadableScanError(folder, "not a folder and not a supported image file")
+    found: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not _is_hidden(d)]
+        root_path = Path(root)
+        has_dicom = False
+        for name in files:
+            if _is_hidden(name):
+                continue
+            if is_supported_file(name):
+                found.append(root_path / name)
+            elif not has_dicom and is_dicom_file(root_path / name):
+                has_dicom = True
+        if has_dicom:
+            found.append(root_path)
+    return sorted(found)
+
+
+def case_id_from_path(path: str | Path) -> str:
+    """The case id of a scan: the file name without its image extension and without nnU-Net's ``_0000``.
+
+    ``hippocampus_001.nii.gz`` -> ``hippocampus_001``; ``liver_7_0000.nii.gz`` -> ``liver_7``;
+    a DICOM folder ``.../13_HCropVolume`` -> ``13_HCropVolume``; a DICOM file -> its folder's name.
+    Only ``_0000`` is removed: other four-digit endings (``patient_2019``) may be part of the id.
+    """
+    path = Path(path)
+    suffix = image_suffix(path)
+    if suffix is None:
+        # A DICOM folder, or one DICOM file standing for its series.
+        return path.parent.name if path.is_file() and is_dicom_file(path) else path.name
+    stem = path.name[: -len(suffix)]
+    if stem.endswith(_CHANNEL_SUFFIX) and len(stem) > len(_CHANNEL_SUFFIX):
+        stem = stem[: -len(_CHANNEL_SUFFIX)]
+    return stem
