@@ -26,6 +26,7 @@ from medseg.errors import CheckpointError
 from medseg.inference.forward import predict_volume_probs
 from medseg.inference.postprocess import apply_postprocessing
 from medseg.inference.precision import resolve_channels_last, resolve_device, resolve_precision
+from medseg.io.orientation import Reorientation, to_canonical
 from medseg.losses import probs_to_labels
 from medseg.volume import Volume
 
@@ -232,18 +233,12 @@ class Predictor:
         """Number of classes including background."""
         return len(self.spec.classes)
 
-    def predict_proba(self, volume: Volume) -> np.ndarray:
-        """Per-class probabilities on the volume's voxel grid.
-
-        Args:
-            volume: A scan as read by ``medseg.io.load_volume``.
-
-        Returns:
-            ``(n_classes, I, J, K)`` float32; for ``softmax`` models they sum to 1 per voxel; for ``sigmoid``
-            models channel 0 is ``1 - max`` foreground probability (see ``medseg.losses.logits_to_probs``).
-        """
-        image = normalize(np.asarray(volume.array), self.spec.normalization, source=volume.source)
-        return predict_volume_probs(
+    def _canonical_probs(self, volume: Volume) -> tuple[np.ndarray, Reorientation]:
+        # The model was trained on closest-RAS voxel order (medseg.data reorients the same way), so an LPS-stored
+        # DICOM or a permuted NIfTI is sliced in the planes and handedness the model knows.
+        canon, reo = to_canonical(volume)
+        image = normalize(np.asarray(canon.array), self.spec.normalization, source=volume.source)
+        probs = predict_volume_probs(
             self.model,
             image,
             self.spec.slice_axis,
@@ -258,9 +253,30 @@ class Predictor:
             patch_hw=self.spec.patch_hw,
             pad_multiple=self.spec.pad_multiple,
         )
+        return probs, reo
 
-    def labels_from_proba(self, probs: np.ndarray) -> np.ndarray:
-        """Label volume (uint8, or uint16 beyond 255 classes) from :meth:`predict_proba` output, postprocessed."""
+    def predict_proba(self, volume: Volume) -> np.ndarray:
+        """Per-class probabilities on the volume's voxel grid.
+
+        Args:
+            volume: A scan as read by ``medseg.io.load_volume``.
+
+        Returns:
+            ``(n_classes, I, J, K)`` float32 in the volume's own voxel order; for ``softmax`` models they sum to 1
+            per voxel; for ``sigmoid`` models channel 0 is ``1 - max`` foreground probability
+            (see ``medseg.losses.logits_to_probs``).
+        """
+        probs, reo = self._canonical_probs(volume)
+        return reo.invert(probs)
+
+    def labels_from_proba(self, probs: np.ndarray, *, slice_axis: int | None = None) -> np.ndarray:
+        """Label volume (uint8, or uint16 beyond 255 classes) from class probabilities, postprocessed.
+
+        Args:
+            probs: ``(n_classes, I, J, K)`` probabilities.
+            slice_axis: Axis of ``probs`` along which 2D hole filling works; defaults to the model's slice axis
+                (right for probabilities in closest-RAS order, as the model sees them).
+        """
         if probs.ndim != 4 or probs.shape[0] != self.n_classes:
             raise ValueError(f"expected probabilities ({self.n_classes}, I, J, K), got shape {probs.shape}")
         ni, nj, nk = probs.shape[1:]
@@ -273,13 +289,14 @@ class Predictor:
             labels,
             largest_component=self.largest_component,
             fill_holes_classes=self.fill_holes,
-            axis=self.spec.slice_axis,
+            axis=self.spec.slice_axis if slice_axis is None else slice_axis,
         )
 
     def predict_with_proba(self, volume: Volume) -> tuple[Volume, np.ndarray]:
         """Both the mask volume and the probabilities (one forward pass), e.g. to save probability maps."""
-        probs = self.predict_proba(volume)
-        return volume.with_array(self.labels_from_proba(probs)), probs
+        probs, reo = self._canonical_probs(volume)
+        labels = self.labels_from_proba(probs)
+        return volume.with_array(reo.invert(labels)), reo.invert(probs)
 
     def predict(self, volume: Volume) -> Volume:
         """Label mask for ``volume``.
