@@ -6,9 +6,11 @@ measurements (see ``benchmarks/RESULTS.md``). Relative paths resolve against the
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -20,7 +22,8 @@ Stage = Literal["train", "predict", "evaluate"]
 
 class _Section(BaseModel):
     # Unknown keys are errors: a typo in a YAML key must never be silently ignored.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Attribute docstrings become field descriptions: the config reference in README.md is generated from them.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 class DataConfig(_Section):
@@ -36,17 +39,27 @@ class DataConfig(_Section):
     """``glob`` layout: label files relative to ``root``."""
     case_pattern: str = r"(?P<case>.+?)(_\d{4})?\.(nii\.gz|nii|nrrd|nhdr|mha|mhd)$"
     """``glob`` layout: regex on the file name; its ``case`` group pairs images with labels."""
+    dicom_image_pattern: str | None = None
+    """``dicom`` layout: folder-name pattern (fnmatch, case-insensitive) of the image series in each case folder,
+    e.g. ``"*T1post*"``. ``None`` = the one DICOM series folder whose name does not match the mask pattern."""
+    dicom_mask_pattern: str = "*mask*"
+    """``dicom`` layout: name pattern (fnmatch, case-insensitive) of the mask: a DICOM series folder or a
+    NIfTI/NRRD/MHA file next to the image series."""
     classes: list[str] | None = None
     """Class names including background at index 0. ``None`` = from ``dataset.json`` (msd) or required."""
     modality: Literal["mri", "ct"] = "mri"
+    """``ct`` selects CT normalisation (dataset-wide clip, then z-score) under ``preprocessing.normalization: auto``."""
     skip_bad_cases: bool = False
     """Skip (with a warning, listed in the run's output) cases that fail the checks instead of stopping."""
-    val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
-    folds: int | None = Field(None, ge=2)
+    val_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    """Share of the cases (whole cases, never slices) held out for validation when ``folds`` is ``None``."""
+    folds: int | None = Field(default=None, ge=2)
     """k-fold cross-validation: number of folds; ``None`` uses ``val_fraction``."""
-    fold: int = Field(0, ge=0)
+    fold: int = Field(default=0, ge=0)
+    """Which fold is the validation fold, ``0..folds-1`` (with ``folds``)."""
     seed: int = 0
-    max_cases: int | None = Field(None, ge=1)
+    """Seed of the train/validation split."""
+    max_cases: int | None = Field(default=None, ge=1)
     """Use only the first N cases (after sorting by id): for quick trials."""
     cache_dir: Path | None = None
     """Folder for preprocessed slices when they do not fit in memory; ``None`` keeps them in memory."""
@@ -67,50 +80,75 @@ class PreprocessingConfig(_Section):
     """``zscore``: compute mean/std over non-zero voxels only (skull-stripped MRI)."""
     slice_axis: Literal["auto", 0, 1, 2] = "auto"
     """``auto`` = the axis with the largest spacing (ties: the last axis)."""
-    context_slices: int = Field(0, ge=0, le=5)
+    context_slices: int = Field(default=0, ge=0, le=5)
     """2.5D: k neighbouring slices on each side become extra input channels."""
-    pad_multiple: int = Field(16, ge=1)
+    pad_multiple: int = Field(default=16, ge=1)
+    """Slices are zero-padded so height and width are multiples of this (the UNet halves them 4 times)."""
 
 
 class ElasticConfig(_Section):
-    prob: float = Field(0.2, ge=0.0, le=1.0)
+    """Elastic deformation (MONAI ``Rand2DElasticd``)."""
+
+    prob: float = Field(default=0.2, ge=0.0, le=1.0)
+    """Probability of applying an elastic deformation to a training slice."""
     spacing: tuple[float, float] = (20.0, 20.0)
+    """Distance between elastic control points, in pixels (rows, columns)."""
     magnitude: tuple[float, float] = (1.0, 2.0)
+    """Range of the displacement magnitude."""
 
 
 class AffineConfig(_Section):
-    prob: float = Field(0.3, ge=0.0, le=1.0)
-    rotate_deg: float = Field(15.0, ge=0.0)
-    scale: float = Field(0.15, ge=0.0)
+    """Random rotation and zoom (MONAI ``RandAffined``)."""
+
+    prob: float = Field(default=0.3, ge=0.0, le=1.0)
+    """Probability of a random rotation + zoom."""
+    rotate_deg: float = Field(default=15.0, ge=0.0)
+    """In-plane rotation by an angle in [-rotate_deg, rotate_deg] degrees."""
+    scale: float = Field(default=0.15, ge=0.0)
     """Zoom range as a fraction: 0.15 = scale in [0.85, 1.15]."""
 
 
 class FlipConfig(_Section):
-    prob: float = Field(0.0, ge=0.0, le=1.0)
+    """Random flips."""
+
+    prob: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Probability of a flip (0 by default: left/right labels would swap in some datasets)."""
     axes: list[int] = [0]
     """Spatial axes of the 2D slice to flip (0 = rows, 1 = columns)."""
 
 
 class NoiseConfig(_Section):
-    prob: float = Field(0.15, ge=0.0, le=1.0)
-    std: float = Field(0.1, ge=0.0)
+    """Additive Gaussian noise."""
+
+    prob: float = Field(default=0.15, ge=0.0, le=1.0)
+    """Probability of adding Gaussian noise."""
+    std: float = Field(default=0.1, ge=0.0)
+    """Standard deviation of the Gaussian noise, in normalised intensity units."""
 
 
 class ScaleIntensityConfig(_Section):
-    prob: float = Field(0.15, ge=0.0, le=1.0)
-    factor: float = Field(0.25, ge=0.0)
+    """Random intensity scaling."""
+
+    prob: float = Field(default=0.15, ge=0.0, le=1.0)
+    """Probability of an intensity scaling."""
+    factor: float = Field(default=0.25, ge=0.0)
     """Scale intensities by (1 + u), u in [-factor, factor]."""
 
 
 class GammaConfig(_Section):
-    prob: float = Field(0.15, ge=0.0, le=1.0)
+    """Random gamma (contrast) adjustment."""
+
+    prob: float = Field(default=0.15, ge=0.0, le=1.0)
+    """Probability of a gamma adjustment."""
     gamma: tuple[float, float] = (0.7, 1.5)
+    """Range of the gamma exponent applied to the intensities."""
 
 
 class AugmentationConfig(_Section):
     """MONAI dictionary transforms for training; validation and prediction use none of them."""
 
     enabled: bool = True
+    """Master switch: ``false`` trains without any augmentation."""
     elastic: ElasticConfig = ElasticConfig()
     affine: AffineConfig = AffineConfig()
     flip: FlipConfig = FlipConfig()
@@ -122,8 +160,10 @@ class AugmentationConfig(_Section):
 class ModelConfig(_Section):
     """The hand-built UNet."""
 
-    base_features: int = Field(32, ge=4)
+    base_features: int = Field(default=32, ge=4)
+    """Channels of the first UNet level; each level down doubles them (the seed used 64)."""
     bilinear: bool = False
+    """Upsample with bilinear interpolation instead of transposed convolutions (fewer parameters)."""
     checkpointing: bool = False
     """Recompute activations in the backward pass to save memory (slower)."""
 
@@ -132,76 +172,114 @@ class LossConfig(_Section):
     """``loss = bce_weight * BCE + dice_weight * (1 - soft Dice)``, class-weighted."""
 
     mode: Literal["sigmoid", "softmax"] = "sigmoid"
-    bce_weight: float = Field(1.0, ge=0.0)
-    dice_weight: float = Field(1.0, ge=0.0)
+    """``sigmoid``: one output per foreground class (BCE); ``softmax``: one per class incl. background (CE)."""
+    bce_weight: float = Field(default=1.0, ge=0.0)
+    """Weight of the cross-entropy term."""
+    dice_weight: float = Field(default=1.0, ge=0.0)
+    """Weight of the soft Dice term."""
     class_weights: Literal["auto", "none"] | list[float] = "auto"
     """``auto`` = inverse voxel frequency of the training labels, normalised and clipped."""
     class_weight_range: tuple[float, float] = (0.2, 5.0)
+    """``auto`` class weights are clipped to this range."""
 
 
 class TrainingConfig(_Section):
-    epochs: int = Field(50, ge=1)
-    max_minutes: float | None = Field(None, gt=0)
+    """The training loop: epochs, optimiser, sampling, precision, device."""
+
+    epochs: int = Field(default=50, ge=1)
+    """Number of training epochs (the learning-rate schedule is planned for them)."""
+    max_minutes: float | None = Field(default=None, gt=0)
     """Wall-clock budget; training stops after the epoch that crosses it (the schedule is planned for it)."""
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(default=32, ge=1)
+    """Slices per optimisation step."""
+    lr: float = Field(default=1e-3, gt=0)
+    """Initial learning rate."""
+    weight_decay: float = Field(default=1e-4, ge=0)
+    """Optimizer weight decay."""
     scheduler: Literal["poly", "cosine", "plateau", "none"] = "poly"
-    val_every: int = Field(1, ge=1)
-    early_stopping: int | None = Field(None, ge=1)
+    """Learning-rate schedule."""
+    val_every: int = Field(default=1, ge=1)
+    """Validate every N epochs; the checkpoint with the best validation Dice is ``best.pt``."""
+    early_stopping: int | None = Field(default=None, ge=1)
     """Stop after this many validations without improvement; ``None`` = never."""
-    grad_clip: float | None = Field(12.0, gt=0)
+    grad_clip: float | None = Field(default=12.0, gt=0)
+    """Clip the gradient norm to this value; ``None`` = no clipping."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Mixed precision; ``auto`` = bf16 where the device supports it, else fp32."""
     channels_last: Literal["auto"] | bool = "auto"
-    foreground_fraction: float = Field(0.33, ge=0.0, le=1.0)
+    """Channels-last memory format; ``auto`` decides by device."""
+    foreground_fraction: float = Field(default=0.33, ge=0.0, le=1.0)
     """Share of each batch drawn from slices that contain labels."""
     num_workers: int | Literal["auto"] = "auto"
+    """Data-loader worker processes; ``auto`` decides from the CPU count."""
     device: str = "auto"
     """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``."""
     distributed_backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """torch.distributed backend when launched with ``torchrun``; ``auto`` = nccl on GPUs, gloo on CPU."""
     deterministic: bool = False
+    """Use deterministic kernels (reproducible, slower on GPU)."""
     seed: int = 0
+    """Seed of weight initialisation, sampling and augmentation."""
     resume: bool = False
     """Continue from ``<output.dir>/checkpoints/last.pt`` (also extends a finished run to more epochs)."""
 
 
 class PostprocessingConfig(_Section):
+    """Clean-up of predicted masks; ``auto`` decisions are made on the validation cases during training."""
+
     largest_component: Literal["auto"] | bool = "auto"
     """``auto`` = on for the classes where it improved validation Dice during training."""
     fill_holes: Literal["auto"] | bool = "auto"
+    """Fill holes in each predicted class; ``auto`` = for the classes where it improved validation Dice."""
 
 
 class InferenceConfig(_Section):
+    """Prediction: which scans, which checkpoint, how masks are written."""
+
     input: Path | None = None
     """Folder of scans (NIfTI/NRRD/MHA files and/or DICOM series folders, searched recursively).
     ``None`` = the validation cases of ``data``."""
     checkpoint: Path | None = None
     """``None`` = ``<output.dir>/checkpoints/best.pt``."""
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    """Slices per forward pass."""
     tta_flips: bool = False
+    """Test-time augmentation: also predict flipped slices and average (slower)."""
     postprocessing: PostprocessingConfig = PostprocessingConfig()
+    """Connected-component clean-up of the predicted masks."""
     save_probabilities: bool = False
+    """Also write float32 probability maps next to the masks."""
     output_format: Literal["nii.gz", "nrrd", "mha"] = "nii.gz"
+    """File format of the predicted masks."""
     overwrite: bool = False
+    """Replace existing mask files instead of failing on them."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Inference precision; ``auto`` = bf16 where the device supports it, else fp32."""
     device: str = "auto"
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``."""
 
 
 class EvaluationConfig(_Section):
+    """Comparison of predicted masks with ground truth: Dice, IoU, HD95, ASSD, volumes, PNG overlays."""
+
     ground_truth: Path | None = None
     """Folder of ground-truth masks named like the predictions; ``None`` = the labels of the predicted cases."""
-    overlays: int = Field(3, ge=0)
+    overlays: int = Field(default=3, ge=0)
     """Number of best and of worst cases to draw as PNG overlays."""
 
 
 class OutputConfig(_Section):
+    """Where a run writes its results."""
+
     dir: Path = Path("runs/medseg")
+    """Everything a run writes goes under this folder (layout in README.md)."""
 
 
 class Config(_Section):
     """A whole medseg run."""
 
     data: DataConfig = DataConfig()
+    """Where the cases are."""
     preprocessing: PreprocessingConfig = PreprocessingConfig()
     augmentation: AugmentationConfig = AugmentationConfig()
     model: ModelConfig = ModelConfig()
@@ -211,6 +289,7 @@ class Config(_Section):
     evaluation: EvaluationConfig = EvaluationConfig()
     output: OutputConfig = OutputConfig()
     stages: list[Stage] = ["train", "predict", "evaluate"]
+    """Stages to run, in this order; ``--stage`` on the command line replaces it."""
 
 
 _PATH_KEYS = (
@@ -224,18 +303,68 @@ _PATH_KEYS = (
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"Invalid configuration in {source}:"]
+    # One paragraph: a header line, then one line per offending key path (union branches merged into one line).
+    problems: dict[str, list[str]] = {}
+    inputs: dict[str, Any] = {}
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        key = _key_path(e["loc"])
         if e["type"] == "extra_forbidden":
-            parent = e["loc"][:-1]
-            accepted = _accepted_keys(parent)
-            lines.append(f"  - unknown key '{key}'" + (f"; accepted keys here: {', '.join(accepted)}" if accepted else ""))
+            problems.setdefault(key, []).append(_unknown_key_text(e["loc"]))
+            continue
+        if e["type"] in ("model_type", "model_attributes_type", "dict_type"):
+            msg = "should be a section: a mapping of keys, not a single value"
+        elif str(e["msg"]).startswith("Input should be "):
+            msg = "should be " + str(e["msg"]).removeprefix("Input should be ")
         else:
-            got = e.get("input")
-            got_text = f" (got {got!r})" if not isinstance(got, dict) else ""
-            lines.append(f"  - '{key}': {e['msg']}{got_text}")
+            msg = str(e["msg"]).removeprefix("Value error, ")
+        problems.setdefault(key, []).append(msg)
+        inputs.setdefault(key, e.get("input"))
+    lines = [f"Invalid configuration in {source}:"]
+    for key, msgs in problems.items():
+        if msgs[0].startswith("unknown key"):
+            lines.append(f"  - {msgs[0]}")
+            continue
+        got = inputs.get(key)
+        got_text = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
+        unique = list(dict.fromkeys(msgs))
+        if all(m.startswith("should be ") for m in unique):
+            text = "should be " + " or ".join(m.removeprefix("should be ") for m in unique)
+        else:
+            text = "; ".join(unique)
+        sep = " " if text.startswith("should be ") else ": "
+        lines.append(f"  - '{key or '(top level)'}'{sep}{text}{got_text}")
+    lines.append("  The config reference in README.md lists every section, key and accepted value.")
     return "\n".join(lines)
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    """The user-facing key path of a pydantic error location, without union-branch tags like ``bool``."""
+    parts: list[str] = []
+    model: type[BaseModel] | None = Config
+    for part in loc:
+        if isinstance(part, int):
+            parts.append(str(part))
+        elif model is not None and part in model.model_fields:
+            parts.append(str(part))
+            annotation = model.model_fields[str(part)].annotation
+            model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        elif model is not None:
+            parts.append(str(part))  # an unknown key: keep it, it is what the user wrote
+            model = None
+        # else: a union-branch tag such as "literal['auto']" or "list[float]": not part of the key path
+    return ".".join(parts)
+
+
+def _unknown_key_text(loc: tuple[Any, ...]) -> str:
+    key = _key_path(loc)
+    parent, name = loc[:-1], str(loc[-1])
+    accepted = _accepted_keys(parent)
+    if not accepted:
+        return f"unknown key '{key}'"
+    close = difflib.get_close_matches(name, accepted, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    where = f"in '{_key_path(parent)}'" if parent else "at the top level"
+    return f"unknown key '{key}'{hint}; accepted keys {where}: {', '.join(accepted)}"
 
 
 def _accepted_keys(loc: tuple[Any, ...]) -> list[str]:
@@ -253,9 +382,11 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = tree
     for part in parts[:-1]:
-        child = node.setdefault(part, {})
+        child = node.get(part)
+        if child is None:  # absent, or a YAML section with every key commented out
+            child = node[part] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {dotted}: '{part}' is not a section")
+            raise ConfigError(f"--set {dotted}=...: '{part}' is a single value, not a section with keys")
         node = child
     node[parts[-1]] = value
 
@@ -270,19 +401,48 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key.strip()):
-            raise ConfigError(f"--set '{item}': expected key.path=value, e.g. training.epochs=5")
-        parsed.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+            raise ConfigError(f"--set '{item}': expected key.path=value, e.g. --set training.epochs=5")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw  # not YAML (e.g. an unbalanced bracket in a glob): keep the text as a string
+        parsed.append((key.strip(), value))
     return parsed
+
+
+def _fill_empty_sections(raw: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+    # A YAML section whose keys are all commented out parses as None; it means "all defaults", not an error.
+    out = dict(raw)
+    for name, value in raw.items():
+        field = model.model_fields.get(name) if isinstance(name, str) else None
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            continue
+        if value is None:
+            out[name] = {}
+        elif isinstance(value, dict):
+            out[name] = _fill_empty_sections(value, annotation)
+    return out
 
 
 def config_from_dict(raw: dict[str, Any], *, base_dir: Path, source: str = "config") -> Config:
     """Validates a config mapping; relative paths resolve against ``base_dir``.
 
+    Args:
+        raw: The parsed YAML mapping (sections -> keys).
+        base_dir: Folder that relative paths are relative to (the config file's folder).
+        source: How to name the config in error messages.
+
+    Returns:
+        The validated :class:`Config` with absolute paths.
+
     Raises:
         ConfigError: Naming each offending key path and what it accepts.
     """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"Invalid configuration in {source}: it must be a mapping of sections, got {raw!r}")
     try:
-        cfg = Config.model_validate(raw)
+        cfg = Config.model_validate(_fill_empty_sections(raw, Config))
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source)) from None
     for section, key in _PATH_KEYS:
@@ -298,9 +458,14 @@ def config_from_dict(raw: dict[str, Any], *, base_dir: Path, source: str = "conf
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Reads a YAML config, applies ``--set`` overrides and validates it.
 
+    Relative paths written in the file resolve against the file's folder (so a config works from any working
+    directory); relative paths given in ``overrides`` resolve against the current directory, like any other
+    command-line path.
+
     Args:
         path: YAML file.
-        overrides: ``key.path=value`` strings applied on top of the file.
+        overrides: ``key.path=value`` strings applied on top of the file (values are YAML: ``3``, ``true``,
+            ``[1, 2]``, ``null``).
 
     Returns:
         The validated :class:`Config` with absolute paths.
@@ -310,20 +475,148 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"Config file '{path}' does not exist")
+        what = "is a folder, not a YAML file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"Config file '{path}' {what}. Pass a YAML file such as configs/quickstart.yaml.")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"Config file '{path}' is not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"Config file '{path}' is not valid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"Config file '{path}' cannot be read: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"Config file '{path}' must hold a mapping of sections, got {type(raw).__name__}")
-    for key, value in parse_overrides(overrides or []):
+    parsed = parse_overrides(overrides or [])
+    for key, value in parsed:
+        if tuple(key.split(".")) in _PATH_KEYS and isinstance(value, str) and value:
+            value = str((Path.cwd() / Path(value).expanduser()).resolve())
         _set_dotted(raw, key, value)
-    return config_from_dict(raw, base_dir=path.parent.resolve(), source=str(path))
+    source = f"{path} (with --set overrides)" if parsed else str(path)
+    return config_from_dict(raw, base_dir=path.parent.resolve(), source=source)
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
-    """Writes the resolved config as YAML (atomically)."""
+def save_config(cfg: Config, path: str | Path, *, comment: str | None = None) -> None:
+    """Writes the resolved config as YAML (atomically); it loads back with :func:`load_config`.
+
+    Args:
+        cfg: The config to write (paths are written absolute).
+        path: Destination ``.yaml`` file.
+        comment: Optional text written as ``#`` comment lines at the top.
+    """
     from medseg.io.atomic import atomic_write_text
 
-    atomic_write_text(Path(path), yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    head = "".join(f"# {line}\n" for line in comment.splitlines()) if comment else ""
+    atomic_write_text(Path(path), head + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+# ------------------------------------------------------------------------------------------ config reference
+
+
+def _type_text(annotation: Any) -> str:
+    origin, args = get_origin(annotation), get_args(annotation)
+    if annotation is type(None):
+        return "`null`"
+    if origin is Literal:
+        return " \\| ".join(f"`{a}`" for a in args)
+    if origin in (Union, UnionType):
+        return " \\| ".join(_type_text(a) for a in args)
+    if origin is list:
+        return f"list of {_type_text(args[0])}"
+    if origin is tuple:
+        return "[" + ", ".join(_type_text(a) for a in args) + "]"
+    names = {bool: "`true` \\| `false`", int: "integer", float: "number", str: "text", Path: "path"}
+    return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _bounds_text(metadata: list[Any]) -> str:
+    symbols = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    parts = [f"{sym} {getattr(m, attr)}" for m in metadata for attr, sym in symbols.items() if hasattr(m, attr)]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _default_text(value: Any) -> str:
+    text = yaml.safe_dump(_plain(value), default_flow_style=True).strip().removesuffix("...").strip()
+    return "`" + text.replace("|", "\\|") + "`"
+
+
+def _md(text: str) -> str:
+    # Docstrings are reStructuredText (``code``, None); the reference is Markdown read by YAML writers.
+    return text.replace("``None``", "``null``").replace("``", "`")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_reference_markdown() -> str:
+    """The config reference of README.md, generated from the schema's types, defaults and docstrings.
+
+    ``python -m medseg.config`` prints it; a test keeps README.md's copy identical.
+    """
+    out: list[str] = []
+
+    def section(model: type[BaseModel], path: str) -> None:
+        doc = _md(" ".join((model.__doc__ or "").split()))
+        out.extend(
+            [f"#### `{path}`", "", doc, "", "| key | default | accepts | meaning |", "| --- | --- | --- | --- |"]
+        )
+        nested = []
+        for name, fld in model.model_fields.items():
+            annotation = fld.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                nested.append((annotation, f"{path}.{name}"))
+                out.append(f"| `{name}` | | section | see `{path}.{name}` below |")
+                continue
+            accepts = _type_text(annotation) + _bounds_text(fld.metadata)
+            meaning = _md(" ".join((fld.description or "").split())).replace("|", "\\|")
+            out.append(f"| `{name}` | {_default_text(fld.default)} | {accepts} | {meaning} |")
+        out.append("")
+        for sub, sub_path in nested:
+            section(sub, sub_path)
+
+    for name, fld in Config.model_fields.items():
+        annotation = fld.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            section(annotation, name)
+    stages = Config.model_fields["stages"]
+    out.extend(
+        [
+            "#### `stages`",
+            "",
+            f"{_md(stages.description or '')} Accepts a list of {_type_text(get_args(stages.annotation)[0])}; "
+            f"default {_default_text(stages.default)}.",
+            "",
+        ]
+    )
+    return "\n".join(out)
+
+
+REFERENCE_MARKERS = ("<!-- config-reference:start -->", "<!-- config-reference:end -->")
+
+
+def update_reference_in(markdown: str) -> str:
+    """``markdown`` with the text between :data:`REFERENCE_MARKERS` replaced by :func:`config_reference_markdown`."""
+    start, end = REFERENCE_MARKERS
+    head, sep, rest = markdown.partition(start)
+    _, sep2, tail = rest.partition(end)
+    if not sep or not sep2:
+        raise ValueError(f"the markers {start} and {end} are missing")
+    return f"{head}{start}\n\n{config_reference_markdown()}\n{end}{tail}"
+
+
+if __name__ == "__main__":
+    # python -m medseg.config            prints the reference
+    # python -m medseg.config README.md  rewrites the reference section of README.md
+    import sys
+
+    if len(sys.argv) > 1:
+        target = Path(sys.argv[1])
+        target.write_text(update_reference_in(target.read_text()))
+    else:
+        print(config_reference_markdown())

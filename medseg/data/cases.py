@@ -1,0 +1,413 @@
+"""Case discovery: which image goes with which label, for the three dataset layouts medseg understands.
+
+- ``msd``: a Medical Segmentation Decathlon / nnU-Net folder with ``dataset.json`` (MSD's ``training`` list and
+  ``labels`` index->name dict, or nnU-Net v2's name->index ``labels`` with ``imagesTr/<case>_0000<ending>``).
+- ``glob``: ``data.image_glob`` + ``data.label_glob`` under ``data.root``, paired by the ``case`` group of
+  ``data.case_pattern`` matched against the file names.
+- ``dicom``: one folder per case holding an image series folder and a mask (series folder or NIfTI/NRRD/MHA
+  file), told apart by ``data.dicom_image_pattern`` / ``data.dicom_mask_pattern``.
+
+Problems with a single case (missing label, missing image) are :class:`BadCaseError`s naming the files; with
+``data.skip_bad_cases`` they are logged and listed in :attr:`DatasetSpec.skipped` instead. Problems with the
+dataset as a whole (no root, unreadable ``dataset.json``, no classes) are :class:`ConfigError`s.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medseg.config import DataConfig
+from medseg.errors import BadCaseError, ConfigError
+
+log = logging.getLogger(__name__)
+
+#: File endings of single-file scans, longest first so ``.nii.gz`` wins over ``.gz``.
+SCAN_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+_NNUNET_CHANNEL = re.compile(r"_\d{4}$")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One training or prediction case.
+
+    Attributes:
+        id: Unique name, used for output file names and to pair predictions with ground truth.
+        image: Image file or DICOM series folder.
+        label: Label file or DICOM mask series folder; ``None`` for unlabelled cases.
+    """
+
+    id: str
+    image: Path
+    label: Path | None
+
+
+@dataclass(frozen=True)
+class SkippedCase:
+    """A case left out because it failed a check (``data.skip_bad_cases``); listed in the run's output."""
+
+    id: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        """JSON-able form for run reports."""
+        return {"id": self.id, "reason": self.reason}
+
+
+@dataclass
+class DatasetSpec:
+    """The result of discovery.
+
+    Attributes:
+        cases: Usable cases, sorted by id.
+        classes: Class names, background at index 0.
+        skipped: Cases left out with ``skip_bad_cases`` (empty otherwise).
+    """
+
+    cases: list[Case]
+    classes: list[str]
+    skipped: list[SkippedCase] = field(default_factory=list)
+
+
+class BadCaseCollector:
+    """Raises or records bad cases depending on ``skip_bad_cases``; shared by discovery and preparation."""
+
+    def __init__(self, skip_bad_cases: bool) -> None:
+        self.skip_bad_cases = skip_bad_cases
+        self.skipped: list[SkippedCase] = []
+
+    def report(self, case_id: str, error: BadCaseError) -> None:
+        """Re-raises ``error``, or logs it as a warning and records the case as skipped."""
+        if not self.skip_bad_cases:
+            raise error
+        log.warning("Skipping case '%s': %s", case_id, error)
+        self.skipped.append(SkippedCase(case_id, str(error)))
+
+
+def strip_scan_ending(name: str) -> str:
+    """File name without its scan ending (``.nii.gz``, ``.nrrd``, ...); other names are returned unchanged."""
+    lower = name.lower()
+    for ending in SCAN_ENDINGS:
+        if lower.endswith(ending):
+            return name[: -len(ending)]
+    return name
+
+
+def case_id_for_file(path: Path) -> str:
+    """Case id of an image file: its name without the scan ending and without nnU-Net's ``_0000`` channel."""
+    return _NNUNET_CHANNEL.sub("", strip_scan_ending(path.name))
+
+
+def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSpec:
+    """Finds the cases of a dataset and its class names.
+
+    Args:
+        cfg: The ``data`` section (``root``, ``layout``, globs/patterns, ``classes``, ``skip_bad_cases``,
+            ``max_cases``).
+        require_labels: Training needs a label for every case (a missing one is a bad case); with False,
+            cases without a label get ``label=None``.
+
+    Returns:
+        A :class:`DatasetSpec` with cases sorted by id (the first ``max_cases`` if set).
+
+    Raises:
+        ConfigError: No or missing root, unreadable ``dataset.json``, no classes, no cases, duplicate ids.
+        BadCaseError: A case's image or label file is missing (unless ``skip_bad_cases``).
+    """
+    if cfg.root is None:
+        raise ConfigError("data.root is not set: point it at the dataset folder")
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise ConfigError(f"data.root '{root}' is not a folder")
+    layout = cfg.layout
+    if layout == "auto":
+        layout = "msd" if (root / "dataset.json").is_file() else "glob"
+    collector = BadCaseCollector(cfg.skip_bad_cases)
+
+    if layout == "msd":
+        cases, classes = _discover_msd(root, collector, require_labels)
+    elif layout == "glob":
+        cases, classes = _discover_glob(root, cfg, collector, require_labels), None
+    else:
+        cases, classes = _discover_dicom(root, cfg, collector, require_labels), None
+
+    if cfg.classes is not None:
+        classes = list(cfg.classes)
+    if not classes:
+        raise ConfigError(
+            f"data.classes is required for layout '{layout}' (class names with background first, "
+            "e.g. [background, tumour])"
+        )
+    if len(classes) < 2:
+        raise ConfigError(f"data.classes needs background and at least one class, got {classes}")
+    if not cases:
+        raise ConfigError(f"No usable cases found under data.root '{root}' (layout '{layout}')")
+
+    _reject_duplicates(cases)
+    cases.sort(key=lambda c: c.id)
+    if cfg.max_cases is not None:
+        cases = cases[: cfg.max_cases]
+    return DatasetSpec(cases=cases, classes=classes, skipped=collector.skipped)
+
+
+def _reject_duplicates(cases: list[Case]) -> None:
+    seen: dict[str, Case] = {}
+    for case in cases:
+        if case.id in seen:
+            raise ConfigError(
+                f"Two cases share the id '{case.id}': '{seen[case.id].image}' and '{case.image}' "
+                "(multi-channel inputs are not supported; check the file names or data.case_pattern)"
+            )
+        seen[case.id] = case
+
+
+# ---------------------------------------------------------------- msd / nnU-Net
+
+
+def read_dataset_json(root: Path) -> dict[str, Any]:
+    """Parses ``root/dataset.json``.
+
+    Raises:
+        ConfigError: If it is missing or not a JSON object.
+    """
+    path = root / "dataset.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"'{path}' does not exist (data.layout msd needs it)") from None
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"'{path}' is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"'{path}' must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def classes_from_labels(labels: Any, source: Path) -> list[str]:
+    """Class names in index order from a ``dataset.json`` ``labels`` entry (MSD or nnU-Net v2 style).
+
+    Raises:
+        ConfigError: If the indices are not 0..n-1 or are not integers (e.g. nnU-Net region labels).
+    """
+    if not isinstance(labels, dict) or not labels:
+        raise ConfigError(f"'{source}': 'labels' must be a non-empty mapping, got {labels!r}")
+    by_index: dict[int, str] = {}
+    if all(isinstance(k, str) and k.strip().isdigit() for k in labels):  # MSD: {"0": "background", ...}
+        by_index = {int(k): str(v) for k, v in labels.items()}
+    else:  # nnU-Net v2: {"background": 0, ...}
+        for name, value in labels.items():
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(
+                    f"'{source}': label '{name}' maps to {value!r}; only integer labels are supported "
+                    "(no nnU-Net region labels)"
+                )
+            by_index[value] = str(name)
+    if sorted(by_index) != list(range(len(by_index))):
+        raise ConfigError(
+            f"'{source}': label indices must be 0..{len(by_index) - 1} without gaps, got {sorted(by_index)}; "
+            "set data.classes and remap the labels"
+        )
+    return [by_index[i] for i in range(len(by_index))]
+
+
+def _n_modalities(ds: dict[str, Any]) -> int:
+    channels = ds.get("channel_names", ds.get("modality", {"0": "?"}))
+    return len(channels) if isinstance(channels, dict) else 1
+
+
+def _discover_msd(root: Path, collector: BadCaseCollector, require_labels: bool) -> tuple[list[Case], list[str]]:
+    ds = read_dataset_json(root)
+    source = root / "dataset.json"
+    classes = classes_from_labels(ds.get("labels"), source)
+    if _n_modalities(ds) > 1:
+        raise ConfigError(f"'{source}' lists {_n_modalities(ds)} input channels; only single-channel data is supported")
+
+    pairs: list[tuple[str, Path, Path | None]] = []
+    training = ds.get("training")
+    if isinstance(training, list) and training:
+        for i, entry in enumerate(training):
+            if not isinstance(entry, dict) or "image" not in entry:
+                raise ConfigError(f"'{source}': training[{i}] must be an object with 'image' and 'label'")
+            image = _resolve_msd_image(root / entry["image"])
+            label = root / entry["label"] if entry.get("label") else root / "labelsTr" / image.name
+            pairs.append((case_id_for_file(image), image, label))
+    else:  # nnU-Net v2: no training list, files found by name
+        ending = str(ds.get("file_ending", ".nii.gz"))
+        for image in sorted((root / "imagesTr").glob(f"*_0000{ending}")):
+            case_id = image.name[: -len(f"_0000{ending}")]
+            pairs.append((case_id, image, root / "labelsTr" / f"{case_id}{ending}"))
+    if not pairs:
+        raise ConfigError(f"'{source}' lists no training cases and '{root / 'imagesTr'}' has no '*_0000' images")
+    return _pairs_to_cases(pairs, collector, require_labels), classes
+
+
+def _resolve_msd_image(path: Path) -> Path:
+    # nnU-Net v1 converted data keeps MSD's training list but names the files <case>_0000<ending>.
+    if path.exists():
+        return path
+    stem = strip_scan_ending(path.name)
+    candidate = path.with_name(f"{stem}_0000{path.name[len(stem) :]}")
+    return candidate if candidate.exists() else path
+
+
+def _pairs_to_cases(
+    pairs: list[tuple[str, Path, Path | None]], collector: BadCaseCollector, require_labels: bool
+) -> list[Case]:
+    cases = []
+    for case_id, image, label in pairs:
+        if not image.exists():
+            collector.report(case_id, BadCaseError(f"Case '{case_id}': image '{image}' does not exist"))
+            continue
+        if label is None or not label.exists():
+            if require_labels:
+                expected = f"label '{label}' does not exist" if label is not None else "no label file found"
+                collector.report(case_id, BadCaseError(f"Case '{case_id}': image '{image}' has no label: {expected}"))
+                continue
+            label = None
+        cases.append(Case(case_id, image, label))
+    return cases
+
+
+# ---------------------------------------------------------------- glob
+
+
+def _discover_glob(root: Path, cfg: DataConfig, collector: BadCaseCollector, require_labels: bool) -> list[Case]:
+    try:
+        pattern = re.compile(cfg.case_pattern)
+    except re.error as err:
+        raise ConfigError(f"data.case_pattern '{cfg.case_pattern}' is not a valid regex: {err}") from None
+    if "case" not in pattern.groupindex:
+        raise ConfigError(f"data.case_pattern '{cfg.case_pattern}' needs a named group (?P<case>...)")
+
+    def by_case(glob: str, what: str) -> dict[str, Path]:
+        found: dict[str, Path] = {}
+        for path in sorted(root.glob(glob)):
+            match = pattern.match(path.name)
+            if match is None:
+                log.warning("Ignoring %s '%s': its name does not match data.case_pattern", what, path)
+                continue
+            case_id = match.group("case")
+            if case_id in found:
+                raise ConfigError(
+                    f"Two {what} files give the case id '{case_id}' under data.case_pattern: "
+                    f"'{found[case_id]}' and '{path}'"
+                )
+            found[case_id] = path
+        return found
+
+    images = by_case(cfg.image_glob, "image")
+    if not images:
+        raise ConfigError(f"data.image_glob '{cfg.image_glob}' matches no files under '{root}'")
+    labels = by_case(cfg.label_glob, "label")
+    for orphan in sorted(set(labels) - set(images)):
+        log.warning("Label '%s' has no image matching data.image_glob; ignored", labels[orphan])
+    pairs: list[tuple[str, Path, Path | None]] = [(cid, img, labels.get(cid)) for cid, img in images.items()]
+    missing = [(cid, img) for cid, img, lab in pairs if lab is None]
+    if missing and require_labels:
+        # Name where the label was looked for, so a wrong label_glob is easy to spot.
+        for cid, img in missing:
+            collector.report(
+                cid,
+                BadCaseError(
+                    f"Case '{cid}': image '{img}' has no label: no file under '{root}' matching "
+                    f"data.label_glob '{cfg.label_glob}' has case id '{cid}'"
+                ),
+            )
+        pairs = [p for p in pairs if p[2] is not None]
+    return _pairs_to_cases(pairs, collector, require_labels)
+
+
+# ---------------------------------------------------------------- dicom
+
+
+def is_dicom_folder(folder: Path) -> bool:
+    """Whether ``folder`` directly holds DICOM files (by ``.dcm`` ending or the ``DICM`` preamble marker)."""
+    try:
+        entries = sorted((e for e in os.scandir(folder) if e.is_file()), key=lambda e: e.name)
+    except OSError:
+        return False
+    for entry in entries[:3]:
+        if entry.name.lower().endswith(".dcm"):
+            return True
+        try:
+            with open(entry.path, "rb") as fh:
+                if fh.read(132)[128:] == b"DICM":
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def _matches(name: str, pattern: str) -> bool:
+    return fnmatch.fnmatch(name.lower(), pattern.lower())
+
+
+def _discover_dicom(root: Path, cfg: DataConfig, collector: BadCaseCollector, require_labels: bool) -> list[Case]:
+    # A case folder is the parent of one or more DICOM series folders.
+    case_folders: dict[Path, list[Path]] = {}
+    visited: set[str] = set()
+    for dirpath, dirnames, _ in os.walk(root, followlinks=True):
+        dirnames.sort()
+        folder = Path(dirpath)
+        real = os.path.realpath(folder)
+        if real in visited:  # symlink loop
+            dirnames[:] = []
+            continue
+        visited.add(real)
+        if folder != root and is_dicom_folder(folder):
+            case_folders.setdefault(folder.parent, []).append(folder)
+            dirnames[:] = []  # a series folder holds no further series
+    if not case_folders:
+        raise ConfigError(f"data.layout dicom: no folders of DICOM files under data.root '{root}'")
+
+    pairs: list[tuple[str, Path, Path | None]] = []
+    for case_folder, series in sorted(case_folders.items()):
+        rel = case_folder.relative_to(root)
+        case_id = re.sub(r"\s+", "_", "_".join(rel.parts) if rel.parts else root.name)
+        masks = [s for s in series if _matches(s.name, cfg.dicom_mask_pattern)]
+        masks += sorted(
+            p
+            for p in case_folder.iterdir()
+            if p.is_file() and p.name.lower().endswith(SCAN_ENDINGS) and _matches(p.name, cfg.dicom_mask_pattern)
+        )
+        images = [s for s in series if not _matches(s.name, cfg.dicom_mask_pattern)]
+        if cfg.dicom_image_pattern is not None:
+            images = [s for s in images if _matches(s.name, cfg.dicom_image_pattern)]
+        if len(images) != 1:
+            what = "no" if not images else f"{len(images)} ({', '.join(s.name for s in images)})"
+            pattern = cfg.dicom_image_pattern or f"not matching data.dicom_mask_pattern '{cfg.dicom_mask_pattern}'"
+            if not images and not masks:
+                continue  # a folder of unrelated series (e.g. only a localiser): not a case
+            collector.report(
+                case_id,
+                BadCaseError(
+                    f"Case '{case_id}' in '{case_folder}': {what} image series folders ({pattern}); "
+                    "set data.dicom_image_pattern to pick one"
+                ),
+            )
+            continue
+        if len(masks) > 1:
+            collector.report(
+                case_id,
+                BadCaseError(
+                    f"Case '{case_id}' in '{case_folder}': several masks match data.dicom_mask_pattern "
+                    f"'{cfg.dicom_mask_pattern}': {', '.join(m.name for m in masks)}"
+                ),
+            )
+            continue
+        if not masks and require_labels:
+            collector.report(
+                case_id,
+                BadCaseError(
+                    f"Case '{case_id}': image series '{images[0]}' has no label: nothing in '{case_folder}' "
+                    f"matches data.dicom_mask_pattern '{cfg.dicom_mask_pattern}'"
+                ),
+            )
+            continue
+        pairs.append((case_id, images[0], masks[0] if masks else None))
+    return _pairs_to_cases(pairs, collector, require_labels)

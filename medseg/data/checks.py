@@ -1,0 +1,94 @@
+"""Checks that an image and its label can be trained on together."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from medseg.data.cases import Case
+from medseg.errors import BadCaseError
+from medseg.volume import Volume
+
+#: Largest allowed displacement of the grid corners between image and label, as a fraction of the smallest voxel
+#: size. Loose enough for float32-stored NIfTI affines vs float64 DICOM geometry, tight enough to catch a
+#: half-voxel shift or a flipped axis.
+GEOMETRY_TOLERANCE = 0.01
+
+
+def grid_corners(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    """World coordinates (8, 3) of the centres of a voxel grid's corner voxels."""
+    corners = np.array(list(itertools.product(*[(0, s - 1) for s in shape[:3]])), dtype=np.float64)
+    return corners @ affine[:3, :3].T + affine[:3, 3]
+
+
+def geometry_mismatch(image: Volume, label: Volume, tolerance: float = GEOMETRY_TOLERANCE) -> str | None:
+    """Why ``label`` does not lie on ``image``'s voxel grid, or ``None`` if it does (shape and affine)."""
+    if image.shape != label.shape:
+        return f"shape {image.shape} != label shape {label.shape}"
+    # Comparing where the corners land covers spacing, origin and direction in one number, in mm.
+    shift = np.linalg.norm(grid_corners(image.shape, image.affine) - grid_corners(label.shape, label.affine), axis=1)
+    allowed = tolerance * float(min(image.spacing.min(), label.spacing.min()))
+    if shift.max() > allowed:
+        return (
+            f"geometry differs: grid corners are up to {shift.max():.4g} mm apart (allowed {allowed:.3g} mm); "
+            f"image spacing {np.round(image.spacing, 4).tolist()} origin {np.round(image.origin, 3).tolist()}, "
+            f"label spacing {np.round(label.spacing, 4).tolist()} origin {np.round(label.origin, 3).tolist()}"
+        )
+    return None
+
+
+def label_problem(label: np.ndarray, n_classes: int) -> str | None:
+    """Why ``label`` is not a valid label map for ``n_classes`` classes (incl. background), or ``None``."""
+    arr = np.asarray(label)
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            return "label holds non-finite values (NaN/inf)"
+        if not np.array_equal(arr, np.round(arr)):
+            return "label holds non-integer values (is it a probability map or an image?)"
+    elif arr.dtype.kind not in "iub":
+        return f"label has unsupported dtype {arr.dtype}"
+    if arr.size == 0:
+        return "label is empty"
+    lo, hi = arr.min(), arr.max()
+    if lo < 0 or hi > n_classes - 1:
+        values = np.unique(arr)
+        bad = values[(values < 0) | (values > n_classes - 1)]
+        shown = ", ".join(f"{v:g}" for v in bad[:10]) + (" ..." if len(bad) > 10 else "")
+        return f"label values {shown} are outside the {n_classes} classes (allowed 0..{n_classes - 1})"
+    return None
+
+
+def check_pair(
+    case: Case, image: Volume, label: Volume, n_classes: int, *, tolerance: float = GEOMETRY_TOLERANCE
+) -> None:
+    """Checks that ``label`` is a valid label map on ``image``'s grid.
+
+    Args:
+        case: The case (its files are named in the error).
+        image: The loaded image.
+        label: The loaded label.
+        n_classes: Number of classes including background; label values must be in ``0..n_classes-1``.
+        tolerance: Allowed corner displacement as a fraction of the smallest voxel size.
+
+    Raises:
+        BadCaseError: Naming the image and label files and the reason (shape or geometry mismatch, label values
+            outside the classes or not integers, non-finite image intensities).
+    """
+    where = f"Case '{case.id}' (image '{case.image}', label '{case.label}')"
+    mismatch = geometry_mismatch(image, label, tolerance)
+    if mismatch:
+        raise BadCaseError(f"{where}: image {mismatch}")
+    problem = label_problem(label.array, n_classes)
+    if problem:
+        raise BadCaseError(f"{where}: {problem}")
+    check_image_finite(case, image)
+
+
+def check_image_finite(case: Case, image: Volume) -> None:
+    """Raises :class:`BadCaseError` if the image holds NaN or inf."""
+    arr = image.array
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        n_bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        files = f"image '{case.image}'" + (f", label '{case.label}'" if case.label else "")
+        raise BadCaseError(f"Case '{case.id}' ({files}): image holds {n_bad} non-finite voxels (NaN/inf)")

@@ -1,0 +1,364 @@
+"""Reading, checking, normalising and slicing cases: every file is read exactly once per run.
+
+:func:`prepare_training_data` is what training calls: it reads the training and validation cases once, fits the
+normalisation on the training cases only (``ct``), resolves the slice axis from the training spacings and keeps
+each case's slices in memory (or memory-mapped from ``cache_dir``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from medseg.config import PreprocessingConfig
+from medseg.data.cases import BadCaseCollector, Case, SkippedCase
+from medseg.data.checks import check_image_finite, check_pair
+from medseg.data.normalization import CTStatsAccumulator, NormalizationParams, normalize, resolve_scheme
+from medseg.data.slicing import label_to_slices, resolve_slice_axis, slices_to_volume, volume_to_slices
+from medseg.errors import BadCaseError, MedsegError
+from medseg.io.orientation import to_canonical
+from medseg.volume import Volume
+
+log = logging.getLogger(__name__)
+
+#: Reads a scan (file or DICOM folder) into a :class:`Volume`; ``medseg.io.load_volume`` by default.
+Reader = Callable[[Path], Volume]
+
+
+def default_reader() -> Reader:
+    """``medseg.io.load_volume`` (imported lazily: it pulls in SimpleITK/pydicom)."""
+    from medseg.io import load_volume
+
+    return load_volume
+
+
+def label_dtype(n_classes: int) -> type[np.unsignedinteger]:
+    """Smallest unsigned dtype holding labels ``0..n_classes-1`` (uint8 up to 256 classes)."""
+    return np.uint8 if n_classes <= 256 else np.uint16
+
+
+@dataclass(eq=False)
+class PreparedCase:
+    """A case read, checked, normalised and cut into slices.
+
+    Attributes:
+        id: Case id.
+        image: Normalised slices ``(N, C, H, W)`` float32 (``C = 2 * context + 1``, channel ``context`` is the
+            slice itself), not padded. A read-only memory map when a cache folder is used.
+        label: Label slices ``(N, H, W)`` uint8, or ``None`` for an unlabelled case.
+        axis: Slice axis of the volume.
+        shape: Volume shape ``(I, J, K)``.
+        spacing: Voxel size in mm along i, j, k (for spacing-aware metrics).
+        affine: Voxel-to-RAS affine of the image (4x4), if known.
+        case: The source case (files), if known.
+    """
+
+    id: str
+    image: np.ndarray
+    label: np.ndarray | None
+    axis: int
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    affine: np.ndarray | None = None
+    case: Case | None = None
+
+    @property
+    def context(self) -> int:
+        """2.5D context slices on each side."""
+        return (int(self.image.shape[1]) - 1) // 2
+
+    @property
+    def n_slices(self) -> int:
+        """Number of slices ``N``."""
+        return int(self.image.shape[0])
+
+    @property
+    def volume(self) -> np.ndarray:
+        """The normalised volume ``(I, J, K)`` float32 (a view of the centre channel), e.g. for validation."""
+        return slices_to_volume(self.image[:, self.context], self.axis)
+
+    @property
+    def label_volume(self) -> np.ndarray | None:
+        """The label volume ``(I, J, K)`` (a view), or ``None``."""
+        return slices_to_volume(self.label, self.axis) if self.label is not None else None
+
+    @property
+    def foreground(self) -> np.ndarray:
+        """Per slice, whether it holds any label > 0 (all False when unlabelled)."""
+        if self.label is None:
+            return np.zeros(self.n_slices, dtype=bool)
+        return np.asarray(self.label.reshape(self.n_slices, -1).max(axis=1) > 0)
+
+
+@dataclass
+class PreparedData:
+    """Everything training needs from the data stage.
+
+    Attributes:
+        train: Prepared training cases.
+        val: Prepared validation cases.
+        params: Normalisation fitted on the training cases (save ``params.to_dict()`` with the model).
+        axis: Slice axis used.
+        context: 2.5D context slices on each side.
+        skipped: Cases left out with ``skip_bad_cases``.
+    """
+
+    train: list[PreparedCase]
+    val: list[PreparedCase]
+    params: NormalizationParams
+    axis: int
+    context: int
+    skipped: list[SkippedCase] = field(default_factory=list)
+
+
+@dataclass
+class _Loaded:
+    case: Case
+    array: np.ndarray  # normalised float32, or raw float32 while a ct fit is pending
+    label: np.ndarray | None
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+
+
+class _Stash:
+    """Keeps arrays in memory, or saves them to ``cache_dir`` and hands back read-only memory maps."""
+
+    def __init__(self, cache_dir: Path | None) -> None:
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        if self.cache_dir is not None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, name: str) -> Path:
+        assert self.cache_dir is not None
+        return self.cache_dir / (re.sub(r"[^\w.-]", "_", name) + ".npy")
+
+    def keep(self, array: np.ndarray, name: str) -> np.ndarray:
+        if self.cache_dir is None:
+            return array
+        path = self._path(name)
+        safe = path.name[: -len(".npy")]
+        # A private temp name + rename: a killed run never leaves a truncated cache file behind.
+        tmp = self.cache_dir / f".{safe}.{os.getpid()}.tmp.npy"
+        np.save(tmp, array)
+        os.replace(tmp, path)
+        return np.load(path, mmap_mode="r")
+
+    def discard(self, name: str) -> None:
+        """Deletes a cached array that is no longer needed (open memory maps stay valid on POSIX)."""
+        if self.cache_dir is not None:
+            self._path(name).unlink(missing_ok=True)
+
+
+def _read_case(
+    case: Case, n_classes: int | None, reader: Reader, dtype: type[np.unsignedinteger]
+) -> tuple[Volume, np.ndarray | None]:
+    """Reads image and label once, checks them, and brings both to closest-RAS voxel order.
+
+    The reorientation (permutes/flips only, see ``medseg.io.orientation``) makes the slice axis mean the same
+    anatomical direction for every case; the predictor applies the same one to each scan. Read errors become
+    BadCaseErrors naming both files.
+    """
+    try:
+        image = reader(case.image)
+        label = reader(case.label) if case.label is not None else None
+    except BadCaseError:
+        raise
+    except MedsegError as err:
+        raise BadCaseError(f"Case '{case.id}' (image '{case.image}', label '{case.label}'): {err}") from err
+    if label is None:
+        check_image_finite(case, image)
+        return to_canonical(image)[0], None
+    if n_classes is None:
+        raise ValueError("n_classes is needed to check labelled cases")
+    check_pair(case, image, label, n_classes)
+    image, reorientation = to_canonical(image)
+    return image, reorientation.apply(np.asarray(label.array).astype(dtype))
+
+
+def _load_all(
+    cases: Sequence[Case],
+    n_classes: int | None,
+    reader: Reader,
+    collector: BadCaseCollector,
+    params: NormalizationParams | None,
+    ct_acc: CTStatsAccumulator | None,
+    stash: _Stash,
+) -> list[_Loaded]:
+    loaded = []
+    dtype = label_dtype(n_classes or 2)
+    for case in cases:
+        try:
+            image, label = _read_case(case, n_classes, reader, dtype)
+        except BadCaseError as err:
+            collector.report(case.id, err)
+            continue
+        if ct_acc is not None:
+            ct_acc.add(image.array, label, source=case.image)
+        if params is not None:
+            array = normalize(image.array, params, source=case.image)
+        else:  # ct fit pending: float32 holds HU exactly and halves the memory of get_fdata's float64
+            array = np.asarray(image.array, dtype=np.float32)
+        loaded.append(
+            _Loaded(
+                case=case,
+                array=stash.keep(array, f"{case.id}.volume"),
+                label=stash.keep(label, f"{case.id}.label_volume") if label is not None else None,
+                spacing=tuple(float(s) for s in image.spacing),  # type: ignore[arg-type]
+                affine=image.affine,
+            )
+        )
+        del image
+    return loaded
+
+
+def _slice_loaded(
+    item: _Loaded, axis: int, context: int, params: NormalizationParams | None, stash: _Stash
+) -> PreparedCase:
+    array = normalize(item.array, params, source=item.case.image) if params is not None else item.array
+    image = stash.keep(volume_to_slices(array, axis, context), f"{item.case.id}.image")
+    label = stash.keep(label_to_slices(item.label, axis), f"{item.case.id}.label") if item.label is not None else None
+    return PreparedCase(
+        id=item.case.id,
+        image=image,
+        label=label,
+        axis=axis,
+        shape=tuple(int(s) for s in item.array.shape),  # type: ignore[arg-type]
+        spacing=item.spacing,
+        affine=item.affine,
+        case=item.case,
+    )
+
+
+def _slice_all(
+    items: list[_Loaded], axis: int, context: int, params: NormalizationParams | None, stash: _Stash
+) -> list[PreparedCase]:
+    # Consumes ``items`` so each volume is freed once its slices exist (peak memory ~ data + one case).
+    out = []
+    for i in range(len(items)):
+        out.append(_slice_loaded(items[i], axis, context, params, stash))
+        case_id = items[i].case.id
+        items[i] = None  # type: ignore[call-overload]
+        stash.discard(f"{case_id}.volume")
+        stash.discard(f"{case_id}.label_volume")
+    return out
+
+
+def prepare_cases(
+    cases: Sequence[Case],
+    params: NormalizationParams,
+    axis: int,
+    context: int = 0,
+    *,
+    n_classes: int | None = None,
+    reader: Reader | None = None,
+    skip_bad_cases: bool = False,
+    skipped: list[SkippedCase] | None = None,
+    cache_dir: Path | None = None,
+) -> list[PreparedCase]:
+    """Reads (once), checks, normalises and slices cases with known parameters.
+
+    Args:
+        cases: Cases to prepare; labelled ones need ``n_classes``.
+        params: Fitted normalisation (see :func:`prepare_training_data` to fit and prepare in one read).
+        axis: Slice axis.
+        context: 2.5D context slices on each side.
+        n_classes: Number of classes incl. background, for the label checks.
+        reader: Scan reader; ``medseg.io.load_volume`` by default.
+        skip_bad_cases: Log and skip bad cases instead of raising.
+        skipped: If given, skipped cases are appended to it.
+        cache_dir: Keep slices as memory-mapped ``.npy`` files here instead of in memory.
+
+    Returns:
+        One :class:`PreparedCase` per usable case, in input order.
+
+    Raises:
+        BadCaseError: A case is unreadable or fails :func:`check_pair` (unless ``skip_bad_cases``).
+    """
+    collector = BadCaseCollector(skip_bad_cases)
+    stash = _Stash(cache_dir)
+    loaded = _load_all(cases, n_classes, reader or default_reader(), collector, params, None, stash)
+    if skipped is not None:
+        skipped.extend(collector.skipped)
+    return _slice_all(loaded, axis, context, None, stash)
+
+
+def prepare_training_data(
+    train_cases: Sequence[Case],
+    val_cases: Sequence[Case],
+    n_classes: int,
+    preprocessing: PreprocessingConfig,
+    *,
+    modality: Literal["mri", "ct"] = "mri",
+    reader: Reader | None = None,
+    skip_bad_cases: bool = False,
+    cache_dir: Path | None = None,
+    seed: int = 0,
+) -> PreparedData:
+    """Reads every case once, fits normalisation on the training cases, resolves the axis, slices.
+
+    Args:
+        train_cases: Training cases (labelled).
+        val_cases: Validation cases (labelled or not).
+        n_classes: Number of classes including background.
+        preprocessing: ``normalization``, ``nonzero``, ``slice_axis``, ``context_slices``.
+        modality: Resolves ``normalization: auto`` (``ct`` -> ct, else zscore).
+        reader: Scan reader; ``medseg.io.load_volume`` by default.
+        skip_bad_cases: Log and skip bad cases instead of raising; they are listed in ``skipped``.
+        cache_dir: Keep volumes and slices as memory-mapped ``.npy`` files here instead of in memory.
+        seed: Seed of the ``ct`` voxel subsample.
+
+    Returns:
+        :class:`PreparedData` with the prepared cases, normalisation parameters, axis and skipped cases.
+
+    Raises:
+        BadCaseError: A case fails its checks (unless ``skip_bad_cases``).
+        ValueError: No usable training case.
+    """
+    reader = reader or default_reader()
+    scheme = resolve_scheme(preprocessing.normalization, modality)
+    collector = BadCaseCollector(skip_bad_cases)
+    stash = _Stash(cache_dir)
+    context = preprocessing.context_slices
+
+    if scheme == "ct":
+        acc = CTStatsAccumulator(seed=seed)
+        train = _load_all(train_cases, n_classes, reader, collector, None, acc, stash)
+        if not train:
+            raise ValueError("No usable training case left to fit the normalisation on")
+        params = acc.params()
+        val = _load_all(val_cases, n_classes, reader, collector, None, None, stash)
+        pending: NormalizationParams | None = params
+    else:
+        params = NormalizationParams(scheme=scheme, nonzero=preprocessing.nonzero)
+        train = _load_all(train_cases, n_classes, reader, collector, params, None, stash)
+        val = _load_all(val_cases, n_classes, reader, collector, params, None, stash)
+        pending = None
+    if not train:
+        raise ValueError("No usable training case (all were skipped)")
+
+    # One axis for the whole dataset, from the median training spacing (nnU-Net's target-spacing choice).
+    median_spacing = np.median(np.array([item.spacing for item in train]), axis=0)
+    axis = resolve_slice_axis(median_spacing, preprocessing.slice_axis)
+    log.info(
+        "Data: %d training, %d validation cases; normalisation %s; slice axis %d (median spacing %s)",
+        len(train),
+        len(val),
+        params.to_dict(),
+        axis,
+        np.round(median_spacing, 3).tolist(),
+    )
+    return PreparedData(
+        train=_slice_all(train, axis, context, pending, stash),
+        val=_slice_all(val, axis, context, pending, stash),
+        params=params,
+        axis=axis,
+        context=context,
+        skipped=collector.skipped,
+    )

@@ -1,0 +1,89 @@
+"""Splits by case (never by slice) and class weights from the training labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medseg.config import DataConfig, PreprocessingConfig
+from medseg.data.cases import discover_cases
+from medseg.data.class_weights import compute_class_weights, resolve_class_weights
+from medseg.data.dataset import SliceDataset
+from medseg.data.prepare import prepare_training_data
+from medseg.data.splits import split_cases
+from medseg.errors import ConfigError
+from medseg.io import load_volume
+
+
+def test_hippocampus_split_disjoint_reproducible(hippo_dir: Path) -> None:
+    cases = discover_cases(DataConfig(root=hippo_dir)).cases
+    train, val = split_cases(cases, 0.2, seed=0)
+    assert len(val) == 18 and len(train) == 73
+    assert not {c.id for c in train} & {c.id for c in val}
+    assert {c.id for c in train} | {c.id for c in val} == {c.id for c in cases}
+    assert split_cases(cases, 0.2, seed=0) == (train, val)
+    assert split_cases(list(reversed(cases)), 0.2, seed=0) == (train, val)  # order of discovery is irrelevant
+    assert split_cases(cases, 0.2, seed=1)[1] != val
+
+
+def test_kfold_partitions_cases(hippo_dir: Path) -> None:
+    cases = discover_cases(DataConfig(root=hippo_dir)).cases
+    vals = []
+    for fold in range(5):
+        train, val = split_cases(cases, 0.2, seed=7, folds=5, fold=fold)
+        assert not {c.id for c in train} & {c.id for c in val}
+        assert len(train) + len(val) == 91 and len(val) in (18, 19)
+        assert split_cases(cases, 0.2, seed=7, folds=5, fold=fold) == (train, val)
+        vals.append({c.id for c in val})
+    assert set().union(*vals) == {c.id for c in cases}
+    assert sum(len(v) for v in vals) == 91  # every case validates in exactly one fold
+
+
+def test_slices_of_a_case_stay_on_one_side(sample_hippo: Path) -> None:
+    cases = discover_cases(DataConfig(root=sample_hippo)).cases
+    train, val = split_cases(cases, 0.3, seed=0)
+    data = prepare_training_data(train, val, 3, PreprocessingConfig(), reader=load_volume)
+    dataset = SliceDataset(data.train)
+    slice_cases = {dataset.case_ids[i] for i in np.unique(dataset.case_index)}
+    assert slice_cases == {c.id for c in train}
+    assert not slice_cases & {p.id for p in data.val}
+
+
+def test_split_edge_cases() -> None:
+    ids = ["a", "b", "c"]
+    assert split_cases(ids, 0.0, seed=0) == (ids, [])
+    train, val = split_cases(ids, 0.1, seed=0)
+    assert len(val) == 1 and len(train) == 2  # at least one validation case when asked for any
+    with pytest.raises(ConfigError, match="folds=5 needs at least 5 cases"):
+        split_cases(ids, 0.2, seed=0, folds=5)
+    with pytest.raises(ConfigError, match="fold"):
+        split_cases(ids, 0.2, seed=0, folds=3, fold=3)
+
+
+def test_class_weights_inverse_frequency() -> None:
+    labels = [np.array([0] * 80 + [1] * 15 + [2] * 5)]
+    weights = compute_class_weights(labels, 3, clip=(0.01, 100.0))
+    inverse = np.array([100 / 80, 100 / 15, 100 / 5])
+    np.testing.assert_allclose(weights, inverse / inverse.mean(), rtol=1e-6)
+    assert weights.mean() == pytest.approx(1.0)
+    clipped = compute_class_weights(labels, 3, clip=(0.2, 2.0))
+    np.testing.assert_allclose(clipped, np.clip(inverse / inverse.mean(), 0.2, 2.0), rtol=1e-6)
+    absent = compute_class_weights([np.array([0, 0, 1])], 3, clip=(0.2, 5.0))
+    assert absent[2] == 5.0  # a class never seen is as rare as allowed
+    with pytest.raises(ValueError, match="outside"):
+        compute_class_weights([np.array([0, 3])], 3)
+
+
+def test_class_weights_on_hippocampus(sample_hippo: Path) -> None:
+    cases = discover_cases(DataConfig(root=sample_hippo)).cases
+    data = prepare_training_data(cases, [], 3, PreprocessingConfig(), reader=load_volume)
+    weights = resolve_class_weights("auto", (p.label for p in data.train), 3, (0.2, 5.0))
+    assert weights is not None and weights.dtype == np.float32
+    # Background is ~97 % of voxels: it gets the lowest weight, the two small structures similar higher ones.
+    assert weights[0] == pytest.approx(0.2) and 1.0 < weights[1] < 2.0 and 1.0 < weights[2] < 2.0
+    assert resolve_class_weights("none", [], 3) is None
+    np.testing.assert_array_equal(resolve_class_weights([1.0, 2.0, 3.0], [], 3), [1, 2, 3])
+    with pytest.raises(ConfigError, match="3 positive weights"):
+        resolve_class_weights([1.0, 2.0], [], 3)
