@@ -1,0 +1,314 @@
+"""Renders ``benchmarks/RESULTS.md`` from the measured JSON files in ``benchmarks/out/`` (numbers are never typed in).
+
+::
+
+    python benchmarks/report.py                    # rewrite benchmarks/RESULTS.md
+    python benchmarks/report.py --check            # exit 1 if RESULTS.md is not what the JSON files give
+
+Reads ``quality_*.json`` (from ``quality.py``) and ``speed*.json`` (from ``speed.py``). The text around the numbers
+is fixed here; prose about the choices the numbers justify goes into ``benchmarks/choices.md``, which is
+included verbatim (it should name result tags, not copy numbers). The output depends only on the JSON files,
+so ``--check`` is stable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import OUT_DIR, REPO, fmt, fmt_mean_std, markdown_table
+
+RESULTS = REPO / "benchmarks" / "RESULTS.md"
+CHOICES = REPO / "benchmarks" / "choices.md"
+
+#: Issue 7's quality targets: training minutes per fold -> mean Dice over folds it must reach.
+QUALITY_TARGETS = {10.0: 0.86, 30.0: 0.88}
+#: Issue 7's speed targets.
+B_OVER_A_MIN, B_OVER_C_MIN, BATCH_OVER_BARE_MAX = 0.90, 1.0, 1.25
+#: RSS growth (MiB) of batch prediction between 10 scans and the end that still counts as "no growth"
+#: (allocator noise; a leak of one volume per scan would be hundreds of MiB over 91 scans).
+RSS_GROWTH_TOLERANCE_MB = 32.0
+
+
+def _load(folder: Path, pattern: str) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for path in sorted(folder.glob(pattern)):
+        try:
+            out.append((path.name, json.loads(path.read_text())))
+        except (OSError, json.JSONDecodeError) as err:
+            print(f"report.py: skipping {path}: {err}", file=sys.stderr)
+    return out
+
+
+def _verdict(ok: bool | None) -> str:
+    return "–" if ok is None else ("met" if ok else "**missed**")
+
+
+def _machine_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    if not results:
+        return ["## Machine", "", "No measurement yet.", ""]
+    rows = []
+    busy = []
+    for name, r in results:
+        m = r.get("machine", {})
+        load = m.get("load_avg_1_5_15")
+        cpus = m.get("usable_cpus")
+        if load and cpus and load[0] > cpus:
+            busy.append(name)
+        rows.append(
+            [
+                f"`{name}`",
+                m.get("date_utc", "–"),
+                m.get("cpu", "–"),
+                str(cpus if cpus is not None else "–"),
+                f"{m['memory_gib']} GiB" if "memory_gib" in m else "–",
+                m.get("torch", "–"),
+                m.get("monai", "–"),
+                {True: "yes", False: "no"}.get(m.get("cpu_native_bf16"), "–"),
+                m.get("cuda") or "none",
+                " / ".join(str(v) for v in load) if load else "–",
+                f"`{m.get('git_commit', '–')}`",
+            ]
+        )
+    headers = ["result", "date (UTC)", "CPU", "cores", "memory", "torch", "MONAI", "native bf16", "GPU", "load 1/5/15"]
+    lines = ["## Machine", "", markdown_table([*headers, "commit"], rows), ""]
+    if busy:
+        lines += [
+            f"Load average above the core count when these started: {', '.join(busy)}. Their timings include "
+            "other processes' work; rerun them on an idle machine before drawing conclusions from speed numbers.",
+            "",
+        ]
+    return lines
+
+
+def _quality_rows(name: str, r: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    classes = r.get("classes", [])[1:]
+    minutes = float(r.get("minutes", 0))
+    target = QUALITY_TARGETS.get(minutes)
+    done = r.get("folds_done", [])
+    folds_text = f"{len(done)}/{r.get('n_folds', '?')}" + ("" if r.get("complete") else " (incomplete)")
+    for which, s in r.get("summary", {}).items():
+        label = r["tag"] + ("" if which == r.get("primary_evaluation") else f" ({which}.pt)")
+        md = s["mean_dice"]
+        mean = md.get("mean")
+        ok = None if target is None or mean is None or which != r.get("primary_evaluation") else mean >= target
+        verdict = _verdict(ok)
+        if ok is False:
+            verdict += f" by {target - mean:.3f}"
+        rows.append(
+            [
+                f"`{label}`",
+                r.get("method", "–"),
+                f"{minutes:g}",
+                folds_text,
+                str(s.get("n_cases", "–")),
+                *[fmt_mean_std(s["per_class"][c]["mean"], s["per_class"][c]["std"]) for c in classes],
+                f"**{fmt_mean_std(mean, md.get('std'))}**",
+                fmt(target) if target is not None and which == r.get("primary_evaluation") else "–",
+                verdict,
+                *[fmt(s["per_class"][c]["hd95_mm_mean"], 2) for c in classes],
+                ", ".join(f"`{o}`" for o in r.get("overrides", [])) or "–",
+            ]
+        )
+    return rows
+
+
+def _quality_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    lines = ["## Quality: k-fold cross-validation by case", ""]
+    if not results:
+        return [*lines, "No quality measurement yet: run `benchmarks/quality.py` (see README.md).", ""]
+    ordered = sorted(results, key=lambda nr: (nr[1].get("method") != "monai", float(nr[1].get("minutes", 0)), nr[0]))
+    classes = ordered[0][1].get("classes", [])[1:]
+    lines += [
+        "Each fold trains on the other folds' cases for the stated wall-clock budget, predicts its own cases as "
+        "whole volumes (masks written and read back) and scores them: Dice per class per case, averaged per fold; "
+        "the table gives the mean ± standard deviation over folds (HD95 in mm: mean over folds). medseg rows use "
+        "`best.pt` (what a run predicts with; chosen by Dice on the fold's own validation cases, so slightly "
+        "optimistic); `(last.pt)` rows are the final weights, with no selection on held-out cases. The MONAI "
+        "baseline uses its final weights. Targets (issue 7): mean Dice >= 0.86 with 10 minutes, >= 0.88 with 30.",
+        "",
+    ]
+    headers = ["run", "method", "min/fold", "folds", "cases", *[f"Dice {c}" for c in classes], "mean Dice"]
+    headers += ["target", "target met", *[f"HD95 {c} (mm)" for c in classes], "overrides"]
+    rows = [row for name, r in ordered for row in _quality_rows(name, r)]
+    lines += [markdown_table(headers, rows), ""]
+    lines += ["### Per fold", ""]
+    for name, r in ordered:
+        primary = r.get("primary_evaluation", "best")
+        fold_rows = []
+        for f in r.get("folds", []):
+            ev = f["evaluations"][primary]
+            tr = f["train"]
+            budget = tr.get("epoch_seconds_sum", tr.get("train_seconds"))
+            count = f"{tr['epochs']} epochs ({tr.get('stop_reason', '')})" if "epochs" in tr else f"{tr['steps']} steps"
+            fold_rows.append(
+                [
+                    str(f["fold"]),
+                    str(len(ev["per_case"])),
+                    fmt(budget, 0),
+                    count,
+                    fmt(tr.get("slices_per_s_mean", tr.get("slices_per_s")), 1),
+                    *[fmt(ev["per_class"][c]["dice_mean"]) for c in classes],
+                    fmt(ev["mean_dice"]),
+                    fmt(ev.get("volumes_per_s"), 2),
+                ]
+            )
+        heads = [
+            "fold",
+            "cases",
+            "train s",
+            "trained",
+            "slices/s",
+            *[f"Dice {c}" for c in classes],
+            "mean",
+            "pred vol/s",
+        ]
+        lines += [
+            f"`{r['tag']}` ({name}, {primary}): `{r.get('command', '')}`",
+            "",
+            markdown_table(heads, fold_rows),
+            "",
+        ]
+    return lines
+
+
+def _speed_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    lines = ["## Training speed", ""]
+    if not results:
+        return [*lines, "No speed measurement yet: run `benchmarks/speed.py` (see README.md).", ""]
+    name, r = results[-1]
+    lines += [
+        f"From `{name}`: `{r.get('command', '')}`. (a) the bare model step (forward, loss, backward, clipping, "
+        "AdamW) on one ready batch, the ceiling; (b) medseg's own training loop and DataLoader on real slices with "
+        "augmentation; (c) the same model fed by a plain MONAI `Dataset` + `DataLoader` with the equivalent "
+        "transforms. Slices per second; data wait = share of the loop spent waiting for the next batch. "
+        f"Targets: (b)/(a) >= {B_OVER_A_MIN}, (b)/(c) >= {B_OVER_C_MIN}.",
+        "",
+    ]
+    rows = []
+    for t in r.get("train", []):
+        b_a, b_c = t.get("b_over_a"), t.get("b_over_c")
+        rows.append(
+            [
+                t["mode"],
+                t["precision"] + (" + channels_last" if t["channels_last"] else ""),
+                f"{t['batch_size']} × {t['patch_hw'][0]}×{t['patch_hw'][1]}",
+                str(t["num_workers"]),
+                fmt(t["a_bare_step"]["slices_per_s"], 1),
+                fmt(t["b_medseg_loop"]["slices_per_s"], 1),
+                fmt(t["c_monai_loader"]["slices_per_s"], 1),
+                f"{fmt(b_a, 2)} ({_verdict(None if b_a is None else b_a >= B_OVER_A_MIN)})",
+                f"{fmt(b_c, 2)} ({_verdict(None if b_c is None else b_c >= B_OVER_C_MIN)})",
+                f"{100 * t['b_medseg_loop']['data_wait_share']:.0f}%",
+                f"{100 * t['c_monai_loader']['data_wait_share']:.0f}%",
+                fmt(t.get("peak_rss_train_mb"), 0),
+            ]
+        )
+    headers = ["mode", "arithmetic", "batch", "workers", "(a) bare", "(b) medseg", "(c) MONAI", "(b)/(a)", "(b)/(c)"]
+    headers += ["data wait (b)", "data wait (c)", "peak RSS MiB"]
+    lines += [markdown_table(headers, rows), ""]
+    train = {t["mode"]: t for t in r.get("train", [])}
+    if "fp32" in train:
+        ref = train["fp32"]["b_medseg_loop"]["slices_per_s"]
+        for mode, t in train.items():
+            if mode != "fp32" and ref:
+                lines.append(
+                    f"- `{mode}` trains {t['b_medseg_loop']['slices_per_s'] / ref:.2f}x as fast as `fp32` (loop (b))."
+                )
+        lines.append("")
+    for note in r.get("notes", []):
+        lines += [f"Note: {note}.", ""]
+
+    lines += ["## Prediction speed and memory", ""]
+    pm = r.get("prediction_model", {})
+    model_text = (
+        f"a model trained for one epoch on {pm.get('cases')} cases by speed.py"
+        if pm.get("trained_here")
+        else f"`{pm.get('checkpoint', '?')}`"
+    )
+    lines += [
+        "Batch prediction of a folder of scans with `predict_folder` (reading, normalising, predicting, "
+        "postprocessing and writing each mask) vs the bare forward pass of the model over the same slices (read, "
+        "sliced and padded beforehand). batch/bare compares the per-scan times of the batch run with the bare pass "
+        f"for the same scans (target <= {BATCH_OVER_BARE_MAX}). RSS sampled during the run against the number of "
+        f"masks written: after 10 scans vs at the end (target: no growth). Model: {model_text}.",
+        "",
+    ]
+    rows = []
+    for p in r.get("predict", []):
+        ratio = p.get("batch_over_bare")
+        growth = p.get("rss_growth_10_to_end_mb")
+        rows.append(
+            [
+                p["mode"],
+                p["precision"]
+                + (" + channels_last" if p["channels_last"] else "")
+                + (" + TTA" if p["tta_flips"] else ""),
+                f"{p['scans_ok']}" + (f" ({p['scans_failed']} failed)" if p.get("scans_failed") else ""),
+                fmt(p.get("volumes_per_s"), 2),
+                fmt(p.get("bare_volumes_per_s"), 2),
+                f"{fmt(ratio, 2)} ({_verdict(None if ratio is None else ratio <= BATCH_OVER_BARE_MAX)})",
+                fmt(p.get("peak_rss_predict_mb"), 0),
+                fmt(p.get("rss_after_10_scans_mb"), 0),
+                fmt(p.get("rss_end_mb"), 0),
+                f"{fmt(growth, 1)} ({_verdict(None if growth is None else growth <= RSS_GROWTH_TOLERANCE_MB)})",
+            ]
+        )
+    headers = ["mode", "arithmetic", "scans", "volumes/s", "bare volumes/s", "batch/bare", "peak RSS MiB"]
+    headers += ["RSS after 10 scans", "RSS at end", "growth MiB"]
+    lines += [markdown_table(headers, rows), ""]
+    return lines
+
+
+def render(out_dir: Path, choices: Path | None = CHOICES) -> str:
+    """The text of RESULTS.md for the JSON files in ``out_dir``."""
+    quality = _load(out_dir, "quality_*.json")
+    speed = _load(out_dir, "speed*.json")
+    lines = [
+        "# Benchmark results",
+        "",
+        "<!-- Generated by `python benchmarks/report.py` from benchmarks/out/*.json; do not edit by hand. -->",
+        "",
+        "Every number below was measured by `benchmarks/quality.py` or `benchmarks/speed.py` and copied here by "
+        "`benchmarks/report.py` from their JSON output; the command of each result is given with it. "
+        "See `benchmarks/README.md` for how to run them.",
+        "",
+    ]
+    lines += _machine_section([*quality, *speed])
+    lines += _quality_section(quality)
+    lines += _speed_section(speed)
+    if choices is not None and choices.is_file():
+        lines += ["## Choices and the measurements behind them", "", choices.read_text().strip(), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python benchmarks/report.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out-dir", type=Path, default=OUT_DIR, help="folder of the measured JSON files")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="the Markdown file to write")
+    parser.add_argument("--choices", type=Path, default=CHOICES, help="prose included as the last section")
+    parser.add_argument("--check", action="store_true", help="only check that --output is up to date")
+    args = parser.parse_args(argv)
+    text = render(args.out_dir, args.choices)
+    if args.check:
+        current = args.output.read_text() if args.output.is_file() else ""
+        if current != text:
+            print(f"{args.output} is out of date: run python benchmarks/report.py", file=sys.stderr)
+            return 1
+        return 0
+    from medseg.io.atomic import atomic_write_text
+
+    atomic_write_text(args.output, text)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

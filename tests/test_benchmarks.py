@@ -1,0 +1,182 @@
+"""Smoke tests of the benchmark scripts: each runs end to end with the smallest settings, so they don't rot.
+
+The numbers they produce at these settings mean nothing; the tests check that the scripts run as documented,
+write the JSON that ``benchmarks/report.py`` renders, and that what they write is internally consistent.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+# The smallest model and data that still exercise every code path.
+TINY = ["--set", "model.base_features=4", "--set", "training.batch_size=4", "--set", "data.max_cases=4"]
+QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
+
+
+def _run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    )
+    return proc
+
+
+def _split(root: Path, folds: int, fold: int) -> list[str]:
+    from medseg.config import DataConfig
+    from medseg.data.cases import discover_cases
+    from medseg.data.splits import split_cases
+
+    cases = discover_cases(DataConfig(root=root, max_cases=4)).cases
+    return [c.id for c in split_cases(cases, 0.0, 0, folds=folds, fold=fold)[1]]
+
+
+def _check_quality(result: dict, which: str, expected_val: list[str]) -> None:
+    assert result["complete"] is True
+    assert result["folds_done"] == [1]
+    (fold,) = result["folds"]
+    assert fold["val_cases"] == expected_val  # the same split by case as data.folds/data.fold
+    ev = fold["evaluations"][which]
+    assert sorted(ev["per_case"]) == sorted(expected_val)
+    classes = result["classes"][1:]
+    for case in ev["per_case"].values():
+        assert set(case) == set(classes)
+        assert all(0.0 <= case[c]["dice"] <= 1.0 for c in classes)
+    # The fold mean is the mean over cases of each case's mean Dice over classes.
+    case_means = [sum(v[c]["dice"] for c in classes) / len(classes) for v in ev["per_case"].values()]
+    assert ev["mean_dice"] == pytest.approx(sum(case_means) / len(case_means))
+    assert result["summary"][which]["mean_dice"]["mean"] == pytest.approx(ev["mean_dice"])
+
+
+@pytest.mark.slow
+def test_quality_medseg_runs_a_fold_and_scores_best_and_last(tmp_path: Path, sample_hippo: Path) -> None:
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    args = ["benchmarks/quality.py", "--config", QUICKSTART, "--data-root", str(sample_hippo), "--folds", "2"]
+    args += ["--fold-subset", "1", "--minutes", "0.05", "--set", "training.epochs=1", *TINY]
+    args += ["--tag", "smoke", "--out-dir", str(out), "--runs-dir", str(runs)]
+    proc = _run(args)
+    result = json.loads((out / "quality_smoke.json").read_text())
+    expected = _split(sample_hippo, 2, 1)
+    _check_quality(result, "best", expected)
+    _check_quality(result, "last", expected)
+    assert result["config"]["data"]["folds"] == 2 and result["config"]["training"]["max_minutes"] == 0.05
+    assert result["overrides"] == ["training.epochs=1", *TINY[1::2]]
+    # Masks were written by the predictor for every validation case; checkpoints removed by default.
+    masks = sorted(p.name for p in (runs / "quality_smoke" / "fold1" / "eval_best" / "predictions").glob("*.nii.gz"))
+    assert masks == [f"{c}.nii.gz" for c in sorted(expected)]
+    assert not (runs / "quality_smoke" / "fold1" / "checkpoints").exists()
+    assert "mean Dice" in proc.stdout
+
+
+@pytest.mark.slow
+def test_quality_monai_baseline_uses_the_same_folds(tmp_path: Path, sample_hippo: Path) -> None:
+    out = tmp_path / "out"
+    args = ["benchmarks/quality.py", "--config", QUICKSTART, "--data-root", str(sample_hippo), "--folds", "2"]
+    args += ["--fold-subset", "1", "--minutes", "0.02", "--set", "data.max_cases=4", "--baseline", "monai"]
+    args += ["--out-dir", str(out), "--runs-dir", str(tmp_path / "runs")]
+    _run(args)
+    result = json.loads((out / "quality_monai_0.02min.json").read_text())
+    assert result["method"] == "monai" and result["primary_evaluation"] == "final"
+    _check_quality(result, "final", _split(sample_hippo, 2, 1))
+    train = result["folds"][0]["train"]
+    assert train["steps"] >= 1 and train["slices_per_s"] > 0
+
+
+def _speed_args(sample_hippo: Path, tmp_path: Path) -> list[str]:
+    args = ["benchmarks/speed.py", "--config", QUICKSTART, "--data-root", str(sample_hippo), *TINY]
+    args += ["--modes", "fp32", "--predict-modes", "fp32", "--measure-seconds", "0", "--rounds", "1", "--warmup", "0"]
+    args += ["--min-steps", "1", "--max-steps", "1", "--scans", "2", "--bare-scans", "1", "--ckpt-cases", "3"]
+    return [*args, "--out", str(tmp_path / "out" / "speed.json"), "--work-dir", str(tmp_path / "work")]
+
+
+@pytest.mark.slow
+def test_speed_measures_the_three_training_paths(tmp_path: Path, sample_hippo: Path) -> None:
+    proc = _run([*_speed_args(sample_hippo, tmp_path), "--skip-predict"])
+    result = json.loads((tmp_path / "out" / "speed.json").read_text())
+    (train,) = result["train"]
+    assert train["mode"] == "fp32" and train["precision"] == "float32" and train["channels_last"] is False
+    for key in ("a_bare_step", "b_medseg_loop", "c_monai_loader"):
+        assert train[key]["steps"] == 1 and train[key]["slices_per_s"] > 0
+        assert 0.0 <= train[key]["data_wait_share"] < 1.0
+    assert train["b_over_a"] == pytest.approx(
+        train["b_medseg_loop"]["slices_per_s"] / train["a_bare_step"]["slices_per_s"]
+    )
+    assert train["peak_rss_train_mb"] > 50 and result["predict"] == []
+    assert "Training (slices/s" in proc.stdout
+
+
+@pytest.mark.slow
+def test_speed_measures_batch_prediction_and_report_renders(tmp_path: Path, sample_hippo: Path) -> None:
+    proc = _run([*_speed_args(sample_hippo, tmp_path), "--skip-train"])
+    out = tmp_path / "out"
+    result = json.loads((out / "speed.json").read_text())
+    (pred,) = result["predict"]
+    assert pred["scans_ok"] == 2 and pred["scans_failed"] == 0 and pred["bare_scans"] == 1
+    assert pred["batch_over_bare"] > 0 and pred["peak_rss_predict_mb"] > 50
+    assert pred["rss_growth_10_to_end_mb"] is None  # 2 scans: nothing after the 10th to compare
+    assert result["prediction_model"]["trained_here"] is True
+    assert len(list((tmp_path / "work" / "predict_fp32").glob("*.nii.gz"))) == 2
+    assert "Batch prediction" in proc.stdout
+
+    sys.path.insert(0, str(REPO))
+    from benchmarks import report
+
+    md = tmp_path / "RESULTS.md"
+    common = ["--out-dir", str(out), "--output", str(md), "--choices", str(tmp_path / "none")]
+    assert report.main(common) == 0
+    text = md.read_text()
+    assert "## Prediction speed and memory" in text and "| fp32 | float32 | 2 |" in text
+    assert report.main([*common, "--check"]) == 0
+
+
+def _fake_quality(minutes: float, fold_means: list[float]) -> dict:
+    # A minimal quality JSON for the renderer: two folds of two classes.
+    folds = []
+    for i, m in enumerate(fold_means):
+        ev = {
+            "per_case": {f"c{i}": {"A": {"dice": m, "hd95_mm": 1.0}, "B": {"dice": m, "hd95_mm": 2.0}}},
+            "per_class": {n: {"dice_mean": m, "hd95_mm_mean": 1.0} for n in ("A", "B")},
+            "mean_dice": m,
+        }
+        folds.append({"fold": i, "train": {"epochs": 3, "stop_reason": "max_minutes"}, "evaluations": {"best": ev}})
+    sys.path.insert(0, str(REPO))
+    from benchmarks.quality import summarize
+
+    for f in folds:
+        f["classes"] = ["bg", "A", "B"]
+    return {
+        "benchmark": "quality",
+        "tag": f"medseg_{minutes:g}min",
+        "method": "medseg",
+        "minutes": minutes,
+        "n_folds": len(folds),
+        "folds_done": list(range(len(folds))),
+        "complete": True,
+        "classes": ["bg", "A", "B"],
+        "primary_evaluation": "best",
+        "folds": folds,
+        "summary": summarize(folds),
+        "machine": {"usable_cpus": 2, "load_avg_1_5_15": [0.1, 0.1, 0.1]},
+    }
+
+
+def test_report_states_whether_quality_targets_are_met(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO))
+    from benchmarks.report import render
+
+    (tmp_path / "quality_a.json").write_text(json.dumps(_fake_quality(10, [0.88, 0.85])))
+    (tmp_path / "quality_b.json").write_text(json.dumps(_fake_quality(30, [0.87, 0.86])))
+    text = render(tmp_path, None)
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| `medseg_")}
+    assert "0.865 ± 0.021" in rows["`medseg_10min`"] and "| met |" in rows["`medseg_10min`"]
+    assert "**missed** by 0.015" in rows["`medseg_30min`"]
+    assert "No speed measurement yet" in text
+    assert render(tmp_path, None) == text  # deterministic: --check is stable
