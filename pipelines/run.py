@@ -1,0 +1,168 @@
+"""``python -m pipelines.run CONFIG``: run medseg's stages from a config file (also the ``medseg`` command).
+
+This module only parses the command line and reports errors; the stages are composed in :mod:`medseg.runner`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from medseg import __version__
+from medseg.errors import MedsegError
+
+log = logging.getLogger("pipelines.run")
+
+#: Exit statuses (documented in --help).
+EXIT_OK, EXIT_FAILED_CASES, EXIT_USAGE = 0, 1, 2
+
+DESCRIPTION = """\
+Run medseg's stages from a YAML config: train a 2D UNet on the cases of data.root, predict masks for the
+validation cases (or for a folder of scans), and evaluate them against the ground truth.
+"""
+
+EPILOG = """\
+stages (in this order; the config's 'stages' list, or --stage):
+  train     trains on data.root; writes OUTPUT/checkpoints/{best,last}.pt and OUTPUT/train/{metrics.csv,curves.png}
+  predict   loads inference.checkpoint (default OUTPUT/checkpoints/best.pt) and writes one mask per scan,
+            OUTPUT/predictions/<case_id>.nii.gz, plus OUTPUT/predictions/predictions.csv. Scans: inference.input
+            (--input), a folder searched recursively for NIfTI/NRRD/MHA files and DICOM series folders; when
+            it is not set, the validation cases of data.root (the same split the train stage used).
+  evaluate  scores OUTPUT/predictions against evaluation.ground_truth (default: the labels in data.root) and
+            writes OUTPUT/evaluation/{metrics.csv,summary.json} and PNG overlays of the best and worst cases.
+  Every run also writes OUTPUT/config.resolved.yaml (the config as run) and appends to OUTPUT/medseg.log.
+  OUTPUT is output.dir (--output).
+
+paths:
+  Relative paths inside the config file are relative to the config file's folder; paths given on the command
+  line (--input, --output, --checkpoint, --set data.root=...) are relative to the current directory.
+
+exit status:
+  0  every stage finished and every scan was predicted
+  1  some scans could not be predicted (each is listed in predictions.csv and the log; the rest were written)
+  2  configuration or input error (unknown key, wrong type, missing folder, labels that do not match the
+     images, unreadable checkpoint, ...): a message names the key or file to fix; no traceback
+
+examples:
+  python -m pipelines.run configs/quickstart.yaml
+  python -m pipelines.run configs/hippocampus.yaml --set data.root=/data/Task04_Hippocampus --set training.epochs=20
+  python -m pipelines.run configs/hippocampus.yaml --stage predict --checkpoint runs/hippocampus/checkpoints/best.pt \\
+      --input /data/new_scans --output runs/new_scans
+"""
+
+
+def _stage_list(text: str) -> list[str]:
+    stages = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in stages if s not in ("train", "predict", "evaluate")]
+    if bad or not stages:
+        raise argparse.ArgumentTypeError(f"invalid stage {text!r}; choose from train, predict, evaluate")
+    return stages
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser (``--help`` documents stages, paths and exit statuses)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.run",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("config", type=Path, metavar="CONFIG", help="YAML config file, e.g. configs/quickstart.yaml")
+    parser.add_argument(
+        "--stage",
+        dest="stages",
+        action="append",
+        type=_stage_list,
+        metavar="STAGE",
+        help="stage(s) to run instead of the config's 'stages': train, predict or evaluate; repeat the option "
+        "or separate with commas (--stage train,predict)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a config value, e.g. --set training.epochs=5 --set model.base_features=16; "
+        "values are YAML (5, 1e-3, true, null, [1, 2]) (repeatable)",
+    )
+    parser.add_argument(
+        "--input", type=Path, metavar="FOLDER", help="predict: folder of scans (or one scan) = inference.input"
+    )
+    parser.add_argument(
+        "--output", type=Path, metavar="FOLDER", help="folder for everything the run writes = output.dir"
+    )
+    parser.add_argument(
+        "--checkpoint", type=Path, metavar="FILE", help="predict: model checkpoint (.pt) = inference.checkpoint"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="also show debug messages on the console")
+    parser.add_argument("--version", action="version", version=f"medseg {__version__}")
+    return parser
+
+
+def _error(message: str) -> None:
+    # One paragraph on stderr, prefixed like argparse's own usage errors; never a traceback.
+    print(f"medseg: error: {message}", file=sys.stderr)
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    extra = []
+    for flag, key in (("input", "inference.input"), ("output", "output.dir"), ("checkpoint", "inference.checkpoint")):
+        value = getattr(args, flag)
+        if value is not None:
+            # Command-line paths are relative to the working directory, not to the config file.
+            extra.append(f"{key}={value.expanduser().resolve()}")
+    return [*args.overrides, *extra]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the exit status (see ``--help``)."""
+    args = build_parser().parse_args(argv)
+
+    from medseg.config import load_config
+    from medseg.runner import check_setup, order_stages, prepare_output, run_logging, run_stages
+
+    try:
+        cfg = load_config(args.config, _overrides(args))
+        stages = order_stages([s for group in args.stages for s in group] if args.stages else cfg.stages)
+        check_setup(cfg, stages)
+        layout = prepare_output(cfg, stages, source=args.config.resolve())
+    except MedsegError as err:
+        _error(str(err))
+        return EXIT_USAGE
+    except OSError as err:  # e.g. output.dir on a read-only disk
+        _error(f"cannot prepare the output folder: {err}")
+        return EXIT_USAGE
+
+    with run_logging(layout.log_file, verbose=args.verbose):
+        log.info("medseg %s: %s, stages %s, output in '%s'", __version__, args.config, ", ".join(stages), layout.root)
+        try:
+            result = run_stages(cfg, stages)
+        except MedsegError as err:
+            log.debug("Traceback of the error below", exc_info=True)  # for the log file, not the console
+            log.error("%s", err, extra={"file_only": True})  # the console gets the plain message below
+            _error(f"{err} (log: {layout.log_file})")
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            log.error("Interrupted; finished outputs are complete (they are written atomically)")
+            return 130
+        except Exception:
+            # The traceback goes to the log file here and to the console once, through the re-raise.
+            log.exception("Unexpected error; please report it with '%s'", layout.log_file, extra={"file_only": True})
+            raise
+        if result.failed_predictions:
+            log.warning(
+                "%d scan(s) could not be predicted; see '%s' and the log",
+                result.failed_predictions,
+                layout.predictions_csv,
+            )
+            return EXIT_FAILED_CASES
+        log.info("Done: outputs in '%s'", layout.root)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
