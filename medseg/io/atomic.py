@@ -19,6 +19,12 @@ def _suffixes(path: Path) -> str:
     return "".join(path.suffixes) or ".tmp"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
     """Yields a temporary path next to ``path``; on success it is renamed onto ``path``.
@@ -37,6 +43,8 @@ def atomic_path(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=_suffixes(path), dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp creates 0600; outputs on a shared disk must be readable by collaborators like any other file.
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
         if not overwrite and path.exists():
