@@ -1,0 +1,677 @@
+"""The trainer: data, model, loop, validation on volumes, checkpoints, resume.
+
+``train(cfg)`` runs one training job described by a :class:`medseg.config.Config`:
+
+1. Discover the cases, split them by case (``data.val_fraction`` with ``data.seed``, or k-fold), read every file
+   once, normalise (fitted on the training cases), cut slices along one axis (``medseg.data.prepare``).
+2. Class weights (``loss.class_weights``: auto / none / explicit), logged and stored in the checkpoint.
+3. UNet(``2k+1`` channels, ``n_outputs``) with its output bias set to the class prior
+   (``medseg.training.init``), AdamW, a progress-driven LR schedule (``medseg.training.schedule``),
+   bf16/fp16 autocast and ``channels_last`` where they pay off (``medseg.inference.precision``).
+4. Epochs of foreground-oversampled, augmented batches; every ``val_every`` epochs (and after the last)
+   the validation volumes are predicted slice by slice and scored with Dice per class per case. The best mean
+   Dice is ``checkpoints/best.pt``; ``checkpoints/last.pt`` is written after every epoch.
+5. After the last epoch the best weights decide the postprocessing (largest component / hole filling per
+   class, kept where it raised validation Dice), stored in ``best.pt``.
+
+Budget: ``training.epochs`` and, optionally, ``training.max_minutes`` (training-loop wall clock, data
+preparation excluded): the run stops after the epoch that crosses the budget, and the LR schedule anneals over
+whichever runs out first.
+
+Resume (``training.resume: true``) continues from ``last.pt``: weights, optimiser, schedule, scaler, RNG states,
+epoch, elapsed time, early-stopping counter and history are restored, and the augmentation of each sample is a
+function of (seed, epoch, position) (``medseg.training.loader``), so a killed-and-resumed deterministic run ends
+with the same weights as an uninterrupted one. A finished run resumed with a larger ``epochs`` is extended: the
+schedule is re-planned for the new total (see ``medseg.training.schedule``) and an early stop is lifted.
+
+With ``data.val_fraction: 0`` (and no folds) there is no held-out case: validation runs on the training cases
+(useful for overfitting checks; a warning says so).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from medseg.config import Config
+from medseg.data.cases import Case, discover_cases
+from medseg.data.class_weights import resolve_class_weights
+from medseg.data.dataset import SliceDataset
+from medseg.data.prepare import PreparedData, Reader, prepare_training_data
+from medseg.data.sampling import foreground_sampler
+from medseg.data.splits import split_cases
+from medseg.data.transforms import train_transforms
+from medseg.errors import CheckpointError, ConfigError
+from medseg.inference.postprocess import decide_postprocessing
+from medseg.inference.precision import (
+    autocast,
+    needs_grad_scaler,
+    resolve_channels_last,
+    resolve_device,
+    resolve_precision,
+)
+from medseg.losses import SegLoss, n_outputs
+from medseg.models import UNet
+from medseg.training.checkpoint import (
+    CHECKPOINT_FORMAT,
+    capture_rng_state,
+    library_versions,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from medseg.training.distributed import barrier, get_rank, get_world_size, is_main_process, unwrap_model, wrap_model
+from medseg.training.history import TrainingLog
+from medseg.training.init import init_output_bias
+from medseg.training.loader import SeededSampler, build_train_loader
+from medseg.training.runtime import resolve_num_workers, seed_everything, set_deterministic
+from medseg.training.schedule import LRSchedule
+from medseg.training.validation import ValidationResult, validate_volumes
+
+log = logging.getLogger(__name__)
+
+_PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+#: Config keys a resumed run must share with its checkpoint (they define the model, the data or the split).
+RESUME_MUST_MATCH: tuple[str, ...] = (
+    "model.base_features",
+    "model.bilinear",
+    "loss.mode",
+    "loss.class_weights",
+    "loss.class_weight_range",
+    "preprocessing",
+    "data.classes",
+    "data.seed",
+    "data.val_fraction",
+    "data.folds",
+    "data.fold",
+    "data.max_cases",
+    "training.seed",
+    "training.scheduler",
+)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    Attributes:
+        best: ``checkpoints/best.pt`` (best mean validation Dice; holds the postprocessing decision).
+        last: ``checkpoints/last.pt`` (the state after the last finished epoch; resume continues from it).
+        val_cases: The validation cases (the training cases when ``data.val_fraction`` is 0).
+        classes: Class names, background first.
+        history: One dict per epoch (the rows of ``train/metrics.csv``).
+        best_dice: Best mean validation Dice (over cases and foreground classes).
+        best_epoch: The epoch (1-based) of ``best_dice``.
+        epochs: Epochs finished in total (including earlier sessions of a resumed run).
+        stop_reason: ``epochs``, ``max_minutes``, ``early_stopping`` or ``interrupted``.
+        postprocessing: ``{"largest_component": [class idx], "fill_holes": [class idx]}`` decided on validation.
+    """
+
+    best: Path
+    last: Path
+    val_cases: list[Case]
+    classes: list[str]
+    history: list[dict[str, Any]]
+    best_dice: float
+    best_epoch: int
+    epochs: int
+    stop_reason: str
+    postprocessing: dict[str, list[int]] = field(default_factory=lambda: {"largest_component": [], "fill_holes": []})
+
+
+def train(cfg: Config, *, stop_after_epoch: int | None = None, reader: Reader | None = None) -> TrainResult:
+    """Trains a UNet as ``cfg`` describes and writes checkpoints, ``metrics.csv`` and ``curves.png``.
+
+    Args:
+        cfg: The validated config (``data``, ``preprocessing``, ``augmentation``, ``model``, ``loss``,
+            ``training``, ``output.dir``).
+        stop_after_epoch: Stop after this epoch as if the process were killed there (no final validation, no
+            postprocessing decision); the schedule stays planned for ``training.epochs``. For tests of resume
+            and for splitting a long run over several sessions.
+        reader: Scan reader (``medseg.io.load_volume`` by default).
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        ConfigError: Inconsistent options (e.g. no training case).
+        CheckpointError: ``resume`` with a checkpoint that does not fit the config.
+        BadCaseError: A case fails its checks (unless ``data.skip_bad_cases``).
+    """
+    return Trainer(cfg, reader=reader).fit(stop_after_epoch=stop_after_epoch)
+
+
+def _get(tree: dict[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _empty_plan() -> dict[str, list[int]]:
+    return {"largest_component": [], "fill_holes": []}
+
+
+class Trainer:
+    """One training run; ``fit`` does the work. See the module docstring.
+
+    Args:
+        cfg: The run's config.
+        reader: Scan reader (``medseg.io.load_volume`` by default).
+    """
+
+    def __init__(self, cfg: Config, *, reader: Reader | None = None) -> None:
+        self.cfg = cfg
+        tc = cfg.training
+        self.out_dir = Path(cfg.output.dir)
+        self.best_path = self.out_dir / "checkpoints" / "best.pt"
+        self.last_path = self.out_dir / "checkpoints" / "last.pt"
+        self.rank, self.world_size, self.main = get_rank(), get_world_size(), is_main_process()
+
+        seed_everything(tc.seed)
+        set_deterministic(tc.deterministic)
+        self.device = resolve_device(tc.device)
+        self.amp_dtype = resolve_precision(tc.precision, self.device)
+        self.channels_last = resolve_channels_last(tc.channels_last, self.device)
+        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+
+        resume = self._load_resume_checkpoint()
+        self._setup_data(reader, resume)
+        self._setup_model(resume)
+
+        self.epoch = 0
+        self.elapsed = 0.0
+        self.best_dice = -1.0
+        self.best_epoch = 0
+        self.val_dice: float | None = None
+        self.stale = 0
+        self.stop_reason = ""
+        history: list[dict[str, Any]] = []
+        if resume is not None:
+            history = self._restore(resume)
+        self.log_writer = (
+            TrainingLog(self.out_dir / "train", self.classes, history)
+            if self.main
+            else None  # only rank 0 writes files
+        )
+        self.history = history
+        self._log_setup()
+
+    # ------------------------------------------------------------------ setup
+
+    def _remove_stale_temp_files(self) -> None:
+        # A run killed while saving leaves its temp file (atomic_path cannot clean up after SIGKILL).
+        folder = self.last_path.parent
+        if self.main and folder.is_dir():
+            for stem in ("best", "last"):
+                for tmp in folder.glob(f".{stem}.*.pt"):
+                    log.info("Removing %s left by an interrupted save", tmp)
+                    tmp.unlink(missing_ok=True)
+
+    def _load_resume_checkpoint(self) -> dict[str, Any] | None:
+        self._remove_stale_temp_files()
+        if not self.cfg.training.resume:
+            if self.main and self.last_path.exists():
+                log.warning("training.resume is false: starting a new run; %s will be replaced", self.last_path)
+            return None
+        if not self.last_path.exists():
+            log.warning("training.resume: no checkpoint at %s; starting a new run", self.last_path)
+            return None
+        ckpt = load_checkpoint(self.last_path)
+        current = self.cfg.model_dump(mode="json")
+        diffs = [
+            f"{key}: checkpoint {_get(ckpt['config'], key)!r}, config {_get(current, key)!r}"
+            for key in RESUME_MUST_MATCH
+            if _get(ckpt["config"], key) != _get(current, key)
+        ]
+        if diffs:
+            raise CheckpointError(
+                f"Cannot resume from '{self.last_path}': the config differs in settings that define the model, "
+                "data or split:\n  " + "\n  ".join(diffs) + "\nStart a new run (another output.dir) instead."
+            )
+        log.info("Resuming from %s (epoch %d)", self.last_path, ckpt["epoch"])
+        return ckpt
+
+    def _setup_data(self, reader: Reader | None, resume: dict[str, Any] | None) -> None:
+        cfg = self.cfg
+        spec = discover_cases(cfg.data)
+        self.classes = list(spec.classes)
+        self.n_classes = len(self.classes)
+        train_cases, val_cases = split_cases(
+            spec.cases, cfg.data.val_fraction, cfg.data.seed, folds=cfg.data.folds, fold=cfg.data.fold
+        )
+        if not train_cases:
+            raise ConfigError(f"No training case left after the split of {len(spec.cases)} case(s) in data.root")
+        self.validate_on_train = not val_cases
+        self.split_ids = {"train": [c.id for c in train_cases], "val": [c.id for c in val_cases]}
+        if resume is not None:
+            split = resume.get("split", {})
+            if self.split_ids != {"train": split.get("train"), "val": split.get("val")}:
+                raise CheckpointError(
+                    f"Cannot resume from '{self.last_path}': the cases under data.root changed since the checkpoint "
+                    "(train/validation split differs)"
+                )
+            if resume["classes"] != self.classes:
+                raise CheckpointError(
+                    f"Cannot resume from '{self.last_path}': classes {resume['classes']} != {self.classes}"
+                )
+        data: PreparedData = prepare_training_data(
+            train_cases,
+            val_cases,
+            self.n_classes,
+            cfg.preprocessing,
+            modality=cfg.data.modality,
+            reader=reader,
+            skip_bad_cases=cfg.data.skip_bad_cases,
+            cache_dir=cfg.data.cache_dir,
+            seed=cfg.data.seed,
+        )
+        self.data = data
+        self.train_cases = [p.case for p in data.train if p.case is not None]
+        self.val_prepared = data.val if not self.validate_on_train else data.train
+        self.val_cases = [p.case for p in self.val_prepared if p.case is not None]
+        if self.validate_on_train:
+            log.warning(
+                "data.val_fraction is 0: validating on the %d training case(s); the Dice is not a held-out estimate",
+                len(data.train),
+            )
+
+        tc = cfg.training
+        transforms = train_transforms(cfg.augmentation, seed=tc.seed) if cfg.augmentation.enabled else None
+        self.dataset = SliceDataset(
+            data.train, None, transforms, pad_multiple=cfg.preprocessing.pad_multiple, cache_dir=cfg.data.cache_dir
+        )
+        self.patch_hw = [int(s) for s in self.dataset.patch_hw]
+        if resume is not None:
+            weights = resume["class_weights"]
+            self.class_weights = None if weights is None else np.asarray(weights, dtype=np.float32)
+        else:
+            self.class_weights = resolve_class_weights(
+                cfg.loss.class_weights,
+                (p.label for p in data.train if p.label is not None),
+                self.n_classes,
+                cfg.loss.class_weight_range,
+            )
+        # The sampler hook: rank/world_size shard each epoch's sequence (DDP needs nothing else here).
+        base = foreground_sampler(
+            self.dataset, tc.foreground_fraction, len(self.dataset), tc.seed, rank=self.rank, world_size=self.world_size
+        )
+        self.sampler = SeededSampler(base, tc.seed, tc.batch_size)
+        self.num_workers = resolve_num_workers(tc.num_workers, self.device)
+        self.loader = build_train_loader(
+            self.dataset,
+            self.sampler,
+            batch_size=tc.batch_size,
+            num_workers=self.num_workers,
+            device=self.device,
+            seed=tc.seed,
+        )
+
+    def _setup_model(self, resume: dict[str, Any] | None) -> None:
+        cfg = self.cfg
+        self.mode = cfg.loss.mode
+        self.model_spec = {
+            "n_channels": 2 * self.data.context + 1,
+            "n_outputs": n_outputs(self.mode, self.n_classes),
+            "bilinear": cfg.model.bilinear,
+            "base_features": cfg.model.base_features,
+        }
+        model = UNet(
+            self.model_spec["n_channels"],
+            self.model_spec["n_outputs"],
+            bilinear=cfg.model.bilinear,
+            base_features=cfg.model.base_features,
+        )
+        if cfg.model.checkpointing:
+            model.use_checkpointing()
+        if resume is not None:
+            model.load_state_dict(resume["model_state"])
+        else:
+            init_output_bias(
+                model, (p.label for p in self.data.train if p.label is not None), self.n_classes, self.mode
+            )
+        self.model = model.to(self.device).to(memory_format=self.memory_format)  # type: ignore[call-overload]
+        self.train_model = wrap_model(self.model)
+        weights = None if self.class_weights is None else torch.from_numpy(self.class_weights)
+        self.loss_fn = SegLoss(
+            self.mode, self.n_classes, weights, bce_weight=cfg.loss.bce_weight, dice_weight=cfg.loss.dice_weight
+        ).to(self.device)
+        tc = cfg.training
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.schedule = LRSchedule(
+            self.optimizer,
+            tc.scheduler,
+            total_epochs=tc.epochs,
+            max_seconds=None if tc.max_minutes is None else tc.max_minutes * 60.0,
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type) if needs_grad_scaler(self.amp_dtype) else None
+
+    def _restore(self, ckpt: dict[str, Any]) -> list[dict[str, Any]]:
+        self.optimizer.load_state_dict(ckpt["optimizer_state"])
+        self.schedule.load_state_dict(ckpt["scheduler_state"], replan=True)
+        if self.scaler is not None and ckpt.get("scaler_state"):
+            self.scaler.load_state_dict(ckpt["scaler_state"])
+        restore_rng_state(ckpt["rng"])
+        self.epoch = int(ckpt["epoch"])
+        self.elapsed = float(ckpt.get("elapsed_seconds", 0.0))
+        self.best_dice = float(ckpt["best_dice"])
+        self.best_epoch = int(ckpt.get("best_epoch", 0))
+        self.val_dice = ckpt.get("val_dice")
+        self.stale = int(ckpt.get("stale_validations", 0))
+        self.stop_reason = str(ckpt.get("stop_reason", ""))
+        planned = int(ckpt["config"]["training"]["epochs"])
+        if self.stop_reason == "early_stopping" and self.cfg.training.epochs > planned:
+            log.info("Extending an early-stopped run to %d epochs: the early-stopping counter restarts", planned)
+            self.stale = 0
+            self.stop_reason = ""
+        return list(ckpt.get("history", []))
+
+    def _log_setup(self) -> None:
+        if not self.main:
+            return
+        weights = (
+            "none"
+            if self.class_weights is None
+            else ", ".join(f"{name}={w:.3g}" for name, w in zip(self.classes, self.class_weights.tolist(), strict=True))
+        )
+        log.info("Class weights: %s", weights)
+        log.info(
+            "Training on %s (%s%s), %d worker(s); %d training slices from %d cases (patch %s), %d validation cases",
+            self.device,
+            _PRECISION_NAMES[self.amp_dtype],
+            ", channels_last" if self.channels_last else "",
+            self.num_workers,
+            len(self.dataset),
+            len(self.data.train),
+            tuple(self.patch_hw),
+            len(self.val_prepared),
+        )
+
+    # ------------------------------------------------------------------ loop
+
+    def fit(self, *, stop_after_epoch: int | None = None) -> TrainResult:
+        """Runs the remaining epochs and the postprocessing decision; see :func:`train`."""
+        tc = self.cfg.training
+        max_seconds = None if tc.max_minutes is None else tc.max_minutes * 60.0
+        session_start = time.perf_counter()
+        elapsed_before = self.elapsed
+        if self._finished(max_seconds):
+            log.info("Run in %s is already finished (%s); nothing to train", self.out_dir, self.stop_reason)
+        while not self._finished(max_seconds):
+            epoch_start = time.perf_counter()
+            stats = self._train_epoch(self.epoch, elapsed_before, session_start)
+            self.epoch += 1
+            self.elapsed = elapsed_before + (time.perf_counter() - session_start)
+            budget_spent = max_seconds is not None and self.elapsed >= max_seconds
+            last_epoch = self.epoch >= tc.epochs or budget_spent
+            interrupted = stop_after_epoch is not None and self.epoch >= stop_after_epoch and not last_epoch
+            result = None
+            if self.epoch % tc.val_every == 0 or (last_epoch and not interrupted):
+                result = self._validate()
+            self.elapsed = elapsed_before + (time.perf_counter() - session_start)
+            improved = result is not None and self._record_validation(result)
+            if result is not None and tc.early_stopping is not None and self.stale >= tc.early_stopping:
+                self.stop_reason = "early_stopping"
+            elif budget_spent:
+                self.stop_reason = "max_minutes"
+            elif self.epoch >= tc.epochs:
+                self.stop_reason = "epochs"
+            row = self._history_row(stats, result, time.perf_counter() - epoch_start)
+            self.history = [r for r in self.history if r["epoch"] < self.epoch] + [row]
+            self._save(improved)
+            self._log_epoch(row)
+            if interrupted and not self._finished(max_seconds):
+                self.stop_reason = "interrupted"
+                break
+        plan = self._decide_postprocessing() if self.stop_reason != "interrupted" else _empty_plan()
+        if self.log_writer is not None:
+            self.log_writer.close()
+        return TrainResult(
+            best=self.best_path,
+            last=self.last_path,
+            val_cases=self.val_cases,
+            classes=self.classes,
+            history=self.history,
+            best_dice=self.best_dice,
+            best_epoch=self.best_epoch,
+            epochs=self.epoch,
+            stop_reason=self.stop_reason,
+            postprocessing=plan,
+        )
+
+    def _finished(self, max_seconds: float | None) -> bool:
+        if self.stop_reason == "early_stopping":
+            return True
+        if max_seconds is not None and self.elapsed >= max_seconds:
+            self.stop_reason = "max_minutes"
+            return True
+        if self.epoch >= self.cfg.training.epochs:
+            self.stop_reason = "epochs"
+            return True
+        return False
+
+    def _train_epoch(self, epoch: int, elapsed_before: float, session_start: float) -> dict[str, float]:
+        tc = self.cfg.training
+        self.sampler.set_epoch(epoch)
+        self.train_model.train()
+        n_batches = len(self.loader)
+        total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        n_ok = n_skipped = n_slices = 0
+        wait = 0.0
+        bar = tqdm(
+            total=n_batches,
+            desc=f"epoch {epoch + 1}/{tc.epochs}",
+            leave=False,
+            dynamic_ncols=True,
+            disable=not (self.main and sys.stderr.isatty()),
+        )
+        start = time.perf_counter()
+        fetch_start = start
+        for i, batch in enumerate(self.loader):
+            wait += time.perf_counter() - fetch_start
+            self.schedule.step(epoch + i / n_batches, elapsed_before + time.perf_counter() - session_start)
+            loss = self.train_step(batch)
+            if loss is None:
+                n_skipped += 1
+                fetch_start = time.perf_counter()
+                bar.update(1)
+                continue
+            total_loss += loss.detach()
+            n_ok += 1
+            n_slices += int(batch["image"].shape[0])
+            bar.update(1)
+            if i % 5 == 0 or i == n_batches - 1:
+                postfix = {"loss": f"{loss.item():.4f}", "lr": f"{self.schedule.lr:.2e}"}
+                if self.val_dice is not None:
+                    postfix["val_dice"] = f"{self.val_dice:.4f}"
+                bar.set_postfix(postfix, refresh=False)
+            fetch_start = time.perf_counter()
+        bar.close()
+        seconds = time.perf_counter() - start
+        if n_skipped:
+            log.warning("Epoch %d: skipped %d of %d steps with a non-finite loss", epoch + 1, n_skipped, n_batches)
+        return {
+            "train_loss": float(total_loss.item()) / n_ok if n_ok else float("nan"),
+            "train_seconds": seconds,
+            "slices_per_s": n_slices / seconds if seconds > 0 else float("nan"),
+            "data_wait_share": wait / seconds if seconds > 0 else float("nan"),
+        }
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """One optimiser step on a batch (at the LR the schedule has set).
+
+        Args:
+            batch: ``{"image": (B, C, H, W), "label": (B, H, W)}`` from the loader.
+
+        Returns:
+            The detached loss, or ``None`` when it was not finite and the step was skipped (a NaN step would
+            poison the weights for good; fp16 overflow is the GradScaler's job and never gets here).
+        """
+        x = batch["image"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        y = batch["label"].to(self.device, non_blocking=True)
+        with autocast(self.device, self.amp_dtype):
+            logits = self.train_model(x)
+        loss = self.loss_fn(logits, y)  # float32 whatever the autocast dtype (SegLoss casts)
+        if not torch.isfinite(loss):
+            return None
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            self._clip()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self._clip()
+            self.optimizer.step()
+        return loss.detach()
+
+    def _clip(self) -> None:
+        if self.cfg.training.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.training.grad_clip)
+
+    def _validate(self, keep_volumes: bool = False) -> ValidationResult:
+        return validate_volumes(
+            self.model,
+            self.val_prepared,
+            n_classes=self.n_classes,
+            mode=self.mode,
+            axis=self.data.axis,
+            device=self.device,
+            precision=self.amp_dtype,
+            channels_last=self.channels_last,
+            patch_hw=self.patch_hw,
+            pad_multiple=self.cfg.preprocessing.pad_multiple,
+            batch_size=self.cfg.inference.batch_size,
+            keep_volumes=keep_volumes,
+        )
+
+    def _record_validation(self, result: ValidationResult) -> bool:
+        self.val_dice = result.mean
+        self.schedule.step_validation(result.mean)
+        if result.mean > self.best_dice:
+            self.best_dice = result.mean
+            self.best_epoch = self.epoch
+            self.stale = 0
+            return True
+        self.stale += 1
+        return False
+
+    def _history_row(self, stats: dict[str, float], result: ValidationResult | None, seconds: float) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "epoch": self.epoch,
+            "lr": self.schedule.lr,
+            "train_loss": stats["train_loss"],
+            "val_dice_mean": None if result is None else result.mean,
+        }
+        for c, name in enumerate(self.classes[1:]):
+            row[f"val_dice_{name}"] = None if result is None else result.per_class[c]
+        row["seconds"] = seconds
+        row["slices_per_s"] = stats["slices_per_s"]
+        row["data_wait_share"] = stats["data_wait_share"]
+        return row
+
+    def _log_epoch(self, row: dict[str, Any]) -> None:
+        if not self.main:
+            return
+        val = row["val_dice_mean"]
+        per_class = ", ".join(
+            f"{name} {row[f'val_dice_{name}']:.4f}" for name in self.classes[1:] if row[f"val_dice_{name}"] is not None
+        )
+        log.info(
+            "epoch %d/%d: loss %.4f, lr %.2e%s, %.1f s (%.0f slices/s, data wait %.0f%%)",
+            row["epoch"],
+            self.cfg.training.epochs,
+            row["train_loss"],
+            row["lr"],
+            f", val Dice {val:.4f} ({per_class})" if val is not None else "",
+            row["seconds"],
+            row["slices_per_s"],
+            100 * row["data_wait_share"],
+        )
+        if self.log_writer is not None:
+            self.log_writer.add(row)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _checkpoint(self, postprocessing: dict[str, list[int]], decided: bool) -> dict[str, Any]:
+        model = unwrap_model(self.model)
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model_state": {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()},
+            "optimizer_state": self.optimizer.state_dict(),
+            "scheduler_state": self.schedule.state_dict(),
+            "scaler_state": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": self.epoch,
+            "elapsed_seconds": self.elapsed,
+            "rng": capture_rng_state(),
+            "config": self.cfg.model_dump(mode="json"),
+            "model": dict(self.model_spec),
+            "mode": self.mode,
+            "classes": list(self.classes),
+            "class_weights": None if self.class_weights is None else [float(w) for w in self.class_weights],
+            "normalization": self.data.params.to_dict(),
+            "slice_axis": int(self.data.axis),
+            "context_slices": int(self.data.context),
+            "patch_hw": list(self.patch_hw),
+            "pad_multiple": int(self.cfg.preprocessing.pad_multiple),
+            "precision": _PRECISION_NAMES[self.amp_dtype],
+            "channels_last": self.channels_last,
+            "postprocessing": {k: list(v) for k, v in postprocessing.items()},
+            "postprocessing_decided": decided,
+            "best_dice": float(self.best_dice),
+            "best_epoch": int(self.best_epoch),
+            "val_dice": None if self.val_dice is None else float(self.val_dice),
+            "stale_validations": int(self.stale),
+            "stop_reason": self.stop_reason,
+            "split": {k: list(v) for k, v in self.split_ids.items()},
+            "history": [dict(r) for r in self.history],
+            "versions": library_versions(),
+        }
+
+    def _save(self, improved: bool) -> None:
+        if self.main:
+            ckpt = self._checkpoint(_empty_plan(), decided=False)
+            if improved:
+                save_checkpoint(self.best_path, ckpt)
+            save_checkpoint(self.last_path, ckpt)
+        barrier()
+
+    def _decide_postprocessing(self) -> dict[str, list[int]]:
+        """Loads the best weights, predicts the validation volumes and keeps the steps that raise their Dice."""
+        if not self.best_path.exists():
+            log.warning("No best checkpoint (no validation ran); postprocessing stays off")
+            return _empty_plan()
+        best = load_checkpoint(self.best_path)
+        if best.get("postprocessing_decided"):
+            return {k: list(v) for k, v in best["postprocessing"].items()}
+        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(best["model_state"])
+        result = self._validate(keep_volumes=True)
+        self.model.load_state_dict(current)
+        plan = decide_postprocessing(result.predictions, result.ground_truths, self.n_classes, axis=self.data.axis)
+        plan_dict = {k: [int(c) for c in plan[k]] for k in ("largest_component", "fill_holes")}  # type: ignore[literal-required]
+        if self.main:
+            best["postprocessing"] = plan_dict
+            best["postprocessing_decided"] = True
+            save_checkpoint(self.best_path, best)
+            names = {k: [self.classes[c] for c in v] or "none" for k, v in plan_dict.items()}
+            log.info(
+                "Best epoch %d, mean validation Dice %.4f; postprocessing: largest component %s, fill holes %s",
+                self.best_epoch,
+                self.best_dice,
+                names["largest_component"],
+                names["fill_holes"],
+            )
+        barrier()
+        return plan_dict
