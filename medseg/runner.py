@@ -246,16 +246,23 @@ def check_setup(cfg: Config, stages: Sequence[Stage]) -> None:
 
 
 @contextmanager
-def run_logging(log_file: Path | None, *, verbose: bool = False) -> Iterator[None]:
+def run_logging(log_file: Path | None, *, verbose: bool = False, rank: int | None = None) -> Iterator[None]:
     """Sends the ``medseg`` and ``pipelines`` loggers to the console (stderr) and, if given, appends to ``log_file``.
 
     Python warnings are captured into the log as well. Handlers are removed on exit, so calling a run twice in
     one process (tests, notebooks) does not duplicate lines.
+
+    Args:
+        log_file: File to append to (``None``: console only; what ranks other than 0 get under torchrun).
+        verbose: Also show debug messages on the console.
+        rank: Under torchrun, this process's rank: console lines are prefixed ``[rank N]`` and ranks other than 0
+            only show warnings and errors (rank 0 reports progress once for the whole job).
     """
     loggers = [logging.getLogger("medseg"), logging.getLogger("pipelines"), logging.getLogger("py.warnings")]
     console = logging.StreamHandler()
-    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
-    console.setLevel(logging.DEBUG if verbose else logging.INFO)
+    tag = "" if rank is None else f"[rank {rank}] "
+    console.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)-7s {tag}%(message)s", "%H:%M:%S"))
+    console.setLevel(logging.DEBUG if verbose else logging.INFO if not rank else logging.WARNING)
     # Records marked ``extra={"file_only": True}`` (an error the caller prints itself) skip the console.
     console.addFilter(lambda record: not getattr(record, "file_only", False))
     handlers: list[logging.Handler] = [console]
@@ -329,8 +336,10 @@ def run_predict(cfg: Config, val_cases: Sequence[Case] | None = None, *, retrain
 
     from medseg.inference import Predictor
     from medseg.inference.batch import predict_folder
+    from medseg.training.distributed import get_rank, get_world_size
 
     layout = RunLayout(cfg.output.dir)
+    rank, world_size = get_rank(), get_world_size()
     inf = cfg.inference
     checkpoint = inf.checkpoint or layout.best_checkpoint
     predictor = Predictor.from_checkpoint(
@@ -359,6 +368,9 @@ def run_predict(cfg: Config, val_cases: Sequence[Case] | None = None, *, retrain
     retrained = retrained or (table.is_file() and Path(checkpoint).stat().st_mtime > table.stat().st_mtime)
     if retrained and not inf.overwrite:
         log.info("Masks already in '%s' are replaced: the checkpoint is newer than them", layout.predictions)
+    # Under torchrun each rank predicts its round-robin share of the full sorted scan list (names are decided on
+    # the full list, so ranks agree) and writes its own table; rank 0 merges them after a barrier.
+    sharded = world_size > 1
     result = predict_folder(
         predictor,
         inputs,
@@ -366,8 +378,12 @@ def run_predict(cfg: Config, val_cases: Sequence[Case] | None = None, *, retrain
         output_format=inf.output_format,
         overwrite=inf.overwrite or retrained,
         save_probabilities=inf.save_probabilities,
-        progress=sys.stderr.isatty(),
+        progress=sys.stderr.isatty() and rank == 0,
+        shard=(rank, world_size) if sharded else None,
+        csv_name=_rank_table_name(rank, world_size) if sharded else layout.predictions_csv.name,
     )
+    if sharded:
+        result = _merge_rank_tables(layout, result, world_size)
     log.info(
         "Predicted %d scan(s), skipped %d already done, %d failed; table in '%s'",
         result.n_ok,
@@ -378,6 +394,35 @@ def run_predict(cfg: Config, val_cases: Sequence[Case] | None = None, *, retrain
     for row in result.rows:
         if row.get("status") == "failed":
             log.error("Scan '%s' not predicted: %s", row.get("input"), row.get("error"))
+    return result
+
+
+def _rank_table_name(rank: int, world_size: int) -> str:
+    return f".predictions.rank{rank}-of-{world_size}.csv"
+
+
+def _merge_rank_tables(layout: RunLayout, result: Any, world_size: int) -> Any:
+    """After every rank predicted its share: rank 0 merges the per-rank tables into ``predictions.csv``.
+
+    Every rank returns a result whose ``n_ok``/``n_skipped``/``n_failed`` count the whole job (summed over
+    ranks), so every rank ends with the same exit status.
+    """
+    from medseg.inference.batch import merge_tables
+    from medseg.training.distributed import all_reduce_sum, barrier, get_rank
+
+    barrier()  # every rank's table is complete
+    if get_rank() == 0:
+        parts = [layout.predictions / _rank_table_name(r, world_size) for r in range(world_size)]
+        merge_tables(parts, layout.predictions_csv)
+        for part in parts:
+            part.unlink(missing_ok=True)
+    barrier()  # nobody reads predictions.csv (evaluate) before it is merged
+    result.n_ok, result.n_skipped, result.n_failed = (
+        all_reduce_sum(result.n_ok),
+        all_reduce_sum(result.n_skipped),
+        all_reduce_sum(result.n_failed),
+    )
+    result.csv_path = layout.predictions_csv
     return result
 
 
@@ -480,7 +525,14 @@ def prepare_output(cfg: Config, stages: Sequence[Stage], *, source: str | Path |
 
 
 def run_stages(cfg: Config, stages: Sequence[Stage]) -> RunResult:
-    """Runs the stages in order (train -> predict -> evaluate); see the module docstring for what each calls."""
+    """Runs the stages in order (train -> predict -> evaluate); see the module docstring for what each calls.
+
+    Under torchrun (a process group initialised by the caller, see ``pipelines.run``) every rank calls this:
+    ``train`` runs DistributedDataParallel (rank 0 writes), ``predict`` shards the scans over ranks and rank 0
+    merges the tables, ``evaluate`` runs on rank 0 only.
+    """
+    from medseg.training.distributed import barrier, is_main_process
+
     result = RunResult(stages=order_stages(stages))
     val_cases = None
     for stage in result.stages:
@@ -493,7 +545,8 @@ def run_stages(cfg: Config, stages: Sequence[Stage]) -> RunResult:
             retrained = result.train is not None
             result.predict = run_predict(cfg, val_cases if cfg.inference.input is None else None, retrained=retrained)
             result.failed_predictions = int(getattr(result.predict, "n_failed", 0))
-        else:
-            result.evaluate = run_evaluate(cfg)
+        elif is_main_process():
+            result.evaluate = run_evaluate(cfg)  # cheap, and it writes files: rank 0 only under torchrun
         log.info("== stage %s done in %.1f s", stage, time.perf_counter() - start)
+        barrier()  # under torchrun: no rank starts the next stage (or exits) before the others finish this one
     return result

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from medseg import __version__
@@ -103,9 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _rank_tag() -> str:
+    # Under torchrun every rank prints its own errors: say which one (torchrun's summary names it too).
+    return f"rank {os.environ.get('RANK', '?')}: " if os.environ.get("WORLD_SIZE", "1") not in ("", "1") else ""
+
+
 def _error(message: str) -> None:
     # One paragraph on stderr, prefixed like argparse's own usage errors; never a traceback.
-    print(f"medseg: error: {message}", file=sys.stderr)
+    print(f"medseg: error: {_rank_tag()}{message}", file=sys.stderr)
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -119,17 +125,42 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command line; returns the exit status (see ``--help``)."""
+    """Runs the command line; returns the exit status (see ``--help``).
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) every rank runs this: the process group is initialised here
+    (``training.distributed_backend``) and destroyed on the way out; only rank 0 writes ``config.resolved.yaml``
+    and ``medseg.log``; a rank's error message starts with ``rank N:``.
+    """
     args = build_parser().parse_args(argv)
 
+    from medseg.training.distributed import launched_distributed, shutdown_distributed
+
+    run: Callable[[argparse.Namespace], int | None] = _run
+    if launched_distributed():
+        # torchrun's failure summary then shows this rank's traceback next to its rank number.
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        run = record(_run)
+    try:
+        return int(run(args) or 0)
+    finally:
+        shutdown_distributed()
+
+
+def _run(args: argparse.Namespace) -> int:
     from medseg.config import load_config
-    from medseg.runner import check_setup, order_stages, prepare_output, run_logging, run_stages
+    from medseg.runner import RunLayout, check_setup, order_stages, prepare_output, run_logging, run_stages
+    from medseg.training.distributed import barrier, get_rank, init_distributed, is_distributed
 
     try:
         cfg = load_config(args.config, _overrides(args))
         stages = order_stages([s for group in args.stages for s in group] if args.stages else cfg.stages)
+        init_distributed(cfg.training.distributed_backend)
         check_setup(cfg, stages)
-        layout = prepare_output(cfg, stages, source=args.config.resolve())
+        rank = get_rank()
+        # Rank 0 creates the folder and writes config.resolved.yaml; the other ranks only need the paths.
+        layout = prepare_output(cfg, stages, source=args.config.resolve()) if rank == 0 else RunLayout(cfg.output.dir)
+        barrier()  # the output folder exists before any rank writes into it
     except MedsegError as err:
         _error(str(err))
         return EXIT_USAGE
@@ -137,7 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(f"cannot prepare the output folder: {err}")
         return EXIT_USAGE
 
-    with run_logging(layout.log_file, verbose=args.verbose):
+    log_file = layout.log_file if rank == 0 else None  # one log for the job, written by rank 0
+    with run_logging(log_file, verbose=args.verbose, rank=rank if is_distributed() else None):
         log.info("medseg %s: %s, stages %s, output in '%s'", __version__, args.config, ", ".join(stages), layout.root)
         try:
             result = run_stages(cfg, stages)
@@ -149,9 +181,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             log.error("Interrupted; finished outputs are complete (they are written atomically)")
             return 130
-        except Exception:
+        except Exception as err:
             # The traceback goes to the log file here and to the console once, through the re-raise.
             log.exception("Unexpected error; please report it with '%s'", layout.log_file, extra={"file_only": True})
+            if _rank_tag():
+                _error(f"{type(err).__name__}: {err}")  # names the rank; torchrun then stops the other ranks
             raise
         if result.failed_predictions:
             log.warning(

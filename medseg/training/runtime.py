@@ -47,12 +47,13 @@ def resolve_num_workers(num_workers: int | str, device: torch.device) -> int:
     model's convolutions already use every core, so workers only help where cores are plentiful:
     ``cores // CPU_CORES_PER_WORKER - 1`` capped at 4, i.e. 0 below 8 cores, 1 at 8, 2 at 12.
 
-    Measured on the 2-core development machine (``benchmarks/train_speed.py``, sample hippocampus, batch 32,
-    default augmentation): loading in the main process, the model waits for data 2 % of the step time with
-    ``base_features`` 32 and 8.5 % with 16; one or two workers cut the wait to 0.3-2.6 % but took the same
-    cores from the model, and slices/s did not improve reliably (base 16: 42.9 / 40.7 / 32.0 slices/s with 0 /
-    1 / 2 workers). The possible gain is bounded by the wait share, so 0 is the default on small machines. The
-    8-core threshold is a heuristic, not a measurement.
+    Measured on the shared 2-core development machine (``benchmarks/train_speed.py``, sample hippocampus, batch
+    32, default augmentation, ``benchmarks/out/train_speed*.json``): loading in the main process, the model waits
+    for data 2 % of the step time with ``base_features`` 32 and 7.5 % with 16, which bounds what workers can
+    gain. With one compute thread (the other core free) one worker gained 5-10 % (base 16: 47.9 -> 50.5
+    slices/s); with torch's default two threads the workers took cores from the model and the rate was
+    unchanged or lower. Hence 0 on small machines; set ``num_workers: 1`` when the model leaves a core idle.
+    The 8-core threshold is a heuristic, not a measurement.
     """
     if isinstance(num_workers, int):
         return max(0, num_workers)

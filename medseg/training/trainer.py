@@ -68,7 +68,17 @@ from medseg.training.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from medseg.training.distributed import barrier, get_rank, get_world_size, is_main_process, unwrap_model, wrap_model
+from medseg.training.distributed import (
+    all_ranks,
+    all_reduce_mean,
+    barrier,
+    broadcast_object,
+    get_rank,
+    get_world_size,
+    is_main_process,
+    unwrap_model,
+    wrap_model,
+)
 from medseg.training.history import TrainingLog
 from medseg.training.init import init_output_bias
 from medseg.training.loader import SeededSampler, build_train_loader
@@ -410,14 +420,15 @@ class Trainer:
             epoch_start = time.perf_counter()
             stats = self._train_epoch(self.epoch, elapsed_before, session_start)
             self.epoch += 1
-            self.elapsed = elapsed_before + (time.perf_counter() - session_start)
+            # Rank 0's clock decides max_minutes for every rank (ranks that disagreed would deadlock).
+            self.elapsed = broadcast_object(elapsed_before + (time.perf_counter() - session_start))
             budget_spent = max_seconds is not None and self.elapsed >= max_seconds
             last_epoch = self.epoch >= tc.epochs or budget_spent
             interrupted = stop_after_epoch is not None and self.epoch >= stop_after_epoch and not last_epoch
             result = None
             if self.epoch % tc.val_every == 0 or (last_epoch and not interrupted):
                 result = self._validate()
-            self.elapsed = elapsed_before + (time.perf_counter() - session_start)
+            self.elapsed = broadcast_object(elapsed_before + (time.perf_counter() - session_start))
             improved = result is not None and self._record_validation(result)
             if result is not None and tc.early_stopping is not None and self.stale >= tc.early_stopping:
                 self.stop_reason = "early_stopping"
@@ -500,7 +511,8 @@ class Trainer:
         if n_skipped:
             log.warning("Epoch %d: skipped %d of %d steps with a non-finite loss", epoch + 1, n_skipped, n_batches)
         return {
-            "train_loss": float(total_loss.item()) / n_ok if n_ok else float("nan"),
+            # Mean over ranks (each rank saw its own shard of the epoch); a no-op in one process.
+            "train_loss": all_reduce_mean(float(total_loss.item()) / n_ok if n_ok else float("nan")),
             "train_seconds": seconds,
             "slices_per_s": n_slices / seconds if seconds > 0 else float("nan"),
             "data_wait_share": wait / seconds if seconds > 0 else float("nan"),
@@ -521,7 +533,10 @@ class Trainer:
         with autocast(self.device, self.amp_dtype):
             logits = self.train_model(x)
         loss = self.loss_fn(logits, y)  # float32 whatever the autocast dtype (SegLoss casts)
-        if not torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        if self.world_size > 1:
+            finite = all_ranks(finite)  # under DDP all ranks skip together, or backward would wait forever
+        if not finite:
             return None
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -541,7 +556,10 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.training.grad_clip)
 
     def _validate(self, keep_volumes: bool = False) -> ValidationResult:
-        return validate_volumes(
+        # Under DDP every rank validates all validation cases with the same weights; rank 0's Dice is broadcast
+        # so best-checkpoint, LR-plateau and early-stopping decisions are identical on every rank (GPU kernels
+        # are not bitwise deterministic, and ranks that disagreed on stopping would deadlock).
+        result = validate_volumes(
             self.model,
             self.val_prepared,
             n_classes=self.n_classes,
@@ -555,6 +573,9 @@ class Trainer:
             batch_size=self.cfg.inference.batch_size,
             keep_volumes=keep_volumes,
         )
+        if get_world_size() > 1:
+            result.mean, result.per_class = broadcast_object((result.mean, result.per_class))
+        return result
 
     def _record_validation(self, result: ValidationResult) -> bool:
         self.val_dice = result.mean
@@ -661,6 +682,7 @@ class Trainer:
         self.model.load_state_dict(current)
         plan = decide_postprocessing(result.predictions, result.ground_truths, self.n_classes, axis=self.data.axis)
         plan_dict = {k: [int(c) for c in plan[k]] for k in ("largest_component", "fill_holes")}  # type: ignore[literal-required]
+        plan_dict = broadcast_object(plan_dict)  # rank 0's decision, the one its checkpoint stores
         if self.main:
             best["postprocessing"] = plan_dict
             best["postprocessing_decided"] = True
