@@ -158,14 +158,7 @@ def predict_and_score(cfg: Any, checkpoint: Path, cases: Sequence[Any], classes:
     from medseg.inference import Predictor, predict_folder
 
     inf = cfg.inference
-    predictor = Predictor.from_checkpoint(
-        checkpoint,
-        device=inf.device,
-        precision=inf.precision,
-        batch_size=inf.batch_size,
-        tta_flips=inf.tta_flips,
-        postprocessing=inf.postprocessing,
-    )
+    predictor = Predictor.from_config(checkpoint, inf)
     start = time.perf_counter()
     result = predict_folder(
         predictor,

@@ -342,14 +342,7 @@ def run_predict(cfg: Config, val_cases: Sequence[Case] | None = None, *, retrain
     rank, world_size = get_rank(), get_world_size()
     inf = cfg.inference
     checkpoint = inf.checkpoint or layout.best_checkpoint
-    predictor = Predictor.from_checkpoint(
-        checkpoint,
-        device=inf.device,
-        precision=inf.precision,
-        batch_size=inf.batch_size,
-        tta_flips=inf.tta_flips,
-        postprocessing=inf.postprocessing,
-    )
+    predictor = Predictor.from_config(checkpoint, inf)
     if inf.input is not None:
         inputs: Path | list[Path] = inf.input
         log.info("Predicting the scans in '%s' with '%s'", inputs, checkpoint)

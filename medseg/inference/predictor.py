@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medseg.config import PostprocessingConfig
+from medseg.config import InferenceConfig, PostprocessingConfig
 from medseg.data.normalization import NormalizationParams, normalize
 from medseg.errors import CheckpointError
 from medseg.inference.forward import predict_volume_probs
@@ -142,6 +142,23 @@ class Predictor:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model = model
+
+    @classmethod
+    def from_config(cls, path: str | Path, inference: InferenceConfig) -> Predictor:
+        """Loads a checkpoint with the settings of a config's ``inference`` section (as ``pipelines.run`` does).
+
+        Args:
+            path: A ``best.pt`` / ``last.pt`` written by the trainer.
+            inference: Device, precision, batch size, test-time flips and postprocessing to use.
+        """
+        return cls.from_checkpoint(
+            path,
+            device=inference.device,
+            precision=inference.precision,
+            batch_size=inference.batch_size,
+            tta_flips=inference.tta_flips,
+            postprocessing=inference.postprocessing,
+        )
 
     @classmethod
     def from_checkpoint(
