@@ -192,7 +192,7 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     def run_b(n: int) -> tuple[float, float]:
         nonlocal epoch
         trainer.sampler.base.num_samples = n * bs
-        stats = trainer._train_epoch(epoch, 0.0, time.perf_counter())
+        stats = trainer._train_epoch(epoch, 0.0, time.perf_counter(), None)
         epoch += 1
         return stats["train_seconds"], stats["data_wait_share"] * stats["train_seconds"]
 

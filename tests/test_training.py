@@ -263,6 +263,7 @@ def test_logs_and_curves_are_written(quality_run: dict[str, Any]) -> None:
         "seconds",
         "slices_per_s",
         "data_wait_share",
+        "steps",
     ]
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     assert float(rows[-1]["lr"]) < float(rows[0]["lr"])  # poly annealing
@@ -455,6 +456,27 @@ def test_time_budget_stops_and_anneals(tmp_path: Path, sample_hippo: Path) -> No
     # The schedule ran on the time budget: the final LR is near 0, although < 1 % of the epochs were done.
     assert result.history[-1]["lr"] < 0.25 * cfg.training.lr
     assert result.history[-1]["val_dice_mean"] is not None, "the last epoch is validated"
+
+
+def test_time_budget_is_checked_every_step(tmp_path: Path, sample_hippo: Path) -> None:
+    """A budget shorter than one epoch stops that epoch at the step that crosses it, not at its end."""
+    from medseg.training import train
+
+    cfg = make_cfg(
+        sample_hippo,
+        tmp_path,
+        data={"max_cases": 4, "val_fraction": 0.25},
+        # ~100 steps of 2 slices per epoch; 1.5 s of budget covers a handful of them.
+        training={"epochs": 1, "batch_size": 2, "max_minutes": 0.025, "val_every": 1},
+    )
+    result = train(cfg)
+    row = result.history[-1]
+    n_train_slices = 3 * 30  # at least ~30 slices per hippocampus volume along any axis
+    assert result.stop_reason == "max_minutes" and result.epochs == 1
+    assert 1 <= row["steps"] < n_train_slices // 2, row
+    assert row["val_dice_mean"] is not None, "the cut epoch is still validated"
+    last = load_checkpoint(result.last)
+    assert last["elapsed_seconds"] >= 1.5
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from medseg.io.atomic import atomic_path, atomic_write_text
 log = logging.getLogger(__name__)
 
 BASE_COLUMNS = ("epoch", "lr", "train_loss", "val_dice_mean")
-TAIL_COLUMNS = ("seconds", "slices_per_s", "data_wait_share")
+TAIL_COLUMNS = ("seconds", "slices_per_s", "data_wait_share", "steps")
 
 
 def columns(classes: list[str]) -> list[str]:

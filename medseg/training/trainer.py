@@ -14,9 +14,10 @@
 5. After the last epoch the best weights decide the postprocessing (largest component / hole filling per
    class, kept where it raised validation Dice), stored in ``best.pt``.
 
-Budget: ``training.epochs`` and, optionally, ``training.max_minutes`` (training-loop wall clock, data
-preparation excluded): the run stops after the epoch that crosses the budget, and the LR schedule anneals over
-whichever runs out first.
+Budget: ``training.epochs`` and, optionally, ``training.max_minutes`` (training-loop wall clock including
+validation, data preparation excluded): the budget is checked before every optimiser step, so a run stops at
+the batch that crosses it (that partial epoch counts as an epoch, and the final validation follows), and the LR
+schedule anneals over whichever runs out first.
 
 Resume (``training.resume: true``) continues from ``last.pt``: weights, optimiser, schedule, scaler, RNG states,
 epoch, elapsed time, early-stopping counter and history are restored, and the augmentation of each sample is a
@@ -418,7 +419,7 @@ class Trainer:
             log.info("Run in %s is already finished (%s); nothing to train", self.out_dir, self.stop_reason)
         while not self._finished(max_seconds):
             epoch_start = time.perf_counter()
-            stats = self._train_epoch(self.epoch, elapsed_before, session_start)
+            stats = self._train_epoch(self.epoch, elapsed_before, session_start, max_seconds)
             self.epoch += 1
             # Rank 0's clock decides max_minutes for every rank (ranks that disagreed would deadlock).
             self.elapsed = broadcast_object(elapsed_before + (time.perf_counter() - session_start))
@@ -470,7 +471,9 @@ class Trainer:
             return True
         return False
 
-    def _train_epoch(self, epoch: int, elapsed_before: float, session_start: float) -> dict[str, float]:
+    def _train_epoch(
+        self, epoch: int, elapsed_before: float, session_start: float, max_seconds: float | None
+    ) -> dict[str, float]:
         tc = self.cfg.training
         self.sampler.set_epoch(epoch)
         self.train_model.train()
@@ -489,7 +492,12 @@ class Trainer:
         fetch_start = start
         for i, batch in enumerate(self.loader):
             wait += time.perf_counter() - fetch_start
-            self.schedule.step(epoch + i / n_batches, elapsed_before + time.perf_counter() - session_start)
+            elapsed = elapsed_before + time.perf_counter() - session_start
+            # Checked per step, not per epoch: an epoch can be minutes long, and a budget that overran by one
+            # epoch would make time-budget comparisons unfair. Rank 0's clock decides for every rank.
+            if max_seconds is not None and i > 0 and self._budget_spent(elapsed, max_seconds):
+                break
+            self.schedule.step(epoch + i / n_batches, elapsed)
             loss = self.train_step(batch)
             if loss is None:
                 n_skipped += 1
@@ -516,7 +524,12 @@ class Trainer:
             "train_seconds": seconds,
             "slices_per_s": n_slices / seconds if seconds > 0 else float("nan"),
             "data_wait_share": wait / seconds if seconds > 0 else float("nan"),
+            "steps": n_ok + n_skipped,  # < len(loader) when the time budget ran out mid-epoch
         }
+
+    def _budget_spent(self, elapsed: float, max_seconds: float) -> bool:
+        spent = elapsed >= max_seconds
+        return bool(broadcast_object(spent)) if self.world_size > 1 else spent
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """One optimiser step on a batch (at the LR the schedule has set).
@@ -600,6 +613,7 @@ class Trainer:
         row["seconds"] = seconds
         row["slices_per_s"] = stats["slices_per_s"]
         row["data_wait_share"] = stats["data_wait_share"]
+        row["steps"] = int(stats["steps"])
         return row
 
     def _log_epoch(self, row: dict[str, Any]) -> None:
