@@ -273,6 +273,37 @@ def _speed_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def _inference_choices_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    if not results:
+        return []
+    lines = ["## Inference settings on the cross-validation models", ""]
+    lines += [
+        "From `inference_choices_*.json` (`benchmarks/inference_choices.py`): each fold's `best.pt` re-predicts "
+        "the fold's own held-out cases with test-time flips off/on and postprocessing `auto` (as decided in "
+        "training on the fold's validation cases) or off; scored as in the quality table (mean ± std over folds).",
+        "",
+    ]
+    for name, r in results:
+        summary = r.get("summary", {})
+        classes = list(next(iter(summary.values()), {}).get("per_class", {}))
+        rows = [
+            [
+                variant,
+                f"{fmt(v['mean_dice'])} ± {fmt(v['mean_dice_std'])}",
+                *[fmt(v["per_class"][c]) for c in classes],
+                fmt(v.get("volumes_per_s"), 2),
+            ]
+            for variant, v in summary.items()
+        ]
+        lines += [
+            f"`{name}` (models of `{r.get('quality_result', '?')}`): `{r.get('command', '')}`",
+            "",
+            markdown_table(["variant", "mean Dice", *[f"Dice {c}" for c in classes], "pred vol/s"], rows),
+            "",
+        ]
+    return lines
+
+
 def render(out_dir: Path, choices: Path | None = CHOICES) -> str:
     """The text of RESULTS.md for the JSON files in ``out_dir``."""
     quality = _load(out_dir, "quality_*.json")
@@ -289,6 +320,7 @@ def render(out_dir: Path, choices: Path | None = CHOICES) -> str:
     ]
     lines += _machine_section([*quality, *speed])
     lines += _quality_section(quality)
+    lines += _inference_choices_section(_load(out_dir, "inference_choices_*.json"))
     lines += _speed_section(speed)
     if choices is not None and choices.is_file():
         lines += ["## Choices and the measurements behind them", "", choices.read_text().strip(), ""]

@@ -20,8 +20,7 @@ by default), each in its own process: :func:`medseg.inference.batch.predict_fold
 (reading and writing included) vs the bare forward pass of the model over the same slices (already read,
 normalised, sliced and padded; same batches, same TTA flips). The ratio is the batch run's wall time per scan
 over the bare pass's time per scan (by default the bare pass covers every scan, so it is the ratio of the two
-runs' times; target <= 1.25): reading ahead and writing behind overlap the forward pass, so per-case times
-would not add up to the run. Peak RSS (``VmHWM``) of the batch run, and its memory growth: ``VmRSS`` sampled
+runs' times; target <= 1.25). Peak RSS (``VmHWM``) of the batch run, and its memory growth: ``VmRSS`` sampled
 every 50 ms against the number of masks written, after 10 scans vs at the end of the folder, and after a second
 pass over the same folder (target: no growth with the number of scans).
 

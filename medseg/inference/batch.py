@@ -24,13 +24,12 @@ Behaviour a night run relies on:
   ``<case_id>_prob_<class>.<output_format>`` (class name reduced to letters, digits, ``-`` and ``_``), on the
   scan's grid. One file per class rather than a 4D file because every reader (Slicer, ITK-SNAP, SimpleITK)
   opens 3D maps reliably and ``medseg.io.save_volume`` writes 3D.
-* **Overlap**: reading the next scan and finishing the previous one (labels, postprocessing, writing) run in two
-  background threads while the model predicts the current scan, so file I/O hides behind the forward pass.
-  The ``seconds`` column is a case's own work (read + predict + finish), so with overlap the column can add
-  up to more than the run's wall time.
-* **Memory**: nothing is kept per case except its CSV row. At most three cases are in memory at once (one read
-  ahead, one being predicted, one being written), each released when its step is done, and freed heap memory
-  is handed back to the OS after every case (``medseg.inference.memory``).
+* **Memory**: nothing is kept per case except its CSV row; each volume and probability map is released before
+  the next case is read, and heap memory the C library keeps after that is handed back to the OS whenever it
+  has piled up (``medseg.inference.memory``), so the resident set does not creep up over a long folder.
+* **One case at a time**: reading the next scan and writing the previous mask in background threads was tried
+  and measured slower on 2 cores (91 hippocampus scans: 14.1 s in turn vs 16.1 s overlapped), as the threads
+  compete with PyTorch's own for the same cores; file I/O is a few ms of a scan's ~150 ms.
 * **Sharding** (torchrun): ``shard=(rank, world_size)`` names every scan on the full sorted list, then keeps
   this rank's round-robin share; each rank writes its own table (``csv_name``) and rank 0 joins them with
   :func:`merge_tables`.
@@ -45,24 +44,19 @@ import logging
 import os
 import re
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from medseg.errors import ConfigError, MedsegError, UnreadableScanError
-from medseg.inference.memory import release_free_memory
+from medseg.inference.memory import HeapTrimmer
 from medseg.inference.predictor import Predictor
 from medseg.io import case_id_from_path, find_scans, load_volume, save_mask, save_volume
 from medseg.io.atomic import atomic_write_text
-from medseg.volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -280,50 +274,29 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    start = time.perf_counter()
-    return fn(), time.perf_counter() - start
-
-
-def _finish_case(
-    predictor: Predictor,
-    job: ScanJob,
-    volume: Volume,
-    probs: np.ndarray,
-    reorientation: Any,
-    output_format: str,
-    overwrite: bool,
-    save_probabilities: bool,
+def _run_case(
+    predictor: Predictor, job: ScanJob, output_format: str, overwrite: bool, save_probabilities: bool
 ) -> dict[str, Any]:
-    """Labels, postprocessing and files of one predicted case (runs in the writer thread); its table columns."""
-    labels = reorientation.invert(predictor.labels_from_proba(probs))
+    volume = load_volume(job.input)
     if save_probabilities:
+        mask, probs = predictor.predict_with_proba(volume)
         paths = probability_paths(job.output, job.case_id, predictor.classes, output_format)
-        native = reorientation.invert(probs)
         for k, prob_path in enumerate(paths, start=1):
             if overwrite or not prob_path.exists():
-                save_volume(native[k], like=volume, path=prob_path, overwrite=overwrite)
-    # Probability maps first, the mask last: an existing mask means a finished case (resume relies on it).
+                save_volume(probs[k], like=volume, path=prob_path, overwrite=overwrite)
+        del probs
+    else:
+        mask = predictor.predict(volume)
     if overwrite or not job.output.exists():
-        save_mask(labels, like=volume, path=job.output, overwrite=overwrite)
+        save_mask(mask.array, like=volume, path=job.output, overwrite=overwrite)
     row: dict[str, Any] = {}
-    for name, (voxels, ml) in predictor.class_volumes(labels, volume.spacing).items():
+    for name, (voxels, ml) in predictor.class_volumes(mask.array, volume.spacing).items():
         row[f"voxels_{name}"] = voxels
         row[f"volume_ml_{name}"] = f"{ml:.4f}"
     return row
 
 
-def _new_row(job: ScanJob) -> dict[str, Any]:
-    return {"case": job.case_id, "input": str(job.input), "output": str(job.output), "status": "ok", "error": ""}
-
-
-def _fail(row: dict[str, Any], job: ScanJob, err: BaseException) -> None:
-    row.update(status="failed", error=_describe(err))
-    # A traceback only for unexpected errors: a MedsegError message already says what is wrong.
-    log.warning("case %s failed: %s", job.case_id, row["error"], exc_info=not isinstance(err, MedsegError))
-
-
-def _done_without_work(
+def _process(
     predictor: Predictor,
     job: ScanJob,
     output_format: str,
@@ -331,10 +304,16 @@ def _done_without_work(
     save_probabilities: bool,
     previous: dict[str, dict[str, str]],
     columns: Sequence[str],
-) -> dict[str, Any] | None:
-    """The row of a case that needs no prediction (known-bad input, or finished earlier), else ``None``."""
-    row = _new_row(job)
-    row["seconds"] = ""
+) -> dict[str, Any]:
+    """One case's table row; never raises for a bad case (only for interrupts)."""
+    row: dict[str, Any] = {
+        "case": job.case_id,
+        "input": str(job.input),
+        "output": str(job.output),
+        "status": "ok",
+        "error": "",
+        "seconds": "",
+    }
     if job.problem is not None:
         row.update(status="failed", error=str(UnreadableScanError(job.input, job.problem)))
         return row
@@ -346,37 +325,15 @@ def _done_without_work(
         old = previous.get(str(job.output), {})
         row.update({c: old[c] for c in columns[len(BASE_COLUMNS) :] if old.get(c)})
         return row
-    return None
-
-
-class _Case:
-    """A case on its way through read -> predict -> finish (``finish``: the writer thread's future)."""
-
-    def __init__(self, job: ScanJob, row: dict[str, Any], needs_work: bool) -> None:
-        self.job = job
-        self.row = row
-        self.needs_work = needs_work
-        self.read: Future[tuple[Volume, float]] | None = None
-        self.finish: Future[tuple[dict[str, Any], float]] | None = None
-        self.seconds = 0.0
-
-    @property
-    def ready(self) -> bool:
-        return self.finish is None or self.finish.done()
-
-    def close(self) -> dict[str, Any]:
-        """Waits for the case's files and returns its final row."""
-        if self.finish is not None:
-            try:
-                columns, seconds = self.finish.result()
-                self.row.update(columns)
-                self.seconds += seconds
-            except Exception as err:  # per-case isolation, as for reading and predicting
-                _fail(self.row, self.job, err)
-            self.finish = None
-        if self.needs_work:
-            self.row["seconds"] = f"{self.seconds:.2f}"
-        return self.row
+    start = time.perf_counter()
+    try:
+        row.update(_run_case(predictor, job, output_format, overwrite, save_probabilities))
+    except Exception as err:  # per-case isolation: record and go on (KeyboardInterrupt still stops the run)
+        row.update(status="failed", error=_describe(err))
+        # A traceback only for unexpected errors: a MedsegError message already says what is wrong.
+        log.warning("case %s failed: %s", job.case_id, row["error"], exc_info=not isinstance(err, MedsegError))
+    row["seconds"] = f"{time.perf_counter() - start:.2f}"
+    return row
 
 
 def predict_folder(
@@ -426,88 +383,27 @@ def predict_folder(
     bar = tqdm(total=len(jobs), disable=not progress, unit="scan", desc="predict")
     # Per-case warnings go through tqdm.write while the bar is shown, so they do not break the bar's line.
     redirect = logging_redirect_tqdm() if progress else contextlib.nullcontext()
-    # One thread each: reading ahead more than one scan, or queueing more than one write, would only hold
-    # more volumes in memory (a CT probability map can be gigabytes) without finishing sooner.
-    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medseg-read")
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medseg-write")
-    queue: deque[_Case] = deque()  # cases in job order; rows are recorded strictly in that order
-
-    def record(done: _Case) -> None:
-        nonlocal last_flush
-        row = done.close()
-        result.rows.append(row)
-        if row["status"] == "ok":
-            result.n_ok += 1
-        elif row["status"] == "skipped":
-            result.n_skipped += 1
-        else:
-            result.n_failed += 1
-            bar.set_description(f"predict ({result.n_failed} failed)", refresh=False)
-        bar.set_postfix_str(done.job.case_id[-30:], refresh=False)
-        bar.update(1)
-        if time.monotonic() - last_flush > CSV_FLUSH_SECONDS:
-            _write_csv(csv_path, result.rows, columns)
-            last_flush = time.monotonic()
-
-    def drain(until: _Case | None = None) -> None:
-        # Records finished cases from the front of the queue; with ``until``, waits for it and those before it.
-        while queue and (until is not None or queue[0].ready):
-            head = queue.popleft()
-            record(head)
-            if head is until:
-                return
-
-    def read_ahead(case: _Case) -> None:
-        case.read = reader.submit(_timed, partial(load_volume, case.job.input))
-
+    trim = HeapTrimmer()
     try:
         with redirect:
-            cases = []
             for job in jobs:
-                row = _done_without_work(
-                    predictor, job, output_format, overwrite, save_probabilities, previous, columns
-                )
-                cases.append(_Case(job, row if row is not None else _new_row(job), needs_work=row is None))
-            work = [c for c in cases if c.needs_work]
-            if work:
-                read_ahead(work[0])
-            n_started = 0
-            writing: _Case | None = None
-            for case in cases:
-                if case.needs_work:
-                    n_started += 1
-                    if n_started < len(work):  # read the next scan while this one is predicted
-                        read_ahead(work[n_started])
-                    assert case.read is not None
-                    read, case.read = case.read, None
-                    try:
-                        volume, read_s = read.result()
-                        case.seconds += read_s
-                        (probs, reorientation), predict_s = _timed(partial(predictor.canonical_proba, volume))
-                        case.seconds += predict_s
-                    except Exception as err:  # per-case isolation (KeyboardInterrupt still stops the run)
-                        _fail(case.row, case.job, err)
-                    else:
-                        if writing is not None and writing.finish is not None:
-                            drain(until=writing)  # at most one case waits for the writer: bounded memory
-                        finish = partial(
-                            _finish_case, predictor, case.job, volume, probs, reorientation, output_format, overwrite
-                        )
-                        case.finish = writer.submit(_timed, partial(finish, save_probabilities))
-                        writing = case
-                        del volume, probs, reorientation
-                queue.append(case)
-                drain()
-                release_free_memory()  # see medseg/inference/memory.py: glibc otherwise keeps freed case buffers
-            if queue:
-                drain(until=queue[-1])
+                bar.set_postfix_str(job.case_id[-30:], refresh=False)
+                row = _process(predictor, job, output_format, overwrite, save_probabilities, previous, columns)
+                result.rows.append(row)
+                if row["status"] == "ok":
+                    result.n_ok += 1
+                elif row["status"] == "skipped":
+                    result.n_skipped += 1
+                else:
+                    result.n_failed += 1
+                    bar.set_description(f"predict ({result.n_failed} failed)", refresh=False)
+                bar.update(1)
+                trim()
+                if time.monotonic() - last_flush > CSV_FLUSH_SECONDS:
+                    _write_csv(csv_path, result.rows, columns)
+                    last_flush = time.monotonic()
     finally:
-        # Also on Ctrl-C or a crash: reads ahead are dropped, writes in flight complete (atomically) and are
-        # recorded, and the table lists what was done, so the next run resumes from the files.
-        reader.shutdown(wait=True, cancel_futures=True)
-        writer.shutdown(wait=True)
-        with contextlib.suppress(Exception):
-            drain()
+        # Also on Ctrl-C or a crash: the table lists what was done, and the next run resumes from the files.
         bar.close()
         _write_csv(csv_path, result.rows, columns)
     return result

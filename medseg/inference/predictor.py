@@ -250,19 +250,7 @@ class Predictor:
         """Number of classes including background."""
         return len(self.spec.classes)
 
-    def canonical_proba(self, volume: Volume) -> tuple[np.ndarray, Reorientation]:
-        """The model's half of :meth:`predict_proba`: probabilities in closest-RAS voxel order, not yet mapped back.
-
-        Batch prediction calls this in its main thread and leaves :meth:`labels_from_proba` and
-        ``reorientation.invert`` to a writer thread.
-
-        Args:
-            volume: A scan as read by ``medseg.io.load_volume``.
-
-        Returns:
-            ``(n_classes, I', J', K')`` float32 probabilities in closest-RAS order, and the reorientation whose
-            ``invert`` maps them (or labels derived from them) back to the volume's own voxel order.
-        """
+    def _canonical_probs(self, volume: Volume) -> tuple[np.ndarray, Reorientation]:
         # The model was trained on closest-RAS voxel order (medseg.data reorients the same way), so an LPS-stored
         # DICOM or a permuted NIfTI is sliced in the planes and handedness the model knows.
         canon, reo = to_canonical(volume)
@@ -295,7 +283,7 @@ class Predictor:
             per voxel; for ``sigmoid`` models channel 0 is ``1 - max`` foreground probability
             (see ``medseg.losses.logits_to_probs``).
         """
-        probs, reo = self.canonical_proba(volume)
+        probs, reo = self._canonical_probs(volume)
         return reo.invert(probs)
 
     def labels_from_proba(self, probs: np.ndarray, *, slice_axis: int | None = None) -> np.ndarray:
@@ -323,7 +311,7 @@ class Predictor:
 
     def predict_with_proba(self, volume: Volume) -> tuple[Volume, np.ndarray]:
         """Both the mask volume and the probabilities (one forward pass), e.g. to save probability maps."""
-        probs, reo = self.canonical_proba(volume)
+        probs, reo = self._canonical_probs(volume)
         labels = self.labels_from_proba(probs)
         return volume.with_array(reo.invert(labels)), reo.invert(probs)
 
