@@ -244,7 +244,10 @@ class InferenceConfig(_Section):
     batch_size: int = Field(default=64, ge=1)
     """Slices per forward pass."""
     tta_flips: bool = False
-    """Test-time augmentation: also predict flipped slices and average (slower)."""
+    """Test-time augmentation: also predict flipped slices and average (4x slower). Only for models trained with
+    flips (``augmentation.flip``): a model that never saw a flipped slice segments them badly, and on the
+    hippocampus CV models (trained without flips) averaging in flips dropped mean Dice from 0.889 to 0.03
+    (``benchmarks/inference_choices.py``)."""
     postprocessing: PostprocessingConfig = PostprocessingConfig()
     """Connected-component clean-up of the predicted masks."""
     save_probabilities: bool = False

@@ -26,7 +26,7 @@ from medseg.inference.predictor import ModelSpec, Predictor
 from medseg.io import load_volume, save_mask
 from medseg.losses import n_outputs
 from medseg.models.unet import UNet
-from medseg.training.checkpoint import CHECKPOINT_FORMAT, REQUIRED_FIELDS, save_checkpoint
+from medseg.training.checkpoint import CHECKPOINT_FORMAT, REQUIRED_FIELDS, load_checkpoint, save_checkpoint
 from medseg.volume import Volume
 
 CLASSES = ("background", "anterior", "posterior")
@@ -437,3 +437,20 @@ def test_predictor_applies_postprocessing(hippo_image: Path) -> None:
     ).predict(volume)
     assert ndimage.label(raw == 1, np.ones((3, 3, 3)))[1] > 1
     assert ndimage.label(cleaned.array == 1, np.ones((3, 3, 3)))[1] == 1
+
+
+def test_tta_flips_on_a_model_trained_without_flips_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = make_checkpoint(tmp_path / "best.pt")  # its config has no flip augmentation
+    with caplog.at_level("WARNING", logger="medseg.inference.predictor"):
+        Predictor.from_checkpoint(path, device="cpu", precision="fp32")
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="medseg.inference.predictor"):
+        Predictor.from_checkpoint(path, device="cpu", precision="fp32", tta_flips=True)
+    assert "without flip augmentation" in caplog.text and str(path) in caplog.text
+    ckpt = load_checkpoint(path)
+    ckpt["config"] = {"augmentation": {"flip": {"prob": 0.5, "axes": [0]}}}
+    save_checkpoint(path, ckpt)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medseg.inference.predictor"):
+        Predictor.from_checkpoint(path, device="cpu", precision="fp32", tta_flips=True)
+    assert not caplog.records
