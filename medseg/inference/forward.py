@@ -82,10 +82,14 @@ def forward_slices(
         return out
     target = padded_size((h, w), pad_multiple, _as_hw(patch_hw))
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    if channels_last:
+    # Both walk every submodule (a few ms per call on a UNet, paid per scan in batch prediction): skip them when
+    # the model is already in the wanted state.
+    if channels_last and not getattr(model, "_medseg_channels_last", False):
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        model._medseg_channels_last = True  # type: ignore[assignment]
     was_training = model.training
-    model.eval()
+    if was_training:
+        model.eval()
     flips = TTA_FLIPS if tta_flips else ((),)
     try:
         with torch.inference_mode():
@@ -118,7 +122,8 @@ def forward_slices(
                 probs_np = probs.to("cpu", torch.float32).numpy()
                 out[start : start + len(batch)] = unpad(probs_np, padding)
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train(True)
     return out
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from functools import cache
 
 #: Growth of the resident set (MiB) since the last trim that triggers the next one.
-DEFAULT_MARGIN_MB = 64.0
+DEFAULT_MARGIN_MB = 128.0
 
 
 @cache
