@@ -189,7 +189,8 @@ class TrainingConfig(_Section):
     epochs: int = Field(default=50, ge=1)
     """Number of training epochs (the learning-rate schedule is planned for them)."""
     max_minutes: float | None = Field(default=None, gt=0)
-    """Wall-clock budget; training stops after the epoch that crosses it (the schedule is planned for it)."""
+    """Wall-clock budget (training and validation); checked before every step, so training stops at the step that
+    crosses it, then validates (the LR schedule is planned for it)."""
     batch_size: int = Field(default=32, ge=1)
     """Slices per optimisation step."""
     lr: float = Field(default=1e-3, gt=0)
