@@ -82,11 +82,12 @@ def forward_slices(
         return out
     target = padded_size((h, w), pad_multiple, _as_hw(patch_hw))
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    # Both walk every submodule (a few ms per call on a UNet, paid per scan in batch prediction): skip them when
-    # the model is already in the wanted state.
-    if channels_last and not getattr(model, "_medseg_channels_last", False):
+    # .to() and .eval() walk every submodule (a few ms per call on a UNet, paid per scan in batch prediction):
+    # skip them when the model is already in the wanted state (checking the conv weights is microseconds).
+    if channels_last and not all(
+        p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.ndim == 4
+    ):
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        model._medseg_channels_last = True  # type: ignore[assignment]
     was_training = model.training
     if was_training:
         model.eval()

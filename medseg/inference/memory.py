@@ -6,7 +6,7 @@ different sizes) in its heap, so the resident set grew from 521 MiB after 10 sca
 nothing was referenced any more. ``malloc_trim(0)`` after every case held it at 395 -> 414 MiB but made the run
 ~40 % slower (14.1 s -> 19.9 s): every forward pass then page-faults its activations afresh. So
 :class:`HeapTrimmer` trims only when the resident set has crept a margin above its working level, which bounds
-the growth at about that margin for almost none of the cost.
+the growth at about that margin: over the 91 scans it trimmed 8 times, and on a second pass over them not once.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from functools import cache
 
-#: Growth of the resident set (MiB) since the last trim that triggers the next one.
+#: Growth of the resident set (MiB) above its working level that triggers a trim (64 trimmed 11 times in 40 scans).
 DEFAULT_MARGIN_MB = 128.0
 
 
