@@ -19,7 +19,6 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +35,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-@dataclass(frozen=True)
-class _Case:
-    id: str
-    image: Path
-    label: Path
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python benchmarks/inference_choices.py", description=__doc__.split("\n\n")[0]
@@ -56,10 +48,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from medseg.config import PostprocessingConfig, load_config
+    from medseg.data.cases import discover_cases
 
     args = parse_args(argv)
     quality = json.loads((args.out_dir / f"quality_{args.tag}.json").read_text())
-    root = Path(args.data_root or quality["data_root"])
+    root = Path(args.data_root or quality["data_root"]).resolve()
     run_root = args.runs_dir / f"quality_{args.tag}"
     started = time.perf_counter()
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
@@ -68,10 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoint = run_dir / "checkpoints" / "best.pt"
         if not checkpoint.is_file():
             raise SystemExit(f"{checkpoint} is missing: run quality.py with --keep-checkpoints first")
-        cfg = load_config(run_dir / "config.resolved.yaml", [])
-        cases = [
-            _Case(c, root / "imagesTr" / f"{c}.nii.gz", root / "labelsTr" / f"{c}.nii.gz") for c in fold["val_cases"]
-        ]
+        cfg = load_config(run_dir / "config.resolved.yaml", [f"data.root={root}"])
+        # The fold's held-out cases, found the way training found them (same layout rules, same ids).
+        by_id = {c.id: c for c in discover_cases(cfg.data).cases}
+        cases = [by_id[c] for c in fold["val_cases"]]
         for name, variant in VARIANTS.items():
             post = (
                 PostprocessingConfig(largest_component=False, fill_holes=False)
