@@ -53,3 +53,7 @@ class OutputExistsError(MedsegError):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         super().__init__(f"Output '{self.path}' already exists; pass overwrite=True to replace it")
+
+
+class MultipleVolumesError(UnreadableScanError):
+    """One DICOM file or series holds several volumes (echoes, diffusion directions, time points) at one grid."""

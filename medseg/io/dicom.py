@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from medseg.errors import MultipleSeriesError, UnreadableScanError
+from medseg.errors import MultipleSeriesError, MultipleVolumesError, UnreadableScanError
+from medseg.io import dicom_frames
+from medseg.io.dicom_frames import SPLIT_HINT
 from medseg.io.dicom_pixels import read_pixels, transfer_syntax
 from medseg.io.geometry import affine_from_itk
-from medseg.io.itk import sitk_message, volume_from_sitk
+from medseg.io.itk import sitk_message
 from medseg.io.scans import find_scans, is_dicom_file
 from medseg.volume import Volume
 
@@ -33,6 +35,8 @@ _POSITION = "0020|0032"
 _ORIENTATION = "0020|0037"
 _SLOPE = "0028|1053"
 _INTERCEPT = "0028|1052"
+_IMAGE_TYPE = "0008|0008"
+_MODALITY = "0008|0060"
 
 #: Slices closer than this (mm) along the normal are "at the same position".
 _DUPLICATE_MM = 1e-3
@@ -80,6 +84,13 @@ class _Slice:
     size: tuple[int, int, int]  # columns, rows, frames
     has_position: bool
     rescale: tuple[str, str]
+    image_type: str = ""
+    modality: str = ""
+
+    @property
+    def needs_own_reader(self) -> bool:
+        """Multi-frame, Siemens mosaic or RT dose: read by :mod:`medseg.io.dicom_frames`, not as a slice."""
+        return self.size[2] > 1 or "MOSAIC" in self.image_type.upper() or self.modality.upper() == "RTDOSE"
 
 
 def _file_reader(path: Path, folder: Path) -> sitk.ImageFileReader:
@@ -123,6 +134,8 @@ def _read_slice(path: Path, folder: Path) -> _Slice:
         size=(int(size[0]), int(size[1]), int(size[2])),
         has_position=reader.HasMetaDataKey(_POSITION) and reader.HasMetaDataKey(_ORIENTATION),
         rescale=(_meta(reader, _SLOPE), _meta(reader, _INTERCEPT)),
+        image_type=_meta(reader, _IMAGE_TYPE),
+        modality=_meta(reader, _MODALITY),
     )
 
 
@@ -337,13 +350,25 @@ def load_dicom(folder: str | Path, *, series: str | None = None) -> Volume:
         raise UnreadableScanError(folder, _no_dicom_reason(folder))
     info = _choose_series([_info(groups[uid]) for uid in sorted(groups)], series, folder)
     slices = groups[info.uid]
-    if len(slices) == 1 and slices[0].size[2] > 1:
-        # One multi-frame file: GDCM builds the 3D geometry from its functional groups.
-        try:
-            image = sitk.ReadImage(str(slices[0].path), imageIO="GDCMImageIO")
-        except RuntimeError as exc:
-            raise UnreadableScanError(folder, f"SimpleITK could not read it ({sitk_message(exc)})") from exc
-        return volume_from_sitk(image, folder)
+    if len(slices) == 1 and slices[0].needs_own_reader:
+        return _load_single_file(slices[0], folder)
+    own = [s for s in slices if s.needs_own_reader]
+    if own:
+        kinds = sorted(
+            {
+                "a Siemens mosaic"
+                if "MOSAIC" in s.image_type.upper()
+                else "RT dose"
+                if s.modality.upper() == "RTDOSE"
+                else "multi-frame"
+                for s in own
+            }
+        )
+        raise MultipleVolumesError(
+            folder,
+            f"the series has {len(slices)} files of which {len(own)} are {' / '.join(kinds)} files, each "
+            f"holding a volume of its own (e.g. '{own[0].path.name}'); medseg reads one 3D volume: {SPLIT_HINT}",
+        )
     try:
         _check_consistent(slices, folder)
         if len(slices) > 1:
@@ -364,3 +389,44 @@ def load_dicom(folder: str | Path, *, series: str | None = None) -> Volume:
     spacing = np.array([ref.spacing[0], ref.spacing[1], slice_spacing])
     affine = affine_from_itk(spacing, ref.position, direction)
     return Volume(array=array, affine=affine, source=folder)
+
+
+def _load_single_file(header: _Slice, folder: Path) -> Volume:
+    """A series of one multi-frame, RT dose or mosaic file: its frames get the checks a series' files get."""
+    path = header.path
+    ds = dicom_frames.read_dataset(path, folder)
+    if dicom_frames.is_mosaic(ds):
+        return dicom_frames.load_mosaic(ds, path, folder)
+    geometries = dicom_frames.frame_geometries(ds, path, folder)
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    frames = [
+        _Slice(
+            path=Path(f"{path.name}, frame {g.index + 1}"),  # names the frame in the checks' messages
+            uid=header.uid,
+            description=header.description,
+            position=g.position,
+            direction=np.column_stack(
+                [g.row_direction, g.column_direction, np.cross(g.row_direction, g.column_direction)]
+            ),
+            spacing=np.array([g.pixel_spacing[1], g.pixel_spacing[0], header.spacing[2]]),
+            size=(cols, rows, 1),
+            has_position=True,
+            rescale=("", ""),
+        )
+        for g in geometries
+    ]
+    _check_consistent(frames, folder)
+    normal = frames[0].direction[:, 2]
+    dicom_frames.check_one_volume(np.array([f.position @ normal for f in frames]), len(frames), path, folder)
+    index = {f.path.name: g.index for f, g in zip(frames, geometries, strict=True)}
+    if len(frames) > 1:
+        frames, slice_spacing = _order_slices(frames, folder)
+    else:
+        slice_spacing = float(header.spacing[2])
+    pixels = dicom_frames.frame_pixels(ds, geometries, path, folder)
+    array = np.ascontiguousarray(pixels[[index[f.path.name] for f in frames]].transpose(2, 1, 0))
+    if str(ds.get("Modality", "")).upper() == "RTDOSE":
+        dicom_frames.describe_dose(ds, path)
+    ref = frames[0]
+    spacing = np.array([ref.spacing[0], ref.spacing[1], slice_spacing])
+    return Volume(array=array, affine=affine_from_itk(spacing, ref.position, ref.direction), source=folder)
