@@ -63,6 +63,12 @@ class DataConfig(_Section):
     """Use only the first N cases (after sorting by id): for quick trials."""
     cache_dir: Path | None = None
     """Folder for preprocessed slices when they do not fit in memory; ``None`` keeps them in memory."""
+    channel: int | None = Field(default=None, ge=0)
+    """Channel / time point read from 4D or multi-component scans (training and prediction); ``None`` = refuse them."""
+    series: str | None = None
+    """DICOM folders holding several series: which one (SeriesInstanceUID, unique description or UID prefix)."""
+    nan_as_zero: bool = False
+    """Read NaN voxels as 0 (with a warning naming the file and the count) instead of refusing the scan."""
 
     @model_validator(mode="after")
     def _fold_in_range(self) -> DataConfig:

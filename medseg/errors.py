@@ -57,3 +57,11 @@ class OutputExistsError(MedsegError):
 
 class MultipleVolumesError(UnreadableScanError):
     """One DICOM file or series holds several volumes (echoes, diffusion directions, time points) at one grid."""
+
+
+class ColourImageError(UnreadableScanError):
+    """A scan holds colour (RGB/RGBA) voxels; medseg reads greyscale scans."""
+
+
+class DegenerateGeometryError(UnreadableScanError):
+    """A scan's affine cannot place its voxels in space (a zero-length axis, a singular matrix, NaN entries)."""

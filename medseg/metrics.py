@@ -88,15 +88,18 @@ def iou(pred: np.ndarray, gt: np.ndarray) -> float:
     return int(np.logical_and(p, g).sum()) / union
 
 
-def volume_ml(mask: np.ndarray, spacing: SpacingLike) -> float:
+def volume_ml(mask: np.ndarray, spacing: SpacingLike, *, voxel_mm3: float | None = None) -> float:
     """Volume of the foreground of ``mask`` in millilitres (1 mL = 1000 mm³).
 
     Args:
         mask: Binary mask (nonzero = foreground).
-        spacing: Voxel size in mm along each axis.
+        spacing: Voxel size in mm along each axis (its product is the voxel volume on an orthogonal grid).
+        voxel_mm3: Volume of one voxel in mm³, ``|det(affine)|`` (:attr:`medseg.volume.Volume.voxel_volume`);
+            when given it is used instead of the product of ``spacing``, which over-counts on a sheared grid.
     """
     m = np.asarray(mask).astype(bool, copy=False)
-    return float(m.sum()) * float(np.prod(_spacing(spacing, m.ndim))) / 1000.0
+    voxel = float(np.prod(_spacing(spacing, m.ndim))) if voxel_mm3 is None else float(voxel_mm3)
+    return float(m.sum()) * voxel / 1000.0
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
@@ -193,7 +196,12 @@ def assd(pred: np.ndarray, gt: np.ndarray, spacing: SpacingLike = None) -> float
 
 
 def case_metrics(
-    pred_labels: np.ndarray, gt_labels: np.ndarray, spacing: SpacingLike, classes: Sequence[str]
+    pred_labels: np.ndarray,
+    gt_labels: np.ndarray,
+    spacing: SpacingLike,
+    classes: Sequence[str],
+    *,
+    voxel_mm3: float | None = None,
 ) -> list[dict[str, Any]]:
     """All metrics of one case, one row per foreground class.
 
@@ -202,6 +210,8 @@ def case_metrics(
         gt_labels: Ground-truth label map, same shape.
         spacing: Voxel size in mm along each axis (from the ground truth's geometry).
         classes: Class names indexed by label value, background first (``DatasetSpec.classes``).
+        voxel_mm3: Voxel volume in mm³ for the volumes, ``|det(affine)|`` of the ground truth's grid;
+            ``None`` = the product of ``spacing`` (the same on an orthogonal grid).
 
     Returns:
         Rows ``{"class", "dice", "iou", "hd95_mm", "assd_mm", "vol_pred_ml", "vol_gt_ml", "vol_diff_ml",
@@ -233,7 +243,7 @@ def case_metrics(
             "" if p_any and g_any else "both_empty" if not (p_any or g_any) else "pred_empty" if g_any else "gt_empty"
         )
         distances = surface_distances(p, g, sp)
-        vol_p, vol_g = volume_ml(p, sp), volume_ml(g, sp)
+        vol_p, vol_g = volume_ml(p, sp, voxel_mm3=voxel_mm3), volume_ml(g, sp, voxel_mm3=voxel_mm3)
         rows.append(
             {
                 "class": name,

@@ -524,8 +524,11 @@ def run_stages(cfg: Config, stages: Sequence[Stage]) -> RunResult:
     ``train`` runs DistributedDataParallel (rank 0 writes), ``predict`` shards the scans over ranks and rank 0
     merges the tables, ``evaluate`` runs on rank 0 only.
     """
+    from medseg.io.read_options import ReadOptions, set_read_options
     from medseg.training.distributed import barrier, is_main_process
 
+    # data.channel / data.series / data.nan_as_zero: how every stage reads every scan.
+    set_read_options(ReadOptions(channel=cfg.data.channel, series=cfg.data.series, nan_as_zero=cfg.data.nan_as_zero))
     result = RunResult(stages=order_stages(stages))
     val_cases = None
     for stage in result.stages:

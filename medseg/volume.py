@@ -55,6 +55,15 @@ class Volume:
         return np.linalg.norm(self.affine[:3, :3], axis=0)
 
     @property
+    def voxel_volume(self) -> float:
+        """Volume of one voxel in mm³: ``|det|`` of the affine's 3x3 part.
+
+        Equal to the product of :attr:`spacing` on an orthogonal grid; smaller on a sheared one, where that
+        product over-counts (the parallelepiped's edges are longer than its height). Use this for volumes.
+        """
+        return abs(float(np.linalg.det(self.affine[:3, :3])))
+
+    @property
     def origin(self) -> np.ndarray:
         """RAS world position (mm) of the centre of voxel (0, 0, 0)."""
         return self.affine[:3, 3].copy()

@@ -97,7 +97,7 @@ def test_non_finite_voxels(tmp_path: Path) -> None:
     data[0, 0, 0] = np.inf
     bad = tmp_path / "nan.nii.gz"
     nib.save(nib.Nifti1Image(data, img.affine, img.header), bad)
-    _raises_naming(UnreadableScanError, bad, "2 voxel(s) are NaN or infinite")
+    _raises_naming(UnreadableScanError, bad, "1 NaN and 1 infinite voxel(s) of")
 
 
 def test_several_series_in_a_folder(hippocrop_dir: Path, tmp_path: Path) -> None:

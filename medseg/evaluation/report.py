@@ -272,7 +272,7 @@ def evaluate(
     for pair in cases:
         try:
             pred, gt, gt_vol = _load_pair(pair, n_classes)
-            case_rows = case_metrics(pred, gt, gt_vol.spacing, classes)
+            case_rows = case_metrics(pred, gt, gt_vol.spacing, classes, voxel_mm3=gt_vol.voxel_volume)
         except Exception as err:  # per-case isolation: one bad file must not stop the report
             if not isinstance(err, MedsegError):
                 log.exception("Unexpected error evaluating case '%s'", pair.case_id)

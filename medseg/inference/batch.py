@@ -290,7 +290,8 @@ def _run_case(
     if overwrite or not job.output.exists():
         save_mask(mask.array, like=volume, path=job.output, overwrite=overwrite)
     row: dict[str, Any] = {}
-    for name, (voxels, ml) in predictor.class_volumes(mask.array, volume.spacing).items():
+    volumes = predictor.class_volumes(mask.array, volume.spacing, voxel_mm3=volume.voxel_volume)  # |det|: shear
+    for name, (voxels, ml) in volumes.items():
         row[f"voxels_{name}"] = voxels
         row[f"volume_ml_{name}"] = f"{ml:.4f}"
     return row

@@ -339,8 +339,15 @@ class Predictor:
         """
         return self.predict_with_proba(volume)[0]
 
-    def class_volumes(self, labels: np.ndarray, spacing: Sequence[float] | np.ndarray) -> dict[str, tuple[int, float]]:
-        """Voxel count and volume in mL of each foreground class in ``labels``."""
+    def class_volumes(
+        self, labels: np.ndarray, spacing: Sequence[float] | np.ndarray, *, voxel_mm3: float | None = None
+    ) -> dict[str, tuple[int, float]]:
+        """Voxel count and volume in mL of each foreground class in ``labels``.
+
+        ``voxel_mm3`` (``|det(affine)|``, :attr:`Volume.voxel_volume`) is the voxel volume when given; the
+        product of ``spacing`` is only right on an orthogonal grid (it over-counts on a sheared one).
+        """
         counts = np.bincount(np.asarray(labels).ravel(), minlength=self.n_classes)
-        voxel_ml = float(np.prod(np.asarray(spacing, dtype=np.float64))) / 1000.0
+        voxel = float(np.prod(np.asarray(spacing, dtype=np.float64))) if voxel_mm3 is None else float(voxel_mm3)
+        voxel_ml = voxel / 1000.0
         return {name: (int(counts[i]), int(counts[i]) * voxel_ml) for i, name in enumerate(self.classes) if i > 0}

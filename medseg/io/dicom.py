@@ -23,6 +23,7 @@ from medseg.io.dicom_frames import SPLIT_HINT
 from medseg.io.dicom_pixels import read_pixels, transfer_syntax
 from medseg.io.geometry import affine_from_itk
 from medseg.io.itk import sitk_message
+from medseg.io.read_options import SERIES_HINT
 from medseg.io.scans import find_scans, is_dicom_file
 from medseg.volume import Volume
 
@@ -197,17 +198,21 @@ def list_dicom_series(folder: str | Path) -> list[DicomSeriesInfo]:
     return [_info(groups[uid]) for uid in sorted(groups)]
 
 
-def _choose_series(infos: list[DicomSeriesInfo], series: str | None, folder: Path) -> DicomSeriesInfo:
+def _choose_series(
+    infos: list[DicomSeriesInfo], series: str | None, folder: Path, default_series: str | None = None
+) -> DicomSeriesInfo:
     listing = "\n  ".join(str(info) for info in infos[:_MAX_LISTED])
     if len(infos) > _MAX_LISTED:
         listing += f"\n  ... and {len(infos) - _MAX_LISTED} more (see medseg.io.list_dicom_series)"
+    if series is None and len(infos) == 1:
+        return infos[0]
     if series is None:
-        if len(infos) == 1:
-            return infos[0]
+        series = default_series  # the configured series (data.series) only decides between several
+    if series is None:
         raise MultipleSeriesError(
             folder,
-            f"it holds {len(infos)} DICOM series; choose one with series= (its SeriesInstanceUID, a unique "
-            f"description or a unique UID prefix):\n  {listing}",
+            f"it holds {len(infos)} DICOM series; choose one (its SeriesInstanceUID, a unique description or a "
+            f"unique UID prefix) with {SERIES_HINT}:\n  {listing}",
         )
     wanted = series.strip()
     for matches in (
@@ -328,13 +333,14 @@ def _no_dicom_reason(folder: Path) -> str:
     return "no DICOM files in it"
 
 
-def load_dicom(folder: str | Path, *, series: str | None = None) -> Volume:
+def load_dicom(folder: str | Path, *, series: str | None = None, default_series: str | None = None) -> Volume:
     """Reads one DICOM series from a folder into a Volume (``(I, J, K)`` = columns, rows, slices; RAS affine).
 
     Args:
         folder: Folder holding the series' files (not searched recursively).
         series: Which series, when the folder holds several: SeriesInstanceUID, a unique SeriesDescription
             (case-insensitive) or a unique UID prefix.
+        default_series: The configured series (``data.series``), used only when the folder holds several.
 
     Returns:
         The volume, slices in ascending order along the slice normal; ``source`` is the folder, ``header`` None.
@@ -348,7 +354,7 @@ def load_dicom(folder: str | Path, *, series: str | None = None) -> Volume:
     groups, skipped = _scan_folder(folder)
     if not groups:
         raise UnreadableScanError(folder, _no_dicom_reason(folder))
-    info = _choose_series([_info(groups[uid]) for uid in sorted(groups)], series, folder)
+    info = _choose_series([_info(groups[uid]) for uid in sorted(groups)], series, folder, default_series)
     slices = groups[info.uid]
     if len(slices) == 1 and slices[0].needs_own_reader:
         return _load_single_file(slices[0], folder)

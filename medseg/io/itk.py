@@ -10,6 +10,7 @@ import SimpleITK as sitk
 from medseg.errors import UnreadableScanError
 from medseg.io._arrays import check_finite, to_3d
 from medseg.io.geometry import array_to_sitk, sitk_affine, sitk_to_array
+from medseg.io.read_options import CHANNEL_HINT
 from medseg.volume import Volume
 
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -27,16 +28,34 @@ def sitk_message(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def volume_from_sitk(image: sitk.Image, path: Path, *, channel: int | None = None) -> Volume:
+def volume_from_sitk(
+    image: sitk.Image,
+    path: Path,
+    *,
+    channel: int | None = None,
+    default_channel: int | None = None,
+    nan_as_zero: bool = False,
+) -> Volume:
     """Converts a SimpleITK image (2D, 3D or 4D; scalar or vector pixels) to a 3D Volume in RAS.
+
+    Args:
+        image: The image.
+        path: Its file, for messages.
+        channel: Channel (pixel component or 4th-dimension index) asked for explicitly.
+        default_channel: The configured channel, used only when the image has channels.
+        nan_as_zero: Read NaN voxels as 0 instead of refusing the image.
 
     Raises:
         UnreadableScanError: Several channels and none chosen, or a channel out of range.
     """
     n_comp = image.GetNumberOfComponentsPerPixel()
+    if channel is None and (n_comp > 1 or image.GetDimension() == 4):
+        channel = default_channel
     if n_comp > 1:
         if channel is None:
-            raise UnreadableScanError(path, f"pixels have {n_comp} components (channels); choose one with channel=")
+            raise UnreadableScanError(
+                path, f"pixels have {n_comp} components (channels); choose one (0..{n_comp - 1}) with {CHANNEL_HINT}"
+            )
         if not 0 <= channel < n_comp:
             raise UnreadableScanError(path, f"channel={channel} is out of range: pixels have {n_comp} components")
         image = sitk.VectorIndexSelectionCast(image, channel)
@@ -49,7 +68,7 @@ def volume_from_sitk(image: sitk.Image, path: Path, *, channel: int | None = Non
         n = size[3]
         if n > 1 and channel is None:
             raise UnreadableScanError(
-                path, f"it is a 4D volume with {n} channels/time points; choose one with channel="
+                path, f"it is a 4D volume with {n} channels/time points; choose one (0..{n - 1}) with {CHANNEL_HINT}"
             )
         index = 0 if channel is None else channel
         if not 0 <= index < n:
@@ -61,11 +80,13 @@ def volume_from_sitk(image: sitk.Image, path: Path, *, channel: int | None = Non
     elif dim != 3:
         raise UnreadableScanError(path, f"it has {dim} dimensions; medseg reads 3D or 4D")
     array = to_3d(sitk_to_array(image), path, channel)
-    check_finite(array, path)
+    array = check_finite(array, path, nan_as_zero=nan_as_zero)
     return Volume(array=array, affine=sitk_affine(image), source=path)
 
 
-def load_itk(path: Path, *, channel: int | None = None) -> Volume:
+def load_itk(
+    path: Path, *, channel: int | None = None, default_channel: int | None = None, nan_as_zero: bool = False
+) -> Volume:
     """Reads an NRRD/NHDR/MHA/MHD file.
 
     Raises:
@@ -75,7 +96,7 @@ def load_itk(path: Path, *, channel: int | None = None) -> Volume:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise UnreadableScanError(path, f"SimpleITK could not read it ({sitk_message(exc)})") from exc
-    return volume_from_sitk(image, path, channel=channel)
+    return volume_from_sitk(image, path, channel=channel, default_channel=default_channel, nan_as_zero=nan_as_zero)
 
 
 def write_itk(array: np.ndarray, affine: np.ndarray, path: Path) -> None:

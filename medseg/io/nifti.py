@@ -14,7 +14,7 @@ from typing import Literal
 import nibabel as nib
 import numpy as np
 
-from medseg.errors import UnreadableScanError
+from medseg.errors import ColourImageError, UnreadableScanError
 from medseg.io._arrays import check_finite, to_3d
 from medseg.volume import Volume
 
@@ -31,11 +31,20 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def load_nifti(path: Path, *, channel: int | None = None) -> Volume:
+def load_nifti(
+    path: Path, *, channel: int | None = None, default_channel: int | None = None, nan_as_zero: bool = False
+) -> Volume:
     """Reads a NIfTI-1/2 file into a Volume whose ``header`` is a copy of the file's header.
+
+    Args:
+        path: The file.
+        channel: Channel / time point of a 4D file (explicit: a 3D file refuses any but 0).
+        default_channel: The configured channel, used only when the file has channels.
+        nan_as_zero: Read NaN voxels as 0 instead of refusing the file.
 
     Raises:
         UnreadableScanError: Not a NIfTI file, truncated or corrupt data, 4D without ``channel``, non-finite voxels.
+        ColourImageError: RGB/RGBA voxels.
     """
     try:
         # mmap=False: read everything now, so a truncated file fails here (not later, deep in training) and no
@@ -51,8 +60,17 @@ def load_nifti(path: Path, *, channel: int | None = None) -> Volume:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # EOFError, zlib.error, OSError, ValueError: the voxel data is cut short or corrupt
         raise UnreadableScanError(path, f"the voxel data is truncated or corrupt ({_describe(exc)})") from exc
-    array = to_3d(np.asarray(data), path, channel)
-    check_finite(array, path)
+    data = np.asarray(data)
+    if data.dtype.fields is not None:
+        # NIfTI RGB24 / RGBA32: nibabel returns a structured array (one field per colour), not numbers.
+        raise ColourImageError(
+            path,
+            f"it holds colour voxels (NIfTI datatype {img.header.get_data_dtype()}, fields "
+            f"{', '.join(data.dtype.names or ())}); medseg reads greyscale scans: convert it to one greyscale "
+            "channel first (e.g. with nibabel: the mean of the R, G, B fields as float32)",
+        )
+    array = to_3d(data, path, channel, default_channel=default_channel)
+    array = check_finite(array, path, nan_as_zero=nan_as_zero)
     return Volume(array=array, affine=img.affine, source=path, header=img.header.copy())
 
 

@@ -6,18 +6,31 @@ from pathlib import Path
 
 from medseg.errors import UnreadableScanError
 from medseg.io.dicom import load_dicom, series_uid_of_file
+from medseg.io.grid_checks import check_grid
 from medseg.io.itk import ITK_SUFFIXES, load_itk
 from medseg.io.nifti import NIFTI_SUFFIXES, load_nifti
+from medseg.io.read_options import read_options
 from medseg.io.scans import SUPPORTED_SUFFIXES, image_suffix, is_dicom_file
 from medseg.volume import Volume
 
 
-def load_volume(path: str | Path, *, series: str | None = None, channel: int | None = None) -> Volume:
+def load_volume(
+    path: str | Path,
+    *,
+    series: str | None = None,
+    channel: int | None = None,
+    nan_as_zero: bool | None = None,
+) -> Volume:
     """Reads a scan into a :class:`~medseg.volume.Volume` (array ``(I, J, K)``, affine voxel -> RAS mm).
 
     Supported: NIfTI (``.nii``, ``.nii.gz``; the header is kept so masks can copy its qform/sform), NRRD
     (``.nrrd``, ``.nhdr``), MetaImage (``.mha``, ``.mhd``) and DICOM series (a folder; or one of its files,
-    which stands for the series it belongs to).
+    which stands for the series it belongs to), including multi-frame files, RT dose grids and Siemens mosaics.
+    Every grid is checked: a degenerate affine is refused, a sheared one logged as a warning.
+
+    Arguments left as ``None`` take the process's defaults (:func:`medseg.io.read_options.set_read_options`;
+    a pipeline run sets them from ``data.series`` / ``data.channel`` / ``data.nan_as_zero``). A default series
+    only chooses between several series and a default channel only applies to scans that have channels.
 
     Args:
         path: Image file or DICOM series folder.
@@ -25,6 +38,7 @@ def load_volume(path: str | Path, *, series: str | None = None, channel: int | N
             SeriesDescription or a unique UID prefix). Ignored for other formats.
         channel: Which channel/time point of a 4D volume to read. A 4th dimension of size 1 is dropped
             without asking.
+        nan_as_zero: Read NaN voxels of NIfTI/NRRD/MHA files as 0 (with a warning) instead of refusing them.
 
     Returns:
         The volume; ``source`` is ``path``.
@@ -32,24 +46,34 @@ def load_volume(path: str | Path, *, series: str | None = None, channel: int | N
     Raises:
         UnreadableScanError: Missing path, unsupported or corrupt file, 4D without ``channel``, non-finite
             voxels, an irregular DICOM stack (e.g. a missing slice). Subclasses: MultipleSeriesError (several
-            DICOM series, none chosen), MissingDecoderError (compressed DICOM without a decoder).
+            DICOM series, none chosen), MultipleVolumesError (one file or series holding several volumes),
+            MissingDecoderError (compressed DICOM without a decoder), ColourImageError (RGB voxels),
+            DegenerateGeometryError (an affine that cannot place voxels in space).
     """
     path = Path(path)
+    defaults = read_options()
+    nan_zero = defaults.nan_as_zero if nan_as_zero is None else nan_as_zero
     if not path.exists():
         raise UnreadableScanError(path, "no such file or folder")
     if path.is_dir():
-        volume = load_dicom(path, series=series)
+        volume = load_dicom(path, series=series, default_series=defaults.series)
     else:
         suffix = image_suffix(path)
         if suffix in NIFTI_SUFFIXES:
-            return load_nifti(path, channel=channel)
+            volume = load_nifti(path, channel=channel, default_channel=defaults.channel, nan_as_zero=nan_zero)
+            check_grid(volume.affine, path)
+            return volume
         if suffix in ITK_SUFFIXES:
-            return load_itk(path, channel=channel)
+            volume = load_itk(path, channel=channel, default_channel=defaults.channel, nan_as_zero=nan_zero)
+            check_grid(volume.affine, path)
+            return volume
         if not is_dicom_file(path):
             raise UnreadableScanError(
                 path, f"unsupported file type; medseg reads {', '.join(SUPPORTED_SUFFIXES)} files and DICOM folders"
             )
-        volume = load_dicom(path.parent, series=series_uid_of_file(path) if series is None else series)
+        chosen = series_uid_of_file(path) if series is None else series
+        volume = load_dicom(path.parent, series=chosen)
     if channel not in (None, 0):
         raise UnreadableScanError(path, f"channel={channel} requested but a DICOM series has a single channel")
+    check_grid(volume.affine, path)
     return volume
