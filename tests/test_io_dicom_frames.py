@@ -217,6 +217,18 @@ def test_mosaic_is_unpacked_like_nibabel(pgbm_dir: Path, tmp_path: Path, mosaic_
     lps = RAS_TO_LPS @ volume.affine
     np.testing.assert_allclose(lps[:, [1, 0, 2, 3]], wrapper.affine, atol=2e-3, rtol=0)
     assert volume.spacing[2] == pytest.approx(float(ds.SpacingBetweenSlices))
+    # Independent of both unpackers: the scanner's protocol (ASCCONV in the CSA series header) lists each
+    # slice's centre (Siemens' in-plane centre is voxel N/2). Slice order, spacing and corner shift must match.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from nibabel.nicom import ascconv, csareader
+    protocol = csareader.get_scalar(csareader.get_csa_header(ds, "series"), "MrPhoenixProtocol")
+    text = protocol[protocol.index("### ASCCONV BEGIN") : protocol.index("### ASCCONV END ###") + 19]
+    planned = ascconv.parse_ascconv(text, '""')[0]["sSliceArray"]["asSlice"]
+    assert len(planned) == 48
+    for k in (0, 23, 47):
+        centre = [planned[k]["sPosition"].get(axis, 0.0) for axis in ("dSag", "dCor", "dTra")]  # LPS mm
+        np.testing.assert_allclose((lps @ [64, 64, k, 1])[:3], centre, atol=0.01, err_msg=f"slice {k}")
 
 
 def test_mosaic_without_csa_and_several_mosaics_are_refused(tmp_path: Path, mosaic_header: Any) -> None:

@@ -4,7 +4,9 @@ Every reader returns a :class:`~medseg.volume.Volume` with ``array[i, j, k]`` in
 affine to RAS mm; every writer takes such a Volume as ``like`` and reproduces its grid exactly.
 
 Modules: ``nifti`` (nibabel), ``itk`` (NRRD/MHA via SimpleITK), ``dicom`` (series folders: listing, slice
-order, spacing checks) and ``dicom_pixels`` (decoding, incl. the pydicom fallback), ``geometry``
+order, spacing checks), ``dicom_frames`` (multi-frame, RT dose and mosaic files), ``dicom_pixels`` (decoding,
+incl. the pydicom fallback), ``grid_checks`` (degenerate / sheared affines), ``read_options`` (configured
+channel, series, NaN handling), ``geometry``
 (RAS/LPS and axis-order conversions), ``scans`` (finding and naming scans), ``reading`` / ``writing`` (the
 public entry points), ``atomic`` (temp file + rename).
 """
