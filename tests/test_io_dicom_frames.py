@@ -241,5 +241,5 @@ def test_mosaic_without_csa_and_several_mosaics_are_refused(tmp_path: Path, mosa
         ds = copy.deepcopy(mosaic_header)
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         _save(ds, tmp_path / "series", f"{i}.dcm")
-    with pytest.raises(MultipleVolumesError, match=r"3 files of which 3 are a Siemens mosaic files.*dcm2niix"):
+    with pytest.raises(MultipleVolumesError, match=r"3 files of which 3 are Siemens mosaic files.*dcm2niix"):
         load_volume(tmp_path / "series")

@@ -362,7 +362,7 @@ def load_dicom(folder: str | Path, *, series: str | None = None, default_series:
     if own:
         kinds = sorted(
             {
-                "a Siemens mosaic"
+                "Siemens mosaic"
                 if "MOSAIC" in s.image_type.upper()
                 else "RT dose"
                 if s.modality.upper() == "RTDOSE"
