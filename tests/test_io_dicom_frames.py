@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from medseg.errors import MultipleVolumesError, UnreadableScanError
+import medseg.io.dicom_frames as dicom_frames
+from medseg.errors import MissingDecoderError, MultipleVolumesError, UnreadableScanError
 from medseg.io import load_volume
 from medseg.volume import RAS_TO_LPS, Volume
 
@@ -243,3 +244,36 @@ def test_mosaic_without_csa_and_several_mosaics_are_refused(tmp_path: Path, mosa
         _save(ds, tmp_path / "series", f"{i}.dcm")
     with pytest.raises(MultipleVolumesError, match=r"3 files of which 3 are Siemens mosaic files.*dcm2niix"):
         load_volume(tmp_path / "series")
+
+
+def test_compressed_multiframe_reads_like_its_series_with_either_decoder(
+    totalseg_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from pydicom.encaps import encapsulate, generate_frames
+
+    series = totalseg_dir / "example_ct_dicom"
+    reference = load_volume(series)
+    slices = _shuffled([pydicom.dcmread(f) for f in sorted(series.iterdir())])
+    assert slices[0].file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"  # JPEG 2000 Lossless
+    ds = _enhanced(slices)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT
+    transform = Dataset()
+    transform.RescaleSlope, transform.RescaleIntercept = slices[0].RescaleSlope, slices[0].RescaleIntercept
+    ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence = Sequence([transform])
+    del ds.RescaleSlope, ds.RescaleIntercept
+    ds.PixelData = encapsulate([next(generate_frames(s.PixelData, number_of_frames=1)) for s in slices])
+    path = _save(ds, tmp_path / "ct")
+    volume = load_volume(path)
+    _assert_same_grid(volume, reference)
+    np.testing.assert_array_equal(volume.array, reference.array)
+
+    # Without pydicom's JPEG 2000 plugins, GDCM decodes the frames: the same voxels.
+    def no_decoder(self: Any) -> np.ndarray:
+        raise RuntimeError("simulated: no pixel data handler for JPEG 2000")
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(no_decoder))
+    np.testing.assert_array_equal(load_volume(path).array, reference.array)
+    # Neither decoder: refused, naming the extra to install.
+    monkeypatch.setattr(dicom_frames, "_gdcm_frames", lambda path, n: None)
+    with pytest.raises(MissingDecoderError, match=r"'volume\.dcm' is compressed .*medseg\[dicom\]"):
+        load_volume(path)

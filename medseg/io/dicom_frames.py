@@ -296,24 +296,30 @@ def frame_pixels(ds: Any, frames: list[FrameGeometry], path: Path, folder: Path)
     """
     if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
         raise UnreadableScanError(folder, f"'{path.name}' holds colour (RGB) images; medseg reads greyscale scans")
+    scales = {(f.slope, f.intercept) for f in frames}
     try:
         stored = np.asarray(ds.pixel_array)
     except Exception as exc:  # pydicom signals a missing decoder with RuntimeError/NotImplementedError
         syntax = transfer_syntax(path)
-        if syntax not in UNCOMPRESSED_SYNTAXES:
-            raise MissingDecoderError(
-                folder,
-                f"'{path.name}' is compressed ({syntax}) and pydicom could not decode it ({exc}); install the "
-                f"DICOM decoders with: {INSTALL_HINT}",
-            ) from exc
-        raise UnreadableScanError(folder, f"the pixel data of '{path.name}' cannot be decoded ({exc})") from exc
+        if syntax in UNCOMPRESSED_SYNTAXES:
+            raise UnreadableScanError(folder, f"the pixel data of '{path.name}' cannot be decoded ({exc})") from exc
+        if len(scales) == 1 and ds.get("DoseGridScaling") in (None, ""):
+            # GDCM (bundled with SimpleITK) decodes JPEG / JPEG 2000 / RLE itself and applies one rescale to all
+            # frames, which is exact when every frame has the same one (it ignores DoseGridScaling).
+            decoded = _gdcm_frames(path, len(frames))
+            if decoded is not None:
+                return decoded
+        raise MissingDecoderError(
+            folder,
+            f"'{path.name}' is compressed ({syntax}) and neither pydicom ({exc}) nor GDCM could decode it; "
+            f"install the DICOM decoders with: {INSTALL_HINT}",
+        ) from exc
     if stored.ndim == 2:
         stored = stored[np.newaxis]
     if stored.shape[0] != len(frames):
         raise UnreadableScanError(
             folder, f"'{path.name}' decodes to {stored.shape[0]} frames, but its header describes {len(frames)}"
         )
-    scales = {(f.slope, f.intercept) for f in frames}
     if scales == {(1.0, 0.0)}:
         return stored
     slope = np.array([f.slope for f in frames])[:, None, None]
@@ -325,6 +331,22 @@ def frame_pixels(ds: Any, frames: list[FrameGeometry], path: Path, folder: Path)
             if values.min() >= info.min and values.max() <= info.max:
                 return values.astype(dtype)
     return values.astype(np.float32)
+
+
+def _gdcm_frames(path: Path, n_frames: int) -> np.ndarray | None:
+    """All frames decoded (and rescaled) by SimpleITK's GDCM, ``(frames, rows, columns)``; None if it cannot."""
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path), imageIO="GDCMImageIO")
+    except RuntimeError:
+        return None
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        return None
+    array = sitk.GetArrayFromImage(image)  # (frames, rows, columns), in stored frame order
+    if array.ndim == 2:
+        array = array[np.newaxis]
+    return array if array.shape[0] == n_frames else None
 
 
 def describe_dose(ds: Any, path: Path) -> None:
