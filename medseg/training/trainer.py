@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,13 @@ class TrainResult:
     postprocessing: dict[str, list[int]] = field(default_factory=lambda: {"largest_component": [], "fill_holes": []})
 
 
-def train(cfg: Config, *, stop_after_epoch: int | None = None, reader: Reader | None = None) -> TrainResult:
+def train(
+    cfg: Config,
+    *,
+    stop_after_epoch: int | None = None,
+    reader: Reader | None = None,
+    clock: Callable[[], float] | None = None,
+) -> TrainResult:
     """Trains a UNet as ``cfg`` describes and writes checkpoints, ``metrics.csv`` and ``curves.png``.
 
     Args:
@@ -149,6 +156,8 @@ def train(cfg: Config, *, stop_after_epoch: int | None = None, reader: Reader | 
             postprocessing decision); the schedule stays planned for ``training.epochs``. For tests of resume
             and for splitting a long run over several sessions.
         reader: Scan reader (``medseg.io.load_volume`` by default).
+        clock: The clock ``training.max_minutes`` is measured on (seconds, monotonic; ``time.perf_counter``
+            by default). Tests pass a clock they advance per step, so budget tests do not depend on speed.
 
     Returns:
         A :class:`TrainResult`.
@@ -158,7 +167,7 @@ def train(cfg: Config, *, stop_after_epoch: int | None = None, reader: Reader | 
         CheckpointError: ``resume`` with a checkpoint that does not fit the config.
         BadCaseError: A case fails its checks (unless ``data.skip_bad_cases``).
     """
-    return Trainer(cfg, reader=reader).fit(stop_after_epoch=stop_after_epoch)
+    return Trainer(cfg, reader=reader, clock=clock).fit(stop_after_epoch=stop_after_epoch)
 
 
 def _get(tree: dict[str, Any], dotted: str) -> Any:
@@ -178,10 +187,13 @@ class Trainer:
     Args:
         cfg: The run's config.
         reader: Scan reader (``medseg.io.load_volume`` by default).
+        clock: The clock the time budget (``training.max_minutes``) is measured on; ``time.perf_counter`` by
+            default. Throughput figures (seconds per epoch, slices/s) always use ``time.perf_counter``.
     """
 
-    def __init__(self, cfg: Config, *, reader: Reader | None = None) -> None:
+    def __init__(self, cfg: Config, *, reader: Reader | None = None, clock: Callable[[], float] | None = None) -> None:
         self.cfg = cfg
+        self.clock: Callable[[], float] = clock if clock is not None else time.perf_counter
         tc = cfg.training
         self.out_dir = Path(cfg.output.dir)
         self.best_path = self.out_dir / "checkpoints" / "best.pt"
@@ -413,7 +425,7 @@ class Trainer:
         """Runs the remaining epochs and the postprocessing decision; see :func:`train`."""
         tc = self.cfg.training
         max_seconds = None if tc.max_minutes is None else tc.max_minutes * 60.0
-        session_start = time.perf_counter()
+        session_start = self.clock()
         elapsed_before = self.elapsed
         if self._finished(max_seconds):
             log.info("Run in %s is already finished (%s); nothing to train", self.out_dir, self.stop_reason)
@@ -422,14 +434,14 @@ class Trainer:
             stats = self._train_epoch(self.epoch, elapsed_before, session_start, max_seconds)
             self.epoch += 1
             # Rank 0's clock decides max_minutes for every rank (ranks that disagreed would deadlock).
-            self.elapsed = broadcast_object(elapsed_before + (time.perf_counter() - session_start))
+            self.elapsed = broadcast_object(elapsed_before + (self.clock() - session_start))
             budget_spent = max_seconds is not None and self.elapsed >= max_seconds
             last_epoch = self.epoch >= tc.epochs or budget_spent
             interrupted = stop_after_epoch is not None and self.epoch >= stop_after_epoch and not last_epoch
             result = None
             if self.epoch % tc.val_every == 0 or (last_epoch and not interrupted):
                 result = self._validate()
-            self.elapsed = broadcast_object(elapsed_before + (time.perf_counter() - session_start))
+            self.elapsed = broadcast_object(elapsed_before + (self.clock() - session_start))
             improved = result is not None and self._record_validation(result)
             if result is not None and tc.early_stopping is not None and self.stale >= tc.early_stopping:
                 self.stop_reason = "early_stopping"
@@ -492,7 +504,7 @@ class Trainer:
         fetch_start = start
         for i, batch in enumerate(self.loader):
             wait += time.perf_counter() - fetch_start
-            elapsed = elapsed_before + time.perf_counter() - session_start
+            elapsed = elapsed_before + self.clock() - session_start
             # Checked per step, not per epoch: an epoch can be minutes long, and a budget that overran by one
             # epoch would make time-budget comparisons unfair. Rank 0's clock decides for every rank.
             if max_seconds is not None and i > 0 and self._budget_spent(elapsed, max_seconds):
