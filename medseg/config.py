@@ -37,8 +37,9 @@ class DataConfig(_Section):
     """``glob`` layout: image files relative to ``root``."""
     label_glob: str = "labels/*.nii.gz"
     """``glob`` layout: label files relative to ``root``."""
-    case_pattern: str = r"(?P<case>.+?)(_\d{4})?\.(nii\.gz|nii|nrrd|nhdr|mha|mhd)$"
-    """``glob`` layout: regex on the file name; its ``case`` group pairs images with labels."""
+    case_pattern: str | None = None
+    """``glob`` layout: regex on the file name; its ``case`` group pairs images with labels. ``None`` = the
+    case id used everywhere else: the name without its scan ending and without a ``_0000`` channel suffix."""
     dicom_image_pattern: str | None = None
     """``dicom`` layout: folder-name pattern (fnmatch, case-insensitive) of the image series in each case folder,
     e.g. ``"*T1post*"``. ``None`` = the one DICOM series folder whose name does not match the mask pattern."""

@@ -1,4 +1,15 @@
-"""Finding scans on disk and naming them: supported extensions, DICOM folders, case ids."""
+"""Finding scans on disk and naming them: supported extensions, DICOM folders, case ids.
+
+This module holds the package's one table of scan endings (:data:`SUPPORTED_SUFFIXES`) and its one case-id
+function (:func:`case_id_from_path`); discovery (``medseg.data.cases``), batch prediction and evaluation all use
+them, so a file gets the same id everywhere.
+
+Channel suffixes: medseg reads single-channel scans (``dataset.json`` with several channels is refused), so the
+only nnU-Net channel suffix it strips is channel 0's ``_0000`` (``liver_7_0000.nii.gz`` -> ``liver_7``). Other
+four-digit endings are part of the id: ``visit_2019.nii.gz`` and ``visit_2020.nii.gz`` are two cases, and so
+are ``case_0000`` / ``case_0001`` files of a multi-channel nnU-Net folder (``case`` and ``case_0001``), which
+medseg does not support.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +21,20 @@ from medseg.errors import UnreadableScanError
 #: Image-file extensions medseg reads (lower case; matched case-insensitively, longest first).
 SUPPORTED_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
-#: The nnU-Net suffix of a scan's first (often only) channel: ``case_0000.nii.gz`` is case ``case``.
-_CHANNEL_SUFFIX = "_0000"
+#: The nnU-Net suffix of a scan's first (for medseg: only) channel: ``case_0000.nii.gz`` is case ``case``.
+CHANNEL_SUFFIX = "_0000"
 
 
 def image_suffix(path: str | Path) -> str | None:
     """The supported image extension ``path`` ends with (e.g. ``".nii.gz"``), or None."""
     name = Path(path).name.lower()
     return next((s for s in SUPPORTED_SUFFIXES if name.endswith(s)), None)
+
+
+def strip_scan_ending(name: str) -> str:
+    """``name`` without its supported image extension (``.nii.gz``, ``.nrrd``, ...); other names unchanged."""
+    suffix = image_suffix(name)
+    return name[: -len(suffix)] if suffix is not None else name
 
 
 def is_supported_file(path: str | Path) -> bool:
@@ -91,7 +108,14 @@ def case_id_from_path(path: str | Path) -> str:
 
     ``hippocampus_001.nii.gz`` -> ``hippocampus_001``; ``liver_7_0000.nii.gz`` -> ``liver_7``;
     a DICOM folder ``.../13_HCropVolume`` -> ``13_HCropVolume``; a DICOM file -> its folder's name.
-    Only ``_0000`` is removed: other four-digit endings (``patient_2019``) may be part of the id.
+    Only ``_0000`` is removed (see the module docstring): ``visit_2019.nii.gz`` is case ``visit_2019``.
+    The name of ``path`` itself is used, not the target of a symbolic link.
+
+    Args:
+        path: Image file, DICOM folder or DICOM file.
+
+    Returns:
+        The case id.
     """
     path = Path(path)
     suffix = image_suffix(path)
@@ -99,6 +123,6 @@ def case_id_from_path(path: str | Path) -> str:
         # A DICOM folder, or one DICOM file standing for its series.
         return path.parent.name if path.is_file() and is_dicom_file(path) else path.name
     stem = path.name[: -len(suffix)]
-    if stem.endswith(_CHANNEL_SUFFIX) and len(stem) > len(_CHANNEL_SUFFIX):
-        stem = stem[: -len(_CHANNEL_SUFFIX)]
+    if stem.endswith(CHANNEL_SUFFIX) and len(stem) > len(CHANNEL_SUFFIX):
+        stem = stem[: -len(CHANNEL_SUFFIX)]
     return stem
