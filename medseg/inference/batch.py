@@ -57,6 +57,7 @@ from medseg.inference.memory import HeapTrimmer
 from medseg.inference.predictor import Predictor
 from medseg.io import case_id_from_path, find_scans, load_volume, save_mask, save_volume
 from medseg.io.atomic import atomic_write_text
+from medseg.io.scans import walk_scan_tree
 
 log = logging.getLogger(__name__)
 
@@ -169,14 +170,22 @@ def _is_within(path: Path, folder: Path) -> bool:
 
 def _empty_leaf_folders(root: Path, scans: Sequence[Path], exclude: Path) -> list[Path]:
     """Bottom-level folders under ``root`` that hold no scan (likely failed or non-DICOM series exports)."""
-    holding = {p.resolve() for p in scans if p.is_dir()} | {p.resolve().parent for p in scans if p.is_file()}
+    # Paths as find_scans spells them (links not resolved): a folder of symbolic links to scans holds them,
+    # although the targets live elsewhere, and a linked DICOM folder is the scan itself.
+    holding = {os.path.normpath(p) for p in scans if p.is_dir()}
+    holding |= {os.path.normpath(p.parent) for p in scans if not p.is_dir()}
     found = []
+    seen: set[str] = set()
     # os.walk, not rglob: a DICOM tree has thousands of files and walk lists them without a stat each.
-    for dirpath, dirnames, _ in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and not _is_within(Path(dirpath, d), exclude)]
-        here = Path(dirpath)
-        if not dirnames and here.resolve() not in holding:
-            found.append(here)
+    for dirpath, dirnames, _ in walk_scan_tree(root):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # find_scans does not list a folder twice either
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = [d for d in dirnames if not _is_within(Path(dirpath, d), exclude)]
+        if not dirnames and os.path.normpath(dirpath) not in holding:
+            found.append(Path(dirpath))
     return sorted(found)
 
 

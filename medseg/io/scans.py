@@ -14,6 +14,7 @@ medseg does not support.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from medseg.errors import UnreadableScanError
@@ -64,11 +65,24 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def walk_scan_tree(folder: str | Path) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk`` as scan discovery sees a tree: symbolic links followed, hidden entries skipped, sorted.
+
+    Callers that must agree with :func:`find_scans` on which folders exist (batch prediction's check for
+    folders without a scan) walk with this, so paths under a linked folder are spelled the same way.
+    """
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
+        yield root, dirs, sorted(f for f in files if not _is_hidden(f))
+
+
 def find_scans(folder: str | Path) -> list[Path]:
     """Lists the scans under ``folder``, recursively and sorted.
 
     A scan is an image file with a supported extension, or a folder holding DICOM files (listed once, as the
-    folder; its files are not listed separately). Hidden files and folders are skipped.
+    folder; its files are not listed separately). Hidden files and folders are skipped. Symbolic links are
+    followed (a link to a file or to a DICOM folder is a scan, named by the link) and listed under the link's
+    path, not its target's; a link that leads back into the tree is not followed twice.
 
     Args:
         folder: Folder to search. A single supported image file is returned as a one-element list.
@@ -87,13 +101,16 @@ def find_scans(folder: str | Path) -> list[Path]:
             return [folder]
         raise UnreadableScanError(folder, "not a folder and not a supported image file")
     found: list[Path] = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not _is_hidden(d)]
+    visited: set[str] = set()
+    for root, dirs, files in walk_scan_tree(folder):
+        real = os.path.realpath(root)
+        if real in visited:  # a symlink loop, or a second link to a folder already listed
+            dirs[:] = []
+            continue
+        visited.add(real)
         root_path = Path(root)
         has_dicom = False
         for name in files:
-            if _is_hidden(name):
-                continue
             if is_supported_file(name):
                 found.append(root_path / name)
             elif not has_dicom and is_dicom_file(root_path / name):
