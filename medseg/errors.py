@@ -53,3 +53,24 @@ class OutputExistsError(MedsegError):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         super().__init__(f"Output '{self.path}' already exists; pass overwrite=True to replace it")
+
+
+class RunFailedError(MedsegError):
+    """The run itself cannot go on (as opposed to one bad case): e.g. its output disk is full or read-only.
+
+    The command line stops with exit status 3 and this message; what was finished before is kept.
+    """
+
+
+class OutputStorageError(RunFailedError):
+    """The output folder cannot take writes: the disk is full, over quota, read-only, or not writable."""
+
+    def __init__(self, folder: str | Path, reason: str, detail: str = "") -> None:
+        self.folder = Path(folder)
+        self.reason = reason
+        super().__init__(f"Cannot write to '{self.folder}': {reason}" + (f". {detail}" if detail else ""))
+
+
+class EmptyLabelsError(BadCaseError):
+    """Every training label is empty (background only): there is nothing to learn, and a validation on empty
+    labels would report a perfect Dice."""

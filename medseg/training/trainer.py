@@ -47,6 +47,7 @@ from medseg.config import Config
 from medseg.data.cases import Case, discover_cases
 from medseg.data.class_weights import resolve_class_weights
 from medseg.data.dataset import SliceDataset
+from medseg.data.foreground import check_foreground
 from medseg.data.prepare import PreparedData, Reader, prepare_training_data
 from medseg.data.sampling import foreground_sampler
 from medseg.data.splits import split_cases
@@ -60,6 +61,7 @@ from medseg.inference.precision import (
     resolve_device,
     resolve_precision,
 )
+from medseg.io.atomic import remove_stale_temp_files
 from medseg.losses import SegLoss, n_outputs
 from medseg.models import UNet
 from medseg.training.checkpoint import (
@@ -166,6 +168,8 @@ def train(
         ConfigError: Inconsistent options (e.g. no training case).
         CheckpointError: ``resume`` with a checkpoint that does not fit the config.
         BadCaseError: A case fails its checks (unless ``data.skip_bad_cases``).
+        EmptyLabelsError: Every training label is empty (background only).
+        OutputStorageError: A checkpoint cannot be saved (disk full or read-only); the earlier ones are intact.
     """
     return Trainer(cfg, reader=reader, clock=clock).fit(stop_after_epoch=stop_after_epoch)
 
@@ -233,12 +237,8 @@ class Trainer:
 
     def _remove_stale_temp_files(self) -> None:
         # A run killed while saving leaves its temp file (atomic_path cannot clean up after SIGKILL).
-        folder = self.last_path.parent
-        if self.main and folder.is_dir():
-            for stem in ("best", "last"):
-                for tmp in folder.glob(f".{stem}.*.pt"):
-                    log.info("Removing %s left by an interrupted save", tmp)
-                    tmp.unlink(missing_ok=True)
+        if self.main:
+            remove_stale_temp_files([self.best_path, self.last_path])
 
     def _load_resume_checkpoint(self) -> dict[str, Any] | None:
         self._remove_stale_temp_files()
@@ -298,6 +298,7 @@ class Trainer:
             cache_dir=cfg.data.cache_dir,
             seed=cfg.data.seed,
         )
+        check_foreground(data.train, data.val)  # all-empty labels: refused before the first step
         self.data = data
         self.train_cases = [p.case for p in data.train if p.case is not None]
         self.val_prepared = data.val if not self.validate_on_train else data.train
