@@ -68,6 +68,7 @@ class OutputStorageError(RunFailedError):
     def __init__(self, folder: str | Path, reason: str, detail: str = "") -> None:
         self.folder = Path(folder)
         self.reason = reason
+        self.detail = detail
         super().__init__(f"Cannot write to '{self.folder}': {reason}" + (f". {detail}" if detail else ""))
 
 

@@ -251,6 +251,14 @@ def _write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str
     atomic_write_text(path, buf.getvalue())
 
 
+def _count_rows(path: Path) -> int:
+    try:
+        with path.open(newline="") as f:
+            return sum(1 for _ in csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return 0
+
+
 def _previous_rows(path: Path) -> dict[str, dict[str, str]]:
     """Rows of an earlier run's table by output path (to carry voxel counts over to skipped cases)."""
     if not path.is_file():
@@ -469,7 +477,14 @@ def _final_table(csv_path: Path, rows: Sequence[dict[str, Any]], columns: Sequen
         with output_storage(csv_path.parent):
             _write_csv(csv_path, rows, columns)
     except OutputStorageError as err:
-        return f"the table '{csv_path}' could not be written ({err.reason})"
+        if not csv_path.is_file():
+            return f"the table '{csv_path}' could not be written ({err.reason})"
+        # The copy from after an earlier case is still there (atomic rewrites): say how far it goes.
+        on_disk = _count_rows(csv_path)
+        return (
+            f"the table '{csv_path}' could not be updated ({err.reason}); the copy on disk lists {on_disk} of the "
+            f"{len(rows)} scan(s) attempted"
+        )
     return None
 
 

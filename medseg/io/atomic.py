@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from medseg.errors import OutputExistsError
+from medseg.io.storage import output_storage
 
 log = logging.getLogger(__name__)
 
@@ -92,21 +93,27 @@ def atomic_path(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
 
     Raises:
         OutputExistsError: ``path`` exists and ``overwrite`` is False.
+        OutputStorageError: The folder cannot take the write: disk full, over quota, read-only, not writable
+            (see ``medseg.io.storage``; other write errors pass through unchanged).
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputExistsError(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=_suffixes(path), dir=path.parent)
-    os.close(fd)
+    with output_storage(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=_suffixes(path), dir=path.parent)
+        os.close(fd)
     tmp = Path(tmp_name)
-    # mkstemp creates 0600; outputs on a shared disk must be readable by collaborators like any other file.
-    os.chmod(tmp, 0o666 & ~_umask())
     try:
-        yield tmp
-        if not overwrite and path.exists():
-            raise OutputExistsError(path)
-        os.replace(tmp, path)
+        # mkstemp creates 0600; outputs on a shared disk must be readable by collaborators like any other file.
+        os.chmod(tmp, 0o666 & ~_umask())
+        # Inside the temp file's lifetime: a writer that failed without saying why (torch's inline_container,
+        # SimpleITK's NRRD writer) is judged while its partial file still takes the space it used.
+        with output_storage(path.parent):
+            yield tmp
+            if not overwrite and path.exists():
+                raise OutputExistsError(path)
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()

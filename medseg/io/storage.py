@@ -93,7 +93,8 @@ def storage_problem(err: BaseException, folder: str | Path) -> str | None:
 def output_storage(folder: str | Path, detail: str = "") -> Iterator[None]:
     """Turns a storage fault raised inside the block into :class:`OutputStorageError` naming ``folder``.
 
-    Other errors pass through unchanged.
+    Other errors pass through unchanged. An :class:`OutputStorageError` from an inner block (e.g. the one
+    :func:`medseg.io.atomic.atomic_path` raises) keeps its folder and reason and gets ``detail`` added.
 
     Args:
         folder: The folder the block writes into.
@@ -104,8 +105,10 @@ def output_storage(folder: str | Path, detail: str = "") -> Iterator[None]:
     """
     try:
         yield
-    except OutputStorageError:
-        raise
+    except OutputStorageError as err:
+        if not detail or err.detail:
+            raise
+        raise OutputStorageError(err.folder, err.reason, detail) from err
     except (OSError, RuntimeError) as err:
         reason = storage_problem(err, folder)
         if reason is None:
