@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from medseg.errors import MedsegError, RunFailedError
 log = logging.getLogger("pipelines.run")
 
 #: Exit statuses (documented in --help and in README.md, "Errors and exit statuses").
-EXIT_OK, EXIT_FAILED_CASES, EXIT_USAGE, EXIT_RUN_FAILED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED_CASES, EXIT_USAGE, EXIT_RUN_FAILED, EXIT_INTERNAL = 0, 1, 2, 3, 4
 #: Interrupted by Ctrl-C (SIGINT): 128 + 2, as shells report it.
 EXIT_INTERRUPTED = 130
 
@@ -50,6 +51,7 @@ exit status:
      images, unreadable checkpoint, ...): a message names the key or file to fix; no traceback
   3  the run itself failed (its output disk is full or read-only): it stopped at the first such write with
      one message naming the folder and the reason; finished masks and checkpoints are kept
+  4  unexpected internal error (a bug): the traceback is printed and kept in OUTPUT/medseg.log; please report it
   130  interrupted (Ctrl-C); finished outputs are complete
 
 examples:
@@ -192,11 +194,15 @@ def _run(args: argparse.Namespace) -> int:
             log.error("Interrupted; finished outputs are complete (they are written atomically)")
             return EXIT_INTERRUPTED
         except Exception as err:
-            # The traceback goes to the log file here and to the console once, through the re-raise.
             log.exception("Unexpected error; please report it with '%s'", layout.log_file, extra={"file_only": True})
             if _rank_tag():
                 _error(f"{type(err).__name__}: {err}")  # names the rank; torchrun then stops the other ranks
-            raise
+                raise  # torchrun's failure summary shows this rank's traceback
+            # A bug, not bad input: the traceback once on the console, and its own exit status (Python's default
+            # 1 would read as "some scans failed").
+            traceback.print_exc()
+            _error(f"unexpected {type(err).__name__}: {err}; please report it with '{layout.log_file}'")
+            return EXIT_INTERNAL
         if result.failed_predictions:
             log.warning(
                 "%d scan(s) could not be predicted; see '%s' and the log",

@@ -90,8 +90,8 @@ def _run_predict_cli(
     tmp_path: Path, scans: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
 ) -> tuple[int, str, Path]:
     out = tmp_path / "run"
-    code = main(["--stage", "predict", "--input", str(scans), "--checkpoint", str(checkpoint), "--output", str(out),
-                 str(_predict_config(tmp_path))])  # fmt: skip
+    args = ["--stage", "predict", "--input", str(scans), "--checkpoint", str(checkpoint), "--output", str(out)]
+    code = main([str(_predict_config(tmp_path)), *args])
     return code, capsys.readouterr().err, out
 
 
@@ -460,3 +460,41 @@ def test_wrong_architecture_is_summarised(checkpoint: Path, tmp_path: Path) -> N
     assert "\n" not in message and len(message) < 800, message
     assert f"of {n_tensors} tensors differ in size (" in message and "; ...)" in message
     assert "checkpoint (4, 1, 3, 3), model (8, 1, 3, 3)" in message
+
+
+# ----------------------------------------------------------------------------------------------- exit statuses
+
+
+def test_an_unexpected_error_has_its_own_exit_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from medseg import runner
+    from pipelines.run import EXIT_INTERNAL
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(runner, "run_stages", broken)
+    ckpt = make_checkpoint(tmp_path / "c.pt")
+    args = ["--stage", "predict", "--input", str(SAMPLE / "imagesTr"), "--checkpoint", str(ckpt)]
+    code = main([str(_predict_config(tmp_path)), *args, "--output", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == EXIT_INTERNAL == 4
+    assert err.count("Traceback") == 1 and "ValueError: a bug" in err
+    assert (
+        f"medseg: error: unexpected ValueError: a bug; please report it with '{tmp_path / 'run' / 'medseg.log'}'" in err
+    )
+
+
+def test_every_exit_status_is_documented() -> None:
+    import re
+
+    import pipelines.run as cli
+
+    codes = {v for k, v in vars(cli).items() if k.startswith("EXIT_")}
+    assert codes == {0, 1, 2, 3, 4, 130}
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Errors and exit statuses") :]
+    section = section[: section.index("\n## ", 1)]
+    assert {int(c) for c in re.findall(r"^\| (\d+) \|", section, re.M)} == codes
+    assert {int(c) for c in re.findall(r"^  (\d+)  ", cli.EPILOG, re.M)} == codes

@@ -708,7 +708,7 @@ class Trainer:
         result = self._validate(keep_volumes=True)
         self.model.load_state_dict(current)
         plan = decide_postprocessing(result.predictions, result.ground_truths, self.n_classes, axis=self.data.axis)
-        plan_dict = {k: [int(c) for c in plan[k]] for k in ("largest_component", "fill_holes")}  # type: ignore[literal-required]
+        plan_dict = {k: [int(c) for c in plan[k]] for k in ("largest_component", "fill_holes")}
         plan_dict = broadcast_object(plan_dict)  # rank 0's decision, the one its checkpoint stores
         if self.main:
             best["postprocessing"] = plan_dict
