@@ -42,6 +42,16 @@ def test_case_id_of_a_dicom_file_is_its_folder() -> None:
     assert case_id_from_path(DICOM) == "HippoCrop_Study1"
 
 
+def test_one_table_of_scan_endings() -> None:
+    """The endings scan discovery accepts are exactly those the readers dispatch on."""
+    from medseg.io.itk import ITK_SUFFIXES
+    from medseg.io.nifti import NIFTI_SUFFIXES
+    from medseg.io.scans import SUPPORTED_SUFFIXES
+
+    assert sorted(SUPPORTED_SUFFIXES) == sorted(NIFTI_SUFFIXES + ITK_SUFFIXES)
+    assert ".nii.gz" in SUPPORTED_SUFFIXES[: SUPPORTED_SUFFIXES.index(".nii")], "longest ending first"
+
+
 def test_is_supported_file() -> None:
     for name in ("a.nii.gz", "a.nii", "a.NRRD", "a.nhdr", "a.mha", "a.mhd"):
         assert is_supported_file(name), name

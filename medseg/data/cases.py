@@ -27,7 +27,7 @@ from typing import Any
 
 from medseg.config import DataConfig
 from medseg.errors import BadCaseError, ConfigError
-from medseg.io.scans import CHANNEL_SUFFIX, case_id_from_path, is_supported_file, strip_scan_ending
+from medseg.io.scans import CHANNEL_SUFFIX, case_id_from_path, is_dicom_file, is_supported_file, strip_scan_ending
 
 log = logging.getLogger(__name__)
 
@@ -327,16 +327,7 @@ def is_dicom_folder(folder: Path) -> bool:
         entries = sorted((e for e in os.scandir(folder) if e.is_file()), key=lambda e: e.name)
     except OSError:
         return False
-    for entry in entries[:3]:
-        if entry.name.lower().endswith(".dcm"):
-            return True
-        try:
-            with open(entry.path, "rb") as fh:
-                if fh.read(132)[128:] == b"DICM":
-                    return True
-        except OSError:
-            continue
-    return False
+    return any(is_dicom_file(entry.path) for entry in entries[:3])
 
 
 def _matches(name: str, pattern: str) -> bool:
