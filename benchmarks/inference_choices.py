@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             scored.pop("per_case")
             results[name].append({"fold": fold["fold"], **scored})
             print(f"fold {fold['fold']} {name:<32} mean Dice {scored['mean_dice']:.4f}", flush=True)
-    summary = {}
+    summary: dict[str, dict[str, Any]] = {}
     for name, folds in results.items():
         m, s, n = mean_std([f["mean_dice"] for f in folds])
         per_class = {c: mean_std([f["per_class"][c]["dice_mean"] for f in folds])[0] for c in quality["classes"][1:]}

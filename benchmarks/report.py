@@ -284,8 +284,9 @@ def _inference_choices_section(results: Sequence[tuple[str, dict[str, Any]]]) ->
         "",
     ]
     for name, r in results:
-        summary = r.get("summary", {})
-        classes = list(next(iter(summary.values()), {}).get("per_class", {}))
+        summary: dict[str, Any] = r.get("summary", {})
+        first: dict[str, Any] = next(iter(summary.values()), {})
+        classes = list(first.get("per_class", {}))
         rows = [
             [
                 variant,

@@ -445,7 +445,9 @@ def predict_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "rss_growth_10_to_end_mb": (rss_end - rss_10) if rss_end is not None and rss_10 is not None else None,
         "rss_end_first_pass_mb": rss_first_pass,
         "rss_end_second_pass_mb": rss_second_pass,
-        "rss_growth_second_pass_mb": rss_second_pass - rss_first_pass,
+        "rss_growth_second_pass_mb": (
+            rss_second_pass - rss_first_pass if rss_second_pass is not None and rss_first_pass is not None else None
+        ),
         "second_pass_ok": second.n_ok,
         "peak_rss_predict_mb": peak_batch,
         "rss_trace": [

@@ -110,10 +110,10 @@ class LoaderBench:
 
     def _next(self) -> dict[str, torch.Tensor]:
         try:
-            return next(self.it)  # type: ignore[no-any-return]
+            return next(self.it)
         except StopIteration:
             self.it = self._epoch_iter()
-            return next(self.it)  # type: ignore[no-any-return]
+            return next(self.it)
 
     def run(self) -> None:
         wait = total = 0.0
@@ -183,16 +183,16 @@ def main(argv: list[str] | None = None) -> int:
         f"{machine['cpu']}, native bf16: {cpu_supports_bf16()}"
     )
     print(f"{'precision':<10}{'channels_last':<15}{'slices/s':>10}{'vs fp32 NCHW':>14}")
-    for r in compute:
-        speedup = r["slices_per_s"] / base
-        print(f"{r['precision']:<10}{r['channels_last']!s:<15}{r['slices_per_s']:>10.1f}{speedup:>13.2f}x")
+    for row in compute:
+        speedup = row["slices_per_s"] / base
+        print(f"{row['precision']:<10}{row['channels_last']!s:<15}{row['slices_per_s']:>10.1f}{speedup:>13.2f}x")
     print()
     print(
         f"{'num_workers':<13}{'slices/s':>10}{'data wait':>11}   (default augmentation, {loader[0]['precision']}, "
         f"channels_last={loader[0]['channels_last']})"
     )
-    for r in loader:
-        print(f"{r['num_workers']:<13}{r['slices_per_s']:>10.1f}{100 * r['data_wait_share']:>10.1f}%")
+    for row in loader:
+        print(f"{row['num_workers']:<13}{row['slices_per_s']:>10.1f}{100 * row['data_wait_share']:>10.1f}%")
 
     machine["torch_threads"] = torch.get_num_threads()
     machine["load_avg_after"] = [round(v, 2) for v in os.getloadavg()]

@@ -10,14 +10,26 @@ import difflib
 import re
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medseg.errors import ConfigError
 
 Stage = Literal["train", "predict", "evaluate"]
+
+
+def _device_name(value: str) -> str:
+    # Checked with the config, before any folder is made: the same forms medseg.inference.precision.resolve_device
+    # accepts (whether CUDA is present is known only at run time).
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", value.strip().lower()) is None:
+        raise ValueError("expected 'auto', 'cpu', 'cuda' or 'cuda:N' (N = GPU index)")
+    return value
+
+
+#: A device option: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
+DeviceName = Annotated[str, AfterValidator(_device_name)]
 
 
 class _Section(BaseModel):
@@ -37,8 +49,9 @@ class DataConfig(_Section):
     """``glob`` layout: image files relative to ``root``."""
     label_glob: str = "labels/*.nii.gz"
     """``glob`` layout: label files relative to ``root``."""
-    case_pattern: str = r"(?P<case>.+?)(_\d{4})?\.(nii\.gz|nii|nrrd|nhdr|mha|mhd)$"
-    """``glob`` layout: regex on the file name; its ``case`` group pairs images with labels."""
+    case_pattern: str | None = None
+    """``glob`` layout: regex on the file name; its ``case`` group pairs images with labels. ``None`` = the
+    case id used everywhere else: the name without its scan ending and without a ``_0000`` channel suffix."""
     dicom_image_pattern: str | None = None
     """``dicom`` layout: folder-name pattern (fnmatch, case-insensitive) of the image series in each case folder,
     e.g. ``"*T1post*"``. ``None`` = the one DICOM series folder whose name does not match the mask pattern."""
@@ -219,7 +232,7 @@ class TrainingConfig(_Section):
     """Share of each batch drawn from slices that contain labels."""
     num_workers: int | Literal["auto"] = "auto"
     """Data-loader worker processes; ``auto`` decides from the CPU count."""
-    device: str = "auto"
+    device: DeviceName = "auto"
     """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``."""
     distributed_backend: Literal["auto", "gloo", "nccl"] = "auto"
     """torch.distributed backend when launched with ``torchrun``; ``auto`` = nccl on GPUs, gloo on CPU."""
@@ -265,7 +278,7 @@ class InferenceConfig(_Section):
     """Replace existing mask files instead of failing on them."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Inference precision; ``auto`` = bf16 where the device supports it, else fp32."""
-    device: str = "auto"
+    device: DeviceName = "auto"
     """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``."""
 
 

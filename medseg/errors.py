@@ -65,3 +65,25 @@ class ColourImageError(UnreadableScanError):
 
 class DegenerateGeometryError(UnreadableScanError):
     """A scan's affine cannot place its voxels in space (a zero-length axis, a singular matrix, NaN entries)."""
+
+
+class RunFailedError(MedsegError):
+    """The run itself cannot go on (as opposed to one bad case): e.g. its output disk is full or read-only.
+
+    The command line stops with exit status 3 and this message; what was finished before is kept.
+    """
+
+
+class OutputStorageError(RunFailedError):
+    """The output folder cannot take writes: the disk is full, over quota, read-only, or not writable."""
+
+    def __init__(self, folder: str | Path, reason: str, detail: str = "") -> None:
+        self.folder = Path(folder)
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"Cannot write to '{self.folder}': {reason}" + (f". {detail}" if detail else ""))
+
+
+class EmptyLabelsError(BadCaseError):
+    """Every training label is empty (background only): there is nothing to learn, and a validation on empty
+    labels would report a perfect Dice."""

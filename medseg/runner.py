@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from medseg.config import Config, Stage, save_config
 from medseg.errors import ConfigError, MedsegError
+from medseg.logfile import SafeFileHandler
 
 if TYPE_CHECKING:
     from medseg.data.cases import Case
@@ -268,7 +269,7 @@ def run_logging(log_file: Path | None, *, verbose: bool = False, rank: int | Non
     handlers: list[logging.Handler] = [console]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        to_file = logging.FileHandler(log_file, encoding="utf-8")
+        to_file = SafeFileHandler(log_file, encoding="utf-8")  # a full disk: one line, not a traceback per record
         to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
         to_file.setLevel(logging.DEBUG)
         handlers.append(to_file)
@@ -359,7 +360,7 @@ def run_predict(cfg: Config, val_cases: Sequence[Case] | None = None, *, retrain
     # them (the resume behaviour of predict_folder) would mix two models' masks in one table.
     table = layout.predictions_csv
     retrained = retrained or (table.is_file() and Path(checkpoint).stat().st_mtime > table.stat().st_mtime)
-    if retrained and not inf.overwrite:
+    if retrained and not inf.overwrite and _has_masks(layout.predictions, inf.output_format):
         log.info("Masks already in '%s' are replaced: the checkpoint is newer than them", layout.predictions)
     # Under torchrun each rank predicts its round-robin share of the full sorted scan list (names are decided on
     # the full list, so ranks agree) and writes its own table; rank 0 merges them after a barrier.
@@ -388,6 +389,11 @@ def run_predict(cfg: Config, val_cases: Sequence[Case] | None = None, *, retrain
         if row.get("status") == "failed":
             log.error("Scan '%s' not predicted: %s", row.get("input"), row.get("error"))
     return result
+
+
+def _has_masks(folder: Path, output_format: str) -> bool:
+    # Only worth saying "replaced" when there is something to replace (a fresh run has an empty folder).
+    return folder.is_dir() and any(not p.name.startswith(".") for p in folder.glob(f"*.{output_format}"))
 
 
 def _rank_table_name(rank: int, world_size: int) -> str:

@@ -86,6 +86,27 @@ class Volume:
             )
         return Volume(array=array, affine=self.affine, source=self.source, header=self.header)
 
+    @property
+    def orientation(self) -> str:
+        """Axis code of the voxel axes, e.g. ``"RAS"`` or ``"LPS"`` (``?`` for an axis nibabel cannot name)."""
+        import nibabel.orientations as nio
+
+        try:
+            codes = nio.aff2axcodes(self.affine)
+        except (ValueError, np.linalg.LinAlgError):  # a degenerate affine has no orientation
+            return "???"
+        return "".join(c if c is not None else "?" for c in codes)
+
+    def __repr__(self) -> str:
+        # Concise (shape, spacing, orientation, dtype, source) like TorchIO's images: the default dataclass repr
+        # printed the whole voxel array and the 4x4 affine.
+        spacing = ", ".join(f"{s:.4g}" for s in self.spacing)
+        source = f"'{self.source}'" if self.source is not None else "None"
+        return (
+            f"Volume(shape={self.shape}, spacing=({spacing}) mm, orientation='{self.orientation}', "
+            f"dtype={np.asarray(self.array).dtype}, source={source})"
+        )
+
     def same_grid(self, other: Volume, *, atol: float = 1e-4) -> bool:
         """Whether ``other`` has the same shape and affine (to ``atol`` mm) as this volume."""
         return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol))

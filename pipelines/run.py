@@ -9,16 +9,19 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from medseg import __version__
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, RunFailedError
 
 log = logging.getLogger("pipelines.run")
 
-#: Exit statuses (documented in --help).
-EXIT_OK, EXIT_FAILED_CASES, EXIT_USAGE = 0, 1, 2
+#: Exit statuses (documented in --help and in README.md, "Errors and exit statuses").
+EXIT_OK, EXIT_FAILED_CASES, EXIT_USAGE, EXIT_RUN_FAILED, EXIT_INTERNAL = 0, 1, 2, 3, 4
+#: Interrupted by Ctrl-C (SIGINT): 128 + 2, as shells report it.
+EXIT_INTERRUPTED = 130
 
 DESCRIPTION = """\
 Run medseg's stages from a YAML config: train a 2D UNet on the cases of data.root, predict masks for the
@@ -46,6 +49,10 @@ exit status:
   1  some scans could not be predicted (each is listed in predictions.csv and the log; the rest were written)
   2  configuration or input error (unknown key, wrong type, missing folder, labels that do not match the
      images, unreadable checkpoint, ...): a message names the key or file to fix; no traceback
+  3  the run itself failed (its output disk is full or read-only): it stopped at the first such write with
+     one message naming the folder and the reason; finished masks and checkpoints are kept
+  4  unexpected internal error (a bug): the traceback is printed and kept in OUTPUT/medseg.log; please report it
+  130  interrupted (Ctrl-C); finished outputs are complete
 
 examples:
   python -m pipelines.run configs/quickstart.yaml
@@ -173,6 +180,11 @@ def _run(args: argparse.Namespace) -> int:
         log.info("medseg %s: %s, stages %s, output in '%s'", __version__, args.config, ", ".join(stages), layout.root)
         try:
             result = run_stages(cfg, stages)
+        except RunFailedError as err:
+            log.debug("Traceback of the error below", exc_info=True)
+            log.error("%s", err, extra={"file_only": True})
+            _error(str(err))  # the log file may be on the disk that failed: the console has the whole message
+            return EXIT_RUN_FAILED
         except MedsegError as err:
             log.debug("Traceback of the error below", exc_info=True)  # for the log file, not the console
             log.error("%s", err, extra={"file_only": True})  # the console gets the plain message below
@@ -180,13 +192,17 @@ def _run(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         except KeyboardInterrupt:
             log.error("Interrupted; finished outputs are complete (they are written atomically)")
-            return 130
+            return EXIT_INTERRUPTED
         except Exception as err:
-            # The traceback goes to the log file here and to the console once, through the re-raise.
             log.exception("Unexpected error; please report it with '%s'", layout.log_file, extra={"file_only": True})
             if _rank_tag():
                 _error(f"{type(err).__name__}: {err}")  # names the rank; torchrun then stops the other ranks
-            raise
+                raise  # torchrun's failure summary shows this rank's traceback
+            # A bug, not bad input: the traceback once on the console, and its own exit status (Python's default
+            # 1 would read as "some scans failed").
+            traceback.print_exc()
+            _error(f"unexpected {type(err).__name__}: {err}; please report it with '{layout.log_file}'")
+            return EXIT_INTERNAL
         if result.failed_predictions:
             log.warning(
                 "%d scan(s) could not be predicted; see '%s' and the log",

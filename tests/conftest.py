@@ -13,6 +13,11 @@ SAMPLE_DATA = REPO / "sample_data"
 # A fresh clone has no ../shared; MEDSEG_SHARED_DATA points elsewhere if the data lives elsewhere.
 SHARED_DATA = Path(os.environ.get("MEDSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 
+#: Seconds a test waits for a subprocess before giving up on it as hung. A guard against hangs only, never a
+#: pass/fail criterion: tests wait on a condition (a file appearing, the process ending), so a slow machine
+#: passes as a fast one does.
+HANG_GUARD_S = 1800.0
+
 HIPPO = SHARED_DATA / "Task04_Hippocampus"
 PGBM = SHARED_DATA / "Brain-Tumor-Progression_PGBM_DICOM"
 TOTALSEG = SHARED_DATA / "TotalSegmentator_examples"

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import HANG_GUARD_S, REPO
 
 # The smallest model and data that still exercise every code path.
 TINY = ["--set", "model.base_features=4", "--set", "training.batch_size=4", "--set", "data.max_cases=4"]
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
 
 
-def _run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def _run(args: list[str], timeout: float = HANG_GUARD_S) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
     )

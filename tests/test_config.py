@@ -18,6 +18,7 @@ import yaml
 from medseg.config import Config, ConfigError, load_config, parse_overrides, save_config
 from medseg.runner import RunLayout, check_setup, prepare_output
 from pipelines.run import main
+from tests.conftest import HANG_GUARD_S
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
@@ -31,7 +32,7 @@ def run_cli(*args: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess[
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=HANG_GUARD_S,
     )
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from medseg.config import DataConfig
-from medseg.data.cases import case_id_for_file, classes_from_labels, discover_cases
+from medseg.data.cases import classes_from_labels, discover_cases
 from medseg.data.normalization import NormalizationParams
 from medseg.data.prepare import prepare_cases
 from medseg.errors import ConfigError
@@ -89,10 +89,52 @@ def test_label_dict_styles_and_gaps(tmp_path: Path) -> None:
         classes_from_labels({"background": 0, "whole": [1, 2]}, src)
 
 
-def test_case_id_strips_ending_and_channel() -> None:
-    assert case_id_for_file(Path("x/hippocampus_001_0000.nii.gz")) == "hippocampus_001"
-    assert case_id_for_file(Path("scan.nrrd")) == "scan"
-    assert case_id_for_file(Path("a_12.mha")) == "a_12"
+def _visits(sample_hippo: Path, root: Path, image_dir: str, label_dir: str, channel: str = "") -> list[str]:
+    """Copies of 3 sample cases named like follow-up scans (``visit_2019`` ...): four-digit endings that are
+    part of the id, not nnU-Net channel suffixes."""
+    ids = _sample_ids(sample_hippo, 3)
+    visits = [f"visit_{2019 + i}" for i in range(len(ids))]
+    (root / image_dir).mkdir(parents=True)
+    (root / label_dir).mkdir(parents=True)
+    for cid, visit in zip(ids, visits, strict=True):
+        (root / image_dir / f"{visit}{channel}.nii.gz").symlink_to(sample_hippo / "imagesTr" / f"{cid}.nii.gz")
+        (root / label_dir / f"{visit}.nii.gz").symlink_to(sample_hippo / "labelsTr" / f"{cid}.nii.gz")
+    return visits
+
+
+def test_four_digit_endings_are_ids_not_channels(sample_hippo: Path, tmp_path: Path) -> None:
+    # glob layout, default case id (no data.case_pattern): visit_2019 and visit_2020 are two cases.
+    glob_root = tmp_path / "glob"
+    visits = _visits(sample_hippo, glob_root, "images", "labels")
+    spec = discover_cases(DataConfig(root=glob_root, layout="glob", classes=["bg", "a", "p"]))
+    assert [c.id for c in spec.cases] == visits
+    # MSD layout with a training list: the same ids.
+    msd_root = tmp_path / "msd"
+    _visits(sample_hippo, msd_root, "imagesTr", "labelsTr")
+    meta = json.loads((sample_hippo / "dataset.json").read_text())
+    meta["training"] = [{"image": f"./imagesTr/{v}.nii.gz", "label": f"./labelsTr/{v}.nii.gz"} for v in visits]
+    (msd_root / "dataset.json").write_text(json.dumps(meta))
+    assert [c.id for c in discover_cases(DataConfig(root=msd_root)).cases] == visits
+    # nnU-Net v2 naming: only the channel suffix _0000 goes, the visit year stays.
+    v2_root = tmp_path / "v2"
+    _visits(sample_hippo, v2_root, "imagesTr", "labelsTr", channel="_0000")
+    (v2_root / "dataset.json").write_text(
+        json.dumps({"labels": {"background": 0, "a": 1, "p": 2}, "channel_names": {"0": "MRI"}})
+    )
+    spec = discover_cases(DataConfig(root=v2_root))
+    assert [c.id for c in spec.cases] == visits
+    assert [c.image.name for c in spec.cases] == [f"{v}_0000.nii.gz" for v in visits]
+
+
+def test_case_ids_agree_between_discovery_and_io(sample_hippo: Path, tmp_path: Path) -> None:
+    """Discovery names each case exactly as ``medseg.io.case_id_from_path`` names its image (one function)."""
+    from medseg.io import case_id_from_path
+
+    root = tmp_path / "glob"
+    _visits(sample_hippo, root, "images", "labels", channel="_0000")
+    spec = discover_cases(DataConfig(root=root, layout="glob", classes=["bg", "a", "p"]))
+    assert [c.id for c in spec.cases] == [case_id_from_path(c.image) for c in spec.cases]
+    assert [c.id for c in spec.cases] == ["visit_2019", "visit_2020", "visit_2021"]
 
 
 def test_glob_layout_pairs_by_case_pattern(sample_hippo: Path, tmp_path: Path) -> None:

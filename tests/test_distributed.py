@@ -22,6 +22,8 @@ import pytest
 import torch
 import yaml
 
+from tests.conftest import HANG_GUARD_S
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data" / "hippocampus"
 CASES = ("hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_007")
@@ -79,7 +81,7 @@ def _torchrun(*args: str, nproc: int = 2) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
 
 
-def _run(cmd: list[str], timeout: float = 85) -> subprocess.CompletedProcess[str]:
+def _run(cmd: list[str], timeout: float = HANG_GUARD_S) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
@@ -191,7 +193,8 @@ def _rank_pid(torchrun_pid: int, rank: int) -> int | None:
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the rank's process through /proc")
 def test_killed_rank_fails_the_job_naming_the_rank(tmp_path: Path) -> None:
     data = _dataset(tmp_path)
-    cfg = _config(tmp_path, "killed", data, batch_size=4, epochs=200)
+    # More epochs than any machine finishes in the moment between the first checkpoint and the kill.
+    cfg = _config(tmp_path, "killed", data, batch_size=4, epochs=100_000)
     proc = subprocess.Popen(
         _torchrun("-m", "pipelines.run", str(cfg)),
         cwd=REPO,
@@ -202,15 +205,15 @@ def test_killed_rank_fails_the_job_naming_the_rank(tmp_path: Path) -> None:
     )
     ckpts = tmp_path / "killed" / "checkpoints"
     try:
-        deadline = time.monotonic() + 60
+        guard = time.monotonic() + HANG_GUARD_S  # a hang guard, not a deadline: we wait for the checkpoint
         # Kill rank 1 once training is under way (the first checkpoint exists), like an OOM kill or a lost node.
-        while not (ckpts / "last.pt").exists() and time.monotonic() < deadline and proc.poll() is None:
+        while not (ckpts / "last.pt").exists() and time.monotonic() < guard and proc.poll() is None:
             time.sleep(0.2)
-        assert (ckpts / "last.pt").exists(), "training did not start"
+        assert (ckpts / "last.pt").exists(), f"training did not start (exit status {proc.poll()})"
         victim = _rank_pid(proc.pid, 1)
         assert victim is not None
         os.kill(victim, signal.SIGKILL)
-        _, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=HANG_GUARD_S)
     finally:
         if proc.poll() is None:
             proc.kill()

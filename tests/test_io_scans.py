@@ -25,6 +25,9 @@ DICOM = SAMPLE / "dicom" / "HippoCrop_Study1"
         ("scan.v2.nrrd", "scan.v2"),
         ("x_0000.nhdr", "x"),
         ("patient_2019.mha", "patient_2019"),
+        ("visit_2019.nii.gz", "visit_2019"),
+        ("visit_2019_0000.nii.gz", "visit_2019"),
+        ("case_0001.nii.gz", "case_0001"),
         ("img.mhd", "img"),
         ("_0000.nii.gz", "_0000"),
         ("13_HCropVolume", "13_HCropVolume"),
@@ -37,6 +40,16 @@ def test_case_id_from_path(name: str, case_id: str) -> None:
 def test_case_id_of_a_dicom_file_is_its_folder() -> None:
     assert case_id_from_path(DICOM / "1.dcm") == "HippoCrop_Study1"
     assert case_id_from_path(DICOM) == "HippoCrop_Study1"
+
+
+def test_one_table_of_scan_endings() -> None:
+    """The endings scan discovery accepts are exactly those the readers dispatch on."""
+    from medseg.io.itk import ITK_SUFFIXES
+    from medseg.io.nifti import NIFTI_SUFFIXES
+    from medseg.io.scans import SUPPORTED_SUFFIXES
+
+    assert sorted(SUPPORTED_SUFFIXES) == sorted(NIFTI_SUFFIXES + ITK_SUFFIXES)
+    assert ".nii.gz" in SUPPORTED_SUFFIXES[: SUPPORTED_SUFFIXES.index(".nii")], "longest ending first"
 
 
 def test_is_supported_file() -> None:

@@ -30,6 +30,7 @@ from medseg.runner import (
     run_logging,
     validation_cases,
 )
+from tests.conftest import HANG_GUARD_S
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
@@ -47,7 +48,7 @@ SHORT = [
 SHORT_RUN_MIN_DICE = 0.5
 
 
-def run_cli(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str | Path, timeout: float = HANG_GUARD_S) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     # One intra-op thread: on a busy 2-core machine (CI, parallel jobs) torch's second thread makes every small
     # op wait for a descheduled peer, measured 10-20x slower; on an idle one a single thread costs little here.
@@ -93,7 +94,7 @@ def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subp
 def test_quickstart_writes_the_documented_layout(quickstart_run: tuple) -> None:
     out, proc, seconds = quickstart_run
     assert proc.returncode == 0, proc.stderr[-3000:]
-    print(f"shortened quickstart: {seconds:.0f} s")  # no timing assert: CI machines are shared; max_minutes caps it
+    print(f"shortened quickstart: {seconds:.0f} s")  # information only: no test decides on the time it took
     layout = RunLayout(out)
     for path in (
         layout.checkpoints / "best.pt",
@@ -130,6 +131,8 @@ def test_quickstart_writes_the_documented_layout(quickstart_run: tuple) -> None:
     for stage in ("train", "predict", "evaluate"):
         assert f"stage {stage} done" in log_text
     assert "Traceback" not in proc.stderr
+    # A fresh run had no masks to replace, so it does not say it replaced them.
+    assert "are replaced" not in log_text
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from medseg.errors import CheckpointError
 from medseg.training import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from medseg.training.checkpoint import REQUIRED_FIELDS, capture_rng_state, restore_rng_state
 from medseg.training.schedule import LRSchedule
+from tests.conftest import HANG_GUARD_S
 
 
 @pytest.fixture(autouse=True)
@@ -362,19 +363,60 @@ def test_kill_and_resume_gives_the_same_weights(tmp_path: Path, sample_hippo: Pa
 
 
 _KILLABLE_RUN = """
-import json, sys, torch
+import json, sys, time, torch
+from pathlib import Path
 torch.set_num_threads(1)
 from medseg.config import config_from_dict
-from medseg.training import train
-from pathlib import Path
-train(config_from_dict(json.loads(sys.argv[1]), base_dir=Path.cwd()))
+from medseg.training import trainer
+marker = Path(sys.argv[2])
+original = trainer.Trainer.train_step
+steps_in_epoch_2 = 0
+def train_step(self, batch):
+    # Epoch 1 is saved before epoch 2 starts. After one step of epoch 2 (weights changed in memory, not on disk)
+    # the process says so with a marker file and waits to be killed: a fixed point whatever the machine's speed.
+    global steps_in_epoch_2
+    if self.epoch == 1:
+        steps_in_epoch_2 += 1
+        if steps_in_epoch_2 == 2:
+            marker.write_text("ready")
+            while True:
+                time.sleep(1)
+    return original(self, batch)
+trainer.Trainer.train_step = train_step
+trainer.train(config_from_dict(json.loads(sys.argv[1]), base_dir=Path.cwd()))
 """
+
+
+class StepClock:
+    """A clock for ``training.max_minutes`` that advances by ``seconds_per_step`` per optimiser step only, so a
+    budget test stops at a known step on any machine (the wall clock would make it depend on speed)."""
+
+    def __init__(self, seconds_per_step: float) -> None:
+        self.now = 0.0
+        self.seconds_per_step = seconds_per_step
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def ticking_steps(monkeypatch: pytest.MonkeyPatch, clock: StepClock) -> None:
+    """Makes every trainer step advance ``clock`` after it ran."""
+    from medseg.training import trainer
+
+    original = trainer.Trainer.train_step
+
+    def train_step(self: trainer.Trainer, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        loss = original(self, batch)
+        clock.now += clock.seconds_per_step
+        return loss
+
+    monkeypatch.setattr(trainer.Trainer, "train_step", train_step)
 
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume(tmp_path: Path, sample_hippo: Path) -> None:
-    """A real SIGKILL of a training process (at whatever point it is after epoch 1 was saved); the resumed run
-    ends with the uninterrupted run's weights and no temp file is left next to the checkpoints."""
+    """A real SIGKILL of a training process in the middle of epoch 2 (epoch 1 saved); the resumed run ends with
+    the uninterrupted run's weights and no temp file is left next to the checkpoints."""
     import json
     import os
     import signal
@@ -388,26 +430,26 @@ def test_sigkill_mid_run_then_resume(tmp_path: Path, sample_hippo: Path) -> None
     full = train(make_cfg(sample_hippo, tmp_path / "full", training={"epochs": 3}, **common))
 
     killed_dir = tmp_path / "killed"
+    marker = tmp_path / "in_epoch_2"
     cfg = make_cfg(sample_hippo, killed_dir, training={"epochs": 3}, **common)
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(repo)}
     proc = subprocess.Popen(
-        [sys.executable, "-c", _KILLABLE_RUN, json.dumps(cfg.model_dump(mode="json"))], cwd=repo, env=env
+        [sys.executable, "-c", _KILLABLE_RUN, json.dumps(cfg.model_dump(mode="json")), str(marker)], cwd=repo, env=env
     )
     last = killed_dir / "checkpoints" / "last.pt"
     try:
-        deadline = time.monotonic() + 50
-        while time.monotonic() < deadline and proc.poll() is None:
-            if last.exists() and load_checkpoint(last)["epoch"] >= 1:
-                break
+        guard = time.monotonic() + HANG_GUARD_S
+        while not marker.exists() and proc.poll() is None and time.monotonic() < guard:
             time.sleep(0.1)
+        assert marker.exists(), f"the run never reached epoch 2 (exit status {proc.poll()})"
+        os.kill(proc.pid, signal.SIGKILL)
     finally:
         if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
+            proc.kill()
         proc.wait()
-    killed_at = load_checkpoint(last)["epoch"]
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert 1 <= killed_at < 3
+    assert proc.returncode == -signal.SIGKILL
+    assert load_checkpoint(last)["epoch"] == 1
 
     resumed = train(make_cfg(sample_hippo, killed_dir, training={"epochs": 3, "resume": True}, **common))
     assert resumed.epochs == 3
@@ -440,43 +482,49 @@ def test_finished_run_is_extended(tmp_path: Path, sample_hippo: Path) -> None:
 
 
 @pytest.mark.slow
-def test_time_budget_stops_and_anneals(tmp_path: Path, sample_hippo: Path) -> None:
+def test_time_budget_stops_and_anneals(tmp_path: Path, sample_hippo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from medseg.training import train
 
+    # 1 s per step on the budget's clock and a 6 s budget: exactly 6 steps, whatever the machine's speed.
+    clock = StepClock(1.0)
+    ticking_steps(monkeypatch, clock)
     cfg = make_cfg(
         sample_hippo,
         tmp_path,
         data={"max_cases": 3, "val_fraction": 0.34},
         training={"epochs": 1000, "max_minutes": 0.1, "val_every": 1000},
     )
-    result = train(cfg)
+    result = train(cfg, clock=clock)
     assert result.stop_reason == "max_minutes" and 1 <= result.epochs < 1000
+    assert sum(row["steps"] for row in result.history) == 6
     last = load_checkpoint(result.last)
-    assert last["elapsed_seconds"] >= 6.0
-    # The schedule ran on the time budget: the final LR is near 0, although < 1 % of the epochs were done.
-    assert result.history[-1]["lr"] < 0.25 * cfg.training.lr
+    assert last["elapsed_seconds"] == pytest.approx(6.0)
+    # The schedule ran on the time budget: the last step ran at 5 of 6 s, so poly's LR is (1/6)^0.9 of the
+    # start although < 1 % of the epochs were done.
+    assert result.history[-1]["lr"] == pytest.approx(cfg.training.lr * (1 / 6) ** 0.9)
     assert result.history[-1]["val_dice_mean"] is not None, "the last epoch is validated"
 
 
-def test_time_budget_is_checked_every_step(tmp_path: Path, sample_hippo: Path) -> None:
+def test_time_budget_is_checked_every_step(tmp_path: Path, sample_hippo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A budget shorter than one epoch stops that epoch at the step that crosses it, not at its end."""
     from medseg.training import train
 
+    clock = StepClock(0.25)
+    ticking_steps(monkeypatch, clock)
     cfg = make_cfg(
         sample_hippo,
         tmp_path,
         data={"max_cases": 4, "val_fraction": 0.25},
-        # ~100 steps of 2 slices per epoch; 1.5 s of budget covers a handful of them.
+        # ~45 steps of 2 slices per epoch; 1.5 s of budget at 0.25 s per step is exactly 6 of them.
         training={"epochs": 1, "batch_size": 2, "max_minutes": 0.025, "val_every": 1},
     )
-    result = train(cfg)
+    result = train(cfg, clock=clock)
     row = result.history[-1]
-    n_train_slices = 3 * 30  # at least ~30 slices per hippocampus volume along any axis
     assert result.stop_reason == "max_minutes" and result.epochs == 1
-    assert 1 <= row["steps"] < n_train_slices // 2, row
+    assert row["steps"] == 6, row
     assert row["val_dice_mean"] is not None, "the cut epoch is still validated"
     last = load_checkpoint(result.last)
-    assert last["elapsed_seconds"] >= 1.5
+    assert last["elapsed_seconds"] == pytest.approx(1.5)
 
 
 @pytest.mark.slow

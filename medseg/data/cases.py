@@ -3,7 +3,8 @@
 - ``msd``: a Medical Segmentation Decathlon / nnU-Net folder with ``dataset.json`` (MSD's ``training`` list and
   ``labels`` index->name dict, or nnU-Net v2's name->index ``labels`` with ``imagesTr/<case>_0000<ending>``).
 - ``glob``: ``data.image_glob`` + ``data.label_glob`` under ``data.root``, paired by the ``case`` group of
-  ``data.case_pattern`` matched against the file names.
+  ``data.case_pattern`` matched against the file names (by default the package's case id,
+  :func:`medseg.io.scans.case_id_from_path`: the name without its scan ending and nnU-Net's ``_0000``).
 - ``dicom``: one folder per case holding an image series folder and a mask (series folder or NIfTI/NRRD/MHA
   file), told apart by ``data.dicom_image_pattern`` / ``data.dicom_mask_pattern``.
 
@@ -19,18 +20,16 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medseg.config import DataConfig
 from medseg.errors import BadCaseError, ConfigError
+from medseg.io.scans import CHANNEL_SUFFIX, case_id_from_path, is_dicom_file, is_supported_file, strip_scan_ending
 
 log = logging.getLogger(__name__)
-
-#: File endings of single-file scans, longest first so ``.nii.gz`` wins over ``.gz``.
-SCAN_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-_NNUNET_CHANNEL = re.compile(r"_\d{4}$")
 
 
 @dataclass(frozen=True)
@@ -88,20 +87,6 @@ class BadCaseCollector:
             raise error
         log.warning("Skipping case '%s': %s", case_id, error)
         self.skipped.append(SkippedCase(case_id, str(error)))
-
-
-def strip_scan_ending(name: str) -> str:
-    """File name without its scan ending (``.nii.gz``, ``.nrrd``, ...); other names are returned unchanged."""
-    lower = name.lower()
-    for ending in SCAN_ENDINGS:
-        if lower.endswith(ending):
-            return name[: -len(ending)]
-    return name
-
-
-def case_id_for_file(path: Path) -> str:
-    """Case id of an image file: its name without the scan ending and without nnU-Net's ``_0000`` channel."""
-    return _NNUNET_CHANNEL.sub("", strip_scan_ending(path.name))
 
 
 def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSpec:
@@ -235,11 +220,11 @@ def _discover_msd(root: Path, collector: BadCaseCollector, require_labels: bool)
                 raise ConfigError(f"'{source}': training[{i}] must be an object with 'image' and 'label'")
             image = _resolve_msd_image(root / entry["image"])
             label = root / entry["label"] if entry.get("label") else root / "labelsTr" / image.name
-            pairs.append((case_id_for_file(image), image, label))
+            pairs.append((case_id_from_path(image), image, label))
     else:  # nnU-Net v2: no training list, files found by name
         ending = str(ds.get("file_ending", ".nii.gz"))
-        for image in sorted((root / "imagesTr").glob(f"*_0000{ending}")):
-            case_id = image.name[: -len(f"_0000{ending}")]
+        for image in sorted((root / "imagesTr").glob(f"*{CHANNEL_SUFFIX}{ending}")):
+            case_id = image.name[: -len(f"{CHANNEL_SUFFIX}{ending}")]
             pairs.append((case_id, image, root / "labelsTr" / f"{case_id}{ending}"))
     if not pairs:
         raise ConfigError(f"'{source}' lists no training cases and '{root / 'imagesTr'}' has no '*_0000' images")
@@ -251,7 +236,7 @@ def _resolve_msd_image(path: Path) -> Path:
     if path.exists():
         return path
     stem = strip_scan_ending(path.name)
-    candidate = path.with_name(f"{stem}_0000{path.name[len(stem) :]}")
+    candidate = path.with_name(f"{stem}{CHANNEL_SUFFIX}{path.name[len(stem) :]}")
     return candidate if candidate.exists() else path
 
 
@@ -276,27 +261,38 @@ def _pairs_to_cases(
 # ---------------------------------------------------------------- glob
 
 
-def _discover_glob(root: Path, cfg: DataConfig, collector: BadCaseCollector, require_labels: bool) -> list[Case]:
+def _case_namer(case_pattern: str | None) -> Callable[[Path], str | None]:
+    """The case id of a file for the glob layout: ``data.case_pattern``'s ``case`` group when set, else the
+    package's own :func:`medseg.io.scans.case_id_from_path` (scan files only); ``None`` = not a case file."""
+    if case_pattern is None:
+        return lambda path: case_id_from_path(path) if is_supported_file(path) else None
     try:
-        pattern = re.compile(cfg.case_pattern)
+        pattern = re.compile(case_pattern)
     except re.error as err:
-        raise ConfigError(f"data.case_pattern '{cfg.case_pattern}' is not a valid regex: {err}") from None
+        raise ConfigError(f"data.case_pattern '{case_pattern}' is not a valid regex: {err}") from None
     if "case" not in pattern.groupindex:
-        raise ConfigError(f"data.case_pattern '{cfg.case_pattern}' needs a named group (?P<case>...)")
+        raise ConfigError(f"data.case_pattern '{case_pattern}' needs a named group (?P<case>...)")
+
+    def from_pattern(path: Path) -> str | None:
+        match = pattern.match(path.name)
+        return None if match is None else match.group("case")
+
+    return from_pattern
+
+
+def _discover_glob(root: Path, cfg: DataConfig, collector: BadCaseCollector, require_labels: bool) -> list[Case]:
+    case_of = _case_namer(cfg.case_pattern)
+    why = "does not match data.case_pattern" if cfg.case_pattern is not None else "is not a supported scan file"
 
     def by_case(glob: str, what: str) -> dict[str, Path]:
         found: dict[str, Path] = {}
         for path in sorted(root.glob(glob)):
-            match = pattern.match(path.name)
-            if match is None:
-                log.warning("Ignoring %s '%s': its name does not match data.case_pattern", what, path)
+            case_id = case_of(path)
+            if case_id is None:
+                log.warning("Ignoring %s '%s': its name %s", what, path, why)
                 continue
-            case_id = match.group("case")
             if case_id in found:
-                raise ConfigError(
-                    f"Two {what} files give the case id '{case_id}' under data.case_pattern: "
-                    f"'{found[case_id]}' and '{path}'"
-                )
+                raise ConfigError(f"Two {what} files give the case id '{case_id}': '{found[case_id]}' and '{path}'")
             found[case_id] = path
         return found
 
@@ -331,16 +327,7 @@ def is_dicom_folder(folder: Path) -> bool:
         entries = sorted((e for e in os.scandir(folder) if e.is_file()), key=lambda e: e.name)
     except OSError:
         return False
-    for entry in entries[:3]:
-        if entry.name.lower().endswith(".dcm"):
-            return True
-        try:
-            with open(entry.path, "rb") as fh:
-                if fh.read(132)[128:] == b"DICM":
-                    return True
-        except OSError:
-            continue
-    return False
+    return any(is_dicom_file(entry.path) for entry in entries[:3])
 
 
 def _matches(name: str, pattern: str) -> bool:
@@ -373,7 +360,7 @@ def _discover_dicom(root: Path, cfg: DataConfig, collector: BadCaseCollector, re
         masks += sorted(
             p
             for p in case_folder.iterdir()
-            if p.is_file() and p.name.lower().endswith(SCAN_ENDINGS) and _matches(p.name, cfg.dicom_mask_pattern)
+            if p.is_file() and is_supported_file(p.name) and _matches(p.name, cfg.dicom_mask_pattern)
         )
         images = [s for s in series if not _matches(s.name, cfg.dicom_mask_pattern)]
         if cfg.dicom_image_pattern is not None:

@@ -17,9 +17,14 @@ Behaviour a night run relies on:
   atomically by ``medseg.io``, probability maps before the mask, so an existing mask means a finished case.
 * **Read-only inputs**: nothing is written under an input folder (an output folder inside it is refused).
 * **Summary**: ``predictions.csv`` (case, input, output, status ``ok|skipped|failed``, error, seconds, and
-  ``voxels_<class>`` / ``volume_ml_<class>`` per foreground class), rewritten atomically during the run (at most
-  every few seconds) and at the end, so even a killed run leaves a readable table. Rows of skipped cases carry
-  the voxel counts from the previous run's table when it has them.
+  ``voxels_<class>`` / ``volume_ml_<class>`` per foreground class), rewritten atomically after every case, so a
+  killed run's table lists exactly the masks it finished. Rows of skipped cases carry the voxel counts from the
+  previous run's table when it has them.
+* **Storage faults** stop the run: when the output folder cannot take writes (disk full, over quota, read-only,
+  not writable; ``medseg.io.storage``) every later case would fail the same way, so the batch stops at the
+  first one with one :class:`~medseg.errors.OutputStorageError` naming the folder and the reason, after writing
+  the table if it still can (the message says if it could not). Finished masks are kept.
+* **Stale temp files**: hidden temp files a killed run left next to this run's own outputs are removed first.
 * **Probability maps** (``save_probabilities``): one float32 3D file per foreground class,
   ``<case_id>_prob_<class>.<output_format>`` (class name reduced to letters, digits, ``-`` and ``_``), on the
   scan's grid. One file per class rather than a 4D file because every reader (Slicer, ITK-SNAP, SimpleITK)
@@ -52,19 +57,19 @@ from typing import Any
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from medseg.errors import ConfigError, MedsegError, UnreadableScanError
+from medseg.errors import ConfigError, MedsegError, OutputStorageError, UnreadableScanError
 from medseg.inference.memory import HeapTrimmer
 from medseg.inference.predictor import Predictor
 from medseg.io import case_id_from_path, find_scans, load_volume, save_mask, save_volume
-from medseg.io.atomic import atomic_write_text
+from medseg.io.atomic import atomic_write_text, remove_stale_temp_files
+from medseg.io.scans import walk_scan_tree
+from medseg.io.storage import output_storage
 
 log = logging.getLogger(__name__)
 
 OUTPUT_FORMATS = ("nii.gz", "nrrd", "mha")
 CSV_NAME = "predictions.csv"
 BASE_COLUMNS = ("case", "input", "output", "status", "error", "seconds")
-#: Minimum seconds between rewrites of the summary table during a run (it is always written at the end).
-CSV_FLUSH_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -169,14 +174,22 @@ def _is_within(path: Path, folder: Path) -> bool:
 
 def _empty_leaf_folders(root: Path, scans: Sequence[Path], exclude: Path) -> list[Path]:
     """Bottom-level folders under ``root`` that hold no scan (likely failed or non-DICOM series exports)."""
-    holding = {p.resolve() for p in scans if p.is_dir()} | {p.resolve().parent for p in scans if p.is_file()}
+    # Paths as find_scans spells them (links not resolved): a folder of symbolic links to scans holds them,
+    # although the targets live elsewhere, and a linked DICOM folder is the scan itself.
+    holding = {os.path.normpath(p) for p in scans if p.is_dir()}
+    holding |= {os.path.normpath(p.parent) for p in scans if not p.is_dir()}
     found = []
+    seen: set[str] = set()
     # os.walk, not rglob: a DICOM tree has thousands of files and walk lists them without a stat each.
-    for dirpath, dirnames, _ in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and not _is_within(Path(dirpath, d), exclude)]
-        here = Path(dirpath)
-        if not dirnames and here.resolve() not in holding:
-            found.append(here)
+    for dirpath, dirnames, _ in walk_scan_tree(root):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # find_scans does not list a folder twice either
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = [d for d in dirnames if not _is_within(Path(dirpath, d), exclude)]
+        if not dirnames and os.path.normpath(dirpath) not in holding:
+            found.append(Path(dirpath))
     return sorted(found)
 
 
@@ -238,6 +251,14 @@ def _write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str
     atomic_write_text(path, buf.getvalue())
 
 
+def _count_rows(path: Path) -> int:
+    try:
+        with path.open(newline="") as f:
+            return sum(1 for _ in csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return 0
+
+
 def _previous_rows(path: Path) -> dict[str, dict[str, str]]:
     """Rows of an earlier run's table by output path (to carry voxel counts over to skipped cases)."""
     if not path.is_file():
@@ -268,6 +289,15 @@ def merge_tables(parts: Sequence[Path], out_path: Path) -> Path:
     return Path(out_path)
 
 
+class _StorageStop(Exception):
+    """Carries the failed row of the case whose write hit a storage fault up to the batch loop."""
+
+    def __init__(self, row: dict[str, Any], error: OutputStorageError) -> None:
+        super().__init__(str(error))
+        self.row = row
+        self.error = error
+
+
 def _describe(err: BaseException) -> str:
     if isinstance(err, MedsegError):
         return str(err)
@@ -278,17 +308,21 @@ def _run_case(
     predictor: Predictor, job: ScanJob, output_format: str, overwrite: bool, save_probabilities: bool
 ) -> dict[str, Any]:
     volume = load_volume(job.input)
+    # Only the writes are examined for storage faults: an unreadable input is this case's problem.
+    folder = job.output.parent
     if save_probabilities:
         mask, probs = predictor.predict_with_proba(volume)
         paths = probability_paths(job.output, job.case_id, predictor.classes, output_format)
         for k, prob_path in enumerate(paths, start=1):
             if overwrite or not prob_path.exists():
-                save_volume(probs[k], like=volume, path=prob_path, overwrite=overwrite)
+                with output_storage(folder):
+                    save_volume(probs[k], like=volume, path=prob_path, overwrite=overwrite)
         del probs
     else:
         mask = predictor.predict(volume)
     if overwrite or not job.output.exists():
-        save_mask(mask.array, like=volume, path=job.output, overwrite=overwrite)
+        with output_storage(folder):
+            save_mask(mask.array, like=volume, path=job.output, overwrite=overwrite)
     row: dict[str, Any] = {}
     volumes = predictor.class_volumes(mask.array, volume.spacing, voxel_mm3=volume.voxel_volume)  # |det|: shear
     for name, (voxels, ml) in volumes.items():
@@ -306,7 +340,11 @@ def _process(
     previous: dict[str, dict[str, str]],
     columns: Sequence[str],
 ) -> dict[str, Any]:
-    """One case's table row; never raises for a bad case (only for interrupts)."""
+    """One case's table row; never raises for a bad case (only for interrupts and storage faults).
+
+    Raises:
+        _StorageStop: The output folder cannot take writes (with this case's failed row).
+    """
     row: dict[str, Any] = {
         "case": job.case_id,
         "input": str(job.input),
@@ -329,6 +367,9 @@ def _process(
     start = time.perf_counter()
     try:
         row.update(_run_case(predictor, job, output_format, overwrite, save_probabilities))
+    except OutputStorageError as err:  # the run's problem, not this case's: the caller stops the batch
+        row.update(status="failed", error=str(err), seconds=f"{time.perf_counter() - start:.2f}")
+        raise _StorageStop(row, err) from err
     except Exception as err:  # per-case isolation: record and go on (KeyboardInterrupt still stops the run)
         row.update(status="failed", error=_describe(err))
         # A traceback only for unexpected errors: a MedsegError message already says what is wrong.
@@ -370,17 +411,26 @@ def predict_folder(
     Raises:
         ConfigError: Missing input, bad format, output folder inside an input folder. Per-case problems never
             raise; they are recorded in the table.
+        OutputStorageError: The output folder cannot take writes (disk full, read-only, ...): the batch stopped
+            at the first such case; the message names the folder, the reason, what was kept and the table.
     """
     out_dir = Path(out_dir)
     jobs = discover(inputs, out_dir, output_format)
     if shard is not None:
         jobs = shard_jobs(jobs, *shard)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with output_storage(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / csv_name
     columns = column_names(predictor.classes)
+    # A run killed mid-write leaves hidden temp files; only this run's own destinations are matched (under
+    # torchrun the other ranks' jobs are theirs to clean).
+    outputs = [csv_path, *(j.output for j in jobs)]
+    if save_probabilities:
+        outputs += [p for j in jobs for p in probability_paths(j.output, j.case_id, predictor.classes, output_format)]
+    remove_stale_temp_files(outputs)
     previous = _previous_rows(csv_path)
     result = BatchResult(csv_path=csv_path)
-    last_flush = time.monotonic()
+    fault: OutputStorageError | None = None
     bar = tqdm(total=len(jobs), disable=not progress, unit="scan", desc="predict")
     # Per-case warnings go through tqdm.write while the bar is shown, so they do not break the bar's line.
     redirect = logging_redirect_tqdm() if progress else contextlib.nullcontext()
@@ -389,7 +439,13 @@ def predict_folder(
         with redirect:
             for job in jobs:
                 bar.set_postfix_str(job.case_id[-30:], refresh=False)
-                row = _process(predictor, job, output_format, overwrite, save_probabilities, previous, columns)
+                try:
+                    row = _process(predictor, job, output_format, overwrite, save_probabilities, previous, columns)
+                except _StorageStop as stop:
+                    result.rows.append(stop.row)
+                    result.n_failed += 1
+                    fault = stop.error
+                    break
                 result.rows.append(row)
                 if row["status"] == "ok":
                     result.n_ok += 1
@@ -400,11 +456,48 @@ def predict_folder(
                     bar.set_description(f"predict ({result.n_failed} failed)", refresh=False)
                 bar.update(1)
                 trim()
-                if time.monotonic() - last_flush > CSV_FLUSH_SECONDS:
+                # After every case (a few ms): a killed run's table lists exactly the masks it finished.
+                with output_storage(out_dir):
                     _write_csv(csv_path, result.rows, columns)
-                    last_flush = time.monotonic()
+    except OutputStorageError as err:  # the table itself could not be written
+        fault = fault or err
     finally:
         # Also on Ctrl-C or a crash: the table lists what was done, and the next run resumes from the files.
         bar.close()
-        _write_csv(csv_path, result.rows, columns)
+        table_note = _final_table(csv_path, result.rows, columns)
+    if fault is not None:
+        raise _stopped(fault, result, len(jobs), table_note) from fault
+    if table_note is not None:
+        log.warning("%s", table_note)
     return result
+
+
+def _final_table(csv_path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str | None:
+    """Writes the table; returns None, or why it could not be written (never raises for a storage fault)."""
+    try:
+        with output_storage(csv_path.parent):
+            _write_csv(csv_path, rows, columns)
+    except OutputStorageError as err:
+        if not csv_path.is_file():
+            return f"the table '{csv_path}' could not be written ({err.reason})"
+        # The copy from after an earlier case is still there (atomic rewrites): say how far it goes.
+        on_disk = _count_rows(csv_path)
+        return (
+            f"the table '{csv_path}' could not be updated ({err.reason}); the copy on disk lists {on_disk} of the "
+            f"{len(rows)} scan(s) attempted"
+        )
+    return None
+
+
+def _stopped(fault: OutputStorageError, result: BatchResult, n_jobs: int, table_note: str | None) -> OutputStorageError:
+    """The one message of a batch stopped by a storage fault: where, why, what was kept, what the table holds."""
+    done = result.n_ok + result.n_skipped
+    attempted = len(result.rows)
+    kept = f"{done} finished mask(s) are complete and kept" if done else "no mask was finished"
+    table = table_note or f"'{result.csv_path}' lists the {attempted} scan(s) attempted"
+    detail = (
+        f"Batch prediction stopped at case '{result.rows[-1]['case'] if result.rows else '?'}': {kept}; "
+        f"{n_jobs - attempted} scan(s) not attempted; {table}. Free space or fix the folder, then run again: "
+        "finished masks are skipped"
+    )
+    return OutputStorageError(fault.folder, fault.reason, detail)

@@ -184,6 +184,7 @@ class Predictor:
         Raises:
             CheckpointError: Missing/unreadable file, missing fields, or weights that do not fit the model.
         """
+        from medseg.models.state_fit import state_dict_mismatch
         from medseg.models.unet import UNet
         from medseg.training.checkpoint import load_checkpoint
 
@@ -210,10 +211,15 @@ class Predictor:
                 f"Checkpoint '{path}': model takes {n_channels} channels but context_slices={context} "
                 f"implies {2 * context + 1}"
             )
+        state = _strip_prefixes(_field(ckpt, "model_state", path))
         try:
-            model.load_state_dict(_strip_prefixes(_field(ckpt, "model_state", path)))
+            model.load_state_dict(state)
         except RuntimeError as err:
-            raise CheckpointError(f"Checkpoint '{path}': weights do not fit the recorded model: {err}") from None
+            # torch lists every mismatched tensor (~100 lines for a wrong width): counts and a few examples.
+            raise CheckpointError(
+                f"Checkpoint '{path}': weights do not fit the recorded model {arch}: "
+                f"{state_dict_mismatch(model, state) or err}"
+            ) from None
         try:
             normalization = NormalizationParams.from_dict(_field(ckpt, "normalization", path))
         except (KeyError, TypeError, ValueError) as err:

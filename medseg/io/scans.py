@@ -1,8 +1,20 @@
-"""Finding scans on disk and naming them: supported extensions, DICOM folders, case ids."""
+"""Finding scans on disk and naming them: supported extensions, DICOM folders, case ids.
+
+This module holds the package's one table of scan endings (:data:`SUPPORTED_SUFFIXES`) and its one case-id
+function (:func:`case_id_from_path`); discovery (``medseg.data.cases``), batch prediction and evaluation all use
+them, so a file gets the same id everywhere.
+
+Channel suffixes: medseg reads single-channel scans (``dataset.json`` with several channels is refused), so the
+only nnU-Net channel suffix it strips is channel 0's ``_0000`` (``liver_7_0000.nii.gz`` -> ``liver_7``). Other
+four-digit endings are part of the id: ``visit_2019.nii.gz`` and ``visit_2020.nii.gz`` are two cases, and so
+are ``case_0000`` / ``case_0001`` files of a multi-channel nnU-Net folder (``case`` and ``case_0001``), which
+medseg does not support.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from medseg.errors import UnreadableScanError
@@ -10,14 +22,20 @@ from medseg.errors import UnreadableScanError
 #: Image-file extensions medseg reads (lower case; matched case-insensitively, longest first).
 SUPPORTED_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
-#: The nnU-Net suffix of a scan's first (often only) channel: ``case_0000.nii.gz`` is case ``case``.
-_CHANNEL_SUFFIX = "_0000"
+#: The nnU-Net suffix of a scan's first (for medseg: only) channel: ``case_0000.nii.gz`` is case ``case``.
+CHANNEL_SUFFIX = "_0000"
 
 
 def image_suffix(path: str | Path) -> str | None:
     """The supported image extension ``path`` ends with (e.g. ``".nii.gz"``), or None."""
     name = Path(path).name.lower()
     return next((s for s in SUPPORTED_SUFFIXES if name.endswith(s)), None)
+
+
+def strip_scan_ending(name: str) -> str:
+    """``name`` without its supported image extension (``.nii.gz``, ``.nrrd``, ...); other names unchanged."""
+    suffix = image_suffix(name)
+    return name[: -len(suffix)] if suffix is not None else name
 
 
 def is_supported_file(path: str | Path) -> bool:
@@ -47,11 +65,24 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def walk_scan_tree(folder: str | Path) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk`` as scan discovery sees a tree: symbolic links followed, hidden entries skipped, sorted.
+
+    Callers that must agree with :func:`find_scans` on which folders exist (batch prediction's check for
+    folders without a scan) walk with this, so paths under a linked folder are spelled the same way.
+    """
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
+        yield root, dirs, sorted(f for f in files if not _is_hidden(f))
+
+
 def find_scans(folder: str | Path) -> list[Path]:
     """Lists the scans under ``folder``, recursively and sorted.
 
     A scan is an image file with a supported extension, or a folder holding DICOM files (listed once, as the
-    folder; its files are not listed separately). Hidden files and folders are skipped.
+    folder; its files are not listed separately). Hidden files and folders are skipped. Symbolic links are
+    followed (a link to a file or to a DICOM folder is a scan, named by the link) and listed under the link's
+    path, not its target's; a link that leads back into the tree is not followed twice.
 
     Args:
         folder: Folder to search. A single supported image file is returned as a one-element list.
@@ -70,13 +101,16 @@ def find_scans(folder: str | Path) -> list[Path]:
             return [folder]
         raise UnreadableScanError(folder, "not a folder and not a supported image file")
     found: list[Path] = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not _is_hidden(d)]
+    visited: set[str] = set()
+    for root, dirs, files in walk_scan_tree(folder):
+        real = os.path.realpath(root)
+        if real in visited:  # a symlink loop, or a second link to a folder already listed
+            dirs[:] = []
+            continue
+        visited.add(real)
         root_path = Path(root)
         has_dicom = False
         for name in files:
-            if _is_hidden(name):
-                continue
             if is_supported_file(name):
                 found.append(root_path / name)
             elif not has_dicom and is_dicom_file(root_path / name):
@@ -91,7 +125,14 @@ def case_id_from_path(path: str | Path) -> str:
 
     ``hippocampus_001.nii.gz`` -> ``hippocampus_001``; ``liver_7_0000.nii.gz`` -> ``liver_7``;
     a DICOM folder ``.../13_HCropVolume`` -> ``13_HCropVolume``; a DICOM file -> its folder's name.
-    Only ``_0000`` is removed: other four-digit endings (``patient_2019``) may be part of the id.
+    Only ``_0000`` is removed (see the module docstring): ``visit_2019.nii.gz`` is case ``visit_2019``.
+    The name of ``path`` itself is used, not the target of a symbolic link.
+
+    Args:
+        path: Image file, DICOM folder or DICOM file.
+
+    Returns:
+        The case id.
     """
     path = Path(path)
     suffix = image_suffix(path)
@@ -99,6 +140,6 @@ def case_id_from_path(path: str | Path) -> str:
         # A DICOM folder, or one DICOM file standing for its series.
         return path.parent.name if path.is_file() and is_dicom_file(path) else path.name
     stem = path.name[: -len(suffix)]
-    if stem.endswith(_CHANNEL_SUFFIX) and len(stem) > len(_CHANNEL_SUFFIX):
-        stem = stem[: -len(_CHANNEL_SUFFIX)]
+    if stem.endswith(CHANNEL_SUFFIX) and len(stem) > len(CHANNEL_SUFFIX):
+        stem = stem[: -len(CHANNEL_SUFFIX)]
     return stem

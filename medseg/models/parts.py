@@ -29,7 +29,7 @@ class DoubleConv(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.double_conv(x)  # type: ignore[no-any-return]
+        return self.double_conv(x)
 
 
 class Down(nn.Module):
@@ -40,7 +40,7 @@ class Down(nn.Module):
         self.maxpool_conv = nn.Sequential(nn.MaxPool2d(2), DoubleConv(in_channels, out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.maxpool_conv(x)  # type: ignore[no-any-return]
+        return self.maxpool_conv(x)
 
 
 class Up(nn.Module):
@@ -71,7 +71,7 @@ class Up(nn.Module):
         diff_y = x2.size(2) - x1.size(2)
         diff_x = x2.size(3) - x1.size(3)
         x1 = F.pad(x1, [diff_x // 2, diff_x - diff_x // 2, diff_y // 2, diff_y - diff_y // 2])
-        return self.conv(torch.cat([x2, x1], dim=1))  # type: ignore[no-any-return]
+        return self.conv(torch.cat([x2, x1], dim=1))
 
 
 class OutConv(nn.Module):
@@ -82,4 +82,4 @@ class OutConv(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)  # type: ignore[no-any-return]
+        return self.conv(x)

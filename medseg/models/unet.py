@@ -84,12 +84,12 @@ class UNet(nn.Module):
     def _block(self, block: nn.Module, *xs: torch.Tensor) -> torch.Tensor:
         # Without autograd there is nothing to recompute; checkpointing would only add overhead.
         if not (self.checkpointing and torch.is_grad_enabled()):
-            return block(*xs)  # type: ignore[no-any-return]
+            return block(*xs)
         if torch.compiler.is_compiling():
             # torch.compile only accepts TorchDispatchMode contexts here; BatchNorm running stats are then
             # updated twice per step (the outputs and gradients are still the same).
-            return checkpoint(block, *xs, use_reentrant=False)  # type: ignore[no-any-return]
-        return checkpoint(  # type: ignore[no-any-return]
+            return checkpoint(block, *xs, use_reentrant=False)
+        return checkpoint(
             block, *xs, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), _KeepBatchNormStats(block))
         )
 

@@ -51,6 +51,7 @@ import torch
 
 from medseg.errors import CheckpointError
 from medseg.io.atomic import atomic_path
+from medseg.io.storage import output_storage
 
 CHECKPOINT_FORMAT = "medseg-checkpoint/1"
 
@@ -89,11 +90,24 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> Path:
 
     Returns:
         ``path`` as a ``Path``.
+
+    Raises:
+        OutputStorageError: The disk is full or read-only (torch reports a full disk only as
+            ``[enforce fail at inline_container.cc]``); the message says the checkpoints already there are intact.
     """
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with output_storage(path.parent, _intact_note(path)), atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
     return path
+
+
+def _intact_note(path: Path) -> str:
+    kept = sorted(p.name for p in path.parent.glob("*.pt")) if path.parent.is_dir() else []
+    what = f"the checkpoints already there ({', '.join(kept)}) are intact" if kept else "no checkpoint was written"
+    return (
+        f"Saving '{path.name}' failed; {what}: a save goes to a temp file that is renamed only when complete. "
+        "Free space (or pick another output.dir) and continue with training.resume: true"
+    )
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -113,11 +127,17 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint '{path}' does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(
+            f"Checkpoint '{path}' is empty (0 bytes): a copy or download that did not finish, or a file that is "
+            "not the checkpoint; use the best.pt/last.pt a training run wrote"
+        )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        reason = str(err).strip() or type(err).__name__  # EOFError on a truncated file has no message
         raise CheckpointError(
-            f"Checkpoint '{path}' cannot be read (corrupt or not a medseg checkpoint): {err}"
+            f"Checkpoint '{path}' cannot be read (corrupt, truncated or not a medseg checkpoint): {reason}"
         ) from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"Checkpoint '{path}' holds a {type(ckpt).__name__}, not a medseg checkpoint dict")

@@ -70,7 +70,7 @@ class SeededAugmentation(Dataset[dict[str, torch.Tensor]]):
         if self.dataset.transforms is not None and seed != self._seed:
             self.dataset.reseed(int(seed))
             self._seed = int(seed)
-        return self.dataset[int(index)]  # type: ignore[no-any-return]
+        return self.dataset[int(index)]
 
 
 def build_train_loader(

@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from medseg.config import Config
 from medseg.data.cases import Case, discover_cases
 from medseg.data.class_weights import resolve_class_weights
 from medseg.data.dataset import SliceDataset
+from medseg.data.foreground import check_foreground
 from medseg.data.prepare import PreparedData, Reader, prepare_training_data
 from medseg.data.sampling import foreground_sampler
 from medseg.data.splits import split_cases
@@ -59,6 +61,7 @@ from medseg.inference.precision import (
     resolve_device,
     resolve_precision,
 )
+from medseg.io.atomic import remove_stale_temp_files
 from medseg.losses import SegLoss, n_outputs
 from medseg.models import UNet
 from medseg.training.checkpoint import (
@@ -139,7 +142,13 @@ class TrainResult:
     postprocessing: dict[str, list[int]] = field(default_factory=lambda: {"largest_component": [], "fill_holes": []})
 
 
-def train(cfg: Config, *, stop_after_epoch: int | None = None, reader: Reader | None = None) -> TrainResult:
+def train(
+    cfg: Config,
+    *,
+    stop_after_epoch: int | None = None,
+    reader: Reader | None = None,
+    clock: Callable[[], float] | None = None,
+) -> TrainResult:
     """Trains a UNet as ``cfg`` describes and writes checkpoints, ``metrics.csv`` and ``curves.png``.
 
     Args:
@@ -149,6 +158,8 @@ def train(cfg: Config, *, stop_after_epoch: int | None = None, reader: Reader | 
             postprocessing decision); the schedule stays planned for ``training.epochs``. For tests of resume
             and for splitting a long run over several sessions.
         reader: Scan reader (``medseg.io.load_volume`` by default).
+        clock: The clock ``training.max_minutes`` is measured on (seconds, monotonic; ``time.perf_counter``
+            by default). Tests pass a clock they advance per step, so budget tests do not depend on speed.
 
     Returns:
         A :class:`TrainResult`.
@@ -157,8 +168,10 @@ def train(cfg: Config, *, stop_after_epoch: int | None = None, reader: Reader | 
         ConfigError: Inconsistent options (e.g. no training case).
         CheckpointError: ``resume`` with a checkpoint that does not fit the config.
         BadCaseError: A case fails its checks (unless ``data.skip_bad_cases``).
+        EmptyLabelsError: Every training label is empty (background only).
+        OutputStorageError: A checkpoint cannot be saved (disk full or read-only); the earlier ones are intact.
     """
-    return Trainer(cfg, reader=reader).fit(stop_after_epoch=stop_after_epoch)
+    return Trainer(cfg, reader=reader, clock=clock).fit(stop_after_epoch=stop_after_epoch)
 
 
 def _get(tree: dict[str, Any], dotted: str) -> Any:
@@ -178,10 +191,13 @@ class Trainer:
     Args:
         cfg: The run's config.
         reader: Scan reader (``medseg.io.load_volume`` by default).
+        clock: The clock the time budget (``training.max_minutes``) is measured on; ``time.perf_counter`` by
+            default. Throughput figures (seconds per epoch, slices/s) always use ``time.perf_counter``.
     """
 
-    def __init__(self, cfg: Config, *, reader: Reader | None = None) -> None:
+    def __init__(self, cfg: Config, *, reader: Reader | None = None, clock: Callable[[], float] | None = None) -> None:
         self.cfg = cfg
+        self.clock: Callable[[], float] = clock if clock is not None else time.perf_counter
         tc = cfg.training
         self.out_dir = Path(cfg.output.dir)
         self.best_path = self.out_dir / "checkpoints" / "best.pt"
@@ -221,12 +237,8 @@ class Trainer:
 
     def _remove_stale_temp_files(self) -> None:
         # A run killed while saving leaves its temp file (atomic_path cannot clean up after SIGKILL).
-        folder = self.last_path.parent
-        if self.main and folder.is_dir():
-            for stem in ("best", "last"):
-                for tmp in folder.glob(f".{stem}.*.pt"):
-                    log.info("Removing %s left by an interrupted save", tmp)
-                    tmp.unlink(missing_ok=True)
+        if self.main:
+            remove_stale_temp_files([self.best_path, self.last_path])
 
     def _load_resume_checkpoint(self) -> dict[str, Any] | None:
         self._remove_stale_temp_files()
@@ -286,6 +298,7 @@ class Trainer:
             cache_dir=cfg.data.cache_dir,
             seed=cfg.data.seed,
         )
+        check_foreground(data.train, data.val)  # all-empty labels: refused before the first step
         self.data = data
         self.train_cases = [p.case for p in data.train if p.case is not None]
         self.val_prepared = data.val if not self.validate_on_train else data.train
@@ -413,7 +426,7 @@ class Trainer:
         """Runs the remaining epochs and the postprocessing decision; see :func:`train`."""
         tc = self.cfg.training
         max_seconds = None if tc.max_minutes is None else tc.max_minutes * 60.0
-        session_start = time.perf_counter()
+        session_start = self.clock()
         elapsed_before = self.elapsed
         if self._finished(max_seconds):
             log.info("Run in %s is already finished (%s); nothing to train", self.out_dir, self.stop_reason)
@@ -422,14 +435,14 @@ class Trainer:
             stats = self._train_epoch(self.epoch, elapsed_before, session_start, max_seconds)
             self.epoch += 1
             # Rank 0's clock decides max_minutes for every rank (ranks that disagreed would deadlock).
-            self.elapsed = broadcast_object(elapsed_before + (time.perf_counter() - session_start))
+            self.elapsed = broadcast_object(elapsed_before + (self.clock() - session_start))
             budget_spent = max_seconds is not None and self.elapsed >= max_seconds
             last_epoch = self.epoch >= tc.epochs or budget_spent
             interrupted = stop_after_epoch is not None and self.epoch >= stop_after_epoch and not last_epoch
             result = None
             if self.epoch % tc.val_every == 0 or (last_epoch and not interrupted):
                 result = self._validate()
-            self.elapsed = broadcast_object(elapsed_before + (time.perf_counter() - session_start))
+            self.elapsed = broadcast_object(elapsed_before + (self.clock() - session_start))
             improved = result is not None and self._record_validation(result)
             if result is not None and tc.early_stopping is not None and self.stale >= tc.early_stopping:
                 self.stop_reason = "early_stopping"
@@ -492,7 +505,7 @@ class Trainer:
         fetch_start = start
         for i, batch in enumerate(self.loader):
             wait += time.perf_counter() - fetch_start
-            elapsed = elapsed_before + time.perf_counter() - session_start
+            elapsed = elapsed_before + self.clock() - session_start
             # Checked per step, not per epoch: an epoch can be minutes long, and a budget that overran by one
             # epoch would make time-budget comparisons unfair. Rank 0's clock decides for every rank.
             if max_seconds is not None and i > 0 and self._budget_spent(elapsed, max_seconds):
@@ -695,7 +708,7 @@ class Trainer:
         result = self._validate(keep_volumes=True)
         self.model.load_state_dict(current)
         plan = decide_postprocessing(result.predictions, result.ground_truths, self.n_classes, axis=self.data.axis)
-        plan_dict = {k: [int(c) for c in plan[k]] for k in ("largest_component", "fill_holes")}  # type: ignore[literal-required]
+        plan_dict = {k: [int(c) for c in plan[k]] for k in ("largest_component", "fill_holes")}
         plan_dict = broadcast_object(plan_dict)  # rank 0's decision, the one its checkpoint stores
         if self.main:
             best["postprocessing"] = plan_dict
