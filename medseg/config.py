@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from medseg.errors import ConfigError
 
-Stage = Literal["train", "predict", "evaluate"]
+Stage = Literal["train", "predict", "evaluate", "summary"]
 
 
 class _Section(BaseModel):
@@ -83,7 +83,7 @@ class PreprocessingConfig(_Section):
     context_slices: int = Field(default=0, ge=0, le=5)
     """2.5D: k neighbouring slices on each side become extra input channels."""
     pad_multiple: int = Field(default=16, ge=1)
-    """Slices are zero-padded so height and width are multiples of this (the UNet halves them 4 times)."""
+    """Slices are zero-padded so height and width are multiples of this and of ``2 ** model.depth``."""
 
 
 class ElasticConfig(_Section):
@@ -158,8 +158,12 @@ class AugmentationConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """The hand-built UNet."""
+    """The network: one of the hand-built UNet family (``medseg.models``)."""
 
+    architecture: Literal["unet", "attention_unet", "residual_unet"] = "unet"
+    """``unet`` (the seed's), ``attention_unet`` (attention-gated skips) or ``residual_unet`` (residual blocks)."""
+    depth: int = Field(default=4, ge=1, le=7)
+    """Down-sampling levels; slices are padded to a multiple of ``2 ** depth`` (and of ``pad_multiple``)."""
     base_features: int = Field(default=32, ge=4)
     """Channels of the first UNet level; each level down doubles them (the seed used 64)."""
     bilinear: bool = False
