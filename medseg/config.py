@@ -170,6 +170,8 @@ class ModelConfig(_Section):
     """Upsample with bilinear interpolation instead of transposed convolutions (fewer parameters)."""
     checkpointing: bool = False
     """Recompute activations in the backward pass to save memory (slower)."""
+    summary_patch: tuple[int, int] | None = None
+    """H, W of the input ``--stage summary`` tabulates; ``null`` = the training patch found from the data."""
 
 
 class LossConfig(_Section):
