@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -41,17 +38,9 @@ from medseg.models.checkpoint import (
 from medseg.models.summary import measure_step_memory, summary
 from medseg.training.init import init_output_bias
 from medseg.training.resume import load_resume_checkpoint
+from tests.test_unet import _one_thread, _real_batch  # noqa: F401  (_one_thread: an autouse fixture)
 
 ARCHS = ("unet", "attention_unet", "residual_unet")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Small models on 2 shared cores: torch's thread pool costs more than it gains.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _n_params(model: nn.Module) -> int:
@@ -60,14 +49,6 @@ def _n_params(model: nn.Module) -> int:
 
 def _spec(arch: str, *, in_channels: int = 3, out_channels: int = 2, **options: Any) -> NetworkSpec:
     return NetworkSpec(arch, in_channels, out_channels, {"base_features": 4, "bilinear": False, "depth": 4, **options})
-
-
-def _real_batch(sample_hippo: Path, channels: int = 3) -> torch.Tensor:
-    """Four middle axial slices of a real hippocampus MRI (35 x 51: odd sizes), z-scored."""
-    image = np.asarray(nib.load(sample_hippo / "imagesTr" / "hippocampus_001.nii.gz").dataobj, dtype=np.float32)
-    image = (image - image.mean()) / image.std()
-    slices = np.moveaxis(image, 2, 0)[14:18]
-    return torch.from_numpy(np.repeat(slices[:, None], channels, axis=1).copy())
 
 
 # --- registry and variants -------------------------------------------------------------------------------------
@@ -143,36 +124,6 @@ def test_registry_errors_and_custom_architecture() -> None:
     finally:
         del ARCHITECTURES["test_tiny"]
     assert not init_output_bias(nn.Conv2d(1, 2, 1), labels, 3, "sigmoid")  # not a SegmentationNet: left alone
-
-
-# --- checkpointing is exact for every variant ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("bilinear", [False, True])
-def test_checkpointing_same_outputs_gradients_and_stats(arch: str, bilinear: bool, sample_hippo: Path) -> None:
-    torch.manual_seed(0)
-    plain = build_model(_spec(arch, bilinear=bilinear, base_features=8)).train()
-    ckpt = copy.deepcopy(plain).use_checkpointing()
-    x = _real_batch(sample_hippo)
-    results = []
-    for model in (plain, ckpt):
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        steps = []
-        for step in range(2):
-            opt.zero_grad()
-            out = model(x + 0.1 * step)
-            out.square().mean().backward()
-            steps.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
-            opt.step()
-        results.append((steps, model.state_dict()))
-    for (out_a, grads_a), (out_b, grads_b) in zip(results[0][0], results[1][0], strict=True):
-        torch.testing.assert_close(out_a, out_b, atol=1e-6, rtol=0)
-        assert grads_a.keys() == grads_b.keys() and len(grads_a) == len(list(plain.parameters()))
-        for name in grads_a:
-            torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-6, rtol=0, msg=name)
-    for name, value in results[0][1].items():  # weights and BatchNorm running stats
-        torch.testing.assert_close(value, results[1][1][name], atol=1e-6, rtol=0, msg=name)
 
 
 # --- checkpoint schema ------------------------------------------------------------------------------------------

@@ -15,6 +15,17 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _conv_bn_relu_conv_bn(in_channels: int, mid_channels: int, out_channels: int) -> list[nn.Module]:
+    # The convs have no bias because BatchNorm follows them.
+    return [
+        nn.Conv2d(in_channels, mid_channels, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm2d(mid_channels),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(mid_channels, out_channels, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+    ]
+
+
 class DoubleConv(nn.Module):
     """(3x3 conv => BatchNorm => ReLU) twice; the convs have no bias because BatchNorm follows them.
 
@@ -26,14 +37,8 @@ class DoubleConv(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, mid_channels: int | None = None) -> None:
         super().__init__()
-        mid_channels = mid_channels or out_channels
         self.double_conv = nn.Sequential(
-            nn.Conv2d(in_channels, mid_channels, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(mid_channels),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(mid_channels, out_channels, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
+            *_conv_bn_relu_conv_bn(in_channels, mid_channels or out_channels, out_channels), nn.ReLU(inplace=True)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -54,14 +59,9 @@ class ResidualDoubleConv(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, mid_channels: int | None = None) -> None:
         super().__init__()
-        mid_channels = mid_channels or out_channels
-        self.double_conv = nn.Sequential(
-            nn.Conv2d(in_channels, mid_channels, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(mid_channels),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(mid_channels, out_channels, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-        )
+        # The ReLU comes after the sum, so the residual path ends at the second BatchNorm.
+        mid = mid_channels or out_channels
+        self.double_conv = nn.Sequential(*_conv_bn_relu_conv_bn(in_channels, mid, out_channels))
         self.shortcut: nn.Module = (
             nn.Identity()
             if in_channels == out_channels
