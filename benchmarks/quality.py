@@ -71,7 +71,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--architecture",
-        choices=["unet", "attention_unet", "residual_unet"],
+        choices=["unet", "attention_unet", "residual_unet", "unet_plus_plus"],
         default=None,
         help="medseg: model.architecture (default: the config's); part of the default tag",
     )

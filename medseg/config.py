@@ -160,8 +160,8 @@ class AugmentationConfig(_Section):
 class ModelConfig(_Section):
     """The network: one of the hand-built UNet family (``medseg.models``)."""
 
-    architecture: Literal["unet", "attention_unet", "residual_unet"] = "unet"
-    """``unet`` (the seed's), ``attention_unet`` (attention-gated skips) or ``residual_unet`` (residual blocks)."""
+    architecture: Literal["unet", "attention_unet", "residual_unet", "unet_plus_plus"] = "unet"
+    """``unet`` (the seed's), ``attention_unet`` (gated skips), ``residual_unet``, ``unet_plus_plus`` (nested skips)."""
     depth: int = Field(default=4, ge=1, le=7)
     """Down-sampling levels; slices are padded to a multiple of ``2 ** depth`` (and of ``pad_multiple``)."""
     base_features: int = Field(default=32, ge=4)

@@ -26,7 +26,9 @@ CHEAP = [
 ]
 
 
-@pytest.mark.parametrize(("arch", "depth"), [("unet", 4), ("attention_unet", 5), ("residual_unet", 3)])
+@pytest.mark.parametrize(
+    ("arch", "depth"), [("unet", 4), ("attention_unet", 5), ("residual_unet", 3), ("unet_plus_plus", 3)]
+)
 def test_quickstart_end_to_end(arch: str, depth: int, tmp_path: Path) -> None:
     sets = [f"model.architecture={arch}", f"model.depth={depth}", *CHEAP]
     proc = run_cli(QUICKSTART, "--output", tmp_path, *[a for s in sets for a in ("--set", s)])

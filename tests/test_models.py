@@ -20,6 +20,7 @@ from medseg.io import load_volume
 from medseg.models import (
     ARCHITECTURES,
     AttentionGate,
+    NestedUp,
     NetworkSpec,
     ResidualDoubleConv,
     SegmentationNet,
@@ -40,7 +41,7 @@ from medseg.training.init import init_output_bias
 from medseg.training.resume import load_resume_checkpoint
 from tests.test_unet import _one_thread, _real_batch  # noqa: F401  (_one_thread: an autouse fixture)
 
-ARCHS = ("unet", "attention_unet", "residual_unet")
+ARCHS = ("unet", "attention_unet", "residual_unet", "unet_plus_plus")
 
 
 def _n_params(model: nn.Module) -> int:
@@ -84,6 +85,19 @@ def test_seed_parameter_counts_and_variants_add_only_their_parts(bilinear: bool)
     assert len(blocks) == 1 + 4 + 4
     shortcuts = sum(_n_params(b.shortcut) for b in blocks)
     assert shortcuts > 0 and _n_params(res) == _n_params(plain) + shortcuts
+
+
+@pytest.mark.parametrize("depth", [2, 4])
+def test_unet_plus_plus_has_the_unet_encoder_and_a_node_per_level_and_step(depth: int) -> None:
+    options = {"bilinear": False, "base_features": 8, "depth": depth}
+    nested = build_model(NetworkSpec("unet_plus_plus", 3, 1, options))
+    plain = build_model(NetworkSpec("unet", 3, 1, options))
+    encoder = ["inc", *(f"down{i}" for i in range(1, depth + 1))]
+    assert [_n_params(getattr(nested, n)) for n in encoder] == [_n_params(getattr(plain, n)) for n in encoder]
+    nodes = [m for m in nested.modules() if isinstance(m, NestedUp)]
+    assert len(nodes) == depth * (depth + 1) // 2
+    heads = _n_params(nested.outc)
+    assert _n_params(nested) == sum(_n_params(getattr(nested, n)) for n in encoder) + sum(map(_n_params, nodes)) + heads
 
 
 def test_depth_changes_the_number_of_levels_and_seed_keys_stay() -> None:

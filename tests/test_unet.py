@@ -101,7 +101,7 @@ def test_checkpointing_eval_mode_same_outputs_and_gradients(bilinear: bool, samp
         torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=0, msg=name)
 
 
-@pytest.mark.parametrize("arch", ["unet", "attention_unet", "residual_unet"])
+@pytest.mark.parametrize("arch", ["unet", "attention_unet", "residual_unet", "unet_plus_plus"])
 @pytest.mark.parametrize("bilinear", [False, True])
 def test_checkpointing_train_mode_same_gradients_and_batchnorm_stats(
     arch: str, bilinear: bool, sample_hippo: Path

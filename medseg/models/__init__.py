@@ -6,15 +6,15 @@
   checkpointing);
 - :mod:`~medseg.models.head`: outputs per loss mode, logits -> probabilities -> labels;
 - :mod:`~medseg.models.checkpoint`: the checkpoint schema, save/load, the network from a checkpoint;
-- :mod:`~medseg.models.parts` / :mod:`~medseg.models.unet`: the UNet, Attention UNet and Residual UNet;
+- :mod:`~medseg.models.parts` / :mod:`~medseg.models.unet`: the UNet, Attention UNet, Residual UNet and UNet++;
 - :mod:`~medseg.models.summary`: the layer table, parameter count and memory estimate.
 """
 
 from medseg.models.base import SegmentationNet
 from medseg.models.head import logits_to_probs, n_outputs, probs_to_labels
-from medseg.models.parts import AttentionGate, DoubleConv, Down, OutConv, ResidualDoubleConv, Up
+from medseg.models.parts import AttentionGate, DoubleConv, Down, NestedUp, OutConv, ResidualDoubleConv, Up
 from medseg.models.registry import ARCHITECTURES, NetworkSpec, build_model, register_architecture, spec_from_config
-from medseg.models.unet import AttentionUNet, ResidualUNet, UNet
+from medseg.models.unet import AttentionUNet, ResidualUNet, UNet, UNetPlusPlus
 
 __all__ = [
     "ARCHITECTURES",
@@ -22,12 +22,14 @@ __all__ = [
     "AttentionUNet",
     "DoubleConv",
     "Down",
+    "NestedUp",
     "NetworkSpec",
     "OutConv",
     "ResidualDoubleConv",
     "ResidualUNet",
     "SegmentationNet",
     "UNet",
+    "UNetPlusPlus",
     "Up",
     "build_model",
     "logits_to_probs",

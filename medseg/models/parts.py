@@ -170,3 +170,37 @@ class OutConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)  # type: ignore[no-any-return]
+
+
+class NestedUp(nn.Module):
+    """One UNet++ decoder node: upsample the deeper node, concatenate it with every same-level node before it.
+
+    Args:
+        deep_channels: Channels of the deeper node ``X[i+1, j-1]``.
+        skip_channels: Channels of all same-level nodes ``X[i, 0..j-1]`` together.
+        out_channels: Channels of the output.
+        bilinear: Bilinear upsampling (keeps the channels) instead of a 2x2 transposed conv (halves them).
+        block: The convolution block after the concatenation.
+    """
+
+    def __init__(
+        self, deep_channels: int, skip_channels: int, out_channels: int, bilinear: bool, block: Block = DoubleConv
+    ) -> None:
+        super().__init__()
+        self.up: nn.Module
+        if bilinear:
+            self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+            up_channels = deep_channels
+        else:
+            self.up = nn.ConvTranspose2d(deep_channels, deep_channels // 2, kernel_size=2, stride=2)
+            up_channels = deep_channels // 2
+        self.conv = block(skip_channels + up_channels, out_channels)
+
+    def forward(self, deep: torch.Tensor, *skips: torch.Tensor) -> torch.Tensor:
+        """Fuse the upsampled ``deep`` with ``skips`` (all of the same H, W); the output has their H, W."""
+        x = self.up(deep)
+        # As in Up: odd sizes were rounded down by the max-pool, so pad the upsampled map to the skips' size.
+        diff_y = skips[0].size(2) - x.size(2)
+        diff_x = skips[0].size(3) - x.size(3)
+        x = F.pad(x, [diff_x // 2, diff_x - diff_x // 2, diff_y // 2, diff_y - diff_y // 2])
+        return self.conv(torch.cat([*skips, x], dim=1))  # type: ignore[no-any-return]

@@ -17,7 +17,7 @@ from typing import Any
 
 from medseg.errors import ConfigError
 from medseg.models.base import SegmentationNet
-from medseg.models.unet import AttentionUNet, ResidualUNet, UNet
+from medseg.models.unet import AttentionUNet, ResidualUNet, UNet, UNetPlusPlus
 
 #: Factory signature: ``factory(in_channels, out_channels, **options)``.
 ModelFactory = Callable[..., SegmentationNet]
@@ -47,6 +47,7 @@ def register_architecture(name: str, factory: ModelFactory) -> None:
 register_architecture("unet", UNet)
 register_architecture("attention_unet", AttentionUNet)
 register_architecture("residual_unet", ResidualUNet)
+register_architecture("unet_plus_plus", UNetPlusPlus)
 
 
 @dataclass(frozen=True)

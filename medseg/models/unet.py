@@ -6,6 +6,7 @@ One assembly, three variants that differ only in their parts (``medseg.models.pa
 ``UNet``           :class:`~medseg.models.parts.DoubleConv` blocks, plain skip connections (the seed's UNet)
 ``AttentionUNet``  the same blocks; each skip gated by an :class:`~medseg.models.parts.AttentionGate`
 ``ResidualUNet``   :class:`~medseg.models.parts.ResidualDoubleConv` blocks (1x1 projection shortcuts)
+``UNetPlusPlus``   nested, densely connected skip pathways (:class:`~medseg.models.parts.NestedUp` nodes)
 =================  ==========================================================================================
 
 Each has ``depth`` down levels (the seed: 4), bilinear or transposed-conv upsampling and ``base_features``
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from medseg.models.base import SegmentationNet
-from medseg.models.parts import Block, DoubleConv, Down, OutConv, ResidualDoubleConv, Up
+from medseg.models.parts import Block, DoubleConv, Down, NestedUp, OutConv, ResidualDoubleConv, Up
 
 MIN_SIZE = 16
 """Smallest H and W the seed's four 2x2 max-pools accept (``SegmentationNet.min_size`` for other depths)."""
@@ -108,3 +109,56 @@ class ResidualUNet(UNet):
     """
 
     block = ResidualDoubleConv
+
+
+class UNetPlusPlus(SegmentationNet):
+    """UNet++ (Zhou et al. 2018): the encoder of :class:`UNet`, and a decoder node at every level and step.
+
+    Node ``X[i, j]`` (level ``i``, ``j`` steps along the skip pathway) fuses the upsampled ``X[i+1, j-1]`` with
+    all of ``X[i, 0..j-1]``; ``X[i, 0]`` is the encoder and the logits come from ``X[0, depth]`` through a 1x1
+    conv (no deep supervision). Level ``i`` has ``base_features * 2 ** i`` channels at every node.
+
+    Args:
+        n_channels: Input channels.
+        n_classes: Output logit channels.
+        bilinear: Bilinear upsampling instead of transposed convs.
+        base_features: Features of the first level; they double at each level down.
+        depth: Number of down levels.
+
+    Raises:
+        ValueError: Non-positive sizes.
+    """
+
+    def __init__(
+        self, n_channels: int, n_classes: int, bilinear: bool = False, base_features: int = 64, depth: int = 4
+    ) -> None:
+        super().__init__(n_channels, n_classes, depth)
+        if base_features < 1:
+            raise ValueError(f"UNetPlusPlus needs positive sizes, got {base_features=}")
+        self.bilinear = bilinear
+        self.base_features = base_features
+        f = base_features
+        self.inc = DoubleConv(n_channels, f)
+        for i in range(1, depth + 1):
+            setattr(self, f"down{i}", Down(f * 2 ** (i - 1), f * 2**i))
+        for j in range(1, depth + 1):
+            for i in range(depth - j + 1):
+                setattr(self, f"node{i}_{j}", NestedUp(f * 2 ** (i + 1), j * f * 2**i, f * 2**i, bilinear))
+        self.outc = OutConv(f, n_classes)
+
+    @property
+    def output_conv(self) -> nn.Conv2d:
+        return self.outc.conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``(B, n_channels, H, W)`` images to ``(B, n_classes, H, W)`` logits."""
+        self.check_input(x)
+        # grid[i][j] = X[i, j]; the encoder fills column 0, each step j one node per level above the deepest.
+        grid: list[list[torch.Tensor]] = [[self._block(self.inc, x)]]
+        for i in range(1, self.depth + 1):
+            grid.append([self._block(getattr(self, f"down{i}"), grid[i - 1][0])])
+        for j in range(1, self.depth + 1):
+            for i in range(self.depth - j + 1):
+                node = getattr(self, f"node{i}_{j}")
+                grid[i].append(self._block(node, grid[i + 1][j - 1], *grid[i][:j]))
+        return self._block(self.outc, grid[0][self.depth])
