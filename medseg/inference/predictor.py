@@ -12,10 +12,11 @@ axis, 2.5D context, training patch size, sigmoid/softmax mode, classes), so pred
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import torch
@@ -32,7 +33,21 @@ from medseg.models.checkpoint import load_checkpoint, model_from_checkpoint
 from medseg.models.head import probs_to_labels
 from medseg.volume import Volume
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11; annotations only
+
 log = logging.getLogger(__name__)
+
+
+class PredictorOptions(TypedDict, total=False):
+    """The runtime options of :class:`Predictor` (see its constructor), for :meth:`Predictor.from_checkpoint`."""
+
+    device: str | torch.device
+    precision: str
+    batch_size: int
+    tta_flips: bool
+    postprocessing: PostprocessingConfig | None
+    channels_last: str | bool
 
 
 @dataclass(frozen=True)
@@ -164,22 +179,13 @@ class Predictor:
         )
 
     @classmethod
-    def from_checkpoint(
-        cls,
-        path: str | Path,
-        *,
-        device: str | torch.device = "auto",
-        precision: str = "auto",
-        batch_size: int = 64,
-        tta_flips: bool = False,
-        postprocessing: PostprocessingConfig | None = None,
-        channels_last: str | bool = "auto",
-    ) -> Predictor:
+    def from_checkpoint(cls, path: str | Path, **options: Unpack[PredictorOptions]) -> Predictor:
         """Loads a medseg checkpoint (``medseg.models.checkpoint`` format, either version) for prediction.
 
         Args:
             path: A ``best.pt`` / ``last.pt`` written by the trainer.
-            device, precision, batch_size, tta_flips, postprocessing, channels_last: See :meth:`__init__`.
+            **options: ``device``, ``precision``, ``batch_size``, ``tta_flips``, ``postprocessing``,
+                ``channels_last``: see :meth:`__init__`.
 
         Raises:
             CheckpointError: Missing/unreadable file, missing fields, or weights that do not fit the model.
@@ -214,11 +220,11 @@ class Predictor:
             slice_axis=int(axis),
             context_slices=context,
             patch_hw=(int(patch[0]), int(patch[1])) if patch else None,
-            pad_multiple=int(pad_multiple),
+            pad_multiple=math.lcm(int(pad_multiple), net.pad_multiple),  # never less than the network needs
             postprocessing=ckpt.get("postprocessing"),
         )
         flip_prob = (((ckpt.get("config") or {}).get("augmentation") or {}).get("flip") or {}).get("prob", 0.0)
-        if tta_flips and not flip_prob:
+        if options.get("tta_flips") and not flip_prob:
             # Measured: on hippocampus models trained without flips, flip TTA took mean Dice from 0.889 to 0.03.
             log.warning(
                 "Checkpoint '%s' was trained without flip augmentation (augmentation.flip.prob = 0): test-time "
@@ -226,16 +232,7 @@ class Predictor:
                 "inference.tta_flips: false unless you measured otherwise",
                 path,
             )
-        return cls(
-            model,
-            spec,
-            device=device,
-            precision=precision,
-            batch_size=batch_size,
-            tta_flips=tta_flips,
-            postprocessing=postprocessing,
-            channels_last=channels_last,
-        )
+        return cls(model, spec, **options)
 
     @property
     def classes(self) -> tuple[str, ...]:

@@ -49,12 +49,7 @@ class ResidualDoubleConv(nn.Module):
     """:class:`DoubleConv` with a residual shortcut (ResU-Net): ``ReLU(BN(conv(ReLU(BN(conv(x))))) + shortcut(x))``.
 
     The shortcut is the identity when the channels stay the same, else a 1x1 conv + BatchNorm projection (the
-    seed's ``ResidualDoubleConv``), so the sum is always defined.
-
-    Args:
-        in_channels: Channels of the input.
-        out_channels: Channels of the output.
-        mid_channels: Channels between the two convs; ``None`` = ``out_channels``.
+    seed's ``ResidualDoubleConv``), so the sum is always defined. Arguments as :class:`DoubleConv`'s.
     """
 
     def __init__(self, in_channels: int, out_channels: int, mid_channels: int | None = None) -> None:

@@ -28,7 +28,53 @@ MIN_SIZE = 16
 """Smallest H and W the seed's four 2x2 max-pools accept (``SegmentationNet.min_size`` for other depths)."""
 
 
-class UNet(SegmentationNet):
+class _EncoderNet(SegmentationNet):
+    """The family's shared encoder: ``inc`` and ``down1..downD`` (named as in the seed), and ``outc`` as the head.
+
+    Subclasses build their decoder and then ``self.outc`` (in that order: the parameter order is what an
+    optimiser state in a resumed checkpoint is matched by).
+    """
+
+    outc: OutConv
+
+    def __init__(
+        self,
+        n_channels: int,
+        n_classes: int,
+        bilinear: bool,
+        base_features: int,
+        depth: int,
+        block: Block,
+        bottleneck_divisor: int = 1,
+    ) -> None:
+        super().__init__(n_channels, n_classes, depth)
+        if base_features < 1:
+            raise ValueError(f"{type(self).__name__} needs positive sizes, got {base_features=}")
+        self.n_channels = n_channels  # the seed's names, kept for scripts that read them
+        self.n_classes = n_classes
+        self.bilinear = bilinear
+        self.base_features = base_features
+        f = base_features
+        self.inc = block(n_channels, f)
+        # Named down1..downD / up1..upD (not a ModuleList) so the seed's state_dict keys stay valid.
+        for i in range(1, depth + 1):
+            out = f * 2**i // (bottleneck_divisor if i == depth else 1)
+            setattr(self, f"down{i}", Down(f * 2 ** (i - 1), out, block))
+
+    @property
+    def output_conv(self) -> nn.Conv2d:
+        return self.outc.conv
+
+    def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``[X0, X1, ..., XD]``: the encoder's output at every level, finest first."""
+        self.check_input(x)
+        levels = [self._block(self.inc, x)]
+        for i in range(1, self.depth + 1):
+            levels.append(self._block(getattr(self, f"down{i}"), levels[-1]))
+        return levels
+
+
+class UNet(_EncoderNet):
     """UNet: ``depth`` down levels, a bottleneck, ``depth`` up levels with skip connections, a 1x1 output conv.
 
     Any H, W >= ``2 ** depth`` works (odd sizes too); the output has the input's H and W. With
@@ -55,37 +101,18 @@ class UNet(SegmentationNet):
     def __init__(
         self, n_channels: int, n_classes: int, bilinear: bool = False, base_features: int = 64, depth: int = 4
     ) -> None:
-        super().__init__(n_channels, n_classes, depth)
-        if base_features < 1:
-            raise ValueError(f"{type(self).__name__} needs positive sizes, got {base_features=}")
-        self.n_channels = n_channels  # the seed's names, kept for scripts that read them
-        self.n_classes = n_classes
-        self.bilinear = bilinear
-        self.base_features = base_features
-        f = base_features
         factor = 2 if bilinear else 1
-        block = type(self).block
-        self.inc = block(n_channels, f)
-        # Named down1..downD / up1..upD (not a ModuleList) so the seed's state_dict keys stay valid.
-        for i in range(1, depth + 1):
-            out = f * 2**i // (factor if i == depth else 1)
-            setattr(self, f"down{i}", Down(f * 2 ** (i - 1), out, block))
+        super().__init__(n_channels, n_classes, bilinear, base_features, depth, type(self).block, factor)
+        f = base_features
         for i in range(1, depth + 1):
             cat = f * 2 ** (depth - i + 1)
             out = f * 2 ** (depth - i) // factor if i < depth else f
-            setattr(self, f"up{i}", Up(cat, out, bilinear, block, attention=type(self).attention))
+            setattr(self, f"up{i}", Up(cat, out, bilinear, type(self).block, attention=type(self).attention))
         self.outc = OutConv(f, n_classes)
-
-    @property
-    def output_conv(self) -> nn.Conv2d:
-        return self.outc.conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(B, n_channels, H, W)`` images to ``(B, n_classes, H, W)`` logits."""
-        self.check_input(x)
-        skips = [self._block(self.inc, x)]
-        for i in range(1, self.depth + 1):
-            skips.append(self._block(getattr(self, f"down{i}"), skips[-1]))
+        skips = self._encode(x)
         x = skips.pop()
         for i in range(1, self.depth + 1):
             x = self._block(getattr(self, f"up{i}"), x, skips.pop())
@@ -111,7 +138,7 @@ class ResidualUNet(UNet):
     block = ResidualDoubleConv
 
 
-class UNetPlusPlus(SegmentationNet):
+class UNetPlusPlus(_EncoderNet):
     """UNet++ (Zhou et al. 2018): the encoder of :class:`UNet`, and a decoder node at every level and step.
 
     Node ``X[i, j]`` (level ``i``, ``j`` steps along the skip pathway) fuses the upsampled ``X[i+1, j-1]`` with
@@ -132,31 +159,17 @@ class UNetPlusPlus(SegmentationNet):
     def __init__(
         self, n_channels: int, n_classes: int, bilinear: bool = False, base_features: int = 64, depth: int = 4
     ) -> None:
-        super().__init__(n_channels, n_classes, depth)
-        if base_features < 1:
-            raise ValueError(f"UNetPlusPlus needs positive sizes, got {base_features=}")
-        self.bilinear = bilinear
-        self.base_features = base_features
+        super().__init__(n_channels, n_classes, bilinear, base_features, depth, DoubleConv)
         f = base_features
-        self.inc = DoubleConv(n_channels, f)
-        for i in range(1, depth + 1):
-            setattr(self, f"down{i}", Down(f * 2 ** (i - 1), f * 2**i))
         for j in range(1, depth + 1):
             for i in range(depth - j + 1):
                 setattr(self, f"node{i}_{j}", NestedUp(f * 2 ** (i + 1), j * f * 2**i, f * 2**i, bilinear))
         self.outc = OutConv(f, n_classes)
 
-    @property
-    def output_conv(self) -> nn.Conv2d:
-        return self.outc.conv
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(B, n_channels, H, W)`` images to ``(B, n_classes, H, W)`` logits."""
-        self.check_input(x)
         # grid[i][j] = X[i, j]; the encoder fills column 0, each step j one node per level above the deepest.
-        grid: list[list[torch.Tensor]] = [[self._block(self.inc, x)]]
-        for i in range(1, self.depth + 1):
-            grid.append([self._block(getattr(self, f"down{i}"), grid[i - 1][0])])
+        grid = [[level] for level in self._encode(x)]
         for j in range(1, self.depth + 1):
             for i in range(self.depth - j + 1):
                 node = getattr(self, f"node{i}_{j}")
