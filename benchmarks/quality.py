@@ -12,6 +12,7 @@ and the mean ± standard deviation over folds are printed and written to ``bench
         --data-root ../shared/data/Task04_Hippocampus --folds 5 --minutes 10
     python benchmarks/quality.py ... --baseline monai          # the plain MONAI 2D pipeline, same folds/budget
     python benchmarks/quality.py ... --fold-subset 0,1 --set model.base_features=48 --tag width48
+    python benchmarks/quality.py ... --architecture attention_unet   # = --set model.architecture=attention_unet
 
 medseg is scored twice per fold: with ``best.pt`` (what ``pipelines.run`` predicts with: the epoch with the
 best Dice on these very validation cases, and the postprocessing chosen on them, so mildly optimistic) and with
@@ -68,6 +69,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="KEY.PATH=VALUE",
         help="config override as in pipelines.run (repeatable); recorded in the JSON",
     )
+    parser.add_argument(
+        "--architecture",
+        choices=["unet", "attention_unet", "residual_unet", "unet_plus_plus"],
+        default=None,
+        help="medseg: model.architecture (default: the config's); part of the default tag",
+    )
     parser.add_argument("--baseline", choices=["monai"], default=None, help="measure the plain MONAI pipeline instead")
     parser.add_argument("--baseline-workers", type=int, default=0, help="DataLoader workers of the baseline")
     parser.add_argument("--tag", default=None, help="name of the result: out/quality_<tag>.json (default: derived)")
@@ -93,7 +100,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.fold_list = list(range(args.folds))
     method = "monai" if args.baseline else "medseg"
     args.method = method
-    args.tag = args.tag or f"{method}_{args.minutes:g}min"
+    if args.architecture:
+        if args.baseline:
+            parser.error("--architecture applies to medseg, not to --baseline")
+        args.overrides = [*args.overrides, f"model.architecture={args.architecture}"]
+    arch = f"_{args.architecture}" if args.architecture and args.architecture != "unet" else ""
+    args.tag = args.tag or f"{method}{arch}_{args.minutes:g}min"
     return args
 
 
@@ -188,8 +200,9 @@ def predict_and_score(cfg: Any, checkpoint: Path, cases: Sequence[Any], classes:
 
 
 def run_medseg_fold(args: argparse.Namespace, fold: int, run_dir: Path) -> dict[str, Any]:
+    from medseg.models.checkpoint import load_checkpoint, model_from_checkpoint, network_spec
     from medseg.runner import RunLayout, prepare_output, run_logging
-    from medseg.training import load_checkpoint, train
+    from medseg.training import train
 
     cfg = fold_config(args, fold, run_dir)
     layout = prepare_output(cfg, ["train", "predict", "evaluate"], source=args.config.resolve())
@@ -211,7 +224,10 @@ def run_medseg_fold(args: argparse.Namespace, fold: int, run_dir: Path) -> dict[
             "postprocessing_decided": result.postprocessing,
         }
         cases = list(result.val_cases)
-        split = load_checkpoint(result.last).get("split", {})
+        last = load_checkpoint(result.last)
+        split = last.get("split", {})
+        train_info["architecture"] = network_spec(last).architecture
+        train_info["parameters"] = sum(p.numel() for p in model_from_checkpoint(last)[0].parameters())
         evaluations = {"best": predict_and_score(cfg, result.best, cases, result.classes, run_dir / "eval_best")}
         if not args.no_last:
             evaluations["last"] = predict_and_score(cfg, result.last, cases, result.classes, run_dir / "eval_last")

@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from medseg.errors import ConfigError
 
-Stage = Literal["train", "predict", "evaluate"]
+Stage = Literal["train", "predict", "evaluate", "summary"]
 
 
 def _device_name(value: str) -> str:
@@ -102,7 +102,7 @@ class PreprocessingConfig(_Section):
     context_slices: int = Field(default=0, ge=0, le=5)
     """2.5D: k neighbouring slices on each side become extra input channels."""
     pad_multiple: int = Field(default=16, ge=1)
-    """Slices are zero-padded so height and width are multiples of this (the UNet halves them 4 times)."""
+    """Slices are zero-padded so height and width are multiples of this and of ``2 ** model.depth``."""
 
 
 class ElasticConfig(_Section):
@@ -177,14 +177,20 @@ class AugmentationConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """The hand-built UNet."""
+    """The network: one of the hand-built UNet family (``medseg.models``)."""
 
+    architecture: Literal["unet", "attention_unet", "residual_unet", "unet_plus_plus"] = "unet"
+    """``unet`` (the seed's), ``attention_unet`` (gated skips), ``residual_unet``, ``unet_plus_plus`` (nested skips)."""
+    depth: int = Field(default=4, ge=1, le=7)
+    """Down-sampling levels; slices are padded to a multiple of ``2 ** depth`` (and of ``pad_multiple``)."""
     base_features: int = Field(default=32, ge=4)
     """Channels of the first UNet level; each level down doubles them (the seed used 64)."""
     bilinear: bool = False
     """Upsample with bilinear interpolation instead of transposed convolutions (fewer parameters)."""
     checkpointing: bool = False
     """Recompute activations in the backward pass to save memory (slower)."""
+    summary_patch: tuple[int, int] | None = None
+    """H, W of the input ``--stage summary`` tabulates; ``null`` = the training patch found from the data."""
 
 
 class LossConfig(_Section):

@@ -1,4 +1,4 @@
-"""Class-weighted BCE (or cross-entropy) + soft Dice, and the logits -> probabilities -> labels helpers.
+"""Class-weighted BCE (or cross-entropy) + soft Dice (the output head is ``medseg.models.head``).
 
 ``loss = bce_weight * BCE + dice_weight * (1 - soft Dice)``, in one of two modes:
 
@@ -27,95 +27,19 @@ Conventions (matching MONAI's ``DiceLoss``/``DiceCELoss`` so results are compara
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar, overload
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from medseg.errors import ConfigError
 
-LossMode = Literal["sigmoid", "softmax"]
-MODES: tuple[str, ...] = ("sigmoid", "softmax")
+# The output head lives with the models; re-exported here so imports written before the move keep working.
+from medseg.models.head import MODES, LossMode, logits_to_probs, n_outputs, probs_to_labels
+
+__all__ = ["MODES", "LossMode", "SegLoss", "logits_to_probs", "n_outputs", "probs_to_labels", "soft_dice_per_class"]
+
 SMOOTH_NR = 1e-5
 SMOOTH_DR = 1e-5
-
-_Array = TypeVar("_Array", torch.Tensor, np.ndarray)
-
-
-def _check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise ConfigError(f"loss.mode: expected one of {', '.join(MODES)}, got {mode!r}")
-
-
-def n_outputs(mode: str, n_classes: int) -> int:
-    """Number of logit channels the model needs.
-
-    Args:
-        mode: ``"sigmoid"`` or ``"softmax"``.
-        n_classes: Number of classes including background (at least 2).
-
-    Returns:
-        ``n_classes - 1`` for sigmoid (one channel per foreground class), ``n_classes`` for softmax.
-
-    Raises:
-        ConfigError: Unknown mode or fewer than 2 classes.
-    """
-    _check_mode(mode)
-    if n_classes < 2:
-        raise ConfigError(f"data.classes: need background and at least one foreground class, got {n_classes}")
-    return n_classes - 1 if mode == "sigmoid" else n_classes
-
-
-def logits_to_probs(logits: torch.Tensor, mode: str) -> torch.Tensor:
-    """Turn model logits into one probability map per class, background included.
-
-    Args:
-        logits: ``(B, n_outputs, ...)`` model output.
-        mode: ``"sigmoid"`` or ``"softmax"``.
-
-    Returns:
-        ``(B, n_classes, ...)`` float32. Softmax: the softmax. Sigmoid: channels ``1..`` are the per-class
-        sigmoids and channel 0 is ``1 - max`` of them, so that :func:`probs_to_labels` and a plain argmax agree
-        (up to ties) and the background map reads as "probability that no class fires".
-    """
-    _check_mode(mode)
-    logits = logits.float()
-    if mode == "softmax":
-        return torch.softmax(logits, dim=1)
-    fg = torch.sigmoid(logits)
-    return torch.cat([1.0 - fg.amax(dim=1, keepdim=True), fg], dim=1)
-
-
-@overload
-def probs_to_labels(probs: torch.Tensor, mode: str, *, channel_dim: int = 1) -> torch.Tensor: ...
-@overload
-def probs_to_labels(probs: np.ndarray, mode: str, *, channel_dim: int = 1) -> np.ndarray: ...
-def probs_to_labels(probs: _Array, mode: str, *, channel_dim: int = 1) -> _Array:
-    """Turn per-class probabilities (from :func:`logits_to_probs`, possibly averaged) into a label map.
-
-    Args:
-        probs: Probabilities with the ``n_classes`` channels (background first) on ``channel_dim``: e.g.
-            ``(B, n_classes, H, W)`` with ``channel_dim=1`` or a volume ``(n_classes, I, J, K)`` with
-            ``channel_dim=0``. A tensor or a numpy array.
-        mode: ``"sigmoid"``: the most probable foreground class where its probability is > 0.5, else 0
-            (the background channel is ignored, so averaged probabilities, e.g. from test-time flips, are
-            thresholded consistently). ``"softmax"``: the argmax over all channels.
-        channel_dim: The class axis.
-
-    Returns:
-        Labels with the class axis removed: a long tensor for a tensor, an int64 array for an array.
-    """
-    _check_mode(mode)
-    as_numpy = isinstance(probs, np.ndarray)
-    p = torch.from_numpy(probs) if isinstance(probs, np.ndarray) else probs
-    if mode == "softmax":
-        labels = p.argmax(dim=channel_dim)
-    else:
-        best, idx = p.narrow(channel_dim, 1, p.shape[channel_dim] - 1).max(dim=channel_dim)
-        labels = torch.where(best > 0.5, idx + 1, torch.zeros_like(idx))
-    return labels.numpy() if as_numpy else labels  # type: ignore[return-value]
 
 
 def soft_dice_per_class(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@
 =========  =====================================================================================================
 stage      calls
 =========  =====================================================================================================
+summary    :func:`medseg.training.summary.run_summary` (layer table, parameters, memory; writes ``summary.txt``)
 train      :func:`medseg.training.train` (writes ``checkpoints/{best,last}.pt`` and ``train/``)
 predict    :meth:`medseg.inference.Predictor.from_checkpoint` (``inference.checkpoint``, else
            ``checkpoints/best.pt``), then :func:`medseg.inference.batch.predict_folder` over ``inference.input``,
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Stages in the order they always run (``--stage predict train`` still trains first).
-STAGE_ORDER: tuple[Stage, ...] = ("train", "predict", "evaluate")
+STAGE_ORDER: tuple[Stage, ...] = ("summary", "train", "predict", "evaluate")
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class RunResult:
     """What a run did: per stage, the library's result; and how many scans failed to predict."""
 
     stages: list[Stage] = field(default_factory=list)
+    summary: Any = None
     train: Any = None
     predict: Any = None
     evaluate: dict[str, Any] | None = None
@@ -98,7 +100,7 @@ class RunResult:
 
 
 def order_stages(stages: Sequence[str]) -> list[Stage]:
-    """Deduplicates and orders stages as train -> predict -> evaluate.
+    """Deduplicates and orders stages as summary -> train -> predict -> evaluate.
 
     Raises:
         ConfigError: If no stage is given or one is unknown.
@@ -540,7 +542,11 @@ def run_stages(cfg: Config, stages: Sequence[Stage]) -> RunResult:
     for stage in result.stages:
         start = time.perf_counter()
         log.info("== stage %s", stage)
-        if stage == "train":
+        if stage == "summary":
+            from medseg.training.summary import run_summary
+
+            result.summary = run_summary(cfg) if is_main_process() else None
+        elif stage == "train":
             result.train = run_train(cfg)
             val_cases = getattr(result.train, "val_cases", None)
         elif stage == "predict":

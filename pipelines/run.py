@@ -30,6 +30,9 @@ validation cases (or for a folder of scans), and evaluate them against the groun
 
 EPILOG = """\
 stages (in this order; the config's 'stages' list, or --stage):
+  summary   no training: the network's layer table for the configured patch and input channels, its parameter
+            count, an analytic memory estimate for training.batch_size and the measured peak memory of one
+            training step on training.device; printed and written to OUTPUT/summary.txt
   train     trains on data.root; writes OUTPUT/checkpoints/{best,last}.pt and OUTPUT/train/{metrics.csv,curves.png}
   predict   loads inference.checkpoint (default OUTPUT/checkpoints/best.pt) and writes one mask per scan,
             OUTPUT/predictions/<case_id>.nii.gz, plus OUTPUT/predictions/predictions.csv. Scans: inference.input
@@ -64,9 +67,9 @@ examples:
 
 def _stage_list(text: str) -> list[str]:
     stages = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in stages if s not in ("train", "predict", "evaluate")]
+    bad = [s for s in stages if s not in ("summary", "train", "predict", "evaluate")]
     if bad or not stages:
-        raise argparse.ArgumentTypeError(f"invalid stage {text!r}; choose from train, predict, evaluate")
+        raise argparse.ArgumentTypeError(f"invalid stage {text!r}; choose from summary, train, predict, evaluate")
     return stages
 
 
@@ -85,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=_stage_list,
         metavar="STAGE",
-        help="stage(s) to run instead of the config's 'stages': train, predict or evaluate; repeat the option "
+        help="stage(s) to run instead of the config's 'stages': summary, train, predict or evaluate; repeat the option "
         "or separate with commas (--stage train,predict)",
     )
     parser.add_argument(

@@ -23,10 +23,10 @@ from medseg.inference.postprocess import (
     keep_largest_component,
 )
 from medseg.inference.predictor import ModelSpec, Predictor
+from medseg.inference.settings import InferenceSettings
 from medseg.io import load_volume, save_mask
-from medseg.losses import n_outputs
-from medseg.models.unet import UNet
-from medseg.training.checkpoint import CHECKPOINT_FORMAT, REQUIRED_FIELDS, load_checkpoint, save_checkpoint
+from medseg.models import UNet, n_outputs
+from medseg.models.checkpoint import CHECKPOINT_FORMAT, REQUIRED_FIELDS, load_checkpoint, save_checkpoint
 from medseg.volume import Volume
 
 CLASSES = ("background", "anterior", "posterior")
@@ -182,7 +182,7 @@ def test_forward_slices_pads_and_unpads_exactly(rng: np.random.Generator) -> Non
     x = rng.normal(size=(5, 3, 35, 51)).astype(np.float32)
     model = ChannelModel(channel=1)
     model.train()
-    probs = forward_slices(model, x, n_classes=2, mode="sigmoid", batch_size=2, patch_hw=(40, 40))
+    probs = forward_slices(model, x, InferenceSettings(n_classes=2, mode="sigmoid", batch_size=2, patch_hw=(40, 40)))
     assert probs.shape == (5, 2, 35, 51) and probs.dtype == np.float32
     np.testing.assert_allclose(probs[:, 1], 1 / (1 + np.exp(-x[:, 1])), atol=1e-6)
     np.testing.assert_allclose(probs[:, 0], 1 - probs[:, 1], atol=1e-6)
@@ -193,9 +193,9 @@ def test_forward_slices_bf16_close_to_fp32(rng: np.random.Generator) -> None:
     torch.manual_seed(0)
     model = UNet(1, 2, base_features=4)
     x = rng.normal(size=(3, 1, 32, 32)).astype(np.float32)
-    common = {"n_classes": 3, "mode": "sigmoid", "batch_size": 4}
-    p32 = forward_slices(model, x, **common)
-    p16 = forward_slices(model, x, precision=torch.bfloat16, channels_last=True, **common)
+    common = InferenceSettings(n_classes=3, mode="sigmoid", batch_size=4)
+    p32 = forward_slices(model, x, common)
+    p16 = forward_slices(model, x, common.with_options(precision=torch.bfloat16, channels_last=True))
     assert p16.dtype == np.float32
     np.testing.assert_allclose(p16, p32, atol=0.05)
 
@@ -205,15 +205,15 @@ def test_tta_flips_shape_and_flip_equivariance(rng: np.random.Generator) -> None
     model = UNet(1, 3, base_features=4)
     # 40x56 pads symmetrically (4+4, 4+4) to 48x64, so flipping the input flips the padded image exactly.
     x = rng.normal(size=(2, 1, 40, 56)).astype(np.float32)
-    common = {"n_classes": 3, "mode": "softmax", "batch_size": 3}
-    plain = forward_slices(model, x, **common)
-    tta = forward_slices(model, x, tta_flips=True, **common)
+    common = InferenceSettings(n_classes=3, mode="softmax", batch_size=3)
+    plain = forward_slices(model, x, common)
+    tta = forward_slices(model, x, common.with_options(tta_flips=True))
     assert tta.shape == plain.shape == (2, 3, 40, 56)
     np.testing.assert_allclose(tta.sum(axis=1), 1.0, atol=1e-5)
     assert np.abs(tta - plain).max() > 1e-4, "TTA should change an asymmetric model's output"
     # The flip set is a group, so TTA(flip(x)) == flip(TTA(x)) for every flip, even for a non-symmetric model.
     for axes in ((2,), (3,), (2, 3)):
-        flipped = forward_slices(model, np.flip(x, axes).copy(), tta_flips=True, **common)
+        flipped = forward_slices(model, np.flip(x, axes).copy(), common.with_options(tta_flips=True))
         np.testing.assert_allclose(flipped, np.flip(tta, axes), atol=1e-5)
 
 
@@ -224,7 +224,7 @@ def test_predict_volume_probs_matches_manual_slice_loop(axis: int, hippo_image: 
     torch.manual_seed(0)
     model = UNet(3, 2, base_features=4).eval()
     # batch_size 4 forces several chunks, so chunk borders must carry the true 2.5D neighbours.
-    probs = predict_volume_probs(model, image, axis, 1, n_classes=3, mode="sigmoid", batch_size=4)
+    probs = predict_volume_probs(model, image, axis, 1, InferenceSettings(n_classes=3, mode="sigmoid", batch_size=4))
     assert probs.shape == (3, *image.shape)
     n = image.shape[axis]
     for i in (0, 3, 4, n // 2, n - 1):

@@ -18,8 +18,8 @@ import torch
 
 from medseg.config import Config, config_from_dict
 from medseg.errors import CheckpointError
-from medseg.training import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
-from medseg.training.checkpoint import REQUIRED_FIELDS, capture_rng_state, restore_rng_state
+from medseg.models.checkpoint import CHECKPOINT_FORMAT, REQUIRED_FIELDS, load_checkpoint, save_checkpoint
+from medseg.training.resume import capture_rng_state, restore_rng_state
 from medseg.training.schedule import LRSchedule
 from tests.conftest import HANG_GUARD_S
 
@@ -231,7 +231,12 @@ def test_checkpoint_holds_every_field(quality_run: dict[str, Any]) -> None:
     assert set(REQUIRED_FIELDS) <= set(best)
     assert best["format"] == CHECKPOINT_FORMAT
     assert best["classes"] == ["background", "Anterior", "Posterior"]
-    assert best["model"] == {"n_channels": 1, "n_outputs": 2, "bilinear": False, "base_features": 12}
+    assert best["model"] == {
+        "architecture": "unet",
+        "in_channels": 1,
+        "out_channels": 2,
+        "options": {"bilinear": False, "base_features": 12, "depth": 4},
+    }
     assert best["mode"] == "sigmoid" and best["precision"] == "fp32"
     assert best["slice_axis"] in (0, 1, 2) and best["context_slices"] == 0
     assert len(best["class_weights"]) == 3 and best["class_weights"][0] < best["class_weights"][1]

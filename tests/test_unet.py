@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from medseg.models import UNet, Up
+from medseg.models import NetworkSpec, UNet, Up, build_model
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -101,16 +101,19 @@ def test_checkpointing_eval_mode_same_outputs_and_gradients(bilinear: bool, samp
         torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=0, msg=name)
 
 
+@pytest.mark.parametrize("arch", ["unet", "attention_unet", "residual_unet", "unet_plus_plus"])
 @pytest.mark.parametrize("bilinear", [False, True])
-def test_checkpointing_train_mode_same_gradients_and_batchnorm_stats(bilinear: bool, sample_hippo: Path) -> None:
+def test_checkpointing_train_mode_same_gradients_and_batchnorm_stats(
+    arch: str, bilinear: bool, sample_hippo: Path
+) -> None:
     """Two SGD steps in train mode: outputs, gradients, weights and BatchNorm running stats all agree.
 
     Recomputation runs each block's forward a second time; it normalises with the same batch statistics (so
-    outputs and gradients are unchanged) and UNet undoes its second running-stat update, so the stats (and
-    therefore eval-mode predictions) match the plain model too.
+    outputs and gradients are unchanged) and the model undoes its second running-stat update, so the stats (and
+    therefore eval-mode predictions) match the plain model too. Every architecture of the registry.
     """
     torch.manual_seed(0)
-    plain = UNet(3, 2, bilinear=bilinear, base_features=8).train()
+    plain = build_model(NetworkSpec(arch, 3, 2, {"bilinear": bilinear, "base_features": 8})).train()
     ckpt = copy.deepcopy(plain).use_checkpointing()
     calls: list[int] = []
     ckpt.down2.register_forward_pre_hook(lambda *_: calls.append(1))

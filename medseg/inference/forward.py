@@ -8,44 +8,21 @@ exactly, so probabilities always line up with the input voxels.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 from torch import nn
 
 from medseg.data.slicing import pad_to_shape, padded_size, slices_to_volume, unpad, volume_to_slices
 from medseg.inference.precision import autocast
-from medseg.losses import logits_to_probs
+from medseg.inference.settings import InferenceSettings
+from medseg.models.head import logits_to_probs
 
 #: Test-time flips of the slice axes (H = dim 2, W = dim 3 of an NCHW tensor). The set is a group (every element
 #: is its own inverse and the set is closed), so the averaged prediction is exactly flip-equivariant.
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (2, 3))
 
 
-def _as_hw(value: Sequence[int] | int | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    if isinstance(value, int):
-        return (value, value)
-    h, w = (int(v) for v in value)
-    return (h, w)
-
-
-def forward_slices(
-    model: nn.Module,
-    slices: np.ndarray,
-    *,
-    n_classes: int,
-    mode: str,
-    batch_size: int = 64,
-    device: torch.device | str = "cpu",
-    precision: torch.dtype | None = None,
-    channels_last: bool = False,
-    tta_flips: bool = False,
-    patch_hw: Sequence[int] | int | None = None,
-    pad_multiple: int = 16,
-) -> np.ndarray:
+def forward_slices(model: nn.Module, slices: np.ndarray, settings: InferenceSettings) -> np.ndarray:
     """Class probabilities for a stack of 2D slices.
 
     The model must already be on ``device``. It is put in eval mode for the call and its previous mode restored,
@@ -55,32 +32,24 @@ def forward_slices(
     Args:
         model: A network mapping ``(B, C, H, W)`` to logits ``(B, n_outputs, H, W)``.
         slices: ``(N, C, H, W)`` float32 normalised slices (C = 2 * context + 1).
-        n_classes: Number of classes including background (the width of the returned probabilities).
-        mode: ``"sigmoid"`` or ``"softmax"`` (how logits become probabilities; see ``medseg.losses``).
-        batch_size: Slices per forward pass.
-        device: Where the model lives.
-        precision: Autocast dtype from ``resolve_precision`` (``None`` = float32).
-        channels_last: Run convolutions in NHWC memory format.
-        tta_flips: Average the probabilities over flips of H, W and both (4 passes per batch).
-        patch_hw: The training patch size: slices are padded to at least this, as in training.
-        pad_multiple: Pad H and W to a multiple of this (2 ** number of down-samplings; 16 for the UNet).
+        settings: Classes, mode, device, precision, memory format, padding, batch size and test-time flips.
 
     Returns:
         ``(N, n_classes, H, W)`` float32 probabilities, unpadded to the input's H, W.
 
     Raises:
-        ValueError: If ``slices`` is not 4D or ``batch_size`` < 1.
+        ValueError: If ``slices`` is not 4D.
     """
     if slices.ndim != 4:
         raise ValueError(f"slices must be (N, C, H, W), got shape {slices.shape}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = torch.device(device)
+    s = settings
+    n_classes, mode, batch_size, device, precision = s.n_classes, s.mode, s.batch_size, s.device, s.precision
+    channels_last = s.channels_last
     n, _, h, w = slices.shape
     out = np.empty((n, n_classes, h, w), dtype=np.float32)
     if n == 0:
         return out
-    target = padded_size((h, w), pad_multiple, _as_hw(patch_hw))
+    target = padded_size((h, w), s.pad_multiple, s.patch_hw)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     # .to() and .eval() walk every submodule (a few ms per call on a UNet, paid per scan in batch prediction):
     # skip them when the model is already in the wanted state (checking the conv weights is microseconds).
@@ -91,7 +60,7 @@ def forward_slices(
     was_training = model.training
     if was_training:
         model.eval()
-    flips = TTA_FLIPS if tta_flips else ((),)
+    flips = TTA_FLIPS if s.tta_flips else ((),)
     try:
         with torch.inference_mode():
             for start in range(0, n, batch_size):
@@ -129,20 +98,7 @@ def forward_slices(
 
 
 def predict_volume_probs(
-    model: nn.Module,
-    image: np.ndarray,
-    axis: int,
-    context: int,
-    *,
-    n_classes: int,
-    mode: str,
-    batch_size: int = 64,
-    device: torch.device | str = "cpu",
-    precision: torch.dtype | None = None,
-    channels_last: bool = False,
-    tta_flips: bool = False,
-    patch_hw: Sequence[int] | int | None = None,
-    pad_multiple: int = 16,
+    model: nn.Module, image: np.ndarray, axis: int, context: int, settings: InferenceSettings
 ) -> np.ndarray:
     """Class probabilities for a whole normalised volume, predicted slice by slice along ``axis``.
 
@@ -155,8 +111,7 @@ def predict_volume_probs(
         image: ``(I, J, K)`` normalised float32 volume.
         axis: Slice axis (0, 1 or 2) the model was trained on.
         context: Neighbouring slices on each side given as extra channels (the model's ``n_channels = 2k+1``).
-        n_classes, mode, batch_size, device, precision, channels_last, tta_flips, patch_hw, pad_multiple:
-            See :func:`forward_slices`.
+        settings: See :func:`forward_slices`.
 
     Returns:
         ``(n_classes, I, J, K)`` float32 probabilities on the image's voxel grid.
@@ -169,26 +124,14 @@ def predict_volume_probs(
     if axis not in (0, 1, 2):
         raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
     n = image.shape[axis]
-    out = np.empty((n_classes, *image.shape), dtype=np.float32)
-    chunk = max(1, batch_size)
+    out = np.empty((settings.n_classes, *image.shape), dtype=np.float32)
+    chunk = settings.batch_size
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         lo, hi = max(0, start - context), min(n, stop + context)
         sub = np.take(image, np.arange(lo, hi), axis=axis)
         slices = volume_to_slices(sub, axis, context)[start - lo : start - lo + (stop - start)]
-        probs = forward_slices(
-            model,
-            slices,
-            n_classes=n_classes,
-            mode=mode,
-            batch_size=batch_size,
-            device=device,
-            precision=precision,
-            channels_last=channels_last,
-            tta_flips=tta_flips,
-            patch_hw=patch_hw,
-            pad_multiple=pad_multiple,
-        )
+        probs = forward_slices(model, slices, settings)
         index: list[slice] = [slice(None)] * 4
         index[axis + 1] = slice(start, stop)
         out[tuple(index)] = slices_to_volume(probs, axis)

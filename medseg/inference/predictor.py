@@ -12,10 +12,11 @@ axis, 2.5D context, training patch size, sigmoid/softmax mode, classes), so pred
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import torch
@@ -26,12 +27,27 @@ from medseg.data.normalization import NormalizationParams, normalize
 from medseg.errors import CheckpointError
 from medseg.inference.forward import predict_volume_probs
 from medseg.inference.postprocess import apply_postprocessing
-from medseg.inference.precision import resolve_channels_last, resolve_device, resolve_precision
+from medseg.inference.settings import InferenceSettings
 from medseg.io.orientation import Reorientation, to_canonical
-from medseg.losses import probs_to_labels
+from medseg.models.checkpoint import load_checkpoint, model_from_checkpoint
+from medseg.models.head import probs_to_labels
 from medseg.volume import Volume
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11; annotations only
+
 log = logging.getLogger(__name__)
+
+
+class PredictorOptions(TypedDict, total=False):
+    """The runtime options of :class:`Predictor` (see its constructor), for :meth:`Predictor.from_checkpoint`."""
+
+    device: str | torch.device
+    precision: str
+    batch_size: int
+    tta_flips: bool
+    postprocessing: PostprocessingConfig | None
+    channels_last: str | bool
 
 
 @dataclass(frozen=True)
@@ -78,17 +94,6 @@ def _resolve_postprocessing(
     return one(setting.largest_component, "largest_component"), one(setting.fill_holes, "fill_holes")
 
 
-def _strip_prefixes(state: dict[str, Any]) -> dict[str, Any]:
-    # State dicts saved from DistributedDataParallel ("module.") or torch.compile ("_orig_mod.") wrappers.
-    out = {}
-    for key, value in state.items():
-        for prefix in ("module.", "_orig_mod."):
-            if key.startswith(prefix):
-                key = key[len(prefix) :]
-        out[key] = value
-    return out
-
-
 def _field(ckpt: dict[str, Any], key: str, path: Path) -> Any:
     if key not in ckpt:
         raise CheckpointError(f"Checkpoint '{path}' has no '{key}' field; is it a medseg checkpoint?")
@@ -130,14 +135,24 @@ class Predictor:
             ConfigError: Bad device/precision option.
             ValueError: ``batch_size`` < 1.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.spec = spec
-        self.device = resolve_device(device)
-        self.dtype = resolve_precision(precision, self.device)
-        self.channels_last = resolve_channels_last(channels_last, self.device)
-        self.batch_size = int(batch_size)
-        self.tta_flips = bool(tta_flips)
+        # Every forward setting in one frozen object, built once (the trainer's validation uses the same class).
+        self.settings = InferenceSettings.resolve(
+            n_classes=len(spec.classes),
+            mode=spec.mode,
+            device=device,
+            precision=precision,
+            channels_last=channels_last,
+            patch_hw=spec.patch_hw,
+            pad_multiple=spec.pad_multiple,
+            batch_size=batch_size,
+            tta_flips=tta_flips,
+        )
+        self.device = self.settings.device
+        self.dtype = self.settings.precision
+        self.channels_last = self.settings.channels_last
+        self.batch_size = self.settings.batch_size
+        self.tta_flips = self.settings.tta_flips
         self.largest_component, self.fill_holes = _resolve_postprocessing(
             postprocessing, spec.postprocessing, len(spec.classes)
         )
@@ -164,69 +179,39 @@ class Predictor:
         )
 
     @classmethod
-    def from_checkpoint(
-        cls,
-        path: str | Path,
-        *,
-        device: str | torch.device = "auto",
-        precision: str = "auto",
-        batch_size: int = 64,
-        tta_flips: bool = False,
-        postprocessing: PostprocessingConfig | None = None,
-        channels_last: str | bool = "auto",
-    ) -> Predictor:
-        """Loads a medseg checkpoint (``training/checkpoint.py`` format) for prediction.
+    def from_checkpoint(cls, path: str | Path, **options: Unpack[PredictorOptions]) -> Predictor:
+        """Loads a medseg checkpoint (``medseg.models.checkpoint`` format, either version) for prediction.
 
         Args:
             path: A ``best.pt`` / ``last.pt`` written by the trainer.
-            device, precision, batch_size, tta_flips, postprocessing, channels_last: See :meth:`__init__`.
+            **options: ``device``, ``precision``, ``batch_size``, ``tta_flips``, ``postprocessing``,
+                ``channels_last``: see :meth:`__init__`.
 
         Raises:
             CheckpointError: Missing/unreadable file, missing fields, or weights that do not fit the model.
         """
-        from medseg.models.state_fit import state_dict_mismatch
-        from medseg.models.unet import UNet
-        from medseg.training.checkpoint import load_checkpoint
-
         path = Path(path)
         ckpt = load_checkpoint(path)
-        arch = _field(ckpt, "model", path)
         classes = tuple(str(c) for c in _field(ckpt, "classes", path))
         context = int(_field(ckpt, "context_slices", path))
         axis = _field(ckpt, "slice_axis", path)
         if axis not in (0, 1, 2):
             raise CheckpointError(f"Checkpoint '{path}': slice_axis must be 0, 1 or 2, got {axis!r}")
-        try:
-            n_channels, n_outputs = int(arch["n_channels"]), int(arch["n_outputs"])
-            model = UNet(
-                n_channels,
-                n_outputs,
-                bilinear=bool(arch.get("bilinear", False)),
-                base_features=int(arch.get("base_features", 64)),
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"Checkpoint '{path}': bad 'model' description {arch!r}: {err}") from None
-        if n_channels != 2 * context + 1:
+        model, net = model_from_checkpoint(ckpt, path)
+        if net.in_channels != 2 * context + 1:
             raise CheckpointError(
-                f"Checkpoint '{path}': model takes {n_channels} channels but context_slices={context} "
+                f"Checkpoint '{path}': model takes {net.in_channels} channels but context_slices={context} "
                 f"implies {2 * context + 1}"
             )
-        state = _strip_prefixes(_field(ckpt, "model_state", path))
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            # torch lists every mismatched tensor (~100 lines for a wrong width): counts and a few examples.
-            raise CheckpointError(
-                f"Checkpoint '{path}': weights do not fit the recorded model {arch}: "
-                f"{state_dict_mismatch(model, state) or err}"
-            ) from None
         try:
             normalization = NormalizationParams.from_dict(_field(ckpt, "normalization", path))
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"Checkpoint '{path}': bad normalization parameters: {err}") from None
         patch = ckpt.get("patch_hw")
-        pad_multiple = ckpt.get("pad_multiple") or ((ckpt.get("config") or {}).get("preprocessing") or {}).get(
-            "pad_multiple", 16
+        pad_multiple = (
+            ckpt.get("pad_multiple")
+            or ((ckpt.get("config") or {}).get("preprocessing") or {}).get("pad_multiple")
+            or net.pad_multiple
         )
         spec = ModelSpec(
             classes=classes,
@@ -235,11 +220,11 @@ class Predictor:
             slice_axis=int(axis),
             context_slices=context,
             patch_hw=(int(patch[0]), int(patch[1])) if patch else None,
-            pad_multiple=int(pad_multiple),
+            pad_multiple=math.lcm(int(pad_multiple), net.pad_multiple),  # never less than the network needs
             postprocessing=ckpt.get("postprocessing"),
         )
         flip_prob = (((ckpt.get("config") or {}).get("augmentation") or {}).get("flip") or {}).get("prob", 0.0)
-        if tta_flips and not flip_prob:
+        if options.get("tta_flips") and not flip_prob:
             # Measured: on hippocampus models trained without flips, flip TTA took mean Dice from 0.889 to 0.03.
             log.warning(
                 "Checkpoint '%s' was trained without flip augmentation (augmentation.flip.prob = 0): test-time "
@@ -247,16 +232,7 @@ class Predictor:
                 "inference.tta_flips: false unless you measured otherwise",
                 path,
             )
-        return cls(
-            model,
-            spec,
-            device=device,
-            precision=precision,
-            batch_size=batch_size,
-            tta_flips=tta_flips,
-            postprocessing=postprocessing,
-            channels_last=channels_last,
-        )
+        return cls(model, spec, **options)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -273,21 +249,7 @@ class Predictor:
         # DICOM or a permuted NIfTI is sliced in the planes and handedness the model knows.
         canon, reo = to_canonical(volume)
         image = normalize(np.asarray(canon.array), self.spec.normalization, source=volume.source)
-        probs = predict_volume_probs(
-            self.model,
-            image,
-            self.spec.slice_axis,
-            self.spec.context_slices,
-            n_classes=self.n_classes,
-            mode=self.spec.mode,
-            batch_size=self.batch_size,
-            device=self.device,
-            precision=self.dtype,
-            channels_last=self.channels_last,
-            tta_flips=self.tta_flips,
-            patch_hw=self.spec.patch_hw,
-            pad_multiple=self.spec.pad_multiple,
-        )
+        probs = predict_volume_probs(self.model, image, self.spec.slice_axis, self.spec.context_slices, self.settings)
         return probs, reo
 
     def predict_proba(self, volume: Volume) -> np.ndarray:
@@ -299,7 +261,7 @@ class Predictor:
         Returns:
             ``(n_classes, I, J, K)`` float32 in the volume's own voxel order; for ``softmax`` models they sum to 1
             per voxel; for ``sigmoid`` models channel 0 is ``1 - max`` foreground probability
-            (see ``medseg.losses.logits_to_probs``).
+            (see ``medseg.models.head.logits_to_probs``).
         """
         probs, reo = self._canonical_probs(volume)
         return reo.invert(probs)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from medseg.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from medseg.models.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
     from medseg.training.trainer import TrainResult, train

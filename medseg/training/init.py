@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from medseg.models.base import SegmentationNet
+
 log = logging.getLogger(__name__)
 
 #: Frequencies are clipped to this range so an absent class does not get an infinite bias.
@@ -49,24 +51,24 @@ def prior_bias(frequencies: np.ndarray, mode: str) -> np.ndarray:
 
 
 def init_output_bias(model: nn.Module, labels: Iterable[np.ndarray], n_classes: int, mode: str) -> bool:
-    """Sets the bias of ``model.outc`` (the UNet's 1x1 output conv) to the class prior.
+    """Sets the bias of the model's output conv (:attr:`SegmentationNet.output_conv`) to the class prior.
 
     Args:
-        model: A UNet (anything with an ``outc`` module holding one biased ``Conv2d``).
+        model: A :class:`~medseg.models.base.SegmentationNet` (or a wrapper of one, e.g. DDP's ``module``).
         labels: Training label arrays.
         n_classes: Classes including background.
         mode: ``sigmoid`` or ``softmax``.
 
     Returns:
-        Whether a bias was set (False for models without a matching output conv).
+        Whether a bias was set (False for models without a biased output conv of the right width).
     """
-    head = getattr(model, "outc", None)
-    convs = [m for m in head.modules() if isinstance(m, nn.Conv2d)] if isinstance(head, nn.Module) else []
+    net = getattr(model, "module", model)
+    conv = net.output_conv if isinstance(net, SegmentationNet) else None
     bias = prior_bias(class_frequencies(labels, n_classes), mode)
-    if len(convs) != 1 or convs[0].bias is None or convs[0].bias.shape != (bias.size,):
-        log.debug("No single biased output conv with %d channels; output bias left at its default", bias.size)
+    if conv is None or conv.bias is None or conv.bias.shape != (bias.size,):
+        log.debug("No biased output conv with %d channels; output bias left at its default", bias.size)
         return False
     with torch.no_grad():
-        convs[0].bias.copy_(torch.as_tensor(bias, dtype=convs[0].bias.dtype))
+        conv.bias.copy_(torch.as_tensor(bias, dtype=conv.bias.dtype))
     log.info("Output bias initialised to the class prior: %s", np.round(bias, 3).tolist())
     return True

@@ -5,9 +5,10 @@
 1. Discover the cases, split them by case (``data.val_fraction`` with ``data.seed``, or k-fold), read every file
    once, normalise (fitted on the training cases), cut slices along one axis (``medseg.data.prepare``).
 2. Class weights (``loss.class_weights``: auto / none / explicit), logged and stored in the checkpoint.
-3. UNet(``2k+1`` channels, ``n_outputs``) with its output bias set to the class prior
-   (``medseg.training.init``), AdamW, a progress-driven LR schedule (``medseg.training.schedule``),
-   bf16/fp16 autocast and ``channels_last`` where they pay off (``medseg.inference.precision``).
+3. The network of ``model`` (``medseg.models.build_model``: ``2k+1`` channels, ``n_outputs``) with its output bias
+   set to the class prior (``medseg.training.init``), AdamW, a progress-driven LR schedule
+   (``medseg.training.schedule``), bf16/fp16 autocast and ``channels_last`` where they pay off
+   (``medseg.inference.precision``).
 4. Epochs of foreground-oversampled, augmented batches; every ``val_every`` epochs (and after the last)
    the validation volumes are predicted slice by slice and scored with Dice per class per case. The best mean
    Dice is ``checkpoints/best.pt``; ``checkpoints/last.pt`` is written after every epoch.
@@ -19,11 +20,12 @@ validation, data preparation excluded): the budget is checked before every optim
 the batch that crosses it (that partial epoch counts as an epoch, and the final validation follows), and the LR
 schedule anneals over whichever runs out first.
 
-Resume (``training.resume: true``) continues from ``last.pt``: weights, optimiser, schedule, scaler, RNG states,
-epoch, elapsed time, early-stopping counter and history are restored, and the augmentation of each sample is a
-function of (seed, epoch, position) (``medseg.training.loader``), so a killed-and-resumed deterministic run ends
-with the same weights as an uninterrupted one. A finished run resumed with a larger ``epochs`` is extended: the
-schedule is re-planned for the new total (see ``medseg.training.schedule``) and an early stop is lifted.
+Resume (``training.resume: true``, ``medseg.training.resume``) continues from ``last.pt``: weights, optimiser,
+schedule, scaler, RNG states, epoch, elapsed time, early-stopping counter and history are restored, and the
+augmentation of each sample is a function of (seed, epoch, position) (``medseg.training.loader``), so a
+killed-and-resumed deterministic run ends with the same weights as an uninterrupted one. A finished run resumed with
+a larger ``epochs`` is extended: the schedule is re-planned for the new total (see ``medseg.training.schedule``) and
+an early stop is lifted.
 
 With ``data.val_fraction: 0`` (and no folds) there is no held-out case: validation runs on the training cases
 (useful for overfitting checks; a warning says so).
@@ -32,6 +34,7 @@ With ``data.val_fraction: 0`` (and no folds) there is no held-out case: validati
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -41,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from medseg.config import Config
@@ -61,17 +65,11 @@ from medseg.inference.precision import (
     resolve_device,
     resolve_precision,
 )
+from medseg.inference.settings import InferenceSettings
 from medseg.io.atomic import remove_stale_temp_files
-from medseg.losses import SegLoss, n_outputs
-from medseg.models import UNet
-from medseg.training.checkpoint import (
-    CHECKPOINT_FORMAT,
-    capture_rng_state,
-    library_versions,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
+from medseg.losses import SegLoss
+from medseg.models import NetworkSpec, SegmentationNet, build_model, n_outputs, spec_from_config
+from medseg.models.checkpoint import CHECKPOINT_FORMAT, library_versions, load_checkpoint, save_checkpoint
 from medseg.training.distributed import (
     all_ranks,
     all_reduce_mean,
@@ -86,6 +84,12 @@ from medseg.training.distributed import (
 from medseg.training.history import TrainingLog
 from medseg.training.init import init_output_bias
 from medseg.training.loader import SeededSampler, build_train_loader
+from medseg.training.resume import (
+    RESUME_MUST_MATCH,
+    capture_rng_state,
+    load_resume_checkpoint,
+    restore_rng_state,
+)
 from medseg.training.runtime import resolve_num_workers, seed_everything, set_deterministic
 from medseg.training.schedule import LRSchedule
 from medseg.training.validation import ValidationResult, validate_volumes
@@ -94,23 +98,7 @@ log = logging.getLogger(__name__)
 
 _PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
-#: Config keys a resumed run must share with its checkpoint (they define the model, the data or the split).
-RESUME_MUST_MATCH: tuple[str, ...] = (
-    "model.base_features",
-    "model.bilinear",
-    "loss.mode",
-    "loss.class_weights",
-    "loss.class_weight_range",
-    "preprocessing",
-    "data.classes",
-    "data.seed",
-    "data.val_fraction",
-    "data.folds",
-    "data.fold",
-    "data.max_cases",
-    "training.seed",
-    "training.scheduler",
-)
+__all__ = ["RESUME_MUST_MATCH", "TrainResult", "Trainer", "train"]
 
 
 @dataclass
@@ -174,19 +162,15 @@ def train(
     return Trainer(cfg, reader=reader, clock=clock).fit(stop_after_epoch=stop_after_epoch)
 
 
-def _get(tree: dict[str, Any], dotted: str) -> Any:
-    node: Any = tree
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
-
-
 def _empty_plan() -> dict[str, list[int]]:
     return {"largest_component": [], "fill_holes": []}
 
 
 class Trainer:
     """One training run; ``fit`` does the work. See the module docstring.
+
+    The builders :meth:`build_model`, :meth:`build_loss`, :meth:`build_optimizer` and :meth:`build_scheduler`
+    are the hooks for an experiment: subclass, override one, and call ``MyTrainer(cfg).fit()``.
 
     Args:
         cfg: The run's config.
@@ -235,34 +219,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
 
-    def _remove_stale_temp_files(self) -> None:
-        # A run killed while saving leaves its temp file (atomic_path cannot clean up after SIGKILL).
-        if self.main:
-            remove_stale_temp_files([self.best_path, self.last_path])
-
     def _load_resume_checkpoint(self) -> dict[str, Any] | None:
-        self._remove_stale_temp_files()
-        if not self.cfg.training.resume:
-            if self.main and self.last_path.exists():
-                log.warning("training.resume is false: starting a new run; %s will be replaced", self.last_path)
-            return None
-        if not self.last_path.exists():
-            log.warning("training.resume: no checkpoint at %s; starting a new run", self.last_path)
-            return None
-        ckpt = load_checkpoint(self.last_path)
-        current = self.cfg.model_dump(mode="json")
-        diffs = [
-            f"{key}: checkpoint {_get(ckpt['config'], key)!r}, config {_get(current, key)!r}"
-            for key in RESUME_MUST_MATCH
-            if _get(ckpt["config"], key) != _get(current, key)
-        ]
-        if diffs:
-            raise CheckpointError(
-                f"Cannot resume from '{self.last_path}': the config differs in settings that define the model, "
-                "data or split:\n  " + "\n  ".join(diffs) + "\nStart a new run (another output.dir) instead."
-            )
-        log.info("Resuming from %s (epoch %d)", self.last_path, ckpt["epoch"])
-        return ckpt
+        if self.main:
+            # A run killed while saving leaves its temp file (atomic_path cannot clean up after SIGKILL).
+            remove_stale_temp_files([self.best_path, self.last_path])
+        return load_resume_checkpoint(self.cfg, self.last_path, main=self.main)
 
     def _setup_data(self, reader: Reader | None, resume: dict[str, Any] | None) -> None:
         cfg = self.cfg
@@ -310,9 +271,12 @@ class Trainer:
             )
 
         tc = cfg.training
+        # The network is known once the data fixed its input channels; slices are padded for its depth.
+        self.network_spec = spec_from_config(cfg.model, 2 * data.context + 1, n_outputs(cfg.loss.mode, self.n_classes))
+        self.pad_multiple = math.lcm(int(cfg.preprocessing.pad_multiple), self.network_spec.pad_multiple)
         transforms = train_transforms(cfg.augmentation, seed=tc.seed) if cfg.augmentation.enabled else None
         self.dataset = SliceDataset(
-            data.train, None, transforms, pad_multiple=cfg.preprocessing.pad_multiple, cache_dir=cfg.data.cache_dir
+            data.train, None, transforms, pad_multiple=self.pad_multiple, cache_dir=cfg.data.cache_dir
         )
         self.patch_hw = [int(s) for s in self.dataset.patch_hw]
         if resume is not None:
@@ -340,23 +304,49 @@ class Trainer:
             seed=tc.seed,
         )
 
-    def _setup_model(self, resume: dict[str, Any] | None) -> None:
-        cfg = self.cfg
-        self.mode = cfg.loss.mode
-        self.model_spec = {
-            "n_channels": 2 * self.data.context + 1,
-            "n_outputs": n_outputs(self.mode, self.n_classes),
-            "bilinear": cfg.model.bilinear,
-            "base_features": cfg.model.base_features,
-        }
-        model = UNet(
-            self.model_spec["n_channels"],
-            self.model_spec["n_outputs"],
-            bilinear=cfg.model.bilinear,
-            base_features=cfg.model.base_features,
-        )
-        if cfg.model.checkpointing:
+    # ------------------------------------------------------------------ builders (override in a subclass)
+
+    def build_model(self, spec: NetworkSpec) -> nn.Module:
+        """The network to train, on the CPU (the trainer moves it); default: :func:`medseg.models.build_model`.
+
+        A subclass may return another module mapping ``(B, in_channels, H, W)`` to ``(B, out_channels, H, W)``;
+        the checkpoint records ``spec``, so for prediction register the class under ``spec.architecture``
+        (:func:`medseg.models.register_architecture`) and set ``model.architecture`` to it.
+        """
+        model = build_model(spec)
+        if self.cfg.model.checkpointing:
             model.use_checkpointing()
+        return model
+
+    def build_loss(self) -> nn.Module:
+        """The loss ``loss(logits, labels) -> scalar``; default: :class:`medseg.losses.SegLoss` from ``loss``."""
+        weights = None if self.class_weights is None else torch.from_numpy(self.class_weights)
+        lc = self.cfg.loss
+        return SegLoss(self.mode, self.n_classes, weights, bce_weight=lc.bce_weight, dice_weight=lc.dice_weight)
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """The optimiser of ``model``'s parameters; default: AdamW with ``training.lr`` / ``weight_decay``."""
+        tc = self.cfg.training
+        return torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer) -> LRSchedule:
+        """The LR schedule (stepped per batch and per validation); default: ``training.scheduler``."""
+        tc = self.cfg.training
+        return LRSchedule(
+            optimizer,
+            tc.scheduler,
+            total_epochs=tc.epochs,
+            max_seconds=None if tc.max_minutes is None else tc.max_minutes * 60.0,
+        )
+
+    def _setup_model(self, resume: dict[str, Any] | None) -> None:
+        self.mode = self.cfg.loss.mode
+        model = self.build_model(self.network_spec)
+        if isinstance(model, SegmentationNet) and self.pad_multiple % model.pad_multiple:
+            raise ConfigError(
+                f"preprocessing.pad_multiple: slices padded to a multiple of {self.pad_multiple} do not fit "
+                f"{type(model).__name__}, which needs a multiple of {model.pad_multiple}"
+            )
         if resume is not None:
             model.load_state_dict(resume["model_state"])
         else:
@@ -365,19 +355,21 @@ class Trainer:
             )
         self.model = model.to(self.device).to(memory_format=self.memory_format)  # type: ignore[call-overload]
         self.train_model = wrap_model(self.model)
-        weights = None if self.class_weights is None else torch.from_numpy(self.class_weights)
-        self.loss_fn = SegLoss(
-            self.mode, self.n_classes, weights, bce_weight=cfg.loss.bce_weight, dice_weight=cfg.loss.dice_weight
-        ).to(self.device)
-        tc = cfg.training
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-        self.schedule = LRSchedule(
-            self.optimizer,
-            tc.scheduler,
-            total_epochs=tc.epochs,
-            max_seconds=None if tc.max_minutes is None else tc.max_minutes * 60.0,
-        )
+        self.loss_fn = self.build_loss().to(self.device)
+        self.optimizer = self.build_optimizer(self.model)
+        self.schedule = self.build_scheduler(self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type) if needs_grad_scaler(self.amp_dtype) else None
+        # Validation runs the predictor's forward pass with the predictor's settings object (no test-time flips).
+        self.val_settings = InferenceSettings(
+            n_classes=self.n_classes,
+            mode=self.mode,
+            device=self.device,
+            precision=self.amp_dtype,
+            channels_last=self.channels_last,
+            patch_hw=(self.patch_hw[0], self.patch_hw[1]),
+            pad_multiple=self.pad_multiple,
+            batch_size=self.cfg.inference.batch_size,
+        )
 
     def _restore(self, ckpt: dict[str, Any]) -> list[dict[str, Any]]:
         self.optimizer.load_state_dict(ckpt["optimizer_state"])
@@ -586,18 +578,7 @@ class Trainer:
         # so best-checkpoint, LR-plateau and early-stopping decisions are identical on every rank (GPU kernels
         # are not bitwise deterministic, and ranks that disagreed on stopping would deadlock).
         result = validate_volumes(
-            self.model,
-            self.val_prepared,
-            n_classes=self.n_classes,
-            mode=self.mode,
-            axis=self.data.axis,
-            device=self.device,
-            precision=self.amp_dtype,
-            channels_last=self.channels_last,
-            patch_hw=self.patch_hw,
-            pad_multiple=self.cfg.preprocessing.pad_multiple,
-            batch_size=self.cfg.inference.batch_size,
-            keep_volumes=keep_volumes,
+            self.model, self.val_prepared, self.val_settings, axis=self.data.axis, keep_volumes=keep_volumes
         )
         if get_world_size() > 1:
             result.mean, result.per_class = broadcast_object((result.mean, result.per_class))
@@ -664,7 +645,7 @@ class Trainer:
             "elapsed_seconds": self.elapsed,
             "rng": capture_rng_state(),
             "config": self.cfg.model_dump(mode="json"),
-            "model": dict(self.model_spec),
+            "model": self.network_spec.to_dict(),
             "mode": self.mode,
             "classes": list(self.classes),
             "class_weights": None if self.class_weights is None else [float(w) for w in self.class_weights],
@@ -672,7 +653,7 @@ class Trainer:
             "slice_axis": int(self.data.axis),
             "context_slices": int(self.data.context),
             "patch_hw": list(self.patch_hw),
-            "pad_multiple": int(self.cfg.preprocessing.pad_multiple),
+            "pad_multiple": int(self.pad_multiple),
             "precision": _PRECISION_NAMES[self.amp_dtype],
             "channels_last": self.channels_last,
             "postprocessing": {k: list(v) for k, v in postprocessing.items()},

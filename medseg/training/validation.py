@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from torch import nn
 
 from medseg.data.slicing import slices_to_volume
 from medseg.inference.forward import forward_slices
-from medseg.losses import probs_to_labels
+from medseg.inference.settings import InferenceSettings
 from medseg.metrics import dice
+from medseg.models.head import probs_to_labels
 
 
 @dataclass
@@ -43,16 +43,9 @@ class ValidationResult:
 def validate_volumes(
     model: nn.Module,
     cases: Sequence[object],
+    settings: InferenceSettings,
     *,
-    n_classes: int,
-    mode: str,
     axis: int,
-    device: torch.device,
-    precision: torch.dtype | None,
-    channels_last: bool,
-    patch_hw: Sequence[int],
-    pad_multiple: int,
-    batch_size: int = 64,
     keep_volumes: bool = False,
 ) -> ValidationResult:
     """Predicts every validation case and scores it against its label volume.
@@ -61,33 +54,19 @@ def validate_volumes(
         model: The network (its train/eval mode is restored afterwards).
         cases: Prepared validation cases (``medseg.data.dataset.PreparedCase``: ``id``, ``image`` (N, C, H, W)
             normalised slices, ``label`` (N, H, W)), all sliced along ``axis``.
-        n_classes: Classes including background.
-        mode: Loss mode (how logits become labels).
+        settings: The forward pass (classes, mode, device, precision, padding as in training, batch size).
         axis: The slice axis (to reassemble the volumes).
-        device, precision, channels_last: As in training.
-        patch_hw, pad_multiple: Padding as in training (see ``forward_slices``).
-        batch_size: Slices per forward pass.
         keep_volumes: Also return the predicted and true label volumes (for the postprocessing decision).
 
     Returns:
         A :class:`ValidationResult`; with no cases, ``mean`` is NaN.
     """
+    n_classes, mode = settings.n_classes, settings.mode
     per_case: dict[str, list[float]] = {}
     preds: list[np.ndarray] = []
     gts: list[np.ndarray] = []
     for case in cases:
-        probs = forward_slices(
-            model,
-            case.image,  # type: ignore[attr-defined]
-            n_classes=n_classes,
-            mode=mode,
-            batch_size=batch_size,
-            device=device,
-            precision=precision,
-            channels_last=channels_last,
-            patch_hw=patch_hw,
-            pad_multiple=pad_multiple,
-        )
+        probs = forward_slices(model, case.image, settings)  # type: ignore[attr-defined]
         pred = slices_to_volume(probs_to_labels(probs, mode).astype(np.uint8), axis)
         gt = slices_to_volume(np.asarray(case.label), axis)  # type: ignore[attr-defined]
         per_case[str(case.id)] = [dice(pred == c, gt == c) for c in range(1, n_classes)]  # type: ignore[attr-defined]

@@ -1,0 +1,100 @@
+"""The output head: how many logit channels a loss mode needs, and logits -> probabilities -> labels.
+
+Two modes (``loss.mode``):
+
+- ``"sigmoid"``: one logit channel per foreground class (``n_classes - 1``), an independent sigmoid each;
+  background is "no foreground channel fires".
+- ``"softmax"``: ``n_classes`` channels incl. background, a softmax over them.
+
+Every architecture ends in this head, so the trainer (loss, validation) and the predictor turn logits into
+masks with the same three functions, whatever the network in front of them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypeVar, overload
+
+import numpy as np
+import torch
+
+from medseg.errors import ConfigError
+
+LossMode = Literal["sigmoid", "softmax"]
+MODES: tuple[str, ...] = ("sigmoid", "softmax")
+
+_Array = TypeVar("_Array", torch.Tensor, np.ndarray)
+
+
+def check_mode(mode: str) -> None:
+    """Raises :class:`ConfigError` unless ``mode`` is ``"sigmoid"`` or ``"softmax"``."""
+    if mode not in MODES:
+        raise ConfigError(f"loss.mode: expected one of {', '.join(MODES)}, got {mode!r}")
+
+
+def n_outputs(mode: str, n_classes: int) -> int:
+    """Number of logit channels the model needs.
+
+    Args:
+        mode: ``"sigmoid"`` or ``"softmax"``.
+        n_classes: Number of classes including background (at least 2).
+
+    Returns:
+        ``n_classes - 1`` for sigmoid (one channel per foreground class), ``n_classes`` for softmax.
+
+    Raises:
+        ConfigError: Unknown mode or fewer than 2 classes.
+    """
+    check_mode(mode)
+    if n_classes < 2:
+        raise ConfigError(f"data.classes: need background and at least one foreground class, got {n_classes}")
+    return n_classes - 1 if mode == "sigmoid" else n_classes
+
+
+def logits_to_probs(logits: torch.Tensor, mode: str) -> torch.Tensor:
+    """Turn model logits into one probability map per class, background included.
+
+    Args:
+        logits: ``(B, n_outputs, ...)`` model output.
+        mode: ``"sigmoid"`` or ``"softmax"``.
+
+    Returns:
+        ``(B, n_classes, ...)`` float32. Softmax: the softmax. Sigmoid: channels ``1..`` are the per-class
+        sigmoids and channel 0 is ``1 - max`` of them, so that :func:`probs_to_labels` and a plain argmax agree
+        (up to ties) and the background map reads as "probability that no class fires".
+    """
+    check_mode(mode)
+    logits = logits.float()
+    if mode == "softmax":
+        return torch.softmax(logits, dim=1)
+    fg = torch.sigmoid(logits)
+    return torch.cat([1.0 - fg.amax(dim=1, keepdim=True), fg], dim=1)
+
+
+@overload
+def probs_to_labels(probs: torch.Tensor, mode: str, *, channel_dim: int = 1) -> torch.Tensor: ...
+@overload
+def probs_to_labels(probs: np.ndarray, mode: str, *, channel_dim: int = 1) -> np.ndarray: ...
+def probs_to_labels(probs: _Array, mode: str, *, channel_dim: int = 1) -> _Array:
+    """Turn per-class probabilities (from :func:`logits_to_probs`, possibly averaged) into a label map.
+
+    Args:
+        probs: Probabilities with the ``n_classes`` channels (background first) on ``channel_dim``: e.g.
+            ``(B, n_classes, H, W)`` with ``channel_dim=1`` or a volume ``(n_classes, I, J, K)`` with
+            ``channel_dim=0``. A tensor or a numpy array.
+        mode: ``"sigmoid"``: the most probable foreground class where its probability is > 0.5, else 0
+            (the background channel is ignored, so averaged probabilities, e.g. from test-time flips, are
+            thresholded consistently). ``"softmax"``: the argmax over all channels.
+        channel_dim: The class axis.
+
+    Returns:
+        Labels with the class axis removed: a long tensor for a tensor, an int64 array for an array.
+    """
+    check_mode(mode)
+    as_numpy = isinstance(probs, np.ndarray)
+    p = torch.from_numpy(probs) if isinstance(probs, np.ndarray) else probs
+    if mode == "softmax":
+        labels = p.argmax(dim=channel_dim)
+    else:
+        best, idx = p.narrow(channel_dim, 1, p.shape[channel_dim] - 1).max(dim=channel_dim)
+        labels = torch.where(best > 0.5, idx + 1, torch.zeros_like(idx))
+    return labels.numpy() if as_numpy else labels  # type: ignore[return-value]

@@ -1,0 +1,148 @@
+"""The ``summary`` stage: the configured network's layer table, parameters and memory, without training.
+
+For the configured input (``2 * context_slices + 1`` channels, the training patch) and batch size it reports:
+the seed-style layer table and total parameter count (:func:`medseg.models.summary.summary`), the seed's analytic
+memory estimate, and the measured peak memory of one real training step (forward under the training precision,
+loss, backward, AdamW step) on ``training.device``.
+
+The patch is ``model.summary_patch`` when set; otherwise the one training would use, found the way the trainer
+finds it (every training case read, sliced along the resolved axis, the largest slice padded to the pad
+multiple), so the table matches what ``train`` will run.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from medseg.config import Config
+from medseg.data.slicing import padded_size
+from medseg.errors import ConfigError
+from medseg.io.atomic import atomic_write_text
+from medseg.losses import SegLoss
+from medseg.models import build_model, n_outputs, spec_from_config
+from medseg.models.registry import NetworkSpec
+from medseg.models.summary import ModelSummary, StepMemory, measure_step_memory, summary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SummaryReport:
+    """What the ``summary`` stage found (also written to ``output.dir/summary.txt``).
+
+    Attributes:
+        spec: The network.
+        patch_hw: The input H, W the table is for.
+        batch_size: ``training.batch_size``.
+        summary: Layer table, parameter count and analytic estimate.
+        measured: Peak memory of one training step.
+        text: The report as printed.
+        path: Where it was written.
+    """
+
+    spec: NetworkSpec
+    patch_hw: tuple[int, int]
+    batch_size: int
+    summary: ModelSummary
+    measured: StepMemory
+    text: str
+    path: Path
+
+
+def _classes(cfg: Config) -> list[str]:
+    if cfg.data.classes:
+        return list(cfg.data.classes)
+    from medseg.data.cases import discover_cases
+
+    return list(discover_cases(cfg.data).classes)
+
+
+def _training_patch(cfg: Config, classes: list[str], pad_multiple: int) -> tuple[int, int]:
+    if cfg.model.summary_patch is not None:
+        h, w = cfg.model.summary_patch
+        return padded_size((int(h), int(w)), pad_multiple)
+    from medseg.data.cases import discover_cases
+    from medseg.data.prepare import prepare_training_data
+    from medseg.data.splits import split_cases
+
+    spec = discover_cases(cfg.data)
+    train_cases, _ = split_cases(
+        spec.cases, cfg.data.val_fraction, cfg.data.seed, folds=cfg.data.folds, fold=cfg.data.fold
+    )
+    if not train_cases:
+        raise ConfigError(f"No training case left after the split of {len(spec.cases)} case(s) in data.root")
+    data = prepare_training_data(
+        train_cases,
+        [],
+        len(classes),
+        cfg.preprocessing,
+        modality=cfg.data.modality,
+        skip_bad_cases=cfg.data.skip_bad_cases,
+        seed=cfg.data.seed,
+    )
+    largest = (max(int(p.image.shape[-2]) for p in data.train), max(int(p.image.shape[-1]) for p in data.train))
+    return padded_size(largest, pad_multiple)
+
+
+def run_summary(cfg: Config) -> SummaryReport:
+    """Builds the configured network, tabulates it and measures one training step; see the module docstring.
+
+    Raises:
+        ConfigError: Unknown architecture, bad options, or no data to find the classes/patch from.
+    """
+    from medseg.inference.precision import resolve_channels_last, resolve_device, resolve_precision
+
+    classes = _classes(cfg)
+    in_channels = 2 * cfg.preprocessing.context_slices + 1
+    spec = spec_from_config(cfg.model, in_channels, n_outputs(cfg.loss.mode, len(classes)))
+    pad_multiple = math.lcm(int(cfg.preprocessing.pad_multiple), spec.pad_multiple)
+    patch = _training_patch(cfg, classes, pad_multiple)
+    model = build_model(spec)
+    if cfg.model.checkpointing:
+        model.use_checkpointing()
+    batch = int(cfg.training.batch_size)
+    table = summary(model, (in_channels, *patch), batch_size=batch)
+
+    device = resolve_device(cfg.training.device)
+    precision = resolve_precision(cfg.training.precision, device)
+    channels_last = resolve_channels_last(cfg.training.channels_last, device)
+    probe = copy.deepcopy(model).to(device)
+    if channels_last:
+        probe = probe.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    loss = SegLoss(cfg.loss.mode, len(classes), bce_weight=cfg.loss.bce_weight, dice_weight=cfg.loss.dice_weight)
+    measured = measure_step_memory(
+        probe,
+        loss.to(device),
+        (in_channels, *patch),
+        batch,
+        len(classes),
+        device=device,
+        optimizer_factory=lambda m: torch.optim.AdamW(
+            m.parameters(), lr=cfg.training.lr, weight_decay=cfg.training.weight_decay
+        ),
+        precision=precision,
+        channels_last=channels_last,
+        seed=cfg.training.seed,
+    )
+    del probe
+    peak = "n/a" if measured.peak_mb is None else f"{measured.peak_mb:.1f}"
+    text = "\n".join(
+        [
+            f"Model: {spec.architecture} {dict(spec.options)}, checkpointing {cfg.model.checkpointing}",
+            f"Input: batch {batch} x {in_channels} channel(s) x {patch[0]} x {patch[1]} (pad multiple {pad_multiple})",
+            table.table(),
+            f"Measured peak memory of one training step on {measured.device} (MB): {peak}  [{measured.method}]",
+        ]
+    )
+    path = Path(cfg.output.dir) / "summary.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text + "\n")
+    for line in text.splitlines():
+        log.info("%s", line)
+    return SummaryReport(spec, patch, batch, table, measured, text, path)
