@@ -200,7 +200,7 @@ def test_disk_full_while_saving_a_checkpoint(
     """torch.save on a full disk raises only ``[enforce fail at inline_container.cc]``: the folder is examined
     (here: statvfs reports no free space) and the message says the disk is full and what is intact."""
     from medseg.io import storage
-    from medseg.training import checkpoint as ckpt_module
+    from medseg.models import checkpoint as ckpt_module
     from medseg.training import load_checkpoint, train
     from tests.test_training import make_cfg
 
