@@ -84,6 +84,22 @@ class PreprocessingConfig(_Section):
     """2.5D: k neighbouring slices on each side become extra input channels."""
     pad_multiple: int = Field(default=16, ge=1)
     """Slices are zero-padded so height and width are multiples of this (the UNet halves them 4 times)."""
+    target_spacing: Literal["auto"] | list[float] | None = "auto"
+    """Spacing (mm, along i, j, k) the in-plane axes are resampled to, in training and at prediction (masks are
+    written on the scan's own grid). ``auto`` = the training cases' median (nnU-Net's anisotropy rule);
+    ``null`` = never resample. See ``plan.json``."""
+    patch_size: Literal["auto"] | list[int] = "auto"
+    """Training patch ``[h, w]``; ``auto`` = the median slice at the target spacing, within a pixel budget."""
+
+    @model_validator(mode="after")
+    def _plan_overrides(self) -> PreprocessingConfig:
+        ts = self.target_spacing
+        if isinstance(ts, list) and (len(ts) != 3 or min(ts) <= 0):
+            raise ValueError(f"target_spacing must be auto, null or three positive mm values, got {ts}")
+        ps = self.patch_size
+        if isinstance(ps, list) and (len(ps) != 2 or min(ps) < 1):
+            raise ValueError(f"patch_size must be auto or two positive sizes [h, w], got {ps}")
+        return self
 
 
 class ElasticConfig(_Section):
@@ -191,8 +207,8 @@ class TrainingConfig(_Section):
     max_minutes: float | None = Field(default=None, gt=0)
     """Wall-clock budget (training and validation); checked before every step, so training stops at the step that
     crosses it, then validates (the LR schedule is planned for it)."""
-    batch_size: int = Field(default=32, ge=1)
-    """Slices per optimisation step."""
+    batch_size: Literal["auto"] | int = "auto"
+    """Slices per optimisation step; ``auto`` = a step of about 32 x 48 x 64 pixels (today's hippocampus step)."""
     lr: float = Field(default=1e-3, gt=0)
     """Initial learning rate."""
     weight_decay: float = Field(default=1e-4, ge=0)
@@ -223,6 +239,12 @@ class TrainingConfig(_Section):
     """Seed of weight initialisation, sampling and augmentation."""
     resume: bool = False
     """Continue from ``<output.dir>/checkpoints/last.pt`` (also extends a finished run to more epochs)."""
+
+    @model_validator(mode="after")
+    def _batch_positive(self) -> TrainingConfig:
+        if isinstance(self.batch_size, int) and self.batch_size < 1:
+            raise ValueError(f"batch_size must be auto or >= 1, got {self.batch_size}")
+        return self
 
 
 class PostprocessingConfig(_Section):

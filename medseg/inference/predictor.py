@@ -23,6 +23,7 @@ from torch import nn
 
 from medseg.config import InferenceConfig, PostprocessingConfig
 from medseg.data.normalization import NormalizationParams, normalize
+from medseg.data.resample import plan_grid, resample_image, resample_probabilities_back
 from medseg.errors import CheckpointError
 from medseg.inference.forward import predict_volume_probs
 from medseg.inference.postprocess import apply_postprocessing
@@ -47,6 +48,8 @@ class ModelSpec:
         patch_hw: Training patch size; prediction pads slices to at least this.
         pad_multiple: Slices are padded to a multiple of this.
         postprocessing: The plan decided on validation data (``{"largest_component": [...], "fill_holes": [...]}``).
+        target_spacing: The plan's target spacing: scans are resampled in-plane to it and the probabilities back
+            onto the scan's grid; ``None`` (checkpoints from before plans) = no resampling.
     """
 
     classes: tuple[str, ...]
@@ -57,6 +60,7 @@ class ModelSpec:
     patch_hw: tuple[int, int] | None = None
     pad_multiple: int = 16
     postprocessing: dict[str, list[int]] | None = None
+    target_spacing: tuple[float, float, float] | None = None
 
 
 def _resolve_postprocessing(
@@ -87,6 +91,16 @@ def _strip_prefixes(state: dict[str, Any]) -> dict[str, Any]:
                 key = key[len(prefix) :]
         out[key] = value
     return out
+
+
+def _plan_target_spacing(ckpt: dict[str, Any], path: Path) -> tuple[float, float, float] | None:
+    # Checkpoints written before plans existed have no 'plan': they predict without resampling, as before.
+    plan = ckpt.get("plan")
+    if plan is None:
+        return None
+    from medseg.data.plan import Plan
+
+    return Plan.from_dict(plan, source=f"Checkpoint '{path}'").target_spacing
 
 
 def _field(ckpt: dict[str, Any], key: str, path: Path) -> Any:
@@ -231,6 +245,7 @@ class Predictor:
             patch_hw=(int(patch[0]), int(patch[1])) if patch else None,
             pad_multiple=int(pad_multiple),
             postprocessing=ckpt.get("postprocessing"),
+            target_spacing=_plan_target_spacing(ckpt, path),
         )
         flip_prob = (((ckpt.get("config") or {}).get("augmentation") or {}).get("flip") or {}).get("prob", 0.0)
         if tta_flips and not flip_prob:
@@ -267,6 +282,9 @@ class Predictor:
         # DICOM or a permuted NIfTI is sliced in the planes and handedness the model knows.
         canon, reo = to_canonical(volume)
         image = normalize(np.asarray(canon.array), self.spec.normalization, source=volume.source)
+        # The plan's target spacing (in-plane); an identity grid (scan already at the target) changes nothing.
+        grid = plan_grid(image.shape, canon.spacing, self.spec.target_spacing, self.spec.slice_axis)
+        image = resample_image(image, grid)
         probs = predict_volume_probs(
             self.model,
             image,
@@ -282,7 +300,8 @@ class Predictor:
             patch_hw=self.spec.patch_hw,
             pad_multiple=self.spec.pad_multiple,
         )
-        return probs, reo
+        # Probabilities (not labels) go back onto the scan's own grid, so labels are taken there.
+        return resample_probabilities_back(probs, grid), reo
 
     def predict_proba(self, volume: Volume) -> np.ndarray:
         """Per-class probabilities on the volume's voxel grid.

@@ -46,6 +46,7 @@ from medseg.config import Config
 from medseg.data.cases import Case, discover_cases
 from medseg.data.class_weights import resolve_class_weights
 from medseg.data.dataset import SliceDataset
+from medseg.data.plan import write_plan
 from medseg.data.prepare import PreparedData, Reader, prepare_training_data
 from medseg.data.sampling import foreground_sampler
 from medseg.data.splits import split_cases
@@ -285,8 +286,14 @@ class Trainer:
             skip_bad_cases=cfg.data.skip_bad_cases,
             cache_dir=cfg.data.cache_dir,
             seed=cfg.data.seed,
+            batch_size=cfg.training.batch_size,
+            classes=self.classes,
         )
         self.data = data
+        assert data.plan is not None
+        self.plan = data.plan
+        if self.main:
+            write_plan(self.plan, Path(cfg.output.dir) / "plan.json")
         self.train_cases = [p.case for p in data.train if p.case is not None]
         self.val_prepared = data.val if not self.validate_on_train else data.train
         self.val_cases = [p.case for p in self.val_prepared if p.case is not None]
@@ -299,8 +306,16 @@ class Trainer:
         tc = cfg.training
         transforms = train_transforms(cfg.augmentation, seed=tc.seed) if cfg.augmentation.enabled else None
         self.dataset = SliceDataset(
-            data.train, None, transforms, pad_multiple=cfg.preprocessing.pad_multiple, cache_dir=cfg.data.cache_dir
+            data.train,
+            None,
+            transforms,
+            pad_multiple=cfg.preprocessing.pad_multiple,
+            cache_dir=cfg.data.cache_dir,
+            crop_hw=self.plan.patch_size,
+            foreground_fraction=tc.foreground_fraction,
+            seed=tc.seed,
         )
+        self.batch_size = int(self.plan.batch_size)
         self.patch_hw = [int(s) for s in self.dataset.patch_hw]
         if resume is not None:
             weights = resume["class_weights"]
@@ -316,12 +331,12 @@ class Trainer:
         base = foreground_sampler(
             self.dataset, tc.foreground_fraction, len(self.dataset), tc.seed, rank=self.rank, world_size=self.world_size
         )
-        self.sampler = SeededSampler(base, tc.seed, tc.batch_size)
+        self.sampler = SeededSampler(base, tc.seed, self.batch_size)
         self.num_workers = resolve_num_workers(tc.num_workers, self.device)
         self.loader = build_train_loader(
             self.dataset,
             self.sampler,
-            batch_size=tc.batch_size,
+            batch_size=self.batch_size,
             num_workers=self.num_workers,
             device=self.device,
             seed=tc.seed,
@@ -660,6 +675,7 @@ class Trainer:
             "context_slices": int(self.data.context),
             "patch_hw": list(self.patch_hw),
             "pad_multiple": int(self.cfg.preprocessing.pad_multiple),
+            "plan": self.plan.to_dict(),
             "precision": _PRECISION_NAMES[self.amp_dtype],
             "channels_last": self.channels_last,
             "postprocessing": {k: list(v) for k, v in postprocessing.items()},
