@@ -31,8 +31,16 @@ class DataConfig(_Section):
 
     root: Path | None = None
     """Dataset folder. For ``layout: msd`` it holds ``dataset.json``, ``imagesTr/``, ``labelsTr/``."""
-    layout: Literal["auto", "msd", "glob", "dicom"] = "auto"
-    """``auto`` = ``msd`` when ``root/dataset.json`` exists, else ``glob``."""
+    layout: Literal["auto", "msd", "glob", "dicom", "folders"] = "auto"
+    """``auto`` = ``msd`` when ``root/dataset.json`` exists, else ``glob``. ``folders``: one folder per case
+    holding one file per channel (``channel_patterns``) and a label file (``label_pattern``)."""
+    channel_patterns: list[str] | None = None
+    """``folders`` layout: one file-name pattern per input channel, in input order (fnmatch, case-insensitive),
+    e.g. ``["*flair*", "*t1c*"]``."""
+    channel_names: list[str] | None = None
+    """``folders`` layout: channel names (stored in the checkpoint); ``None`` = the patterns without wildcards."""
+    label_pattern: str = "*label*"
+    """``folders`` layout: file-name pattern of the label file in each case folder (fnmatch, case-insensitive)."""
     image_glob: str = "images/*.nii.gz"
     """``glob`` layout: image files relative to ``root``."""
     label_glob: str = "labels/*.nii.gz"

@@ -88,7 +88,12 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
         if len(channels) != 1:
             raise ValueError(f"all cases need the same number of channels, got {sorted(channels)}")
         self.channels = channels.pop()
-        self.context = (self.channels - 1) // 2
+        inputs = {int(p.n_input_channels) for p in prepared}
+        if len(inputs) != 1:
+            raise ValueError(f"all cases need the same number of input channels, got {sorted(inputs)}")
+        # Several input channels (modalities): stored per modality, each with its own 2.5D neighbours.
+        self.n_input_channels = inputs.pop()
+        self.context = (self.channels // self.n_input_channels - 1) // 2
         max_hw = np.max([p.image.shape[-2:] for p in prepared], axis=0)
         if patch_hw is None:
             # Stored slices cover the largest slice and the crop (a crop larger than every slice is all padding).
@@ -103,17 +108,21 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
 
         n_total = sum(p.n_slices for p in prepared)
         ph, pw = self.patch_hw
-        self._slices = _empty((n_total, ph, pw), np.float32, cache_dir, "dataset_slices")
+        per_slice = (ph, pw) if self.n_input_channels == 1 else (self.n_input_channels, ph, pw)
+        self._slices = _empty((n_total, *per_slice), np.float32, cache_dir, "dataset_slices")
+        width = 2 * self.context + 1
+        centres = [c * width + self.context for c in range(self.n_input_channels)]
         label_dtype = np.result_type(*[p.label.dtype for p in prepared if p.label is not None])
         self._labels = _empty((n_total, ph, pw), label_dtype, cache_dir, "dataset_labels")
-        neighbours = np.empty((n_total, self.channels), dtype=np.int64)
+        neighbours = np.empty((n_total, 2 * self.context + 1), dtype=np.int64)
         case_index = np.empty(n_total, dtype=np.int64)
         boxes = np.empty((n_total, 4), dtype=np.int64)  # top, left, h, w of the real slice in the stored array
         start = 0
         for ci, case in enumerate(prepared):
             n, h, w = case.n_slices, case.image.shape[-2], case.image.shape[-1]
             top, left = (ph - h) // 2, (pw - w) // 2  # the centring of slicing.pad_to_shape
-            self._slices[start : start + n, top : top + h, left : left + w] = case.image[:, self.context]
+            centre = case.image[:, self.context] if self.n_input_channels == 1 else case.image[:, centres]
+            self._slices[start : start + n, ..., top : top + h, left : left + w] = centre
             assert case.label is not None
             self._labels[start : start + n, top : top + h, left : left + w] = case.label
             neighbours[start : start + n] = start + context_indices(n, self.context)
@@ -183,8 +192,10 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
         stack = self._slices[self._neighbours[index]]
         label_np = self._labels[index]
         if window is not None:
-            stack = np.ascontiguousarray(stack[:, window[0], window[1]])
+            stack = np.ascontiguousarray(stack[..., window[0], window[1]])
             label_np = label_np[window[0], window[1]]
+        if self.n_input_channels > 1:  # (2k+1, C, H, W) -> channel-major (C * (2k+1), H, W), as channels_to_slices
+            stack = np.ascontiguousarray(np.swapaxes(stack, 0, 1)).reshape(-1, *stack.shape[-2:])
         image = torch.from_numpy(np.asarray(stack))
         if self.transforms is None:
             return {IMAGE_KEY: image, LABEL_KEY: torch.from_numpy(label_np.astype(np.int64))}

@@ -258,6 +258,7 @@ class Trainer:
         spec = discover_cases(cfg.data)
         self.classes = list(spec.classes)
         self.n_classes = len(self.classes)
+        self.channels = list(spec.channels)
         train_cases, val_cases = split_cases(
             spec.cases, cfg.data.val_fraction, cfg.data.seed, folds=cfg.data.folds, fold=cfg.data.fold
         )
@@ -288,6 +289,7 @@ class Trainer:
             seed=cfg.data.seed,
             batch_size=cfg.training.batch_size,
             classes=self.classes,
+            channels=self.channels,
         )
         self.data = data
         assert data.plan is not None
@@ -346,7 +348,7 @@ class Trainer:
         cfg = self.cfg
         self.mode = cfg.loss.mode
         self.model_spec = {
-            "n_channels": 2 * self.data.context + 1,
+            "n_channels": len(self.channels) * (2 * self.data.context + 1),
             "n_outputs": n_outputs(self.mode, self.n_classes),
             "bilinear": cfg.model.bilinear,
             "base_features": cfg.model.base_features,
@@ -676,6 +678,8 @@ class Trainer:
             "patch_hw": list(self.patch_hw),
             "pad_multiple": int(self.cfg.preprocessing.pad_multiple),
             "plan": self.plan.to_dict(),
+            "channels": list(self.channels),
+            "channel_patterns": list(self.cfg.data.channel_patterns or []),
             "precision": _PRECISION_NAMES[self.amp_dtype],
             "channels_last": self.channels_last,
             "postprocessing": {k: list(v) for k, v in postprocessing.items()},
