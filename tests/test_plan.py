@@ -140,3 +140,20 @@ def torch_equal(x: object, y: object) -> bool:
     import torch
 
     return bool(torch.equal(x, y))  # type: ignore[arg-type]
+
+
+def test_copy_of_hippocampus_config_plans_for_another_dataset() -> None:
+    # A new user's copy of configs/hippocampus.yaml with only data.root changed: the plan adapts to the data.
+    from medseg.config import load_config
+
+    root = _require(LA2018)
+    repo = Path(__file__).resolve().parents[1]
+    cfg = load_config(repo / "configs" / "hippocampus.yaml", [f"data.root={root}"])
+    assert cfg.training.batch_size == "auto" and cfg.preprocessing.patch_size == "auto"
+    spec = discover_cases(cfg.data)
+    data = prepare_training_data(
+        spec.cases[:6], [], len(spec.classes), cfg.preprocessing, batch_size=cfg.training.batch_size
+    )
+    assert data.plan is not None
+    assert data.plan.patch_size != (48, 64) and data.plan.batch_size < 32  # not the hippocampus settings
+    assert data.plan.patch_size[0] * data.plan.patch_size[1] * data.plan.batch_size <= STEP_PIXELS
