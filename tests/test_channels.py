@@ -105,6 +105,20 @@ def test_nnunet_naming_pairs_0000_and_0001(folders_root: Path, tmp_path: Path) -
     assert spec.channels == ["FLAIR", "T1c"]
     for case in spec.cases:
         assert [p.name for p in case.channel_files] == [f"{case.id}_0000.nii.gz", f"{case.id}_0001.nii.gz"]
+    # Batch prediction of imagesTr: one job per case (the _0001 files go with their _0000), masks named by case.
+    torch.manual_seed(0)
+    spec2 = ModelSpec(
+        classes=tuple(CLASSES),
+        mode="softmax",
+        normalization=NormalizationParams("zscore"),
+        slice_axis=2,
+        context_slices=0,
+        channels=("FLAIR", "T1c"),
+    )
+    predictor = Predictor(UNet(2, 5, base_features=4), spec2, device="cpu", precision="fp32")
+    result = predict_folder(predictor, root / "imagesTr", tmp_path / "pred", progress=False)
+    assert result.n_ok == 3 and result.n_failed == 0
+    assert sorted(p.name for p in (tmp_path / "pred").glob("*.nii.gz")) == [f"{c.id}.nii.gz" for c in spec.cases]
     # A missing _0001 file is a named bad case.
     (root / "imagesTr" / f"{spec.cases[0].id}_0001.nii.gz").unlink()
     with pytest.raises(MissingChannelError, match=r"_0001\.nii\.gz"):

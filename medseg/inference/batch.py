@@ -387,6 +387,9 @@ def predict_folder(
         jobs = discover_case_folders(Path(inputs), out_dir, output_format)  # a folder of case folders
     else:
         jobs = discover(inputs, out_dir, output_format)
+        if len(predictor.spec.channels) > 1:
+            # nnU-Net naming: <case>_0001... are read with their <case>_0000 (Predictor.read_input), not alone.
+            jobs = [j for j in jobs if not re.search(r"_(?!0000)\d{4}(\.nii\.gz|\.nii|\.nrrd|\.mha)$", j.input.name)]
     if shard is not None:
         jobs = shard_jobs(jobs, *shard)
     out_dir.mkdir(parents=True, exist_ok=True)
