@@ -171,10 +171,15 @@ def predict_and_score(cfg: Any, checkpoint: Path, cases: Sequence[Any], classes:
 
     inf = cfg.inference
     predictor = Predictor.from_config(checkpoint, inf)
+
+    def case_input(c: Any) -> Path:
+        # layout folders: a case is predicted from its folder (its channels); otherwise from its image file.
+        return c.image.parent if c.channel_files and cfg.data.layout == "folders" else c.image
+
     start = time.perf_counter()
     result = predict_folder(
         predictor,
-        [c.image for c in cases],
+        [case_input(c) for c in cases],
         out / "predictions",
         output_format=inf.output_format,
         overwrite=True,
@@ -184,7 +189,7 @@ def predict_and_score(cfg: Any, checkpoint: Path, cases: Sequence[Any], classes:
     rows = {row["input"]: row for row in result.rows}
     pairs, failed = [], []
     for c in cases:
-        row = rows.get(str(c.image))
+        row = rows.get(str(case_input(c)))
         if row is None or row["status"] != "ok":
             failed.append({"case": c.id, "error": (row or {}).get("error", "not predicted")})
             continue
@@ -228,6 +233,9 @@ def run_medseg_fold(args: argparse.Namespace, fold: int, run_dir: Path) -> dict[
         split = last.get("split", {})
         train_info["architecture"] = network_spec(last).architecture
         train_info["parameters"] = sum(p.numel() for p in model_from_checkpoint(last)[0].parameters())
+        plan = dict(last.get("plan") or {})
+        if isinstance(plan.get("fingerprint"), dict):  # the per-case table is in the run's plan.json
+            plan["fingerprint"] = {k: v for k, v in plan["fingerprint"].items() if k != "cases"}
         evaluations = {"best": predict_and_score(cfg, result.best, cases, result.classes, run_dir / "eval_best")}
         if not args.no_last:
             evaluations["last"] = predict_and_score(cfg, result.last, cases, result.classes, run_dir / "eval_last")
@@ -238,6 +246,7 @@ def run_medseg_fold(args: argparse.Namespace, fold: int, run_dir: Path) -> dict[
         "n_train": len(split.get("train", [])),
         "val_cases": [c.id for c in cases],
         "train": train_info,
+        "plan": plan,
         "evaluations": evaluations,
         "config": cfg.model_dump(mode="json"),
         "classes": list(result.classes),

@@ -43,8 +43,16 @@ class DataConfig(_Section):
 
     root: Path | None = None
     """Dataset folder. For ``layout: msd`` it holds ``dataset.json``, ``imagesTr/``, ``labelsTr/``."""
-    layout: Literal["auto", "msd", "glob", "dicom"] = "auto"
-    """``auto`` = ``msd`` when ``root/dataset.json`` exists, else ``glob``."""
+    layout: Literal["auto", "msd", "glob", "dicom", "folders"] = "auto"
+    """``auto`` = ``msd`` when ``root/dataset.json`` exists, else ``glob``. ``folders``: one folder per case
+    holding one file per channel (``channel_patterns``) and a label file (``label_pattern``)."""
+    channel_patterns: list[str] | None = None
+    """``folders`` layout: one file-name pattern per input channel, in input order (fnmatch, case-insensitive),
+    e.g. ``["*flair*", "*t1c*"]``."""
+    channel_names: list[str] | None = None
+    """``folders`` layout: channel names (stored in the checkpoint); ``None`` = the patterns without wildcards."""
+    label_pattern: str = "*label*"
+    """``folders`` layout: file-name pattern of the label file in each case folder (fnmatch, case-insensitive)."""
     image_glob: str = "images/*.nii.gz"
     """``glob`` layout: image files relative to ``root``."""
     label_glob: str = "labels/*.nii.gz"
@@ -103,6 +111,22 @@ class PreprocessingConfig(_Section):
     """2.5D: k neighbouring slices on each side become extra input channels."""
     pad_multiple: int = Field(default=16, ge=1)
     """Slices are zero-padded so height and width are multiples of this and of ``2 ** model.depth``."""
+    target_spacing: Literal["auto"] | list[float] | None = "auto"
+    """Spacing (mm, along i, j, k) the in-plane axes are resampled to, in training and at prediction (masks are
+    written on the scan's own grid). ``auto`` = the training cases' median (nnU-Net's anisotropy rule);
+    ``null`` = never resample. See ``plan.json``."""
+    patch_size: Literal["auto"] | list[int] = "auto"
+    """Training patch ``[h, w]``; ``auto`` = the median slice at the target spacing, within a pixel budget."""
+
+    @model_validator(mode="after")
+    def _plan_overrides(self) -> PreprocessingConfig:
+        ts = self.target_spacing
+        if isinstance(ts, list) and (len(ts) != 3 or min(ts) <= 0):
+            raise ValueError(f"target_spacing must be auto, null or three positive mm values, got {ts}")
+        ps = self.patch_size
+        if isinstance(ps, list) and (len(ps) != 2 or min(ps) < 1):
+            raise ValueError(f"patch_size must be auto or two positive sizes [h, w], got {ps}")
+        return self
 
 
 class ElasticConfig(_Section):
@@ -216,8 +240,8 @@ class TrainingConfig(_Section):
     max_minutes: float | None = Field(default=None, gt=0)
     """Wall-clock budget (training and validation); checked before every step, so training stops at the step that
     crosses it, then validates (the LR schedule is planned for it)."""
-    batch_size: int = Field(default=32, ge=1)
-    """Slices per optimisation step."""
+    batch_size: Literal["auto"] | int = "auto"
+    """Slices per optimisation step; ``auto`` = a step of about 32 x 48 x 64 pixels (today's hippocampus step)."""
     lr: float = Field(default=1e-3, gt=0)
     """Initial learning rate."""
     weight_decay: float = Field(default=1e-4, ge=0)
@@ -248,6 +272,12 @@ class TrainingConfig(_Section):
     """Seed of weight initialisation, sampling and augmentation."""
     resume: bool = False
     """Continue from ``<output.dir>/checkpoints/last.pt`` (also extends a finished run to more epochs)."""
+
+    @model_validator(mode="after")
+    def _batch_positive(self) -> TrainingConfig:
+        if isinstance(self.batch_size, int) and self.batch_size < 1:
+            raise ValueError(f"batch_size must be auto or >= 1, got {self.batch_size}")
+        return self
 
 
 class PostprocessingConfig(_Section):

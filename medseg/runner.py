@@ -356,7 +356,8 @@ def run_predict(cfg: Config, val_cases: Sequence[Case] | None = None, *, retrain
                 "The predict stage has no scans: inference.input is not set and data has no validation cases "
                 f"(data.val_fraction = {cfg.data.val_fraction}); set inference.input (--input FOLDER)."
             )
-        inputs = [c.image for c in cases]
+        # Cases stored as one folder per case (layout folders) are predicted from their folder, named after it.
+        inputs = [c.image.parent if c.channel_files and cfg.data.layout == "folders" else c.image for c in cases]
         log.info("Predicting the %d validation case(s) of '%s' with '%s'", len(inputs), cfg.data.root, checkpoint)
     # Masks already in the folder were made by another model if training ran since they were written; keeping
     # them (the resume behaviour of predict_folder) would mix two models' masks in one table.

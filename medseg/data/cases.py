@@ -40,11 +40,14 @@ class Case:
         id: Unique name, used for output file names and to pair predictions with ground truth.
         image: Image file or DICOM series folder.
         label: Label file or DICOM mask series folder; ``None`` for unlabelled cases.
+        channel_files: With several input channels stored one file per channel: those files in input order
+            (``image`` is the first). Empty for single-channel cases and for 4D files holding all channels.
     """
 
     id: str
     image: Path
     label: Path | None
+    channel_files: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -67,11 +70,13 @@ class DatasetSpec:
         cases: Usable cases, sorted by id.
         classes: Class names, background at index 0.
         skipped: Cases left out with ``skip_bad_cases`` (empty otherwise).
+        channels: Input channel names in input order (``["image"]`` for single-channel data).
     """
 
     cases: list[Case]
     classes: list[str]
     skipped: list[SkippedCase] = field(default_factory=list)
+    channels: list[str] = field(default_factory=lambda: ["image"])
 
 
 class BadCaseCollector:
@@ -114,9 +119,16 @@ def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSp
     if layout == "auto":
         layout = "msd" if (root / "dataset.json").is_file() else "glob"
     collector = BadCaseCollector(cfg.skip_bad_cases)
+    channels = ["image"]
 
     if layout == "msd":
         cases, classes = _discover_msd(root, collector, require_labels)
+        channels = msd_channel_names(read_dataset_json(root))
+    elif layout == "folders":
+        from medseg.data.folders import channel_names, discover_folders
+
+        cases, classes = discover_folders(root, cfg, collector, require_labels), None
+        channels = channel_names(cfg)
     elif layout == "glob":
         cases, classes = _discover_glob(root, cfg, collector, require_labels), None
     else:
@@ -138,7 +150,7 @@ def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSp
     cases.sort(key=lambda c: c.id)
     if cfg.max_cases is not None:
         cases = cases[: cfg.max_cases]
-    return DatasetSpec(cases=cases, classes=classes, skipped=collector.skipped)
+    return DatasetSpec(cases=cases, classes=classes, skipped=collector.skipped, channels=channels)
 
 
 def _reject_duplicates(cases: list[Case]) -> None:
@@ -147,7 +159,8 @@ def _reject_duplicates(cases: list[Case]) -> None:
         if case.id in seen:
             raise ConfigError(
                 f"Two cases share the id '{case.id}': '{seen[case.id].image}' and '{case.image}' "
-                "(multi-channel inputs are not supported; check the file names or data.case_pattern)"
+                "(check the file names or data.case_pattern; several channels per case need layout msd with "
+                "nnU-Net naming or layout folders)"
             )
         seen[case.id] = case
 
@@ -200,17 +213,22 @@ def classes_from_labels(labels: Any, source: Path) -> list[str]:
     return [by_index[i] for i in range(len(by_index))]
 
 
-def _n_modalities(ds: dict[str, Any]) -> int:
-    channels = ds.get("channel_names", ds.get("modality", {"0": "?"}))
-    return len(channels) if isinstance(channels, dict) else 1
+def msd_channel_names(ds: dict[str, Any]) -> list[str]:
+    """Channel names of an MSD / nnU-Net ``dataset.json`` (``channel_names`` or ``modality``), in index order."""
+    channels = ds.get("channel_names", ds.get("modality"))
+    if not isinstance(channels, dict) or len(channels) <= 1:
+        return ["image"]
+    try:
+        return [str(channels[k]) for k in sorted(channels, key=lambda k: int(k))]
+    except ValueError:
+        return [str(v) for v in channels.values()]
 
 
 def _discover_msd(root: Path, collector: BadCaseCollector, require_labels: bool) -> tuple[list[Case], list[str]]:
     ds = read_dataset_json(root)
     source = root / "dataset.json"
     classes = classes_from_labels(ds.get("labels"), source)
-    if _n_modalities(ds) > 1:
-        raise ConfigError(f"'{source}' lists {_n_modalities(ds)} input channels; only single-channel data is supported")
+    n_channels = len(msd_channel_names(ds))
 
     pairs: list[tuple[str, Path, Path | None]] = []
     training = ds.get("training")
@@ -220,6 +238,7 @@ def _discover_msd(root: Path, collector: BadCaseCollector, require_labels: bool)
                 raise ConfigError(f"'{source}': training[{i}] must be an object with 'image' and 'label'")
             image = _resolve_msd_image(root / entry["image"])
             label = root / entry["label"] if entry.get("label") else root / "labelsTr" / image.name
+            # nnU-Net v1 naming (<case>_0000 ...) holds one file per channel; MSD's own files are 4D.
             pairs.append((case_id_from_path(image), image, label))
     else:  # nnU-Net v2: no training list, files found by name
         ending = str(ds.get("file_ending", ".nii.gz"))
@@ -228,7 +247,37 @@ def _discover_msd(root: Path, collector: BadCaseCollector, require_labels: bool)
             pairs.append((case_id, image, root / "labelsTr" / f"{case_id}{ending}"))
     if not pairs:
         raise ConfigError(f"'{source}' lists no training cases and '{root / 'imagesTr'}' has no '*_0000' images")
-    return _pairs_to_cases(pairs, collector, require_labels), classes
+    cases = _pairs_to_cases(pairs, collector, require_labels)
+    if n_channels > 1:
+        cases = _with_channel_files(cases, n_channels, collector)
+    return cases, classes
+
+
+def _with_channel_files(cases: list[Case], n_channels: int, collector: BadCaseCollector) -> list[Case]:
+    # nnU-Net naming: <case>_0000<ending> is channel 0, <case>_0001<ending> channel 1, ...; a file without the
+    # _0000 suffix is an MSD 4D file holding every channel on its 4th axis (read as such, checked when read).
+    out = []
+    for case in cases:
+        stem = strip_scan_ending(case.image.name)
+        if not stem.endswith("_0000"):
+            out.append(case)
+            continue
+        ending = case.image.name[len(stem) :]
+        files = tuple(case.image.with_name(f"{stem[:-4]}{c:04d}{ending}") for c in range(n_channels))
+        missing = [f for f in files if not f.exists()]
+        if missing:
+            from medseg.io.channels import MissingChannelError
+
+            collector.report(
+                case.id,
+                MissingChannelError(
+                    f"Case '{case.id}': channel file(s) {', '.join(repr(str(m)) for m in missing)} do not exist "
+                    f"(dataset.json lists {n_channels} channels)"
+                ),
+            )
+            continue
+        out.append(Case(case.id, case.image, case.label, files))
+    return out
 
 
 def _resolve_msd_image(path: Path) -> Path:

@@ -54,9 +54,15 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
             :func:`medseg.data.transforms.train_transforms`); ``None`` for none.
         pad_multiple: Used when ``patch_hw`` is ``None`` (16 = four poolings).
         cache_dir: Keep the slice array as a memory-mapped ``.npy`` here instead of in memory.
+        crop_hw: The plan's training patch: each item is a random window of this size (slices smaller than it
+            are padded; see :meth:`_window`). ``None`` = whole padded slices (``patch_hw``).
+        foreground_fraction: Chance that a window on a slice holding labels is centred on a random labelled
+            pixel (the sampler already draws this share of slices from those holding labels); otherwise it lies
+            anywhere within the slice.
+        seed: Seed of the window positions (:meth:`reseed` reseeds them per DataLoader worker).
 
     Attributes:
-        patch_hw: The patch size used.
+        patch_hw: The size of the items (``crop_hw`` if given).
         foreground: ``(len,)`` bool, whether each slice holds a label > 0 (for :func:`foreground_sampler`).
         case_index: ``(len,)`` index into ``prepared`` of each slice's case.
     """
@@ -69,6 +75,9 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
         *,
         pad_multiple: int = 16,
         cache_dir: Path | None = None,
+        crop_hw: Sequence[int] | None = None,
+        foreground_fraction: float = 0.0,
+        seed: int = 0,
     ) -> None:
         if not prepared:
             raise ValueError("SliceDataset needs at least one prepared case")
@@ -79,9 +88,17 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
         if len(channels) != 1:
             raise ValueError(f"all cases need the same number of channels, got {sorted(channels)}")
         self.channels = channels.pop()
-        self.context = (self.channels - 1) // 2
+        inputs = {int(p.n_input_channels) for p in prepared}
+        if len(inputs) != 1:
+            raise ValueError(f"all cases need the same number of input channels, got {sorted(inputs)}")
+        # Several input channels (modalities): stored per modality, each with its own 2.5D neighbours.
+        self.n_input_channels = inputs.pop()
+        self.context = (self.channels // self.n_input_channels - 1) // 2
         max_hw = np.max([p.image.shape[-2:] for p in prepared], axis=0)
-        self.patch_hw = tuple(int(s) for s in (patch_hw if patch_hw is not None else padded_size(max_hw, pad_multiple)))
+        if patch_hw is None:
+            # Stored slices cover the largest slice and the crop (a crop larger than every slice is all padding).
+            patch_hw = padded_size(max_hw, pad_multiple, crop_hw)
+        self.patch_hw = tuple(int(s) for s in patch_hw)
         too_big = [
             (p.id, tuple(p.image.shape[-2:])) for p in prepared if np.any(np.array(p.image.shape[-2:]) > self.patch_hw)
         ]
@@ -91,20 +108,26 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
 
         n_total = sum(p.n_slices for p in prepared)
         ph, pw = self.patch_hw
-        self._slices = _empty((n_total, ph, pw), np.float32, cache_dir, "dataset_slices")
+        per_slice = (ph, pw) if self.n_input_channels == 1 else (self.n_input_channels, ph, pw)
+        self._slices = _empty((n_total, *per_slice), np.float32, cache_dir, "dataset_slices")
+        width = 2 * self.context + 1
+        centres = [c * width + self.context for c in range(self.n_input_channels)]
         label_dtype = np.result_type(*[p.label.dtype for p in prepared if p.label is not None])
         self._labels = _empty((n_total, ph, pw), label_dtype, cache_dir, "dataset_labels")
-        neighbours = np.empty((n_total, self.channels), dtype=np.int64)
+        neighbours = np.empty((n_total, 2 * self.context + 1), dtype=np.int64)
         case_index = np.empty(n_total, dtype=np.int64)
+        boxes = np.empty((n_total, 4), dtype=np.int64)  # top, left, h, w of the real slice in the stored array
         start = 0
         for ci, case in enumerate(prepared):
             n, h, w = case.n_slices, case.image.shape[-2], case.image.shape[-1]
             top, left = (ph - h) // 2, (pw - w) // 2  # the centring of slicing.pad_to_shape
-            self._slices[start : start + n, top : top + h, left : left + w] = case.image[:, self.context]
+            centre = case.image[:, self.context] if self.n_input_channels == 1 else case.image[:, centres]
+            self._slices[start : start + n, ..., top : top + h, left : left + w] = centre
             assert case.label is not None
             self._labels[start : start + n, top : top + h, left : left + w] = case.label
             neighbours[start : start + n] = start + context_indices(n, self.context)
             case_index[start : start + n] = ci
+            boxes[start : start + n] = (top, left, h, w)
             start += n
         if cache_dir is not None:
             for arr in (self._slices, self._labels):
@@ -113,6 +136,15 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
         self.case_index = case_index
         self.case_ids = [p.id for p in prepared]
         self.foreground = self._labels.reshape(n_total, -1).max(axis=1) > 0
+        self._boxes = boxes
+        self.stored_hw = self.patch_hw
+        self.crop_hw = tuple(int(s) for s in crop_hw) if crop_hw is not None else self.patch_hw
+        if any(c > st for c, st in zip(self.crop_hw, self.stored_hw, strict=True)):
+            raise ValueError(f"crop_hw {self.crop_hw} is larger than the stored slices {self.stored_hw}")
+        if self.crop_hw != self.stored_hw:
+            self.patch_hw = self.crop_hw
+        self.foreground_fraction = float(foreground_fraction)
+        self._rng = np.random.default_rng(seed)
         log.info(
             "SliceDataset: %d slices from %d cases, patch %s, %d channels, %.0f%% with foreground",
             n_total,
@@ -125,12 +157,49 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
     def __len__(self) -> int:
         return int(self._slices.shape[0])
 
+    def _window(self, index: int) -> tuple[slice, slice] | None:
+        """Where the crop of slice ``index`` lies in the stored array; ``None`` when items are whole slices.
+
+        Per axis: a slice smaller than the patch gets the window centred on it (the rest is padding); a larger
+        one gets a random window inside it, centred (as far as it fits) on a random labelled pixel with chance
+        ``foreground_fraction`` when the slice holds labels.
+        """
+        if self.crop_hw == self.stored_hw:
+            return None
+        top, left, h, w = (int(v) for v in self._boxes[index])
+        centre: tuple[int, int] | None = None
+        if self.foreground[index] and self.foreground_fraction > 0 and self._rng.random() < self.foreground_fraction:
+            fg = np.flatnonzero(self._labels[index].reshape(-1) > 0)
+            pick = int(fg[self._rng.integers(fg.size)])
+            centre = divmod(pick, int(self.stored_hw[1]))
+        out = []
+        for ax, (b0, size, patch, stored) in enumerate(
+            ((top, h, self.crop_hw[0], self.stored_hw[0]), (left, w, self.crop_hw[1], self.stored_hw[1]))
+        ):
+            if size <= patch:
+                start = b0 + size // 2 - patch // 2
+            elif centre is not None:
+                start = min(max(centre[ax] - patch // 2, b0), b0 + size - patch)
+            else:
+                start = int(self._rng.integers(b0, b0 + size - patch + 1))
+            start = min(max(start, 0), stored - patch)
+            out.append(slice(start, start + patch))
+        return out[0], out[1]
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        window = self._window(index)
         # Fancy indexing copies, so transforms never touch the stored slices.
-        image = torch.from_numpy(np.asarray(self._slices[self._neighbours[index]]))
+        stack = self._slices[self._neighbours[index]]
+        label_np = self._labels[index]
+        if window is not None:
+            stack = np.ascontiguousarray(stack[..., window[0], window[1]])
+            label_np = label_np[window[0], window[1]]
+        if self.n_input_channels > 1:  # (2k+1, C, H, W) -> channel-major (C * (2k+1), H, W), as channels_to_slices
+            stack = np.ascontiguousarray(np.swapaxes(stack, 0, 1)).reshape(-1, *stack.shape[-2:])
+        image = torch.from_numpy(np.asarray(stack))
         if self.transforms is None:
-            return {IMAGE_KEY: image, LABEL_KEY: torch.from_numpy(self._labels[index].astype(np.int64))}
-        label = torch.from_numpy(self._labels[index].astype(np.float32))[None]
+            return {IMAGE_KEY: image, LABEL_KEY: torch.from_numpy(label_np.astype(np.int64))}
+        label = torch.from_numpy(label_np.astype(np.float32))[None]
         with single_thread():
             out = self.transforms({IMAGE_KEY: image, LABEL_KEY: label})
             image_out = _plain(torch.as_tensor(out[IMAGE_KEY], dtype=torch.float32)).contiguous()
@@ -140,6 +209,7 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
 
     def reseed(self, seed: int) -> None:
         """Seeds the random transforms (each DataLoader worker needs its own stream: see :func:`worker_init_fn`)."""
+        self._rng = np.random.default_rng(seed % (2**32))
         set_state = getattr(self.transforms, "set_random_state", None)
         if set_state is not None:
             set_state(seed=seed % (2**32))

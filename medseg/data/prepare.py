@@ -20,9 +20,12 @@ import numpy as np
 from medseg.config import PreprocessingConfig
 from medseg.data.cases import BadCaseCollector, Case, SkippedCase
 from medseg.data.checks import check_image_finite, check_pair
+from medseg.data.fingerprint import FingerprintAccumulator
 from medseg.data.normalization import CTStatsAccumulator, NormalizationParams, normalize, resolve_scheme
-from medseg.data.slicing import label_to_slices, resolve_slice_axis, slices_to_volume, volume_to_slices
-from medseg.errors import BadCaseError, MedsegError
+from medseg.data.plan import Plan, make_plan
+from medseg.data.resample import plan_grid, resample_image, resample_label
+from medseg.data.slicing import channels_to_slices, label_to_slices, slices_to_volume
+from medseg.errors import BadCaseError, ConfigError, MedsegError
 from medseg.io.orientation import to_canonical
 from medseg.volume import Volume
 
@@ -68,11 +71,12 @@ class PreparedCase:
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
     affine: np.ndarray | None = None
     case: Case | None = None
+    n_input_channels: int = 1
 
     @property
     def context(self) -> int:
         """2.5D context slices on each side."""
-        return (int(self.image.shape[1]) - 1) // 2
+        return (int(self.image.shape[1]) // self.n_input_channels - 1) // 2
 
     @property
     def n_slices(self) -> int:
@@ -108,6 +112,7 @@ class PreparedData:
         axis: Slice axis used.
         context: 2.5D context slices on each side.
         skipped: Cases left out with ``skip_bad_cases``.
+        plan: The plan decided from the training cases' fingerprint (target spacing, patch, batch, ...).
     """
 
     train: list[PreparedCase]
@@ -116,6 +121,7 @@ class PreparedData:
     axis: int
     context: int
     skipped: list[SkippedCase] = field(default_factory=list)
+    plan: Plan | None = None
 
 
 @dataclass
@@ -156,9 +162,24 @@ class _Stash:
             self._path(name).unlink(missing_ok=True)
 
 
+def _read_image(case: Case, reader: Reader, channels: Sequence[str]) -> tuple[Volume, np.ndarray | None]:
+    """The case's image (its first channel) and, with several channels, all of them ``(C, I, J, K)``."""
+    if len(channels) <= 1 and not case.channel_files:
+        return reader(case.image), None
+    from medseg.io.channels import load_channels
+
+    paths = list(case.channel_files) or [case.image]
+    stack = load_channels(paths, channels, reader, case_id=case.id)
+    return stack.reference, stack.array()
+
+
 def _read_case(
-    case: Case, n_classes: int | None, reader: Reader, dtype: type[np.unsignedinteger]
-) -> tuple[Volume, np.ndarray | None]:
+    case: Case,
+    n_classes: int | None,
+    reader: Reader,
+    dtype: type[np.unsignedinteger],
+    channels: Sequence[str] = ("image",),
+) -> tuple[Volume, np.ndarray | None, np.ndarray | None]:
     """Reads image and label once, checks them, and brings both to closest-RAS voxel order.
 
     The reorientation (permutes/flips only, see ``medseg.io.orientation``) makes the slice axis mean the same
@@ -166,7 +187,7 @@ def _read_case(
     BadCaseErrors naming both files.
     """
     try:
-        image = reader(case.image)
+        image, stacked = _read_image(case, reader, channels)
         label = reader(case.label) if case.label is not None else None
     except BadCaseError:
         raise
@@ -174,12 +195,14 @@ def _read_case(
         raise BadCaseError(f"Case '{case.id}' (image '{case.image}', label '{case.label}'): {err}") from err
     if label is None:
         check_image_finite(case, image)
-        return to_canonical(image)[0], None
+        canon, reorientation = to_canonical(image)
+        return canon, None, reorientation.apply(stacked) if stacked is not None else None
     if n_classes is None:
         raise ValueError("n_classes is needed to check labelled cases")
     check_pair(case, image, label, n_classes)
     image, reorientation = to_canonical(image)
-    return image, reorientation.apply(np.asarray(label.array).astype(dtype))
+    multi = reorientation.apply(stacked) if stacked is not None else None
+    return image, reorientation.apply(np.asarray(label.array).astype(dtype)), multi
 
 
 def _load_all(
@@ -190,18 +213,25 @@ def _load_all(
     params: NormalizationParams | None,
     ct_acc: CTStatsAccumulator | None,
     stash: _Stash,
+    fingerprint: FingerprintAccumulator | None = None,
+    channels: Sequence[str] = ("image",),
 ) -> list[_Loaded]:
     loaded = []
     dtype = label_dtype(n_classes or 2)
     for case in cases:
         try:
-            image, label = _read_case(case, n_classes, reader, dtype)
+            image, label, multi = _read_case(case, n_classes, reader, dtype, channels)
         except BadCaseError as err:
             collector.report(case.id, err)
             continue
+        raw = multi if multi is not None else image.array
+        if fingerprint is not None:  # raw intensities, closest-RAS geometry: what the plan is decided from
+            fingerprint.add(case.id, raw, label, image.spacing)
         if ct_acc is not None:
             ct_acc.add(image.array, label, source=case.image)
-        if params is not None:
+        if params is not None and multi is not None:  # each channel normalised on its own
+            array = np.stack([normalize(multi[c], params, source=case.image) for c in range(multi.shape[0])])
+        elif params is not None:
             array = normalize(image.array, params, source=case.image)
         else:  # ct fit pending: float32 holds HU exactly and halves the memory of get_fdata's float64
             array = np.asarray(image.array, dtype=np.float32)
@@ -219,30 +249,54 @@ def _load_all(
 
 
 def _slice_loaded(
-    item: _Loaded, axis: int, context: int, params: NormalizationParams | None, stash: _Stash
+    item: _Loaded,
+    axis: int,
+    context: int,
+    params: NormalizationParams | None,
+    stash: _Stash,
+    target_spacing: Sequence[float] | None = None,
+    n_classes: int = 2,
 ) -> PreparedCase:
     array = normalize(item.array, params, source=item.case.image) if params is not None else item.array
-    image = stash.keep(volume_to_slices(array, axis, context), f"{item.case.id}.image")
-    label = stash.keep(label_to_slices(item.label, axis), f"{item.case.id}.label") if item.label is not None else None
+    # In-plane resampling to the plan's target spacing (after normalisation, as the predictor does it).
+    grid = plan_grid(array.shape[-3:], item.spacing, target_spacing, axis)
+    spacing, affine = item.spacing, item.affine
+    label_volume = item.label
+    if not grid.is_identity:
+        stacked = np.stack([resample_image(a, grid) for a in (array if array.ndim == 4 else array[None])])
+        array = stacked if array.ndim == 4 else stacked[0]
+        label_volume = resample_label(label_volume, grid, n_classes) if label_volume is not None else None
+        spacing, affine = grid.target_spacing(item.spacing), grid.target_affine(item.affine)
+    image = stash.keep(channels_to_slices(array, axis, context), f"{item.case.id}.image")
+    label = (
+        stash.keep(label_to_slices(label_volume, axis), f"{item.case.id}.label") if label_volume is not None else None
+    )
     return PreparedCase(
         id=item.case.id,
         image=image,
         label=label,
         axis=axis,
-        shape=tuple(int(s) for s in item.array.shape),  # type: ignore[arg-type]
-        spacing=item.spacing,
-        affine=item.affine,
+        shape=tuple(int(s) for s in array.shape[-3:]),  # type: ignore[arg-type]
+        spacing=spacing,
+        n_input_channels=int(array.shape[0]) if array.ndim == 4 else 1,
+        affine=affine,
         case=item.case,
     )
 
 
 def _slice_all(
-    items: list[_Loaded], axis: int, context: int, params: NormalizationParams | None, stash: _Stash
+    items: list[_Loaded],
+    axis: int,
+    context: int,
+    params: NormalizationParams | None,
+    stash: _Stash,
+    target_spacing: Sequence[float] | None = None,
+    n_classes: int = 2,
 ) -> list[PreparedCase]:
     # Consumes ``items`` so each volume is freed once its slices exist (peak memory ~ data + one case).
     out = []
     for i in range(len(items)):
-        out.append(_slice_loaded(items[i], axis, context, params, stash))
+        out.append(_slice_loaded(items[i], axis, context, params, stash, target_spacing, n_classes))
         case_id = items[i].case.id
         items[i] = None  # type: ignore[call-overload]
         stash.discard(f"{case_id}.volume")
@@ -261,6 +315,8 @@ def prepare_cases(
     skip_bad_cases: bool = False,
     skipped: list[SkippedCase] | None = None,
     cache_dir: Path | None = None,
+    target_spacing: Sequence[float] | None = None,
+    channels: Sequence[str] = ("image",),
 ) -> list[PreparedCase]:
     """Reads (once), checks, normalises and slices cases with known parameters.
 
@@ -274,6 +330,8 @@ def prepare_cases(
         skip_bad_cases: Log and skip bad cases instead of raising.
         skipped: If given, skipped cases are appended to it.
         cache_dir: Keep slices as memory-mapped ``.npy`` files here instead of in memory.
+        target_spacing: The plan's target spacing: in-plane axes are resampled to it (``None``: not at all).
+        channels: Input channel names (several: each case's channels are read, checked and stacked).
 
     Returns:
         One :class:`PreparedCase` per usable case, in input order.
@@ -283,10 +341,10 @@ def prepare_cases(
     """
     collector = BadCaseCollector(skip_bad_cases)
     stash = _Stash(cache_dir)
-    loaded = _load_all(cases, n_classes, reader or default_reader(), collector, params, None, stash)
+    loaded = _load_all(cases, n_classes, reader or default_reader(), collector, params, None, stash, None, channels)
     if skipped is not None:
         skipped.extend(collector.skipped)
-    return _slice_all(loaded, axis, context, None, stash)
+    return _slice_all(loaded, axis, context, None, stash, target_spacing, n_classes or 2)
 
 
 def prepare_training_data(
@@ -300,6 +358,9 @@ def prepare_training_data(
     skip_bad_cases: bool = False,
     cache_dir: Path | None = None,
     seed: int = 0,
+    batch_size: str | int = "auto",
+    classes: Sequence[str] | None = None,
+    channels: Sequence[str] = ("image",),
 ) -> PreparedData:
     """Reads every case once, fits normalisation on the training cases, resolves the axis, slices.
 
@@ -313,9 +374,12 @@ def prepare_training_data(
         skip_bad_cases: Log and skip bad cases instead of raising; they are listed in ``skipped``.
         cache_dir: Keep volumes and slices as memory-mapped ``.npy`` files here instead of in memory.
         seed: Seed of the ``ct`` voxel subsample.
+        batch_size: ``training.batch_size`` (``auto`` or a number), decided in the plan.
+        classes: Class names (for the fingerprint); ``None`` = ``class0 .. classN``.
+        channels: Input channel names in input order; with several, each is normalised on its own.
 
     Returns:
-        :class:`PreparedData` with the prepared cases, normalisation parameters, axis and skipped cases.
+        :class:`PreparedData` with the prepared cases, normalisation parameters, axis, plan and skipped cases.
 
     Raises:
         BadCaseError: A case fails its checks (unless ``skip_bad_cases``).
@@ -326,10 +390,17 @@ def prepare_training_data(
     collector = BadCaseCollector(skip_bad_cases)
     stash = _Stash(cache_dir)
     context = preprocessing.context_slices
+    names = list(classes) if classes is not None else [f"class{i}" for i in range(n_classes)]
+    fingerprint = FingerprintAccumulator(names, channels=tuple(channels), seed=seed)
+    if scheme == "ct" and len(channels) > 1:
+        raise ConfigError(
+            f"preprocessing.normalization ct is fitted on one channel; the data has {len(channels)} "
+            f"({', '.join(channels)}): use zscore or percentile"
+        )
 
     if scheme == "ct":
         acc = CTStatsAccumulator(seed=seed)
-        train = _load_all(train_cases, n_classes, reader, collector, None, acc, stash)
+        train = _load_all(train_cases, n_classes, reader, collector, None, acc, stash, fingerprint)
         if not train:
             raise ValueError("No usable training case left to fit the normalisation on")
         params = acc.params()
@@ -337,15 +408,26 @@ def prepare_training_data(
         pending: NormalizationParams | None = params
     else:
         params = NormalizationParams(scheme=scheme, nonzero=preprocessing.nonzero)
-        train = _load_all(train_cases, n_classes, reader, collector, params, None, stash)
-        val = _load_all(val_cases, n_classes, reader, collector, params, None, stash)
+        train = _load_all(train_cases, n_classes, reader, collector, params, None, stash, fingerprint, channels)
+        val = _load_all(val_cases, n_classes, reader, collector, params, None, stash, None, channels)
         pending = None
     if not train:
         raise ValueError("No usable training case (all were skipped)")
 
-    # One axis for the whole dataset, from the median training spacing (nnU-Net's target-spacing choice).
+    # One plan for the whole dataset, from the training cases' fingerprint (after reading, before slicing).
+    plan = make_plan(
+        fingerprint.result(),
+        slice_axis=preprocessing.slice_axis,
+        target_spacing=preprocessing.target_spacing,
+        patch_size=preprocessing.patch_size,
+        batch_size=batch_size,
+        pad_multiple=preprocessing.pad_multiple,
+        channels=list(channels),
+        normalization=[params.to_dict() for _ in channels],
+        normalization_reason=_normalization_reason(preprocessing.normalization, scheme, modality),
+    )
+    axis = plan.slice_axis
     median_spacing = np.median(np.array([item.spacing for item in train]), axis=0)
-    axis = resolve_slice_axis(median_spacing, preprocessing.slice_axis)
     log.info(
         "Data: %d training, %d validation cases; normalisation %s; slice axis %d (median spacing %s)",
         len(train),
@@ -354,11 +436,22 @@ def prepare_training_data(
         axis,
         np.round(median_spacing, 3).tolist(),
     )
+    for line in plan.summary_lines():
+        log.info("%s", line)
     return PreparedData(
-        train=_slice_all(train, axis, context, pending, stash),
-        val=_slice_all(val, axis, context, pending, stash),
+        train=_slice_all(train, axis, context, pending, stash, plan.target_spacing, n_classes),
+        val=_slice_all(val, axis, context, pending, stash, plan.target_spacing, n_classes),
         params=params,
         axis=axis,
         context=context,
         skipped=collector.skipped,
+        plan=plan,
     )
+
+
+def _normalization_reason(setting: str, scheme: str, modality: str) -> str:
+    if setting != "auto":
+        return "set in the config (preprocessing.normalization)"
+    if scheme == "ct":
+        return "CT: dataset-wide clip to the 0.5/99.5 foreground percentiles, then z-score (nnU-Net)"
+    return f"{modality.upper()}: per-volume z-score (intensities are not calibrated)"

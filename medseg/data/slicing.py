@@ -77,6 +77,20 @@ def volume_to_slices(array: np.ndarray, axis: int, context: int = 0) -> np.ndarr
     return np.ascontiguousarray(moved[context_indices(moved.shape[0], context)], dtype=np.float32)
 
 
+def channels_to_slices(array: np.ndarray, axis: int, context: int = 0) -> np.ndarray:
+    """Cuts a multi-channel volume ``(C, I, J, K)`` (or ``(I, J, K)``) into ``(N, C * (2k+1), H, W)`` slices.
+
+    Channel-major: input channels ``c * (2k+1) .. c * (2k+1) + 2k`` are channel ``c``'s neighbours ``n-k .. n+k``.
+    A 3D volume gives exactly :func:`volume_to_slices`.
+    """
+    array = np.asarray(array)
+    if array.ndim == 3:
+        return volume_to_slices(array, axis, context)
+    if array.ndim != 4:
+        raise ValueError(f"expected (C, I, J, K) or (I, J, K), got shape {array.shape}")
+    return np.concatenate([volume_to_slices(array[c], axis, context) for c in range(array.shape[0])], axis=1)
+
+
 def label_to_slices(label: np.ndarray, axis: int) -> np.ndarray:
     """Cuts a label volume ``(I, J, K)`` into contiguous ``(N, H, W)`` slices, keeping its dtype."""
     label = np.asarray(label)

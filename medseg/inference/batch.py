@@ -60,9 +60,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from medseg.errors import ConfigError, MedsegError, OutputStorageError, UnreadableScanError
 from medseg.inference.memory import HeapTrimmer
 from medseg.inference.predictor import Predictor
-from medseg.io import case_id_from_path, find_scans, load_volume, save_mask, save_volume
+from medseg.io import case_id_from_path, find_scans, save_mask, save_volume
 from medseg.io.atomic import atomic_write_text, remove_stale_temp_files
-from medseg.io.scans import walk_scan_tree
+from medseg.io.channels import ChannelStack
+from medseg.io.scans import strip_scan_ending, walk_scan_tree
 from medseg.io.storage import output_storage
 
 log = logging.getLogger(__name__)
@@ -236,6 +237,16 @@ def discover(inputs: Path | str | Sequence[Path | str], out_dir: Path, output_fo
     ]
 
 
+def discover_case_folders(root: Path, out_dir: Path, output_format: str) -> list[ScanJob]:
+    """One job per case folder under ``root`` (``data.layout: folders`` models); masks are named after the folders."""
+    from medseg.data.folders import case_folders
+
+    folders = [f for f in case_folders(root) if not _is_within(f, out_dir) and not _is_within(out_dir, f)]
+    if not folders:
+        raise ConfigError(f"Input folder '{root}' holds no case folders (the model reads one folder per case)")
+    return [ScanJob(case_id=f.name, input=f, output=out_dir / f"{f.name}.{output_format}") for f in folders]
+
+
 def shard_jobs(jobs: Sequence[ScanJob], rank: int, world_size: int) -> list[ScanJob]:
     """This rank's share of ``jobs`` (round-robin: no job done twice, none missed, sizes differ by at most one)."""
     if world_size < 1 or not 0 <= rank < world_size:
@@ -307,11 +318,12 @@ def _describe(err: BaseException) -> str:
 def _run_case(
     predictor: Predictor, job: ScanJob, output_format: str, overwrite: bool, save_probabilities: bool
 ) -> dict[str, Any]:
-    volume = load_volume(job.input)
+    read = predictor.read_input(job.input)  # a scan, or a multi-channel case's channels
+    volume = read.reference if isinstance(read, ChannelStack) else read
     # Only the writes are examined for storage faults: an unreadable input is this case's problem.
     folder = job.output.parent
     if save_probabilities:
-        mask, probs = predictor.predict_with_proba(volume)
+        mask, probs = predictor.predict_with_proba(read)
         paths = probability_paths(job.output, job.case_id, predictor.classes, output_format)
         for k, prob_path in enumerate(paths, start=1):
             if overwrite or not prob_path.exists():
@@ -319,7 +331,7 @@ def _run_case(
                     save_volume(probs[k], like=volume, path=prob_path, overwrite=overwrite)
         del probs
     else:
-        mask = predictor.predict(volume)
+        mask = predictor.predict(read)
     if overwrite or not job.output.exists():
         with output_storage(folder):
             save_mask(mask.array, like=volume, path=job.output, overwrite=overwrite)
@@ -415,7 +427,13 @@ def predict_folder(
             at the first such case; the message names the folder, the reason, what was kept and the table.
     """
     out_dir = Path(out_dir)
-    jobs = discover(inputs, out_dir, output_format)
+    if predictor.spec.channel_patterns and isinstance(inputs, (str, Path)) and Path(inputs).is_dir():
+        jobs = discover_case_folders(Path(inputs), out_dir, output_format)  # a folder of case folders
+    else:
+        jobs = discover(inputs, out_dir, output_format)
+        if len(predictor.spec.channels) > 1:
+            # nnU-Net naming: <case>_0001... are read with their <case>_0000 (Predictor.read_input), not alone.
+            jobs = [j for j in jobs if not re.search(r"_(?!0000)\d{4}$", strip_scan_ending(j.input.name))]
     if shard is not None:
         jobs = shard_jobs(jobs, *shard)
     with output_storage(out_dir):

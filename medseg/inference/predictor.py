@@ -24,10 +24,13 @@ from torch import nn
 
 from medseg.config import InferenceConfig, PostprocessingConfig
 from medseg.data.normalization import NormalizationParams, normalize
-from medseg.errors import CheckpointError
-from medseg.inference.forward import predict_volume_probs
+from medseg.data.resample import plan_grid, resample_image, resample_probabilities_back
+from medseg.data.slicing import channels_to_slices, slices_to_volume
+from medseg.errors import CheckpointError, ConfigError
+from medseg.inference.forward import forward_slices, predict_volume_probs
 from medseg.inference.postprocess import apply_postprocessing
 from medseg.inference.settings import InferenceSettings
+from medseg.io.channels import ChannelStack
 from medseg.io.orientation import Reorientation, to_canonical
 from medseg.models.checkpoint import load_checkpoint, model_from_checkpoint
 from medseg.models.head import probs_to_labels
@@ -63,6 +66,11 @@ class ModelSpec:
         patch_hw: Training patch size; prediction pads slices to at least this.
         pad_multiple: Slices are padded to a multiple of this.
         postprocessing: The plan decided on validation data (``{"largest_component": [...], "fill_holes": [...]}``).
+        target_spacing: The plan's target spacing: scans are resampled in-plane to it and the probabilities back
+            onto the scan's grid; ``None`` (checkpoints from before plans) = no resampling.
+        channels: Input channel names in input order (several: predict a :class:`ChannelStack`).
+        channel_patterns: ``data.channel_patterns`` of a ``folders`` dataset: how a case folder's files are
+            matched to the channels at prediction.
     """
 
     classes: tuple[str, ...]
@@ -73,6 +81,9 @@ class ModelSpec:
     patch_hw: tuple[int, int] | None = None
     pad_multiple: int = 16
     postprocessing: dict[str, list[int]] | None = None
+    target_spacing: tuple[float, float, float] | None = None
+    channels: tuple[str, ...] = ("image",)
+    channel_patterns: tuple[str, ...] = ()
 
 
 def _resolve_postprocessing(
@@ -92,6 +103,16 @@ def _resolve_postprocessing(
         return sorted(int(c) for c in decided.get(key, []) if 0 < int(c) < n_classes)
 
     return one(setting.largest_component, "largest_component"), one(setting.fill_holes, "fill_holes")
+
+
+def _plan_target_spacing(ckpt: dict[str, Any], path: Path) -> tuple[float, float, float] | None:
+    # Checkpoints written before plans existed have no 'plan': they predict without resampling, as before.
+    plan = ckpt.get("plan")
+    if plan is None:
+        return None
+    from medseg.data.plan import Plan
+
+    return Plan.from_dict(plan, source=f"Checkpoint '{path}'").target_spacing
 
 
 def _field(ckpt: dict[str, Any], key: str, path: Path) -> Any:
@@ -198,10 +219,11 @@ class Predictor:
         if axis not in (0, 1, 2):
             raise CheckpointError(f"Checkpoint '{path}': slice_axis must be 0, 1 or 2, got {axis!r}")
         model, net = model_from_checkpoint(ckpt, path)
-        if net.in_channels != 2 * context + 1:
+        channels = tuple(str(c) for c in (ckpt.get("channels") or ["image"]))
+        if net.in_channels != len(channels) * (2 * context + 1):
             raise CheckpointError(
-                f"Checkpoint '{path}': model takes {net.in_channels} channels but context_slices={context} "
-                f"implies {2 * context + 1}"
+                f"Checkpoint '{path}': model takes {net.in_channels} channels but {len(channels)} input channel(s) "
+                f"with context_slices={context} imply {len(channels) * (2 * context + 1)}"
             )
         try:
             normalization = NormalizationParams.from_dict(_field(ckpt, "normalization", path))
@@ -222,6 +244,9 @@ class Predictor:
             patch_hw=(int(patch[0]), int(patch[1])) if patch else None,
             pad_multiple=math.lcm(int(pad_multiple), net.pad_multiple),  # never less than the network needs
             postprocessing=ckpt.get("postprocessing"),
+            target_spacing=_plan_target_spacing(ckpt, path),
+            channels=channels,
+            channel_patterns=tuple(str(p) for p in (ckpt.get("channel_patterns") or [])),
         )
         flip_prob = (((ckpt.get("config") or {}).get("augmentation") or {}).get("flip") or {}).get("prob", 0.0)
         if options.get("tta_flips") and not flip_prob:
@@ -244,15 +269,69 @@ class Predictor:
         """Number of classes including background."""
         return len(self.spec.classes)
 
-    def _canonical_probs(self, volume: Volume) -> tuple[np.ndarray, Reorientation]:
+    def read_input(self, path: str | Path) -> Volume | ChannelStack:
+        """Reads one input the way this model needs it: a scan, or a case's channels (folder or 4D file).
+
+        Raises:
+            MissingChannelError: A case folder lacks a channel pattern's file, or a 4D file has too few channels.
+            ChannelMismatchError: A channel is not on the first channel's grid.
+        """
+        from medseg.io import load_volume
+        from medseg.io.channels import MissingChannelError, load_channels, match_channel_files
+        from medseg.io.scans import image_suffix
+
+        path = Path(path)
+        if len(self.spec.channels) == 1:
+            return load_volume(path)
+        if path.is_dir() and self.spec.channel_patterns:
+            return load_channels(match_channel_files(path, self.spec.channel_patterns), self.spec.channels)
+        suffix = image_suffix(path) or ""
+        stem = path.name[: len(path.name) - len(suffix)]
+        if suffix and stem.endswith("_0000"):  # nnU-Net naming: <case>_0000, <case>_0001, ... beside each other
+            ending = path.name[len(stem) :]
+            files = [path.with_name(f"{stem[:-4]}{c:04d}{ending}") for c in range(len(self.spec.channels))]
+            missing = [str(f) for f in files if not f.exists()]
+            if missing:
+                raise MissingChannelError(f"'{path}': channel file(s) {', '.join(missing)} do not exist")
+            return load_channels(files, self.spec.channels)
+        return load_channels([path], self.spec.channels)  # MSD: one 4D file holding every channel
+
+    def _multi_channel_probs(self, stack: ChannelStack) -> tuple[np.ndarray, Reorientation]:
+        if tuple(stack.names) != tuple(self.spec.channels):
+            raise ConfigError(
+                f"'{stack.source}': the model was trained on channels {list(self.spec.channels)} (in this order), "
+                f"got {list(stack.names)}"
+            )
+        canon, reo = to_canonical(stack.reference)
+        norm = self.spec.normalization  # each channel on its own, as in training
+        arrays = [normalize(reo.apply(np.asarray(v.array)), norm, source=v.source) for v in stack.volumes]
+        grid = plan_grid(canon.shape, canon.spacing, self.spec.target_spacing, self.spec.slice_axis)
+        image = np.stack([resample_image(a, grid) for a in arrays])
+        slices = channels_to_slices(image, self.spec.slice_axis, self.spec.context_slices)
+        probs = forward_slices(self.model, slices, self.settings)
+        volume_probs = np.ascontiguousarray(slices_to_volume(probs, self.spec.slice_axis))
+        return resample_probabilities_back(volume_probs, grid), reo
+
+    def _canonical_probs(self, volume: Volume | ChannelStack) -> tuple[np.ndarray, Reorientation]:
+        if isinstance(volume, ChannelStack):
+            return self._multi_channel_probs(volume)
+        if len(self.spec.channels) > 1:
+            raise ConfigError(
+                f"'{volume.source}': the model needs {len(self.spec.channels)} channels "
+                f"({', '.join(self.spec.channels)}); give a case folder or a 4D file (Predictor.read_input)"
+            )
         # The model was trained on closest-RAS voxel order (medseg.data reorients the same way), so an LPS-stored
         # DICOM or a permuted NIfTI is sliced in the planes and handedness the model knows.
         canon, reo = to_canonical(volume)
         image = normalize(np.asarray(canon.array), self.spec.normalization, source=volume.source)
+        # The plan's target spacing (in-plane); an identity grid (scan already at the target) changes nothing.
+        grid = plan_grid(image.shape, canon.spacing, self.spec.target_spacing, self.spec.slice_axis)
+        image = resample_image(image, grid)
         probs = predict_volume_probs(self.model, image, self.spec.slice_axis, self.spec.context_slices, self.settings)
-        return probs, reo
+        # Probabilities (not labels) go back onto the scan's own grid, so labels are taken there.
+        return resample_probabilities_back(probs, grid), reo
 
-    def predict_proba(self, volume: Volume) -> np.ndarray:
+    def predict_proba(self, volume: Volume | ChannelStack) -> np.ndarray:
         """Per-class probabilities on the volume's voxel grid.
 
         Args:
@@ -289,13 +368,14 @@ class Predictor:
             axis=self.spec.slice_axis if slice_axis is None else slice_axis,
         )
 
-    def predict_with_proba(self, volume: Volume) -> tuple[Volume, np.ndarray]:
+    def predict_with_proba(self, volume: Volume | ChannelStack) -> tuple[Volume, np.ndarray]:
         """Both the mask volume and the probabilities (one forward pass), e.g. to save probability maps."""
         probs, reo = self._canonical_probs(volume)
         labels = self.labels_from_proba(probs)
-        return volume.with_array(reo.invert(labels)), reo.invert(probs)
+        grid = volume.reference if isinstance(volume, ChannelStack) else volume
+        return grid.with_array(reo.invert(labels)), reo.invert(probs)
 
-    def predict(self, volume: Volume) -> Volume:
+    def predict(self, volume: Volume | ChannelStack) -> Volume:
         """Label mask for ``volume``.
 
         Args:

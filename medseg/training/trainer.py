@@ -52,6 +52,7 @@ from medseg.data.cases import Case, discover_cases
 from medseg.data.class_weights import resolve_class_weights
 from medseg.data.dataset import SliceDataset
 from medseg.data.foreground import check_foreground
+from medseg.data.plan import write_plan
 from medseg.data.prepare import PreparedData, Reader, prepare_training_data
 from medseg.data.sampling import foreground_sampler
 from medseg.data.splits import split_cases
@@ -230,6 +231,7 @@ class Trainer:
         spec = discover_cases(cfg.data)
         self.classes = list(spec.classes)
         self.n_classes = len(self.classes)
+        self.channels = list(spec.channels)
         train_cases, val_cases = split_cases(
             spec.cases, cfg.data.val_fraction, cfg.data.seed, folds=cfg.data.folds, fold=cfg.data.fold
         )
@@ -258,9 +260,16 @@ class Trainer:
             skip_bad_cases=cfg.data.skip_bad_cases,
             cache_dir=cfg.data.cache_dir,
             seed=cfg.data.seed,
+            batch_size=cfg.training.batch_size,
+            classes=self.classes,
+            channels=self.channels,
         )
         check_foreground(data.train, data.val)  # all-empty labels: refused before the first step
         self.data = data
+        assert data.plan is not None
+        self.plan = data.plan
+        if self.main:
+            write_plan(self.plan, Path(cfg.output.dir) / "plan.json")
         self.train_cases = [p.case for p in data.train if p.case is not None]
         self.val_prepared = data.val if not self.validate_on_train else data.train
         self.val_cases = [p.case for p in self.val_prepared if p.case is not None]
@@ -272,12 +281,22 @@ class Trainer:
 
         tc = cfg.training
         # The network is known once the data fixed its input channels; slices are padded for its depth.
-        self.network_spec = spec_from_config(cfg.model, 2 * data.context + 1, n_outputs(cfg.loss.mode, self.n_classes))
+        # Each input channel (modality) brings its own 2k+1 context slices.
+        in_channels = len(self.channels) * (2 * data.context + 1)
+        self.network_spec = spec_from_config(cfg.model, in_channels, n_outputs(cfg.loss.mode, self.n_classes))
         self.pad_multiple = math.lcm(int(cfg.preprocessing.pad_multiple), self.network_spec.pad_multiple)
         transforms = train_transforms(cfg.augmentation, seed=tc.seed) if cfg.augmentation.enabled else None
         self.dataset = SliceDataset(
-            data.train, None, transforms, pad_multiple=self.pad_multiple, cache_dir=cfg.data.cache_dir
+            data.train,
+            None,
+            transforms,
+            pad_multiple=self.pad_multiple,
+            cache_dir=cfg.data.cache_dir,
+            crop_hw=self.plan.patch_size,
+            foreground_fraction=tc.foreground_fraction,
+            seed=tc.seed,
         )
+        self.batch_size = int(self.plan.batch_size)
         self.patch_hw = [int(s) for s in self.dataset.patch_hw]
         if resume is not None:
             weights = resume["class_weights"]
@@ -293,12 +312,12 @@ class Trainer:
         base = foreground_sampler(
             self.dataset, tc.foreground_fraction, len(self.dataset), tc.seed, rank=self.rank, world_size=self.world_size
         )
-        self.sampler = SeededSampler(base, tc.seed, tc.batch_size)
+        self.sampler = SeededSampler(base, tc.seed, self.batch_size)
         self.num_workers = resolve_num_workers(tc.num_workers, self.device)
         self.loader = build_train_loader(
             self.dataset,
             self.sampler,
-            batch_size=tc.batch_size,
+            batch_size=self.batch_size,
             num_workers=self.num_workers,
             device=self.device,
             seed=tc.seed,
@@ -654,6 +673,9 @@ class Trainer:
             "context_slices": int(self.data.context),
             "patch_hw": list(self.patch_hw),
             "pad_multiple": int(self.pad_multiple),
+            "plan": self.plan.to_dict(),
+            "channels": list(self.channels),
+            "channel_patterns": list(self.cfg.data.channel_patterns or []),
             "precision": _PRECISION_NAMES[self.amp_dtype],
             "channels_last": self.channels_last,
             "postprocessing": {k: list(v) for k, v in postprocessing.items()},

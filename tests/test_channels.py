@@ -1,0 +1,212 @@
+"""Multi-channel inputs on real BraTS files: pairing in the three layouts, per-channel checks and errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medseg.config import DataConfig, PreprocessingConfig
+from medseg.data.cases import discover_cases
+from medseg.data.normalization import NormalizationParams, normalize
+from medseg.data.prepare import prepare_cases, prepare_training_data
+from medseg.errors import BadCaseError, ConfigError
+from medseg.inference.batch import predict_folder
+from medseg.inference.predictor import ModelSpec, Predictor
+from medseg.io.channels import ChannelMismatchError, MissingChannelError, load_channels
+from medseg.models.unet import UNet
+from tests.conftest import SHARED_DATA
+
+BRATS = SHARED_DATA / "BraTS2015_DeepMedic_examples"
+CLASSES = ["background", "necrosis", "oedema", "non_enhancing", "enhancing"]
+PATTERNS = ["flair*", "t1c*"]
+CROP = (slice(80, 144), slice(80, 144), slice(70, 78))  # 64 x 64 x 8 around the tumours: small and fast
+
+
+def _require_brats() -> Path:
+    if not BRATS.exists():
+        pytest.skip(f"needs real data at {BRATS} (../shared/data is not part of a fresh clone)")
+    return BRATS
+
+
+def _crop(src: Path, dst: Path, *, shift_mm: float = 0.0, add: float = 0.0) -> np.ndarray:
+    img = nib.load(src)
+    data = np.asarray(img.dataobj)[CROP] + add
+    affine = img.affine.copy()
+    affine[:3, 3] = img.affine[:3, :3] @ np.array([s.start for s in CROP]) + img.affine[:3, 3]
+    affine[0, 3] += shift_mm
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data.astype(img.get_data_dtype()), affine), dst)
+    return data
+
+
+@pytest.fixture
+def folders_root(tmp_path: Path) -> Path:
+    """Three BraTS case folders cropped small, files named as in the original."""
+    root = tmp_path / "brats"
+    for case in sorted(p for p in _require_brats().iterdir() if p.is_dir())[:3]:
+        for name in ("Flair_subtrMeanDivStd.nii.gz", "T1c_subtrMeanDivStd.nii.gz", "OTMultiClass.nii.gz"):
+            _crop(case / name, root / case.name / name)
+        shutil.copy(case / "brainmask.nii.gz", root / case.name / "brainmask.nii.gz")
+    return root
+
+
+def _folders_cfg(root: Path) -> DataConfig:
+    return DataConfig(
+        root=root, layout="folders", channel_patterns=PATTERNS, label_pattern="otmulticlass*", classes=CLASSES
+    )
+
+
+def test_folders_layout_pairs_channels_in_pattern_order(folders_root: Path) -> None:
+    spec = discover_cases(_folders_cfg(folders_root))
+    assert spec.channels == ["flair", "t1c"]
+    assert len(spec.cases) == 3
+    for case in spec.cases:
+        assert [p.name for p in case.channel_files] == ["Flair_subtrMeanDivStd.nii.gz", "T1c_subtrMeanDivStd.nii.gz"]
+        assert case.label is not None and case.label.name == "OTMultiClass.nii.gz"
+        assert case.id == case.image.parent.name
+    # Float labels with integral values are accepted; each channel normalised on its own; channel order kept.
+    params = NormalizationParams("zscore", nonzero=True)
+    prepared = prepare_cases(spec.cases[:1], params, axis=2, n_classes=5, channels=spec.channels)[0]
+    assert prepared.n_input_channels == 2 and prepared.image.shape[1] == 2
+    flair = np.asarray(nib.load(spec.cases[0].channel_files[0]).dataobj)
+    t1c = np.asarray(nib.load(spec.cases[0].channel_files[1]).dataobj)
+    # BraTS files are LPS: canonical order flips the first two axes.
+    canon = [np.flip(np.flip(a, 0), 1) for a in (flair, t1c)]
+    for c in range(2):
+        expected = np.moveaxis(normalize(canon[c], params), 2, 0)
+        np.testing.assert_allclose(prepared.image[:, c], expected, atol=1e-6)
+    assert set(np.unique(prepared.label)) <= set(range(5))
+
+
+def test_nnunet_naming_pairs_0000_and_0001(folders_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "nnunet"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for case in sorted(folders_root.iterdir()):
+        shutil.copy(case / "Flair_subtrMeanDivStd.nii.gz", root / "imagesTr" / f"{case.name}_0000.nii.gz")
+        shutil.copy(case / "T1c_subtrMeanDivStd.nii.gz", root / "imagesTr" / f"{case.name}_0001.nii.gz")
+        shutil.copy(case / "OTMultiClass.nii.gz", root / "labelsTr" / f"{case.name}.nii.gz")
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "FLAIR", "1": "T1c"},
+                "labels": {name: i for i, name in enumerate(CLASSES)},
+                "file_ending": ".nii.gz",
+            }
+        )
+    )
+    spec = discover_cases(DataConfig(root=root))
+    assert spec.channels == ["FLAIR", "T1c"]
+    for case in spec.cases:
+        assert [p.name for p in case.channel_files] == [f"{case.id}_0000.nii.gz", f"{case.id}_0001.nii.gz"]
+    # Batch prediction of imagesTr: one job per case (the _0001 files go with their _0000), masks named by case.
+    torch.manual_seed(0)
+    spec2 = ModelSpec(
+        classes=tuple(CLASSES),
+        mode="softmax",
+        normalization=NormalizationParams("zscore"),
+        slice_axis=2,
+        context_slices=0,
+        channels=("FLAIR", "T1c"),
+    )
+    predictor = Predictor(UNet(2, 5, base_features=4), spec2, device="cpu", precision="fp32")
+    result = predict_folder(predictor, root / "imagesTr", tmp_path / "pred", progress=False)
+    assert result.n_ok == 3 and result.n_failed == 0
+    assert sorted(p.name for p in (tmp_path / "pred").glob("*.nii.gz")) == [f"{c.id}.nii.gz" for c in spec.cases]
+    # A missing _0001 file is a named bad case.
+    (root / "imagesTr" / f"{spec.cases[0].id}_0001.nii.gz").unlink()
+    with pytest.raises(MissingChannelError, match=r"_0001\.nii\.gz"):
+        discover_cases(DataConfig(root=root))
+
+
+def test_msd_4d_nifti_channels_on_the_fourth_axis(folders_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "msd"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    training = []
+    for case in sorted(folders_root.iterdir()):
+        flair = nib.load(case / "Flair_subtrMeanDivStd.nii.gz")
+        t1c = nib.load(case / "T1c_subtrMeanDivStd.nii.gz")
+        four = np.stack([np.asarray(flair.dataobj), np.asarray(t1c.dataobj)], axis=-1)
+        nib.save(nib.Nifti1Image(four, flair.affine), root / "imagesTr" / f"{case.name}.nii.gz")
+        shutil.copy(case / "OTMultiClass.nii.gz", root / "labelsTr" / f"{case.name}.nii.gz")
+        training.append({"image": f"./imagesTr/{case.name}.nii.gz", "label": f"./labelsTr/{case.name}.nii.gz"})
+    labels = {str(i): n for i, n in enumerate(CLASSES)}
+    (root / "dataset.json").write_text(
+        json.dumps({"modality": {"0": "FLAIR", "1": "T1c"}, "labels": labels, "training": training})
+    )
+    spec = discover_cases(DataConfig(root=root))
+    assert spec.channels == ["FLAIR", "T1c"] and all(c.channel_files == () for c in spec.cases)
+    stack = load_channels([spec.cases[0].image], spec.channels)
+    ref = np.asarray(nib.load(folders_root / spec.cases[0].id / "T1c_subtrMeanDivStd.nii.gz").dataobj)
+    np.testing.assert_array_equal(stack.volumes[1].array, ref)
+    data = prepare_training_data(
+        spec.cases, [], 5, PreprocessingConfig(nonzero=True), classes=CLASSES, channels=spec.channels
+    )
+    assert data.plan is not None and data.plan.channels == ["FLAIR", "T1c"]
+    assert all(p.image.shape[1] == 2 for p in data.train)
+    assert len(data.plan.fingerprint["intensities"]) == 2  # type: ignore[index]
+    with pytest.raises(MissingChannelError, match="holds 2 channel"):
+        load_channels([spec.cases[0].image], ["a", "b", "c"])
+
+
+def test_missing_channel_is_a_named_bad_case(folders_root: Path) -> None:
+    victim = sorted(folders_root.iterdir())[1]
+    (victim / "T1c_subtrMeanDivStd.nii.gz").unlink()
+    with pytest.raises(MissingChannelError, match=rf"{victim.name}.*no file matches the channel pattern 't1c\*'"):
+        discover_cases(_folders_cfg(folders_root))
+    skipping = _folders_cfg(folders_root).model_copy(update={"skip_bad_cases": True})
+    spec = discover_cases(skipping)
+    assert [s.id for s in spec.skipped] == [victim.name] and len(spec.cases) == 2
+
+
+def test_channel_on_another_grid_names_the_channel_and_the_shift(folders_root: Path) -> None:
+    case = sorted(folders_root.iterdir())[0]
+    orig = _require_brats() / case.name / "T1c_subtrMeanDivStd.nii.gz"
+    _crop(orig, case / "T1c_subtrMeanDivStd.nii.gz", shift_mm=2.5)
+    spec = discover_cases(_folders_cfg(folders_root))
+    with pytest.raises(ChannelMismatchError, match=r"channel 't1c'.*up to 2\.5 mm"):
+        load_channels(list(spec.cases[0].channel_files), spec.channels, case_id=case.name)
+    with pytest.raises(BadCaseError, match=r"channel 't1c'"):
+        prepare_cases(spec.cases[:1], NormalizationParams("zscore"), 2, n_classes=5, channels=spec.channels)
+
+
+def test_non_integral_float_label_is_a_named_error(folders_root: Path) -> None:
+    case = sorted(folders_root.iterdir())[0]
+    _crop(_require_brats() / case.name / "OTMultiClass.nii.gz", case / "OTMultiClass.nii.gz", add=0.5)
+    spec = discover_cases(_folders_cfg(folders_root))
+    with pytest.raises(BadCaseError, match=r"OTMultiClass\.nii\.gz.*non-integer values"):
+        prepare_cases(spec.cases[:1], NormalizationParams("zscore"), 2, n_classes=5, channels=spec.channels)
+
+
+def test_batch_prediction_of_case_folders_skips_a_folder_lacking_a_channel(folders_root: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    spec = ModelSpec(
+        classes=tuple(CLASSES),
+        mode="softmax",
+        normalization=NormalizationParams("zscore", nonzero=True),
+        slice_axis=2,
+        context_slices=0,
+        channels=("flair", "t1c"),
+        channel_patterns=tuple(PATTERNS),
+    )
+    predictor = Predictor(UNet(2, 5, base_features=4), spec, device="cpu", precision="fp32")
+    victim = sorted(folders_root.iterdir())[2]
+    (victim / "Flair_subtrMeanDivStd.nii.gz").unlink()
+    result = predict_folder(predictor, folders_root, tmp_path / "out", progress=False)
+    assert result.n_ok == 2 and result.n_failed == 1
+    failed = [r for r in result.rows if r.get("status") == "failed"]
+    assert failed[0]["case"] == victim.name and "flair*" in failed[0]["error"]
+    for case in sorted(folders_root.iterdir())[:2]:
+        mask = nib.load(tmp_path / "out" / f"{case.name}.nii.gz")
+        ref = nib.load(case / "Flair_subtrMeanDivStd.nii.gz")
+        assert mask.shape == ref.shape and np.allclose(mask.affine, ref.affine)
+    # A single-channel scan given to a two-channel model: a named error.
+    with pytest.raises(ConfigError, match="needs 2 channels"):
+        predictor.predict(load_channels([victim / "T1c_subtrMeanDivStd.nii.gz"], ["t1c"]).reference)

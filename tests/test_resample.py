@@ -1,0 +1,135 @@
+"""Resampling to the plan's target spacing and back: exact geometry, labels kept, masks on the scan's grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from medseg.data.normalization import NormalizationParams
+from medseg.data.resample import plan_grid, resample_image, resample_label, resample_probabilities_back
+from medseg.inference.predictor import ModelSpec, Predictor
+from medseg.io import load_volume, save_mask
+from medseg.io.orientation import to_canonical
+from medseg.models.unet import UNet
+from tests.conftest import SHARED_DATA
+
+SPLEEN = SHARED_DATA / "MSD_Spleen_crop"
+
+
+@pytest.fixture
+def spleen() -> tuple[Path, Path]:
+    if not SPLEEN.exists():
+        pytest.skip(f"needs real data at {SPLEEN} (../shared/data is not part of a fresh clone)")
+    return SPLEEN / "spleen_2_img.nii.gz", SPLEEN / "spleen_2_label.nii.gz"
+
+
+def _box_corners(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    # World positions of the outer corners of the voxel box (index -0.5 and n - 0.5).
+    lo, hi = np.full(3, -0.5), np.array(shape[:3]) - 0.5
+    corners = np.array([[lo[0], lo[1], lo[2]], [hi[0], hi[1], hi[2]]])
+    return corners @ affine[:3, :3].T + affine[:3, 3]
+
+
+def test_round_trip_on_anisotropic_ct_keeps_geometry_and_labels(spleen: tuple[Path, Path]) -> None:
+    image, label = (to_canonical(load_volume(p))[0] for p in spleen)
+    grid = plan_grid(image.shape, image.spacing, (1.5, 1.5, 1.0), axis=2)
+    assert grid.target_shape[2] == image.shape[2]  # the slice axis is never resampled
+    assert grid.target_shape[:2] == (87, 88)  # 164 * 0.795 / 1.5 = 86.9, 166 * 0.795 / 1.5 = 88.0
+    # The target grid covers exactly the scan's extent.
+    np.testing.assert_allclose(
+        _box_corners(grid.target_shape, grid.target_affine(image.affine)),
+        _box_corners(image.shape, image.affine),
+        atol=1e-6,
+    )
+    lab = np.asarray(label.array).astype(np.uint8)
+    small = resample_label(lab, grid, 2)
+    assert small.shape == grid.target_shape and small.dtype == lab.dtype and set(np.unique(small)) == {0, 1}
+    # Back via one-hot probabilities (what prediction does): the scan's exact shape, labels nearly unchanged.
+    onehot = np.stack([small == 0, small == 1]).astype(np.float32)
+    back = resample_probabilities_back(onehot, grid)
+    assert back.shape == (2, *image.shape)
+    np.testing.assert_allclose(back.sum(axis=0), 1.0, atol=1e-5)
+    restored = back.argmax(axis=0)
+    dice = 2 * np.sum((restored == 1) & (lab == 1)) / (np.sum(restored == 1) + np.sum(lab == 1))
+    assert dice > 0.97
+    img_small = resample_image(np.asarray(image.array, dtype=np.float32), grid)
+    assert img_small.shape == grid.target_shape and img_small.dtype == np.float32
+    assert image.array.min() - 1e-3 <= img_small.min() and img_small.max() <= image.array.max() + 1e-3  # bilinear
+
+
+def test_identity_grid_changes_nothing(spleen: tuple[Path, Path]) -> None:
+    image = to_canonical(load_volume(spleen[0]))[0]
+    arr = np.asarray(image.array, dtype=np.float32)
+    grid = plan_grid(image.shape, image.spacing, tuple(float(s) for s in image.spacing), axis=2)
+    assert grid.is_identity
+    assert resample_image(arr, grid) is arr  # not even a copy: bitwise as before
+    lab = np.zeros(image.shape, dtype=np.uint8)
+    assert resample_label(lab, grid, 2) is lab
+    assert plan_grid(image.shape, image.spacing, None, axis=2).is_identity
+
+
+def _predictor(target: tuple[float, float, float] | None) -> Predictor:
+    torch.manual_seed(0)
+    model = UNet(1, 1, base_features=4)
+    spec = ModelSpec(
+        classes=("background", "spleen"),
+        mode="sigmoid",
+        normalization=NormalizationParams("ct", clip_low=-100.0, clip_high=300.0, mean=100.0, std=50.0),
+        slice_axis=2,
+        context_slices=0,
+        patch_hw=(48, 48),
+        target_spacing=target,
+    )
+    return Predictor(model, spec, device="cpu", precision="fp32", batch_size=8)
+
+
+def test_prediction_on_anisotropic_scan_lands_on_its_grid(spleen: tuple[Path, Path], tmp_path: Path) -> None:
+    scan = load_volume(spleen[0])
+    predictor = _predictor((1.5, 1.5, 5.0))
+    mask, probs = predictor.predict_with_proba(scan)
+    assert mask.shape == scan.shape and probs.shape == (2, *scan.shape)
+    out = tmp_path / "mask.nii.gz"
+    save_mask(mask.array, scan, out)
+    ref_nib, got_nib = nib.load(spleen[0]), nib.load(out)
+    assert got_nib.shape == ref_nib.shape
+    np.testing.assert_allclose(got_nib.affine, ref_nib.affine, atol=1e-5)
+    ref_itk, got_itk = sitk.ReadImage(str(spleen[0])), sitk.ReadImage(str(out))
+    assert got_itk.GetSize() == ref_itk.GetSize()
+    np.testing.assert_allclose(got_itk.GetSpacing(), ref_itk.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(got_itk.GetOrigin(), ref_itk.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(got_itk.GetDirection(), ref_itk.GetDirection(), atol=1e-6)
+
+
+def test_scan_at_target_spacing_predicts_bitwise_as_without_plan(spleen: tuple[Path, Path]) -> None:
+    scan = load_volume(spleen[0])
+    at_target = tuple(float(s) for s in to_canonical(scan)[0].spacing)
+    with_plan = _predictor(at_target).predict_proba(scan)  # type: ignore[arg-type]
+    without = _predictor(None).predict_proba(scan)
+    assert np.array_equal(with_plan, without)
+
+
+def test_old_checkpoint_without_plan_predicts_as_before(tmp_path: Path, sample_hippo: Path) -> None:
+    from medseg.training.checkpoint import load_checkpoint, save_checkpoint
+    from tests.test_inference import make_checkpoint
+
+    old = make_checkpoint(tmp_path / "old.pt")
+    assert "plan" not in load_checkpoint(old)
+    scan = load_volume(next(iter(sorted((sample_hippo / "imagesTr").glob("*.nii.gz")))))
+    before = Predictor.from_checkpoint(old, device="cpu", precision="fp32")
+    assert before.spec.target_spacing is None
+    # The same weights with a plan whose target is the scan's spacing: bitwise the same probabilities.
+    ckpt = load_checkpoint(old)
+    ckpt["plan"] = {"slice_axis": 2, "target_spacing": [1.0, 1.0, 1.0], "patch_size": [48, 48], "batch_size": 32}
+    new = save_checkpoint(tmp_path / "new.pt", ckpt)
+    after = Predictor.from_checkpoint(new, device="cpu", precision="fp32")
+    assert after.spec.target_spacing == (1.0, 1.0, 1.0)
+    assert np.array_equal(before.predict_proba(scan), after.predict_proba(scan))
+    # A coarser target resamples, and the mask still has the scan's shape.
+    ckpt["plan"]["target_spacing"] = [2.0, 2.0, 1.0]
+    coarse = Predictor.from_checkpoint(save_checkpoint(tmp_path / "coarse.pt", ckpt), device="cpu", precision="fp32")
+    assert coarse.predict(scan).shape == scan.shape
