@@ -53,3 +53,16 @@ class OutputExistsError(MedsegError):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         super().__init__(f"Output '{self.path}' already exists; pass overwrite=True to replace it")
+
+
+class ForeignReferenceError(MedsegError):
+    """A DICOM SEG or RTSTRUCT does not belong to the image it is read onto: another series, another frame of
+    reference, instances the series does not hold, or a geometry that does not fit its grid."""
+
+
+class SegmentNameError(MedsegError):
+    """Segment (SEG) or ROI (RTSTRUCT) names do not match the configured classes: an unknown or a missing name."""
+
+
+class ContourOutsideImageError(MedsegError):
+    """An RTSTRUCT contour lies (partly) outside the image series it is rasterised onto."""

@@ -9,6 +9,7 @@ from medseg.io.dicom import load_dicom, series_uid_of_file
 from medseg.io.itk import ITK_SUFFIXES, load_itk
 from medseg.io.nifti import NIFTI_SUFFIXES, load_nifti
 from medseg.io.scans import SUPPORTED_SUFFIXES, image_suffix, is_dicom_file
+from medseg.io.segmentation import is_dicom_label_file
 from medseg.volume import Volume
 
 
@@ -45,6 +46,12 @@ def load_volume(path: str | Path, *, series: str | None = None, channel: int | N
             return load_nifti(path, channel=channel)
         if suffix in ITK_SUFFIXES:
             return load_itk(path, channel=channel)
+        if is_dicom_label_file(path):
+            raise UnreadableScanError(
+                path,
+                "it is a DICOM SEG / RTSTRUCT (labels that reference an image series, not an image); read it with "
+                "medseg.io.load_segmentation(path, reference=load_volume(<image series folder>))",
+            )
         if not is_dicom_file(path):
             raise UnreadableScanError(
                 path, f"unsupported file type; medseg reads {', '.join(SUPPORTED_SUFFIXES)} files and DICOM folders"
