@@ -4,8 +4,9 @@
   ``labels`` index->name dict, or nnU-Net v2's name->index ``labels`` with ``imagesTr/<case>_0000<ending>``).
 - ``glob``: ``data.image_glob`` + ``data.label_glob`` under ``data.root``, paired by the ``case`` group of
   ``data.case_pattern`` matched against the file names.
-- ``dicom``: one folder per case holding an image series folder and a mask (series folder or NIfTI/NRRD/MHA
-  file), told apart by ``data.dicom_image_pattern`` / ``data.dicom_mask_pattern``.
+- ``dicom``: one folder per case holding an image series folder and a mask (series folder, NIfTI/NRRD/MHA
+  file, or a DICOM SEG / RTSTRUCT file or a folder holding just one), told apart by ``data.dicom_image_pattern``
+  / ``data.dicom_mask_pattern``.
 
 Problems with a single case (missing label, missing image) are :class:`BadCaseError`s naming the files; with
 ``data.skip_bad_cases`` they are logged and listed in :attr:`DatasetSpec.skipped` instead. Problems with the
@@ -331,20 +332,38 @@ def is_dicom_folder(folder: Path) -> bool:
         entries = sorted((e for e in os.scandir(folder) if e.is_file()), key=lambda e: e.name)
     except OSError:
         return False
-    for entry in entries[:3]:
-        if entry.name.lower().endswith(".dcm"):
-            return True
-        try:
-            with open(entry.path, "rb") as fh:
-                if fh.read(132)[128:] == b"DICM":
-                    return True
-        except OSError:
+    from medseg.io.segmentation import is_dicom_label_file
+
+    looked = 0  # non-DICOM files looked at; three of them end the search, as before
+    for entry in entries:
+        dicom = entry.name.lower().endswith(".dcm")
+        if not dicom:
+            try:
+                with open(entry.path, "rb") as fh:
+                    dicom = fh.read(132)[128:] == b"DICM"
+            except OSError:
+                dicom = False
+        if not dicom:
+            looked += 1
+            if looked == 3:
+                return False
             continue
+        # SEG / RTSTRUCT files are labels beside series, not slices: a folder of only those is no series.
+        if not is_dicom_label_file(entry.path):
+            return True
     return False
 
 
 def _matches(name: str, pattern: str) -> bool:
     return fnmatch.fnmatch(name.lower(), pattern.lower())
+
+
+def dicom_label_files(case_folder: Path, pattern: str) -> list[Path]:
+    """DICOM SEG / RTSTRUCT masks of a case folder whose name matches the mask pattern: files directly in it,
+    and subfolders holding just one such file (a SEG exported as its own "series" folder)."""
+    from medseg.io.segmentation import dicom_label_file
+
+    return sorted(p for p in case_folder.iterdir() if _matches(p.name, pattern) and dicom_label_file(p) is not None)
 
 
 def _discover_dicom(root: Path, cfg: DataConfig, collector: BadCaseCollector, require_labels: bool) -> list[Case]:
@@ -375,6 +394,7 @@ def _discover_dicom(root: Path, cfg: DataConfig, collector: BadCaseCollector, re
             for p in case_folder.iterdir()
             if p.is_file() and p.name.lower().endswith(SCAN_ENDINGS) and _matches(p.name, cfg.dicom_mask_pattern)
         )
+        masks += dicom_label_files(case_folder, cfg.dicom_mask_pattern)
         images = [s for s in series if not _matches(s.name, cfg.dicom_mask_pattern)]
         if cfg.dicom_image_pattern is not None:
             images = [s for s in images if _matches(s.name, cfg.dicom_image_pattern)]

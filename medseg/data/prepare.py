@@ -157,7 +157,11 @@ class _Stash:
 
 
 def _read_case(
-    case: Case, n_classes: int | None, reader: Reader, dtype: type[np.unsignedinteger]
+    case: Case,
+    n_classes: int | None,
+    reader: Reader,
+    dtype: type[np.unsignedinteger],
+    classes: Sequence[str] | None = None,
 ) -> tuple[Volume, np.ndarray | None]:
     """Reads image and label once, checks them, and brings both to closest-RAS voxel order.
 
@@ -167,7 +171,7 @@ def _read_case(
     """
     try:
         image = reader(case.image)
-        label = reader(case.label) if case.label is not None else None
+        label = _read_label(case.label, image, reader, classes) if case.label is not None else None
     except BadCaseError:
         raise
     except MedsegError as err:
@@ -182,6 +186,15 @@ def _read_case(
     return image, reorientation.apply(np.asarray(label.array).astype(dtype))
 
 
+def _read_label(path: Path, image: Volume, reader: Reader, classes: Sequence[str] | None) -> Volume:
+    """A DICOM SEG / RTSTRUCT label is rasterised onto its image's grid (segments matched to ``classes`` by
+    name); any other label goes through ``reader``."""
+    from medseg.io.segmentation import dicom_label_file, load_segmentation
+
+    label_file = dicom_label_file(path)
+    return reader(path) if label_file is None else load_segmentation(label_file, image, classes)
+
+
 def _load_all(
     cases: Sequence[Case],
     n_classes: int | None,
@@ -190,12 +203,13 @@ def _load_all(
     params: NormalizationParams | None,
     ct_acc: CTStatsAccumulator | None,
     stash: _Stash,
+    classes: Sequence[str] | None = None,
 ) -> list[_Loaded]:
     loaded = []
     dtype = label_dtype(n_classes or 2)
     for case in cases:
         try:
-            image, label = _read_case(case, n_classes, reader, dtype)
+            image, label = _read_case(case, n_classes, reader, dtype, classes)
         except BadCaseError as err:
             collector.report(case.id, err)
             continue
@@ -261,6 +275,7 @@ def prepare_cases(
     skip_bad_cases: bool = False,
     skipped: list[SkippedCase] | None = None,
     cache_dir: Path | None = None,
+    classes: Sequence[str] | None = None,
 ) -> list[PreparedCase]:
     """Reads (once), checks, normalises and slices cases with known parameters.
 
@@ -274,6 +289,7 @@ def prepare_cases(
         skip_bad_cases: Log and skip bad cases instead of raising.
         skipped: If given, skipped cases are appended to it.
         cache_dir: Keep slices as memory-mapped ``.npy`` files here instead of in memory.
+        classes: Class names (background first): DICOM SEG / RTSTRUCT labels map their segments to them by name.
 
     Returns:
         One :class:`PreparedCase` per usable case, in input order.
@@ -283,7 +299,7 @@ def prepare_cases(
     """
     collector = BadCaseCollector(skip_bad_cases)
     stash = _Stash(cache_dir)
-    loaded = _load_all(cases, n_classes, reader or default_reader(), collector, params, None, stash)
+    loaded = _load_all(cases, n_classes, reader or default_reader(), collector, params, None, stash, classes)
     if skipped is not None:
         skipped.extend(collector.skipped)
     return _slice_all(loaded, axis, context, None, stash)
@@ -300,6 +316,7 @@ def prepare_training_data(
     skip_bad_cases: bool = False,
     cache_dir: Path | None = None,
     seed: int = 0,
+    classes: Sequence[str] | None = None,
 ) -> PreparedData:
     """Reads every case once, fits normalisation on the training cases, resolves the axis, slices.
 
@@ -313,6 +330,7 @@ def prepare_training_data(
         skip_bad_cases: Log and skip bad cases instead of raising; they are listed in ``skipped``.
         cache_dir: Keep volumes and slices as memory-mapped ``.npy`` files here instead of in memory.
         seed: Seed of the ``ct`` voxel subsample.
+        classes: Class names (background first): DICOM SEG / RTSTRUCT labels map their segments to them by name.
 
     Returns:
         :class:`PreparedData` with the prepared cases, normalisation parameters, axis and skipped cases.
@@ -329,11 +347,11 @@ def prepare_training_data(
 
     if scheme == "ct":
         acc = CTStatsAccumulator(seed=seed)
-        train = _load_all(train_cases, n_classes, reader, collector, None, acc, stash)
+        train = _load_all(train_cases, n_classes, reader, collector, None, acc, stash, classes)
         if not train:
             raise ValueError("No usable training case left to fit the normalisation on")
         params = acc.params()
-        val = _load_all(val_cases, n_classes, reader, collector, None, None, stash)
+        val = _load_all(val_cases, n_classes, reader, collector, None, None, stash, classes)
         pending: NormalizationParams | None = params
     else:
         params = NormalizationParams(scheme=scheme, nonzero=preprocessing.nonzero)

@@ -53,14 +53,22 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from medseg.errors import ConfigError, MedsegError, UnreadableScanError
+from medseg.inference.dicom_output import (
+    DICOM_FORMATS,
+    NIFTI_FORMAT,
+    file_suffix,
+    non_dicom_reason,
+    write_dicom_mask,
+)
 from medseg.inference.memory import HeapTrimmer
 from medseg.inference.predictor import Predictor
 from medseg.io import case_id_from_path, find_scans, load_volume, save_mask, save_volume
 from medseg.io.atomic import atomic_write_text
+from medseg.io.dicom_seg import DicomWriteOptions
 
 log = logging.getLogger(__name__)
 
-OUTPUT_FORMATS = ("nii.gz", "nrrd", "mha")
+OUTPUT_FORMATS = ("nii.gz", "nrrd", "mha", *DICOM_FORMATS)
 CSV_NAME = "predictions.csv"
 BASE_COLUMNS = ("case", "input", "output", "status", "error", "seconds")
 #: Minimum seconds between rewrites of the summary table during a run (it is always written at the end).
@@ -118,6 +126,7 @@ def column_names(classes: Sequence[str]) -> list[str]:
 
 def probability_paths(mask_path: Path, case_id: str, classes: Sequence[str], output_format: str) -> list[Path]:
     """Paths of the per-class probability maps next to ``mask_path`` (foreground classes, in class order)."""
+    output_format = NIFTI_FORMAT if output_format in DICOM_FORMATS else output_format
     stems = [_sanitize(c) for c in classes[1:]]
     # Two class names reduced to the same text would overwrite each other: fall back to indices.
     if len(set(stems)) != len(stems):
@@ -215,10 +224,16 @@ def discover(inputs: Path | str | Sequence[Path | str], out_dir: Path, output_fo
         for p in scans:
             if p.is_dir() and _is_within(out_dir, p):
                 raise ConfigError(f"Output folder '{out_dir}' lies inside the input folder '{p}'; inputs are read-only")
+    if output_format in DICOM_FORMATS:
+        refused = {p: r for p in scans if (r := non_dicom_reason(p, output_format)) is not None}
+        if refused and len(refused) == len(scans):
+            raise ConfigError(f"inference.output_format {output_format}: {next(iter(refused.values()))}")
+        problems.update(refused)
     all_inputs = sorted({*scans, *problems})
     ids = unique_case_ids(all_inputs)
+    suffix = file_suffix(output_format)
     return [
-        ScanJob(case_id=cid, input=p, output=out_dir / f"{cid}.{output_format}", problem=problems.get(p))
+        ScanJob(case_id=cid, input=p, output=out_dir / f"{cid}.{suffix}", problem=problems.get(p))
         for cid, p in zip(ids, all_inputs, strict=True)
     ]
 
@@ -274,11 +289,34 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
+def _nifti_copy(job: ScanJob, output_format: str, also_nifti: bool) -> Path | None:
+    """Where the NIfTI copy of a DICOM output goes (``inference.also_nifti``), or ``None``."""
+    if output_format not in DICOM_FORMATS or not also_nifti:
+        return None
+    return job.output.with_name(f"{job.case_id}.{NIFTI_FORMAT}")
+
+
 def _run_case(
-    predictor: Predictor, job: ScanJob, output_format: str, overwrite: bool, save_probabilities: bool
+    predictor: Predictor,
+    job: ScanJob,
+    output_format: str,
+    overwrite: bool,
+    save_probabilities: bool,
+    dicom: DicomWriteOptions | None = None,
+    also_nifti: bool = False,
 ) -> dict[str, Any]:
     volume = load_volume(job.input)
-    if save_probabilities:
+    dicom = dicom or DicomWriteOptions()
+    if output_format in DICOM_FORMATS and (save_probabilities or dicom.fractional):
+        mask, probs = predictor.predict_with_proba(volume)
+        if save_probabilities:
+            paths = probability_paths(job.output, job.case_id, predictor.classes, output_format)
+            for k, prob_path in enumerate(paths, start=1):
+                if overwrite or not prob_path.exists():
+                    save_volume(probs[k], like=volume, path=prob_path, overwrite=overwrite)
+    elif output_format in DICOM_FORMATS:
+        mask, probs = predictor.predict(volume), None
+    elif save_probabilities:
         mask, probs = predictor.predict_with_proba(volume)
         paths = probability_paths(job.output, job.case_id, predictor.classes, output_format)
         for k, prob_path in enumerate(paths, start=1):
@@ -287,7 +325,22 @@ def _run_case(
         del probs
     else:
         mask = predictor.predict(volume)
-    if overwrite or not job.output.exists():
+    nifti = _nifti_copy(job, output_format, also_nifti)
+    if nifti is not None and (overwrite or not nifti.exists()):
+        save_mask(mask.array, like=volume, path=nifti, overwrite=overwrite)
+    if output_format in DICOM_FORMATS and (overwrite or not job.output.exists()):
+        write_dicom_mask(
+            output_format,
+            mask.array,
+            volume,
+            job.output,
+            predictor.classes,
+            probabilities=probs if dicom.fractional else None,
+            options=dicom,
+            overwrite=overwrite,
+        )
+        del probs
+    elif overwrite or not job.output.exists():
         save_mask(mask.array, like=volume, path=job.output, overwrite=overwrite)
     row: dict[str, Any] = {}
     for name, (voxels, ml) in predictor.class_volumes(mask.array, volume.spacing).items():
@@ -304,6 +357,8 @@ def _process(
     save_probabilities: bool,
     previous: dict[str, dict[str, str]],
     columns: Sequence[str],
+    dicom: DicomWriteOptions | None = None,
+    also_nifti: bool = False,
 ) -> dict[str, Any]:
     """One case's table row; never raises for a bad case (only for interrupts)."""
     row: dict[str, Any] = {
@@ -320,6 +375,8 @@ def _process(
     expected = [job.output]
     if save_probabilities:
         expected += probability_paths(job.output, job.case_id, predictor.classes, output_format)
+    nifti = _nifti_copy(job, output_format, also_nifti)
+    expected += [nifti] if nifti is not None else []
     if not overwrite and all(p.exists() for p in expected):
         row["status"] = "skipped"
         old = previous.get(str(job.output), {})
@@ -327,7 +384,7 @@ def _process(
         return row
     start = time.perf_counter()
     try:
-        row.update(_run_case(predictor, job, output_format, overwrite, save_probabilities))
+        row.update(_run_case(predictor, job, output_format, overwrite, save_probabilities, dicom, also_nifti))
     except Exception as err:  # per-case isolation: record and go on (KeyboardInterrupt still stops the run)
         row.update(status="failed", error=_describe(err))
         # A traceback only for unexpected errors: a MedsegError message already says what is wrong.
@@ -347,6 +404,8 @@ def predict_folder(
     progress: bool = True,
     shard: tuple[int, int] | None = None,
     csv_name: str = CSV_NAME,
+    dicom: DicomWriteOptions | None = None,
+    also_nifti: bool = False,
 ) -> BatchResult:
     """Predicts a mask for every scan under ``inputs`` and writes a summary table.
 
@@ -354,7 +413,8 @@ def predict_folder(
         predictor: A loaded :class:`Predictor`.
         inputs: A folder (searched recursively), one scan, or a list of scans (files / DICOM folders).
         out_dir: Where masks, probability maps and the table go (created if needed; not inside an input folder).
-        output_format: ``nii.gz`` (default), ``nrrd`` or ``mha``.
+        output_format: ``nii.gz`` (default), ``nrrd``, ``mha``, or for DICOM-series inputs ``dicom-seg`` /
+            ``rtstruct`` (``<case_id>.dcm``; probability maps then as ``.nii.gz``).
         overwrite: Recompute and replace existing outputs; otherwise finished cases are skipped.
         save_probabilities: Also write float32 per-class probability maps (see module docs for names).
         progress: Show a tqdm progress bar.
@@ -362,6 +422,8 @@ def predict_folder(
             decided on the full list so all ranks agree. Combine with a per-rank ``csv_name`` and
             :func:`merge_tables`.
         csv_name: File name of the summary table in ``out_dir``.
+        dicom: Codes and header fields of ``dicom-seg`` / ``rtstruct`` outputs (defaults: generic codes).
+        also_nifti: With a DICOM ``output_format``, also write ``<case_id>.nii.gz``.
 
     Returns:
         A :class:`BatchResult`; its ``n_failed`` / ``exit_code`` say whether any case failed.
@@ -388,7 +450,9 @@ def predict_folder(
         with redirect:
             for job in jobs:
                 bar.set_postfix_str(job.case_id[-30:], refresh=False)
-                row = _process(predictor, job, output_format, overwrite, save_probabilities, previous, columns)
+                row = _process(
+                    predictor, job, output_format, overwrite, save_probabilities, previous, columns, dicom, also_nifti
+                )
                 result.rows.append(row)
                 if row["status"] == "ok":
                     result.n_ok += 1

@@ -15,7 +15,7 @@ from __future__ import annotations
 from medseg.io.dicom import DicomSeriesInfo, list_dicom_series
 from medseg.io.reading import load_volume
 from medseg.io.scans import case_id_from_path, find_scans, is_supported_file
-from medseg.io.segmentation import is_dicom_label_file, load_segmentation
+from medseg.io.segmentation import is_dicom_label_file, load_label, load_segmentation
 from medseg.io.writing import save_mask, save_volume
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "is_dicom_label_file",
     "is_supported_file",
     "list_dicom_series",
+    "load_label",
     "load_segmentation",
     "load_volume",
     "save_mask",

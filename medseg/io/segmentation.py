@@ -9,7 +9,7 @@ from medseg.errors import UnreadableScanError
 from medseg.io.dicom_source import dicom_object_kind
 from medseg.volume import Volume
 
-__all__ = ["is_dicom_label_file", "load_segmentation"]
+__all__ = ["dicom_label_file", "is_dicom_label_file", "load_label", "load_segmentation"]
 
 
 def is_dicom_label_file(path: str | Path) -> bool:
@@ -48,3 +48,36 @@ def load_segmentation(path: str | Path, reference: Volume, classes: Sequence[str
 
         return load_rtstruct(path, reference, classes)
     raise UnreadableScanError(path, "not a DICOM SEG or RTSTRUCT file")
+
+
+def dicom_label_file(path: str | Path) -> Path | None:
+    """The SEG / RTSTRUCT file ``path`` stands for: the file itself, or the only DICOM file of a folder that
+    holds one (a "mask series" exported as a single SEG); ``None`` when ``path`` is no such object."""
+    path = Path(path)
+    if path.is_dir():
+        files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
+        return files[0] if len(files) == 1 and is_dicom_label_file(files[0]) else None
+    return path if is_dicom_label_file(path) else None
+
+
+def load_label(path: str | Path, image: Volume | str | Path | None, classes: Sequence[str] | None = None) -> Volume:
+    """Reads a label mask of any kind medseg accepts: a mask image (``load_volume``), or a DICOM SEG / RTSTRUCT
+    rasterised onto ``image``'s grid (``load_segmentation``).
+
+    Args:
+        path: Label file, DICOM mask series folder, or SEG / RTSTRUCT file (or a folder holding just one).
+        image: The image the labels belong to (a Volume, or its path to be read); needed for SEG / RTSTRUCT.
+        classes: Class names for SEG / RTSTRUCT name matching (see :func:`load_segmentation`).
+
+    Raises:
+        UnreadableScanError: As ``load_volume``; or a SEG / RTSTRUCT without ``image``.
+    """
+    from medseg.io.reading import load_volume
+
+    label_file = dicom_label_file(path)
+    if label_file is None:
+        return load_volume(path)
+    if image is None:
+        raise UnreadableScanError(path, "a DICOM SEG / RTSTRUCT is read onto its image series, and none was given")
+    reference = image if isinstance(image, Volume) else load_volume(image)
+    return load_segmentation(label_file, reference, classes)

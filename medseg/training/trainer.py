@@ -285,6 +285,7 @@ class Trainer:
             skip_bad_cases=cfg.data.skip_bad_cases,
             cache_dir=cfg.data.cache_dir,
             seed=cfg.data.seed,
+            classes=self.classes,
         )
         self.data = data
         self.train_cases = [p.case for p in data.train if p.case is not None]
