@@ -19,12 +19,14 @@ not hold, is a :class:`~medseg.errors.ForeignReferenceError`; segments map to cl
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from pydicom.dataset import Dataset
 
 from medseg.errors import ForeignReferenceError, GeometryMismatchError, MedsegError, SegmentNameError
 from medseg.io.atomic import atomic_path
@@ -100,6 +102,37 @@ def _version(options: DicomWriteOptions) -> str:
     return __version__
 
 
+#: Display colours of segments 1, 2, ... (RGB; viewers such as Slicer take RecommendedDisplayCIELabValue).
+SEGMENT_COLOURS = ((255, 0, 0), (0, 200, 0), (0, 0, 255), (255, 200, 0), (200, 0, 255), (0, 200, 255))
+
+#: Type 2 Patient / General Study attributes a SEG copies from its source; some exports (e.g. the HippoCrop
+#: series) leave them out, and highdicom needs them present (empty is valid for Type 2).
+_TYPE2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+def _with_type2(datasets: Sequence[Dataset]) -> list[Dataset]:
+    """Copies of the source headers with absent Type 2 patient / study attributes added empty."""
+    out = []
+    for ds in datasets:
+        missing = [key for key in _TYPE2_COPIED if key not in ds]
+        if missing:
+            ds = copy.deepcopy(ds)
+            for key in missing:
+                setattr(ds, key, "")
+        out.append(ds)
+    return out
+
+
 def _frames(array: np.ndarray, src: SourceSeries) -> np.ndarray:
     return np.stack([src.frame(array, n) for n in range(len(src.datasets))])
 
@@ -164,6 +197,7 @@ def save_dicom_seg(
                 segmented_property_type=hd.sr.CodedConcept(code.code, code.scheme, code.meaning),
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
                 algorithm_identification=algorithm,
+                display_color=hd.color.CIELabColor.from_rgb(*SEGMENT_COLOURS[(number - 1) % len(SEGMENT_COLOURS)]),
             )
         )
     if options.fractional:
@@ -179,7 +213,7 @@ def save_dicom_seg(
         pixels = _frames(mask, src).astype(np.uint8 if len(classes) <= 256 else np.uint16)
         seg_type = hd.seg.SegmentationTypeValues.BINARY
     seg = hd.seg.Segmentation(
-        source_images=list(src.datasets),
+        source_images=_with_type2(src.datasets),
         pixel_array=pixels,
         segmentation_type=seg_type,
         segment_descriptions=descriptions,

@@ -36,6 +36,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from medseg.errors import ContourOutsideImageError, ForeignReferenceError, GeometryMismatchError, MedsegError
 from medseg.io.atomic import atomic_path
+from medseg.io.dicom_seg import SEGMENT_COLOURS as _COLOURS
 from medseg.io.dicom_seg import DicomWriteOptions, _combine, _version, segment_classes
 from medseg.io.dicom_source import RTSTRUCT_SOP_CLASS, SourceSeries, pixel_to_lps, source_series
 from medseg.volume import Volume
@@ -59,7 +60,6 @@ _PATIENT_STUDY = (
 _PLANE_TOLERANCE = 0.25
 #: ... and this far (pixels) outside the slice's pixel area (the 0.5 iso-line of an edge pixel lies at -0.5).
 _EDGE_TOLERANCE_PX = 0.5 + 1e-3
-_COLOURS = ((255, 0, 0), (0, 200, 0), (0, 0, 255), (255, 200, 0), (200, 0, 255), (0, 200, 255))
 
 
 def _slice_contours(frame: np.ndarray) -> list[np.ndarray]:
