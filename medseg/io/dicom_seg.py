@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,9 @@ class ClassCode:
 GENERIC_CODE = ClassCode("85756007", "SCT", "Tissue")
 
 
+_WARNED: set[str] = set()
+
+
 @dataclass(frozen=True)
 class DicomWriteOptions:
     """How medseg's DICOM outputs (SEG, RTSTRUCT) are described.
@@ -84,14 +88,14 @@ class DicomWriteOptions:
 
     def code_for(self, name: str) -> ClassCode:
         code = self.class_codes.get(name)
-        if code is None:
+        if code is None and name not in _WARNED:
+            _WARNED.add(name)  # once per class and process, not once per scan of a batch
             log.warning(
                 "Class '%s' has no coded meaning in data.class_codes; its DICOM segment/ROI is coded as the "
                 "generic SCT 85756007 'Tissue'",
                 name,
             )
-            return GENERIC_CODE
-        return code
+        return GENERIC_CODE if code is None else code
 
 
 def _version(options: DicomWriteOptions) -> str:
@@ -212,7 +216,18 @@ def save_dicom_seg(
         # A label map: highdicom turns each value into the segment of that number.
         pixels = _frames(mask, src).astype(np.uint8 if len(classes) <= 256 else np.uint16)
         seg_type = hd.seg.SegmentationTypeValues.BINARY
-    seg = hd.seg.Segmentation(
+    with warnings.catch_warnings():
+        # highdicom checks the PatientName it copies from the source; a one-part name (e.g. "PGBM-003") is the
+        # source's choice, and warning about it on every scan of a batch helps nobody.
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+        seg = _segmentation(hd, src, pixels, seg_type, descriptions, options)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        seg.save_as(tmp)
+    return path
+
+
+def _segmentation(hd, src, pixels, seg_type, descriptions, options):  # type: ignore[no-untyped-def]
+    return hd.seg.Segmentation(
         source_images=_with_type2(src.datasets),
         pixel_array=pixels,
         segmentation_type=seg_type,
@@ -228,9 +243,6 @@ def save_dicom_seg(
         series_description=options.series_description,
         omit_empty_frames=options.omit_empty_frames,
     )
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        seg.save_as(tmp)
-    return path
 
 
 def segment_classes(labels: Sequence[str], classes: Sequence[str] | None, path: Path, what: str) -> list[int]:

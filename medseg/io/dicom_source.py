@@ -161,7 +161,7 @@ def source_series(volume: Volume) -> SourceSeries:
     """
     source = Path(volume.source) if volume.source is not None else None
     if source is not None and source.is_file():
-        source = source.parent
+        source = source.parent if is_dicom_file(source) else None
     if source is None or not source.is_dir():
         raise ForeignReferenceError(
             f"'{volume.source or 'volume'}' was not read from a DICOM series folder; DICOM SEG / RTSTRUCT objects "
