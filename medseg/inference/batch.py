@@ -6,7 +6,8 @@ Behaviour a night run relies on:
   folders), a single scan, or an explicit list of scans (what a torchrun rank gets when the list is sharded).
   A folder at the bottom of the tree that holds no scan at all (e.g. an empty or non-DICOM "series" folder left
   by a failed export) is reported as a failed case, so it does not vanish silently.
-* **Names**: ``<case_id>.<output_format>`` with ``case_id`` from ``medseg.io.case_id_from_path`` (a DICOM series
+* **Names**: ``<case_id>.<output_format>`` (``<case_id>.dcm`` for ``dicom-seg`` / ``rtstruct``, see
+  ``medseg.inference.dicom_output``) with ``case_id`` from ``medseg.io.case_id_from_path`` (a DICOM series
   is named from its folder). When several inputs map to the same name (case-insensitively, as on macOS/Windows
   disks) each gets its parent folder names prepended until the names differ (``PGBM-001_11-T1post``), which
   keeps a name bound to its input when scans are added later (a counter suffix would not, and a resumed run
@@ -195,7 +196,8 @@ def discover(inputs: Path | str | Sequence[Path | str], out_dir: Path, output_fo
     Args:
         inputs: A folder (searched recursively), a single scan file / DICOM folder, or a list of scans.
         out_dir: Output folder; it must not lie inside an input folder.
-        output_format: ``nii.gz``, ``nrrd`` or ``mha``.
+        output_format: ``nii.gz``, ``nrrd``, ``mha``, ``dicom-seg`` or ``rtstruct`` (NIfTI/NRRD/MHA inputs then
+            become failed jobs, or a ConfigError when no input is a DICOM series).
 
     Returns:
         Jobs in a deterministic order (sorted inputs), including folders that hold no scan as failed jobs.
