@@ -26,6 +26,10 @@ __all__ = ["RTSTRUCT_SOP_CLASS", "SEG_SOP_CLASS", "SourceSeries", "dicom_object_
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
+_SEG_UID = SEG_SOP_CLASS.encode()
+_RTSTRUCT_UID = RTSTRUCT_SOP_CLASS.encode()
+#: Bytes read to find the MediaStorageSOPClassUID (the file meta header comes right after the 132-byte preamble).
+_META_BYTES = 1024
 #: Largest distance (in voxels) between a frame pixel's centre and the nearest voxel centre still taken as "on it".
 _ON_GRID_VOXELS = 0.01
 
@@ -34,6 +38,15 @@ def dicom_object_kind(path: str | Path) -> Literal["seg", "rtstruct"] | None:
     """``"seg"`` / ``"rtstruct"`` when ``path`` is a DICOM Segmentation / RT Structure Set file, else ``None``."""
     path = Path(path)
     if not path.is_file() or not is_dicom_file(path):
+        return None
+    try:
+        with path.open("rb") as f:
+            head = f.read(_META_BYTES)
+    except OSError:
+        return None
+    # Fast path for the slices of a series (this runs for every file of every series read): a Part-10 file names
+    # its SOP class in the file meta header near the start; without either label UID there it is no label object.
+    if head[128:132] == b"DICM" and _SEG_UID not in head and _RTSTRUCT_UID not in head:
         return None
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "Modality"])
