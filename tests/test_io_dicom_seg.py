@@ -367,3 +367,30 @@ def test_load_label_reads_masks_and_segs(tmp_path: Path) -> None:
     np.testing.assert_array_equal(load_label(nii, None).array, labels)
     with pytest.raises(UnreadableScanError, match="none was given"):
         load_label(seg, None)
+
+
+def test_jpeg2000_ct_whose_uids_are_only_in_the_file_meta(tmp_path: Path) -> None:
+    """The TotalSegmentator example CT (JPEG 2000) leaves SOPClassUID / SOPInstanceUID empty in the dataset and
+    keeps them in the file meta header: the SEG must still reference every instance (and RTSTRUCT too)."""
+    from medseg.io.rtstruct import save_rtstruct
+    from tests.conftest import TOTALSEG
+
+    series = TOTALSEG / "example_ct_dicom"
+    if not series.is_dir():
+        pytest.skip(f"needs {series}")
+    image = load_volume(series)
+    # Two ellipsoids and a hole through one (smooth shapes: an RTSTRUCT of a noisy 512 x 512 threshold mask has
+    # tens of thousands of contours and takes about a minute to write and read on 2 cores).
+    i, j, k = np.meshgrid(*[np.arange(n) for n in image.shape], indexing="ij")
+    labels = np.zeros(image.shape, np.uint8)
+    labels[((i - 200) / 80) ** 2 + ((j - 260) / 60) ** 2 + ((k - 10) / 8) ** 2 < 1] = 1
+    labels[((i - 330) / 40) ** 2 + ((j - 250) / 90) ** 2 + ((k - 8) / 6) ** 2 < 1] = 2
+    labels[((i - 200) / 30) ** 2 + ((j - 260) / 20) ** 2 < 1] = 0
+    classes = ["background", "a", "b"]
+    _check_with_dcmqi(image, labels, classes, tmp_path)
+    assert len(set(source_series(image).sop_uids)) == image.shape[2]
+    rt = save_rtstruct(labels, image, tmp_path / "rt.dcm", classes)
+    back = load_segmentation(rt, image, classes).array
+    for c in (1, 2):
+        d = 2 * np.sum((back == c) & (labels == c)) / (np.sum(back == c) + np.sum(labels == c))
+        assert d >= 0.98, (c, d)

@@ -153,6 +153,15 @@ def _read_headers(folder: Path) -> dict[str, list[tuple[Path, Dataset]]]:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception:
             continue
+        meta = getattr(ds, "file_meta", None)
+        for key, meta_key in (
+            ("SOPClassUID", "MediaStorageSOPClassUID"),
+            ("SOPInstanceUID", "MediaStorageSOPInstanceUID"),
+        ):
+            # Some exports (e.g. the TotalSegmentator example CT) leave these empty and keep them only in the file
+            # meta header; references to the instance need them.
+            if not ds.get(key) and meta is not None and meta.get(meta_key):
+                setattr(ds, key, meta.get(meta_key))
         if str(ds.get("SOPClassUID", "")) in (SEG_SOP_CLASS, RTSTRUCT_SOP_CLASS) or "Rows" not in ds:
             continue
         groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((path, ds))

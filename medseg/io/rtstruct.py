@@ -32,7 +32,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ImplicitVRLittleEndian, generate_uid
 
 from medseg.errors import ContourOutsideImageError, ForeignReferenceError, GeometryMismatchError, MedsegError
 from medseg.io.atomic import atomic_path
@@ -125,7 +125,9 @@ def save_rtstruct(
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(RTSTRUCT_SOP_CLASS)
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    # Implicit VR: its 4-byte value lengths hold long contours; explicit VR gives DS (ContourData) 2 bytes, so a
+    # contour of more than ~3,500 points (a 64 KiB string) cannot be written in it.
+    meta.TransferSyntaxUID = ImplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     for key in _PATIENT_STUDY:
         setattr(ds, key, first.get(key, ""))
@@ -282,7 +284,7 @@ def load_rtstruct(path: str | Path, reference: Volume, classes: Sequence[str] | 
         ContourOutsideImageError: A contour off the image's slices or outside their pixel area.
         SegmentNameError: Unknown or missing ROI names.
     """
-    from skimage.draw import polygon2mask
+    from skimage.draw import polygon
 
     path = Path(path)
     try:
@@ -306,7 +308,7 @@ def load_rtstruct(path: str | Path, reference: Volume, classes: Sequence[str] | 
         number = int(roi_contour.ReferencedROINumber)
         if number not in class_of:
             raise MedsegError(f"RTSTRUCT '{path}': ROIContourSequence refers to ROI {number}, which is not defined")
-        volume = np.zeros(reference.shape, dtype=bool)
+        frames: dict[int, np.ndarray] = {}
         for m, item in enumerate(roi_contour.get("ContourSequence", []), start=1):
             if str(item.get("ContourGeometricType", "CLOSED_PLANAR")) == "POINT":
                 continue
@@ -314,7 +316,12 @@ def load_rtstruct(path: str | Path, reference: Volume, classes: Sequence[str] | 
             what = f"contour {m} of ROI '{name_of[number]}'"
             n, local = _slice_of_contour(points, item, src, path, what)
             shape = (int(src.datasets[n].Rows), int(src.datasets[n].Columns))
-            filled = polygon2mask(shape, local[:, ::-1])
-            src.put(volume, n, src.frame(volume, n) ^ filled)
+            frame = frames.setdefault(n, np.zeros(shape, dtype=bool))
+            # pixel centres inside the polygon (computed in its bounding box), XOR-ed in: the even-odd rule
+            rr, cc = polygon(local[:, 1], local[:, 0], shape)
+            frame[rr, cc] ^= True
+        volume = np.zeros(reference.shape, dtype=bool)
+        for n, frame in frames.items():
+            src.put(volume, n, frame)
         per_class.append((class_of[number], volume))
     return Volume(array=_combine(per_class, reference.shape, path, "ROI"), affine=reference.affine, source=path)
