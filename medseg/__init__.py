@@ -17,11 +17,14 @@ from medseg.errors import (
     BadCaseError,
     CheckpointError,
     ConfigError,
+    ContourOutsideImageError,
+    ForeignReferenceError,
     GeometryMismatchError,
     MedsegError,
     MissingDecoderError,
     MultipleSeriesError,
     OutputExistsError,
+    SegmentNameError,
     UnreadableScanError,
 )
 from medseg.volume import Volume
@@ -31,11 +34,12 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from medseg.config import Config, load_config
     from medseg.inference.predictor import Predictor
-    from medseg.io import load_volume, save_mask
+    from medseg.io import load_segmentation, load_volume, save_mask
 
 # Heavy modules (torch, SimpleITK) load on first use so `import medseg` stays fast.
 _LAZY = {
     "load_volume": "medseg.io",
+    "load_segmentation": "medseg.io",
     "save_mask": "medseg.io",
     "Config": "medseg.config",
     "load_config": "medseg.config",
@@ -56,16 +60,20 @@ __all__ = [
     "CheckpointError",
     "Config",
     "ConfigError",
+    "ContourOutsideImageError",
+    "ForeignReferenceError",
     "GeometryMismatchError",
     "MedsegError",
     "MissingDecoderError",
     "MultipleSeriesError",
     "OutputExistsError",
     "Predictor",
+    "SegmentNameError",
     "UnreadableScanError",
     "Volume",
     "__version__",
     "load_config",
+    "load_segmentation",
     "load_volume",
     "save_mask",
 ]

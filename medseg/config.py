@@ -38,6 +38,21 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
+class ClassCodeConfig(_Section):
+    """Coded meaning of one class in DICOM outputs (SEG segment / RTSTRUCT ROI), e.g. SNOMED CT."""
+
+    code: str
+    """Segmented property type code, e.g. ``"108369006"``."""
+    scheme: str = "SCT"
+    """Coding scheme designator (``SCT`` = SNOMED CT)."""
+    meaning: str
+    """Code meaning, e.g. ``"Neoplasm"``."""
+    category_code: str = "85756007"
+    """Segmented property category code; default SCT 85756007 "Tissue"."""
+    category_scheme: str = "SCT"
+    category_meaning: str = "Tissue"
+
+
 class DataConfig(_Section):
     """Where the training cases are and how to find them."""
 
@@ -68,6 +83,10 @@ class DataConfig(_Section):
     NIfTI/NRRD/MHA file next to the image series."""
     classes: list[str] | None = None
     """Class names including background at index 0. ``None`` = from ``dataset.json`` (msd) or required."""
+    class_codes: dict[str, ClassCodeConfig] = {}
+    """Coded meaning per class name for DICOM SEG / RTSTRUCT outputs, e.g. ``{hippocampus: {code: "5300000",
+    meaning: "Hippocampus", category_code: "91723000", category_meaning: "Anatomical Structure"}}``. A class
+    without one is written as the generic SCT 85756007 "Tissue" (with a warning)."""
     modality: Literal["mri", "ct"] = "mri"
     """``ct`` selects CT normalisation (dataset-wide clip, then z-score) under ``preprocessing.normalization: auto``."""
     skip_bad_cases: bool = False
@@ -289,6 +308,20 @@ class PostprocessingConfig(_Section):
     """Fill holes in each predicted class; ``auto`` = for the classes where it improved validation Dice."""
 
 
+class DicomOutputConfig(_Section):
+    """Header fields and options of DICOM SEG / RTSTRUCT outputs (``inference.output_format``)."""
+
+    series_description: str = "medseg segmentation"
+    series_number: int = Field(default=901, ge=0)
+    """Series number of the new series (9xx keeps derived series apart from the scanner's own numbers)."""
+    manufacturer: str = "medseg"
+    omit_empty_frames: bool = False
+    """SEG: leave out frames without foreground. Default keeps one frame per source slice: viewers that pair
+    frames with slices by order or expect a full stack display it correctly (see ``medseg.io.dicom_seg``)."""
+    fractional: bool = False
+    """SEG: FRACTIONAL segments from the class probabilities instead of BINARY ones from the mask."""
+
+
 class InferenceConfig(_Section):
     """Prediction: which scans, which checkpoint, how masks are written."""
 
@@ -308,8 +341,13 @@ class InferenceConfig(_Section):
     """Connected-component clean-up of the predicted masks."""
     save_probabilities: bool = False
     """Also write float32 probability maps next to the masks."""
-    output_format: Literal["nii.gz", "nrrd", "mha"] = "nii.gz"
-    """File format of the predicted masks."""
+    output_format: Literal["nii.gz", "nrrd", "mha", "dicom-seg", "rtstruct"] = "nii.gz"
+    """File format of the predicted masks. ``dicom-seg`` / ``rtstruct`` (``<case>.dcm``) need DICOM-series inputs:
+    a NIfTI/NRRD/MHA input is a failed case (or an error at start when no input is a DICOM series)."""
+    also_nifti: bool = False
+    """With a DICOM ``output_format``: also write the mask as ``<case>.nii.gz``."""
+    dicom: DicomOutputConfig = DicomOutputConfig()
+    """Header fields and options of DICOM SEG / RTSTRUCT outputs."""
     overwrite: bool = False
     """Replace existing mask files instead of failing on them."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

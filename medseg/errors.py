@@ -87,3 +87,16 @@ class OutputStorageError(RunFailedError):
 class EmptyLabelsError(BadCaseError):
     """Every training label is empty (background only): there is nothing to learn, and a validation on empty
     labels would report a perfect Dice."""
+
+
+class ForeignReferenceError(MedsegError):
+    """A DICOM SEG or RTSTRUCT does not belong to the image it is read onto: another series, another frame of
+    reference, instances the series does not hold, or a geometry that does not fit its grid."""
+
+
+class SegmentNameError(MedsegError):
+    """Segment (SEG) or ROI (RTSTRUCT) names do not match the configured classes: an unknown or a missing name."""
+
+
+class ContourOutsideImageError(MedsegError):
+    """An RTSTRUCT contour lies (partly) outside the image series it is rasterised onto."""

@@ -339,6 +339,7 @@ def run_predict(cfg: Config, val_cases: Sequence[Case] | None = None, *, retrain
 
     from medseg.inference import Predictor
     from medseg.inference.batch import predict_folder
+    from medseg.inference.dicom_output import dicom_write_options
     from medseg.training.distributed import get_rank, get_world_size
 
     layout = RunLayout(cfg.output.dir)
@@ -378,6 +379,8 @@ def run_predict(cfg: Config, val_cases: Sequence[Case] | None = None, *, retrain
         progress=sys.stderr.isatty() and rank == 0,
         shard=(rank, world_size) if sharded else None,
         csv_name=_rank_table_name(rank, world_size) if sharded else layout.predictions_csv.name,
+        dicom=dicom_write_options(cfg, checkpoint),
+        also_nifti=inf.also_nifti,
     )
     if sharded:
         result = _merge_rank_tables(layout, result, world_size)

@@ -6,7 +6,8 @@
   ``data.case_pattern`` matched against the file names (by default the package's case id,
   :func:`medseg.io.scans.case_id_from_path`: the name without its scan ending and nnU-Net's ``_0000``).
 - ``dicom``: one folder per case holding an image series folder and a mask (series folder or NIfTI/NRRD/MHA
-  file), told apart by ``data.dicom_image_pattern`` / ``data.dicom_mask_pattern``.
+  file, or a DICOM SEG / RTSTRUCT file or a folder holding just one), told apart by
+  ``data.dicom_image_pattern`` / ``data.dicom_mask_pattern``.
 
 Problems with a single case (missing label, missing image) are :class:`BadCaseError`s naming the files; with
 ``data.skip_bad_cases`` they are logged and listed in :attr:`DatasetSpec.skipped` instead. Problems with the
@@ -376,11 +377,31 @@ def is_dicom_folder(folder: Path) -> bool:
         entries = sorted((e for e in os.scandir(folder) if e.is_file()), key=lambda e: e.name)
     except OSError:
         return False
-    return any(is_dicom_file(entry.path) for entry in entries[:3])
+    from medseg.io.segmentation import is_dicom_label_file
+
+    looked = 0  # non-DICOM files looked at; three of them end the search, as before
+    for entry in entries:
+        if not is_dicom_file(entry.path):
+            looked += 1
+            if looked == 3:
+                return False
+            continue
+        # SEG / RTSTRUCT files are labels beside series, not slices: a folder of only those is no series.
+        if not is_dicom_label_file(entry.path):
+            return True
+    return False
 
 
 def _matches(name: str, pattern: str) -> bool:
     return fnmatch.fnmatch(name.lower(), pattern.lower())
+
+
+def dicom_label_files(case_folder: Path, pattern: str) -> list[Path]:
+    """DICOM SEG / RTSTRUCT masks of a case folder whose name matches the mask pattern: files directly in it,
+    and subfolders holding just one such file (a SEG exported as its own "series" folder)."""
+    from medseg.io.segmentation import dicom_label_file
+
+    return sorted(p for p in case_folder.iterdir() if _matches(p.name, pattern) and dicom_label_file(p) is not None)
 
 
 def _discover_dicom(root: Path, cfg: DataConfig, collector: BadCaseCollector, require_labels: bool) -> list[Case]:
@@ -411,6 +432,7 @@ def _discover_dicom(root: Path, cfg: DataConfig, collector: BadCaseCollector, re
             for p in case_folder.iterdir()
             if p.is_file() and is_supported_file(p.name) and _matches(p.name, cfg.dicom_mask_pattern)
         )
+        masks += dicom_label_files(case_folder, cfg.dicom_mask_pattern)
         images = [s for s in series if not _matches(s.name, cfg.dicom_mask_pattern)]
         if cfg.dicom_image_pattern is not None:
             images = [s for s in images if _matches(s.name, cfg.dicom_image_pattern)]

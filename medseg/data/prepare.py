@@ -179,6 +179,7 @@ def _read_case(
     reader: Reader,
     dtype: type[np.unsignedinteger],
     channels: Sequence[str] = ("image",),
+    classes: Sequence[str] | None = None,
 ) -> tuple[Volume, np.ndarray | None, np.ndarray | None]:
     """Reads image and label once, checks them, and brings both to closest-RAS voxel order.
 
@@ -188,7 +189,7 @@ def _read_case(
     """
     try:
         image, stacked = _read_image(case, reader, channels)
-        label = reader(case.label) if case.label is not None else None
+        label = _read_label(case.label, image, reader, classes) if case.label is not None else None
     except BadCaseError:
         raise
     except MedsegError as err:
@@ -205,6 +206,15 @@ def _read_case(
     return image, reorientation.apply(np.asarray(label.array).astype(dtype)), multi
 
 
+def _read_label(path: Path, image: Volume, reader: Reader, classes: Sequence[str] | None) -> Volume:
+    """A DICOM SEG / RTSTRUCT label is rasterised onto its image's grid (segments matched to ``classes`` by
+    name); any other label goes through ``reader``."""
+    from medseg.io.segmentation import dicom_label_file, load_segmentation
+
+    label_file = dicom_label_file(path)
+    return reader(path) if label_file is None else load_segmentation(label_file, image, classes)
+
+
 def _load_all(
     cases: Sequence[Case],
     n_classes: int | None,
@@ -215,12 +225,13 @@ def _load_all(
     stash: _Stash,
     fingerprint: FingerprintAccumulator | None = None,
     channels: Sequence[str] = ("image",),
+    classes: Sequence[str] | None = None,
 ) -> list[_Loaded]:
     loaded = []
     dtype = label_dtype(n_classes or 2)
     for case in cases:
         try:
-            image, label, multi = _read_case(case, n_classes, reader, dtype, channels)
+            image, label, multi = _read_case(case, n_classes, reader, dtype, channels, classes)
         except BadCaseError as err:
             collector.report(case.id, err)
             continue
@@ -317,6 +328,7 @@ def prepare_cases(
     cache_dir: Path | None = None,
     target_spacing: Sequence[float] | None = None,
     channels: Sequence[str] = ("image",),
+    classes: Sequence[str] | None = None,
 ) -> list[PreparedCase]:
     """Reads (once), checks, normalises and slices cases with known parameters.
 
@@ -332,6 +344,7 @@ def prepare_cases(
         cache_dir: Keep slices as memory-mapped ``.npy`` files here instead of in memory.
         target_spacing: The plan's target spacing: in-plane axes are resampled to it (``None``: not at all).
         channels: Input channel names (several: each case's channels are read, checked and stacked).
+        classes: Class names (background first): DICOM SEG / RTSTRUCT labels map their segments to them by name.
 
     Returns:
         One :class:`PreparedCase` per usable case, in input order.
@@ -341,7 +354,9 @@ def prepare_cases(
     """
     collector = BadCaseCollector(skip_bad_cases)
     stash = _Stash(cache_dir)
-    loaded = _load_all(cases, n_classes, reader or default_reader(), collector, params, None, stash, None, channels)
+    loaded = _load_all(
+        cases, n_classes, reader or default_reader(), collector, params, None, stash, channels=channels, classes=classes
+    )
     if skipped is not None:
         skipped.extend(collector.skipped)
     return _slice_all(loaded, axis, context, None, stash, target_spacing, n_classes or 2)
@@ -375,7 +390,8 @@ def prepare_training_data(
         cache_dir: Keep volumes and slices as memory-mapped ``.npy`` files here instead of in memory.
         seed: Seed of the ``ct`` voxel subsample.
         batch_size: ``training.batch_size`` (``auto`` or a number), decided in the plan.
-        classes: Class names (for the fingerprint); ``None`` = ``class0 .. classN``.
+        classes: Class names, background first (for the fingerprint, ``None`` = ``class0 .. classN``; DICOM SEG /
+            RTSTRUCT labels map their segments to them by name).
         channels: Input channel names in input order; with several, each is normalised on its own.
 
     Returns:
@@ -400,16 +416,31 @@ def prepare_training_data(
 
     if scheme == "ct":
         acc = CTStatsAccumulator(seed=seed)
-        train = _load_all(train_cases, n_classes, reader, collector, None, acc, stash, fingerprint)
+        train = _load_all(
+            train_cases, n_classes, reader, collector, None, acc, stash, fingerprint, channels=channels, classes=classes
+        )
         if not train:
             raise ValueError("No usable training case left to fit the normalisation on")
         params = acc.params()
-        val = _load_all(val_cases, n_classes, reader, collector, None, None, stash)
+        val = _load_all(val_cases, n_classes, reader, collector, None, None, stash, channels=channels, classes=classes)
         pending: NormalizationParams | None = params
     else:
         params = NormalizationParams(scheme=scheme, nonzero=preprocessing.nonzero)
-        train = _load_all(train_cases, n_classes, reader, collector, params, None, stash, fingerprint, channels)
-        val = _load_all(val_cases, n_classes, reader, collector, params, None, stash, None, channels)
+        train = _load_all(
+            train_cases,
+            n_classes,
+            reader,
+            collector,
+            params,
+            None,
+            stash,
+            fingerprint,
+            channels=channels,
+            classes=classes,
+        )
+        val = _load_all(
+            val_cases, n_classes, reader, collector, params, None, stash, channels=channels, classes=classes
+        )
         pending = None
     if not train:
         raise ValueError("No usable training case (all were skipped)")

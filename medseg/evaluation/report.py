@@ -20,7 +20,7 @@ import numpy as np
 
 from medseg.errors import BadCaseError, GeometryMismatchError, MedsegError
 from medseg.evaluation.overlays import draw_overlay
-from medseg.io import case_id_from_path, is_supported_file, load_volume
+from medseg.io import case_id_from_path, is_supported_file, load_label, load_volume
 from medseg.io.atomic import atomic_write_text
 from medseg.metrics import FLAGS, case_metrics
 from medseg.volume import Volume
@@ -134,8 +134,9 @@ def _labels(volume: Volume, path: Path, n_classes: int) -> np.ndarray:
 
 
 def _load_pair(pair: EvalPair, n_classes: int) -> tuple[np.ndarray, np.ndarray, Volume]:
-    gt_vol = load_volume(pair.gt)
-    pred_vol = load_volume(pair.pred)
+    # A DICOM SEG / RTSTRUCT (prediction or ground truth) is read onto the scan's grid, segments by number.
+    gt_vol = load_label(pair.gt, pair.image)
+    pred_vol = load_label(pair.pred, pair.image)
     if not pred_vol.same_grid(gt_vol, atol=GRID_ATOL_MM):
         raise GeometryMismatchError(
             f"Prediction '{pair.pred}' (shape {pred_vol.shape}, spacing {np.round(pred_vol.spacing, 4).tolist()}, "

@@ -6,7 +6,8 @@ Behaviour a night run relies on:
   folders), a single scan, or an explicit list of scans (what a torchrun rank gets when the list is sharded).
   A folder at the bottom of the tree that holds no scan at all (e.g. an empty or non-DICOM "series" folder left
   by a failed export) is reported as a failed case, so it does not vanish silently.
-* **Names**: ``<case_id>.<output_format>`` with ``case_id`` from ``medseg.io.case_id_from_path`` (a DICOM series
+* **Names**: ``<case_id>.<output_format>`` (``<case_id>.dcm`` for ``dicom-seg`` / ``rtstruct``, see
+  ``medseg.inference.dicom_output``) with ``case_id`` from ``medseg.io.case_id_from_path`` (a DICOM series
   is named from its folder). When several inputs map to the same name (case-insensitively, as on macOS/Windows
   disks) each gets its parent folder names prepended until the names differ (``PGBM-001_11-T1post``), which
   keeps a name bound to its input when scans are added later (a counter suffix would not, and a resumed run
@@ -58,17 +59,25 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from medseg.errors import ConfigError, MedsegError, OutputStorageError, UnreadableScanError
+from medseg.inference.dicom_output import (
+    DICOM_FORMATS,
+    NIFTI_FORMAT,
+    file_suffix,
+    non_dicom_reason,
+    write_dicom_mask,
+)
 from medseg.inference.memory import HeapTrimmer
 from medseg.inference.predictor import Predictor
 from medseg.io import case_id_from_path, find_scans, save_mask, save_volume
 from medseg.io.atomic import atomic_write_text, remove_stale_temp_files
 from medseg.io.channels import ChannelStack
+from medseg.io.dicom_seg import DicomWriteOptions
 from medseg.io.scans import strip_scan_ending, walk_scan_tree
 from medseg.io.storage import output_storage
 
 log = logging.getLogger(__name__)
 
-OUTPUT_FORMATS = ("nii.gz", "nrrd", "mha")
+OUTPUT_FORMATS = ("nii.gz", "nrrd", "mha", *DICOM_FORMATS)
 CSV_NAME = "predictions.csv"
 BASE_COLUMNS = ("case", "input", "output", "status", "error", "seconds")
 
@@ -124,6 +133,7 @@ def column_names(classes: Sequence[str]) -> list[str]:
 
 def probability_paths(mask_path: Path, case_id: str, classes: Sequence[str], output_format: str) -> list[Path]:
     """Paths of the per-class probability maps next to ``mask_path`` (foreground classes, in class order)."""
+    output_format = NIFTI_FORMAT if output_format in DICOM_FORMATS else output_format
     stems = [_sanitize(c) for c in classes[1:]]
     # Two class names reduced to the same text would overwrite each other: fall back to indices.
     if len(set(stems)) != len(stems):
@@ -200,7 +210,8 @@ def discover(inputs: Path | str | Sequence[Path | str], out_dir: Path, output_fo
     Args:
         inputs: A folder (searched recursively), a single scan file / DICOM folder, or a list of scans.
         out_dir: Output folder; it must not lie inside an input folder.
-        output_format: ``nii.gz``, ``nrrd`` or ``mha``.
+        output_format: ``nii.gz``, ``nrrd``, ``mha``, ``dicom-seg`` or ``rtstruct`` (NIfTI/NRRD/MHA inputs then
+            become failed jobs, or a ConfigError when no input is a DICOM series).
 
     Returns:
         Jobs in a deterministic order (sorted inputs), including folders that hold no scan as failed jobs.
@@ -229,10 +240,16 @@ def discover(inputs: Path | str | Sequence[Path | str], out_dir: Path, output_fo
         for p in scans:
             if p.is_dir() and _is_within(out_dir, p):
                 raise ConfigError(f"Output folder '{out_dir}' lies inside the input folder '{p}'; inputs are read-only")
+    if output_format in DICOM_FORMATS:
+        refused = {p: r for p in scans if (r := non_dicom_reason(p, output_format)) is not None}
+        if refused and len(refused) == len(scans):
+            raise ConfigError(f"inference.output_format {output_format}: {next(iter(refused.values()))}")
+        problems.update(refused)
     all_inputs = sorted({*scans, *problems})
     ids = unique_case_ids(all_inputs)
+    suffix = file_suffix(output_format)
     return [
-        ScanJob(case_id=cid, input=p, output=out_dir / f"{cid}.{output_format}", problem=problems.get(p))
+        ScanJob(case_id=cid, input=p, output=out_dir / f"{cid}.{suffix}", problem=problems.get(p))
         for cid, p in zip(ids, all_inputs, strict=True)
     ]
 
@@ -315,26 +332,59 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
+def _nifti_copy(job: ScanJob, output_format: str, also_nifti: bool) -> Path | None:
+    """Where the NIfTI copy of a DICOM output goes (``inference.also_nifti``), or ``None``."""
+    if output_format not in DICOM_FORMATS or not also_nifti:
+        return None
+    return job.output.with_name(f"{job.case_id}.{NIFTI_FORMAT}")
+
+
 def _run_case(
-    predictor: Predictor, job: ScanJob, output_format: str, overwrite: bool, save_probabilities: bool
+    predictor: Predictor,
+    job: ScanJob,
+    output_format: str,
+    overwrite: bool,
+    save_probabilities: bool,
+    dicom: DicomWriteOptions | None = None,
+    also_nifti: bool = False,
 ) -> dict[str, Any]:
     read = predictor.read_input(job.input)  # a scan, or a multi-channel case's channels
     volume = read.reference if isinstance(read, ChannelStack) else read
+    dicom = dicom or DicomWriteOptions()
     # Only the writes are examined for storage faults: an unreadable input is this case's problem.
     folder = job.output.parent
-    if save_probabilities:
+    probs = None
+    if save_probabilities or (output_format in DICOM_FORMATS and dicom.fractional):
         mask, probs = predictor.predict_with_proba(read)
+    else:
+        mask = predictor.predict(read)
+    if save_probabilities:
+        assert probs is not None
         paths = probability_paths(job.output, job.case_id, predictor.classes, output_format)
         for k, prob_path in enumerate(paths, start=1):
             if overwrite or not prob_path.exists():
                 with output_storage(folder):
                     save_volume(probs[k], like=volume, path=prob_path, overwrite=overwrite)
-        del probs
-    else:
-        mask = predictor.predict(read)
+    nifti = _nifti_copy(job, output_format, also_nifti)
+    if nifti is not None and (overwrite or not nifti.exists()):
+        with output_storage(folder):
+            save_mask(mask.array, like=volume, path=nifti, overwrite=overwrite)
     if overwrite or not job.output.exists():
         with output_storage(folder):
-            save_mask(mask.array, like=volume, path=job.output, overwrite=overwrite)
+            if output_format in DICOM_FORMATS:
+                write_dicom_mask(
+                    output_format,
+                    mask.array,
+                    volume,
+                    job.output,
+                    predictor.classes,
+                    probabilities=probs if dicom.fractional else None,
+                    options=dicom,
+                    overwrite=overwrite,
+                )
+            else:
+                save_mask(mask.array, like=volume, path=job.output, overwrite=overwrite)
+    del probs
     row: dict[str, Any] = {}
     volumes = predictor.class_volumes(mask.array, volume.spacing, voxel_mm3=volume.voxel_volume)  # |det|: shear
     for name, (voxels, ml) in volumes.items():
@@ -351,6 +401,8 @@ def _process(
     save_probabilities: bool,
     previous: dict[str, dict[str, str]],
     columns: Sequence[str],
+    dicom: DicomWriteOptions | None = None,
+    also_nifti: bool = False,
 ) -> dict[str, Any]:
     """One case's table row; never raises for a bad case (only for interrupts and storage faults).
 
@@ -371,6 +423,8 @@ def _process(
     expected = [job.output]
     if save_probabilities:
         expected += probability_paths(job.output, job.case_id, predictor.classes, output_format)
+    nifti = _nifti_copy(job, output_format, also_nifti)
+    expected += [nifti] if nifti is not None else []
     if not overwrite and all(p.exists() for p in expected):
         row["status"] = "skipped"
         old = previous.get(str(job.output), {})
@@ -378,7 +432,7 @@ def _process(
         return row
     start = time.perf_counter()
     try:
-        row.update(_run_case(predictor, job, output_format, overwrite, save_probabilities))
+        row.update(_run_case(predictor, job, output_format, overwrite, save_probabilities, dicom, also_nifti))
     except OutputStorageError as err:  # the run's problem, not this case's: the caller stops the batch
         row.update(status="failed", error=str(err), seconds=f"{time.perf_counter() - start:.2f}")
         raise _StorageStop(row, err) from err
@@ -401,6 +455,8 @@ def predict_folder(
     progress: bool = True,
     shard: tuple[int, int] | None = None,
     csv_name: str = CSV_NAME,
+    dicom: DicomWriteOptions | None = None,
+    also_nifti: bool = False,
 ) -> BatchResult:
     """Predicts a mask for every scan under ``inputs`` and writes a summary table.
 
@@ -408,7 +464,8 @@ def predict_folder(
         predictor: A loaded :class:`Predictor`.
         inputs: A folder (searched recursively), one scan, or a list of scans (files / DICOM folders).
         out_dir: Where masks, probability maps and the table go (created if needed; not inside an input folder).
-        output_format: ``nii.gz`` (default), ``nrrd`` or ``mha``.
+        output_format: ``nii.gz`` (default), ``nrrd``, ``mha``, or for DICOM-series inputs ``dicom-seg`` /
+            ``rtstruct`` (``<case_id>.dcm``; probability maps then as ``.nii.gz``).
         overwrite: Recompute and replace existing outputs; otherwise finished cases are skipped.
         save_probabilities: Also write float32 per-class probability maps (see module docs for names).
         progress: Show a tqdm progress bar.
@@ -416,6 +473,8 @@ def predict_folder(
             decided on the full list so all ranks agree. Combine with a per-rank ``csv_name`` and
             :func:`merge_tables`.
         csv_name: File name of the summary table in ``out_dir``.
+        dicom: Codes and header fields of ``dicom-seg`` / ``rtstruct`` outputs (defaults: generic codes).
+        also_nifti: With a DICOM ``output_format``, also write ``<case_id>.nii.gz``.
 
     Returns:
         A :class:`BatchResult`; its ``n_failed`` / ``exit_code`` say whether any case failed.
@@ -458,7 +517,17 @@ def predict_folder(
             for job in jobs:
                 bar.set_postfix_str(job.case_id[-30:], refresh=False)
                 try:
-                    row = _process(predictor, job, output_format, overwrite, save_probabilities, previous, columns)
+                    row = _process(
+                        predictor,
+                        job,
+                        output_format,
+                        overwrite,
+                        save_probabilities,
+                        previous,
+                        columns,
+                        dicom,
+                        also_nifti,
+                    )
                 except _StorageStop as stop:
                     result.rows.append(stop.row)
                     result.n_failed += 1

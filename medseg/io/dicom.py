@@ -25,6 +25,7 @@ from medseg.io.geometry import affine_from_itk
 from medseg.io.itk import sitk_message
 from medseg.io.read_options import SERIES_HINT
 from medseg.io.scans import find_scans, is_dicom_file
+from medseg.io.segmentation import is_dicom_label_file
 from medseg.volume import Volume
 
 __all__ = ["DicomSeriesInfo", "list_dicom_series", "load_dicom", "series_uid_of_file", "transfer_syntax"]
@@ -155,8 +156,12 @@ def _scan_folder(folder: Path) -> tuple[dict[str, list[_Slice]], list[str]]:
     skipped: list[str] = []
     first_error: UnreadableScanError | None = None
     candidates = sorted(p for p in folder.iterdir() if p.is_file() and p.name.upper() != "DICOMDIR")
+    labels: list[str] = []
     for path in candidates:
         if not is_dicom_file(path):
+            continue
+        if is_dicom_label_file(path):  # SEG / RTSTRUCT: labels that reference a series, not slices of one
+            labels.append(path.name)
             continue
         try:
             header = _read_slice(path, folder)
@@ -167,6 +172,12 @@ def _scan_folder(folder: Path) -> tuple[dict[str, list[_Slice]], list[str]]:
         groups.setdefault(header.uid, []).append(header)
     if not groups and first_error is not None:
         raise first_error
+    if not groups and labels:
+        raise UnreadableScanError(
+            folder,
+            f"it holds only DICOM SEG / RTSTRUCT files ('{labels[0]}'{' ...' if len(labels) > 1 else ''}), labels "
+            "that reference an image series; read them with medseg.io.load_segmentation(path, reference=...)",
+        )
     return groups, skipped
 
 

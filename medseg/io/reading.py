@@ -11,6 +11,7 @@ from medseg.io.itk import ITK_SUFFIXES, load_itk
 from medseg.io.nifti import NIFTI_SUFFIXES, load_nifti
 from medseg.io.read_options import read_options
 from medseg.io.scans import SUPPORTED_SUFFIXES, image_suffix, is_dicom_file
+from medseg.io.segmentation import is_dicom_label_file
 from medseg.volume import Volume
 
 
@@ -67,6 +68,12 @@ def load_volume(
             volume = load_itk(path, channel=channel, default_channel=defaults.channel, nan_as_zero=nan_zero)
             check_grid(volume.affine, path)
             return volume
+        if is_dicom_label_file(path):
+            raise UnreadableScanError(
+                path,
+                "it is a DICOM SEG / RTSTRUCT (labels that reference an image series, not an image); read it with "
+                "medseg.io.load_segmentation(path, reference=load_volume(<image series folder>))",
+            )
         if not is_dicom_file(path):
             raise UnreadableScanError(
                 path, f"unsupported file type; medseg reads {', '.join(SUPPORTED_SUFFIXES)} files and DICOM folders"

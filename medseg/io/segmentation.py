@@ -1,0 +1,83 @@
+"""``load_segmentation``: label volumes from DICOM SEG and RTSTRUCT files, on the grid of their image series."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from medseg.errors import UnreadableScanError
+from medseg.io.dicom_source import dicom_object_kind
+from medseg.volume import Volume
+
+__all__ = ["dicom_label_file", "is_dicom_label_file", "load_label", "load_segmentation"]
+
+
+def is_dicom_label_file(path: str | Path) -> bool:
+    """Whether ``path`` is a DICOM SEG or RTSTRUCT file (a label object, not an image)."""
+    return dicom_object_kind(path) is not None
+
+
+def load_segmentation(path: str | Path, reference: Volume, classes: Sequence[str] | None = None) -> Volume:
+    """Reads a DICOM SEG or RTSTRUCT file as a label volume on the grid of ``reference``.
+
+    SEG frames map to the reference series' slices by ReferencedSOPInstanceUID; RTSTRUCT contours are
+    rasterised onto its slices (even-odd rule, so holes stay holes). Segments / ROIs map to ``classes`` by name.
+
+    Args:
+        path: SEG or RTSTRUCT file.
+        reference: The image the labels belong to, read from its DICOM series folder with ``load_volume``.
+        classes: Class names, background first (``data.classes``); ``None``: segment / ROI ``n`` -> label ``n``.
+
+    Returns:
+        A label Volume on ``reference``'s grid (uint8), ``source`` = ``path``.
+
+    Raises:
+        UnreadableScanError: ``path`` is neither a SEG nor an RTSTRUCT file.
+        ForeignReferenceError: The object belongs to another series or frame of reference.
+        SegmentNameError: A segment / ROI name is not a class, or a class has none.
+        ContourOutsideImageError: RTSTRUCT contours outside the image.
+    """
+    path = Path(path)
+    kind = dicom_object_kind(path)
+    if kind == "seg":
+        from medseg.io.dicom_seg import load_dicom_seg
+
+        return load_dicom_seg(path, reference, classes)
+    if kind == "rtstruct":
+        from medseg.io.rtstruct import load_rtstruct
+
+        return load_rtstruct(path, reference, classes)
+    raise UnreadableScanError(path, "not a DICOM SEG or RTSTRUCT file")
+
+
+def dicom_label_file(path: str | Path) -> Path | None:
+    """The SEG / RTSTRUCT file ``path`` stands for: the file itself, or the only DICOM file of a folder that
+    holds one (a "mask series" exported as a single SEG); ``None`` when ``path`` is no such object."""
+    path = Path(path)
+    if path.is_dir():
+        files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
+        return files[0] if len(files) == 1 and is_dicom_label_file(files[0]) else None
+    return path if is_dicom_label_file(path) else None
+
+
+def load_label(path: str | Path, image: Volume | str | Path | None, classes: Sequence[str] | None = None) -> Volume:
+    """Reads a label mask of any kind medseg accepts: a mask image (``load_volume``), or a DICOM SEG / RTSTRUCT
+    rasterised onto ``image``'s grid (``load_segmentation``).
+
+    Args:
+        path: Label file, DICOM mask series folder, or SEG / RTSTRUCT file (or a folder holding just one).
+        image: The image the labels belong to (a Volume, or its path to be read); needed for SEG / RTSTRUCT.
+        classes: Class names for SEG / RTSTRUCT name matching (see :func:`load_segmentation`).
+
+    Raises:
+        UnreadableScanError: As ``load_volume``; or a SEG / RTSTRUCT without ``image``.
+    """
+    from medseg.io.reading import load_volume
+
+    label_file = dicom_label_file(path)
+    if label_file is None:
+        return load_volume(path)
+    if image is None:
+        raise UnreadableScanError(path, "a DICOM SEG / RTSTRUCT is read onto its image series, and none was given")
+    reference = image if isinstance(image, Volume) else load_volume(image)
+    return load_segmentation(label_file, reference, classes)
