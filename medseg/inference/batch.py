@@ -17,7 +17,8 @@ Behaviour a night run relies on:
   atomically by ``medseg.io``, probability maps before the mask, so an existing mask means a finished case.
 * **Read-only inputs**: nothing is written under an input folder (an output folder inside it is refused).
 * **Summary**: ``predictions.csv`` (case, input, output, status ``ok|skipped|failed``, error, seconds, and
-  ``voxels_<class>`` / ``volume_ml_<class>`` per foreground class), rewritten atomically during the run (at most
+  ``voxels_<class>`` / ``volume_ml_<class>`` per foreground class, then ``qc_flags`` / ``qc_score`` from
+  ``medseg.inference.qc``, empty for a checkpoint without a QC reference), rewritten atomically during the run (at most
   every few seconds) and at the end, so even a killed run leaves a readable table. Rows of skipped cases carry
   the voxel counts from the previous run's table when it has them.
 * **Probability maps** (``save_probabilities``): one float32 3D file per foreground class,
@@ -49,12 +50,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from medseg.errors import ConfigError, MedsegError, UnreadableScanError
 from medseg.inference.memory import HeapTrimmer
 from medseg.inference.predictor import Predictor
+from medseg.inference.qc import assess
 from medseg.io import case_id_from_path, find_scans, load_volume, save_mask, save_volume
 from medseg.io.atomic import atomic_write_text
 
@@ -63,6 +66,8 @@ log = logging.getLogger(__name__)
 OUTPUT_FORMATS = ("nii.gz", "nrrd", "mha")
 CSV_NAME = "predictions.csv"
 BASE_COLUMNS = ("case", "input", "output", "status", "error", "seconds")
+#: Quality-control columns (``medseg.inference.qc``): reasons ``;``-separated, and the score (>= 1 = flagged).
+QC_COLUMNS = ("qc_flags", "qc_score")
 #: Minimum seconds between rewrites of the summary table during a run (it is always written at the end).
 CSV_FLUSH_SECONDS = 5.0
 
@@ -113,7 +118,7 @@ def _sanitize(name: str) -> str:
 def column_names(classes: Sequence[str]) -> list[str]:
     """Summary-table columns for these classes (background at index 0 is not counted)."""
     per_class = [f"{kind}_{name}" for name in classes[1:] for kind in ("voxels", "volume_ml")]
-    return [*BASE_COLUMNS, *per_class]
+    return [*BASE_COLUMNS, *per_class, *QC_COLUMNS]
 
 
 def probability_paths(mask_path: Path, case_id: str, classes: Sequence[str], output_format: str) -> list[Path]:
@@ -278,21 +283,22 @@ def _run_case(
     predictor: Predictor, job: ScanJob, output_format: str, overwrite: bool, save_probabilities: bool
 ) -> dict[str, Any]:
     volume = load_volume(job.input)
+    # predict() is predict_with_proba() too: keeping the probabilities for QC costs no extra forward pass.
+    mask, probs = predictor.predict_with_proba(volume)
     if save_probabilities:
-        mask, probs = predictor.predict_with_proba(volume)
         paths = probability_paths(job.output, job.case_id, predictor.classes, output_format)
         for k, prob_path in enumerate(paths, start=1):
             if overwrite or not prob_path.exists():
                 save_volume(probs[k], like=volume, path=prob_path, overwrite=overwrite)
-        del probs
-    else:
-        mask = predictor.predict(volume)
+    qc = predictor.assess_quality(volume, np.asarray(mask.array), probs)
+    del probs
     if overwrite or not job.output.exists():
         save_mask(mask.array, like=volume, path=job.output, overwrite=overwrite)
     row: dict[str, Any] = {}
     for name, (voxels, ml) in predictor.class_volumes(mask.array, volume.spacing).items():
         row[f"voxels_{name}"] = voxels
         row[f"volume_ml_{name}"] = f"{ml:.4f}"
+    row.update(qc.row())
     return row
 
 
@@ -379,6 +385,8 @@ def predict_folder(
     columns = column_names(predictor.classes)
     previous = _previous_rows(csv_path)
     result = BatchResult(csv_path=csv_path)
+    if predictor.qc_reference is None and predictor.qc_settings.enabled:
+        log.warning("QC: %s", assess({}, None).note)
     last_flush = time.monotonic()
     bar = tqdm(total=len(jobs), disable=not progress, unit="scan", desc="predict")
     # Per-case warnings go through tqdm.write while the bar is shown, so they do not break the bar's line.

@@ -35,6 +35,8 @@ resumed run continue exactly where it stopped. Fields (``CHECKPOINT_FORMAT`` = `
 - ``split``: ``{"train": [case ids], "val": [case ids]}``
 - ``history``: one dict per epoch (the rows of ``metrics.csv``)
 - ``versions``: ``{"medseg", "torch", "numpy", "monai", "python"}``
+- ``qc_reference`` (optional, ``best.pt`` of a finished run): what QC compares predictions with
+  (``medseg.inference.qc.build_reference``); checkpoints without it predict with empty QC columns
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ from medseg.config import Config
 from medseg.data.cases import Case, discover_cases
 from medseg.data.class_weights import resolve_class_weights
 from medseg.data.dataset import SliceDataset
-from medseg.data.prepare import PreparedData, Reader, prepare_training_data
+from medseg.data.prepare import PreparedData, Reader, default_reader, prepare_training_data
 from medseg.data.sampling import foreground_sampler
 from medseg.data.splits import split_cases
 from medseg.data.transforms import train_transforms
@@ -83,6 +83,7 @@ from medseg.training.distributed import (
 from medseg.training.history import TrainingLog
 from medseg.training.init import init_output_bias
 from medseg.training.loader import SeededSampler, build_train_loader
+from medseg.training.qc_reference import RecordingReader, qc_reference, validation_outputs
 from medseg.training.runtime import resolve_num_workers, seed_everything, set_deterministic
 from medseg.training.schedule import LRSchedule
 from medseg.training.validation import ValidationResult, validate_volumes
@@ -275,13 +276,16 @@ class Trainer:
                 raise CheckpointError(
                     f"Cannot resume from '{self.last_path}': classes {resume['classes']} != {self.classes}"
                 )
+        # The QC reference's training statistics are noted while the data stage reads each file (no second read).
+        self.qc_recorder = RecordingReader(reader or default_reader(), self.classes)
+        self.qc_recorder.expect_labels(spec.cases)
         data: PreparedData = prepare_training_data(
             train_cases,
             val_cases,
             self.n_classes,
             cfg.preprocessing,
             modality=cfg.data.modality,
-            reader=reader,
+            reader=self.qc_recorder,
             skip_bad_cases=cfg.data.skip_bad_cases,
             cache_dir=cfg.data.cache_dir,
             seed=cfg.data.seed,
@@ -445,6 +449,8 @@ class Trainer:
                 self.stop_reason = "interrupted"
                 break
         plan = self._decide_postprocessing() if self.stop_reason != "interrupted" else _empty_plan()
+        if self.stop_reason != "interrupted":
+            self._add_qc_reference()
         if self.log_writer is not None:
             self.log_writer.close()
         return TrainResult(
@@ -711,3 +717,21 @@ class Trainer:
             )
         barrier()
         return plan_dict
+
+    def _add_qc_reference(self) -> None:
+        """Stores ``qc_reference`` (``medseg.training.qc_reference``) in ``best.pt`` once its postprocessing is set."""
+        if self.main and self.best_path.exists():
+            best = load_checkpoint(self.best_path)
+            if best.get("qc_reference") is None:
+                val = validation_outputs(
+                    unwrap_model(self.model),
+                    best["model_state"],
+                    best,
+                    self.val_cases,
+                    self.qc_recorder.reader,
+                    device=self.device,
+                    batch_size=self.cfg.inference.batch_size,
+                )
+                best["qc_reference"] = qc_reference(self.qc_recorder, self.train_cases, val, self.classes)
+                save_checkpoint(self.best_path, best)
+        barrier()
