@@ -45,7 +45,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -353,6 +353,7 @@ def predict_folder(
     progress: bool = True,
     shard: tuple[int, int] | None = None,
     csv_name: str = CSV_NAME,
+    on_flush: Callable[[], None] | None = None,
 ) -> BatchResult:
     """Predicts a mask for every scan under ``inputs`` and writes a summary table.
 
@@ -368,6 +369,7 @@ def predict_folder(
             decided on the full list so all ranks agree. Combine with a per-rank ``csv_name`` and
             :func:`merge_tables`.
         csv_name: File name of the summary table in ``out_dir``.
+        on_flush: Called after each rewrite of the table during the run (e.g. to refresh ``report.html``).
 
     Returns:
         A :class:`BatchResult`; its ``n_failed`` / ``exit_code`` say whether any case failed.
@@ -410,6 +412,8 @@ def predict_folder(
                 if time.monotonic() - last_flush > CSV_FLUSH_SECONDS:
                     _write_csv(csv_path, result.rows, columns)
                     last_flush = time.monotonic()
+                    if on_flush is not None:
+                        on_flush()
     finally:
         # Also on Ctrl-C or a crash: the table lists what was done, and the next run resumes from the files.
         bar.close()
