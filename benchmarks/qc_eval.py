@@ -55,6 +55,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override")
     parser.add_argument("--ood", type=Path, default=DEFAULT_OOD, help="a scan QC must flag (other modality)")
     parser.add_argument("--bad-dice", type=float, default=0.8, help="mean Dice below which a case is bad")
+    parser.add_argument(
+        "--reuse", action="store_true", help="use the checkpoint of an earlier run with the same tag (no training)"
+    )
     parser.add_argument("--tag", default="fold0", help="output name: benchmarks/out/qc_eval_<tag>.json")
     return parser.parse_args(argv)
 
@@ -108,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from medseg.io import load_volume
     from medseg.metrics import dice
     from medseg.training import train
+    from medseg.training.checkpoint import load_checkpoint
 
     data_root = args.data_root.resolve()
     base = load_config(args.config, [f"data.root={data_root}", *args.overrides])
@@ -132,8 +136,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         len(test),
         args.epochs,
     )
-    result = train(cfg)
-    predictor = Predictor.from_config(result.best, cfg.inference)
+    best = work / "run" / "checkpoints" / "best.pt"
+    if args.reuse and best.is_file():
+        log.info("Reusing %s (--reuse): no training", best)
+        ckpt = load_checkpoint(best)
+        best_epoch, best_dice = int(ckpt["best_epoch"]), float(ckpt["best_dice"])
+    else:
+        result = train(cfg)
+        best_epoch, best_dice = result.best_epoch, result.best_dice
+    predictor = Predictor.from_config(best, cfg.inference)
     scans = [c.image for c in test] + ([args.ood] if args.ood.is_file() else [])
     batch = predict_folder(predictor, scans, work / "predictions", overwrite=True, progress=False)
     rows = {r["input"]: r for r in batch.rows}
@@ -143,6 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         pred = np.asarray(load_volume(Path(row["output"])).array)
         gt = np.rint(np.asarray(load_volume(case.label).array))  # type: ignore[arg-type]
         per_class = [dice(pred == c, gt == c) for c in range(1, len(spec.classes))]
+        # The per-check ratios are not in the table: one more forward pass gives them (same weights, same mask).
+        volume = load_volume(case.image)
+        mask, probs = predictor.predict_with_proba(volume)
+        checks = predictor.assess_quality(volume, np.asarray(mask.array), probs).checks
         cases.append(
             {
                 "case": case.id,
@@ -150,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "dice_per_class": per_class,
                 "qc_score": float(row["qc_score"]),
                 "qc_flags": row["qc_flags"],
+                "checks": checks,
             }
         )
     dices = [c["dice"] for c in cases]
@@ -171,14 +187,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             "n_train_and_val": len(rest),
             "n_test": len(test),
             "epochs": args.epochs,
-            "best_epoch": result.best_epoch,
-            "best_val_dice": result.best_dice,
+            "best_epoch": best_epoch,
+            "best_val_dice": best_dice,
             "qc_thresholds": cfg.inference.qc.model_dump(),
         },
         "bad_rule": rule,
         "n_bad": int(sum(bad)),
         "n_normal": int(len(bad) - sum(bad)),
         "auc": roc_auc(scores, bad),
+        "auc_per_check": {
+            name: roc_auc([c["checks"].get(name, 0.0) for c in cases], bad)
+            for name in sorted({k for c in cases for k in c["checks"]})
+        },
         "flagged_bad": int(sum(f and b for f, b in zip(flagged, bad, strict=True))),
         "flagged_normal": int(sum(f and not b for f, b in zip(flagged, bad, strict=True))),
         "mean_dice": float(np.mean(dices)),

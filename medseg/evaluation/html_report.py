@@ -81,6 +81,7 @@ var a=x.cells[i].dataset.v||x.cells[i].textContent,c=y.cells[i].dataset.v||y.cel
 p=parseFloat(a),q=parseFloat(c);if(a===''&&c!=='')return 1;if(c===''&&a!=='')return -1;
 if(!isNaN(p)&&!isNaN(q))return d*(p-q);return d*a.localeCompare(c);});
 r.forEach(function(e){b.appendChild(e);});});});});
+document.documentElement.setAttribute('data-report-js','ok');
 """
 
 

@@ -58,8 +58,10 @@ _FLOORS: dict[str, float] = {
     "mean_confidence": 0.02,
     "mean_entropy": 0.02,
 }
-#: Relative floor for class volumes: 5% of the median training volume.
-_VOLUME_FLOOR = 0.05
+#: Relative floor for class volumes: 15% of the median training volume. Structure volumes differ by about that
+#: much between healthy people; the MAD of a few training labels can be far smaller (10 sample_data labels: 6%,
+#: which flagged a correct Posterior label at z = 4.1).
+_VOLUME_FLOOR = 0.15
 INTENSITY_FEATURES = ("neg_fraction", "zp01", "zp25", "zp50", "zp75", "zp99")
 
 
@@ -72,12 +74,15 @@ class QCResult:
         score: ``max(z / threshold)`` over the checks (>= 1 means flagged); ``None`` when QC could not run.
         features: The numbers measured on the scan and its mask.
         note: Why QC did not run (e.g. a checkpoint without a QC reference), else ``""``.
+        checks: Each check's ratio z / threshold (``intensity``, ``spacing``, ``shape``, ``empty``,
+            ``volume_<class>``, ``components_<class>``, ``confidence``, ``entropy``); >= 1 flags the scan.
     """
 
     flags: list[str] | None
     score: float | None
     features: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    checks: dict[str, float] = field(default_factory=dict)
 
     @property
     def flagged(self) -> bool:
@@ -255,12 +260,14 @@ def assess(
             note="the checkpoint has no QC reference (trained before QC existed): qc_flags/qc_score left empty",
         )
     flags: list[str] = []
+    checks: dict[str, float] = {}
     score = 0.0
 
-    def check(reason: str, ratio: float) -> None:
+    def check(name: str, reason: str, ratio: float) -> None:
         nonlocal score
         if not np.isfinite(ratio):
             return
+        checks[name] = round(float(ratio), 4)
         score = max(score, ratio)
         if ratio >= 1.0:
             flags.append(reason)
@@ -274,7 +281,7 @@ def assess(
             if np.isfinite(z) and z > worst[0]:
                 worst = (z, f"{key} {_fmt(features[key])} vs training median {_fmt(med)}, z={z:.1f}")
     if worst[1]:
-        check(f"intensities unlike the training scans ({worst[1]})", worst[0] / settings.intensity_z)
+        check("intensity", f"intensities unlike the training scans ({worst[1]})", worst[0] / settings.intensity_z)
 
     # Input: spacing and shape against the training range.
     geometry = reference.get("geometry") or {}
@@ -293,7 +300,7 @@ def assess(
             r = max(ratios)
             # Inside the range adds nothing; the score reaches 1 at geometry_factor times outside it.
             ratio = math.log(r) / math.log(settings.geometry_factor) if r > 1 else 0.0
-            check(f"{kind} outside the training range: {' x '.join(text)}{unit}", ratio)
+            check(kind, f"{kind} outside the training range: {' x '.join(text)}{unit}", ratio)
 
     # Output: empty mask / empty classes, volumes against the training labels.
     classes = list(reference.get("classes") or [])
@@ -301,12 +308,12 @@ def assess(
     empty = [n for n in classes[1:] if features.get(f"volume_ml_{n}", 1.0) == 0.0]
     if classes and len(empty) == len(classes) - 1:
         flags.append("empty mask (no foreground voxel)")
-        score = MAX_SCORE
+        checks["empty"] = score = MAX_SCORE
     else:
         for name in empty:
             if volumes.get(name) and min(volumes[name]) > 0:  # every training label had this class
                 flags.append(f"empty {name} (every training label has it)")
-                score = MAX_SCORE
+                checks["empty"] = score = MAX_SCORE
         for name in classes[1:]:
             key = f"volume_ml_{name}"
             if name in empty or key not in features or not volumes.get(name):
@@ -315,6 +322,7 @@ def assess(
             scale = max(scale, _VOLUME_FLOOR * abs(med))
             z = (features[key] - med) / scale
             check(
+                f"volume_{name}",
                 f"{name} volume {_fmt(features[key])} mL vs training labels' median {_fmt(med)} mL (z={z:+.1f})",
                 abs(z) / settings.volume_z,
             )
@@ -327,18 +335,21 @@ def assess(
             med, scale = _robust(val[key], _FLOORS["components"])
             z = (features[key] - med) / scale
             check(
+                f"components_{name}",
                 f"{name} in {int(features[key])} pieces vs {_fmt(med)} in validation (z={z:+.1f})",
                 z / settings.components_z,
             )
     for key, sign, what in (("mean_confidence", -1.0, "low confidence"), ("mean_entropy", 1.0, "high entropy")):
+        name = key[len("mean_") :]
         if key in features and val.get(key):
             med, scale = _robust(val[key], _FLOORS[key])
             z = (features[key] - med) / scale
             check(
+                name,
                 f"{what} in the foreground ({key} {features[key]:.3f} vs validation {med:.3f}, z={z:+.1f})",
                 sign * z / settings.confidence_z,
             )
-    return QCResult(flags, round(min(score, MAX_SCORE), 3), dict(features))
+    return QCResult(flags, round(min(score, MAX_SCORE), 3), dict(features), checks=checks)
 
 
 def scan_features(
