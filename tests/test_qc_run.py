@@ -154,3 +154,27 @@ def test_a_checkpoint_without_a_qc_reference_predicts_with_empty_qc_and_a_note(r
     assert row["status"] == "ok" and row["qc_flags"] == "" and row["qc_score"] == ""
     assert "no QC reference" in proc.stderr
     assert "No QC for these scans" in (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_a_long_batch_rewrites_its_table_and_report_as_it_goes(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medseg.evaluation.html_report import ReportUpdater
+    from medseg.inference import Predictor, batch
+
+    monkeypatch.setattr(batch, "CSV_FLUSH_SECONDS", -1.0)  # flush after every scan instead of every 5 s
+    predictor = Predictor.from_checkpoint(RunLayout(run_dir).best_checkpoint, device="cpu")
+    scans = sorted((SAMPLE_DATA / "hippocampus" / "imagesTr").glob("*.nii.gz"))[:3]
+    out = tmp_path / "run"
+    update = ReportUpdater(out, min_seconds=0.0)
+    seen: list[tuple[int, bool]] = []
+
+    def on_flush() -> None:
+        update()
+        table = read_csv(out / "predictions" / "predictions.csv")
+        page = (out / "report.html").read_text(encoding="utf-8")
+        seen.append((len(table), all(r["case"] in page for r in table)))
+
+    batch.predict_folder(predictor, scans, out / "predictions", progress=False, on_flush=on_flush)
+    assert [n for n, _ in seen] == [1, 2, 3]  # the table (and the report) grew one scan at a time
+    assert all(in_page for _, in_page in seen)

@@ -104,7 +104,10 @@ def record_stage(root: Path, stage: str, seconds: float, *, command: str | None 
     record["stages"] = stages
     if command:
         record["command"] = command
-    atomic_write_text(path, json.dumps(record, indent=1))
+    try:
+        atomic_write_text(path, json.dumps(record, indent=1))
+    except OSError as err:  # the record only feeds the report; the stage's own outputs are what matter
+        log.warning("Could not write '%s': %s", path, err)
 
 
 def command_line() -> str:
