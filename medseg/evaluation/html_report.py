@@ -294,7 +294,13 @@ def _section_training(root: Path, checkpoint: dict[str, Any] | None) -> str:
         if qc_ref:
             parts.append(
                 f"<p>QC reference: {_e(qc_ref.get('n_train'))} training scans, {_e(qc_ref.get('n_val'))} validation "
-                "predictions.</p>"
+                "predictions"
+                + (
+                    f" (the default output thresholds flag {_e(qc_ref['val_flagged_by_default'])} of them)"
+                    if "val_flagged_by_default" in qc_ref
+                    else ""
+                )
+                + ".</p>"
             )
         else:
             parts.append("<p class='warn'>This checkpoint has no QC reference: predictions get no QC flags.</p>")

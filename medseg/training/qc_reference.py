@@ -129,6 +129,7 @@ def qc_reference(
     geometry = [{k: v for k, v in f.items() if k.startswith(("spacing_", "shape_"))} for f in images]
     reference = build_reference(classes, intensity, geometry, labels, val_features)
     flagged = sum(bool(assess(f, reference).flags) for f in val_features)
+    reference["val_flagged_by_default"] = int(flagged)  # in the report: validation scans are normal, few should be
     log.info(
         "QC reference: %d training scans, %d validation predictions (the default output thresholds flag %d of them)",
         len(images),
