@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from medseg.config import InferenceConfig
 from medseg.data.cases import Case
 from medseg.data.normalization import NormalizationParams
 from medseg.data.prepare import Reader
@@ -79,7 +80,7 @@ def validation_outputs(
     reader: Reader,
     *,
     device: Any,
-    batch_size: int,
+    inference: InferenceConfig,
 ) -> list[dict[str, float]]:
     """:func:`medseg.inference.qc.output_features` of each validation case predicted with ``model_state``.
 
@@ -90,7 +91,8 @@ def validation_outputs(
         val_cases: The validation cases (their scans are read again: prediction starts from the file).
         reader: Scan reader.
         device: Where to predict.
-        batch_size: Slices per forward pass.
+        inference: The run's prediction settings (precision, batch size, flips, postprocessing), so the reference
+            describes the outputs the predict stage will make.
     """
     net = copy.deepcopy(model)
     net.load_state_dict(model_state)
@@ -104,7 +106,15 @@ def validation_outputs(
         pad_multiple=int(checkpoint.get("pad_multiple", 16)),
         postprocessing=checkpoint.get("postprocessing"),
     )
-    predictor = Predictor(net, spec, device=device, precision="fp32", batch_size=batch_size)
+    predictor = Predictor(
+        net,
+        spec,
+        device=device,
+        precision=inference.precision,
+        batch_size=inference.batch_size,
+        tta_flips=inference.tta_flips,
+        postprocessing=inference.postprocessing,
+    )
     out = []
     for case in val_cases:
         volume = reader(case.image)

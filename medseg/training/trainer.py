@@ -730,7 +730,7 @@ class Trainer:
                     self.val_cases,
                     self.qc_recorder.reader,
                     device=self.device,
-                    batch_size=self.cfg.inference.batch_size,
+                    inference=self.cfg.inference,
                 )
                 best["qc_reference"] = qc_reference(self.qc_recorder, self.train_cases, val, self.classes)
                 save_checkpoint(self.best_path, best)
