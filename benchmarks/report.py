@@ -305,6 +305,47 @@ def _inference_choices_section(results: Sequence[tuple[str, dict[str, Any]]]) ->
     return lines
 
 
+def _qc_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    if not results:
+        return []
+    lines = ["## QC flags: do they find the bad masks?", ""]
+    lines += [
+        "From `qc_eval_*.json` (`benchmarks/qc_eval.py`): one fold of a split by case is held out as test cases; "
+        "a model is trained, epoch-bounded, on the other cases (their own 80/20 split: the validation part picks "
+        "the best epoch and gives QC its reference), then `predict_folder` predicts the test cases and one CT "
+        "crop. AUC: how well `qc_score` ranks the bad test masks above the normal ones (0.5 = chance). "
+        "Flagged: test cases with a `qc_flags` entry (default thresholds).",
+        "",
+    ]
+    for name, r in results:
+        s = r.get("setup", {})
+        ood = r.get("ood") or {}
+        rows = [
+            [
+                f"{s.get('n_test')} (fold {s.get('fold')} of {s.get('folds')})",
+                f"{s.get('n_train_and_val')}, {s.get('epochs')} epochs",
+                fmt(r.get("mean_dice")),
+                r.get("bad_rule", ""),
+                f"{r.get('n_bad')}",
+                fmt(r.get("auc")),
+                f"{r.get('flagged_normal')} / {r.get('n_normal')}",
+                f"{r.get('flagged_bad')} / {r.get('n_bad')}",
+                "yes" if ood.get("qc_flags") else "no",
+            ]
+        ]
+        headers = ["test cases", "trained on", "mean Dice", "bad =", "bad", "AUC", "normal flagged", "bad flagged"]
+        lines += [
+            f"`{name}`: `{r.get('command', '')}`",
+            "",
+            markdown_table([*headers, "CT crop flagged"], rows),
+            "",
+            "AUC of each check's ratio alone: "
+            + ", ".join(f"{k} {fmt(v)}" for k, v in sorted((r.get("auc_per_check") or {}).items())),
+            "",
+        ]
+    return lines
+
+
 def render(out_dir: Path, choices: Path | None = CHOICES) -> str:
     """The text of RESULTS.md for the JSON files in ``out_dir``."""
     quality = _load(out_dir, "quality_*.json")
@@ -323,6 +364,7 @@ def render(out_dir: Path, choices: Path | None = CHOICES) -> str:
     lines += _quality_section(quality)
     lines += _inference_choices_section(_load(out_dir, "inference_choices_*.json"))
     lines += _speed_section(speed)
+    lines += _qc_section(_load(out_dir, "qc_eval_*.json"))
     if choices is not None and choices.is_file():
         lines += ["## Choices and the measurements behind them", "", choices.read_text().strip(), ""]
     return "\n".join(lines).rstrip() + "\n"

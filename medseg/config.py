@@ -322,6 +322,30 @@ class DicomOutputConfig(_Section):
     """SEG: FRACTIONAL segments from the class probabilities instead of BINARY ones from the mask."""
 
 
+class QCConfig(_Section):
+    """Quality control of every predicted scan (``medseg.inference.qc``): which checks flag a scan, and when.
+
+    Each check compares a number measured on the scan or its mask with the training-time reference stored in the
+    checkpoint (``qc_reference``) as a robust z-score (distance from the reference median in units of
+    1.4826 x MAD); a scan is flagged when a z-score passes its threshold. The defaults flag none of the normal
+    held-out hippocampus scans of ``benchmarks/qc_eval.py`` and flag a CT crop given to the hippocampus model."""
+
+    enabled: bool = True
+    """``false``: no QC (the ``qc_flags``/``qc_score`` columns stay empty)."""
+    intensity_z: float = Field(default=6.0, gt=0)
+    """Input check: intensity statistics (share of negative voxels, percentiles of the z-scored scan) further than
+    this from the training scans'."""
+    geometry_factor: float = Field(default=1.5, gt=1)
+    """Input check: a voxel spacing or a shape more than this factor outside the training scans' range."""
+    volume_z: float = Field(default=3.5, gt=0)
+    """Output check: a class volume (mL) this far from the training labels' volumes."""
+    components_z: float = Field(default=3.5, gt=0)
+    """Output check: more connected components of a class than the validation predictions had, by this z."""
+    confidence_z: float = Field(default=3.5, gt=0)
+    """Output check: mean confidence in the predicted foreground lower (or its entropy higher) than the validation
+    predictions', by this z."""
+
+
 class InferenceConfig(_Section):
     """Prediction: which scans, which checkpoint, how masks are written."""
 
@@ -354,6 +378,8 @@ class InferenceConfig(_Section):
     """Inference precision; ``auto`` = bf16 where the device supports it, else fp32."""
     device: DeviceName = "auto"
     """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``."""
+    qc: QCConfig = QCConfig()
+    """Quality-control flags per predicted scan (``qc_flags``, ``qc_score`` in ``predictions.csv``)."""
 
 
 class EvaluationConfig(_Section):

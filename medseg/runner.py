@@ -337,6 +337,7 @@ def run_predict(cfg: Config, val_cases: Sequence[Case] | None = None, *, retrain
     """
     import sys
 
+    from medseg.evaluation.html_report import ReportUpdater
     from medseg.inference import Predictor
     from medseg.inference.batch import predict_folder
     from medseg.inference.dicom_output import dicom_write_options
@@ -381,6 +382,7 @@ def run_predict(cfg: Config, val_cases: Sequence[Case] | None = None, *, retrain
         csv_name=_rank_table_name(rank, world_size) if sharded else layout.predictions_csv.name,
         dicom=dicom_write_options(cfg, checkpoint),
         also_nifti=inf.also_nifti,
+        on_flush=None if sharded else ReportUpdater(layout.root),
     )
     if sharded:
         result = _merge_rank_tables(layout, result, world_size)
@@ -536,6 +538,7 @@ def run_stages(cfg: Config, stages: Sequence[Stage]) -> RunResult:
     ``train`` runs DistributedDataParallel (rank 0 writes), ``predict`` shards the scans over ranks and rank 0
     merges the tables, ``evaluate`` runs on rank 0 only.
     """
+    from medseg.evaluation.html_report import command_line, record_stage, write_report
     from medseg.io.read_options import ReadOptions, set_read_options
     from medseg.training.distributed import barrier, is_main_process
 
@@ -560,5 +563,8 @@ def run_stages(cfg: Config, stages: Sequence[Stage]) -> RunResult:
         elif is_main_process():
             result.evaluate = run_evaluate(cfg)  # cheap, and it writes files: rank 0 only under torchrun
         log.info("== stage %s done in %.1f s", stage, time.perf_counter() - start)
+        if is_main_process():  # report.html grows stage by stage (medseg.evaluation.html_report)
+            record_stage(cfg.output.dir, stage, time.perf_counter() - start, command=command_line())
+            log.info("Report: '%s'", write_report(cfg.output.dir))
         barrier()  # under torchrun: no rank starts the next stage (or exits) before the others finish this one
     return result

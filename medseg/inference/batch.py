@@ -18,7 +18,8 @@ Behaviour a night run relies on:
   atomically by ``medseg.io``, probability maps before the mask, so an existing mask means a finished case.
 * **Read-only inputs**: nothing is written under an input folder (an output folder inside it is refused).
 * **Summary**: ``predictions.csv`` (case, input, output, status ``ok|skipped|failed``, error, seconds, and
-  ``voxels_<class>`` / ``volume_ml_<class>`` per foreground class), rewritten atomically after every case, so a
+  ``voxels_<class>`` / ``volume_ml_<class>`` per foreground class, then ``qc_flags`` / ``qc_score`` from
+  ``medseg.inference.qc``, empty for a checkpoint without a QC reference), rewritten atomically after every case, so a
   killed run's table lists exactly the masks it finished. Rows of skipped cases carry the voxel counts from the
   previous run's table when it has them.
 * **Storage faults** stop the run: when the output folder cannot take writes (disk full, over quota, read-only,
@@ -50,11 +51,12 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -68,6 +70,7 @@ from medseg.inference.dicom_output import (
 )
 from medseg.inference.memory import HeapTrimmer
 from medseg.inference.predictor import Predictor
+from medseg.inference.qc import assess
 from medseg.io import case_id_from_path, find_scans, save_mask, save_volume
 from medseg.io.atomic import atomic_write_text, remove_stale_temp_files
 from medseg.io.channels import ChannelStack
@@ -80,6 +83,8 @@ log = logging.getLogger(__name__)
 OUTPUT_FORMATS = ("nii.gz", "nrrd", "mha", *DICOM_FORMATS)
 CSV_NAME = "predictions.csv"
 BASE_COLUMNS = ("case", "input", "output", "status", "error", "seconds")
+#: Quality-control columns (``medseg.inference.qc``): reasons ``;``-separated, and the score (>= 1 = flagged).
+QC_COLUMNS = ("qc_flags", "qc_score")
 
 
 @dataclass(frozen=True)
@@ -128,7 +133,7 @@ def _sanitize(name: str) -> str:
 def column_names(classes: Sequence[str]) -> list[str]:
     """Summary-table columns for these classes (background at index 0 is not counted)."""
     per_class = [f"{kind}_{name}" for name in classes[1:] for kind in ("voxels", "volume_ml")]
-    return [*BASE_COLUMNS, *per_class]
+    return [*BASE_COLUMNS, *per_class, *QC_COLUMNS]
 
 
 def probability_paths(mask_path: Path, case_id: str, classes: Sequence[str], output_format: str) -> list[Path]:
@@ -353,18 +358,15 @@ def _run_case(
     dicom = dicom or DicomWriteOptions()
     # Only the writes are examined for storage faults: an unreadable input is this case's problem.
     folder = job.output.parent
-    probs = None
-    if save_probabilities or (output_format in DICOM_FORMATS and dicom.fractional):
-        mask, probs = predictor.predict_with_proba(read)
-    else:
-        mask = predictor.predict(read)
+    # predict() is predict_with_proba() too: keeping the probabilities for QC costs no extra forward pass.
+    mask, probs = predictor.predict_with_proba(read)
     if save_probabilities:
-        assert probs is not None
         paths = probability_paths(job.output, job.case_id, predictor.classes, output_format)
         for k, prob_path in enumerate(paths, start=1):
             if overwrite or not prob_path.exists():
                 with output_storage(folder):
                     save_volume(probs[k], like=volume, path=prob_path, overwrite=overwrite)
+    qc = predictor.assess_quality(volume, np.asarray(mask.array), probs)
     nifti = _nifti_copy(job, output_format, also_nifti)
     if nifti is not None and (overwrite or not nifti.exists()):
         with output_storage(folder):
@@ -390,6 +392,7 @@ def _run_case(
     for name, (voxels, ml) in volumes.items():
         row[f"voxels_{name}"] = voxels
         row[f"volume_ml_{name}"] = f"{ml:.4f}"
+    row.update(qc.row())
     return row
 
 
@@ -457,6 +460,7 @@ def predict_folder(
     csv_name: str = CSV_NAME,
     dicom: DicomWriteOptions | None = None,
     also_nifti: bool = False,
+    on_flush: Callable[[], None] | None = None,
 ) -> BatchResult:
     """Predicts a mask for every scan under ``inputs`` and writes a summary table.
 
@@ -475,6 +479,7 @@ def predict_folder(
         csv_name: File name of the summary table in ``out_dir``.
         dicom: Codes and header fields of ``dicom-seg`` / ``rtstruct`` outputs (defaults: generic codes).
         also_nifti: With a DICOM ``output_format``, also write ``<case_id>.nii.gz``.
+        on_flush: Called after each rewrite of the table during the run (e.g. to refresh ``report.html``).
 
     Returns:
         A :class:`BatchResult`; its ``n_failed`` / ``exit_code`` say whether any case failed.
@@ -508,6 +513,8 @@ def predict_folder(
     previous = _previous_rows(csv_path)
     result = BatchResult(csv_path=csv_path)
     fault: OutputStorageError | None = None
+    if predictor.qc_reference is None and predictor.qc_settings.enabled:
+        log.warning("QC: %s", assess({}, None).note)
     bar = tqdm(total=len(jobs), disable=not progress, unit="scan", desc="predict")
     # Per-case warnings go through tqdm.write while the bar is shown, so they do not break the bar's line.
     redirect = logging_redirect_tqdm() if progress else contextlib.nullcontext()
@@ -546,6 +553,8 @@ def predict_folder(
                 # After every case (a few ms): a killed run's table lists exactly the masks it finished.
                 with output_storage(out_dir):
                     _write_csv(csv_path, result.rows, columns)
+                if on_flush is not None:  # e.g. report.html, rewritten at most every 30 s
+                    on_flush()
     except OutputStorageError as err:  # the table itself could not be written
         fault = fault or err
     finally:

@@ -22,13 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from medseg.config import InferenceConfig, PostprocessingConfig
+from medseg.config import InferenceConfig, PostprocessingConfig, QCConfig
 from medseg.data.normalization import NormalizationParams, normalize
 from medseg.data.resample import plan_grid, resample_image, resample_probabilities_back
 from medseg.data.slicing import channels_to_slices, slices_to_volume
 from medseg.errors import CheckpointError, ConfigError
 from medseg.inference.forward import forward_slices, predict_volume_probs
 from medseg.inference.postprocess import apply_postprocessing
+from medseg.inference.qc import QCResult, assess, scan_features
 from medseg.inference.settings import InferenceSettings
 from medseg.io.channels import ChannelStack
 from medseg.io.orientation import Reorientation, to_canonical
@@ -139,6 +140,8 @@ class Predictor:
         tta_flips: bool = False,
         postprocessing: PostprocessingConfig | None = None,
         channels_last: str | bool = "auto",
+        qc_reference: dict[str, Any] | None = None,
+        qc: QCConfig | None = None,
     ) -> None:
         """Wraps ``model`` (moved to ``device``, eval mode) with the preprocessing recorded in ``spec``.
 
@@ -151,6 +154,8 @@ class Predictor:
             tta_flips: Average probabilities over flips of the slice axes (4x the compute).
             postprocessing: Per step true/false/auto; ``None`` = auto for both (the checkpoint's decision).
             channels_last: ``auto`` or a bool (see ``resolve_channels_last``).
+            qc_reference: The checkpoint's ``qc_reference`` (``medseg.inference.qc``); ``None``: no QC.
+            qc: QC thresholds (``inference.qc``); ``None`` = defaults.
 
         Raises:
             ConfigError: Bad device/precision option.
@@ -181,6 +186,8 @@ class Predictor:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model = model
+        self.qc_reference = qc_reference
+        self.qc_settings = qc or QCConfig()
 
     @classmethod
     def from_config(cls, path: str | Path, inference: InferenceConfig) -> Predictor:
@@ -190,7 +197,7 @@ class Predictor:
             path: A ``best.pt`` / ``last.pt`` written by the trainer.
             inference: Device, precision, batch size, test-time flips and postprocessing to use.
         """
-        return cls.from_checkpoint(
+        predictor = cls.from_checkpoint(
             path,
             device=inference.device,
             precision=inference.precision,
@@ -198,6 +205,8 @@ class Predictor:
             tta_flips=inference.tta_flips,
             postprocessing=inference.postprocessing,
         )
+        predictor.qc_settings = inference.qc
+        return predictor
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **options: Unpack[PredictorOptions]) -> Predictor:
@@ -257,7 +266,7 @@ class Predictor:
                 "inference.tta_flips: false unless you measured otherwise",
                 path,
             )
-        return cls(model, spec, **options)
+        return cls(model, spec, qc_reference=ckpt.get("qc_reference"), **options)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -399,3 +408,26 @@ class Predictor:
         voxel = float(np.prod(np.asarray(spacing, dtype=np.float64))) if voxel_mm3 is None else float(voxel_mm3)
         voxel_ml = voxel / 1000.0
         return {name: (int(counts[i]), int(counts[i]) * voxel_ml) for i, name in enumerate(self.classes) if i > 0}
+
+    def assess_quality(self, volume: Volume, labels: np.ndarray, probs: np.ndarray | None) -> QCResult:
+        """QC flags and score of a prediction (see ``medseg.inference.qc``).
+
+        Args:
+            volume: The scan as read.
+            labels: Its predicted labels (volume order), postprocessed as written.
+            probs: Its probabilities (volume order), or ``None`` (confidence checks are then skipped).
+
+        Returns:
+            A :class:`~medseg.inference.qc.QCResult`; with no ``qc_reference`` (a checkpoint from before QC) its
+            ``flags``/``score`` are ``None`` and ``note`` says why.
+        """
+        if self.qc_reference is None or not self.qc_settings.enabled:
+            return assess({}, self.qc_reference, self.qc_settings)
+        canon, _ = to_canonical(volume)  # geometry is compared in the closest-RAS order training used
+        features = scan_features(np.asarray(volume.array), canon.spacing, canon.shape, labels, probs, self.classes)
+        return assess(features, self.qc_reference, self.qc_settings)
+
+    def predict_with_qc(self, volume: Volume) -> tuple[Volume, np.ndarray, QCResult]:
+        """Mask, probabilities and QC of ``volume`` in one forward pass (for scripts)."""
+        mask, probs = self.predict_with_proba(volume)
+        return mask, probs, self.assess_quality(volume, np.asarray(mask.array), probs)

@@ -53,7 +53,7 @@ from medseg.data.class_weights import resolve_class_weights
 from medseg.data.dataset import SliceDataset
 from medseg.data.foreground import check_foreground
 from medseg.data.plan import write_plan
-from medseg.data.prepare import PreparedData, Reader, prepare_training_data
+from medseg.data.prepare import PreparedData, Reader, default_reader, prepare_training_data
 from medseg.data.sampling import foreground_sampler
 from medseg.data.splits import split_cases
 from medseg.data.transforms import train_transforms
@@ -85,6 +85,7 @@ from medseg.training.distributed import (
 from medseg.training.history import TrainingLog
 from medseg.training.init import init_output_bias
 from medseg.training.loader import SeededSampler, build_train_loader
+from medseg.training.qc_reference import RecordingReader, qc_reference, validation_outputs
 from medseg.training.resume import (
     RESUME_MUST_MATCH,
     capture_rng_state,
@@ -250,13 +251,16 @@ class Trainer:
                 raise CheckpointError(
                     f"Cannot resume from '{self.last_path}': classes {resume['classes']} != {self.classes}"
                 )
+        # The QC reference's training statistics are noted while the data stage reads each file (no second read).
+        self.qc_recorder = RecordingReader(reader or default_reader(), self.classes)
+        self.qc_recorder.expect_labels(spec.cases)
         data: PreparedData = prepare_training_data(
             train_cases,
             val_cases,
             self.n_classes,
             cfg.preprocessing,
             modality=cfg.data.modality,
-            reader=reader,
+            reader=self.qc_recorder,
             skip_bad_cases=cfg.data.skip_bad_cases,
             cache_dir=cfg.data.cache_dir,
             seed=cfg.data.seed,
@@ -469,6 +473,8 @@ class Trainer:
                 self.stop_reason = "interrupted"
                 break
         plan = self._decide_postprocessing() if self.stop_reason != "interrupted" else _empty_plan()
+        if self.stop_reason != "interrupted":
+            self._add_qc_reference()
         if self.log_writer is not None:
             self.log_writer.close()
         return TrainResult(
@@ -727,3 +733,21 @@ class Trainer:
             )
         barrier()
         return plan_dict
+
+    def _add_qc_reference(self) -> None:
+        """Stores ``qc_reference`` (``medseg.training.qc_reference``) in ``best.pt`` once its postprocessing is set."""
+        if self.main and self.best_path.exists():
+            best = load_checkpoint(self.best_path)
+            if best.get("qc_reference") is None:
+                val = validation_outputs(
+                    unwrap_model(self.model),
+                    best["model_state"],
+                    best,
+                    self.val_cases,
+                    self.qc_recorder.reader,
+                    device=self.device,
+                    inference=self.cfg.inference,
+                )
+                best["qc_reference"] = qc_reference(self.qc_recorder, self.train_cases, val, self.classes)
+                save_checkpoint(self.best_path, best)
+        barrier()

@@ -1,0 +1,367 @@
+"""Quality control of predicted scans: which masks to look at first, and why.
+
+Every predicted scan gets ``qc_flags`` (reasons, ``;``-separated in ``predictions.csv``, empty when none) and a
+``qc_score`` (0 = typical; >= 1 = flagged; larger = further out). Each check turns one number into a robust z-score
+against a reference recorded at training time (``qc_reference`` in the checkpoint, built by
+:func:`build_reference` from the training and validation cases):
+
+==========  ===================================================  ===========================  ===================
+check       number                                               reference                    threshold
+==========  ===================================================  ===========================  ===================
+intensity   share of voxels < 0; 1/25/50/75/99th percentiles of  training scans               ``intensity_z``
+            the scan z-scored by its own mean and std (input)
+spacing     voxel size in mm per axis, closest-RAS order         training range [min, max]    ``geometry_factor``
+shape       voxels per axis, closest-RAS order                   training range [min, max]    ``geometry_factor``
+empty       no voxel of a class (that every training label has)  training labels              always
+volume      class volume in mL                                   training labels              ``volume_z``
+components  3D connected components of a class                   validation predictions       ``components_z``
+confidence  mean max-probability in the predicted foreground     validation predictions       ``confidence_z``
+entropy     mean normalised entropy in the predicted foreground  validation predictions       ``confidence_z``
+==========  ===================================================  ===========================  ===================
+
+Robust z = (x - median) / max(1.4826 * MAD, floor): the floor (``_FLOORS``) stops a reference with no spread
+(every hippocampus scan has no negative voxel; postprocessing leaves one component) from flagging the smallest
+difference. ``qc_score`` is the largest ratio z / threshold over all checks (spacing/shape: how far outside the
+range, in units of the factor), capped at :data:`MAX_SCORE`; an empty mask scores :data:`MAX_SCORE`.
+
+Thresholds (``inference.qc`` in the config, :class:`medseg.config.QCConfig`) were chosen on held-out hippocampus
+cases with ``benchmarks/qc_eval.py`` (see ``benchmarks/RESULTS.md``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from medseg.config import QCConfig
+
+#: Version of the ``qc_reference`` dict stored in checkpoints.
+REFERENCE_VERSION = 1
+#: Largest ``qc_score`` (an empty mask gets it); keeps the CSV column finite and sortable.
+MAX_SCORE = 100.0
+#: At most this many voxels enter the intensity statistics (a strided subsample: 512^3 CTs stay fast).
+_MAX_SAMPLES = 1_000_000
+#: Scale floors of the robust z-scores (see module docstring), in the units of each number.
+_FLOORS: dict[str, float] = {
+    "neg_fraction": 0.01,
+    "zp01": 0.1,
+    "zp25": 0.1,
+    "zp50": 0.1,
+    "zp75": 0.1,
+    "zp99": 0.1,
+    "components": 1.0,
+    "mean_confidence": 0.02,
+    "mean_entropy": 0.02,
+}
+#: Relative floor for class volumes: 15% of the median training volume. Structure volumes differ by about that
+#: much between healthy people; the MAD of a few training labels can be far smaller (10 sample_data labels: 6%,
+#: which flagged a correct Posterior label at z = 4.1).
+_VOLUME_FLOOR = 0.15
+INTENSITY_FEATURES = ("neg_fraction", "zp01", "zp25", "zp50", "zp75", "zp99")
+
+
+@dataclass
+class QCResult:
+    """QC of one predicted scan.
+
+    Attributes:
+        flags: Reasons the scan is flagged (empty when it looks typical); ``None`` when QC could not run.
+        score: ``max(z / threshold)`` over the checks (>= 1 means flagged); ``None`` when QC could not run.
+        features: The numbers measured on the scan and its mask.
+        note: Why QC did not run (e.g. a checkpoint without a QC reference), else ``""``.
+        checks: Each check's ratio z / threshold (``intensity``, ``spacing``, ``shape``, ``empty``,
+            ``volume_<class>``, ``components_<class>``, ``confidence``, ``entropy``); >= 1 flags the scan.
+    """
+
+    flags: list[str] | None
+    score: float | None
+    features: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+    checks: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def flagged(self) -> bool:
+        """Whether any check flagged the scan."""
+        return bool(self.flags)
+
+    def row(self) -> dict[str, str]:
+        """The ``qc_flags`` / ``qc_score`` cells of a ``predictions.csv`` row (empty when QC did not run)."""
+        if self.flags is None or self.score is None:
+            return {"qc_flags": "", "qc_score": ""}
+        return {"qc_flags": "; ".join(self.flags), "qc_score": f"{self.score:.3f}"}
+
+
+# ------------------------------------------------------------------------------------------------------ features
+
+
+def intensity_features(array: np.ndarray) -> dict[str, float]:
+    """Intensity statistics of a scan that tell modalities apart whatever its intensity scale.
+
+    Args:
+        array: The scan's voxels (any shape, any dtype).
+
+    Returns:
+        ``neg_fraction`` (share of finite voxels below 0) and ``zp01`` .. ``zp99`` (percentiles of the voxels
+        z-scored by the scan's own mean and standard deviation, which is scale-free like the per-scan
+        normalisation of MRI).
+    """
+    flat = np.asarray(array).reshape(-1)
+    step = max(1, flat.size // _MAX_SAMPLES)
+    sample = flat[::step].astype(np.float64)
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return {name: float("nan") for name in INTENSITY_FEATURES}
+    std = float(sample.std()) or 1.0
+    z = (sample - sample.mean()) / std
+    p01, p25, p50, p75, p99 = np.percentile(z, [1, 25, 50, 75, 99])
+    return {
+        "neg_fraction": float((sample < 0).mean()),
+        "zp01": float(p01),
+        "zp25": float(p25),
+        "zp50": float(p50),
+        "zp75": float(p75),
+        "zp99": float(p99),
+    }
+
+
+def geometry_features(spacing: Sequence[float] | np.ndarray, shape: Sequence[int]) -> dict[str, float]:
+    """Spacing (mm) and shape per axis as ``spacing_0..2`` and ``shape_0..2`` (closest-RAS order expected)."""
+    out = {f"spacing_{i}": float(s) for i, s in enumerate(spacing)}
+    out.update({f"shape_{i}": float(n) for i, n in enumerate(shape)})
+    return out
+
+
+def label_volumes_ml(
+    labels: np.ndarray, spacing: Sequence[float] | np.ndarray, classes: Sequence[str]
+) -> dict[str, float]:
+    """Volume in mL of each foreground class of a label volume."""
+    counts = np.bincount(np.asarray(labels).reshape(-1).astype(np.int64), minlength=len(classes))
+    voxel_ml = float(np.prod(np.asarray(spacing, dtype=np.float64))) / 1000.0
+    return {name: float(counts[i]) * voxel_ml for i, name in enumerate(classes) if i > 0}
+
+
+def output_features(
+    labels: np.ndarray, probs: np.ndarray | None, spacing: Sequence[float] | np.ndarray, classes: Sequence[str]
+) -> dict[str, float]:
+    """Numbers measured on a predicted mask and its probabilities.
+
+    Args:
+        labels: ``(I, J, K)`` predicted labels.
+        probs: ``(n_classes, I, J, K)`` probabilities on the same grid, or ``None``.
+        spacing: Voxel size in mm.
+        classes: Class names, background first.
+
+    Returns:
+        ``volume_ml_<class>``, ``components_<class>`` per foreground class, ``foreground_voxels`` and, with
+        ``probs``, ``mean_confidence`` and ``mean_entropy`` over the predicted foreground (NaN when it is empty).
+    """
+    labels = np.asarray(labels)
+    out: dict[str, float] = {}
+    for name, ml in label_volumes_ml(labels, spacing, classes).items():
+        out[f"volume_ml_{name}"] = ml
+    structure = ndimage.generate_binary_structure(3, 3)  # 26-connectivity: touching corners are one piece
+    for c, name in enumerate(classes):
+        if c > 0:
+            out[f"components_{name}"] = float(ndimage.label(labels == c, structure=structure)[1])
+    fg = labels > 0
+    out["foreground_voxels"] = float(fg.sum())
+    if probs is not None:
+        if fg.any():
+            p = np.asarray(probs, dtype=np.float32)[:, fg]  # (C, n_fg)
+            p = p / np.clip(p.sum(axis=0, keepdims=True), 1e-8, None)  # sigmoid outputs need not sum to 1
+            out["mean_confidence"] = float(p.max(axis=0).mean())
+            entropy = -(p * np.log(np.clip(p, 1e-8, None))).sum(axis=0) / math.log(max(2, p.shape[0]))
+            out["mean_entropy"] = float(entropy.mean())
+        else:
+            out["mean_confidence"] = out["mean_entropy"] = float("nan")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- reference
+
+
+def _robust(values: Sequence[float], floor: float) -> tuple[float, float]:
+    """(median, scale) with scale = max(1.4826 * MAD, floor) of the finite values."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return float("nan"), floor
+    med = float(np.median(v))
+    return med, max(1.4826 * float(np.median(np.abs(v - med))), floor, 1e-12)
+
+
+def build_reference(
+    classes: Sequence[str],
+    train_images: Sequence[Mapping[str, float]],
+    train_geometry: Sequence[Mapping[str, float]],
+    train_label_ml: Sequence[Mapping[str, float]],
+    val_outputs: Sequence[Mapping[str, float]],
+) -> dict[str, Any]:
+    """The ``qc_reference`` stored in a checkpoint: the numbers QC compares each predicted scan with.
+
+    Args:
+        classes: Class names, background first.
+        train_images: :func:`intensity_features` of each training scan.
+        train_geometry: :func:`geometry_features` of each training scan (closest-RAS order).
+        train_label_ml: :func:`label_volumes_ml` of each training label.
+        val_outputs: :func:`output_features` of the validation cases' predictions (best weights, postprocessed).
+
+    Returns:
+        A dict of plain lists (``torch.load(weights_only=True)`` reads it): the raw values per number, so
+        thresholds can be changed at prediction time without retraining.
+    """
+
+    def column(rows: Sequence[Mapping[str, float]], key: str) -> list[float]:
+        return [float(r[key]) for r in rows if key in r]
+
+    keys_val = sorted({k for r in val_outputs for k in r if k.startswith(("components_", "mean_"))})
+    return {
+        "version": REFERENCE_VERSION,
+        "classes": list(classes),
+        "n_train": len(train_images),
+        "n_val": len(val_outputs),
+        "intensity": {k: column(train_images, k) for k in INTENSITY_FEATURES},
+        "geometry": {k: column(train_geometry, k) for k in sorted({k for r in train_geometry for k in r})},
+        "label_volume_ml": {name: column(train_label_ml, name) for name in classes[1:]},
+        "validation": {k: column(val_outputs, k) for k in keys_val},
+    }
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def assess(
+    features: Mapping[str, float], reference: Mapping[str, Any] | None, settings: QCConfig | None = None
+) -> QCResult:
+    """Flags a predicted scan whose numbers lie far from the reference.
+
+    Args:
+        features: :func:`intensity_features`, :func:`geometry_features` and :func:`output_features` of the scan.
+        reference: The checkpoint's ``qc_reference`` (:func:`build_reference`), or ``None`` (no QC: empty result
+            with a note).
+        settings: Thresholds (``inference.qc``); defaults when ``None``.
+
+    Returns:
+        A :class:`QCResult`.
+    """
+    settings = settings or QCConfig()
+    if not settings.enabled:
+        return QCResult(None, None, dict(features), note="QC disabled (inference.qc.enabled: false)")
+    if not reference:
+        return QCResult(
+            None,
+            None,
+            dict(features),
+            note="the checkpoint has no QC reference (trained before QC existed): qc_flags/qc_score left empty",
+        )
+    flags: list[str] = []
+    checks: dict[str, float] = {}
+    score = 0.0
+
+    def check(name: str, reason: str, ratio: float) -> None:
+        nonlocal score
+        if not np.isfinite(ratio):
+            return
+        checks[name] = round(float(ratio), 4)
+        score = max(score, ratio)
+        if ratio >= 1.0:
+            flags.append(reason)
+
+    # Input: intensity (two-sided), one flag naming the feature furthest out.
+    worst: tuple[float, str] = (0.0, "")
+    for key, ref in (reference.get("intensity") or {}).items():
+        if key in features and ref:
+            med, scale = _robust(ref, _FLOORS.get(key, 0.1))
+            z = abs(features[key] - med) / scale
+            if np.isfinite(z) and z > worst[0]:
+                worst = (z, f"{key} {_fmt(features[key])} vs training median {_fmt(med)}, z={z:.1f}")
+    if worst[1]:
+        check("intensity", f"intensities unlike the training scans ({worst[1]})", worst[0] / settings.intensity_z)
+
+    # Input: spacing and shape against the training range.
+    geometry = reference.get("geometry") or {}
+    for kind, unit in (("spacing", " mm"), ("shape", " voxels")):
+        ratios, text = [], []
+        for axis in range(3):
+            ref = geometry.get(f"{kind}_{axis}")
+            key = f"{kind}_{axis}"
+            if not ref or key not in features:
+                continue
+            lo, hi, x = float(min(ref)), float(max(ref)), float(features[key])
+            out = max(x / hi if hi > 0 else 0.0, lo / x if x > 0 else float("inf"))
+            ratios.append(out)
+            text.append(f"{_fmt(x)} (training {_fmt(lo)}-{_fmt(hi)})")
+        if ratios:
+            r = max(ratios)
+            # Inside the range adds nothing; the score reaches 1 at geometry_factor times outside it.
+            ratio = math.log(r) / math.log(settings.geometry_factor) if r > 1 else 0.0
+            check(kind, f"{kind} outside the training range: {' x '.join(text)}{unit}", ratio)
+
+    # Output: empty mask / empty classes, volumes against the training labels.
+    classes = list(reference.get("classes") or [])
+    volumes = reference.get("label_volume_ml") or {}
+    empty = [n for n in classes[1:] if features.get(f"volume_ml_{n}", 1.0) == 0.0]
+    if classes and len(empty) == len(classes) - 1:
+        flags.append("empty mask (no foreground voxel)")
+        checks["empty"] = score = MAX_SCORE
+    else:
+        for name in empty:
+            if volumes.get(name) and min(volumes[name]) > 0:  # every training label had this class
+                flags.append(f"empty {name} (every training label has it)")
+                checks["empty"] = score = MAX_SCORE
+        for name in classes[1:]:
+            key = f"volume_ml_{name}"
+            if name in empty or key not in features or not volumes.get(name):
+                continue
+            med, scale = _robust(volumes[name], 0.0)
+            scale = max(scale, _VOLUME_FLOOR * abs(med))
+            z = (features[key] - med) / scale
+            check(
+                f"volume_{name}",
+                f"{name} volume {_fmt(features[key])} mL vs training labels' median {_fmt(med)} mL (z={z:+.1f})",
+                abs(z) / settings.volume_z,
+            )
+
+    # Output: components and confidence against the validation predictions (one-sided).
+    val = reference.get("validation") or {}
+    for name in classes[1:]:
+        key = f"components_{name}"
+        if key in features and val.get(key) and name not in empty:
+            med, scale = _robust(val[key], _FLOORS["components"])
+            z = (features[key] - med) / scale
+            check(
+                f"components_{name}",
+                f"{name} in {int(features[key])} pieces vs {_fmt(med)} in validation (z={z:+.1f})",
+                z / settings.components_z,
+            )
+    for key, sign, what in (("mean_confidence", -1.0, "low confidence"), ("mean_entropy", 1.0, "high entropy")):
+        name = key[len("mean_") :]
+        if key in features and val.get(key):
+            med, scale = _robust(val[key], _FLOORS[key])
+            z = (features[key] - med) / scale
+            check(
+                name,
+                f"{what} in the foreground ({key} {features[key]:.3f} vs validation {med:.3f}, z={z:+.1f})",
+                sign * z / settings.confidence_z,
+            )
+    return QCResult(flags, round(min(score, MAX_SCORE), 3), dict(features), checks=checks)
+
+
+def scan_features(
+    image: np.ndarray,
+    spacing: Sequence[float] | np.ndarray,
+    shape: Sequence[int],
+    labels: np.ndarray,
+    probs: np.ndarray | None,
+    classes: Sequence[str],
+) -> dict[str, float]:
+    """All QC numbers of one scan: intensity, geometry (pass closest-RAS ``spacing``/``shape``) and output."""
+    out = intensity_features(image)
+    out.update(geometry_features(spacing, shape))
+    out.update(output_features(labels, probs, spacing, classes))
+    return out

@@ -1,0 +1,149 @@
+"""The training-time QC reference stored in ``best.pt`` as ``qc_reference`` (see ``medseg.inference.qc``).
+
+Two parts, gathered without reading any training file twice:
+
+* :class:`RecordingReader` wraps the trainer's scan reader: while the data stage reads each training scan and
+  label once, it notes the scan's intensity statistics, spacing and shape (closest-RAS order) and the label's
+  class volumes.
+* :func:`validation_outputs` predicts the validation cases with the best weights and the decided
+  postprocessing, exactly as the predictor will, and measures components and foreground confidence; these are
+  the "normal" values the output checks compare a new prediction with.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from medseg.config import InferenceConfig
+from medseg.data.cases import Case
+from medseg.data.normalization import NormalizationParams
+from medseg.data.prepare import Reader
+from medseg.inference.predictor import ModelSpec, Predictor
+from medseg.inference.qc import (
+    assess,
+    build_reference,
+    geometry_features,
+    intensity_features,
+    label_volumes_ml,
+    output_features,
+)
+from medseg.io.orientation import to_canonical
+from medseg.volume import Volume
+
+log = logging.getLogger(__name__)
+
+
+class RecordingReader:
+    """A scan reader that also records the QC statistics of what it reads (one read serves training and QC).
+
+    Args:
+        reader: The reader that does the work.
+        classes: Class names, background first (for the label volumes).
+    """
+
+    def __init__(self, reader: Reader, classes: Sequence[str]) -> None:
+        self.reader = reader
+        self.classes = list(classes)
+        self.images: dict[Path, dict[str, float]] = {}
+        self.labels: dict[Path, dict[str, float]] = {}
+        self._label_paths: set[Path] = set()
+
+    def expect_labels(self, cases: Sequence[Case]) -> None:
+        """Says which paths are label files (their class volumes are recorded instead of intensities)."""
+        self._label_paths = {Path(c.label) for c in cases if c.label is not None}
+
+    def __call__(self, path: Path) -> Volume:
+        volume = self.reader(path)
+        key = Path(path)
+        if key in self._label_paths:
+            self.labels[key] = label_volumes_ml(np.rint(np.asarray(volume.array)), volume.spacing, self.classes)
+        else:
+            canon, _ = to_canonical(volume)
+            feats = intensity_features(np.asarray(volume.array))
+            feats.update(geometry_features(canon.spacing, canon.shape))
+            self.images[key] = feats
+        return volume
+
+
+def validation_outputs(
+    model: nn.Module,
+    model_state: dict[str, Any],
+    checkpoint: dict[str, Any],
+    val_cases: Sequence[Case],
+    reader: Reader,
+    *,
+    device: Any,
+    inference: InferenceConfig,
+) -> list[dict[str, float]]:
+    """:func:`medseg.inference.qc.output_features` of each validation case predicted with ``model_state``.
+
+    Args:
+        model: The trained network (copied; its weights are not changed).
+        model_state: The best weights.
+        checkpoint: The best checkpoint dict (normalisation, axis, context, patch, postprocessing).
+        val_cases: The validation cases (their scans are read again: prediction starts from the file).
+        reader: Scan reader.
+        device: Where to predict.
+        inference: The run's prediction settings (precision, batch size, flips, postprocessing), so the reference
+            describes the outputs the predict stage will make.
+    """
+    net = copy.deepcopy(model)
+    net.load_state_dict(model_state)
+    spec = ModelSpec(
+        classes=tuple(checkpoint["classes"]),
+        mode=str(checkpoint["mode"]),
+        normalization=NormalizationParams.from_dict(checkpoint["normalization"]),
+        slice_axis=int(checkpoint["slice_axis"]),
+        context_slices=int(checkpoint["context_slices"]),
+        patch_hw=tuple(checkpoint["patch_hw"]) if checkpoint.get("patch_hw") else None,
+        pad_multiple=int(checkpoint.get("pad_multiple", 16)),
+        postprocessing=checkpoint.get("postprocessing"),
+    )
+    predictor = Predictor(
+        net,
+        spec,
+        device=device,
+        precision=inference.precision,
+        batch_size=inference.batch_size,
+        tta_flips=inference.tta_flips,
+        postprocessing=inference.postprocessing,
+    )
+    out = []
+    for case in val_cases:
+        volume = reader(case.image)
+        mask, probs = predictor.predict_with_proba(volume)
+        out.append(output_features(np.asarray(mask.array), probs, volume.spacing, spec.classes))
+    return out
+
+
+def qc_reference(
+    recorder: RecordingReader,
+    train_cases: Sequence[Case],
+    val_features: Sequence[dict[str, float]],
+    classes: Sequence[str],
+) -> dict[str, Any]:
+    """The checkpoint's ``qc_reference`` from what ``recorder`` saw of the training cases and the validation outputs.
+
+    Logs how many validation cases the default thresholds flag (they should be few: they are normal scans).
+    """
+    images = [recorder.images[Path(c.image)] for c in train_cases if Path(c.image) in recorder.images]
+    labels = [recorder.labels[Path(c.label)] for c in train_cases if c.label and Path(c.label) in recorder.labels]
+    intensity = [{k: v for k, v in f.items() if not k.startswith(("spacing_", "shape_"))} for f in images]
+    geometry = [{k: v for k, v in f.items() if k.startswith(("spacing_", "shape_"))} for f in images]
+    reference = build_reference(classes, intensity, geometry, labels, val_features)
+    flagged = sum(bool(assess(f, reference).flags) for f in val_features)
+    reference["val_flagged_by_default"] = int(flagged)  # in the report: validation scans are normal, few should be
+    log.info(
+        "QC reference: %d training scans, %d validation predictions (the default output thresholds flag %d of them)",
+        len(images),
+        len(val_features),
+        flagged,
+    )
+    return reference

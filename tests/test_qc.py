@@ -1,0 +1,158 @@
+"""QC numbers and flags (``medseg.inference.qc``) on real scans and hand-made references; the report's pieces."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medseg.config import QCConfig, load_config
+from medseg.evaluation.html_report import RUN_RECORD, record_stage, render_report
+from medseg.inference.qc import (
+    MAX_SCORE,
+    assess,
+    build_reference,
+    geometry_features,
+    intensity_features,
+    label_volumes_ml,
+    output_features,
+)
+from medseg.io import load_volume
+from tests.conftest import SAMPLE_DATA, SHARED_DATA
+
+CLASSES = ["background", "Anterior", "Posterior"]
+SPLEEN_CT = SHARED_DATA / "MSD_Spleen_crop" / "spleen_2_img.nii.gz"
+
+
+def _sample_cases() -> list[tuple[Path, Path]]:
+    images = sorted((SAMPLE_DATA / "hippocampus" / "imagesTr").glob("*.nii.gz"))
+    return [(p, SAMPLE_DATA / "hippocampus" / "labelsTr" / p.name) for p in images]
+
+
+def _reference_from_labels(cases: list[tuple[Path, Path]]) -> dict:
+    """A reference from real scans; the 'validation outputs' are the ground-truth labels with made-up confidences."""
+    imgs, geom, vols, outs = [], [], [], []
+    for i, (image, label) in enumerate(cases):
+        v, lab = load_volume(image), load_volume(label)
+        imgs.append(intensity_features(np.asarray(v.array)))
+        geom.append(geometry_features(v.spacing, v.shape))
+        vols.append(label_volumes_ml(np.asarray(lab.array), lab.spacing, CLASSES))
+        out = output_features(np.asarray(lab.array), None, lab.spacing, CLASSES)
+        out.update(mean_confidence=0.90 + 0.005 * (i % 3), mean_entropy=0.30 + 0.01 * (i % 3))
+        outs.append(out)
+    return build_reference(CLASSES, imgs, geom, vols, outs)
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    return _reference_from_labels(_sample_cases()[:10])
+
+
+def _features(image: Path, labels: np.ndarray, confidence: float = 0.9, entropy: float = 0.3) -> dict[str, float]:
+    v = load_volume(image)
+    feats = intensity_features(np.asarray(v.array))
+    feats.update(geometry_features(v.spacing, v.shape))
+    feats.update(output_features(labels, None, v.spacing, CLASSES))
+    feats.update(mean_confidence=confidence, mean_entropy=entropy)
+    return feats
+
+
+def test_a_held_out_sample_scan_with_its_true_mask_is_not_flagged(reference: dict) -> None:
+    for image, label in _sample_cases()[10:]:
+        result = assess(_features(image, np.asarray(load_volume(label).array)), reference)
+        assert result.flags == [], (image.name, result.flags)
+        assert result.score is not None and 0 <= result.score < 1
+        assert result.row()["qc_flags"] == "" and float(result.row()["qc_score"]) == result.score
+
+
+def test_an_empty_mask_is_flagged_with_the_top_score(reference: dict) -> None:
+    image, label = _sample_cases()[-1]
+    empty = np.zeros(load_volume(label).shape, dtype=np.uint8)
+    result = assess(_features(image, empty, confidence=float("nan"), entropy=float("nan")), reference)
+    assert "empty mask (no foreground voxel)" in result.flags
+    assert result.score == MAX_SCORE
+
+
+def test_one_missing_class_and_a_shrunken_volume_are_flagged(reference: dict) -> None:
+    image, label = _sample_cases()[-1]
+    labels = np.asarray(load_volume(label).array).copy()
+    no_posterior = np.where(labels == 2, 0, labels)
+    result = assess(_features(image, no_posterior), reference)
+    assert any(f.startswith("empty Posterior") for f in result.flags), result.flags
+
+    # Anterior eroded to a few voxels: its volume is far below every training label's.
+    tiny = labels.copy()
+    tiny[tiny == 1] = 0
+    idx = np.argwhere(labels == 1)[:20]
+    tiny[tuple(idx.T)] = 1
+    result = assess(_features(image, tiny), reference)
+    assert any(f.startswith("Anterior volume") for f in result.flags), result.flags
+    # A threshold from the config changes the decision: the same scan passes with a very lax volume_z.
+    lax = assess(_features(image, tiny), reference, QCConfig(volume_z=1000.0))
+    assert not any(f.startswith("Anterior volume") for f in lax.flags), lax.flags
+
+
+def test_low_confidence_and_many_pieces_are_flagged(reference: dict) -> None:
+    image, label = _sample_cases()[-1]
+    labels = np.asarray(load_volume(label).array).copy()
+    result = assess(_features(image, labels, confidence=0.6, entropy=0.7), reference)
+    assert any(f.startswith("low confidence") for f in result.flags)
+    assert any(f.startswith("high entropy") for f in result.flags)
+    # Scatter isolated Anterior voxels on a lattice: many disconnected components.
+    speckled = labels.copy()
+    speckled[::4, ::4, ::4][speckled[::4, ::4, ::4] == 0] = 1
+    result = assess(_features(image, speckled), reference)
+    assert any(f.startswith("Anterior in") and "pieces" in f for f in result.flags), result.flags
+    assert result.checks["components_Anterior"] >= 1
+
+
+@pytest.mark.skipif(not SPLEEN_CT.is_file(), reason=f"needs the CT crop {SPLEEN_CT} (../shared/data)")
+def test_a_ct_scan_is_flagged_by_the_input_checks(reference: dict) -> None:
+    ct = load_volume(SPLEEN_CT)
+    feats = intensity_features(np.asarray(ct.array))
+    assert feats["neg_fraction"] > 0.3  # air and fat in HU; the MRI crops have no negative voxel
+    result = assess(_features(SPLEEN_CT, np.zeros(ct.shape, dtype=np.uint8)), reference)
+    assert any(f.startswith("intensities unlike the training scans") for f in result.flags), result.flags
+    assert any(f.startswith("spacing outside the training range") for f in result.flags)
+    assert any(f.startswith("shape outside the training range") for f in result.flags)
+
+
+def test_without_a_reference_qc_is_empty_with_a_note() -> None:
+    result = assess({"neg_fraction": 0.5}, None)
+    assert result.flags is None and result.score is None
+    assert "no QC reference" in result.note
+    assert result.row() == {"qc_flags": "", "qc_score": ""}
+    off = assess({"neg_fraction": 0.5}, {"classes": CLASSES}, QCConfig(enabled=False))
+    assert off.flags is None and "disabled" in off.note
+
+
+def test_the_reference_holds_only_plain_types(reference: dict, tmp_path: Path) -> None:
+    import torch
+
+    torch.save({"qc_reference": reference}, tmp_path / "r.pt")
+    loaded = torch.load(tmp_path / "r.pt", weights_only=True)["qc_reference"]
+    assert loaded == reference
+    assert reference["n_train"] == 10 and len(reference["label_volume_ml"]["Anterior"]) == 10
+
+
+def test_qc_thresholds_are_config_keys(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("inference:\n  qc:\n    volume_z: 5\n")
+    cfg = load_config(cfg_file, ["inference.qc.intensity_z=8"])
+    assert cfg.inference.qc.volume_z == 5 and cfg.inference.qc.intensity_z == 8
+    assert cfg.inference.qc.enabled is True
+
+
+def test_report_of_an_empty_folder_and_the_run_record(tmp_path: Path) -> None:
+    page = render_report(tmp_path)
+    assert page.startswith("<!DOCTYPE html>") and 'id="run"' in page and 'id="training"' not in page
+    record_stage(tmp_path, "train", 12.345, command="python -m pipelines.run x.yaml")
+    record_stage(tmp_path, "predict", 1.0)
+    record = json.loads((tmp_path / RUN_RECORD).read_text())
+    assert record["command"] == "python -m pipelines.run x.yaml"
+    assert record["stages"]["train"]["seconds"] == 12.35 and "predict" in record["stages"]
+    (tmp_path / "plan.json").write_text(json.dumps({"target_spacing": [1.0, 1.0, 1.0]}))
+    page = render_report(tmp_path)
+    assert "python -m pipelines.run x.yaml" in page and "target_spacing" in page and "12.35" in page
