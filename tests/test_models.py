@@ -236,10 +236,11 @@ def test_extra_fields_from_other_features_are_kept(tmp_path: Path) -> None:
     torch.manual_seed(3)
     spec = _spec("attention_unet", out_channels=2)
     model = build_model(spec)
-    extra = {"plan": {"target_spacing": [1.0, 1.0, 1.0]}, "qc_reference": {"volume_ml": [1.0, 2.0]}}
+    # A field a later feature adds (the schema must not refuse it) beside the optional QC reference.
+    extra = {"future_feature": {"target_spacing": [1.0, 1.0, 1.0]}, "qc_reference": {"volume_ml": [1.0, 2.0]}}
     path = save_checkpoint(tmp_path / "x.pt", _trainer_fields(model, spec.to_dict(), CHECKPOINT_FORMAT, **extra))
     ckpt = load_checkpoint(path)
-    assert ckpt["plan"] == extra["plan"] and ckpt["qc_reference"] == extra["qc_reference"]
+    assert ckpt["future_feature"] == extra["future_feature"] and ckpt["qc_reference"] == extra["qc_reference"]
     predictor = Predictor.from_checkpoint(path, device="cpu")
     assert isinstance(predictor.model, type(model)) and predictor.settings.pad_multiple == 16
 

@@ -376,6 +376,7 @@ def prepare_training_data(
     batch_size: str | int = "auto",
     classes: Sequence[str] | None = None,
     channels: Sequence[str] = ("image",),
+    pad_multiple: int | None = None,
 ) -> PreparedData:
     """Reads every case once, fits normalisation on the training cases, resolves the axis, slices.
 
@@ -393,6 +394,8 @@ def prepare_training_data(
         classes: Class names, background first (for the fingerprint, ``None`` = ``class0 .. classN``; DICOM SEG /
             RTSTRUCT labels map their segments to them by name).
         channels: Input channel names in input order; with several, each is normalised on its own.
+        pad_multiple: Planned patches are multiples of this (``None`` = ``preprocessing.pad_multiple``; the
+            trainer passes the network's, which a deeper network raises).
 
     Returns:
         :class:`PreparedData` with the prepared cases, normalisation parameters, axis, plan and skipped cases.
@@ -452,7 +455,7 @@ def prepare_training_data(
         target_spacing=preprocessing.target_spacing,
         patch_size=preprocessing.patch_size,
         batch_size=batch_size,
-        pad_multiple=preprocessing.pad_multiple,
+        pad_multiple=pad_multiple or preprocessing.pad_multiple,
         channels=list(channels),
         normalization=[params.to_dict() for _ in channels],
         normalization_reason=_normalization_reason(preprocessing.normalization, scheme, modality),

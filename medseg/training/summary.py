@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from medseg.config import Config
+from medseg.data.plan import decide_batch
 from medseg.data.slicing import padded_size
 from medseg.errors import ConfigError
 from medseg.io.atomic import atomic_write_text
@@ -63,7 +64,8 @@ def _classes(cfg: Config) -> list[str]:
     return list(discover_cases(cfg.data).classes)
 
 
-def _training_patch(cfg: Config, classes: list[str], pad_multiple: int) -> tuple[int, int]:
+def _training_patch(cfg: Config, classes: list[str], channels: list[str], pad_multiple: int) -> tuple[int, int]:
+    """The patch one training step sees: ``model.summary_patch``, else the data plan's patch (as training)."""
     if cfg.model.summary_patch is not None:
         h, w = cfg.model.summary_patch
         return padded_size((int(h), int(w)), pad_multiple)
@@ -85,9 +87,20 @@ def _training_patch(cfg: Config, classes: list[str], pad_multiple: int) -> tuple
         modality=cfg.data.modality,
         skip_bad_cases=cfg.data.skip_bad_cases,
         seed=cfg.data.seed,
+        batch_size=cfg.training.batch_size,
+        classes=classes,
+        channels=channels,
+        pad_multiple=pad_multiple,
     )
-    largest = (max(int(p.image.shape[-2]) for p in data.train), max(int(p.image.shape[-1]) for p in data.train))
-    return padded_size(largest, pad_multiple)
+    assert data.plan is not None
+    h, w = data.plan.patch_size
+    return int(h), int(w)
+
+
+def _channels(cfg: Config) -> list[str]:
+    from medseg.data.cases import discover_cases
+
+    return list(discover_cases(cfg.data).channels)
 
 
 def run_summary(cfg: Config) -> SummaryReport:
@@ -99,14 +112,15 @@ def run_summary(cfg: Config) -> SummaryReport:
     from medseg.inference.precision import resolve_channels_last, resolve_device, resolve_precision
 
     classes = _classes(cfg)
-    in_channels = 2 * cfg.preprocessing.context_slices + 1
+    channels = _channels(cfg)
+    in_channels = len(channels) * (2 * cfg.preprocessing.context_slices + 1)
     spec = spec_from_config(cfg.model, in_channels, n_outputs(cfg.loss.mode, len(classes)))
     pad_multiple = math.lcm(int(cfg.preprocessing.pad_multiple), spec.pad_multiple)
-    patch = _training_patch(cfg, classes, pad_multiple)
+    patch = _training_patch(cfg, classes, channels, pad_multiple)
     model = build_model(spec)
     if cfg.model.checkpointing:
         model.use_checkpointing()
-    batch = int(cfg.training.batch_size)
+    batch = decide_batch(patch, cfg.training.batch_size)[0]  # `auto` as the plan decides it
     table = summary(model, (in_channels, *patch), batch_size=batch)
 
     device = resolve_device(cfg.training.device)

@@ -254,6 +254,11 @@ class Trainer:
         # The QC reference's training statistics are noted while the data stage reads each file (no second read).
         self.qc_recorder = RecordingReader(reader or default_reader(), self.classes)
         self.qc_recorder.expect_labels(spec.cases)
+        # The network is known once discovery fixed the input channels (each brings its own 2k+1 context
+        # slices); slices and the planned patch are padded to a multiple its depth accepts.
+        in_channels = len(self.channels) * (2 * cfg.preprocessing.context_slices + 1)
+        self.network_spec = spec_from_config(cfg.model, in_channels, n_outputs(cfg.loss.mode, self.n_classes))
+        self.pad_multiple = math.lcm(int(cfg.preprocessing.pad_multiple), self.network_spec.pad_multiple)
         data: PreparedData = prepare_training_data(
             train_cases,
             val_cases,
@@ -267,6 +272,7 @@ class Trainer:
             batch_size=cfg.training.batch_size,
             classes=self.classes,
             channels=self.channels,
+            pad_multiple=self.pad_multiple,
         )
         check_foreground(data.train, data.val)  # all-empty labels: refused before the first step
         self.data = data
@@ -284,11 +290,6 @@ class Trainer:
             )
 
         tc = cfg.training
-        # The network is known once the data fixed its input channels; slices are padded for its depth.
-        # Each input channel (modality) brings its own 2k+1 context slices.
-        in_channels = len(self.channels) * (2 * data.context + 1)
-        self.network_spec = spec_from_config(cfg.model, in_channels, n_outputs(cfg.loss.mode, self.n_classes))
-        self.pad_multiple = math.lcm(int(cfg.preprocessing.pad_multiple), self.network_spec.pad_multiple)
         transforms = train_transforms(cfg.augmentation, seed=tc.seed) if cfg.augmentation.enabled else None
         self.dataset = SliceDataset(
             data.train,
