@@ -127,9 +127,9 @@ def test_dicom_layout_finds_seg_and_rtstruct_labels(kind: str, where: str, tmp_p
 
     from medseg.data.prepare import _read_case
 
-    _, label = _read_case(c, 2, load_volume, np.uint8, ["background", "hippocampus"])
+    _, label, _ = _read_case(c, 2, load_volume, np.uint8, classes=["background", "hippocampus"])
     # the same mask as a NIfTI label next to the series: what medseg trained from before
     nifti = save_mask(labels, image, tmp_path / "mask.nii.gz")
-    _, direct = _read_case(replace(c, label=nifti), 2, load_volume, np.uint8)
+    _, direct, _ = _read_case(replace(c, label=nifti), 2, load_volume, np.uint8)
     np.testing.assert_array_equal(label, direct)
     assert label.sum() == labels.sum() > 0

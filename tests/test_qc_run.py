@@ -162,7 +162,6 @@ def test_a_long_batch_rewrites_its_table_and_report_as_it_goes(
     from medseg.evaluation.html_report import ReportUpdater
     from medseg.inference import Predictor, batch
 
-    monkeypatch.setattr(batch, "CSV_FLUSH_SECONDS", -1.0)  # flush after every scan instead of every 5 s
     predictor = Predictor.from_checkpoint(RunLayout(run_dir).best_checkpoint, device="cpu")
     scans = sorted((SAMPLE_DATA / "hippocampus" / "imagesTr").glob("*.nii.gz"))[:3]
     out = tmp_path / "run"

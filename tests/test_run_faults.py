@@ -359,7 +359,7 @@ def test_table_is_written_after_every_case(
     """What a kill at any case would leave: the table on disk lists exactly the masks finished so far."""
     out = tmp_path / "out"
     seen: list[tuple[list[str], list[str]]] = []
-    original = Predictor.predict
+    original = Predictor.predict_with_proba  # what batch prediction calls (QC needs the probabilities)
 
     def predict(self: Predictor, volume: Any) -> Any:
         table = out / "predictions.csv"
@@ -368,7 +368,7 @@ def test_table_is_written_after_every_case(
         seen.append((listed, masks))
         return original(self, volume)
 
-    monkeypatch.setattr(Predictor, "predict", predict)
+    monkeypatch.setattr(Predictor, "predict_with_proba", predict)
     predict_folder(predictor, scans, out, progress=False)
     assert [listed for listed, _ in seen] == [list(CASES[:i]) for i in range(len(CASES))]
     assert all(listed == masks for listed, masks in seen)

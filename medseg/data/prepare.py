@@ -179,6 +179,7 @@ def _read_case(
     reader: Reader,
     dtype: type[np.unsignedinteger],
     channels: Sequence[str] = ("image",),
+    *,
     classes: Sequence[str] | None = None,
 ) -> tuple[Volume, np.ndarray | None, np.ndarray | None]:
     """Reads image and label once, checks them, and brings both to closest-RAS voxel order.
@@ -231,7 +232,7 @@ def _load_all(
     dtype = label_dtype(n_classes or 2)
     for case in cases:
         try:
-            image, label, multi = _read_case(case, n_classes, reader, dtype, channels, classes)
+            image, label, multi = _read_case(case, n_classes, reader, dtype, channels, classes=classes)
         except BadCaseError as err:
             collector.report(case.id, err)
             continue
