@@ -24,9 +24,11 @@ from torch import nn
 from medseg.config import InferenceConfig, PostprocessingConfig
 from medseg.data.normalization import NormalizationParams, normalize
 from medseg.errors import CheckpointError
+from medseg.inference.budget import AUTO, BatchSizeOption, check_batch_size, settings_for_slices
 from medseg.inference.forward import predict_volume_probs
 from medseg.inference.postprocess import apply_postprocessing
 from medseg.inference.settings import InferenceSettings
+from medseg.inference.slabs import predict_volume_labels
 from medseg.io.orientation import Reorientation, to_canonical
 from medseg.models.checkpoint import load_checkpoint, model_from_checkpoint
 from medseg.models.head import probs_to_labels
@@ -99,10 +101,11 @@ class Predictor:
         *,
         device: str | torch.device = "auto",
         precision: str = "auto",
-        batch_size: int = 64,
+        batch_size: BatchSizeOption = AUTO,
         tta_flips: bool = False,
         postprocessing: PostprocessingConfig | None = None,
         channels_last: str | bool = "auto",
+        memory_gb: float | None = None,
     ) -> None:
         """Wraps ``model`` (moved to ``device``, eval mode) with the preprocessing recorded in ``spec``.
 
@@ -111,15 +114,18 @@ class Predictor:
             spec: See :class:`ModelSpec`.
             device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` (see ``resolve_device``).
             precision: ``auto`` | ``fp32`` | ``bf16`` | ``fp16`` (see ``resolve_precision``).
-            batch_size: Slices per forward pass.
+            batch_size: Slices per forward pass, or ``"auto"``: sized per scan from its slice size, the model and
+                ``memory_gb`` (``medseg.inference.budget``).
             tta_flips: Average probabilities over flips of the slice axes (4x the compute).
             postprocessing: Per step true/false/auto; ``None`` = auto for both (the checkpoint's decision).
             channels_last: ``auto`` or a bool (see ``resolve_channels_last``).
+            memory_gb: Budget of one forward batch for ``batch_size="auto"``; ``None`` = from the machine.
 
         Raises:
-            ConfigError: Bad device/precision option.
-            ValueError: ``batch_size`` < 1.
+            ConfigError: Bad device/precision/batch size/memory budget option.
         """
+        self.batch_size_option = check_batch_size(batch_size)
+        self.memory_gb = memory_gb
         self.spec = spec
         # Every forward setting in one frozen object, built once (the trainer's validation uses the same class).
         self.settings = InferenceSettings.resolve(
@@ -130,7 +136,8 @@ class Predictor:
             channels_last=channels_last,
             patch_hw=spec.patch_hw,
             pad_multiple=spec.pad_multiple,
-            batch_size=batch_size,
+            # "auto" is resolved per scan (settings_for); 64, the old default, stands in until then.
+            batch_size=64 if self.batch_size_option == AUTO else int(self.batch_size_option),
             tta_flips=tta_flips,
         )
         self.device = self.settings.device
@@ -161,6 +168,7 @@ class Predictor:
             batch_size=inference.batch_size,
             tta_flips=inference.tta_flips,
             postprocessing=inference.postprocessing,
+            memory_gb=inference.memory_gb,
         )
 
     @classmethod
@@ -170,16 +178,18 @@ class Predictor:
         *,
         device: str | torch.device = "auto",
         precision: str = "auto",
-        batch_size: int = 64,
+        batch_size: BatchSizeOption = AUTO,
         tta_flips: bool = False,
         postprocessing: PostprocessingConfig | None = None,
         channels_last: str | bool = "auto",
+        memory_gb: float | None = None,
     ) -> Predictor:
         """Loads a medseg checkpoint (``medseg.models.checkpoint`` format, either version) for prediction.
 
         Args:
             path: A ``best.pt`` / ``last.pt`` written by the trainer.
-            device, precision, batch_size, tta_flips, postprocessing, channels_last: See :meth:`__init__`.
+            device, precision, batch_size, tta_flips, postprocessing, channels_last, memory_gb: See
+                :meth:`__init__`.
 
         Raises:
             CheckpointError: Missing/unreadable file, missing fields, or weights that do not fit the model.
@@ -235,6 +245,7 @@ class Predictor:
             tta_flips=tta_flips,
             postprocessing=postprocessing,
             channels_last=channels_last,
+            memory_gb=memory_gb,
         )
 
     @property
@@ -247,12 +258,23 @@ class Predictor:
         """Number of classes including background."""
         return len(self.spec.classes)
 
-    def _canonical_probs(self, volume: Volume) -> tuple[np.ndarray, Reorientation]:
+    def settings_for(self, shape: Sequence[int]) -> InferenceSettings:
+        """The forward settings for a canonical ``(I, J, K)`` volume: ``batch_size: auto`` resolved for its slices."""
+        axis = self.spec.slice_axis
+        hw = [int(n) for a, n in enumerate(shape) if a != axis]
+        in_channels = 2 * self.spec.context_slices + 1
+        return settings_for_slices(self.settings, self.batch_size_option, self.model, in_channels, hw, self.memory_gb)
+
+    def _canonical_image(self, volume: Volume) -> tuple[np.ndarray, Reorientation]:
         # The model was trained on closest-RAS voxel order (medseg.data reorients the same way), so an LPS-stored
         # DICOM or a permuted NIfTI is sliced in the planes and handedness the model knows.
         canon, reo = to_canonical(volume)
-        image = normalize(np.asarray(canon.array), self.spec.normalization, source=volume.source)
-        probs = predict_volume_probs(self.model, image, self.spec.slice_axis, self.spec.context_slices, self.settings)
+        return normalize(np.asarray(canon.array), self.spec.normalization, source=volume.source), reo
+
+    def _canonical_probs(self, volume: Volume) -> tuple[np.ndarray, Reorientation]:
+        image, reo = self._canonical_image(volume)
+        settings = self.settings_for(image.shape)
+        probs = predict_volume_probs(self.model, image, self.spec.slice_axis, self.spec.context_slices, settings)
         return probs, reo
 
     def predict_proba(self, volume: Volume) -> np.ndarray:
@@ -285,6 +307,9 @@ class Predictor:
         step = max(1, (1 << 22) // max(1, ni * nj))
         for k in range(0, labels.shape[-1], step):
             labels[..., k : k + step] = probs_to_labels(probs[..., k : k + step], self.spec.mode, channel_dim=0)
+        return self._postprocess(labels, slice_axis)
+
+    def _postprocess(self, labels: np.ndarray, slice_axis: int | None = None) -> np.ndarray:
         return apply_postprocessing(
             labels,
             largest_component=self.largest_component,
@@ -308,7 +333,14 @@ class Predictor:
             A :class:`Volume` with uint8 labels (indices into :attr:`classes`) and the scan's affine, header and
             source, so ``medseg.io.save_mask(mask.array, like=volume, ...)`` writes it on the scan's grid.
         """
-        return self.predict_with_proba(volume)[0]
+        # Labels slab by slab (medseg.inference.slabs): only one batch's probabilities are ever held, so memory
+        # follows the batch, not the scan; the same labels as labels_from_proba(predict_proba(volume)).
+        image, reo = self._canonical_image(volume)
+        labels = predict_volume_labels(
+            self.model, image, self.spec.slice_axis, self.spec.context_slices, self.settings_for(image.shape)
+        )
+        del image
+        return volume.with_array(reo.invert(self._postprocess(labels)))
 
     def class_volumes(self, labels: np.ndarray, spacing: Sequence[float] | np.ndarray) -> dict[str, tuple[int, float]]:
         """Voxel count and volume in mL of each foreground class in ``labels``."""

@@ -351,7 +351,8 @@ class Trainer:
             channels_last=self.channels_last,
             patch_hw=(self.patch_hw[0], self.patch_hw[1]),
             pad_multiple=self.pad_multiple,
-            batch_size=self.cfg.inference.batch_size,
+            # inference.batch_size "auto" is sized per validation case (validate_volumes); 64 stands in until then.
+            batch_size=64 if self.cfg.inference.batch_size == "auto" else self.cfg.inference.batch_size,
         )
 
     def _restore(self, ckpt: dict[str, Any]) -> list[dict[str, Any]]:
@@ -561,7 +562,13 @@ class Trainer:
         # so best-checkpoint, LR-plateau and early-stopping decisions are identical on every rank (GPU kernels
         # are not bitwise deterministic, and ranks that disagreed on stopping would deadlock).
         result = validate_volumes(
-            self.model, self.val_prepared, self.val_settings, axis=self.data.axis, keep_volumes=keep_volumes
+            self.model,
+            self.val_prepared,
+            self.val_settings,
+            axis=self.data.axis,
+            keep_volumes=keep_volumes,
+            batch_size=self.cfg.inference.batch_size,
+            memory_gb=self.cfg.inference.memory_gb,
         )
         if get_world_size() > 1:
             result.mean, result.per_class = broadcast_object((result.mean, result.per_class))
