@@ -346,6 +346,61 @@ def _qc_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     return lines
 
 
+#: Large-volume prediction: per-slice time from the smallest to the largest N within this factor of 1.
+LINEARITY_TOLERANCE = 0.15
+
+
+def _large_volume_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    lines = ["## Large-volume prediction", ""]
+    if not results:
+        return [*lines, "No large-volume measurement yet: run `benchmarks/large_volume.py` (see README.md).", ""]
+    name, r = results[-1]
+    m = r.get("machine", {})
+    lines += [
+        f"From `{name}`: `{r.get('command', '')}`; {m.get('cpu', '?')}, {m.get('usable_cpus', '?')} usable CPUs, "
+        f"torch {m.get('torch', '?')}. A random-initialised base-32 UNet through `Predictor.predict` (fp32, "
+        "`batch_size: auto`, budget from the machine), each case once in its own process. Target: peak RSS <= "
+        "1.5 GiB + 3 x the scan's float32 size; the load average (1 min) at the start and end of each case "
+        "shows how busy the machine was, so times are indicative. (Issue 15 states the target for N = 400 as 4.4 GiB = "
+        "1.5 + 3 x 0.98; a 512 x 512 x 400 float32 scan is 0.39 GiB, so the formula gives 2.67 GiB.)",
+        "",
+    ]
+    rows = []
+    for c in r.get("cases", []):
+        if "error" in c:
+            rows.append([str(c.get("case")), "error", "", "", "", "", "", ""])
+            continue
+        peak, target = c.get("peak_rss_gib"), c.get("rss_target_gib")
+        ok = None if peak is None or target is None else peak <= target
+        load = f"{c['load_avg_start'][0]} -> {c['load_avg_end'][0]}"
+        rows.append(
+            [
+                c["case"],
+                "x".join(str(v) for v in c["shape"]),
+                str(c["batch_size"]),
+                fmt(c["seconds"], 1),
+                fmt(c["seconds_per_slice"], 3),
+                f"{fmt(peak, 2)} / {fmt(target, 2)}",
+                _verdict(ok),
+                load,
+            ]
+        )
+    lines += [
+        markdown_table(["case", "shape", "batch", "seconds", "s/slice", "peak RSS / target GiB", "RSS", "load"], rows),
+        "",
+    ]
+    lin = r.get("linearity")
+    if lin:
+        ratio = lin["per_slice_ratio"]
+        ok = abs(ratio - 1.0) <= LINEARITY_TOLERANCE
+        lines += [
+            f"Time per slice at N = {lin['to_slices']} over N = {lin['from_slices']}: {fmt(ratio, 3)} "
+            f"(target within {LINEARITY_TOLERANCE:.0%} of 1: {_verdict(ok)}).",
+            "",
+        ]
+    return lines
+
+
 def render(out_dir: Path, choices: Path | None = CHOICES) -> str:
     """The text of RESULTS.md for the JSON files in ``out_dir``."""
     quality = _load(out_dir, "quality_*.json")
@@ -365,6 +420,7 @@ def render(out_dir: Path, choices: Path | None = CHOICES) -> str:
     lines += _inference_choices_section(_load(out_dir, "inference_choices_*.json"))
     lines += _speed_section(speed)
     lines += _qc_section(_load(out_dir, "qc_eval_*.json"))
+    lines += _large_volume_section(_load(out_dir, "large_volume*.json"))
     if choices is not None and choices.is_file():
         lines += ["## Choices and the measurements behind them", "", choices.read_text().strip(), ""]
     return "\n".join(lines).rstrip() + "\n"

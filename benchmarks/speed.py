@@ -5,7 +5,7 @@ natively, otherwise ``fp32_cl``; ``--modes`` chooses), each in its own process:
 
 (a) the bare model step (``Trainer.train_step``: forward, loss, backward, clipping, optimiser) on one ready
     batch: the ceiling;
-(b) medseg's training loop on real slices with augmentation: the trainer's own ``Trainer._train_epoch`` over its
+(b) medseg's training loop on real slices with augmentation: the trainer's own loop (``Trainer.time_loop``) over its
     own ``DataLoader`` (foreground sampling, seeded MONAI augmentation), for a fixed number of batches;
 (c) the same model and ``train_step`` fed by a plain ``monai.data.Dataset`` + ``DataLoader`` over per-slice
     dicts with the equivalent MONAI transforms (``SpatialPadd`` + medseg's augmentation settings as plain
@@ -192,8 +192,7 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     def run_b(n: int) -> tuple[float, float]:
         nonlocal epoch
-        trainer.sampler.base.num_samples = n * bs
-        stats = trainer._train_epoch(epoch, 0.0, time.perf_counter(), None)
+        stats = trainer.time_loop(n, epoch=epoch)
         epoch += 1
         return stats["train_seconds"], stats["data_wait_share"] * stats["train_seconds"]
 

@@ -13,7 +13,7 @@ from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medseg.errors import ConfigError
 
@@ -354,8 +354,12 @@ class InferenceConfig(_Section):
     ``None`` = the validation cases of ``data``."""
     checkpoint: Path | None = None
     """``None`` = ``<output.dir>/checkpoints/best.pt``."""
-    batch_size: int = Field(default=64, ge=1)
-    """Slices per forward pass."""
+    batch_size: int | Literal["auto"] = "auto"
+    """Slices per forward pass (and per slab of labels); ``auto`` = as many as fit ``memory_gb`` for the scan's
+    slice size and the model's width, at most 64 (``medseg.inference.budget``). Also the validation batch."""
+    memory_gb: float | None = Field(default=None, gt=0)
+    """Memory budget (GiB) of one forward batch for ``batch_size: auto``; ``None`` = from the machine (CPU: a
+    fifth of the available memory, at most 2 GiB; CUDA: half the free GPU memory)."""
     tta_flips: bool = False
     """Test-time augmentation: also predict flipped slices and average (4x slower). Only for models trained with
     flips (``augmentation.flip``): a model that never saw a flipped slice segments them badly, and on the
@@ -380,6 +384,13 @@ class InferenceConfig(_Section):
     """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``."""
     qc: QCConfig = QCConfig()
     """Quality-control flags per predicted scan (``qc_flags``, ``qc_score`` in ``predictions.csv``)."""
+
+    @field_validator("batch_size")
+    @classmethod
+    def _positive_batch(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be >= 1 or 'auto'")
+        return value
 
 
 class EvaluationConfig(_Section):

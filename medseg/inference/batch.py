@@ -358,9 +358,15 @@ def _run_case(
     dicom = dicom or DicomWriteOptions()
     # Only the writes are examined for storage faults: an unreadable input is this case's problem.
     folder = job.output.parent
-    # predict() is predict_with_proba() too: keeping the probabilities for QC costs no extra forward pass.
-    mask, probs = predictor.predict_with_proba(read)
+    # The confidence checks of QC and saved/fractional outputs need the probabilities (kept from the same forward
+    # pass); otherwise predict() takes labels slab by slab, so memory follows the batch, not the scan.
+    needs_probs = save_probabilities or (output_format in DICOM_FORMATS and dicom.fractional) or predictor.qc_active
+    if needs_probs:
+        mask, probs = predictor.predict_with_proba(read)
+    else:
+        mask, probs = predictor.predict(read), None
     if save_probabilities:
+        assert probs is not None
         paths = probability_paths(job.output, job.case_id, predictor.classes, output_format)
         for k, prob_path in enumerate(paths, start=1):
             if overwrite or not prob_path.exists():

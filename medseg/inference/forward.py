@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medseg.data.slicing import pad_to_shape, padded_size, slices_to_volume, unpad, volume_to_slices
+from medseg.data.slicing import pad_to_shape, padded_size, unpad
 from medseg.inference.precision import autocast
 from medseg.inference.settings import InferenceSettings
 from medseg.models.head import logits_to_probs
@@ -119,20 +119,12 @@ def predict_volume_probs(
     Raises:
         ValueError: If ``image`` is not 3D or ``axis`` is not 0, 1 or 2.
     """
-    if image.ndim != 3:
-        raise ValueError(f"image must be (I, J, K), got shape {image.shape}")
-    if axis not in (0, 1, 2):
-        raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
-    n = image.shape[axis]
-    out = np.empty((settings.n_classes, *image.shape), dtype=np.float32)
-    chunk = settings.batch_size
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        lo, hi = max(0, start - context), min(n, stop + context)
-        sub = np.take(image, np.arange(lo, hi), axis=axis)
-        slices = volume_to_slices(sub, axis, context)[start - lo : start - lo + (stop - start)]
-        probs = forward_slices(model, slices, settings)
-        index: list[slice] = [slice(None)] * 4
-        index[axis + 1] = slice(start, stop)
-        out[tuple(index)] = slices_to_volume(probs, axis)
-    return out
+    # Imported here: slabs builds on forward_slices above (one slab loop for probabilities and labels).
+    from medseg.inference.slabs import iter_probability_slabs
+
+    out: np.ndarray | None = None
+    for slab in iter_probability_slabs(model, image, axis, context, settings):
+        if out is None:
+            out = np.empty((settings.n_classes, *image.shape), dtype=np.float32)
+        out[slab.index()] = slab.probs
+    return out if out is not None else np.empty((settings.n_classes, *image.shape), dtype=np.float32)

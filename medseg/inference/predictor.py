@@ -27,10 +27,12 @@ from medseg.data.normalization import NormalizationParams, normalize
 from medseg.data.resample import plan_grid, resample_image, resample_probabilities_back
 from medseg.data.slicing import channels_to_slices, slices_to_volume
 from medseg.errors import CheckpointError, ConfigError
+from medseg.inference.budget import AUTO, BatchSizeOption, check_batch_size, settings_for_slices
 from medseg.inference.forward import forward_slices, predict_volume_probs
 from medseg.inference.postprocess import apply_postprocessing
 from medseg.inference.qc import QCResult, assess, scan_features
 from medseg.inference.settings import InferenceSettings
+from medseg.inference.slabs import predict_volume_labels
 from medseg.io.channels import ChannelStack
 from medseg.io.orientation import Reorientation, to_canonical
 from medseg.models.checkpoint import load_checkpoint, model_from_checkpoint
@@ -48,10 +50,11 @@ class PredictorOptions(TypedDict, total=False):
 
     device: str | torch.device
     precision: str
-    batch_size: int
+    batch_size: BatchSizeOption
     tta_flips: bool
     postprocessing: PostprocessingConfig | None
     channels_last: str | bool
+    memory_gb: float | None
 
 
 @dataclass(frozen=True)
@@ -136,10 +139,11 @@ class Predictor:
         *,
         device: str | torch.device = "auto",
         precision: str = "auto",
-        batch_size: int = 64,
+        batch_size: BatchSizeOption = AUTO,
         tta_flips: bool = False,
         postprocessing: PostprocessingConfig | None = None,
         channels_last: str | bool = "auto",
+        memory_gb: float | None = None,
         qc_reference: dict[str, Any] | None = None,
         qc: QCConfig | None = None,
     ) -> None:
@@ -150,17 +154,20 @@ class Predictor:
             spec: See :class:`ModelSpec`.
             device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` (see ``resolve_device``).
             precision: ``auto`` | ``fp32`` | ``bf16`` | ``fp16`` (see ``resolve_precision``).
-            batch_size: Slices per forward pass.
+            batch_size: Slices per forward pass, or ``"auto"``: sized per scan from its slice size, the model and
+                ``memory_gb`` (``medseg.inference.budget``).
             tta_flips: Average probabilities over flips of the slice axes (4x the compute).
             postprocessing: Per step true/false/auto; ``None`` = auto for both (the checkpoint's decision).
             channels_last: ``auto`` or a bool (see ``resolve_channels_last``).
+            memory_gb: Budget of one forward batch for ``batch_size="auto"``; ``None`` = from the machine.
             qc_reference: The checkpoint's ``qc_reference`` (``medseg.inference.qc``); ``None``: no QC.
             qc: QC thresholds (``inference.qc``); ``None`` = defaults.
 
         Raises:
-            ConfigError: Bad device/precision option.
-            ValueError: ``batch_size`` < 1.
+            ConfigError: Bad device/precision/batch size/memory budget option.
         """
+        self.batch_size_option = check_batch_size(batch_size)
+        self.memory_gb = memory_gb
         self.spec = spec
         # Every forward setting in one frozen object, built once (the trainer's validation uses the same class).
         self.settings = InferenceSettings.resolve(
@@ -171,7 +178,8 @@ class Predictor:
             channels_last=channels_last,
             patch_hw=spec.patch_hw,
             pad_multiple=spec.pad_multiple,
-            batch_size=batch_size,
+            # "auto" is resolved per scan (settings_for); 64, the old default, stands in until then.
+            batch_size=64 if self.batch_size_option == AUTO else int(self.batch_size_option),
             tta_flips=tta_flips,
         )
         self.device = self.settings.device
@@ -204,6 +212,7 @@ class Predictor:
             batch_size=inference.batch_size,
             tta_flips=inference.tta_flips,
             postprocessing=inference.postprocessing,
+            memory_gb=inference.memory_gb,
         )
         predictor.qc_settings = inference.qc
         return predictor
@@ -215,7 +224,7 @@ class Predictor:
         Args:
             path: A ``best.pt`` / ``last.pt`` written by the trainer.
             **options: ``device``, ``precision``, ``batch_size``, ``tta_flips``, ``postprocessing``,
-                ``channels_last``: see :meth:`__init__`.
+                ``channels_last``, ``memory_gb``: see :meth:`__init__`.
 
         Raises:
             CheckpointError: Missing/unreadable file, missing fields, or weights that do not fit the model.
@@ -278,6 +287,13 @@ class Predictor:
         """Number of classes including background."""
         return len(self.spec.classes)
 
+    def settings_for(self, shape: Sequence[int]) -> InferenceSettings:
+        """The forward settings for a canonical ``(I, J, K)`` volume: ``batch_size: auto`` resolved for its slices."""
+        axis = self.spec.slice_axis
+        hw = [int(n) for a, n in enumerate(shape) if a != axis]
+        in_channels = len(self.spec.channels) * (2 * self.spec.context_slices + 1)
+        return settings_for_slices(self.settings, self.batch_size_option, self.model, in_channels, hw, self.memory_gb)
+
     def read_input(self, path: str | Path) -> Volume | ChannelStack:
         """Reads one input the way this model needs it: a scan, or a case's channels (folder or 4D file).
 
@@ -317,7 +333,7 @@ class Predictor:
         grid = plan_grid(canon.shape, canon.spacing, self.spec.target_spacing, self.spec.slice_axis)
         image = np.stack([resample_image(a, grid) for a in arrays])
         slices = channels_to_slices(image, self.spec.slice_axis, self.spec.context_slices)
-        probs = forward_slices(self.model, slices, self.settings)
+        probs = forward_slices(self.model, slices, self.settings_for(image.shape[1:]))
         volume_probs = np.ascontiguousarray(slices_to_volume(probs, self.spec.slice_axis))
         return resample_probabilities_back(volume_probs, grid), reo
 
@@ -336,7 +352,8 @@ class Predictor:
         # The plan's target spacing (in-plane); an identity grid (scan already at the target) changes nothing.
         grid = plan_grid(image.shape, canon.spacing, self.spec.target_spacing, self.spec.slice_axis)
         image = resample_image(image, grid)
-        probs = predict_volume_probs(self.model, image, self.spec.slice_axis, self.spec.context_slices, self.settings)
+        settings = self.settings_for(image.shape)
+        probs = predict_volume_probs(self.model, image, self.spec.slice_axis, self.spec.context_slices, settings)
         # Probabilities (not labels) go back onto the scan's own grid, so labels are taken there.
         return resample_probabilities_back(probs, grid), reo
 
@@ -370,6 +387,9 @@ class Predictor:
         step = max(1, (1 << 22) // max(1, ni * nj))
         for k in range(0, labels.shape[-1], step):
             labels[..., k : k + step] = probs_to_labels(probs[..., k : k + step], self.spec.mode, channel_dim=0)
+        return self._postprocess(labels, slice_axis)
+
+    def _postprocess(self, labels: np.ndarray, slice_axis: int | None = None) -> np.ndarray:
         return apply_postprocessing(
             labels,
             largest_component=self.largest_component,
@@ -394,7 +414,22 @@ class Predictor:
             A :class:`Volume` with uint8 labels (indices into :attr:`classes`) and the scan's affine, header and
             source, so ``medseg.io.save_mask(mask.array, like=volume, ...)`` writes it on the scan's grid.
         """
-        return self.predict_with_proba(volume)[0]
+        if isinstance(volume, ChannelStack) or len(self.spec.channels) > 1:
+            return self.predict_with_proba(volume)[0]
+        # Labels slab by slab (medseg.inference.slabs): only one batch's probabilities are ever held, so memory
+        # follows the batch, not the scan; the same labels as labels_from_proba(predict_proba(volume)).
+        canon, reo = to_canonical(volume)
+        grid = plan_grid(canon.shape, canon.spacing, self.spec.target_spacing, self.spec.slice_axis)
+        if not grid.is_identity:
+            # Resampled to the plan's spacing: probabilities go back onto the scan's grid before labels are taken
+            # (whole-volume for now; a per-slab resample-back would fit slabs.slab_transform).
+            return self.predict_with_proba(volume)[0]
+        image = normalize(np.asarray(canon.array), self.spec.normalization, source=volume.source)
+        labels = predict_volume_labels(
+            self.model, image, self.spec.slice_axis, self.spec.context_slices, self.settings_for(image.shape)
+        )
+        del image
+        return volume.with_array(reo.invert(self._postprocess(labels)))
 
     def class_volumes(
         self, labels: np.ndarray, spacing: Sequence[float] | np.ndarray, *, voxel_mm3: float | None = None
@@ -409,6 +444,11 @@ class Predictor:
         voxel_ml = voxel / 1000.0
         return {name: (int(counts[i]), int(counts[i]) * voxel_ml) for i, name in enumerate(self.classes) if i > 0}
 
+    @property
+    def qc_active(self) -> bool:
+        """Whether QC runs (a checkpoint with a ``qc_reference`` and ``inference.qc.enabled``)."""
+        return self.qc_reference is not None and self.qc_settings.enabled
+
     def assess_quality(self, volume: Volume, labels: np.ndarray, probs: np.ndarray | None) -> QCResult:
         """QC flags and score of a prediction (see ``medseg.inference.qc``).
 
@@ -421,7 +461,7 @@ class Predictor:
             A :class:`~medseg.inference.qc.QCResult`; with no ``qc_reference`` (a checkpoint from before QC) its
             ``flags``/``score`` are ``None`` and ``note`` says why.
         """
-        if self.qc_reference is None or not self.qc_settings.enabled:
+        if not self.qc_active:
             return assess({}, self.qc_reference, self.qc_settings)
         canon, _ = to_canonical(volume)  # geometry is compared in the closest-RAS order training used
         features = scan_features(np.asarray(volume.array), canon.spacing, canon.shape, labels, probs, self.classes)

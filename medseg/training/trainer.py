@@ -392,7 +392,8 @@ class Trainer:
             channels_last=self.channels_last,
             patch_hw=(self.patch_hw[0], self.patch_hw[1]),
             pad_multiple=self.pad_multiple,
-            batch_size=self.cfg.inference.batch_size,
+            # inference.batch_size "auto" is sized per validation case (validate_volumes); 64 stands in until then.
+            batch_size=64 if self.cfg.inference.batch_size == "auto" else self.cfg.inference.batch_size,
         )
 
     def _restore(self, ckpt: dict[str, Any]) -> list[dict[str, Any]]:
@@ -558,6 +559,29 @@ class Trainer:
             "steps": n_ok + n_skipped,  # < len(loader) when the time budget ran out mid-epoch
         }
 
+    def time_loop(self, n_batches: int, *, epoch: int = 0) -> dict[str, float]:
+        """Runs ``n_batches`` steps of the training loop exactly as :meth:`train` does, for benchmarks.
+
+        The trainer's own loader, sampler, augmentation, schedule and step; no validation, no checkpoint, no
+        history. The weights and optimiser state move on (it trains), so time a trainer built for timing.
+
+        Args:
+            n_batches: Optimiser steps to run (the epoch's length for this call; restored afterwards).
+            epoch: Epoch index for the sampler's and augmentation's seeding (vary it between calls).
+
+        Returns:
+            ``train_loss``, ``train_seconds``, ``slices_per_s``, ``data_wait_share`` and ``steps``.
+        """
+        if n_batches < 1:
+            raise ValueError(f"n_batches must be >= 1, got {n_batches}")
+        base = self.sampler.base
+        saved = base.num_samples
+        base.num_samples = n_batches * self.batch_size  # the planned batch (training.batch_size may be auto)
+        try:
+            return self._train_epoch(epoch, 0.0, time.perf_counter(), None)
+        finally:
+            base.num_samples = saved
+
     def _budget_spent(self, elapsed: float, max_seconds: float) -> bool:
         spent = elapsed >= max_seconds
         return bool(broadcast_object(spent)) if self.world_size > 1 else spent
@@ -604,7 +628,13 @@ class Trainer:
         # so best-checkpoint, LR-plateau and early-stopping decisions are identical on every rank (GPU kernels
         # are not bitwise deterministic, and ranks that disagreed on stopping would deadlock).
         result = validate_volumes(
-            self.model, self.val_prepared, self.val_settings, axis=self.data.axis, keep_volumes=keep_volumes
+            self.model,
+            self.val_prepared,
+            self.val_settings,
+            axis=self.data.axis,
+            keep_volumes=keep_volumes,
+            batch_size=self.cfg.inference.batch_size,
+            memory_gb=self.cfg.inference.memory_gb,
         )
         if get_world_size() > 1:
             result.mean, result.per_class = broadcast_object((result.mean, result.per_class))

@@ -15,10 +15,10 @@ import numpy as np
 from torch import nn
 
 from medseg.data.slicing import slices_to_volume
-from medseg.inference.forward import forward_slices
+from medseg.inference.budget import BatchSizeOption, settings_for_slices
 from medseg.inference.settings import InferenceSettings
+from medseg.inference.slabs import forward_labels
 from medseg.metrics import dice
-from medseg.models.head import probs_to_labels
 
 
 @dataclass
@@ -47,6 +47,8 @@ def validate_volumes(
     *,
     axis: int,
     keep_volumes: bool = False,
+    batch_size: BatchSizeOption | None = None,
+    memory_gb: float | None = None,
 ) -> ValidationResult:
     """Predicts every validation case and scores it against its label volume.
 
@@ -57,17 +59,24 @@ def validate_volumes(
         settings: The forward pass (classes, mode, device, precision, padding as in training, batch size).
         axis: The slice axis (to reassemble the volumes).
         keep_volumes: Also return the predicted and true label volumes (for the postprocessing decision).
+        batch_size: ``"auto"`` sizes the batch per case from its slice size and ``memory_gb``, as the predictor
+            does (``medseg.inference.budget``); an int replaces ``settings.batch_size``; ``None`` keeps it.
+        memory_gb: Budget of one forward batch for ``"auto"``; ``None`` = from the machine.
 
     Returns:
         A :class:`ValidationResult`; with no cases, ``mean`` is NaN.
     """
-    n_classes, mode = settings.n_classes, settings.mode
+    n_classes = settings.n_classes
     per_case: dict[str, list[float]] = {}
     preds: list[np.ndarray] = []
     gts: list[np.ndarray] = []
     for case in cases:
-        probs = forward_slices(model, case.image, settings)  # type: ignore[attr-defined]
-        pred = slices_to_volume(probs_to_labels(probs, mode).astype(np.uint8), axis)
+        image = np.asarray(case.image)  # type: ignore[attr-defined]
+        case_settings = settings
+        if batch_size is not None:
+            case_settings = settings_for_slices(settings, batch_size, model, image.shape[1], image.shape[2:], memory_gb)
+        # Labels batch by batch: a whole case's float32 probabilities are never held (a CT case's would be GBs).
+        pred = slices_to_volume(forward_labels(model, image, case_settings), axis)
         gt = slices_to_volume(np.asarray(case.label), axis)  # type: ignore[attr-defined]
         per_case[str(case.id)] = [dice(pred == c, gt == c) for c in range(1, n_classes)]  # type: ignore[attr-defined]
         if keep_volumes:

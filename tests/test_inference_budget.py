@@ -1,0 +1,169 @@
+"""Prediction memory bounded by a budget: ``batch_size: auto``, labels slab by slab, the label-only validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from medseg.config import InferenceConfig
+from medseg.data.normalization import NormalizationParams, normalize
+from medseg.data.slicing import label_to_slices, volume_to_slices
+from medseg.errors import ConfigError
+from medseg.inference.budget import (
+    LIVE_MAPS_FACTOR,
+    MAX_AUTO_BATCH,
+    auto_batch_size,
+    check_batch_size,
+    default_memory_gb,
+    largest_map_per_pixel,
+    resolve_memory_gb,
+    settings_for_slices,
+    slice_bytes,
+)
+from medseg.inference.forward import forward_slices, predict_volume_probs
+from medseg.inference.settings import InferenceSettings
+from medseg.inference.slabs import Slab, forward_labels, iter_probability_slabs, predict_volume_labels
+from medseg.io import load_volume
+from medseg.models.head import probs_to_labels
+from medseg.models.unet import UNet
+from medseg.training.validation import validate_volumes
+
+SETTINGS = InferenceSettings(n_classes=3, mode="softmax", batch_size=64, pad_multiple=16)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model() -> UNet:
+    torch.manual_seed(0)
+    return UNet(3, 3, base_features=4).eval()
+
+
+@pytest.fixture(scope="module")
+def image(sample_hippo_module: Path) -> np.ndarray:
+    vol = load_volume(sample_hippo_module / "imagesTr" / "hippocampus_001.nii.gz")
+    return normalize(np.asarray(vol.array), NormalizationParams("zscore"))
+
+
+@pytest.fixture(scope="module")
+def sample_hippo_module() -> Path:
+    return Path(__file__).resolve().parents[1] / "sample_data" / "hippocampus"
+
+
+def test_check_batch_size() -> None:
+    assert check_batch_size("auto") == "auto"
+    assert check_batch_size(3) == 3
+    for bad in (0, -1, True, "8", 2.5):
+        with pytest.raises(ConfigError, match="batch_size"):
+            check_batch_size(bad)
+
+
+def test_config_batch_size_and_memory_gb() -> None:
+    assert InferenceConfig().batch_size == "auto" and InferenceConfig().memory_gb is None
+    assert InferenceConfig(batch_size=8, memory_gb=1.5).memory_gb == 1.5
+    for bad in ({"batch_size": 0}, {"batch_size": "big"}, {"memory_gb": 0}, {"memory_gb": -1}):
+        with pytest.raises(ValueError):
+            InferenceConfig(**bad)
+
+
+def test_memory_budget_defaults_and_errors() -> None:
+    gb = default_memory_gb(torch.device("cpu"))
+    assert 0.25 <= gb <= 2.0
+    assert resolve_memory_gb(None, torch.device("cpu")) == gb
+    assert resolve_memory_gb(3.0, torch.device("cpu")) == 3.0
+    with pytest.raises(ConfigError, match="memory_gb"):
+        resolve_memory_gb(0.0, torch.device("cpu"))
+
+
+def test_probe_finds_the_first_level_width(model: UNet) -> None:
+    # A UNet's largest leaf output is a full-resolution map of base_features channels.
+    assert largest_map_per_pixel(model, 3, torch.device("cpu")) == pytest.approx(4.0)
+    wide = UNet(1, 2, base_features=32).eval()
+    assert largest_map_per_pixel(wide, 1, torch.device("cpu")) == pytest.approx(32.0)
+    per_slice = slice_bytes(wide, 1, (512, 512), SETTINGS.with_options(n_classes=2))
+    assert per_slice == 4 * (LIVE_MAPS_FACTOR * 32 * 512 * 512 + 2 * 512 * 512 + 4 * 2 * 512 * 512)
+
+
+def test_auto_batch_follows_slice_size_width_and_budget(model: UNet) -> None:
+    wide = UNet(3, 3, base_features=32).eval()
+    small = auto_batch_size(model, 3, (64, 64), SETTINGS, 1.0)
+    assert small == MAX_AUTO_BATCH  # tiny slices: capped
+    ct = auto_batch_size(wide, 3, (512, 512), SETTINGS, 2.0)
+    assert 1 <= ct < MAX_AUTO_BATCH
+    assert auto_batch_size(wide, 3, (512, 512), SETTINGS, 4.0) >= 2 * ct - 1  # twice the budget, ~twice the batch
+    assert auto_batch_size(wide, 3, (512, 512), SETTINGS, 1e-6) == 1  # never below one slice
+    assert auto_batch_size(model, 3, (512, 512), SETTINGS, 2.0) > ct  # narrower model, larger batch
+    # Slices are counted at their padded size (here 500 -> 512).
+    assert auto_batch_size(wide, 3, (500, 500), SETTINGS, 2.0) == ct
+    # Fixed sizes pass through untouched; auto resolves.
+    assert settings_for_slices(SETTINGS, 5, wide, 3, (512, 512), None).batch_size == 5
+    assert settings_for_slices(SETTINGS, "auto", wide, 3, (512, 512), 2.0).batch_size == ct
+
+
+@pytest.mark.parametrize(("axis", "context", "batch"), [(2, 1, 4), (0, 0, 7), (1, 2, 64)])
+def test_slab_labels_equal_labels_of_the_full_probabilities(
+    model: UNet, image: np.ndarray, axis: int, context: int, batch: int
+) -> None:
+    torch.manual_seed(1)
+    net = UNet(2 * context + 1, 3, base_features=4).eval()
+    settings = SETTINGS.with_options(batch_size=batch)
+    probs = predict_volume_probs(net, image, axis, context, settings)
+    labels = predict_volume_labels(net, image, axis, context, settings)
+    assert labels.dtype == np.uint8 and labels.shape == image.shape
+    np.testing.assert_array_equal(labels, probs_to_labels(probs, "softmax", channel_dim=0))
+    # Slabs tile the axis in order, batch-sized, with probabilities in volume layout.
+    slabs = list(iter_probability_slabs(net, image, axis, context, settings))
+    assert [s.start for s in slabs] == list(range(0, image.shape[axis], batch))
+    assert slabs[-1].stop == image.shape[axis]
+    for s in slabs:
+        np.testing.assert_array_equal(s.probs, probs[s.index()])
+
+
+def test_slab_transform_runs_before_the_argmax(model: UNet, image: np.ndarray) -> None:
+    settings = SETTINGS.with_options(batch_size=8)
+    seen: list[tuple[int, int]] = []
+
+    def only_class_two(slab: Slab) -> np.ndarray:
+        seen.append((slab.start, slab.stop))
+        out = np.zeros_like(slab.probs)
+        out[2] = 1.0
+        return out
+
+    labels = predict_volume_labels(model, image, 2, 1, settings, slab_transform=only_class_two)
+    assert (labels == 2).all()
+    assert seen == [(s, min(s + 8, image.shape[2])) for s in range(0, image.shape[2], 8)]
+
+
+def test_forward_labels_equal_forward_slices(model: UNet, image: np.ndarray) -> None:
+    slices = volume_to_slices(image, 2, 1)
+    settings = SETTINGS.with_options(batch_size=6)
+    expected = probs_to_labels(forward_slices(model, slices, settings), "softmax")
+    np.testing.assert_array_equal(forward_labels(model, slices, settings), expected)
+
+
+def test_validation_auto_batch_gives_the_same_dice(model: UNet, sample_hippo_module: Path) -> None:
+    cases = []
+    for cid in ("001", "003"):
+        img = load_volume(sample_hippo_module / "imagesTr" / f"hippocampus_{cid}.nii.gz").array
+        lab = load_volume(sample_hippo_module / "labelsTr" / f"hippocampus_{cid}.nii.gz").array
+        norm = normalize(np.asarray(img), NormalizationParams("zscore"))
+        cases.append(
+            SimpleNamespace(
+                id=cid, image=volume_to_slices(norm, 2, 1), label=label_to_slices(np.asarray(lab).astype(np.uint8), 2)
+            )
+        )
+    fixed = validate_volumes(model, cases, SETTINGS.with_options(batch_size=64), axis=2, keep_volumes=True)
+    auto = validate_volumes(model, cases, SETTINGS, axis=2, keep_volumes=True, batch_size="auto", memory_gb=0.001)
+    assert auto.per_case == fixed.per_case
+    for a, b in zip(auto.predictions, fixed.predictions, strict=True):
+        np.testing.assert_array_equal(a, b)
