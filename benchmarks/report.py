@@ -29,6 +29,8 @@ CHOICES = REPO / "benchmarks" / "choices.md"
 
 #: Issue 7's quality targets: training minutes per fold -> mean Dice over folds it must reach.
 QUALITY_TARGETS = {10.0: 0.86, 30.0: 0.88}
+#: Targets of other data sets (folder name of data.root -> {minutes: mean Dice}); issue 17 for LA2018.
+DATASET_TARGETS = {"LA2018_UAMT": {10.0: 0.90}}
 #: Issue 7's speed targets.
 B_OVER_A_MIN, B_OVER_C_MIN, BATCH_OVER_BARE_MAX = 0.90, 1.0, 1.25
 #: RSS growth (MiB) of batch prediction between 10 scans and the end that still counts as "no growth"
@@ -91,7 +93,7 @@ def _quality_rows(name: str, r: dict[str, Any]) -> list[list[str]]:
     rows = []
     classes = r.get("classes", [])[1:]
     minutes = float(r.get("minutes", 0))
-    target = QUALITY_TARGETS.get(minutes)
+    target = DATASET_TARGETS.get(Path(str(r.get("data_root", ""))).name, QUALITY_TARGETS).get(minutes)
     done = r.get("folds_done", [])
     folds_text = f"{len(done)}/{r.get('n_folds', '?')}" + ("" if r.get("complete") else " (incomplete)")
     for which, s in r.get("summary", {}).items():
@@ -102,6 +104,8 @@ def _quality_rows(name: str, r: dict[str, Any]) -> list[list[str]]:
         verdict = _verdict(ok)
         if ok is False:
             verdict += f" by {target - mean:.3f}"
+        if ok is not None and len(done) < int(r.get("n_folds", 0) or 0):
+            verdict += f" on {len(done)} of {r.get('n_folds')} folds only (not a CV figure)"
         rows.append(
             [
                 f"`{label}`",
@@ -124,22 +128,33 @@ def _quality_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]
     lines = ["## Quality: k-fold cross-validation by case", ""]
     if not results:
         return [*lines, "No quality measurement yet: run `benchmarks/quality.py` (see README.md).", ""]
-    ordered = sorted(results, key=lambda nr: (nr[1].get("method") != "monai", float(nr[1].get("minutes", 0)), nr[0]))
-    classes = ordered[0][1].get("classes", [])[1:]
     lines += [
         "Each fold trains on the other folds' cases for the stated wall-clock budget, predicts its own cases as "
         "whole volumes (masks written and read back) and scores them: Dice per class per case, averaged per fold; "
         "the table gives the mean ± standard deviation over folds (HD95 in mm: mean over folds). medseg rows use "
         "`best.pt` (what a run predicts with; chosen by Dice on the fold's own validation cases, so slightly "
         "optimistic); `(last.pt)` rows are the final weights, with no selection on held-out cases. The MONAI "
-        "baseline uses its final weights. Targets (issue 7): mean Dice >= 0.86 with 10 minutes, >= 0.88 with 30.",
+        "baseline uses its final weights. Hippocampus targets (issue 7): mean Dice >= 0.86 with 10 minutes, >= 0.88 "
+        "with 30; LA2018 target (issue 17): >= 0.90 with 10 minutes. One table per data set.",
         "",
     ]
+    datasets: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for name, r in results:
+        datasets.setdefault(Path(str(r.get("data_root", "?"))).name, []).append((name, r))
+    for dataset, group in datasets.items():
+        lines += [f"### {dataset}", "", *_quality_dataset(group)]
+    return lines
+
+
+def _quality_dataset(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    lines: list[str] = []
+    ordered = sorted(results, key=lambda nr: (nr[1].get("method") != "monai", float(nr[1].get("minutes", 0)), nr[0]))
+    classes = ordered[0][1].get("classes", [])[1:]
     headers = ["run", "method", "min/fold", "folds", "cases", *[f"Dice {c}" for c in classes], "mean Dice"]
     headers += ["target", "target met", *[f"HD95 {c} (mm)" for c in classes], "overrides"]
     rows = [row for name, r in ordered for row in _quality_rows(name, r)]
     lines += [markdown_table(headers, rows), ""]
-    lines += ["### Per fold", ""]
+    lines += ["Per fold:", ""]
     for name, r in ordered:
         primary = r.get("primary_evaluation", "best")
         fold_rows = []
