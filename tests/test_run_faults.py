@@ -359,16 +359,20 @@ def test_table_is_written_after_every_case(
     """What a kill at any case would leave: the table on disk lists exactly the masks finished so far."""
     out = tmp_path / "out"
     seen: list[tuple[list[str], list[str]]] = []
-    original = Predictor.predict_with_proba  # what batch prediction calls (QC needs the probabilities)
 
-    def predict(self: Predictor, volume: Any) -> Any:
-        table = out / "predictions.csv"
-        listed = [r["case"] for r in _rows(table) if r["status"] == "ok"] if table.exists() else []
-        masks = sorted(p.name.removesuffix(".nii.gz") for p in out.glob("*.nii.gz")) if out.exists() else []
-        seen.append((listed, masks))
-        return original(self, volume)
+    def spy(original: Any) -> Any:
+        def call(self: Predictor, volume: Any) -> Any:
+            table = out / "predictions.csv"
+            listed = [r["case"] for r in _rows(table) if r["status"] == "ok"] if table.exists() else []
+            masks = sorted(p.name.removesuffix(".nii.gz") for p in out.glob("*.nii.gz")) if out.exists() else []
+            seen.append((listed, masks))
+            return original(self, volume)
 
-    monkeypatch.setattr(Predictor, "predict_with_proba", predict)
+        return call
+
+    # Batch prediction calls predict (slab by slab) or predict_with_proba (when QC needs probabilities).
+    monkeypatch.setattr(Predictor, "predict", spy(Predictor.predict))
+    monkeypatch.setattr(Predictor, "predict_with_proba", spy(Predictor.predict_with_proba))
     predict_folder(predictor, scans, out, progress=False)
     assert [listed for listed, _ in seen] == [list(CASES[:i]) for i in range(len(CASES))]
     assert all(listed == masks for listed, masks in seen)
