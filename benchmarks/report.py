@@ -416,6 +416,40 @@ def _large_volume_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list
     return lines
 
 
+def _mixed_spacing_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    lines = ["## Mixed spacing: a 1 mm model on scans from a coarser grid", ""]
+    if not results:
+        return [*lines, "Not measured yet: run `benchmarks/mixed_spacing.py` (see README.md).", ""]
+    lines += [
+        "From `mixed_spacing_*.json` (`benchmarks/mixed_spacing.py`): a model trained on one fold's training cases "
+        "at 1 mm predicts the held-out cases re-sampled to a coarser grid (SimpleITK: images linear, labels "
+        "nearest). *ceiling*: the model's 1 mm predictions re-sampled onto the coarse grid; *plan*: the coarse scans "
+        "predicted through the plan's target spacing (re-sampled to 1 mm, probabilities back); *no plan*: the "
+        "coarse scans predicted as they are. Target (issue 17): ceiling - plan <= 0.005.",
+        "",
+    ]
+    rows = []
+    for name, r in results:
+        md = r.get("mean_dice", {})
+        gap, target = r.get("gap_ceiling_minus_plan"), r.get("target_gap", 0.005)
+        rows.append(
+            [
+                f"`{name}`",
+                "x".join(f"{v:g}" for v in r.get("coarse_spacing", [])),
+                str(r.get("n_cases")),
+                fmt(md.get("ceiling")),
+                fmt(md.get("plan")),
+                fmt(md.get("no_plan")),
+                fmt(gap),
+                _verdict(None if gap is None else gap <= target),
+            ]
+        )
+    headers = ["run", "coarse mm", "cases", "ceiling", "plan", "no plan", "ceiling - plan", "target"]
+    lines += [markdown_table(headers, rows), ""]
+    lines += [f"`{name}`: `{r.get('command', '')}`" for name, r in results]
+    return [*lines, ""]
+
+
 def render(out_dir: Path, choices: Path | None = CHOICES) -> str:
     """The text of RESULTS.md for the JSON files in ``out_dir``."""
     quality = _load(out_dir, "quality_*.json")
@@ -436,6 +470,7 @@ def render(out_dir: Path, choices: Path | None = CHOICES) -> str:
     lines += _speed_section(speed)
     lines += _qc_section(_load(out_dir, "qc_eval_*.json"))
     lines += _large_volume_section(_load(out_dir, "large_volume*.json"))
+    lines += _mixed_spacing_section(_load(out_dir, "mixed_spacing_*.json"))
     if choices is not None and choices.is_file():
         lines += ["## Choices and the measurements behind them", "", choices.read_text().strip(), ""]
     return "\n".join(lines).rstrip() + "\n"
