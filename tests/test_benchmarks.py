@@ -180,3 +180,21 @@ def test_report_states_whether_quality_targets_are_met(tmp_path: Path) -> None:
     assert "**missed** by 0.015" in rows["`medseg_30min`"]
     assert "No speed measurement yet" in text
     assert render(tmp_path, None) == text  # deterministic: --check is stable
+
+
+def test_fold_subsets_merge_into_one_cross_validation(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO))
+    from benchmarks.merge_folds import merge
+    from benchmarks.quality import summarize
+
+    whole = _fake_quality(10, [0.80, 0.84, 0.88])
+    first, rest = json.loads(json.dumps(whole)), json.loads(json.dumps(whole))
+    first["folds"], rest["folds"] = whole["folds"][:1], whole["folds"][1:]
+    merged = merge([rest, first], "cv")
+    assert [f["fold"] for f in merged["folds"]] == [0, 1, 2] and merged["fold_subset"] is None
+    assert merged["summary"] == summarize(whole["folds"])  # the same summary as one run over all folds
+    with pytest.raises(ValueError, match="appears twice"):
+        merge([first, first], "cv")
+    other = {**rest, "minutes": 30}
+    with pytest.raises(ValueError, match="differ in minutes"):
+        merge([first, other], "cv")
