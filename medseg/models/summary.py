@@ -249,4 +249,7 @@ def measure_step_memory(
         return StepMemory(str(device), None, "unavailable (needs Linux /proc)")
     step()
     peak = _rss_kb("VmHWM")
-    return StepMemory(str(device), None if peak is None else (peak - before) / 1024, "/proc VmHWM - VmRSS before")
+    # VmHWM and VmRSS are sampled at different moments (page accounting moves by a few kB between them), so a
+    # step that stays under the reset peak reads a few kB below zero: that is "no rise", not negative memory.
+    rise = None if peak is None else max(0.0, (peak - before) / 1024)
+    return StepMemory(str(device), rise, "/proc VmHWM - VmRSS before")
