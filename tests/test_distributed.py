@@ -219,8 +219,10 @@ def test_killed_rank_fails_the_job_naming_the_rank(tmp_path: Path) -> None:
             proc.kill()
             proc.communicate()
     assert proc.returncode != 0
-    # torchrun's summary names the rank that failed first as the root cause.
-    assert re.search(r"Root Cause.*?rank\s*:\s*1 \(local_rank: 1\)", stderr, re.S), stderr[-3000:]
+    # torchrun's summary names rank 1 and its SIGKILL. Whether it is listed as the "Root Cause" or among the other
+    # "Failures" depends on a race (rank 0's collective can fail on the lost peer before the agent reaps rank 1),
+    # so the test asks only that the killed rank is reported with its signal.
+    assert re.search(r"rank\s*:\s*1 \(local_rank: 1\)\s*\n\s*exitcode\s*:\s*-9\b", stderr), stderr[-3000:]
     # No half-written checkpoint: the files the run left load completely (saves are atomic: temp file + rename;
     # a temp file a SIGKILL may leave behind is hidden and removed by the next run in that folder).
     for name in ("best.pt", "last.pt"):
