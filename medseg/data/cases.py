@@ -28,7 +28,14 @@ from typing import Any
 
 from medseg.config import DataConfig
 from medseg.errors import BadCaseError, ConfigError
-from medseg.io.scans import CHANNEL_SUFFIX, case_id_from_path, is_dicom_file, is_supported_file, strip_scan_ending
+from medseg.io.scans import (
+    CHANNEL_SUFFIX,
+    case_id_from_path,
+    is_dicom_file,
+    is_supported_file,
+    nnunet_channel_files,
+    strip_scan_ending,
+)
 
 log = logging.getLogger(__name__)
 
@@ -259,12 +266,11 @@ def _with_channel_files(cases: list[Case], n_channels: int, collector: BadCaseCo
     # _0000 suffix is an MSD 4D file holding every channel on its 4th axis (read as such, checked when read).
     out = []
     for case in cases:
-        stem = strip_scan_ending(case.image.name)
-        if not stem.endswith("_0000"):
+        channel_files = nnunet_channel_files(case.image, n_channels)
+        if channel_files is None:
             out.append(case)
             continue
-        ending = case.image.name[len(stem) :]
-        files = tuple(case.image.with_name(f"{stem[:-4]}{c:04d}{ending}") for c in range(n_channels))
+        files = tuple(channel_files)
         missing = [f for f in files if not f.exists()]
         if missing:
             from medseg.io.channels import MissingChannelError

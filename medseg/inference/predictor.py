@@ -24,13 +24,13 @@ from torch import nn
 
 from medseg.config import InferenceConfig, PostprocessingConfig, QCConfig
 from medseg.data.normalization import NormalizationParams, normalize
-from medseg.data.resample import plan_grid, resample_image, resample_probabilities_back
+from medseg.data.resample import plan_grid, resample_image, resample_probabilities_back, resample_slab_back
 from medseg.data.slicing import channels_to_slices, slices_to_volume
 from medseg.errors import CheckpointError, ConfigError
 from medseg.inference.budget import AUTO, BatchSizeOption, check_batch_size, settings_for_slices
 from medseg.inference.forward import forward_slices, predict_volume_probs
 from medseg.inference.postprocess import apply_postprocessing
-from medseg.inference.qc import QCResult, assess, scan_features
+from medseg.inference.qc import ConfidenceMaps, QCResult, assess, scan_features
 from medseg.inference.settings import InferenceSettings
 from medseg.inference.slabs import predict_volume_labels
 from medseg.io.channels import ChannelStack
@@ -303,18 +303,15 @@ class Predictor:
         """
         from medseg.io import load_volume
         from medseg.io.channels import MissingChannelError, load_channels, match_channel_files
-        from medseg.io.scans import image_suffix
+        from medseg.io.scans import nnunet_channel_files
 
         path = Path(path)
         if len(self.spec.channels) == 1:
             return load_volume(path)
         if path.is_dir() and self.spec.channel_patterns:
             return load_channels(match_channel_files(path, self.spec.channel_patterns), self.spec.channels)
-        suffix = image_suffix(path) or ""
-        stem = path.name[: len(path.name) - len(suffix)]
-        if suffix and stem.endswith("_0000"):  # nnU-Net naming: <case>_0000, <case>_0001, ... beside each other
-            ending = path.name[len(stem) :]
-            files = [path.with_name(f"{stem[:-4]}{c:04d}{ending}") for c in range(len(self.spec.channels))]
+        files = nnunet_channel_files(path, len(self.spec.channels))
+        if files is not None:  # nnU-Net naming: <case>_0000, <case>_0001, ... beside each other
             missing = [str(f) for f in files if not f.exists()]
             if missing:
                 raise MissingChannelError(f"'{path}': channel file(s) {', '.join(missing)} do not exist")
@@ -416,20 +413,44 @@ class Predictor:
         """
         if isinstance(volume, ChannelStack) or len(self.spec.channels) > 1:
             return self.predict_with_proba(volume)[0]
+        return self._predict_slabwise(volume, confidence=False)[0]
+
+    def predict_with_confidence(self, volume: Volume | ChannelStack) -> tuple[Volume, ConfidenceMaps]:
+        """The mask and the per-voxel confidence maps QC needs, without keeping the class probabilities.
+
+        Single-channel scans go slab by slab as in :meth:`predict` (memory follows the batch, plus two float16
+        maps of the scan); multi-channel cases through :meth:`predict_with_proba`. The mask is the one
+        :meth:`predict` returns.
+        """
+        if isinstance(volume, ChannelStack) or len(self.spec.channels) > 1:
+            mask, probs = self.predict_with_proba(volume)
+            return mask, ConfidenceMaps.from_probs(probs)
+        mask, maps = self._predict_slabwise(volume, confidence=True)
+        assert maps is not None
+        return mask, maps
+
+    def _predict_slabwise(self, volume: Volume, *, confidence: bool) -> tuple[Volume, ConfidenceMaps | None]:
         # Labels slab by slab (medseg.inference.slabs): only one batch's probabilities are ever held, so memory
         # follows the batch, not the scan; the same labels as labels_from_proba(predict_proba(volume)).
         canon, reo = to_canonical(volume)
-        grid = plan_grid(canon.shape, canon.spacing, self.spec.target_spacing, self.spec.slice_axis)
-        if not grid.is_identity:
-            # Resampled to the plan's spacing: probabilities go back onto the scan's grid before labels are taken
-            # (whole-volume for now; a per-slab resample-back would fit slabs.slab_transform).
-            return self.predict_with_proba(volume)[0]
         image = normalize(np.asarray(canon.array), self.spec.normalization, source=volume.source)
+        # At the plan's spacing: each slab's probabilities go back onto the scan's in-plane grid before its labels
+        # are taken (the slice axis is never resampled), so a resampled scan is bounded by the batch too.
+        grid = plan_grid(canon.shape, canon.spacing, self.spec.target_spacing, self.spec.slice_axis)
+        image = resample_image(image, grid)
+        maps = ConfidenceMaps.empty(canon.shape) if confidence else None
         labels = predict_volume_labels(
-            self.model, image, self.spec.slice_axis, self.spec.context_slices, self.settings_for(image.shape)
+            self.model,
+            image,
+            self.spec.slice_axis,
+            self.spec.context_slices,
+            self.settings_for(image.shape),
+            slab_transform=None if grid.is_identity else lambda slab: resample_slab_back(slab.probs, grid),
+            on_slab=None if maps is None else lambda slab, probs: maps.fill(slab.index(leading=0), probs),
         )
         del image
-        return volume.with_array(reo.invert(self._postprocess(labels)))
+        mask = volume.with_array(reo.invert(self._postprocess(labels)))
+        return mask, None if maps is None else maps.transformed(reo.invert)
 
     def class_volumes(
         self, labels: np.ndarray, spacing: Sequence[float] | np.ndarray, *, voxel_mm3: float | None = None
@@ -449,13 +470,22 @@ class Predictor:
         """Whether QC runs (a checkpoint with a ``qc_reference`` and ``inference.qc.enabled``)."""
         return self.qc_reference is not None and self.qc_settings.enabled
 
-    def assess_quality(self, volume: Volume, labels: np.ndarray, probs: np.ndarray | None) -> QCResult:
+    def assess_quality(
+        self,
+        volume: Volume,
+        labels: np.ndarray,
+        probs: np.ndarray | None,
+        *,
+        confidence: ConfidenceMaps | None = None,
+    ) -> QCResult:
         """QC flags and score of a prediction (see ``medseg.inference.qc``).
 
         Args:
             volume: The scan as read.
             labels: Its predicted labels (volume order), postprocessed as written.
-            probs: Its probabilities (volume order), or ``None`` (confidence checks are then skipped).
+            probs: Its probabilities (volume order), or ``None``.
+            confidence: Instead of ``probs``: :meth:`predict_with_confidence`'s maps (volume order). With
+                neither, the confidence checks are skipped.
 
         Returns:
             A :class:`~medseg.inference.qc.QCResult`; with no ``qc_reference`` (a checkpoint from before QC) its
@@ -464,7 +494,9 @@ class Predictor:
         if not self.qc_active:
             return assess({}, self.qc_reference, self.qc_settings)
         canon, _ = to_canonical(volume)  # geometry is compared in the closest-RAS order training used
-        features = scan_features(np.asarray(volume.array), canon.spacing, canon.shape, labels, probs, self.classes)
+        features = scan_features(
+            np.asarray(volume.array), canon.spacing, canon.shape, labels, probs, self.classes, confidence=confidence
+        )
         return assess(features, self.qc_reference, self.qc_settings)
 
     def predict_with_qc(self, volume: Volume) -> tuple[Volume, np.ndarray, QCResult]:

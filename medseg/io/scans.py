@@ -4,16 +4,16 @@ This module holds the package's one table of scan endings (:data:`SUPPORTED_SUFF
 function (:func:`case_id_from_path`); discovery (``medseg.data.cases``), batch prediction and evaluation all use
 them, so a file gets the same id everywhere.
 
-Channel suffixes: medseg reads single-channel scans (``dataset.json`` with several channels is refused), so the
-only nnU-Net channel suffix it strips is channel 0's ``_0000`` (``liver_7_0000.nii.gz`` -> ``liver_7``). Other
-four-digit endings are part of the id: ``visit_2019.nii.gz`` and ``visit_2020.nii.gz`` are two cases, and so
-are ``case_0000`` / ``case_0001`` files of a multi-channel nnU-Net folder (``case`` and ``case_0001``), which
-medseg does not support.
+Channel suffixes: nnU-Net names channel ``c`` of a case ``<case>_<cccc><ending>``. The case id strips only
+channel 0's ``_0000`` (``liver_7_0000.nii.gz`` -> ``liver_7``); the other channels' files are found from it
+(:func:`nnunet_channel_files`) and are not scans of their own (:func:`is_later_channel_file`). Other four-digit
+endings are part of the id: ``visit_2019.nii.gz`` and ``visit_2020.nii.gz`` are two cases.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +36,32 @@ def strip_scan_ending(name: str) -> str:
     """``name`` without its supported image extension (``.nii.gz``, ``.nrrd``, ...); other names unchanged."""
     suffix = image_suffix(name)
     return name[: -len(suffix)] if suffix is not None else name
+
+
+def nnunet_channel_files(path: str | Path, n_channels: int) -> list[Path] | None:
+    """The files of channels ``0..n_channels-1`` of an nnU-Net ``<case>_0000<ending>`` file, or None.
+
+    ``ct_7_0000.nii.gz`` with 2 channels -> ``[ct_7_0000.nii.gz, ct_7_0001.nii.gz]`` (beside it; existence not
+    checked). None when ``path`` does not end in ``_0000`` and a supported image extension.
+    """
+    path = Path(path)
+    suffix = image_suffix(path)
+    stem = strip_scan_ending(path.name)
+    if suffix is None or not stem.endswith(CHANNEL_SUFFIX) or len(stem) == len(CHANNEL_SUFFIX):
+        return None
+    ending = path.name[len(stem) :]
+    base = stem[: -len(CHANNEL_SUFFIX)]
+    return [path.with_name(f"{base}_{c:04d}{ending}") for c in range(n_channels)]
+
+
+def is_later_channel_file(path: str | Path) -> bool:
+    """Whether ``path`` is an nnU-Net channel file other than channel 0 (``<case>_0001<ending>`` and up).
+
+    For a multi-channel model such files are read with their ``_0000`` file, never as scans of their own.
+    """
+    return (
+        image_suffix(path) is not None and re.search(r"_(?!0000)\d{4}$", strip_scan_ending(Path(path).name)) is not None
+    )
 
 
 def is_supported_file(path: str | Path) -> bool:
