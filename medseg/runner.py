@@ -349,7 +349,7 @@ def run_predict(cfg: Config, val_cases: Sequence[Case] | None = None, *, retrain
     checkpoint = inf.checkpoint or layout.best_checkpoint
     predictor = Predictor.from_config(checkpoint, inf)
     if inf.input is not None:
-        inputs: Path | list[Path] = inf.input
+        inputs: Path | dict[str, Path] = inf.input
         log.info("Predicting the scans in '%s' with '%s'", inputs, checkpoint)
     else:
         cases = list(val_cases) if val_cases is not None else validation_cases(cfg)
@@ -358,8 +358,10 @@ def run_predict(cfg: Config, val_cases: Sequence[Case] | None = None, *, retrain
                 "The predict stage has no scans: inference.input is not set and data has no validation cases "
                 f"(data.val_fraction = {cfg.data.val_fraction}); set inference.input (--input FOLDER)."
             )
-        # Cases stored as one folder per case (layout folders) are predicted from their folder, named after it.
-        inputs = [c.image.parent if c.channel_files and cfg.data.layout == "folders" else c.image for c in cases]
+        # Each mask is named by its case id, so the evaluate stage pairs it with its label whatever the layout
+        # (a DICOM case is a folder of series, named after the case folder, not the image series). Cases stored
+        # as one folder per case (layout folders) are predicted from their folder.
+        inputs = {c.id: c.image.parent if c.channel_files and cfg.data.layout == "folders" else c.image for c in cases}
         log.info("Predicting the %d validation case(s) of '%s' with '%s'", len(inputs), cfg.data.root, checkpoint)
     # Masks already in the folder were made by another model if training ran since they were written; keeping
     # them (the resume behaviour of predict_folder) would mix two models' masks in one table.

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-import torch
 
 from medseg.config import DataConfig
 from medseg.data.cases import discover_cases
@@ -23,16 +22,10 @@ from medseg.io.rtstruct import save_rtstruct
 from tests.conftest import SAMPLE_DATA
 from tests.test_inference import make_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 pytest.importorskip("highdicom", reason="highdicom is in the dicom / dev extras")
 SERIES = SAMPLE_DATA / "dicom" / "HippoCrop_Study1"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +126,51 @@ def test_dicom_layout_finds_seg_and_rtstruct_labels(kind: str, where: str, tmp_p
     _, direct, _ = _read_case(replace(c, label=nifti), 2, load_volume, np.uint8)
     np.testing.assert_array_equal(label, direct)
     assert label.sum() == labels.sum() > 0
+
+
+def test_dicom_layout_run_names_masks_by_case_and_evaluates_them(tmp_path: Path) -> None:
+    """train -> predict -> evaluate on DICOM series with SEG labels: the validation case's SEG and NIfTI mask are
+    named after its case folder (not its image series folder), so the evaluate stage pairs them with the labels."""
+    from medseg.config import load_config
+    from medseg.runner import RunLayout, run_stages
+
+    root = tmp_path / "set"
+    for patient, percentile in (("patient1", 90), ("patient2", 85)):
+        case = root / patient / "study1"
+        shutil.copytree(SERIES, case / "13_HCropVolume")
+        image = load_volume(case / "13_HCropVolume")
+        labels = (image.array > np.percentile(image.array, percentile)).astype(np.uint8)
+        save_dicom_seg(labels, image, case / "mask_labels.dcm", ["background", "hippocampus"])
+    cfg = load_config(
+        Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml",
+        [
+            f"data.root={root}",
+            "data.layout=dicom",
+            "data.classes=[background, hippocampus]",
+            "data.val_fraction=0.5",
+            "model.base_features=4",
+            "training.epochs=1",
+            "training.max_minutes=null",
+            "inference.output_format=dicom-seg",
+            "inference.also_nifti=true",
+            "evaluation.overlays=0",
+            f"output.dir={tmp_path / 'run'}",
+        ],
+    )
+    result = run_stages(cfg, ["train", "predict", "evaluate"])
+    layout = RunLayout(cfg.output.dir)
+    (val,) = result.train.val_cases
+    assert val.id in {"patient1_study1", "patient2_study1"}
+    rows = _rows(layout.predictions_csv)
+    assert list(rows) == [val.id] and rows[val.id]["status"] == "ok"
+    assert (layout.predictions / f"{val.id}.dcm").is_file() and (layout.predictions / f"{val.id}.nii.gz").is_file()
+    assert result.evaluate is not None and result.evaluate["n_evaluated"] == 1
+    # Every LO value is valid (<= 64 characters), though the checkpoint's path (the algorithm source) is longer.
+    seg = pydicom.dcmread(layout.predictions / f"{val.id}.dcm")
+    long = [e.tag for e in seg.iterall() if e.VR == "LO" and any(len(str(v)) > 64 for v in _values(e.value))]
+    assert not long, long
+    assert len(str(layout.best_checkpoint.resolve())) > 64
+
+
+def _values(value: object) -> list[object]:
+    return list(value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]

@@ -51,7 +51,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,13 +75,15 @@ from medseg.io import case_id_from_path, find_scans, save_mask, save_volume
 from medseg.io.atomic import atomic_write_text, remove_stale_temp_files
 from medseg.io.channels import ChannelStack
 from medseg.io.dicom_seg import DicomWriteOptions
-from medseg.io.scans import strip_scan_ending, walk_scan_tree
+from medseg.io.scans import is_later_channel_file, walk_scan_tree
 from medseg.io.storage import output_storage
 
 log = logging.getLogger(__name__)
 
 OUTPUT_FORMATS = ("nii.gz", "nrrd", "mha", *DICOM_FORMATS)
 CSV_NAME = "predictions.csv"
+# What predict_folder takes: a folder or scan, a list of scans, or {case_id: scan} (the caller names the outputs).
+ScanInputs = Path | str | Sequence[Path | str] | Mapping[str, Path | str]
 BASE_COLUMNS = ("case", "input", "output", "status", "error", "seconds")
 #: Quality-control columns (``medseg.inference.qc``): reasons ``;``-separated, and the score (>= 1 = flagged).
 QC_COLUMNS = ("qc_flags", "qc_score")
@@ -209,11 +211,13 @@ def _empty_leaf_folders(root: Path, scans: Sequence[Path], exclude: Path) -> lis
     return sorted(found)
 
 
-def discover(inputs: Path | str | Sequence[Path | str], out_dir: Path, output_format: str) -> list[ScanJob]:
+def discover(inputs: ScanInputs, out_dir: Path, output_format: str) -> list[ScanJob]:
     """Lists the scans to predict and their output paths.
 
     Args:
-        inputs: A folder (searched recursively), a single scan file / DICOM folder, or a list of scans.
+        inputs: A folder (searched recursively), a single scan file / DICOM folder, a list of scans (named by
+            :func:`unique_case_ids`), or a mapping ``{case_id: scan}`` whose keys are the output names (the
+            validation cases of a run, named by their case id whatever the layout).
         out_dir: Output folder; it must not lie inside an input folder.
         output_format: ``nii.gz``, ``nrrd``, ``mha``, ``dicom-seg`` or ``rtstruct`` (NIfTI/NRRD/MHA inputs then
             become failed jobs, or a ConfigError when no input is a DICOM series).
@@ -241,7 +245,11 @@ def discover(inputs: Path | str | Sequence[Path | str], out_dir: Path, output_fo
         if not scans and (not problems or list(problems) == [root]):
             raise ConfigError(f"Input folder '{root}' holds no scans (NIfTI/NRRD/MHA files or DICOM series folders)")
     else:
-        scans = [Path(p) for p in inputs]
+        if isinstance(inputs, Mapping):
+            named = {Path(p): str(cid) for cid, p in inputs.items()}
+            if len(named) != len(inputs):
+                raise ConfigError("predict: two case ids name the same scan")
+        scans = list(named) if isinstance(inputs, Mapping) else [Path(p) for p in inputs]
         for p in scans:
             if p.is_dir() and _is_within(out_dir, p):
                 raise ConfigError(f"Output folder '{out_dir}' lies inside the input folder '{p}'; inputs are read-only")
@@ -251,7 +259,7 @@ def discover(inputs: Path | str | Sequence[Path | str], out_dir: Path, output_fo
             raise ConfigError(f"inference.output_format {output_format}: {next(iter(refused.values()))}")
         problems.update(refused)
     all_inputs = sorted({*scans, *problems})
-    ids = unique_case_ids(all_inputs)
+    ids = [named[p] for p in all_inputs] if isinstance(inputs, Mapping) else unique_case_ids(all_inputs)
     suffix = file_suffix(output_format)
     return [
         ScanJob(case_id=cid, input=p, output=out_dir / f"{cid}.{suffix}", problem=problems.get(p))
@@ -358,11 +366,14 @@ def _run_case(
     dicom = dicom or DicomWriteOptions()
     # Only the writes are examined for storage faults: an unreadable input is this case's problem.
     folder = job.output.parent
-    # The confidence checks of QC and saved/fractional outputs need the probabilities (kept from the same forward
-    # pass); otherwise predict() takes labels slab by slab, so memory follows the batch, not the scan.
-    needs_probs = save_probabilities or (output_format in DICOM_FORMATS and dicom.fractional) or predictor.qc_active
-    if needs_probs:
+    # Saved and fractional outputs need the probabilities (kept from the same forward pass); otherwise labels are
+    # taken slab by slab, so memory follows the batch, not the scan; QC then keeps only two per-voxel confidence
+    # maps (float16) for its confidence checks.
+    confidence = None
+    if save_probabilities or (output_format in DICOM_FORMATS and dicom.fractional):
         mask, probs = predictor.predict_with_proba(read)
+    elif predictor.qc_active:
+        (mask, confidence), probs = predictor.predict_with_confidence(read), None
     else:
         mask, probs = predictor.predict(read), None
     if save_probabilities:
@@ -372,7 +383,8 @@ def _run_case(
             if overwrite or not prob_path.exists():
                 with output_storage(folder):
                     save_volume(probs[k], like=volume, path=prob_path, overwrite=overwrite)
-    qc = predictor.assess_quality(volume, np.asarray(mask.array), probs)
+    qc = predictor.assess_quality(volume, np.asarray(mask.array), probs, confidence=confidence)
+    del confidence
     nifti = _nifti_copy(job, output_format, also_nifti)
     if nifti is not None and (overwrite or not nifti.exists()):
         with output_storage(folder):
@@ -455,7 +467,7 @@ def _process(
 
 def predict_folder(
     predictor: Predictor,
-    inputs: Path | str | Sequence[Path | str],
+    inputs: ScanInputs,
     out_dir: Path | str,
     *,
     output_format: str = "nii.gz",
@@ -472,7 +484,8 @@ def predict_folder(
 
     Args:
         predictor: A loaded :class:`Predictor`.
-        inputs: A folder (searched recursively), one scan, or a list of scans (files / DICOM folders).
+        inputs: A folder (searched recursively), one scan, a list of scans (files / DICOM folders), or a mapping
+            ``{case_id: scan}`` that names each output.
         out_dir: Where masks, probability maps and the table go (created if needed; not inside an input folder).
         output_format: ``nii.gz`` (default), ``nrrd``, ``mha``, or for DICOM-series inputs ``dicom-seg`` /
             ``rtstruct`` (``<case_id>.dcm``; probability maps then as ``.nii.gz``).
@@ -503,7 +516,7 @@ def predict_folder(
         jobs = discover(inputs, out_dir, output_format)
         if len(predictor.spec.channels) > 1:
             # nnU-Net naming: <case>_0001... are read with their <case>_0000 (Predictor.read_input), not alone.
-            jobs = [j for j in jobs if not re.search(r"_(?!0000)\d{4}$", strip_scan_ending(j.input.name))]
+            jobs = [j for j in jobs if not is_later_channel_file(j.input)]
     if shard is not None:
         jobs = shard_jobs(jobs, *shard)
     with output_storage(out_dir):

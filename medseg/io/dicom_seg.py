@@ -3,9 +3,12 @@
 Writing (:func:`save_dicom_seg`): one highdicom ``Segmentation`` per series, one segment per foreground class
 (label = class name, category / type codes per class, algorithm identification = medseg, its version and the
 checkpoint), BINARY from the label map or FRACTIONAL from the class probabilities. The SEG references the
-source study, series, SOP instances and FrameOfReferenceUID, and holds one frame per source slice in the
-source's slice order (ascending along the slice normal, the order medseg reads), mapped through
-:mod:`medseg.io.dicom_source` by geometry, whatever medseg's internal axis order.
+source study, series, SOP instances and FrameOfReferenceUID, and holds one frame per source slice and segment,
+mapped to its slice through :mod:`medseg.io.dicom_source` by geometry (whatever medseg's internal axis order) and
+referencing it by SOP Instance UID. The order of the frames in the file is highdicom's, not the source's file
+order: highdicom sorts the planes of a Segmentation by position along its slice normal (descending along
+the row x column normal) whatever order they are given in. Readers that follow the standard (dcmqi / Slicer,
+highdicom, OHIF) place frames by position and referenced instance, never by order, so this costs nothing there.
 
 Empty frames are **kept by default** (``omit_empty_frames=False``): every source slice then has a frame in every
 segment, which readers that pair frames with slices by order or expect a complete stack (older Cornerstone /
@@ -98,6 +101,15 @@ class DicomWriteOptions:
         return GENERIC_CODE if code is None else code
 
 
+#: Longest value of a DICOM LO (Long String) element, e.g. SeriesDescription, Manufacturer, AlgorithmSource.
+LO_MAX = 64
+
+
+def fit_lo(text: str) -> str:
+    """``text`` cut to a valid LO value (64 characters), keeping its end (a file name) after a leading ``...``."""
+    return text if len(text) <= LO_MAX else "..." + text[-(LO_MAX - 3) :]
+
+
 def _version(options: DicomWriteOptions) -> str:
     if options.algorithm_version:
         return options.algorithm_version
@@ -186,7 +198,7 @@ def save_dicom_seg(
         name="medseg",
         family=codes.cid7162.ArtificialIntelligence,
         version=_version(options),
-        source=options.algorithm_source or None,
+        source=fit_lo(options.algorithm_source) or None,
     )
     descriptions = []
     for number, name in enumerate(classes[1:], start=1):
@@ -236,11 +248,11 @@ def _segmentation(hd, src, pixels, seg_type, descriptions, options):
         series_number=options.series_number,
         sop_instance_uid=hd.UID(),
         instance_number=1,
-        manufacturer=options.manufacturer,
+        manufacturer=fit_lo(options.manufacturer),
         manufacturer_model_name="medseg",
         software_versions=_version(options),
         device_serial_number="0",
-        series_description=options.series_description,
+        series_description=fit_lo(options.series_description),
         omit_empty_frames=options.omit_empty_frames,
     )
 

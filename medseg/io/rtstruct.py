@@ -37,7 +37,7 @@ from pydicom.uid import UID, ImplicitVRLittleEndian, generate_uid
 from medseg.errors import ContourOutsideImageError, ForeignReferenceError, GeometryMismatchError, MedsegError
 from medseg.io.atomic import atomic_path
 from medseg.io.dicom_seg import SEGMENT_COLOURS as _COLOURS
-from medseg.io.dicom_seg import DicomWriteOptions, _combine, _version, segment_classes
+from medseg.io.dicom_seg import DicomWriteOptions, _combine, _version, fit_lo, segment_classes
 from medseg.io.dicom_source import RTSTRUCT_SOP_CLASS, SourceSeries, pixel_to_lps, source_series
 from medseg.volume import Volume
 
@@ -136,9 +136,9 @@ def save_rtstruct(
     ds.Modality = "RTSTRUCT"
     ds.SeriesInstanceUID = generate_uid()
     ds.SeriesNumber = options.series_number
-    ds.SeriesDescription = options.series_description
+    ds.SeriesDescription = fit_lo(options.series_description)
     ds.InstanceNumber = 1
-    ds.Manufacturer = options.manufacturer
+    ds.Manufacturer = fit_lo(options.manufacturer)
     ds.ManufacturerModelName = "medseg"
     ds.SoftwareVersions = _version(options)
     ds.SpecificCharacterSet = "ISO_IR 192"
@@ -186,7 +186,7 @@ def save_rtstruct(
                 ReferencedFrameOfReferenceUID=src.frame_of_reference_uid,
                 ROIName=name,
                 ROIGenerationAlgorithm="AUTOMATIC",
-                ROIGenerationDescription=description[:64],
+                ROIGenerationDescription=fit_lo(description),
             )
         )
         items = []
