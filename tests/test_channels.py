@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -210,3 +211,35 @@ def test_batch_prediction_of_case_folders_skips_a_folder_lacking_a_channel(folde
     # A single-channel scan given to a two-channel model: a named error.
     with pytest.raises(ConfigError, match="needs 2 channels"):
         predictor.predict(load_channels([victim / "T1c_subtrMeanDivStd.nii.gz"], ["t1c"]).reference)
+
+
+def test_two_channel_run_trains_with_a_qc_reference_predicts_and_evaluates(folders_root: Path, tmp_path: Path) -> None:
+    """configs/brats_folders.yaml shortened on the cropped cases: the QC reference is measured with the
+    checkpoint's own two-channel predictor, the validation case's mask is named after its folder and scored."""
+    from medseg.config import load_config
+    from medseg.models.checkpoint import load_checkpoint
+    from medseg.runner import RunLayout, run_stages
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = load_config(
+        repo / "configs" / "brats_folders.yaml",
+        [
+            f"data.root={folders_root}",
+            "data.val_fraction=0.34",
+            "model.base_features=4",
+            "training.epochs=1",
+            "training.max_minutes=null",
+            "training.device=cpu",
+            "inference.device=cpu",
+            "evaluation.overlays=0",
+            f"output.dir={tmp_path / 'run'}",
+        ],
+    )
+    result = run_stages(cfg, ["train", "predict", "evaluate"])
+    layout = RunLayout(cfg.output.dir)
+    reference = load_checkpoint(layout.best_checkpoint)["qc_reference"]
+    assert reference["n_train"] == 2 and reference["n_val"] == 1
+    (val,) = result.train.val_cases
+    rows = list(csv.DictReader(layout.predictions_csv.open()))
+    assert [(r["case"], r["status"]) for r in rows] == [(val.id, "ok")] and rows[0]["qc_score"] != ""
+    assert result.evaluate is not None and result.evaluate["n_evaluated"] == 1

@@ -156,3 +156,49 @@ def test_report_of_an_empty_folder_and_the_run_record(tmp_path: Path) -> None:
     (tmp_path / "plan.json").write_text(json.dumps({"target_spacing": [1.0, 1.0, 1.0]}))
     page = render_report(tmp_path)
     assert "python -m pipelines.run x.yaml" in page and "target_spacing" in page and "12.35" in page
+
+
+def test_confidence_maps_give_the_features_of_the_probabilities(rng: np.random.Generator) -> None:
+    """Batch QC keeps float16 per-voxel maps instead of every class's probabilities: same numbers to 1e-3."""
+    from medseg.inference.qc import ConfidenceMaps, voxel_confidence
+
+    probs = rng.dirichlet([0.3, 0.3, 0.3], size=(20, 18, 7)).transpose(3, 0, 1, 2).astype(np.float32)
+    probs[1:] *= 0.8  # sigmoid-like outputs that do not sum to 1: both paths normalise them
+    labels = probs.argmax(axis=0).astype(np.uint8)
+    maps = ConfidenceMaps.from_probs(probs)
+    assert maps.confidence.dtype == np.float16 and maps.confidence.shape == labels.shape
+    conf, entropy = voxel_confidence(probs)
+    assert float(conf.min()) >= 1 / 3 - 1e-6 and float(conf.max()) <= 1 + 1e-6
+    assert float(entropy.min()) >= 0 and float(entropy.max()) <= 1 + 1e-6
+    exact = output_features(labels, probs, (1.0, 1.0, 1.0), CLASSES)
+    approx = output_features(labels, None, (1.0, 1.0, 1.0), CLASSES, confidence=maps)
+    assert set(exact) == set(approx)
+    for key in ("mean_confidence", "mean_entropy"):
+        assert approx[key] == pytest.approx(exact[key], abs=1e-3), key
+    assert {k: v for k, v in approx.items() if "mean_" not in k} == {k: v for k, v in exact.items() if "mean_" not in k}
+    # Filled slab by slab: the same maps as from the whole volume.
+    slabwise = ConfidenceMaps.empty(labels.shape)
+    for start in range(0, 7, 3):
+        slabwise.fill((slice(None), slice(None), slice(start, start + 3)), probs[..., start : start + 3])
+    np.testing.assert_array_equal(slabwise.confidence, maps.confidence)
+    np.testing.assert_array_equal(slabwise.entropy, maps.entropy)
+
+
+@pytest.mark.parametrize("scan", ["hippocampus/imagesTr/hippocampus_001.nii.gz", "dicom/HippoCrop_Study1"])
+def test_predict_with_confidence_is_predict_plus_the_maps_of_its_probabilities(scan: str, tmp_path: Path) -> None:
+    """The slab path's mask is predict()'s, and its maps (volume order, also for an LPS-stored DICOM series that
+    is reoriented for the model) are those of predict_proba()."""
+    from medseg.inference.predictor import Predictor
+    from medseg.inference.qc import ConfidenceMaps
+    from tests.test_inference import make_checkpoint
+
+    predictor = Predictor.from_checkpoint(
+        make_checkpoint(tmp_path / "m.pt", mode="softmax", context=1), device="cpu", precision="fp32", batch_size=5
+    )
+    volume = load_volume(SAMPLE_DATA / scan)
+    mask, maps = predictor.predict_with_confidence(volume)
+    np.testing.assert_array_equal(mask.array, predictor.predict(volume).array)
+    whole = ConfidenceMaps.from_probs(predictor.predict_proba(volume))
+    assert maps.confidence.shape == volume.shape
+    np.testing.assert_allclose(maps.confidence.astype(np.float32), whole.confidence.astype(np.float32), atol=1e-3)
+    np.testing.assert_allclose(maps.entropy.astype(np.float32), whole.entropy.astype(np.float32), atol=1e-3)

@@ -138,6 +138,25 @@ def test_an_empty_prediction_is_flagged(run_dir: Path) -> None:
     assert empty.score == 100.0
 
 
+def test_batch_qc_without_the_probabilities_scores_as_qc_with_them(run_dir: Path) -> None:
+    """The batch's QC (slab-by-slab labels and float16 confidence maps, no class probabilities kept) gives the
+    flags of QC on the whole probability volume and its score to 1e-2."""
+    from medseg.inference import Predictor
+    from medseg.io import load_volume
+
+    predictor = Predictor.from_checkpoint(RunLayout(run_dir).best_checkpoint, device="cpu")
+    for name in ("hippocampus_089", "hippocampus_001"):
+        volume = load_volume(SAMPLE_DATA / "hippocampus" / "imagesTr" / f"{name}.nii.gz")
+        mask, _, with_probs = predictor.predict_with_qc(volume)
+        slab_mask, maps = predictor.predict_with_confidence(volume)
+        np.testing.assert_array_equal(slab_mask.array, mask.array)
+        with_maps = predictor.assess_quality(volume, np.asarray(slab_mask.array), None, confidence=maps)
+        assert with_maps.flags == with_probs.flags
+        assert with_maps.score == pytest.approx(with_probs.score, abs=1e-2)
+        for key in ("mean_confidence", "mean_entropy"):
+            assert with_maps.features[key] == pytest.approx(with_probs.features[key], abs=1e-3)
+
+
 def test_a_checkpoint_without_a_qc_reference_predicts_with_empty_qc_and_a_note(run_dir: Path, tmp_path: Path) -> None:
     import torch
 

@@ -73,7 +73,7 @@ def test_identity_grid_changes_nothing(spleen: tuple[Path, Path]) -> None:
     assert plan_grid(image.shape, image.spacing, None, axis=2).is_identity
 
 
-def _predictor(target: tuple[float, float, float] | None) -> Predictor:
+def _predictor(target: tuple[float, float, float] | None, batch_size: int = 8) -> Predictor:
     torch.manual_seed(0)
     model = UNet(1, 1, base_features=4)
     spec = ModelSpec(
@@ -85,7 +85,7 @@ def _predictor(target: tuple[float, float, float] | None) -> Predictor:
         patch_hw=(48, 48),
         target_spacing=target,
     )
-    return Predictor(model, spec, device="cpu", precision="fp32", batch_size=8)
+    return Predictor(model, spec, device="cpu", precision="fp32", batch_size=batch_size)
 
 
 def test_prediction_on_anisotropic_scan_lands_on_its_grid(spleen: tuple[Path, Path], tmp_path: Path) -> None:
@@ -133,3 +133,23 @@ def test_old_checkpoint_without_plan_predicts_as_before(tmp_path: Path, sample_h
     ckpt["plan"]["target_spacing"] = [2.0, 2.0, 1.0]
     coarse = Predictor.from_checkpoint(save_checkpoint(tmp_path / "coarse.pt", ckpt), device="cpu", precision="fp32")
     assert coarse.predict(scan).shape == scan.shape
+
+
+def test_resampled_scan_predicts_slab_by_slab_the_labels_of_the_whole_volume(spleen: tuple[Path, Path]) -> None:
+    """predict() resamples each slab's probabilities back and takes its labels there; predict_with_proba()
+    resamples the whole probability volume: the same labels, and neither is the identity grid."""
+    scan = load_volume(spleen[0])
+    predictor = _predictor((1.5, 1.5, 5.0), batch_size=3)  # several slabs, the last one short
+    # An untrained head is one class everywhere: centre its bias on the median foreground logit of this scan, so
+    # class boundaries run through the volume and the per-slab resampling decides labels.
+    fg = predictor.predict_proba(scan)[1]
+    median = float(np.clip(np.median(fg), 1e-6, 1 - 1e-6))
+    with torch.no_grad():
+        predictor.model.output_conv.bias -= float(np.log(median / (1 - median)))
+    canon = to_canonical(scan)[0]
+    assert not plan_grid(canon.shape, canon.spacing, (1.5, 1.5, 5.0), axis=2).is_identity
+    slabwise = predictor.predict(scan)
+    whole, _ = predictor.predict_with_proba(scan)
+    assert slabwise.shape == scan.shape
+    np.testing.assert_array_equal(slabwise.array, whole.array)
+    assert 0 < int(np.count_nonzero(slabwise.array)) < slabwise.array.size  # boundaries exercised

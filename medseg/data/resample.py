@@ -173,3 +173,16 @@ def resample_probabilities_back(probs: np.ndarray, grid: InPlaneGrid) -> np.ndar
     if tuple(probs.shape[1:]) != grid.target_shape:
         raise ValueError(f"probabilities of shape {probs.shape[1:]} are not on the target grid {grid.target_shape}")
     return _resample_channels(probs, grid.axis, grid.in_plane(grid.target_shape), grid.in_plane(grid.source_shape))
+
+
+def resample_slab_back(probs: np.ndarray, grid: InPlaneGrid) -> np.ndarray:
+    """A slab's probabilities ``(C, ...)`` on the target grid back onto the scan's in-plane grid (bilinear).
+
+    Like :func:`resample_probabilities_back` for any extent along the slice axis (which is never resampled):
+    slice by slice the same numbers, so labels taken per slab equal those of the whole volume.
+    """
+    if grid.is_identity:
+        return probs
+    if grid.in_plane(tuple(probs.shape[1:])) != grid.in_plane(grid.target_shape):
+        raise ValueError(f"slab of shape {probs.shape[1:]} is not on the target grid {grid.target_shape} in-plane")
+    return _resample_channels(probs, grid.axis, grid.in_plane(grid.target_shape), grid.in_plane(grid.source_shape))

@@ -31,7 +31,7 @@ cases with ``benchmarks/qc_eval.py`` (see ``benchmarks/RESULTS.md``).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,8 +145,65 @@ def label_volumes_ml(
     return {name: float(counts[i]) * voxel_ml for i, name in enumerate(classes) if i > 0}
 
 
+def voxel_confidence(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per voxel of ``(n_classes, ...)`` probabilities: the largest class probability and the entropy (0..1).
+
+    Probabilities are normalised to sum 1 per voxel first (sigmoid outputs need not); the entropy is divided by
+    ``log(n_classes)`` (at least ``log 2``). Both float32, shaped like ``probs[0]``.
+    """
+    p = np.asarray(probs, dtype=np.float32)
+    p = p / np.clip(p.sum(axis=0, keepdims=True), 1e-8, None)
+    entropy = -(p * np.log(np.clip(p, 1e-8, None))).sum(axis=0) / math.log(max(2, p.shape[0]))
+    return p.max(axis=0), entropy.astype(np.float32, copy=False)
+
+
+@dataclass
+class ConfidenceMaps:
+    """:func:`voxel_confidence` of a whole scan, filled slab by slab during prediction (QC without keeping every
+    class's probabilities: 4 bytes a voxel instead of ``4 * n_classes`` and the whole-volume copies).
+
+    Stored as float16 (3 significant digits): QC averages them over the foreground, and its confidence check's
+    scale floor is 0.02, far above that rounding.
+
+    Attributes:
+        confidence: ``(I, J, K)`` largest normalised class probability per voxel.
+        entropy: ``(I, J, K)`` normalised entropy per voxel.
+    """
+
+    confidence: np.ndarray
+    entropy: np.ndarray
+
+    @classmethod
+    def empty(cls, shape: Sequence[int]) -> ConfidenceMaps:
+        """Maps of ``shape`` to be filled with :meth:`fill`."""
+        shape = tuple(int(n) for n in shape)
+        return cls(np.zeros(shape, dtype=np.float16), np.zeros(shape, dtype=np.float16))
+
+    @classmethod
+    def from_probs(cls, probs: np.ndarray) -> ConfidenceMaps:
+        """Maps of a whole ``(n_classes, I, J, K)`` probability volume."""
+        maps = cls.empty(probs.shape[1:])
+        maps.fill((slice(None),) * 3, probs)
+        return maps
+
+    def fill(self, index: tuple[slice, ...], probs: np.ndarray) -> None:
+        """Writes the maps of ``probs`` (``(n_classes, ...)``, the shape of ``self.confidence[index]``) at ``index``."""
+        confidence, entropy = voxel_confidence(probs)
+        self.confidence[index] = confidence
+        self.entropy[index] = entropy
+
+    def transformed(self, transform: Callable[[np.ndarray], np.ndarray]) -> ConfidenceMaps:
+        """The maps with ``transform`` (e.g. an axis reorientation) applied to each."""
+        return ConfidenceMaps(transform(self.confidence), transform(self.entropy))
+
+
 def output_features(
-    labels: np.ndarray, probs: np.ndarray | None, spacing: Sequence[float] | np.ndarray, classes: Sequence[str]
+    labels: np.ndarray,
+    probs: np.ndarray | None,
+    spacing: Sequence[float] | np.ndarray,
+    classes: Sequence[str],
+    *,
+    confidence: ConfidenceMaps | None = None,
 ) -> dict[str, float]:
     """Numbers measured on a predicted mask and its probabilities.
 
@@ -155,10 +212,12 @@ def output_features(
         probs: ``(n_classes, I, J, K)`` probabilities on the same grid, or ``None``.
         spacing: Voxel size in mm.
         classes: Class names, background first.
+        confidence: Instead of ``probs``: their :class:`ConfidenceMaps` on the same grid.
 
     Returns:
         ``volume_ml_<class>``, ``components_<class>`` per foreground class, ``foreground_voxels`` and, with
-        ``probs``, ``mean_confidence`` and ``mean_entropy`` over the predicted foreground (NaN when it is empty).
+        ``probs`` or ``confidence``, ``mean_confidence`` and ``mean_entropy`` over the predicted foreground (NaN
+        when it is empty).
     """
     labels = np.asarray(labels)
     out: dict[str, float] = {}
@@ -170,15 +229,16 @@ def output_features(
             out[f"components_{name}"] = float(ndimage.label(labels == c, structure=structure)[1])
     fg = labels > 0
     out["foreground_voxels"] = float(fg.sum())
-    if probs is not None:
-        if fg.any():
-            p = np.asarray(probs, dtype=np.float32)[:, fg]  # (C, n_fg)
-            p = p / np.clip(p.sum(axis=0, keepdims=True), 1e-8, None)  # sigmoid outputs need not sum to 1
-            out["mean_confidence"] = float(p.max(axis=0).mean())
-            entropy = -(p * np.log(np.clip(p, 1e-8, None))).sum(axis=0) / math.log(max(2, p.shape[0]))
-            out["mean_entropy"] = float(entropy.mean())
-        else:
+    if probs is not None or confidence is not None:
+        if not fg.any():
             out["mean_confidence"] = out["mean_entropy"] = float("nan")
+        elif probs is not None:
+            conf, entropy = voxel_confidence(np.asarray(probs)[:, fg])  # only the foreground's (C, n_fg)
+            out["mean_confidence"], out["mean_entropy"] = float(conf.mean()), float(entropy.mean())
+        else:
+            assert confidence is not None
+            out["mean_confidence"] = float(confidence.confidence[fg].mean(dtype=np.float64))
+            out["mean_entropy"] = float(confidence.entropy[fg].mean(dtype=np.float64))
     return out
 
 
@@ -359,9 +419,11 @@ def scan_features(
     labels: np.ndarray,
     probs: np.ndarray | None,
     classes: Sequence[str],
+    *,
+    confidence: ConfidenceMaps | None = None,
 ) -> dict[str, float]:
     """All QC numbers of one scan: intensity, geometry (pass closest-RAS ``spacing``/``shape``) and output."""
     out = intensity_features(image)
     out.update(geometry_features(spacing, shape))
-    out.update(output_features(labels, probs, spacing, classes))
+    out.update(output_features(labels, probs, spacing, classes, confidence=confidence))
     return out

@@ -97,6 +97,7 @@ def predict_volume_labels(
     settings: InferenceSettings,
     *,
     slab_transform: Callable[[Slab], np.ndarray] | None = None,
+    on_slab: Callable[[Slab, np.ndarray], None] | None = None,
 ) -> np.ndarray:
     """Label volume of ``image``, with one slab's probabilities in memory at a time.
 
@@ -104,6 +105,8 @@ def predict_volume_labels(
         model, image, axis, context, settings: See :func:`iter_probability_slabs`.
         slab_transform: Maps a slab to the probabilities to take the argmax of (same layout, channels first,
             e.g. re-sampled in the slice plane); ``None`` = the slab's own probabilities.
+        on_slab: Called with each slab and the probabilities its labels were taken of (after
+            ``slab_transform``), e.g. to keep per-voxel confidence for QC (``Slab.index(leading=0)`` places them).
 
     Returns:
         ``(I, J, K)`` uint8 labels (uint16 beyond 256 classes) in the image's voxel grid, or in the grid the
@@ -115,6 +118,8 @@ def predict_volume_labels(
     for slab in iter_probability_slabs(model, image, axis, context, settings):
         probs = slab.probs if slab_transform is None else slab_transform(slab)
         slab_labels = probs_to_labels(probs, settings.mode, channel_dim=0)
+        if on_slab is not None:
+            on_slab(slab, probs)
         if labels is None:
             shape = list(slab_labels.shape)
             shape[axis] = image.shape[axis]

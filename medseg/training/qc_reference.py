@@ -12,20 +12,17 @@ Two parts, gathered without reading any training file twice:
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import nn
 
 from medseg.config import InferenceConfig
 from medseg.data.cases import Case
-from medseg.data.normalization import NormalizationParams
 from medseg.data.prepare import Reader
-from medseg.inference.predictor import ModelSpec, Predictor
+from medseg.inference.predictor import Predictor
 from medseg.inference.qc import (
     assess,
     build_reference,
@@ -34,6 +31,7 @@ from medseg.inference.qc import (
     label_volumes_ml,
     output_features,
 )
+from medseg.io.channels import ChannelStack, load_channels
 from medseg.io.orientation import to_canonical
 from medseg.volume import Volume
 
@@ -73,53 +71,45 @@ class RecordingReader:
 
 
 def validation_outputs(
-    model: nn.Module,
-    model_state: dict[str, Any],
-    checkpoint: dict[str, Any],
+    best_path: Path,
     val_cases: Sequence[Case],
     reader: Reader,
     *,
-    device: Any,
+    device: str,
     inference: InferenceConfig,
 ) -> list[dict[str, float]]:
-    """:func:`medseg.inference.qc.output_features` of each validation case predicted with ``model_state``.
+    """:func:`medseg.inference.qc.output_features` of each validation case predicted with the best checkpoint.
+
+    The predictor is loaded from ``best.pt`` itself (its plan, channels and decided postprocessing), so the
+    reference describes exactly the outputs the predict stage will make, measured the way it measures them.
 
     Args:
-        model: The trained network (copied; its weights are not changed).
-        model_state: The best weights.
-        checkpoint: The best checkpoint dict (normalisation, axis, context, patch, postprocessing).
+        best_path: ``best.pt``, postprocessing already decided.
         val_cases: The validation cases (their scans are read again: prediction starts from the file).
         reader: Scan reader.
         device: Where to predict.
-        inference: The run's prediction settings (precision, batch size, flips, postprocessing), so the reference
-            describes the outputs the predict stage will make.
+        inference: The run's prediction settings (precision, batch size, flips, postprocessing).
     """
-    net = copy.deepcopy(model)
-    net.load_state_dict(model_state)
-    spec = ModelSpec(
-        classes=tuple(checkpoint["classes"]),
-        mode=str(checkpoint["mode"]),
-        normalization=NormalizationParams.from_dict(checkpoint["normalization"]),
-        slice_axis=int(checkpoint["slice_axis"]),
-        context_slices=int(checkpoint["context_slices"]),
-        patch_hw=tuple(checkpoint["patch_hw"]) if checkpoint.get("patch_hw") else None,
-        pad_multiple=int(checkpoint.get("pad_multiple", 16)),
-        postprocessing=checkpoint.get("postprocessing"),
-    )
-    predictor = Predictor(
-        net,
-        spec,
+    predictor = Predictor.from_checkpoint(
+        best_path,
         device=device,
         precision=inference.precision,
         batch_size=inference.batch_size,
         tta_flips=inference.tta_flips,
         postprocessing=inference.postprocessing,
     )
+    channels = predictor.spec.channels
     out = []
     for case in val_cases:
-        volume = reader(case.image)
-        mask, probs = predictor.predict_with_proba(volume)
-        out.append(output_features(np.asarray(mask.array), probs, volume.spacing, spec.classes))
+        if len(channels) > 1 or case.channel_files:
+            read: Volume | ChannelStack = load_channels(
+                list(case.channel_files) or [case.image], channels, reader, case_id=case.id
+            )
+        else:
+            read = reader(case.image)
+        mask, maps = predictor.predict_with_confidence(read)
+        spacing = read.reference.spacing if isinstance(read, ChannelStack) else read.spacing
+        out.append(output_features(np.asarray(mask.array), None, spacing, predictor.classes, confidence=maps))
     return out
 
 

@@ -771,12 +771,10 @@ class Trainer:
             best = load_checkpoint(self.best_path)
             if best.get("qc_reference") is None:
                 val = validation_outputs(
-                    unwrap_model(self.model),
-                    best["model_state"],
-                    best,
+                    self.best_path,
                     self.val_cases,
                     self.qc_recorder.reader,
-                    device=self.device,
+                    device=str(self.device),
                     inference=self.cfg.inference,
                 )
                 best["qc_reference"] = qc_reference(self.qc_recorder, self.train_cases, val, self.classes)
