@@ -15,6 +15,11 @@ machine as idle as you can get; the JSON records the load average at the start a
     python benchmarks/large_volume.py --slices 100 400                       # benchmarks/out/large_volume.json
     python benchmarks/large_volume.py --slices 0 --scan ../shared/data/TotalSegmentator_examples/example_ct_dicom
     python benchmarks/large_volume.py --slices 8 --size 128 --out /tmp/lv.json  # a quick look (seconds)
+    python benchmarks/large_volume.py --slices 200 --base 8 --path predict qc probs \
+        --out benchmarks/out/large_volume_paths.json
+
+``--path`` compares what each prediction path keeps: ``predict`` (labels slab by slab), ``qc`` (the same plus two
+float16 confidence maps: what a batch with QC does) and ``probs`` (the whole probability volume).
 """
 
 from __future__ import annotations
@@ -92,12 +97,19 @@ def case_worker(spec: dict[str, Any]) -> dict[str, Any]:
     rss_before = proc_status_mb("VmRSS")
     load_start = _load()
     t0 = time.perf_counter()
-    mask = predictor.predict(volume)
+    path = spec.get("path", "predict")
+    if path == "predict":
+        mask = predictor.predict(volume)
+    elif path == "qc":  # a batch with QC: labels and float16 confidence maps slab by slab
+        mask, _ = predictor.predict_with_confidence(volume)
+    else:  # "probs": the whole probability volume (save_probabilities / fractional SEG; batch QC before)
+        mask, _ = predictor.predict_with_proba(volume)
     seconds = time.perf_counter() - t0
     n_slices = shape[predictor.spec.slice_axis]
     peak_mb = proc_status_mb("VmHWM")
     return {
         "case": what,
+        "path": path,
         "shape": list(shape),
         "scan_float32_gib": round(scan_gib, 3),
         "rss_target_gib": round(1.5 + 3 * scan_gib, 3),
@@ -133,7 +145,12 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
 def linearity(cases: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """Time per slice of the largest synthetic case over the smallest's (1.0 = linear; target within 15 %)."""
     synth = sorted(
-        (c for c in cases if "seconds_per_slice" in c and "synthetic" in c["case"]), key=lambda c: c["shape"][2]
+        (
+            c
+            for c in cases
+            if "seconds_per_slice" in c and "synthetic" in c["case"] and c.get("path", "predict") == "predict"
+        ),
+        key=lambda c: c["shape"][2],
     )
     if len(synth) < 2:
         return None
@@ -154,6 +171,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", default="auto", help="inference.batch_size (an int or auto)")
     parser.add_argument("--memory-gb", type=float, default=None, help="inference.memory_gb (default: the machine)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--path",
+        nargs="+",
+        choices=["predict", "qc", "probs"],
+        default=["predict"],
+        help="what is measured: Predictor.predict (slab labels), predict_with_confidence (a batch with QC: slab "
+        "labels + confidence maps), predict_with_proba (the whole probability volume); each case once per path",
+    )
     parser.add_argument("--out", type=Path, default=OUT_DIR / "large_volume.json")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -167,12 +192,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     batch: str | int = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
     common = {"base": args.base, "batch_size": batch, "memory_gb": args.memory_gb, "seed": args.seed}
     cases: list[dict[str, Any]] = []
-    for n in [n for n in args.slices if n > 0]:
-        cases.append(run_case({**common, "slices": n, "size": args.size}))
-        print(json.dumps(cases[-1]), flush=True)
-    for scan in args.scan:
-        cases.append(run_case({**common, "scan": str(scan)}))
-        print(json.dumps(cases[-1]), flush=True)
+    for path in args.path:
+        for n in [n for n in args.slices if n > 0]:
+            cases.append(run_case({**common, "path": path, "slices": n, "size": args.size}))
+            print(json.dumps(cases[-1]), flush=True)
+        for scan in args.scan:
+            cases.append(run_case({**common, "path": path, "scan": str(scan)}))
+            print(json.dumps(cases[-1]), flush=True)
     result = {
         "benchmark": "large_volume",
         "command": command_line(),

@@ -187,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "n_train_and_val": len(rest),
             "n_test": len(test),
             "epochs": args.epochs,
+            "bad_dice": args.bad_dice,
             "best_epoch": best_epoch,
             "best_val_dice": best_dice,
             "qc_thresholds": cfg.inference.qc.model_dump(),

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import OUT_DIR, REPO, fmt, fmt_mean_std, markdown_table
@@ -321,6 +323,8 @@ def _inference_choices_section(results: Sequence[tuple[str, dict[str, Any]]]) ->
 
 
 def _qc_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    from benchmarks.qc_eval import bad_cases, roc_auc
+
     if not results:
         return []
     lines = ["## QC flags: do they find the bad masks?", ""]
@@ -329,14 +333,16 @@ def _qc_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
         "a model is trained, epoch-bounded, on the other cases (their own 80/20 split: the validation part picks "
         "the best epoch and gives QC its reference), then `predict_folder` predicts the test cases and one CT "
         "crop. AUC: how well `qc_score` ranks the bad test masks above the normal ones (0.5 = chance). "
-        "Flagged: test cases with a `qc_flags` entry (default thresholds).",
+        "Flagged: test cases with a `qc_flags` entry (default thresholds). One row per file (fold).",
         "",
     ]
+    rows = []
     for name, r in results:
         s = r.get("setup", {})
         ood = r.get("ood") or {}
-        rows = [
+        rows.append(
             [
+                f"`{name}`",
                 f"{s.get('n_test')} (fold {s.get('fold')} of {s.get('folds')})",
                 f"{s.get('n_train_and_val')}, {s.get('epochs')} epochs",
                 fmt(r.get("mean_dice")),
@@ -347,17 +353,41 @@ def _qc_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
                 f"{r.get('flagged_bad')} / {r.get('n_bad')}",
                 "yes" if ood.get("qc_flags") else "no",
             ]
-        ]
-        headers = ["test cases", "trained on", "mean Dice", "bad =", "bad", "AUC", "normal flagged", "bad flagged"]
+        )
+    headers = ["result", "test cases", "trained on", "mean Dice", "bad =", "bad", "AUC", "normal flagged"]
+    lines += [markdown_table([*headers, "bad flagged", "CT crop flagged"], rows), ""]
+    commands = sorted({r.get("command", "") for _, r in results})
+    lines += ["Commands: " + "; ".join(f"`{c}`" for c in commands), ""]
+    if len(results) > 1:
+        # Every test case of every fold, each scored by the model that never saw it.
+        cases = [c for _, r in results for c in r.get("cases", [])]
+        threshold = float(results[0][1].get("setup", {}).get("bad_dice", 0.8))
+        bad, rule = bad_cases([c["dice"] for c in cases], threshold)
+        aucs = [float(r["auc"]) for _, r in results if r.get("auc") is not None]
+        flagged = [bool(c.get("qc_flags")) for c in cases]
+        n_bad = sum(bad)
+        pooled = roc_auc([float(c["qc_score"]) for c in cases], bad)
+        mean_auc = f"{fmt(float(np.mean(aucs)))} ± {fmt(float(np.std(aucs, ddof=1)))}" if len(aucs) > 1 else "n/a"
+        n_ct = sum(bool((r.get("ood") or {}).get("qc_flags")) for _, r in results)
         lines += [
-            f"`{name}`: `{r.get('command', '')}`",
-            "",
-            markdown_table([*headers, "CT crop flagged"], rows),
-            "",
-            "AUC of each check's ratio alone: "
-            + ", ".join(f"{k} {fmt(v)}" for k, v in sorted((r.get("auc_per_check") or {}).items())),
+            f"Over the {len(results)} results ({len(cases)} test cases, each predicted by a model that never saw it): "
+            f"AUC per fold {mean_auc} (mean ± SD); pooled over all test cases ({rule}: {n_bad} bad) "
+            f"AUC {fmt(pooled)}; normal cases flagged "
+            f"{sum(f for f, b in zip(flagged, bad, strict=True) if not b)} / {len(cases) - n_bad}, bad cases flagged "
+            f"{sum(f for f, b in zip(flagged, bad, strict=True) if b)} / {n_bad}; the CT crop flagged by "
+            f"{n_ct} / {len(results)} models.",
             "",
         ]
+    per_check: dict[str, list[float]] = {}
+    for _, r in results:
+        for k, v in (r.get("auc_per_check") or {}).items():
+            if v is not None:
+                per_check.setdefault(k, []).append(float(v))
+    lines += [
+        "AUC of each check's ratio alone (mean over results): "
+        + ", ".join(f"{k} {fmt(float(np.mean(v)))}" for k, v in sorted(per_check.items())),
+        "",
+    ]
     return lines
 
 
@@ -369,50 +399,56 @@ def _large_volume_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list
     lines = ["## Large-volume prediction", ""]
     if not results:
         return [*lines, "No large-volume measurement yet: run `benchmarks/large_volume.py` (see README.md).", ""]
-    name, r = results[-1]
-    m = r.get("machine", {})
     lines += [
-        f"From `{name}`: `{r.get('command', '')}`; {m.get('cpu', '?')}, {m.get('usable_cpus', '?')} usable CPUs, "
-        f"torch {m.get('torch', '?')}. A random-initialised base-32 UNet through `Predictor.predict` (fp32, "
-        "`batch_size: auto`, budget from the machine), each case once in its own process. Target: peak RSS <= "
-        "1.5 GiB + 3 x the scan's float32 size; the load average (1 min) at the start and end of each case "
-        "shows how busy the machine was, so times are indicative. (Issue 15 states the target for N = 400 as 4.4 GiB = "
-        "1.5 + 3 x 0.98; a 512 x 512 x 400 float32 scan is 0.39 GiB, so the formula gives 2.67 GiB.)",
+        "A random-initialised UNet (base width in the command: 32 unless `--base`), fp32, `batch_size: auto` "
+        "with the budget from the machine, each case once in its own process. Path `predict` = "
+        "`Predictor.predict` (labels slab by slab), `qc` = `predict_with_confidence` (the same plus two float16 "
+        "confidence maps: what a batch with QC runs), `probs` = `predict_with_proba` (the whole probability "
+        "volume: `save_probabilities`, fractional SEG). Target: peak RSS <= 1.5 GiB + 3 x the scan's float32 "
+        "size; the load average (1 min) at the start and end of each case shows how busy the machine was, so "
+        "times are indicative. (Issue 15 states the target for N = 400 as 4.4 GiB = 1.5 + 3 x 0.98; a "
+        "512 x 512 x 400 float32 scan is 0.39 GiB, so the formula gives 2.67 GiB.)",
         "",
     ]
-    rows = []
-    for c in r.get("cases", []):
-        if "error" in c:
-            rows.append([str(c.get("case")), "error", "", "", "", "", "", ""])
-            continue
-        peak, target = c.get("peak_rss_gib"), c.get("rss_target_gib")
-        ok = None if peak is None or target is None else peak <= target
-        load = f"{c['load_avg_start'][0]} -> {c['load_avg_end'][0]}"
-        rows.append(
-            [
-                c["case"],
-                "x".join(str(v) for v in c["shape"]),
-                str(c["batch_size"]),
-                fmt(c["seconds"], 1),
-                fmt(c["seconds_per_slice"], 3),
-                f"{fmt(peak, 2)} / {fmt(target, 2)}",
-                _verdict(ok),
-                load,
-            ]
-        )
-    lines += [
-        markdown_table(["case", "shape", "batch", "seconds", "s/slice", "peak RSS / target GiB", "RSS", "load"], rows),
-        "",
-    ]
-    lin = r.get("linearity")
-    if lin:
-        ratio = lin["per_slice_ratio"]
-        ok = abs(ratio - 1.0) <= LINEARITY_TOLERANCE
+    for name, r in results:
+        m = r.get("machine", {})
         lines += [
-            f"Time per slice at N = {lin['to_slices']} over N = {lin['from_slices']}: {fmt(ratio, 3)} "
-            f"(target within {LINEARITY_TOLERANCE:.0%} of 1: {_verdict(ok)}).",
+            f"From `{name}`: `{r.get('command', '')}`; {m.get('cpu', '?')}, {m.get('usable_cpus', '?')} usable "
+            f"CPUs, torch {m.get('torch', '?')}.",
             "",
         ]
+        rows = []
+        for c in r.get("cases", []):
+            if "error" in c:
+                rows.append([str(c.get("case")), "", "error", "", "", "", "", "", ""])
+                continue
+            peak, target = c.get("peak_rss_gib"), c.get("rss_target_gib")
+            ok = None if peak is None or target is None else peak <= target
+            load = f"{c['load_avg_start'][0]} -> {c['load_avg_end'][0]}"
+            rows.append(
+                [
+                    c["case"],
+                    c.get("path", "predict"),
+                    "x".join(str(v) for v in c["shape"]),
+                    str(c["batch_size"]),
+                    fmt(c["seconds"], 1),
+                    fmt(c["seconds_per_slice"], 3),
+                    f"{fmt(peak, 2)} / {fmt(target, 2)}",
+                    _verdict(ok),
+                    load,
+                ]
+            )
+        header = ["case", "path", "shape", "batch", "seconds", "s/slice", "peak RSS / target GiB", "RSS", "load"]
+        lines += [markdown_table(header, rows), ""]
+        lin = r.get("linearity")
+        if lin:
+            ratio = lin["per_slice_ratio"]
+            ok = abs(ratio - 1.0) <= LINEARITY_TOLERANCE
+            lines += [
+                f"Time per slice at N = {lin['to_slices']} over N = {lin['from_slices']}: {fmt(ratio, 3)} "
+                f"(target within {LINEARITY_TOLERANCE:.0%} of 1: {_verdict(ok)}).",
+                "",
+            ]
     return lines
 
 

@@ -11,7 +11,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from medseg.errors import ConfigError
 from medseg.inference.batch import (
@@ -26,14 +25,7 @@ from medseg.inference.predictor import Predictor
 from medseg.io import load_volume
 from tests.test_inference import make_checkpoint
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # See tests/test_inference.py: a second OpenMP thread on a shared 2-core machine only spins.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

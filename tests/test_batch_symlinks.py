@@ -4,31 +4,23 @@ links to DICOM files predict exactly as the real files do, with no phantom faile
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from medseg.inference.batch import predict_folder
 from medseg.inference.predictor import Predictor
 from medseg.io import case_id_from_path, find_scans, load_volume
 from tests.test_inference import make_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data"
 HIPPO = SAMPLE / "hippocampus" / "imagesTr"
 DICOM = SAMPLE / "dicom" / "HippoCrop_Study1"
 NIFTI = ("hippocampus_001", "hippocampus_003")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,8 @@ from medseg.models import UNet, n_outputs
 from medseg.models.checkpoint import CHECKPOINT_FORMAT, REQUIRED_FIELDS, load_checkpoint, save_checkpoint
 from medseg.volume import Volume
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CLASSES = ("background", "anterior", "posterior")
 PGBM_T1 = "PGBM-001/04-02-1992-FH-HEADBrain Protocols-79896/11-T1post-80644"
 
@@ -43,11 +45,14 @@ def make_checkpoint(
     patch_hw: tuple[int, int] = (48, 48),
     postprocessing: dict[str, list[int]] | None = None,
     seed: int = 0,
+    model: UNet | None = None,
 ) -> Path:
-    """A checkpoint with every field the trainer writes, holding a tiny seeded (untrained) UNet."""
+    """A checkpoint with every field the trainer writes, holding a tiny seeded (untrained) base-4 UNet, or
+    ``model`` (a base-4 UNet with ``2 * context + 1`` inputs and the mode's outputs) when given."""
     torch.manual_seed(seed)
     n_out = n_outputs(mode, len(classes))
-    model = UNet(2 * context + 1, n_out, base_features=4)
+    if model is None:
+        model = UNet(2 * context + 1, n_out, base_features=4)
     ckpt: dict = {key: None for key in REQUIRED_FIELDS}
     ckpt.update(
         format=CHECKPOINT_FORMAT,
@@ -95,16 +100,6 @@ def spec(axis: int = 2, context: int = 0, classes: tuple[str, ...] = ("backgroun
         context_slices=context,
         **kw,
     )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny models on a shared 2-core machine: a second OpenMP thread only spins waiting for a busy core
-    # (measured 30x slower under load). Restored afterwards so other test modules are unaffected.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

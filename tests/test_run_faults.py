@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +33,10 @@ from pipelines.run import EXIT_RUN_FAILED, EXIT_USAGE, main
 from tests.conftest import HANG_GUARD_S, REPO
 from tests.test_inference import make_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SAMPLE = REPO / "sample_data" / "hippocampus"
 CASES = ("hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_007", "hippocampus_011")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

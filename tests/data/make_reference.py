@@ -24,11 +24,10 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
-from medseg.data.normalization import NormalizationParams  # noqa: E402
 from medseg.inference.predictor import Predictor  # noqa: E402
 from medseg.io import load_volume  # noqa: E402
-from medseg.models.checkpoint import CHECKPOINT_FORMAT, REQUIRED_FIELDS, save_checkpoint  # noqa: E402
 from medseg.models.unet import UNet  # noqa: E402
+from tests.test_inference import make_checkpoint  # noqa: E402
 
 CLASSES = ["background", "anterior", "posterior"]
 #: Scans (relative to the repository root) and their key in the .npz.
@@ -55,29 +54,8 @@ def make_model(path: Path) -> Path:
         head.weight /= std[:, None, None, None]
         assert head.bias is not None
         head.bias.copy_((head.bias - mean) / std)
-    ckpt: dict = {key: None for key in REQUIRED_FIELDS}
-    ckpt.update(
-        format=CHECKPOINT_FORMAT,
-        model_state=model.state_dict(),
-        optimizer_state={},
-        scheduler_state={},
-        epoch=0,
-        rng={},
-        config={},
-        model={"n_channels": 3, "n_outputs": 3, "bilinear": False, "base_features": 4},
-        mode="softmax",
-        classes=CLASSES,
-        normalization=NormalizationParams("zscore").to_dict(),
-        slice_axis=2,
-        context_slices=1,
-        patch_hw=[48, 48],
-        pad_multiple=16,
-        precision="fp32",
-        postprocessing={"largest_component": [], "fill_holes": []},
-        best_dice=0.0,
-        versions={},
-    )
-    return save_checkpoint(path, ckpt)
+    # The checkpoint fields as the tests' own helper writes them (epoch and best_dice do not touch masks).
+    return make_checkpoint(path, classes=tuple(CLASSES), mode="softmax", context=1, model=model)
 
 
 def main() -> None:
