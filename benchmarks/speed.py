@@ -168,7 +168,7 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     trainer = Trainer(cfg)
     prep_seconds = time.perf_counter() - t0
-    bs = cfg.training.batch_size
+    bs = trainer.batch_size  # the plan's batch (training.batch_size may be auto)
     device, dtype, fmt_ = trainer.device, trainer.amp_dtype, trainer.memory_format
     # Every path runs the trainer's own optimiser step (autocast forward, float32 loss, backward, clipping, AdamW).
     train_step = trainer.train_step
