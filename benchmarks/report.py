@@ -452,6 +452,140 @@ def _large_volume_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list
     return lines
 
 
+#: Issue 17: a LA2018 step per slice within this factor of a hippocampus step with the same patch pixel count.
+PATCH_COST_MAX = 1.3
+
+
+def _patch_cost_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    """``patch_cost_*.json``: ``speed.py --skip-predict`` runs, one per data set, with patches of equal pixel count."""
+    rows, rates = [], {}
+    for name, r in results:
+        for t in r.get("train", []):
+            if "b_medseg_loop" not in t:
+                continue
+            h, w = t["patch_hw"]
+            b = t["b_medseg_loop"]["slices_per_s"]
+            rates[name] = (h * w, b)
+            rows.append(
+                [
+                    f"`{name}`",
+                    Path(str(r.get("config", ""))).name or "?",
+                    f"{h} x {w} ({h * w} px)",
+                    str(t["batch_size"]),
+                    t["mode"],
+                    fmt(t["a_bare_step"]["slices_per_s"], 1),
+                    fmt(b, 1),
+                    fmt(1000.0 / b, 2),
+                    f"{t['b_medseg_loop']['data_wait_share']:.0%}",
+                ]
+            )
+    if not rows:
+        return []
+    lines = [
+        "## Cost follows the patch (issue 17)",
+        "",
+        "From `patch_cost_*.json` (`benchmarks/speed.py --skip-predict`, one run per data set, one after the "
+        "other on the idle machine): the trainer's own loop (b) on LA2018 with its planned patch, and on the "
+        "hippocampus crops with the patch and batch forced to the same size (their slices are padded up to it). "
+        f"Target: the LA2018 step time per slice within {PATCH_COST_MAX}x of the hippocampus one.",
+        "",
+        markdown_table(
+            [
+                "result",
+                "config",
+                "patch",
+                "batch",
+                "mode",
+                "(a) bare slices/s",
+                "(b) loop slices/s",
+                "ms/slice (b)",
+                "data wait (b)",
+            ],
+            rows,
+        ),
+        "",
+    ]
+    la = [v for k, v in rates.items() if "la2018" in k]
+    hippo = [v for k, v in rates.items() if "hippo" in k]
+    if la and hippo and la[0][0] == hippo[0][0]:
+        ratio = hippo[0][1] / la[0][1]
+        lines += [
+            f"LA2018 time per slice / hippocampus time per slice at {la[0][0]} px: {fmt(ratio, 2)} "
+            f"(target <= {PATCH_COST_MAX}: {_verdict(ratio <= PATCH_COST_MAX)}).",
+            "",
+        ]
+    return lines
+
+
+def _gpu_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    lines = ["## GPU check", ""]
+    real = [(n, r) for n, r in results if not r.get("smoke")]
+    if not real:
+        return [
+            *lines,
+            "Not measured yet: no session had a GPU. `benchmarks/gpu_check.py` is ready (under 8 minutes on one GPU; "
+            "its CPU smoke run is in the tests).",
+            "",
+        ]
+    for name, r in real:
+        cuda = r.get("cuda") or {}
+        lines += [f"From `{name}`: `{r.get('command', '')}`; {cuda.get('device')} x {cuda.get('count')}.", ""]
+        lines += [
+            markdown_table(
+                ["base", "patch", "mode", "batch", "steps/s", "slices/s", "peak GPU GiB"],
+                [
+                    [
+                        t["base"],
+                        "x".join(map(str, t["patch"])),
+                        t["mode"],
+                        t["batch"],
+                        fmt(t["steps_per_s"], 1),
+                        fmt(t["slices_per_s"], 0),
+                        fmt(t["peak_gpu_gib"], 2),
+                    ]
+                    for t in r.get("train", [])
+                ],
+            ),
+            "",
+            markdown_table(
+                ["scans", "n", "base", "precision", "volumes/s", "peak GPU GiB"],
+                [
+                    [
+                        p["scans"],
+                        p["n"],
+                        p["base"],
+                        p["precision"],
+                        fmt(p["volumes_per_s"], 2),
+                        fmt(p["peak_gpu_gib"], 2),
+                    ]
+                    for p in r.get("predict", [])
+                ],
+            ),
+            "",
+            markdown_table(
+                ["scan", "device", "precision", "equal voxels vs CPU fp32", "Dice per class"],
+                [
+                    [
+                        a["scan"],
+                        a["device"],
+                        a["precision"],
+                        fmt(a["equal_voxels"], 6),
+                        ", ".join(fmt(d, 4) for d in a["dice_per_class"]),
+                    ]
+                    for a in r.get("agreement", [])
+                ],
+            ),
+            "",
+        ]
+        ddp = r.get("ddp") or {}
+        lines += [
+            f"DDP smoke run: {ddp.get('gpus')} GPU(s), backend {ddp.get('backend')}, exit status "
+            f"{ddp.get('exit_status')}, {ddp.get('seconds')} s, best.pt written: {ddp.get('best_checkpoint_written')}.",
+            "",
+        ]
+    return lines
+
+
 def _mixed_spacing_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     lines = ["## Mixed spacing: a 1 mm model on scans from a coarser grid", ""]
     if not results:
@@ -489,7 +623,7 @@ def _mixed_spacing_section(results: Sequence[tuple[str, dict[str, Any]]]) -> lis
 def render(out_dir: Path, choices: Path | None = CHOICES) -> str:
     """The text of RESULTS.md for the JSON files in ``out_dir``."""
     quality = _load(out_dir, "quality_*.json")
-    speed = _load(out_dir, "speed*.json")
+    speed = _load(out_dir, "speed*.json")  # patch_cost_*.json are speed.py runs too, rendered on their own
     lines = [
         "# Benchmark results",
         "",
@@ -507,6 +641,8 @@ def render(out_dir: Path, choices: Path | None = CHOICES) -> str:
     lines += _qc_section(_load(out_dir, "qc_eval_*.json"))
     lines += _large_volume_section(_load(out_dir, "large_volume*.json"))
     lines += _mixed_spacing_section(_load(out_dir, "mixed_spacing_*.json"))
+    lines += _patch_cost_section(_load(out_dir, "patch_cost_*.json"))
+    lines += _gpu_section(_load(out_dir, "gpu_check*.json"))
     if choices is not None and choices.is_file():
         lines += ["## Choices and the measurements behind them", "", choices.read_text().strip(), ""]
     return "\n".join(lines).rstrip() + "\n"

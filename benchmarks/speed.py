@@ -8,8 +8,9 @@ natively, otherwise ``fp32_cl``; ``--modes`` chooses), each in its own process:
 (b) medseg's training loop on real slices with augmentation: the trainer's own loop (``Trainer.time_loop``) over its
     own ``DataLoader`` (foreground sampling, seeded MONAI augmentation), for a fixed number of batches;
 (c) the same model and ``train_step`` fed by a plain ``monai.data.Dataset`` + ``DataLoader`` over per-slice
-    dicts with the equivalent MONAI transforms (``SpatialPadd`` + medseg's augmentation settings as plain
-    MONAI transforms, metadata tracking on, no gating), same batch size and worker count.
+    dicts with the equivalent MONAI transforms (``SpatialPadd`` and ``RandSpatialCropd`` to the patch, medseg's
+    augmentation settings as plain MONAI transforms, metadata tracking on, no gating), same batch size and worker
+    count.
 
 Targets: (b)/(a) >= 0.90 (data preparation hidden behind compute) and (b)/(c) >= 1.0. (a), (b), (c) run
 interleaved in rounds. The peak RSS of training is the process's ``VmHWM`` once the data of every case is
@@ -204,7 +205,7 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     # (c) the same model fed by a plain MONAI Dataset + DataLoader with the equivalent transforms.
     from monai.data import DataLoader, Dataset
-    from monai.transforms import Compose, SpatialPadd
+    from monai.transforms import Compose, RandSpatialCropd, SpatialPadd
 
     from benchmarks.monai_baseline import plain_augmentation
 
@@ -214,8 +215,15 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
         assert label is not None  # training cases are labelled
         for i in range(case.n_slices):
             items.append({"image": np.asarray(image[i], np.float32), "label": label[i][None].astype(np.float32)})
+    # Slices smaller than the patch are padded up to it, larger ones (LA2018) cropped to it at random, as the
+    # trainer's patch sampling does (without its foreground preference).
+    keys = ("image", "label")
     transform = Compose(
-        [SpatialPadd(keys=("image", "label"), spatial_size=trainer.patch_hw), *plain_augmentation(cfg.augmentation)]
+        [
+            SpatialPadd(keys=keys, spatial_size=trainer.patch_hw),
+            RandSpatialCropd(keys=keys, roi_size=trainer.patch_hw, random_size=False),
+            *plain_augmentation(cfg.augmentation),
+        ]
     )
     transform.set_random_state(seed=cfg.training.seed)
     workers = trainer.num_workers

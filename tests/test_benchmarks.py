@@ -198,3 +198,17 @@ def test_fold_subsets_merge_into_one_cross_validation(tmp_path: Path) -> None:
     other = {**rest, "minutes": 30}
     with pytest.raises(ValueError, match="differ in minutes"):
         merge([first, other], "cv")
+
+
+def test_gpu_check_runs_its_cpu_smoke_run(tmp_path: Path) -> None:
+    """benchmarks/gpu_check.py --smoke (what a machine without CUDA runs): every part's code path once on the CPU,
+    the CUDA parts skipped with a line saying so, and the stored reference model reproduces its masks exactly."""
+    out = tmp_path / "gpu_check.json"
+    proc = _run([str(REPO / "benchmarks" / "gpu_check.py"), "--smoke", "--out", str(out)])
+    assert "skipping the CUDA measurements" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["smoke"] is True and result["ddp"] is None
+    assert result["train"] and all(r["steps_per_s"] > 0 and r["smoke"] for r in result["train"])
+    assert result["predict"] and all(r["volumes_per_s"] > 0 for r in result["predict"])
+    assert {r["scan"] for r in result["agreement"]} == {"hippocampus_001", "hippocampus_003", "hippocrop_dicom"}
+    assert all(r["equal_voxels"] == 1.0 for r in result["agreement"])  # CPU fp32: the stored masks exactly
