@@ -359,7 +359,7 @@ class InferenceConfig(_Section):
     slice size and the model's width, at most 64 (``medseg.inference.budget``). Also the validation batch."""
     memory_gb: float | None = Field(default=None, gt=0)
     """Memory budget (GiB) of one forward batch for ``batch_size: auto``; ``None`` = from the machine (CPU: a
-    fifth of the available memory, at most 2 GiB; CUDA: half the free GPU memory)."""
+    fifth of the available memory, at most 1 GiB; CUDA: half the free GPU memory)."""
     tta_flips: bool = False
     """Test-time augmentation: also predict flipped slices and average (4x slower). Only for models trained with
     flips (``augmentation.flip``): a model that never saw a flipped slice segments them badly, and on the

@@ -39,8 +39,11 @@ LIVE_MAPS_FACTOR = 8
 MAX_AUTO_BATCH = 64
 #: Default CPU budget: this fraction of ``MemAvailable`` ...
 CPU_BUDGET_FRACTION = 0.2
-#: ... but no more than this many GiB (2 GiB = 9 slices of 512 x 512 at base 32).
-CPU_BUDGET_CAP_GB = 2.0
+#: ... but no more than this many GiB (1 GiB = 4 slices of 512 x 512 at base 32). At 2 GiB a 512 x 512 x 100 CT
+#: peaked at 2.13 GiB RSS with base 32 and a 512 x 512 x 200 one at 2.51 GiB with base 8, above issue 15's
+#: 1.5 GiB + 3 x the scan (benchmarks/RESULTS.md, "Large-volume prediction"); a CPU is no faster with the
+#: larger batch.
+CPU_BUDGET_CAP_GB = 1.0
 #: ... and no less than this (a machine reporting almost nothing free still predicts, one slice at a time).
 CPU_BUDGET_FLOOR_GB = 0.25
 #: Default CUDA budget: this fraction of the free GPU memory.
