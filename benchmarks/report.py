@@ -290,6 +290,82 @@ def _speed_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def _architecture_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Issue 13: each architecture against ``unet`` on the same folds (same split, budget and data)."""
+    by_arch: dict[str, dict[int, dict[str, Any]]] = {}
+    commands: dict[str, str] = {}
+    for name, r in results:
+        if r.get("method") != "medseg" or Path(str(r.get("data_root", ""))).name != "Task04_Hippocampus":
+            continue
+        for f in r.get("folds", []):
+            arch = f.get("train", {}).get("architecture")
+            if arch and "best" in f.get("evaluations", {}):
+                by_arch.setdefault(arch, {})[int(f["fold"])] = f
+                commands[arch] = f"`{name}`"
+    if "unet" not in by_arch or len(by_arch) < 2:
+        return []
+    unet = by_arch["unet"]
+    unet_std = (
+        float(np.std([f["evaluations"]["best"]["mean_dice"] for f in unet.values()], ddof=1)) if len(unet) > 1 else None
+    )
+    rows = []
+    for arch, folds in sorted(by_arch.items(), key=lambda kv: (kv[0] != "unet", kv[0])):
+        shared = sorted(set(folds) & set(unet))
+        dice = [folds[k]["evaluations"]["best"]["mean_dice"] for k in shared]
+        delta = [d - unet[k]["evaluations"]["best"]["mean_dice"] for d, k in zip(dice, shared, strict=True)]
+        train = [folds[k]["train"] for k in shared]
+        hd95 = [
+            float(
+                np.mean(
+                    [
+                        c.get("hd95_mm_mean", np.nan)
+                        for c in folds[k]["evaluations"]["best"].get("per_class", {}).values()
+                    ]
+                )
+            )
+            for k in shared
+        ]
+        rows.append(
+            [
+                arch,
+                ", ".join(str(k) for k in shared),
+                f"{train[0].get('parameters', 0):,}" if train else "?",
+                fmt(float(np.mean([t.get("slices_per_s_mean", np.nan) for t in train])), 1),
+                fmt(float(np.mean([t.get("epochs", np.nan) for t in train])), 1),
+                fmt(float(np.mean(dice)), 3),
+                "–" if arch == "unet" else f"{float(np.mean(delta)):+.3f}",
+                fmt(float(np.nanmean(hd95)), 2),
+                commands[arch],
+            ]
+        )
+    lines = [
+        "## Architectures (issue 13)",
+        "",
+        "Each architecture on the hippocampus folds it has run, against `unet` on the same folds (same split, "
+        "10-minute budget, data and plan): mean Dice over those folds (`best.pt`), the paired difference to "
+        "`unet`, HD95 (mean over classes), training slices/s and epochs reached. The default stays `unet` unless "
+        "a variant wins by more than the fold spread"
+        + (f" (`unet`'s SD over its {len(unet)} folds: {fmt(unet_std, 3)})." if unet_std is not None else "."),
+        "",
+        markdown_table(
+            [
+                "architecture",
+                "folds",
+                "parameters",
+                "slices/s",
+                "epochs",
+                "mean Dice",
+                "vs unet",
+                "HD95 (mm)",
+                "result",
+            ],
+            rows,
+        ),
+        "",
+    ]
+    return lines
+
+
 def _inference_choices_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     if not results:
         return []
@@ -414,7 +490,7 @@ def _large_volume_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list
         m = r.get("machine", {})
         lines += [
             f"From `{name}`: `{r.get('command', '')}`; {m.get('cpu', '?')}, {m.get('usable_cpus', '?')} usable "
-            f"CPUs, torch {m.get('torch', '?')}.",
+            f"CPUs, torch {m.get('torch', '?')}, commit `{m.get('git_commit') or m.get('commit') or '?'}`.",
             "",
         ]
         rows = []
@@ -469,7 +545,7 @@ def _patch_cost_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[s
             rows.append(
                 [
                     f"`{name}`",
-                    Path(str(r.get("config", ""))).name or "?",
+                    Path(str(r.get("config_file", ""))).name or "?",
                     f"{h} x {w} ({h * w} px)",
                     str(t["batch_size"]),
                     t["mode"],
@@ -636,6 +712,7 @@ def render(out_dir: Path, choices: Path | None = CHOICES) -> str:
     ]
     lines += _machine_section([*quality, *speed])
     lines += _quality_section(quality)
+    lines += _architecture_section(quality)
     lines += _inference_choices_section(_load(out_dir, "inference_choices_*.json"))
     lines += _speed_section(speed)
     lines += _qc_section(_load(out_dir, "qc_eval_*.json"))
