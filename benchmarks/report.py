@@ -525,6 +525,35 @@ def _large_volume_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list
                 f"(target within {LINEARITY_TOLERANCE:.0%} of 1: {_verdict(ok)}).",
                 "",
             ]
+    lines += _linearity_across(results)
+    return lines
+
+
+def _linearity_across(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Linearity from single-N results of one commit, base width and machine, run one after the other."""
+    groups: dict[tuple[str, str, str], list[tuple[int, float, str]]] = {}
+    for name, r in results:
+        cmd = str(r.get("command", "")).split()
+        base = cmd[cmd.index("--base") + 1] if "--base" in cmd else "32"
+        m = r.get("machine", {})
+        for c in r.get("cases", []):
+            if "seconds_per_slice" in c and "synthetic" in c["case"] and c.get("path", "predict") == "predict":
+                key = (str(m.get("git_commit")), str(m.get("cpu")), base)
+                groups.setdefault(key, []).append((int(c["shape"][2]), float(c["seconds_per_slice"]), name))
+    lines = []
+    for (commit, _, base), cases in sorted(groups.items()):
+        files = {n for _, _, n in cases}
+        if len(files) < 2 or len({n for n, _, _ in cases}) < 2:
+            continue  # within one file the line above already says it
+        lo, hi = min(cases), max(cases)
+        ratio = hi[1] / lo[1]
+        ok = abs(ratio - 1.0) <= LINEARITY_TOLERANCE
+        lines += [
+            f"Across `{lo[2]}` and `{hi[2]}` (commit `{commit}`, base {base}, run one after the other): time per "
+            f"slice at N = {hi[0]} over N = {lo[0]}: {fmt(ratio, 3)} (target within {LINEARITY_TOLERANCE:.0%} of 1: "
+            f"{_verdict(ok)}).",
+            "",
+        ]
     return lines
 
 
