@@ -172,7 +172,7 @@ def resample_probabilities_back(probs: np.ndarray, grid: InPlaneGrid) -> np.ndar
         return probs
     if tuple(probs.shape[1:]) != grid.target_shape:
         raise ValueError(f"probabilities of shape {probs.shape[1:]} are not on the target grid {grid.target_shape}")
-    return _resample_channels(probs, grid.axis, grid.in_plane(grid.target_shape), grid.in_plane(grid.source_shape))
+    return resample_slab_back(probs, grid)  # the whole volume is one slab
 
 
 def resample_slab_back(probs: np.ndarray, grid: InPlaneGrid) -> np.ndarray:
