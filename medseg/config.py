@@ -149,7 +149,7 @@ class PreprocessingConfig(_Section):
 
 
 class ElasticConfig(_Section):
-    """Elastic deformation (MONAI ``Rand2DElasticd``)."""
+    """Elastic deformation (as MONAI ``Rand2DElasticd``)."""
 
     prob: float = Field(default=0.2, ge=0.0, le=1.0)
     """Probability of applying an elastic deformation to a training slice."""
@@ -160,7 +160,7 @@ class ElasticConfig(_Section):
 
 
 class AffineConfig(_Section):
-    """Random rotation and zoom (MONAI ``RandAffined``)."""
+    """Random rotation and zoom (as MONAI ``RandAffined``)."""
 
     prob: float = Field(default=0.3, ge=0.0, le=1.0)
     """Probability of a random rotation + zoom."""
@@ -207,7 +207,10 @@ class GammaConfig(_Section):
 
 
 class AugmentationConfig(_Section):
-    """MONAI dictionary transforms for training; validation and prediction use none of them."""
+    """Training augmentation, applied to whole batches; each transform as MONAI's of the same name.
+
+    Validation and prediction use none of them.
+    """
 
     enabled: bool = True
     """Master switch: ``false`` trains without any augmentation."""

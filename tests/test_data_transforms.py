@@ -1,5 +1,6 @@
-"""MONAI augmentation on real hippocampus slices: labels keep their values, image and label stay aligned,
-probability 0 is the identity, seeds reproduce."""
+"""Batch augmentation on real hippocampus slices: labels keep their values, image and label stay aligned,
+probability 0 is the identity, seeds reproduce, a batch equals its samples one by one, and each transform
+gives what MONAI's transform of the same name gives for the same draws."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from medseg.config import AugmentationConfig, DataConfig, PreprocessingConfig
 from medseg.data.cases import discover_cases
 from medseg.data.dataset import SliceDataset
 from medseg.data.prepare import prepare_training_data
-from medseg.data.transforms import train_transforms
+from medseg.data.transforms import BatchAugmentation, train_transforms
 from medseg.errors import ConfigError
 from medseg.io import load_volume
 
@@ -37,7 +38,7 @@ ALL_OFF = {
 
 @pytest.fixture(scope="module")
 def slices() -> tuple[torch.Tensor, torch.Tensor]:
-    """Padded z-scored image slices (N, 1, H, W) and label slices (N, 1, H, W) with foreground, from sample_data."""
+    """Padded z-scored 2.5D image slices (N, 3, H, W) and int64 label slices (N, H, W) with foreground."""
     sample = Path(__file__).resolve().parents[1] / "sample_data" / "hippocampus"
     spec = discover_cases(DataConfig(root=sample, max_cases=2))
     data = prepare_training_data(spec.cases, [], 3, PreprocessingConfig(), reader=load_volume)
@@ -45,14 +46,14 @@ def slices() -> tuple[torch.Tensor, torch.Tensor]:
     idx = np.flatnonzero(ds.foreground)[::2][:24]
     items = [ds[int(i)] for i in idx]
     images = torch.stack([it["image"] for it in items])
-    labels = torch.stack([it["label"] for it in items])[:, None].float()
-    assert set(torch.unique(labels).tolist()) == {0.0, 1.0, 2.0}
+    labels = torch.stack([it["label"] for it in items])
+    assert labels.dtype == torch.int64 and set(torch.unique(labels).tolist()) == {0, 1, 2}
     return images, labels
 
 
-def _apply(tf, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _apply(tf: BatchAugmentation, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     out = tf({"image": image, "label": label})
-    return torch.as_tensor(out["image"]), torch.as_tensor(out["label"])
+    return out["image"], out["label"]
 
 
 class _PooledDice:
@@ -72,36 +73,36 @@ class _PooledDice:
 
 def test_augmented_labels_keep_only_original_values(slices: tuple[torch.Tensor, torch.Tensor]) -> None:
     images, labels = slices
+    before = images.clone(), labels.clone()
     cfg = AugmentationConfig.model_validate({**STRONG, "noise": {"prob": 1.0}, "gamma": {"prob": 1.0}})
-    tf = train_transforms(cfg, seed=0)
-    changed = 0
-    for image, label in zip(images, labels, strict=True):
-        out_img, out_lab = _apply(tf, image, label)
-        assert out_img.shape == image.shape and out_lab.shape == label.shape
-        assert set(torch.unique(out_lab).tolist()) <= set(torch.unique(label).tolist())
-        assert torch.isfinite(out_img).all()
-        changed += int(not torch.equal(out_lab, label))
-    assert changed == len(images)  # the transforms really ran
+    out_img, out_lab = _apply(train_transforms(cfg, seed=0), images, labels)
+    assert out_img.shape == images.shape and out_img.dtype == torch.float32
+    assert out_lab.shape == labels.shape and out_lab.dtype == torch.int64
+    assert torch.equal(images, before[0]) and torch.equal(labels, before[1])  # the inputs are not modified
+    assert torch.isfinite(out_img).all()
+    for lab, out in zip(labels, out_lab, strict=True):
+        assert set(torch.unique(out).tolist()) <= set(torch.unique(lab).tolist())
+    changed = [not torch.equal(a, b) for a, b in zip(out_lab, labels, strict=True)]
+    assert all(changed)  # the transforms really ran
 
 
-def _label_image(label: torch.Tensor) -> torch.Tensor:
-    """An image that *is* the label: channel 0 = foreground * 100, channel c = (label == c) * 100."""
-    return torch.cat([(label > 0).float() * 100.0] + [(label == c).float() * 100.0 for c in (1, 2)])
+def _label_image(labels: torch.Tensor) -> torch.Tensor:
+    """Images that *are* the labels: channel 0 = foreground * 100, channel c = (label == c) * 100."""
+    return torch.stack([(labels > 0).float() * 100.0] + [(labels == c).float() * 100.0 for c in (1, 2)], dim=1)
 
 
 def test_image_made_from_label_stays_aligned(slices: tuple[torch.Tensor, torch.Tensor]) -> None:
     _, labels = slices
     cfg = AugmentationConfig.model_validate(STRONG)
-    tf = train_transforms(cfg, seed=1)
-    fg, per_class, unmoved, shifted = _PooledDice(), {1: _PooledDice(), 2: _PooledDice()}, _PooledDice(), _PooledDice()
-    for label in labels:
-        # The image is interpolated bilinearly, the label by nearest neighbour, in one call with one random draw.
-        out_img, out_lab = _apply(tf, _label_image(label), label)
-        fg.add(out_img[0] > 50, out_lab[0] > 0)
-        for c, dice in per_class.items():
-            dice.add(out_img[c] > 50, out_lab[0] == c)
-        unmoved.add(out_lab[0] > 0, label[0] > 0)
-        shifted.add(out_img[0] > 50, torch.roll(out_lab[0] > 0, 1, dims=0))
+    # The image is interpolated bilinearly, the label by nearest neighbour, through one grid per sample.
+    out_img, out_lab = _apply(train_transforms(cfg, seed=1), _label_image(labels), labels)
+    fg, unmoved, shifted = _PooledDice(), _PooledDice(), _PooledDice()
+    per_class = {1: _PooledDice(), 2: _PooledDice()}
+    fg.add(out_img[:, 0] > 50, out_lab > 0)
+    for c, dice in per_class.items():
+        dice.add(out_img[:, c] > 50, out_lab == c)
+    unmoved.add(out_lab > 0, labels > 0)
+    shifted.add(out_img[:, 0] > 50, torch.roll(out_lab > 0, 1, dims=1))
     assert fg.value > 0.97, fg.value
     for c, dice in per_class.items():
         assert dice.value > 0.95, (c, dice.value)
@@ -110,13 +111,11 @@ def test_image_made_from_label_stays_aligned(slices: tuple[torch.Tensor, torch.T
     assert shifted.value < 0.92, shifted.value
 
     # Image and label deformed by independent draws (two seeds) disagree clearly: the agreement above comes
-    # from one random state driving both keys.
-    tf_a, tf_b = train_transforms(cfg, seed=2), train_transforms(cfg, seed=3)
+    # from one draw moving both.
+    moved_img, _ = _apply(train_transforms(cfg, seed=2), _label_image(labels), labels)
+    _, moved_lab = _apply(train_transforms(cfg, seed=3), _label_image(labels), labels)
     unaligned = _PooledDice()
-    for label in labels:
-        out_img, _ = _apply(tf_a, _label_image(label), label)
-        _, out_lab = _apply(tf_b, _label_image(label), label)
-        unaligned.add(out_img[0] > 50, out_lab[0] > 0)
+    unaligned.add(moved_img[:, 0] > 50, moved_lab > 0)
     assert unaligned.value < 0.8, unaligned.value
 
 
@@ -124,33 +123,166 @@ def test_image_made_from_label_stays_aligned(slices: tuple[torch.Tensor, torch.T
 def test_zero_probabilities_are_identity(slices: tuple[torch.Tensor, torch.Tensor], cfg: AugmentationConfig) -> None:
     images, labels = slices
     tf = train_transforms(cfg, seed=0)
-    for image, label in zip(images, labels, strict=True):
-        out_img, out_lab = _apply(tf, image, label)
-        assert torch.equal(out_img, image) and torch.equal(out_lab, label)
+    assert tf.is_identity
+    out_img, out_lab = _apply(tf, images, labels)
+    assert torch.equal(out_img, images) and torch.equal(out_lab, labels)
 
 
 def test_seed_reproduces_and_differs(slices: tuple[torch.Tensor, torch.Tensor]) -> None:
     images, labels = slices
     cfg = AugmentationConfig()  # the defaults, all transforms in play
-    runs = []
-    for seed in (5, 5, 6):
-        tf = train_transforms(cfg, seed=seed)
-        runs.append(torch.stack([_apply(tf, im, lab)[0] for im, lab in zip(images, labels, strict=True)]))
+    runs = [_apply(train_transforms(cfg, seed=seed), images, labels)[0] for seed in (5, 5, 6)]
     assert torch.equal(runs[0], runs[1])
     assert not torch.equal(runs[0], runs[2])
+    tf = train_transforms(cfg, seed=7)
+    first = _apply(tf, images, labels)[0]
+    tf.set_random_state(7)  # reseeding restarts every stream
+    assert torch.equal(_apply(tf, images, labels)[0], first)
+
+
+def test_a_batch_equals_its_samples_one_by_one(slices: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Vectorised arithmetic, per-sample draws: B samples at once = B calls on one sample, same stream."""
+    images, labels = slices
+    cfg = AugmentationConfig.model_validate(
+        {
+            **STRONG,
+            "elastic": {"prob": 0.5},
+            "affine": {"prob": 0.5},
+            "noise": {"prob": 0.5},
+            "scale_intensity": {"prob": 0.5},
+            "gamma": {"prob": 0.5},
+        }
+    )
+    batch_img, batch_lab = _apply(train_transforms(cfg, seed=11), images, labels)
+    tf = train_transforms(cfg, seed=11)
+    for k in range(len(images)):
+        img, lab = _apply(tf, images[k : k + 1], labels[k : k + 1])
+        torch.testing.assert_close(img[0], batch_img[k], rtol=1e-5, atol=1e-4)
+        assert torch.equal(lab[0], batch_lab[k])
+
+
+def test_switching_one_transform_off_keeps_the_others_draws(slices: tuple[torch.Tensor, torch.Tensor]) -> None:
+    images, labels = slices
+    with_noise = AugmentationConfig.model_validate({**ALL_OFF, "affine": {"prob": 0.5}, "noise": {"prob": 1.0}})
+    without = AugmentationConfig.model_validate({**ALL_OFF, "affine": {"prob": 0.5}})
+    _, lab_a = _apply(train_transforms(with_noise, seed=4), images, labels)
+    _, lab_b = _apply(train_transforms(without, seed=4), images, labels)
+    assert torch.equal(lab_a, lab_b)
+
+
+def _monai_reference(
+    image: torch.Tensor,
+    label: torch.Tensor,
+    matrix: np.ndarray,
+    offsets: np.ndarray | None,
+    spacing: tuple[float, float],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One sample through MONAI's own pieces, assembled as ``Rand2DElastic`` / ``RandAffine`` assemble them."""
+    from monai.transforms import Affine, CenterSpatialCrop, Resample
+    from monai.transforms.utils import create_control_grid
+
+    affine = np.eye(3)
+    affine[:2, :2] = matrix
+    hw = tuple(image.shape[-2:])
+    if offsets is None:
+        affine_t = Affine(affine=affine, padding_mode="zeros", image_only=True)
+        return (
+            torch.as_tensor(affine_t(image, mode="bilinear")),
+            torch.as_tensor(affine_t(label[None].float(), mode="nearest"))[0].round().long(),
+        )
+    control = torch.as_tensor(create_control_grid(hw, spacing, backend="torch"), dtype=torch.float32)
+    control[:2] += torch.as_tensor(offsets, dtype=torch.float32)
+    control = torch.as_tensor(affine, dtype=torch.float32) @ control.reshape(3, -1)
+    control = control.reshape(3, *torch.as_tensor(create_control_grid(hw, spacing)).shape[1:])
+    dense = torch.nn.functional.interpolate(
+        control[None], scale_factor=spacing, mode="bicubic", align_corners=False, recompute_scale_factor=True
+    )
+    grid = CenterSpatialCrop(roi_size=hw)(dense[0])
+    resample = Resample()
+    out_img = resample(image, grid, mode="bilinear", padding_mode="zeros")
+    out_lab = resample(label[None].float(), grid, mode="nearest", padding_mode="zeros")
+    return torch.as_tensor(out_img), torch.as_tensor(out_lab)[0].round().long()
+
+
+@pytest.mark.parametrize("elastic_prob", [0.0, 1.0])
+def test_spatial_transforms_equal_monai(slices: tuple[torch.Tensor, torch.Tensor], elastic_prob: float) -> None:
+    """Given the same draws, the batched grids and resampling give what MONAI's transforms give."""
+    images, labels = slices
+    cfg = AugmentationConfig.model_validate(
+        {
+            **ALL_OFF,
+            "elastic": {"prob": elastic_prob, "magnitude": (2.0, 4.0)},
+            "affine": {"prob": 1.0, "rotate_deg": 25.0, "scale": 0.2},
+        }
+    )
+    tf = train_transforms(cfg, seed=3)
+    _, control, _ = tf._base_grids(tuple(images.shape[-2:]))
+    draws = tf._draw_spatial(len(images), tuple(control.shape[1:]))  # the draws the call below will make
+    tf.set_random_state(3)
+    out_img, out_lab = _apply(tf, images, labels)
+    agree = []
+    for k in range(len(images)):
+        offsets = draws.offsets.get(k)
+        assert (offsets is not None) == (elastic_prob == 1.0)
+        ref_img, ref_lab = _monai_reference(images[k], labels[k], draws.matrices[k], offsets, cfg.elastic.spacing)
+        torch.testing.assert_close(out_img[k], ref_img, rtol=1e-3, atol=1e-3)  # float32 vs float64 coordinates
+        agree.append(float((out_lab[k] == ref_lab).float().mean()))
+    # Nearest neighbour may pick the other pixel where a coordinate lies on a half-pixel (float32 vs float64).
+    assert min(agree) > 0.999, min(agree)
+
+
+def test_probabilities_and_ranges_are_the_configured_ones() -> None:
+    cfg = AugmentationConfig.model_validate(
+        {**ALL_OFF, "elastic": {"prob": 0.2}, "affine": {"prob": 0.3, "rotate_deg": 15.0, "scale": 0.15}}
+    )
+    tf = train_transforms(cfg, seed=0)
+    n = 4000
+    draws = tf._draw_spatial(n, (4, 5))
+    for name, picked, p in (("elastic", draws.elastic, 0.2), ("affine", draws.affine, 0.3)):
+        sigma = (p * (1 - p) / n) ** 0.5
+        assert abs(len(picked) / n - p) < 4 * sigma, (name, len(picked) / n)
+    both = len(set(draws.elastic) & set(draws.affine)) / n
+    assert abs(both - 0.06) < 4 * (0.06 * 0.94 / n) ** 0.5  # drawn independently
+    angles, zooms = [], []
+    for m in draws.matrices.values():  # m = rotate(angle) @ diag(zoom_rows, zoom_cols)
+        angles.append(np.degrees(np.arctan2(m[1, 0], m[0, 0])))
+        zooms += [np.hypot(m[0, 0], m[1, 0]), np.hypot(m[0, 1], m[1, 1])]
+    assert -15 <= min(angles) < -14 and 14 < max(angles) <= 15
+    assert 0.85 <= min(zooms) < 0.86 and 1.14 < max(zooms) <= 1.15
+    # Control-point moves N(0, 1) * m, m ~ U(1, 2) per sample: their RMS over all samples is sqrt(E[m^2]) = 1.53.
+    rms = float(np.sqrt(np.mean([np.mean(o**2) for o in draws.offsets.values()])))
+    assert rms == pytest.approx(np.sqrt(7 / 3), rel=0.03)
+
+
+def test_intensity_probabilities(slices: tuple[torch.Tensor, torch.Tensor]) -> None:
+    images, labels = slices
+    big = images.repeat(50, 1, 1, 1)
+    for key, p in (("noise", 0.15), ("scale_intensity", 0.15), ("gamma", 0.3)):
+        cfg = AugmentationConfig.model_validate({**ALL_OFF, key: {"prob": p}})
+        out = _apply(train_transforms(cfg, seed=0), big, labels.repeat(50, 1, 1))[0]
+        changed = float((out != big).flatten(1).any(dim=1).float().mean())
+        assert abs(changed - p) < 4 * (p * (1 - p) / len(big)) ** 0.5, (key, changed)
 
 
 def test_gamma_on_negative_zscores_is_finite_and_keeps_stats(slices: tuple[torch.Tensor, torch.Tensor]) -> None:
     images, labels = slices
     assert images.min() < 0  # z-scored input has negative values, which a plain power would turn into NaN
     only_gamma = {**ALL_OFF, "gamma": {"prob": 1.0, "gamma": (0.5, 2.0)}}
+    out, _ = _apply(train_transforms(AugmentationConfig.model_validate(only_gamma), seed=0), images, labels)
+    from monai.transforms import AdjustContrast
+
+    for image, result in zip(images, out, strict=True):
+        assert torch.isfinite(result).all()
+        assert not torch.allclose(result, image)
+        assert result.mean().item() == pytest.approx(image.mean().item(), abs=1e-3)
+        assert result.std().item() == pytest.approx(image.std().item(), rel=1e-3)
+    # The same gamma through MONAI's AdjustContrast(retain_stats=True) gives the same slice.
     tf = train_transforms(AugmentationConfig.model_validate(only_gamma), seed=0)
-    for image, label in zip(images, labels, strict=True):
-        out, _ = _apply(tf, image, label)
-        assert torch.isfinite(out).all()
-        assert not torch.allclose(out, image)
-        assert out.mean().item() == pytest.approx(image.mean().item(), abs=1e-3)
-        assert out.std().item() == pytest.approx(image.std().item(), rel=1e-3)
+    rng = tf._rng["gamma"]
+    assert rng.random() < 1.0
+    gamma = rng.uniform(0.5, 2.0)
+    reference = AdjustContrast(gamma=gamma, retain_stats=True)(images[0])
+    torch.testing.assert_close(out[0], torch.as_tensor(reference), rtol=1e-4, atol=1e-4)
 
 
 def test_dataset_applies_transforms_and_returns_plain_tensors(sample_hippo: Path) -> None:

@@ -1,7 +1,7 @@
 """The training dataset: all slices of all cases in one contiguous, padded array.
 
-Per-sample work is an index into that array plus the MONAI transforms, nothing else: no file reads, no
-normalisation, no padding, no per-sample numpy<->torch conversion beyond a zero-copy ``torch.from_numpy``.
+Per-sample work is an index into that array, nothing else (the training loader augments whole batches): no
+file reads, no normalisation, no padding, no numpy<->torch conversion beyond a zero-copy ``torch.from_numpy``.
 The slices are stored once without their 2.5D context channels; a sample gathers its neighbours by index, so
 memory does not grow with ``context_slices``.
 """
@@ -50,8 +50,9 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
         prepared: Labelled cases from :func:`prepare_training_data` / :func:`prepare_cases`, all with the same
             number of channels.
         patch_hw: Patch size; ``None`` = the largest slice rounded up to ``pad_multiple``. Must cover every slice.
-        transforms: Callable on ``{"image": (C, H, W), "label": (1, H, W)}`` float32 tensor dicts (e.g.
-            :func:`medseg.data.transforms.train_transforms`); ``None`` for none.
+        transforms: Batch augmentation on ``{"image": (B, C, H, W), "label": (B, H, W)}`` tensor dicts
+            (:func:`medseg.data.transforms.train_transforms`), applied here to each item as a batch of one;
+            ``None`` for none. The training loader augments whole batches instead (:meth:`crop` + collate).
         pad_multiple: Used when ``patch_hw`` is ``None`` (16 = four poolings).
         cache_dir: Keep the slice array as a memory-mapped ``.npy`` here instead of in memory.
         crop_hw: The plan's training patch: each item is a random window of this size (slices smaller than it
@@ -186,9 +187,10 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
             out.append(slice(start, start + patch))
         return out[0], out[1]
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def crop(self, index: int) -> dict[str, torch.Tensor]:
+        """Item ``index`` before augmentation: ``{"image": float32 (C, H, W), "label": int64 (H, W)}`` copies."""
         window = self._window(index)
-        # Fancy indexing copies, so transforms never touch the stored slices.
+        # Fancy indexing copies, so nothing downstream touches the stored slices.
         stack = self._slices[self._neighbours[index]]
         label_np = self._labels[index]
         if window is not None:
@@ -196,16 +198,16 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
             label_np = label_np[window[0], window[1]]
         if self.n_input_channels > 1:  # (2k+1, C, H, W) -> channel-major (C * (2k+1), H, W), as channels_to_slices
             stack = np.ascontiguousarray(np.swapaxes(stack, 0, 1)).reshape(-1, *stack.shape[-2:])
-        image = torch.from_numpy(np.asarray(stack))
+        return {IMAGE_KEY: torch.from_numpy(np.asarray(stack)), LABEL_KEY: torch.from_numpy(label_np.astype(np.int64))}
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        item = self.crop(index)
         if self.transforms is None:
-            return {IMAGE_KEY: image, LABEL_KEY: torch.from_numpy(label_np.astype(np.int64))}
-        label = torch.from_numpy(label_np.astype(np.float32))[None]
+            return item
+        # A batch of one: the training loader instead augments whole batches (medseg.training.loader).
         with single_thread():
-            out = self.transforms({IMAGE_KEY: image, LABEL_KEY: label})
-            image_out = _plain(torch.as_tensor(out[IMAGE_KEY], dtype=torch.float32)).contiguous()
-            # MONAI may hand back MetaTensors (when tracking is on); collate and the model want plain tensors.
-            label_out = _plain(torch.as_tensor(out[LABEL_KEY])[0].round().to(torch.int64)).contiguous()
-        return {IMAGE_KEY: image_out, LABEL_KEY: label_out}
+            out = self.transforms({key: value[None] for key, value in item.items()})
+        return {IMAGE_KEY: out[IMAGE_KEY][0].contiguous(), LABEL_KEY: out[LABEL_KEY][0].contiguous()}
 
     def reseed(self, seed: int) -> None:
         """Seeds the random transforms (each DataLoader worker needs its own stream: see :func:`worker_init_fn`)."""
@@ -233,11 +235,6 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def _plain(t: torch.Tensor) -> torch.Tensor:
-    as_tensor = getattr(t, "as_tensor", None)
-    return as_tensor() if callable(as_tensor) else t
 
 
 def _empty(shape: tuple[int, ...], dtype: Any, cache_dir: Path | None, name: str) -> np.ndarray:

@@ -2,11 +2,11 @@
 
 Random transforms normally draw from a generator that lives in the main process or, with workers, in each
 worker process, whose state no checkpoint can capture. Here the sampler yields ``(slice index, batch seed)``
-pairs, and the dataset re-seeds the transforms when the batch seed changes, i.e. at the first sample of each
-batch (a DataLoader worker builds a whole batch, in order). So the augmented batch ``b`` of epoch ``e`` is the
+pairs; the dataset re-seeds its window positions when the batch seed changes, i.e. at the first sample of each
+batch (a DataLoader worker builds a whole batch, in order), and the collate function seeds the augmentation
+with the batch seed and augments the whole batch at once. So the augmented batch ``b`` of epoch ``e`` is the
 same whatever ``num_workers`` is, whether workers persist, and whether the run was killed and resumed in
-between: what makes kill-and-resume end with the same weights. Re-seeding MONAI's transforms costs a few
-milliseconds (it builds a new RandomState per transform), so it is done once per batch, not per sample.
+between: what makes kill-and-resume end with the same weights.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from medseg.data.dataset import single_thread
 from medseg.data.sampling import ForegroundSampler
 
 
@@ -55,8 +56,12 @@ class SeededSampler(Sampler[tuple[int, int]]):
         return iter(zip(indices.tolist(), seeds.tolist(), strict=True))
 
 
-class SeededAugmentation(Dataset[dict[str, torch.Tensor]]):
-    """Indexes a ``SliceDataset`` with ``(index, seed)``: re-seeds its transforms when ``seed`` changes."""
+class SeededAugmentation(Dataset[tuple[dict[str, torch.Tensor], int]]):
+    """Indexes a ``SliceDataset`` with ``(index, seed)``: the un-augmented item and its batch seed.
+
+    The dataset's window positions are re-seeded when ``seed`` changes (at the first sample of a batch); the
+    augmentation itself runs on the whole batch in :class:`AugmentBatch`.
+    """
 
     def __init__(self, dataset: Any) -> None:
         self.dataset = dataset
@@ -65,12 +70,37 @@ class SeededAugmentation(Dataset[dict[str, torch.Tensor]]):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[dict[str, torch.Tensor], int]:
         index, seed = key
-        if self.dataset.transforms is not None and seed != self._seed:
+        if seed != self._seed:
             self.dataset.reseed(int(seed))
             self._seed = int(seed)
-        return self.dataset[int(index)]
+        return self.dataset.crop(int(index)), int(seed)
+
+
+class AugmentBatch:
+    """``DataLoader(collate_fn=...)``: stacks a batch, seeds the augmentation with its seed and augments it.
+
+    Runs where the batch is built (the training process, or a worker), once per batch.
+
+    Args:
+        augmentation: A :class:`medseg.data.transforms.BatchAugmentation`, or ``None`` for none.
+    """
+
+    def __init__(self, augmentation: Any | None) -> None:
+        self.augmentation = augmentation
+
+    def __call__(self, items: list[tuple[dict[str, torch.Tensor], int]]) -> dict[str, torch.Tensor]:
+        batch = default_collate([item for item, _ in items])
+        if self.augmentation is None:
+            return batch
+        seeds = {seed for _, seed in items}
+        if len(seeds) != 1:  # SeededSampler gives every sample of a batch the same seed
+            raise RuntimeError(f"a batch holds samples of {len(seeds)} augmentation seeds; batch_size mismatch?")
+        self.augmentation.set_random_state(seeds.pop())
+        with single_thread():
+            out: dict[str, torch.Tensor] = self.augmentation(batch)
+        return out
 
 
 def build_train_loader(
@@ -81,11 +111,12 @@ def build_train_loader(
     num_workers: int,
     device: torch.device,
     seed: int,
-) -> DataLoader[dict[str, torch.Tensor]]:
+) -> DataLoader[tuple[dict[str, torch.Tensor], int]]:
     """A DataLoader over seeded samples.
 
     Args:
-        dataset: A ``medseg.data.dataset.SliceDataset`` (with ``transforms`` and ``reseed``).
+        dataset: A ``medseg.data.dataset.SliceDataset``; its ``transforms`` (a batch augmentation, or ``None``)
+            augment each batch as a whole.
         sampler: From :class:`SeededSampler`; call ``sampler.set_epoch`` before each epoch.
         batch_size: Slices per batch. The last incomplete batch is dropped when there is at least one full batch
             (a batch of a few slices gives noisy BatchNorm statistics).
@@ -100,6 +131,7 @@ def build_train_loader(
     return DataLoader(
         SeededAugmentation(dataset),
         batch_size=batch_size,
+        collate_fn=AugmentBatch(dataset.transforms),
         sampler=sampler,
         num_workers=workers,
         pin_memory=device.type == "cuda",
