@@ -145,7 +145,7 @@ def build_engines(predictor: Any, names: Sequence[str] | None, example: Any, wor
         start = time.perf_counter()
         try:
             engines[name] = (make(), time.perf_counter() - start)
-        except Exception as exc:  # noqa: BLE001 - an engine that cannot run here is reported, not fatal
+        except Exception as exc:  # an engine that cannot run here is reported, not fatal
             log.warning("%s: not available: %s: %s", name, type(exc).__name__, exc)
 
     add("eager_fp32", lambda: _eager(copy.deepcopy(base), None, False))
