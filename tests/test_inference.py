@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 from torch import nn
 
 from medseg.config import PostprocessingConfig
@@ -18,6 +19,7 @@ from medseg.inference import precision as prec
 from medseg.inference.forward import forward_slices, predict_volume_probs
 from medseg.inference.postprocess import (
     apply_postprocessing,
+    count_components,
     decide_postprocessing,
     fill_holes,
     keep_largest_component,
@@ -391,6 +393,51 @@ def test_fill_holes_per_slice_and_3d(hippo_label: np.ndarray) -> None:
     # Another class inside a ring is not a hole to fill.
     ring[2, 2, 0] = 2
     assert fill_holes(ring, [1], axis=2)[2, 2, 0] == 2
+
+
+def _whole_array_reference(labels: np.ndarray, classes: list[int], axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Largest component and hole filling computed on the whole array (no bounding box), straight from scipy."""
+    largest = labels.copy()
+    for c in classes:
+        comp, n = ndimage.label(labels == c, structure=ndimage.generate_binary_structure(3, 3))
+        if n > 1:
+            sizes = np.bincount(comp.ravel())
+            sizes[0] = 0
+            largest[(labels == c) & (comp != int(np.argmax(sizes)))] = 0
+    filled = labels.copy()
+    structure = None
+    if axis is not None:
+        structure = np.zeros((3, 3, 3), dtype=bool)
+        index: list[slice | int] = [slice(None)] * 3
+        index[axis] = 1
+        structure[tuple(index)] = ndimage.generate_binary_structure(2, 1)
+    for c in classes:
+        holes = ndimage.binary_fill_holes(labels == c, structure=structure)
+        filled[holes & (filled == 0)] = c
+    return largest, filled
+
+
+@pytest.mark.parametrize("axis", [None, 0, 2])
+def test_postprocessing_in_bounding_boxes_equals_the_whole_array(axis: int | None, hippo_label: np.ndarray) -> None:
+    # Both steps work inside each class's bounding box; the result must be the whole-array computation's, also
+    # for blobs with holes and islands that touch the volume's faces (where the box's margin is clipped).
+    rng = np.random.default_rng(7)
+    cases = [hippo_label]
+    for _ in range(6):
+        noise = ndimage.gaussian_filter(rng.random((24, 20, 16)), 1.5)
+        labels = np.zeros(noise.shape, dtype=np.uint8)
+        labels[noise > np.quantile(noise, 0.6)] = 1
+        labels[noise > np.quantile(noise, 0.9)] = 2
+        labels[rng.random(noise.shape) < 0.03] = 0  # pinholes
+        cases.append(labels)
+    for labels in cases:
+        largest, filled = _whole_array_reference(labels, [1, 2], axis)
+        np.testing.assert_array_equal(keep_largest_component(labels, [1, 2]), largest)
+        np.testing.assert_array_equal(fill_holes(labels, [1, 2], axis=axis), filled)
+        for c in (1, 2, 3):
+            n = ndimage.label(labels == c, structure=ndimage.generate_binary_structure(3, 3))[1]
+            assert count_components(labels, c) == n
+    assert any(not np.array_equal(fill_holes(c, [1, 2], axis=axis), c) for c in cases), "no hole was filled"
 
 
 def test_decide_postprocessing_on_real_labels(sample_hippo: Path) -> None:

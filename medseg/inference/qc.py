@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from medseg.config import QCConfig
+from medseg.inference.postprocess import count_components
 
 #: Version of the ``qc_reference`` dict stored in checkpoints.
 REFERENCE_VERSION = 1
@@ -223,10 +223,9 @@ def output_features(
     out: dict[str, float] = {}
     for name, ml in label_volumes_ml(labels, spacing, classes).items():
         out[f"volume_ml_{name}"] = ml
-    structure = ndimage.generate_binary_structure(3, 3)  # 26-connectivity: touching corners are one piece
     for c, name in enumerate(classes):
         if c > 0:
-            out[f"components_{name}"] = float(ndimage.label(labels == c, structure=structure)[1])
+            out[f"components_{name}"] = float(count_components(labels, c))
     fg = labels > 0
     out["foreground_voxels"] = float(fg.sum())
     if probs is not None or confidence is not None:
@@ -247,7 +246,8 @@ def output_features(
 
 def _robust(values: Sequence[float], floor: float) -> tuple[float, float]:
     """(median, scale) with scale = max(1.4826 * MAD, floor) of the finite values."""
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64).reshape(-1)  # None becomes NaN
+    v = v[np.isfinite(v)]
     if v.size == 0:
         return float("nan"), floor
     med = float(np.median(v))
