@@ -48,8 +48,7 @@ ARCHITECTURE_GROUPS = {
         "quality_hippo_unet_plus_plus_fold0_10min.json",
     ],
     "CPU without native bf16 (float32 + channels_last), batch augmentation": [
-        "quality_hippo_unet_auto_10min.json",
-        "quality_hippo_*_fold*_10min_float32.json",
+        "quality_hippo_*_10min_float32.json",
     ],
 }
 #: RSS growth (MiB) of batch prediction between 10 scans and the end that still counts as "no growth"
@@ -116,7 +115,9 @@ def _quality_rows(name: str, r: dict[str, Any]) -> list[list[str]]:
     done = r.get("folds_done", [])
     folds_text = f"{len(done)}/{r.get('n_folds', '?')}" + ("" if r.get("complete") else " (incomplete)")
     for which, s in r.get("summary", {}).items():
-        label = r["tag"] + ("" if which == r.get("primary_evaluation") else f" ({which}.pt)")
+        # The file's name, not its tag: a rerun under the same tag (another machine, a killed run) stays apart.
+        stem = name.removeprefix("quality_").removesuffix(".json")
+        label = stem + ("" if which == r.get("primary_evaluation") else f" ({which}.pt)")
         md = s["mean_dice"]
         mean = md.get("mean")
         ok = None if target is None or mean is None or which != r.get("primary_evaluation") else mean >= target
@@ -231,7 +232,7 @@ def _speed_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     ]
     lines += _train_table(r)
     for other_name, other in results:
-        if other_name == name or not other.get("train"):
+        if other_name == name or not (other.get("train") or other.get("predict")):
             continue
         lines += [f"### Compared with `{other_name}`", "", f"`{other.get('command', '')}`", ""]
         lines += _train_table(other)
@@ -243,6 +244,8 @@ def _speed_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
                     f"- `{t['mode']}`: the loop (b) of `{name}` runs {now[t['mode']] / then:.2f}x as fast as this one."
                 )
         lines.append("")
+        if other.get("predict"):
+            lines += ["Its batch prediction:", "", *_predict_table(other)[2:]]
     lines += _predict_table(r)
     return lines
 

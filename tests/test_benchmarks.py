@@ -172,8 +172,8 @@ def test_report_states_whether_quality_targets_are_met(tmp_path: Path) -> None:
     sys.path.insert(0, str(REPO))
     from benchmarks.report import render
 
-    (tmp_path / "quality_a.json").write_text(json.dumps(_fake_quality(10, [0.88, 0.85])))
-    (tmp_path / "quality_b.json").write_text(json.dumps(_fake_quality(30, [0.87, 0.86])))
+    (tmp_path / "quality_medseg_10min.json").write_text(json.dumps(_fake_quality(10, [0.88, 0.85])))
+    (tmp_path / "quality_medseg_30min.json").write_text(json.dumps(_fake_quality(30, [0.87, 0.86])))
     text = render(tmp_path, None)
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| `medseg_")}
     assert "0.865 ± 0.021" in rows["`medseg_10min`"] and "| met |" in rows["`medseg_10min`"]
