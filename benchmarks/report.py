@@ -231,21 +231,23 @@ def _speed_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
         "",
     ]
     lines += _train_table(r)
+    now = {t["mode"]: t["b_medseg_loop"]["slices_per_s"] for t in r.get("train", [])}
     for other_name, other in results:
         if other_name == name or not (other.get("train") or other.get("predict")):
             continue
         lines += [f"### Compared with `{other_name}`", "", f"`{other.get('command', '')}`", ""]
-        lines += _train_table(other)
-        now = {t["mode"]: t["b_medseg_loop"]["slices_per_s"] for t in r.get("train", [])}
-        for t in other["train"]:
-            then = t["b_medseg_loop"]["slices_per_s"]
-            if t["mode"] in now and then:
-                lines.append(
-                    f"- `{t['mode']}`: the loop (b) of `{name}` runs {now[t['mode']] / then:.2f}x as fast as this one."
-                )
-        lines.append("")
+        if other.get("train"):
+            lines += _train_table(other)
+            for t in other["train"]:
+                then = t["b_medseg_loop"]["slices_per_s"]
+                if t["mode"] in now and then:
+                    lines.append(
+                        f"- `{t['mode']}`: the loop (b) of `{name}` runs {now[t['mode']] / then:.2f}x as fast as "
+                        "this one."
+                    )
+            lines.append("")
         if other.get("predict"):
-            lines += ["Its batch prediction:", "", *_predict_table(other)[2:]]
+            lines += _predict_table(other, heading="Its batch prediction:")
     lines += _predict_table(r)
     return lines
 
@@ -289,9 +291,9 @@ def _train_table(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _predict_table(r: dict[str, Any]) -> list[str]:
-    """The batch-prediction section of one speed.py result."""
-    lines = ["## Prediction speed and memory", ""]
+def _predict_table(r: dict[str, Any], heading: str = "## Prediction speed and memory") -> list[str]:
+    """The batch-prediction section of one speed.py result, under ``heading``."""
+    lines = [heading, ""]
     pm = r.get("prediction_model", {})
     model_text = (
         f"a model trained for one epoch on {pm.get('cases')} cases by speed.py"

@@ -59,13 +59,22 @@ def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
-def count_components(labels: np.ndarray, c: int) -> int:
-    """Number of 3D connected components of class ``c`` (full connectivity, as :func:`keep_largest_component`)."""
+def _class_components(labels: np.ndarray, c: int) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray, int] | None:
+    """Class ``c``'s bounding box, its mask and 3D components there (full connectivity), their number; ``None`` if
+    the class is absent. Full (26-neighbour) connectivity: parts touching only at an edge or corner are one piece."""
     full = np.asarray(labels) == c
     box = _bounding_box(full, margin=0)
     if box is None:
-        return 0
-    return int(ndimage.label(full[box], structure=ndimage.generate_binary_structure(3, 3))[1])
+        return None
+    mask = full[box]
+    components, n = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 3))
+    return box, mask, components, int(n)
+
+
+def count_components(labels: np.ndarray, c: int) -> int:
+    """Number of 3D connected components of class ``c`` (the connectivity of :func:`keep_largest_component`)."""
+    found = _class_components(labels, c)
+    return 0 if found is None else found[3]
 
 
 def keep_largest_component(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
@@ -79,16 +88,11 @@ def keep_largest_component(labels: np.ndarray, classes: Sequence[int]) -> np.nda
         A new label volume of the same dtype.
     """
     out = labels.copy()
-    structure = ndimage.generate_binary_structure(3, 3)
     for c in _check_classes(labels, classes):
-        full = labels == c
-        box = _bounding_box(full, margin=0)
-        if box is None:
+        found = _class_components(labels, c)
+        if found is None or found[3] <= 1:
             continue
-        mask = full[box]
-        components, n = ndimage.label(mask, structure=structure)
-        if n <= 1:
-            continue
+        box, mask, components, _ = found
         sizes = np.bincount(components.ravel())
         sizes[0] = 0
         region = out[box]  # a view: the assignment writes into ``out``
