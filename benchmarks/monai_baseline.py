@@ -26,6 +26,7 @@ from medseg.config import (
     ElasticConfig,
     FlipConfig,
     GammaConfig,
+    LowResolutionConfig,
     NoiseConfig,
     ScaleIntensityConfig,
 )
@@ -53,6 +54,7 @@ BASELINE_AUGMENTATION = AugmentationConfig(
     flip=FlipConfig(prob=0.0),
     noise=NoiseConfig(prob=0.15, std=0.1),
     scale_intensity=ScaleIntensityConfig(prob=0.15, factor=0.25),
+    low_resolution=LowResolutionConfig(prob=0.0),  # the baseline as measured, before medseg had this transform
     gamma=GammaConfig(prob=0.15, gamma=(0.7, 1.5)),
 )
 
@@ -77,6 +79,7 @@ def plain_augmentation(aug: AugmentationConfig) -> list[Any]:
         RandFlipd,
         RandGaussianNoised,
         RandScaleIntensityd,
+        RandSimulateLowResolutiond,
     )
 
     if not aug.enabled:
@@ -111,6 +114,16 @@ def plain_augmentation(aug: AugmentationConfig) -> list[Any]:
         out.append(RandGaussianNoised(keys="image", prob=aug.noise.prob, mean=0.0, std=aug.noise.std))
     if aug.scale_intensity.prob > 0:
         out.append(RandScaleIntensityd(keys="image", factors=aug.scale_intensity.factor, prob=aug.scale_intensity.prob))
+    if aug.low_resolution.prob > 0:
+        out.append(
+            RandSimulateLowResolutiond(
+                keys="image",
+                prob=aug.low_resolution.prob,
+                zoom_range=aug.low_resolution.zoom,
+                downsample_mode="nearest",
+                upsample_mode="bilinear",
+            )
+        )
     if aug.gamma.prob > 0:
         out.append(
             RandAdjustContrastd(

@@ -197,6 +197,26 @@ class ScaleIntensityConfig(_Section):
     """Scale intensities by (1 + u), u in [-factor, factor]."""
 
 
+class LowResolutionConfig(_Section):
+    """Simulated low resolution (as MONAI ``RandSimulateLowResolution``, nnU-Net's ``SimulateLowResolutionTransform``).
+
+    The slice is shrunk by a random zoom (nearest neighbour) and enlarged back (bilinear), so the model also sees
+    the blur of a scan from a coarser scanner that prediction resamples to the target spacing.
+    """
+
+    prob: float = Field(default=0.25, ge=0.0, le=1.0)
+    """Probability of simulating a lower resolution (nnU-Net's 0.25)."""
+    zoom: tuple[float, float] = (0.5, 1.0)
+    """Range of the zoom factor: 0.5 = half the pixels along each slice axis, then back to full size."""
+
+    @model_validator(mode="after")
+    def _zoom_range(self) -> LowResolutionConfig:
+        lo, hi = self.zoom
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"zoom must be a range within (0, 1], low first, got {list(self.zoom)}")
+        return self
+
+
 class GammaConfig(_Section):
     """Random gamma (contrast) adjustment."""
 
@@ -219,6 +239,7 @@ class AugmentationConfig(_Section):
     flip: FlipConfig = FlipConfig()
     noise: NoiseConfig = NoiseConfig()
     scale_intensity: ScaleIntensityConfig = ScaleIntensityConfig()
+    low_resolution: LowResolutionConfig = LowResolutionConfig()
     gamma: GammaConfig = GammaConfig()
 
 

@@ -158,6 +158,7 @@ def test_workers_draw_different_augmentations(sample_hippo: Path) -> None:
         "affine": {"prob": 0.0},
         "noise": {"prob": 1.0},
         "scale_intensity": {"prob": 0.0},
+        "low_resolution": {"prob": 0.0},
         "gamma": {"prob": 0.0},
     }
     dataset = SliceDataset(

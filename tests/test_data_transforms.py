@@ -24,6 +24,7 @@ STRONG = {
     "flip": {"prob": 0.5, "axes": [0, 1]},
     "noise": {"prob": 0.0},
     "scale_intensity": {"prob": 0.0},
+    "low_resolution": {"prob": 0.0},
     "gamma": {"prob": 0.0},
 }
 ALL_OFF = {
@@ -32,6 +33,7 @@ ALL_OFF = {
     "flip": {"prob": 0.0},
     "noise": {"prob": 0.0},
     "scale_intensity": {"prob": 0.0},
+    "low_resolution": {"prob": 0.0},
     "gamma": {"prob": 0.0},
 }
 
@@ -150,6 +152,7 @@ def test_a_batch_equals_its_samples_one_by_one(slices: tuple[torch.Tensor, torch
             "affine": {"prob": 0.5},
             "noise": {"prob": 0.5},
             "scale_intensity": {"prob": 0.5},
+            "low_resolution": {"prob": 0.5},
             "gamma": {"prob": 0.5},
         }
     )
@@ -257,7 +260,7 @@ def test_probabilities_and_ranges_are_the_configured_ones() -> None:
 def test_intensity_probabilities(slices: tuple[torch.Tensor, torch.Tensor]) -> None:
     images, labels = slices
     big = images.repeat(50, 1, 1, 1)
-    for key, p in (("noise", 0.15), ("scale_intensity", 0.15), ("gamma", 0.3)):
+    for key, p in (("noise", 0.15), ("scale_intensity", 0.15), ("low_resolution", 0.25), ("gamma", 0.3)):
         cfg = AugmentationConfig.model_validate({**ALL_OFF, key: {"prob": p}})
         out = _apply(train_transforms(cfg, seed=0), big, labels.repeat(50, 1, 1))[0]
         changed = float((out != big).flatten(1).any(dim=1).float().mean())
@@ -283,6 +286,34 @@ def test_gamma_on_negative_zscores_is_finite_and_keeps_stats(slices: tuple[torch
     gamma = rng.uniform(0.5, 2.0)
     reference = AdjustContrast(gamma=gamma, retain_stats=True)(images[0])
     torch.testing.assert_close(out[0], torch.as_tensor(reference), rtol=1e-4, atol=1e-4)
+
+
+def test_low_resolution_is_monais_and_leaves_labels_alone(slices: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Each sample as MONAI's RandSimulateLowResolution with the same zoom (bilinear up, for 2D); labels untouched."""
+    from monai.transforms import RandSimulateLowResolution
+
+    images, labels = slices
+    only = {**ALL_OFF, "low_resolution": {"prob": 1.0, "zoom": (0.5, 0.8)}}
+    out, out_lab = _apply(train_transforms(AugmentationConfig.model_validate(only), seed=3), images, labels)
+    assert torch.equal(out_lab, labels)
+    rng = train_transforms(AugmentationConfig.model_validate(only), seed=3)._rng["low_resolution"]
+    zooms = []
+    for image, result in zip(images, out, strict=True):
+        assert rng.random() < 1.0
+        zoom = rng.uniform(0.5, 0.8)
+        zooms.append(zoom)
+        reference = RandSimulateLowResolution(prob=1.0, zoom_range=(zoom, zoom), upsample_mode="bilinear")(image)
+        torch.testing.assert_close(result, torch.as_tensor(reference), rtol=1e-5, atol=1e-5)
+        # Blur: less detail (smaller mean gradient), about the same brightness.
+        assert result.diff(dim=-1).abs().mean() < image.diff(dim=-1).abs().mean()
+        assert result.mean().item() == pytest.approx(image.mean().item(), abs=0.1)
+    assert 0.5 <= min(zooms) < 0.55 and 0.75 < max(zooms) <= 0.8
+
+
+@pytest.mark.parametrize("zoom", [(0.0, 1.0), (0.8, 0.5), (0.5, 1.2)])
+def test_low_resolution_zoom_outside_0_1_is_refused(zoom: tuple[float, float]) -> None:
+    with pytest.raises(ValueError, match=r"zoom must be a range within \(0, 1\]"):
+        AugmentationConfig.model_validate({"low_resolution": {"zoom": zoom}})
 
 
 def test_dataset_applies_transforms_and_returns_plain_tensors(sample_hippo: Path) -> None:

@@ -5,7 +5,7 @@ label together (one random draw per sample for both): the image bilinearly, the 
 label values stay exactly the classes that were there. Validation and prediction use no random transform.
 
 Order (as in nnU-Net): spatial first (elastic deformation and rotation/zoom in ONE resampling, then flips), then
-intensity (noise, scale, gamma).
+intensity (noise, scale, low resolution, gamma).
 
 Each transform means what MONAI's transform of the same name means, with the same parameters and ranges
 (the grids are built with MONAI's own ``create_grid`` / ``create_control_grid`` / ``create_rotate`` /
@@ -18,6 +18,10 @@ Each transform means what MONAI's transform of the same name means, with the sam
 - flip (``RandFlipd``): per axis, with its own probability.
 - noise (``RandGaussianNoised``): ``N(0, s)`` with ``s ~ U(0, std)``.
 - scale intensity (``RandScaleIntensityd``): ``x * (1 + U(-factor, factor))``.
+- low resolution (``RandSimulateLowResolution``, bilinear up-sampling for 2D): the slice is shrunk to
+  ``round(size * z)`` pixels per axis, ``z ~ U(zoom)``, by nearest neighbour, and enlarged back bilinearly; all
+  channels of a sample alike. Why: a scan from a coarser scanner reaches the model re-sampled to the target spacing,
+  i.e. blurred; nnU-Net trains with the same transform for the same reason.
 - gamma (``RandAdjustContrastd``, ``retain_stats``): the slice stack is rescaled to [0, 1], raised to
   ``U(gamma)``, rescaled back, and given its old mean and standard deviation again.
 
@@ -51,7 +55,7 @@ IMAGE_KEY = "image"
 LABEL_KEY = "label"
 
 #: Streams spawned from the seed, one per transform (the order is part of the seeding contract).
-_STREAMS = ("spatial", "flip", "noise", "scale_intensity", "gamma")
+_STREAMS = ("spatial", "flip", "noise", "scale_intensity", "gamma", "low_resolution")
 
 
 @dataclass
@@ -89,6 +93,7 @@ class BatchAugmentation:
         self.noise_prob = cfg.noise.prob if on else 0.0
         self.scale_prob = cfg.scale_intensity.prob if on else 0.0
         self.gamma_prob = cfg.gamma.prob if on else 0.0
+        self.low_res_prob = cfg.low_resolution.prob if on else 0.0
         self.rotate_rad = math.radians(cfg.affine.rotate_deg)
         self._grids: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.set_random_state(seed)
@@ -97,7 +102,7 @@ class BatchAugmentation:
     def is_identity(self) -> bool:
         """True when no transform can fire (every probability is 0)."""
         probs = (self.elastic_prob, self.affine_prob, self.flip_prob, self.noise_prob, self.scale_prob)
-        return max(*probs, self.gamma_prob) == 0.0
+        return max(*probs, self.low_res_prob, self.gamma_prob) == 0.0
 
     def set_random_state(self, seed: int) -> BatchAugmentation:
         """Reseeds every stream from ``seed`` (a non-negative int)."""
@@ -247,6 +252,8 @@ class BatchAugmentation:
                     factors[i] = 1.0 + rng.uniform(-f, f)
             if np.any(factors != 1.0):
                 image *= torch.as_tensor(factors, dtype=torch.float32).view(-1, 1, 1, 1)
+        if self.low_res_prob > 0:
+            self._low_resolution(image)
         if self.gamma_prob > 0:
             rng, (g0, g1) = self._rng["gamma"], self.cfg.gamma.gamma
             picked, gammas = [], []
@@ -257,6 +264,21 @@ class BatchAugmentation:
             if picked:
                 image[picked] = _gamma_retain_stats(image[picked], torch.tensor(gammas, dtype=torch.float32))
         return image
+
+    def _low_resolution(self, image: torch.Tensor) -> None:
+        """In place: each picked sample down (nearest) and back up (bilinear), as RandSimulateLowResolution."""
+        rng, (z0, z1) = self._rng["low_resolution"], self.cfg.low_resolution.zoom
+        hw = (int(image.shape[-2]), int(image.shape[-1]))
+        for i in range(int(image.shape[0])):
+            if rng.random() >= self.low_res_prob:
+                continue
+            zoom = rng.uniform(z0, z1)
+            small = tuple(max(1, round(s * zoom)) for s in hw)
+            if small == hw:
+                continue
+            # One sample at a time: every sample has its own small size (about 0.2 ms each for a hippocampus slice).
+            down = F.interpolate(image[i : i + 1], size=small, mode="nearest")
+            image[i : i + 1] = F.interpolate(down, size=hw, mode="bilinear", align_corners=False)
 
 
 def _gamma_retain_stats(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
