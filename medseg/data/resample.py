@@ -6,7 +6,11 @@ The model is 2D: it sees slices cut along the plan's slice axis, so only the two
 (pixel-area convention), and resampling back with ``size=`` the scan's in-plane shape gives exactly the scan's
 shape, so the mask is written with the scan's own affine and header (no grid is ever invented).
 
-- images: bilinear (smooth, no overshoot);
+- images: bicubic (as nnU-Net's third-order spline), clipped to the scan's own intensity range so the cubic
+  kernel's overshoot at edges invents no intensity. Why not bilinear: a scan from a coarser scanner, enlarged
+  to a finer target, is blurred twice by bilinear interpolation; on hippocampus scans re-sampled to 1.5 x 1.5 x 1 mm
+  a 1 mm model scored 0.854 through bilinear enlargement and 0.860 through bicubic, against 0.867 for its own
+  1 mm predictions (``benchmarks/mixed_spacing.py``);
 - labels: each class one-hot, bilinear, then argmax (no class is invented: a voxel takes one of the classes of
   its neighbours; nnU-Net resamples segmentations the same way);
 - probabilities: bilinear, which keeps each voxel's probabilities a convex combination (they still sum to 1).
@@ -101,9 +105,10 @@ def plan_grid(
     return InPlaneGrid(axis=int(axis), source_shape=source, target_shape=tuple(out))  # type: ignore[arg-type]
 
 
-def _interp_stack(stack: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    # stack: (N, C, H, W) float32 -> (N, C, h, w); bilinear with the pixel-area convention.
-    return F.interpolate(stack, size=size, mode="bilinear", align_corners=False, antialias=False)
+def _interp_stack(stack: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    # stack: (N, C, H, W) float32 -> (N, C, h, w), with the pixel-area convention. No antialias: torch's
+    # antialiased bicubic uses another kernel even when enlarging, and nnU-Net resamples without it too.
+    return F.interpolate(stack, size=size, mode=mode, align_corners=False, antialias=False)
 
 
 def _channels_first_stack(array: np.ndarray, axis: int) -> np.ndarray:
@@ -112,9 +117,9 @@ def _channels_first_stack(array: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _resample_channels(
-    array: np.ndarray, axis: int, size_from: tuple[int, int], size_to: tuple[int, int]
+    array: np.ndarray, axis: int, size_from: tuple[int, int], size_to: tuple[int, int], mode: str = "bilinear"
 ) -> np.ndarray:
-    """Bilinear in-plane resampling of ``(C, I, J, K)`` float data, slice chunk by slice chunk."""
+    """In-plane resampling (``mode`` of ``F.interpolate``) of ``(C, I, J, K)`` float data, chunk by chunk."""
     stack = _channels_first_stack(array, axis)  # (N, C, H, W)
     assert tuple(stack.shape[2:]) == size_from, (stack.shape, size_from)
     n, c = stack.shape[:2]
@@ -122,20 +127,20 @@ def _resample_channels(
     with torch.inference_mode():
         for start in range(0, n, _CHUNK):
             part = torch.from_numpy(np.ascontiguousarray(stack[start : start + _CHUNK], dtype=np.float32))
-            out[start : start + part.shape[0]] = _interp_stack(part, size_to).numpy()
+            out[start : start + part.shape[0]] = _interp_stack(part, size_to, mode).numpy()
     return np.ascontiguousarray(np.moveaxis(out, 0, axis + 1))
 
 
 def resample_image(array: np.ndarray, grid: InPlaneGrid) -> np.ndarray:
-    """An image volume ``(I, J, K)`` on the target grid (bilinear, float32); the input itself if identity."""
+    """An image volume ``(I, J, K)`` on the target grid (bicubic, clipped to the input's range, float32); the
+    input itself if identity."""
     if grid.is_identity:
         return array
-    return _resample_channels(
-        np.asarray(array, dtype=np.float32)[None],
-        grid.axis,
-        grid.in_plane(grid.source_shape),
-        grid.in_plane(grid.target_shape),
+    source = np.asarray(array, dtype=np.float32)
+    out = _resample_channels(
+        source[None], grid.axis, grid.in_plane(grid.source_shape), grid.in_plane(grid.target_shape), "bicubic"
     )[0]
+    return np.clip(out, source.min(), source.max(), out=out)
 
 
 def resample_label(label: np.ndarray, grid: InPlaneGrid, n_classes: int) -> np.ndarray:
