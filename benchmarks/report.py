@@ -337,6 +337,13 @@ def _predict_table(r: dict[str, Any], heading: str = "## Prediction speed and me
     headers = ["mode", "arithmetic", "scans", "volumes/s", "bare volumes/s", "batch/bare", "peak RSS MiB"]
     headers += ["RSS after 10 scans", "RSS at end", "growth MiB", "RSS after 2nd pass", "2nd-pass growth", "no growth"]
     lines += [markdown_table(headers, rows), ""]
+    for p in r.get("predict", []):
+        ratios = [x["batch_over_bare"] for x in p.get("rounds", []) if x.get("batch_over_bare") is not None]
+        if len(ratios) > 1:  # runs before interleaved rounds timed one pass of each
+            listed = " / ".join(f"{x:.2f}" for x in ratios)
+            lines.append(f"- `{p['mode']}`: batch/bare per interleaved round {listed}; the table gives their median.")
+    if any(len(p.get("rounds", [])) > 1 for p in r.get("predict", [])):
+        lines.append("")
     return lines
 
 

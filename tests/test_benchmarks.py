@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import HANG_GUARD_S, REPO
@@ -115,12 +116,17 @@ def test_speed_measures_the_three_training_paths(tmp_path: Path, sample_hippo: P
 
 @pytest.mark.slow
 def test_speed_measures_batch_prediction_and_report_renders(tmp_path: Path, sample_hippo: Path) -> None:
-    proc = _run([*_speed_args(sample_hippo, tmp_path), "--skip-train"])
+    proc = _run([*_speed_args(sample_hippo, tmp_path), "--skip-train", "--predict-rounds", "3"])
     out = tmp_path / "out"
     result = json.loads((out / "speed.json").read_text())
     (pred,) = result["predict"]
     assert pred["scans_ok"] == 2 and pred["scans_failed"] == 0 and pred["bare_scans"] == 1
     assert pred["batch_over_bare"] > 0 and pred["peak_rss_predict_mb"] > 50
+    # Three interleaved rounds, each its own ratio of per-scan times; the reported one is their median.
+    assert len(pred["rounds"]) == 3
+    for r in pred["rounds"]:
+        assert r["batch_over_bare"] == pytest.approx((r["batch_seconds"] / 2) / (r["bare_seconds"] / 1))
+    assert pred["batch_over_bare"] == pytest.approx(float(np.median([r["batch_over_bare"] for r in pred["rounds"]])))
     assert pred["rss_growth_10_to_end_mb"] is None  # 2 scans: nothing after the 10th to compare
     assert result["prediction_model"]["trained_here"] is True
     assert len(list((tmp_path / "work" / "predict_fp32").glob("*.nii.gz"))) == 2
