@@ -832,13 +832,13 @@ def _mixed_spacing_section(results: Sequence[tuple[str, dict[str, Any]]]) -> lis
                 fmt(md.get("ceiling")),
                 fmt(md.get("plan")),
                 fmt(md.get("no_plan")),
-                fmt(gap),
+                fmt(gap, 4),
                 _verdict(None if gap is None else gap <= target),
             ]
         )
     headers = ["run", "coarse mm", "cases", "ceiling", "plan", "no plan", "ceiling - plan", "target"]
     lines += [markdown_table(headers, rows), ""]
-    lines += [f"`{name}`: `{r.get('command', '')}`" for name, r in results]
+    lines += [f"- `{name}`: `{r.get('command', '')}`" for name, r in results]
     return [*lines, ""]
 
 
