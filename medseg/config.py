@@ -203,7 +203,7 @@ class LowResolutionConfig(_Section):
     The slice is shrunk by a random zoom (nearest neighbour) and enlarged back (bilinear), so the model also sees
     the blur of a scan from a coarser scanner that prediction resamples to the target spacing. Off by default: with
     nnU-Net's 0.25 a 1 mm hippocampus model did worse, not better, on scans from a 1.5 x 1.5 x 1 mm grid (0.855 vs
-    0.860, one fold, ``benchmarks/mixed_spacing.py``); bicubic resampling of the scan is what helped there.
+    0.8595, one fold, ``benchmarks/mixed_spacing.py``); bicubic resampling of the scan is what helped there.
     """
 
     prob: float = Field(default=0.0, ge=0.0, le=1.0)

@@ -9,7 +9,7 @@ shape, so the mask is written with the scan's own affine and header (no grid is 
 - images: bicubic (as nnU-Net's third-order spline), clipped to the scan's own intensity range so the cubic
   kernel's overshoot at edges invents no intensity. Why not bilinear: a scan from a coarser scanner, enlarged
   to a finer target, is blurred twice by bilinear interpolation; on hippocampus scans re-sampled to 1.5 x 1.5 x 1 mm
-  a 1 mm model scored 0.854 through bilinear enlargement and 0.860 through bicubic, against 0.867 for its own
+  a 1 mm model scored 0.854 through bilinear enlargement and 0.8595 through bicubic, against 0.867 for its own
   1 mm predictions (``benchmarks/mixed_spacing.py``);
 - labels: each class one-hot, bilinear, then argmax (no class is invented: a voxel takes one of the classes of
   its neighbours; nnU-Net resamples segmentations the same way);

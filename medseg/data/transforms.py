@@ -21,7 +21,8 @@ Each transform means what MONAI's transform of the same name means, with the sam
 - low resolution (``RandSimulateLowResolution``, bilinear up-sampling for 2D): the slice is shrunk to
   ``round(size * z)`` pixels per axis, ``z ~ U(zoom)``, by nearest neighbour, and enlarged back bilinearly; all
   channels of a sample alike. Why: a scan from a coarser scanner reaches the model re-sampled to the target spacing,
-  i.e. blurred; nnU-Net trains with the same transform for the same reason.
+  i.e. blurred; nnU-Net trains with the same transform for the same reason. Off by default: it did not help on
+  the hippocampus (``LowResolutionConfig``).
 - gamma (``RandAdjustContrastd``, ``retain_stats``): the slice stack is rescaled to [0, 1], raised to
   ``U(gamma)``, rescaled back, and given its old mean and standard deviation again.
 
