@@ -427,12 +427,10 @@ def predict_worker(spec: dict[str, Any]) -> dict[str, Any]:
     # Interleaved rounds (bare pass, then a batch pass right after it), as the training paths are timed: a machine
     # that drifts during the run moves both halves of a round alike, so the ratio of each round can be trusted
     # more than one long pass of each. The reported ratio is the median over the rounds.
-    rounds: list[dict[str, float | None]] = []
-    last_batch_seconds = 0.0
+    rounds: list[dict[str, Any]] = []
     for _ in range(max(1, int(spec["predict_rounds"]))):
         bare_seconds = bare_pass()
         round_batch_seconds, _ = batch_pass()
-        last_batch_seconds = round_batch_seconds
         # Per scan, so that a bare pass over fewer scans (--bare-scans) still compares like with like.
         ratio = (round_batch_seconds / len(scans)) / (bare_seconds / len(bare_scans)) if bare_seconds > 0 else None
         rounds.append({"bare_seconds": bare_seconds, "batch_seconds": round_batch_seconds, "batch_over_bare": ratio})
@@ -440,8 +438,8 @@ def predict_worker(spec: dict[str, Any]) -> dict[str, Any]:
         rows = list(csv.DictReader(fh))
     per_scan = {row["input"]: float(row["seconds"]) for row in rows if row["status"] == "ok" and row["seconds"]}
     ratios = [r["batch_over_bare"] for r in rounds if r["batch_over_bare"] is not None]
-    bare_seconds = float(np.median([r["bare_seconds"] or 0.0 for r in rounds]))
-    round_batch_seconds = float(np.median([r["batch_seconds"] or 0.0 for r in rounds]))
+    bare_seconds = float(np.median([r["bare_seconds"] for r in rounds]))
+    round_batch_seconds = float(np.median([r["batch_seconds"] for r in rounds]))
     # Growth needs scans after the 10th; with fewer there is nothing to compare.
     rss_10 = sampler.rss_at(10) if n_ok > 10 else None
     rss_end = sampler.samples[-1][2] if sampler.samples else None
@@ -458,7 +456,7 @@ def predict_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "batch_seconds": round_batch_seconds,
         "volumes_per_s": n_ok / round_batch_seconds if round_batch_seconds > 0 else None,
         "per_scan_seconds_sum": sum(per_scan.values()),
-        "run_overhead_seconds": last_batch_seconds - sum(per_scan.values()),
+        "run_overhead_seconds": rounds[-1]["batch_seconds"] - sum(per_scan.values()),  # the table's pass
         "bare_scans": len(bare_scans),
         "bare_slices": n_slices,
         "bare_forward_seconds": bare_seconds,
