@@ -119,6 +119,29 @@ def test_a_ct_scan_is_flagged_by_the_input_checks(reference: dict) -> None:
     assert any(f.startswith("shape outside the training range") for f in result.flags)
 
 
+def test_intensity_features_equal_numpy_percentiles_of_the_z_scored_scan() -> None:
+    """The sort-and-interpolate percentiles are np.percentile's (linear method) on real scans and odd inputs."""
+    arrays = [np.asarray(load_volume(image).array) for image, _ in _sample_cases()[:5]]
+    if SPLEEN_CT.is_file():
+        arrays.append(np.asarray(load_volume(SPLEEN_CT).array))  # int16 HU with negatives
+    rng = np.random.default_rng(0)
+    arrays.append(np.concatenate([rng.normal(-3.0, 2.0, 1001), [np.nan, np.inf, -np.inf]]))
+    arrays.append(np.array([7.0]))
+    for array in arrays:
+        sample = array.reshape(-1).astype(np.float64)
+        sample = sample[np.isfinite(sample)]
+        z = (sample - sample.mean()) / (sample.std() or 1.0)
+        names = ["zp01", "zp25", "zp50", "zp75", "zp99"]
+        expected = dict(zip(names, np.percentile(z, [1, 25, 50, 75, 99]).tolist(), strict=True))
+        expected["neg_fraction"] = float((sample < 0).mean())
+        got = intensity_features(array)
+        assert got.keys() == expected.keys()
+        for name, value in expected.items():
+            # float32 order statistics: exact for integer scans, float32 rounding (~1e-7) for float64 ones
+            assert got[name] == pytest.approx(value, abs=1e-6), (array.dtype, array.shape, name)
+    assert all(np.isnan(v) for v in intensity_features(np.array([np.nan, np.inf])).values())
+
+
 def test_without_a_reference_qc_is_empty_with_a_note() -> None:
     result = assess({"neg_fraction": 0.5}, None)
     assert result.flags is None and result.score is None
