@@ -10,11 +10,12 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from medseg import __version__
 from medseg.errors import MedsegError, RunFailedError
+from medseg.launch import launched_distributed
 
 log = logging.getLogger("pipelines.run")
 
@@ -142,17 +143,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     and ``medseg.log``; a rank's error message starts with ``rank N:``.
     """
     args = build_parser().parse_args(argv)
+    if not launched_distributed():
+        # No process group to tear down, and torch is not imported before the config is checked.
+        return int(_run(args) or 0)
 
-    from medseg.training.distributed import launched_distributed, shutdown_distributed
+    # torchrun's failure summary then shows this rank's traceback next to its rank number.
+    from torch.distributed.elastic.multiprocessing.errors import record
 
-    run: Callable[[argparse.Namespace], int | None] = _run
-    if launched_distributed():
-        # torchrun's failure summary then shows this rank's traceback next to its rank number.
-        from torch.distributed.elastic.multiprocessing.errors import record
+    from medseg.training.distributed import shutdown_distributed
 
-        run = record(_run)
     try:
-        return int(run(args) or 0)
+        return int(record(_run)(args) or 0)
     finally:
         shutdown_distributed()
 
@@ -160,13 +161,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from medseg.config import load_config
     from medseg.runner import RunLayout, check_setup, order_stages, prepare_output, run_logging, run_stages
-    from medseg.training.distributed import barrier, get_rank, init_distributed, is_distributed
 
     try:
         cfg = load_config(args.config, _overrides(args))
         stages = order_stages([s for group in args.stages for s in group] if args.stages else cfg.stages)
-        init_distributed(cfg.training.distributed_backend)
+        if launched_distributed():
+            from medseg.training.distributed import init_distributed
+
+            init_distributed(cfg.training.distributed_backend)
         check_setup(cfg, stages)
+        # Imported once the config is known to be good: these helpers import torch (about 2 s).
+        from medseg.training.distributed import barrier, get_rank, is_distributed
+
         rank = get_rank()
         # Rank 0 creates the folder and writes config.resolved.yaml; the other ranks only need the paths.
         layout = prepare_output(cfg, stages, source=args.config.resolve()) if rank == 0 else RunLayout(cfg.output.dir)

@@ -83,6 +83,25 @@ def test_unknown_key_names_key_path_and_accepted_keys(tmp_path: Path) -> None:
     assert_usage_error(run_cli(cfg), "training.epohcs", "did you mean 'epochs'", "max_minutes", str(cfg))
 
 
+def test_setup_errors_are_reported_before_torch_is_imported(tmp_path: Path) -> None:
+    """A wrong key or a missing folder costs the user no torch import (about 2 s of a usage error's 3)."""
+    bad_key = write_config(tmp_path, {"training": {"epohcs": 3}})
+    bad_root = write_config(tmp_path, {"data": {"root": "no_such_dataset"}}, name="root.yaml")
+    probe = (
+        "import sys\n"
+        "from pipelines.run import main\n"
+        f"codes = [main([{str(bad_key)!r}]), main([{str(bad_root)!r}])]\n"
+        "print(codes, 'torch' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[2, 2] False", (proc.stdout, proc.stderr)
+
+
 def test_unknown_section_lists_sections(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = write_config(tmp_path, {"trainig": {"epochs": 3}})
     assert_usage_error(run_main(capsys, cfg), "unknown key 'trainig'", "training", "evaluation")

@@ -26,15 +26,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from medseg.launch import launched_distributed
+
 log = logging.getLogger(__name__)
-
-
-def launched_distributed() -> bool:
-    """Whether this process was started by ``torchrun`` (or another launcher) with ``WORLD_SIZE > 1``."""
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1")) > 1
-    except ValueError:
-        return False
 
 
 def resolve_backend(backend: str) -> str:
