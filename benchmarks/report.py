@@ -38,19 +38,31 @@ DATASET_TARGETS = {"LA2018_UAMT": {10.0: 0.90}}
 B_OVER_A_MIN, B_OVER_C_MIN, BATCH_OVER_BARE_MAX = 0.95, 1.3, 1.15
 #: The architecture comparisons (issue 13): each a set of quality runs (file-name patterns in ``out/``) made on one
 #: machine with the same code, so the paired differences are the architecture's. A 10-minute budget buys about
-#: 35 epochs on a CPU with native bf16 and 11 on one without, and the augmentation changed in between (f9a3476),
-#: so runs from different groups are never paired.
-ARCHITECTURE_GROUPS = {
-    "CPU with native bf16 (bf16 + channels_last), per-sample augmentation (before f9a3476)": [
-        "quality_hippo_unet_auto_10min_sampleaug.json",
-        "quality_hippo_attention_unet_fold0_10min.json",
-        "quality_hippo_residual_unet_fold0_10min.json",
-        "quality_hippo_unet_plus_plus_fold0_10min.json",
-    ],
-    "CPU without native bf16 (float32 + channels_last), batch augmentation": [
-        "quality_hippo_*_10min_float32.json",
-    ],
-}
+#: 35 hippocampus epochs on a CPU with native bf16 and 11 on one without (LA2018's 7x larger patches: 2), and the
+#: augmentation changed in between (f9a3476), so runs from different groups are never paired.
+#: Each group: (title, the dataset folder its runs used, file-name patterns).
+ARCHITECTURE_GROUPS: list[tuple[str, str, list[str]]] = [
+    (
+        "Hippocampus, CPU with native bf16 (bf16 + channels_last), per-sample augmentation (before f9a3476)",
+        "Task04_Hippocampus",
+        [
+            "quality_hippo_unet_auto_10min_sampleaug.json",
+            "quality_hippo_attention_unet_fold0_10min.json",
+            "quality_hippo_residual_unet_fold0_10min.json",
+            "quality_hippo_unet_plus_plus_fold0_10min.json",
+        ],
+    ),
+    (
+        "Hippocampus, CPU without native bf16 (float32 + channels_last), batch augmentation",
+        "Task04_Hippocampus",
+        ["quality_hippo_*_10min_float32.json"],
+    ),
+    (
+        "LA2018, CPU without native bf16 (float32 + channels_last), batch augmentation",
+        "LA2018_UAMT",
+        ["quality_la2018_*_10min_float32.json"],
+    ),
+]
 #: RSS growth (MiB) of batch prediction between 10 scans and the end that still counts as "no growth"
 #: (allocator noise; a leak of one volume per scan would be hundreds of MiB over 91 scans).
 RSS_GROWTH_TOLERANCE_MB = 32.0
@@ -391,13 +403,13 @@ def _engines_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]
 def _architecture_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     """Issue 13: each architecture against ``unet`` on the same folds (same split, budget, data and machine)."""
     tables: list[str] = []
-    for title, patterns in ARCHITECTURE_GROUPS.items():
+    for title, dataset, patterns in ARCHITECTURE_GROUPS:
         runs = [
             (name, r)
             for name, r in results
             if any(fnmatch.fnmatch(name, p) for p in patterns)
             and r.get("method") == "medseg"
-            and Path(str(r.get("data_root", ""))).name == "Task04_Hippocampus"
+            and Path(str(r.get("data_root", ""))).name == dataset
         ]
         tables += _architecture_table(title, runs)
     if not tables:
@@ -405,7 +417,7 @@ def _architecture_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list
     return [
         "## Architectures (issue 13)",
         "",
-        "Each architecture on the hippocampus folds it has run, against `unet` on the same folds (same split, "
+        "Each architecture on the folds of a dataset it has run, against `unet` on the same folds (same split, "
         "10-minute budget, data, plan, code and machine; one table per machine and code, since the budget buys "
         "a different number of epochs on each): mean Dice over those folds (`best.pt`), the paired difference "
         "to `unet`, HD95 (mean over classes), training slices/s and epochs reached. The default stays `unet` "
