@@ -165,14 +165,11 @@ def _run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, _overrides(args))
         stages = order_stages([s for group in args.stages for s in group] if args.stages else cfg.stages)
-        if launched_distributed():
-            from medseg.training.distributed import init_distributed
-
-            init_distributed(cfg.training.distributed_backend)
         check_setup(cfg, stages)
-        # Imported once the config is known to be good: these helpers import torch (about 2 s).
-        from medseg.training.distributed import barrier, get_rank, is_distributed
+        # Imported once the config and folders check out: these helpers import torch (about 2 s).
+        from medseg.training.distributed import barrier, get_rank, init_distributed, is_distributed
 
+        init_distributed(cfg.training.distributed_backend)  # a no-op outside torchrun
         rank = get_rank()
         # Rank 0 creates the folder and writes config.resolved.yaml; the other ranks only need the paths.
         layout = prepare_output(cfg, stages, source=args.config.resolve()) if rank == 0 else RunLayout(cfg.output.dir)
