@@ -18,11 +18,13 @@ Each transform means what MONAI's transform of the same name means, with the sam
 - flip (``RandFlipd``): per axis, with its own probability.
 - noise (``RandGaussianNoised``): ``N(0, s)`` with ``s ~ U(0, std)``.
 - scale intensity (``RandScaleIntensityd``): ``x * (1 + U(-factor, factor))``.
-- low resolution (``RandSimulateLowResolution``, bilinear up-sampling for 2D): the slice is shrunk to
-  ``round(size * z)`` pixels per axis, ``z ~ U(zoom)``, by nearest neighbour, and enlarged back bilinearly; all
-  channels of a sample alike. Why: a scan from a coarser scanner reaches the model re-sampled to the target spacing,
-  i.e. blurred; nnU-Net trains with the same transform for the same reason. Off by default: it did not help on
-  the hippocampus (``LowResolutionConfig``).
+- low resolution (``RandSimulateLowResolution`` with ``downsample_mode="bilinear", upsample_mode="bicubic"``): the
+  slice is shrunk to ``round(size * z)`` pixels per axis, ``z ~ U(zoom)``, bilinearly with pixel centres aligned,
+  and enlarged back bicubically (as prediction enlarges a coarse scan); all channels of a sample alike. Not
+  MONAI's default ``nearest`` down-sampling: torch's legacy nearest picks the first pixel of each block and so
+  moves the image 0.5-0.8 px against its label (tested). Why: a scan from a coarser scanner reaches the model
+  re-sampled to the target spacing, i.e. blurred; nnU-Net trains with the same transform for the same reason.
+  Off by default (``LowResolutionConfig`` says why).
 - gamma (``RandAdjustContrastd``, ``retain_stats``): the slice stack is rescaled to [0, 1], raised to
   ``U(gamma)``, rescaled back, and given its old mean and standard deviation again.
 
@@ -267,7 +269,8 @@ class BatchAugmentation:
         return image
 
     def _low_resolution(self, image: torch.Tensor) -> None:
-        """In place: each picked sample down (nearest) and back up (bilinear), as RandSimulateLowResolution."""
+        """In place: each picked sample down (bilinear) and back up (bicubic), as RandSimulateLowResolution with
+        ``downsample_mode="bilinear", upsample_mode="bicubic"``."""
         rng, (z0, z1) = self._rng["low_resolution"], self.cfg.low_resolution.zoom
         hw = (int(image.shape[-2]), int(image.shape[-1]))
         for i in range(int(image.shape[0])):
@@ -278,8 +281,12 @@ class BatchAugmentation:
             if small == hw:
                 continue
             # One sample at a time: every sample has its own small size (about 0.2 ms each for a hippocampus slice).
-            down = F.interpolate(image[i : i + 1], size=small, mode="nearest")
-            image[i : i + 1] = F.interpolate(down, size=hw, mode="bilinear", align_corners=False)
+            # Down with pixel centres aligned (bilinear, align_corners=False), not torch's legacy "nearest" (MONAI's
+            # default): that one takes the first source pixel of each block, which moves the image 0.5-0.8 px
+            # up-left against its label at every zoom, and a model trained on it predicts shifted masks.
+            down = F.interpolate(image[i : i + 1], size=small, mode="bilinear", align_corners=False)
+            # Up as prediction enlarges a coarse scan to the target spacing (medseg.data.resample: bicubic).
+            image[i : i + 1] = F.interpolate(down, size=hw, mode="bicubic", align_corners=False)
 
 
 def _gamma_retain_stats(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
