@@ -397,8 +397,8 @@ def _section_prediction(root: Path) -> str:
     parts.append(_cards([("scans", len(rows)), ("failed", n_failed), ("QC flagged", n_flagged if qc_known else "n/a")]))
     if not qc_known:
         parts.append(
-            "<p class='warn'>No QC for these scans: the checkpoint has no QC reference (trained before QC "
-            "existed) or QC is off (inference.qc.enabled).</p>"
+            "<p class='warn'>No QC for these scans: the checkpoint has no QC reference (a last.pt, or trained "
+            "before QC existed) or QC is off (inference.qc.enabled).</p>"
         )
     parts.append(
         "<p class='muted'>Failed scans first, then scans flagged by QC (highest qc_score first): look at "

@@ -325,7 +325,10 @@ def assess(
             None,
             None,
             dict(features),
-            note="the checkpoint has no QC reference (trained before QC existed): qc_flags/qc_score left empty",
+            note=(
+                "the checkpoint has no QC reference (only a run's best.pt carries one; last.pt and checkpoints "
+                "trained before QC existed do not): qc_flags/qc_score left empty"
+            ),
         )
     flags: list[str] = []
     checks: dict[str, float] = {}
