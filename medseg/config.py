@@ -200,10 +200,11 @@ class ScaleIntensityConfig(_Section):
 class LowResolutionConfig(_Section):
     """Simulated low resolution (as MONAI ``RandSimulateLowResolution``, nnU-Net's ``SimulateLowResolutionTransform``).
 
-    The slice is shrunk by a random zoom (nearest neighbour) and enlarged back (bilinear), so the model also sees
-    the blur of a scan from a coarser scanner that prediction resamples to the target spacing. Off by default: with
-    nnU-Net's 0.25 a 1 mm hippocampus model did worse, not better, on scans from a 1.5 x 1.5 x 1 mm grid (0.855 vs
-    0.8595, one fold, ``benchmarks/mixed_spacing.py``); bicubic resampling of the scan is what helped there.
+    The slice is shrunk by a random zoom (bilinear, centre-aligned, so the image stays on its label) and enlarged
+    back (bicubic, as prediction enlarges a coarse scan), so the model also sees the blur of a scan from a coarser
+    scanner that prediction resamples to the target spacing. Off by default: with nnU-Net's 0.25 a 1 mm
+    hippocampus model scored the same, not better, on scans from a 1.5 x 1.5 x 1 mm grid (0.8641 against its
+    ceiling 0.8701, vs 0.8665 against 0.8722 without it; one fold, ``benchmarks/mixed_spacing.py``).
     """
 
     prob: float = Field(default=0.0, ge=0.0, le=1.0)
