@@ -26,6 +26,9 @@ OUT_DIR = REPO / "benchmarks" / "out"
 #: Training runs, checkpoints and predicted masks of the benchmarks (large; ``runs/`` is git-ignored).
 RUNS_DIR = REPO / "runs" / "benchmarks"
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "Task04_Hippocampus"
+#: Speed targets of issue 15 (issue 7 had set 0.90, 1.0 and 1.25): ``speed.py`` prints them and ``report.py``
+#: judges by them.
+B_OVER_A_MIN, B_OVER_C_MIN, BATCH_OVER_BARE_MAX = 0.95, 1.3, 1.15
 
 
 def ensure_repo_on_path() -> None:

@@ -25,7 +25,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import OUT_DIR, REPO, fmt, fmt_mean_std, markdown_table
+from benchmarks.common import (
+    B_OVER_A_MIN,
+    B_OVER_C_MIN,
+    BATCH_OVER_BARE_MAX,
+    OUT_DIR,
+    REPO,
+    fmt,
+    fmt_mean_std,
+    markdown_table,
+)
 
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 CHOICES = REPO / "benchmarks" / "choices.md"
@@ -34,8 +43,6 @@ CHOICES = REPO / "benchmarks" / "choices.md"
 QUALITY_TARGETS = {10.0: 0.86, 30.0: 0.88}
 #: Targets of other data sets (folder name of data.root -> {minutes: mean Dice}); issue 17 for LA2018.
 DATASET_TARGETS = {"LA2018_UAMT": {10.0: 0.90}}
-#: Speed targets of issue 15 (issue 7 had set 0.90, 1.0 and 1.25).
-B_OVER_A_MIN, B_OVER_C_MIN, BATCH_OVER_BARE_MAX = 0.95, 1.3, 1.15
 #: The architecture comparisons (issue 13): each a set of quality runs (file-name patterns in ``out/``) made on one
 #: machine with the same code, so the paired differences are the architecture's. A 10-minute budget buys about
 #: 35 hippocampus epochs on a CPU with native bf16 and 11 on one without (LA2018's 7x larger patches: 2), and the
