@@ -229,6 +229,22 @@ class GammaConfig(_Section):
     """Range of the gamma exponent applied to the intensities."""
 
 
+class InvertedGammaConfig(_Section):
+    """Random gamma on the inverted intensities (MONAI ``RandAdjustContrastd(invert_image=True)``, nnU-Net's
+    ``GammaTransform(invert_image=True)``).
+
+    The slice stack is negated, gamma-adjusted with its mean and standard deviation kept, and negated back: dark
+    structures are brightened or darkened as gamma does for bright ones, so the model learns shapes and edges
+    rather than one dataset's brightness order. nnU-Net trains with it at 0.1. Off by default (measured on
+    LA2018 only, ``benchmarks/choices.md``).
+    """
+
+    prob: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Probability of an inverted gamma adjustment (nnU-Net uses 0.1)."""
+    gamma: tuple[float, float] = (0.7, 1.5)
+    """Range of the gamma exponent applied to the negated intensities."""
+
+
 class AugmentationConfig(_Section):
     """Training augmentation, applied to whole batches; each transform as MONAI's of the same name.
 
@@ -244,6 +260,7 @@ class AugmentationConfig(_Section):
     scale_intensity: ScaleIntensityConfig = ScaleIntensityConfig()
     low_resolution: LowResolutionConfig = LowResolutionConfig()
     gamma: GammaConfig = GammaConfig()
+    inverted_gamma: InvertedGammaConfig = InvertedGammaConfig()
 
 
 class ModelConfig(_Section):

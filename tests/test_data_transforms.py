@@ -26,6 +26,7 @@ STRONG = {
     "scale_intensity": {"prob": 0.0},
     "low_resolution": {"prob": 0.0},
     "gamma": {"prob": 0.0},
+    "inverted_gamma": {"prob": 0.0},
 }
 ALL_OFF = {
     "elastic": {"prob": 0.0},
@@ -35,6 +36,7 @@ ALL_OFF = {
     "scale_intensity": {"prob": 0.0},
     "low_resolution": {"prob": 0.0},
     "gamma": {"prob": 0.0},
+    "inverted_gamma": {"prob": 0.0},
 }
 
 
@@ -154,6 +156,7 @@ def test_a_batch_equals_its_samples_one_by_one(slices: tuple[torch.Tensor, torch
             "scale_intensity": {"prob": 0.5},
             "low_resolution": {"prob": 0.5},
             "gamma": {"prob": 0.5},
+            "inverted_gamma": {"prob": 0.5},
         }
     )
     batch_img, batch_lab = _apply(train_transforms(cfg, seed=11), images, labels)
@@ -260,7 +263,13 @@ def test_probabilities_and_ranges_are_the_configured_ones() -> None:
 def test_intensity_probabilities(slices: tuple[torch.Tensor, torch.Tensor]) -> None:
     images, labels = slices
     big = images.repeat(50, 1, 1, 1)
-    for key, p in (("noise", 0.15), ("scale_intensity", 0.15), ("low_resolution", 0.25), ("gamma", 0.3)):
+    for key, p in (
+        ("noise", 0.15),
+        ("scale_intensity", 0.15),
+        ("low_resolution", 0.25),
+        ("gamma", 0.3),
+        ("inverted_gamma", 0.1),
+    ):
         cfg = AugmentationConfig.model_validate({**ALL_OFF, key: {"prob": p}})
         out = _apply(train_transforms(cfg, seed=0), big, labels.repeat(50, 1, 1))[0]
         changed = float((out != big).flatten(1).any(dim=1).float().mean())
@@ -286,6 +295,41 @@ def test_gamma_on_negative_zscores_is_finite_and_keeps_stats(slices: tuple[torch
     gamma = rng.uniform(0.5, 2.0)
     reference = AdjustContrast(gamma=gamma, retain_stats=True)(images[0])
     torch.testing.assert_close(out[0], torch.as_tensor(reference), rtol=1e-4, atol=1e-4)
+
+
+def test_inverted_gamma_is_monais_invert_image(slices: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Each picked sample as MONAI's AdjustContrast(invert_image=True, retain_stats=True) with the same gamma:
+    the dark structures are the ones moved, mean and spread kept, labels untouched."""
+    from monai.transforms import AdjustContrast
+
+    images, labels = slices
+    only = {**ALL_OFF, "inverted_gamma": {"prob": 1.0, "gamma": (0.5, 2.0)}}
+    out, out_lab = _apply(train_transforms(AugmentationConfig.model_validate(only), seed=2), images, labels)
+    assert torch.equal(out_lab, labels)
+    rng = train_transforms(AugmentationConfig.model_validate(only), seed=2)._rng["inverted_gamma"]
+    for image, result in zip(images, out, strict=True):
+        assert rng.random() < 1.0
+        gamma = rng.uniform(0.5, 2.0)
+        reference = AdjustContrast(gamma=gamma, invert_image=True, retain_stats=True)(image)
+        torch.testing.assert_close(result, torch.as_tensor(reference), rtol=1e-4, atol=1e-4)
+        assert result.mean().item() == pytest.approx(image.mean().item(), abs=1e-3)
+        assert not torch.allclose(result, image)
+    # Not the plain gamma: with the same exponent, plain gamma moves the bright end, inverted gamma the dark end.
+    plain = AdjustContrast(gamma=2.0, retain_stats=True)(images[0])
+    inverted = AdjustContrast(gamma=2.0, invert_image=True, retain_stats=True)(images[0])
+    assert not torch.allclose(torch.as_tensor(plain), torch.as_tensor(inverted), atol=1e-2)
+
+
+def test_inverted_gamma_leaves_the_other_streams_alone(slices: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Adding the inverted gamma (a stream of its own, spawned last) changes no other transform's draws."""
+    images, labels = slices
+    base = {**ALL_OFF, "affine": {"prob": 0.5}, "noise": {"prob": 0.5}, "gamma": {"prob": 0.5}}
+    with_inv = AugmentationConfig.model_validate({**base, "inverted_gamma": {"prob": 1.0, "gamma": (1.0, 1.0)}})
+    img_a, lab_a = _apply(train_transforms(with_inv, seed=9), images, labels)
+    img_b, lab_b = _apply(train_transforms(AugmentationConfig.model_validate(base), seed=9), images, labels)
+    assert torch.equal(lab_a, lab_b)
+    # gamma 1 is the identity up to float rounding, so the images match too.
+    torch.testing.assert_close(img_a, img_b, rtol=1e-4, atol=1e-4)
 
 
 def test_low_resolution_is_monais_and_leaves_labels_alone(slices: tuple[torch.Tensor, torch.Tensor]) -> None:

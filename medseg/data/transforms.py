@@ -5,7 +5,7 @@ label together (one random draw per sample for both): the image bilinearly, the 
 label values stay exactly the classes that were there. Validation and prediction use no random transform.
 
 Order (as in nnU-Net): spatial first (elastic deformation and rotation/zoom in ONE resampling, then flips), then
-intensity (noise, scale, low resolution, gamma).
+intensity (noise, scale, low resolution, inverted gamma, gamma).
 
 Each transform means what MONAI's transform of the same name means, with the same parameters and ranges
 (the grids are built with MONAI's own ``create_grid`` / ``create_control_grid`` / ``create_rotate`` /
@@ -25,6 +25,8 @@ Each transform means what MONAI's transform of the same name means, with the sam
   moves the image 0.5-0.8 px against its label (tested). Why: a scan from a coarser scanner reaches the model
   re-sampled to the target spacing, i.e. blurred; nnU-Net trains with the same transform for the same reason.
   Off by default (``LowResolutionConfig`` says why).
+- inverted gamma (``RandAdjustContrastd``, ``invert_image``, ``retain_stats``): gamma on the negated slice
+  stack, negated back (nnU-Net's second gamma transform); off by default.
 - gamma (``RandAdjustContrastd``, ``retain_stats``): the slice stack is rescaled to [0, 1], raised to
   ``U(gamma)``, rescaled back, and given its old mean and standard deviation again.
 
@@ -58,7 +60,7 @@ IMAGE_KEY = "image"
 LABEL_KEY = "label"
 
 #: Streams spawned from the seed, one per transform (the order is part of the seeding contract).
-_STREAMS = ("spatial", "flip", "noise", "scale_intensity", "gamma", "low_resolution")
+_STREAMS = ("spatial", "flip", "noise", "scale_intensity", "gamma", "low_resolution", "inverted_gamma")
 
 
 @dataclass
@@ -96,6 +98,7 @@ class BatchAugmentation:
         self.noise_prob = cfg.noise.prob if on else 0.0
         self.scale_prob = cfg.scale_intensity.prob if on else 0.0
         self.gamma_prob = cfg.gamma.prob if on else 0.0
+        self.inverted_gamma_prob = cfg.inverted_gamma.prob if on else 0.0
         self.low_res_prob = cfg.low_resolution.prob if on else 0.0
         self.rotate_rad = math.radians(cfg.affine.rotate_deg)
         self._grids: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -105,7 +108,7 @@ class BatchAugmentation:
     def is_identity(self) -> bool:
         """True when no transform can fire (every probability is 0)."""
         probs = (self.elastic_prob, self.affine_prob, self.flip_prob, self.noise_prob, self.scale_prob)
-        return max(*probs, self.low_res_prob, self.gamma_prob) == 0.0
+        return max(*probs, self.low_res_prob, self.gamma_prob, self.inverted_gamma_prob) == 0.0
 
     def set_random_state(self, seed: int) -> BatchAugmentation:
         """Reseeds every stream from ``seed`` (a non-negative int)."""
@@ -257,16 +260,30 @@ class BatchAugmentation:
                 image *= torch.as_tensor(factors, dtype=torch.float32).view(-1, 1, 1, 1)
         if self.low_res_prob > 0:
             self._low_resolution(image)
-        if self.gamma_prob > 0:
-            rng, (g0, g1) = self._rng["gamma"], self.cfg.gamma.gamma
-            picked, gammas = [], []
-            for i in range(n):
-                if rng.random() < self.gamma_prob:
-                    picked.append(i)
-                    gammas.append(rng.uniform(g0, g1))
+        # Inverted gamma before gamma, as nnU-Net orders its two gamma transforms.
+        if self.inverted_gamma_prob > 0:
+            picked, gammas = self._draw_gamma(
+                "inverted_gamma", n, self.inverted_gamma_prob, self.cfg.inverted_gamma.gamma
+            )
             if picked:
-                image[picked] = _gamma_retain_stats(image[picked], torch.tensor(gammas, dtype=torch.float32))
+                image[picked] = -_gamma_retain_stats(-image[picked], gammas)
+        if self.gamma_prob > 0:
+            picked, gammas = self._draw_gamma("gamma", n, self.gamma_prob, self.cfg.gamma.gamma)
+            if picked:
+                image[picked] = _gamma_retain_stats(image[picked], gammas)
         return image
+
+    def _draw_gamma(
+        self, stream: str, n: int, prob: float, bounds: tuple[float, float]
+    ) -> tuple[list[int], torch.Tensor]:
+        """Which of ``n`` samples a gamma transform picks, and each one's exponent (drawn in sample order)."""
+        rng, (g0, g1) = self._rng[stream], bounds
+        picked, gammas = [], []
+        for i in range(n):
+            if rng.random() < prob:
+                picked.append(i)
+                gammas.append(rng.uniform(g0, g1))
+        return picked, torch.tensor(gammas, dtype=torch.float32)
 
     def _low_resolution(self, image: torch.Tensor) -> None:
         """In place: each picked sample down (bilinear) and back up (bicubic), as RandSimulateLowResolution with
