@@ -87,8 +87,11 @@ class DataConfig(_Section):
     """Coded meaning per class name for DICOM SEG / RTSTRUCT outputs, e.g. ``{hippocampus: {code: "5300000",
     meaning: "Hippocampus", category_code: "91723000", category_meaning: "Anatomical Structure"}}``. A class
     without one is written as the generic SCT 85756007 "Tissue" (with a warning)."""
-    modality: Literal["mri", "ct"] = "mri"
-    """``ct`` selects CT normalisation (dataset-wide clip, then z-score) under ``preprocessing.normalization: auto``."""
+    modality: Literal["auto", "mri", "ct"] = "auto"
+    """``ct`` selects CT normalisation (dataset-wide clip, then z-score) under ``preprocessing.normalization: auto``;
+    ``mri`` (any non-CT scan) per-volume z-score. ``auto`` = what the data records: ``dataset.json``'s channel
+    names (a single channel named CT) or the DICOM series' Modality tag; NIfTI/NRRD/MHA files record none, so
+    ``auto`` means ``mri`` for them (``medseg.data.modality``)."""
     skip_bad_cases: bool = False
     """Skip (with a warning, listed in the run's output) cases that fail the checks instead of stopping."""
     val_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
@@ -121,7 +124,7 @@ class PreprocessingConfig(_Section):
     """Intensity normalisation and slicing; stored with the model so prediction does the same."""
 
     normalization: Literal["auto", "zscore", "ct", "percentile"] = "auto"
-    """``auto`` = ``ct`` for ``modality: ct``, else ``zscore``."""
+    """``auto`` = ``ct`` for CT (``data.modality``), else ``zscore``."""
     nonzero: bool = False
     """``zscore``: compute mean/std over non-zero voxels only (skull-stripped MRI)."""
     slice_axis: Literal["auto", 0, 1, 2] = "auto"

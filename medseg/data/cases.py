@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.config import DataConfig
+from medseg.data.modality import RecordedModality, from_channel_names, from_dicom_modalities
 from medseg.errors import BadCaseError, ConfigError
 from medseg.io.scans import (
     CHANNEL_SUFFIX,
@@ -79,12 +80,15 @@ class DatasetSpec:
         classes: Class names, background at index 0.
         skipped: Cases left out with ``skip_bad_cases`` (empty otherwise).
         channels: Input channel names in input order (``["image"]`` for single-channel data).
+        recorded_modality: What the data records about its modality (``dataset.json``'s channel names, the DICOM
+            Modality tag), for ``data.modality: auto``; ``None`` when the layout's files record none.
     """
 
     cases: list[Case]
     classes: list[str]
     skipped: list[SkippedCase] = field(default_factory=list)
     channels: list[str] = field(default_factory=lambda: ["image"])
+    recorded_modality: RecordedModality | None = None
 
 
 class BadCaseCollector:
@@ -129,9 +133,12 @@ def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSp
     collector = BadCaseCollector(cfg.skip_bad_cases)
     channels = ["image"]
 
+    recorded: RecordedModality | None = None
     if layout == "msd":
         cases, classes = _discover_msd(root, collector, require_labels)
-        channels = msd_channel_names(read_dataset_json(root))
+        ds = read_dataset_json(root)
+        channels = msd_channel_names(ds)
+        recorded = from_channel_names(_raw_channel_names(ds))
     elif layout == "folders":
         from medseg.data.folders import channel_names, discover_folders
 
@@ -141,6 +148,10 @@ def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSp
         cases, classes = _discover_glob(root, cfg, collector, require_labels), None
     else:
         cases, classes = _discover_dicom(root, cfg, collector, require_labels), None
+        if cfg.modality == "auto":  # one header per case, only when the config leaves the modality open
+            from medseg.io.dicom import series_modality
+
+            recorded = from_dicom_modalities({c.id: series_modality(c.image) for c in cases})
 
     if cfg.classes is not None:
         classes = list(cfg.classes)
@@ -158,7 +169,9 @@ def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSp
     cases.sort(key=lambda c: c.id)
     if cfg.max_cases is not None:
         cases = cases[: cfg.max_cases]
-    return DatasetSpec(cases=cases, classes=classes, skipped=collector.skipped, channels=channels)
+    return DatasetSpec(
+        cases=cases, classes=classes, skipped=collector.skipped, channels=channels, recorded_modality=recorded
+    )
 
 
 def _reject_duplicates(cases: list[Case]) -> None:
@@ -221,15 +234,22 @@ def classes_from_labels(labels: Any, source: Path) -> list[str]:
     return [by_index[i] for i in range(len(by_index))]
 
 
-def msd_channel_names(ds: dict[str, Any]) -> list[str]:
-    """Channel names of an MSD / nnU-Net ``dataset.json`` (``channel_names`` or ``modality``), in index order."""
+def _raw_channel_names(ds: dict[str, Any]) -> list[str]:
+    """The names under ``channel_names`` (nnU-Net v2) or ``modality`` (MSD), in index order; ``[]`` if none."""
     channels = ds.get("channel_names", ds.get("modality"))
-    if not isinstance(channels, dict) or len(channels) <= 1:
-        return ["image"]
+    if not isinstance(channels, dict):
+        return []
     try:
         return [str(channels[k]) for k in sorted(channels, key=lambda k: int(k))]
     except ValueError:
         return [str(v) for v in channels.values()]
+
+
+def msd_channel_names(ds: dict[str, Any]) -> list[str]:
+    """Channel names of an MSD / nnU-Net ``dataset.json`` (``channel_names`` or ``modality``), in index order;
+    ``["image"]`` for a single channel."""
+    names = _raw_channel_names(ds)
+    return names if len(names) > 1 else ["image"]
 
 
 def _discover_msd(root: Path, collector: BadCaseCollector, require_labels: bool) -> tuple[list[Case], list[str]]:

@@ -370,6 +370,7 @@ def prepare_training_data(
     preprocessing: PreprocessingConfig,
     *,
     modality: Literal["mri", "ct"] = "mri",
+    modality_reason: str = "",
     reader: Reader | None = None,
     skip_bad_cases: bool = False,
     cache_dir: Path | None = None,
@@ -386,7 +387,9 @@ def prepare_training_data(
         val_cases: Validation cases (labelled or not).
         n_classes: Number of classes including background.
         preprocessing: ``normalization``, ``nonzero``, ``slice_axis``, ``context_slices``.
-        modality: Resolves ``normalization: auto`` (``ct`` -> ct, else zscore).
+        modality: Resolves ``normalization: auto`` (``ct`` -> ct, else zscore): ``data.modality`` resolved by
+            :func:`medseg.data.modality.resolve_modality`.
+        modality_reason: Why that modality (its source), quoted in the plan's normalisation reason.
         reader: Scan reader; ``medseg.io.load_volume`` by default.
         skip_bad_cases: Log and skip bad cases instead of raising; they are listed in ``skipped``.
         cache_dir: Keep volumes and slices as memory-mapped ``.npy`` files here instead of in memory.
@@ -459,7 +462,7 @@ def prepare_training_data(
         pad_multiple=pad_multiple or preprocessing.pad_multiple,
         channels=list(channels),
         normalization=[params.to_dict() for _ in channels],
-        normalization_reason=_normalization_reason(preprocessing.normalization, scheme, modality),
+        normalization_reason=_normalization_reason(preprocessing.normalization, scheme, modality_reason),
     )
     axis = plan.slice_axis
     median_spacing = np.median(np.array([item.spacing for item in train]), axis=0)
@@ -484,9 +487,10 @@ def prepare_training_data(
     )
 
 
-def _normalization_reason(setting: str, scheme: str, modality: str) -> str:
+def _normalization_reason(setting: str, scheme: str, modality_reason: str) -> str:
     if setting != "auto":
         return "set in the config (preprocessing.normalization)"
+    why = f" ({modality_reason})" if modality_reason else ""
     if scheme == "ct":
-        return "CT: dataset-wide clip to the 0.5/99.5 foreground percentiles, then z-score (nnU-Net)"
-    return f"{modality.upper()}: per-volume z-score (intensities are not calibrated)"
+        return f"CT{why}: dataset-wide clip to the 0.5/99.5 foreground percentiles, then z-score (nnU-Net)"
+    return f"not CT{why}: per-volume z-score (intensities are not calibrated)"

@@ -116,6 +116,22 @@ def series_uid_of_file(path: str | Path) -> str:
     return _meta(_file_reader(path, path.parent), _SERIES_UID)
 
 
+def series_modality(folder: str | Path) -> str:
+    """The Modality (0008,0060) of the first DICOM image file in ``folder``, by name (``""`` if none has one).
+
+    One header is read, so discovery can ask every case cheaply; SEG / RTSTRUCT files beside the series are
+    passed over (their Modality is SEG / RTSTRUCT, not the scan's).
+
+    Raises:
+        UnreadableScanError: The first DICOM image file cannot be read.
+    """
+    folder = Path(folder)
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name.upper() != "DICOMDIR"):
+        if is_dicom_file(path) and not is_dicom_label_file(path):
+            return _meta(_file_reader(path, folder), _MODALITY)
+    return ""
+
+
 def _read_slice(path: Path, folder: Path) -> _Slice:
     reader = _file_reader(path, folder)
     size = reader.GetSize()

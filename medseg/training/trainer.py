@@ -52,6 +52,7 @@ from medseg.data.cases import Case, discover_cases
 from medseg.data.class_weights import resolve_class_weights
 from medseg.data.dataset import SliceDataset
 from medseg.data.foreground import check_foreground
+from medseg.data.modality import resolve_modality
 from medseg.data.plan import write_plan
 from medseg.data.prepare import PreparedData, Reader, default_reader, prepare_training_data
 from medseg.data.sampling import foreground_sampler
@@ -230,6 +231,7 @@ class Trainer:
     def _setup_data(self, reader: Reader | None, resume: dict[str, Any] | None) -> None:
         cfg = self.cfg
         spec = discover_cases(cfg.data)
+        modality, modality_reason = resolve_modality(cfg.data.modality, spec.recorded_modality)
         self.classes = list(spec.classes)
         self.n_classes = len(self.classes)
         self.channels = list(spec.channels)
@@ -264,7 +266,8 @@ class Trainer:
             val_cases,
             self.n_classes,
             cfg.preprocessing,
-            modality=cfg.data.modality,
+            modality=modality,
+            modality_reason=modality_reason,
             reader=self.qc_recorder,
             skip_bad_cases=cfg.data.skip_bad_cases,
             cache_dir=cfg.data.cache_dir,

@@ -1,0 +1,111 @@
+"""Which kind of scans a dataset holds (CT or not), which decides ``preprocessing.normalization: auto``.
+
+CT intensities are calibrated (Hounsfield units), so one clip and z-score fitted on the whole dataset keeps
+their meaning; any other modality (MRI, PET, ...) has arbitrary units per scan and is z-scored per volume.
+
+``data.modality: auto`` (the default) takes what the data itself records, as nnU-Net does from its
+``dataset.json``:
+
+- ``msd`` layout: ``dataset.json``'s ``modality`` (MSD) or ``channel_names`` (nnU-Net v2): a single channel named
+  ``CT`` (any case) is CT; any other names are not.
+- ``dicom`` layout: the image series' Modality (0008,0060) tag, read from one file per case: ``CT`` is CT, any
+  other value (``MR``, ``PT``, ...) is not; cases that disagree are refused (set ``data.modality``).
+- NIfTI / NRRD / MHA files record no modality (``glob`` and ``folders`` layouts): not CT, and the reason says so,
+  so a CT dataset in those layouts needs ``data.modality: ct``.
+
+A modality set in the config always wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from medseg.errors import ConfigError
+
+Modality = Literal["mri", "ct"]
+
+
+@dataclass(frozen=True)
+class RecordedModality:
+    """What a dataset's files say about their modality.
+
+    Attributes:
+        modality: ``"ct"``, ``"mri"`` (any non-CT modality), or ``None`` when the files record none.
+        source: Where that came from, for the log and ``plan.json`` (e.g. ``dataset.json names its channel 'CT'``).
+    """
+
+    modality: Modality | None
+    source: str
+
+
+def from_channel_names(names: Sequence[str], source: str = "dataset.json") -> RecordedModality:
+    """The modality an MSD / nnU-Net ``dataset.json`` records through its channel names.
+
+    Args:
+        names: The channel names in index order (``modality`` or ``channel_names`` values).
+        source: The file named in the reason.
+
+    Returns:
+        ``ct`` for a single channel named ``CT`` (case-insensitive), ``mri`` for any other names, ``None`` when
+        the file names no channel.
+    """
+    if not names:
+        return RecordedModality(None, f"{source} names no channel")
+    listed = ", ".join(f"'{n}'" for n in names)
+    if len(names) == 1 and names[0].strip().upper() == "CT":
+        return RecordedModality("ct", f"{source} names its channel {listed}")
+    plural = "its channels" if len(names) > 1 else "its channel"
+    return RecordedModality("mri", f"{source} names {plural} {listed} (not CT)")
+
+
+def from_dicom_modalities(by_case: Mapping[str, str]) -> RecordedModality:
+    """The modality DICOM image series record in their Modality tag, one value per case.
+
+    Args:
+        by_case: Case id -> the Modality value of its image series (``""`` when a file carries none).
+
+    Returns:
+        ``ct`` when every case says ``CT``, ``mri`` when every case names another modality, ``None`` when no
+        case records one.
+
+    Raises:
+        ConfigError: Cases record different modalities (both named), or some record one and others none.
+    """
+    values = {case: v.strip().upper() for case, v in by_case.items()}
+    kinds = sorted(set(values.values()))
+    if not kinds or kinds == [""]:
+        return RecordedModality(None, "the DICOM image series carry no Modality tag")
+    if len(kinds) > 1:
+        examples = "; ".join(f"{k or '(none)'} in '{next(c for c, v in values.items() if v == k)}'" for k in kinds[:4])
+        raise ConfigError(
+            f"data.modality: auto: the DICOM image series record different modalities ({examples}); "
+            "set data.modality (ct or mri) or keep one modality per dataset"
+        )
+    value = kinds[0]
+    source = f"the DICOM image series' Modality is '{value}'"
+    return RecordedModality("ct" if value == "CT" else "mri", source if value == "CT" else f"{source} (not CT)")
+
+
+def resolve_modality(setting: str, recorded: RecordedModality | None) -> tuple[Modality, str]:
+    """The modality a run uses, and why.
+
+    Args:
+        setting: ``data.modality``: ``auto``, ``mri`` or ``ct``.
+        recorded: What discovery read from the data (``None``: nothing was read).
+
+    Returns:
+        ``(modality, reason)``.
+
+    Raises:
+        ConfigError: For a setting other than ``auto``, ``mri`` and ``ct``.
+    """
+    if setting in ("mri", "ct"):
+        return setting, "set in the config (data.modality)"  # type: ignore[return-value]
+    if setting != "auto":
+        raise ConfigError(f"data.modality: expected auto, mri or ct, got {setting!r}")
+    if recorded is None or recorded.modality is None:
+        why = recorded.source if recorded is not None else "the scan files record no modality"
+        return "mri", f"{why}; not CT unless data.modality says ct"
+    return recorded.modality, recorded.source

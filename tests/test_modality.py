@@ -1,0 +1,123 @@
+"""data.modality: auto reads the modality the data records (dataset.json channel names, the DICOM Modality tag),
+so a copy of an MRI config pointed at a CT dataset normalises it as CT; a set modality always wins; DICOM cases
+that disagree are refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medseg.config import DataConfig, PreprocessingConfig
+from medseg.data.cases import discover_cases
+from medseg.data.modality import RecordedModality, from_channel_names, from_dicom_modalities, resolve_modality
+from medseg.data.prepare import prepare_training_data
+from medseg.errors import ConfigError
+from medseg.io import load_volume, save_mask
+
+SAMPLE_DICOM = Path(__file__).resolve().parents[1] / "sample_data" / "dicom" / "HippoCrop_Study1"
+
+
+def test_channel_names() -> None:
+    assert from_channel_names(["CT"]) == RecordedModality("ct", "dataset.json names its channel 'CT'")
+    assert from_channel_names(["ct "]).modality == "ct"
+    mri = from_channel_names(["MRI"])
+    assert mri.modality == "mri" and "'MRI' (not CT)" in mri.source
+    # Several channels are z-scored each (the CT scheme is fitted on one channel), even with a CT among them.
+    assert from_channel_names(["CT", "PET"]).modality == "mri"
+    assert from_channel_names([]).modality is None
+
+
+def test_dicom_modalities() -> None:
+    assert from_dicom_modalities({"a": "CT", "b": "ct"}).modality == "ct"
+    mr = from_dicom_modalities({"a": "MR"})
+    assert mr.modality == "mri" and "'MR'" in mr.source
+    assert from_dicom_modalities({"a": ""}).modality is None
+    with pytest.raises(ConfigError, match=r"different modalities \(CT in 'b'; MR in 'a'\).*data\.modality"):
+        from_dicom_modalities({"a": "MR", "b": "CT"})
+    with pytest.raises(ConfigError, match=r"\(none\) in 'a'"):
+        from_dicom_modalities({"a": "", "b": "CT"})
+
+
+def test_resolve() -> None:
+    ct = RecordedModality("ct", "dataset.json names its channel 'CT'")
+    assert resolve_modality("auto", ct) == ("ct", ct.source)
+    assert resolve_modality("mri", ct) == ("mri", "set in the config (data.modality)")  # the config wins
+    modality, reason = resolve_modality("auto", None)
+    assert modality == "mri" and "record no modality" in reason and "data.modality" in reason
+    assert resolve_modality("auto", RecordedModality(None, "dataset.json names no channel"))[0] == "mri"
+
+
+def test_msd_hippocampus_records_mri(sample_hippo: Path) -> None:
+    spec = discover_cases(DataConfig(root=sample_hippo))
+    assert spec.recorded_modality == RecordedModality("mri", "dataset.json names its channel 'MRI' (not CT)")
+
+
+def test_msd_ct_dataset_gets_ct_normalisation_under_auto(totalseg_dir: Path, tmp_path: Path) -> None:
+    """A CT dataset in MSD layout (dataset.json modality CT) with the hippocampus config's defaults."""
+    ct, seg = totalseg_dir / "example_ct_sm.nii.gz", totalseg_dir / "example_seg.nii.gz"
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "labelsTr").mkdir()
+    (tmp_path / "imagesTr" / "ct.nii.gz").symlink_to(ct)
+    (tmp_path / "labelsTr" / "ct.nii.gz").symlink_to(seg)
+    labels = {str(i): f"c{i}" for i in range(int(load_volume(seg).array.max()) + 1)}
+    training = [{"image": "./imagesTr/ct.nii.gz", "label": "./labelsTr/ct.nii.gz"}]
+    (tmp_path / "dataset.json").write_text(
+        json.dumps({"modality": {"0": "CT"}, "labels": labels, "training": training})
+    )
+    cfg = DataConfig(root=tmp_path)
+    assert cfg.modality == "auto"
+    spec = discover_cases(cfg)
+    modality, reason = resolve_modality(cfg.modality, spec.recorded_modality)
+    assert modality == "ct"
+    data = prepare_training_data(
+        spec.cases,
+        [],
+        len(spec.classes),
+        PreprocessingConfig(),
+        modality=modality,
+        modality_reason=reason,
+        reader=load_volume,
+        classes=spec.classes,
+    )
+    assert data.params.scheme == "ct" and data.params.clip_low is not None and data.params.clip_low < -100
+    assert data.plan is not None
+    assert data.plan.reasons["normalization"].startswith("CT (dataset.json names its channel 'CT'): ")
+    # The same data under an explicit mri: per-volume z-score, and the plan says it was set.
+    assert resolve_modality("mri", spec.recorded_modality) == ("mri", "set in the config (data.modality)")
+
+
+def _dicom_case(root: Path, name: str, series: Path) -> None:
+    case = root / name
+    case.mkdir(parents=True)
+    (case / "scan_series").symlink_to(series, target_is_directory=True)
+    image = load_volume(series)
+    mask = (image.array > np.percentile(image.array, 95)).astype(np.uint8)
+    save_mask(mask, like=image, path=case / "seg_mask.nii.gz")
+
+
+def test_dicom_layout_reads_the_modality_tag(totalseg_dir: Path, tmp_path: Path) -> None:
+    if not SAMPLE_DICOM.is_dir():
+        pytest.skip("sample_data/dicom/HippoCrop_Study1 is absent")
+    ct_root, mr_root, mixed = tmp_path / "ct", tmp_path / "mr", tmp_path / "mixed"
+    _dicom_case(ct_root, "ct_case", totalseg_dir / "example_ct_dicom")
+    _dicom_case(mr_root, "mr_case", SAMPLE_DICOM)
+    classes = ["background", "fg"]
+    ct = discover_cases(DataConfig(root=ct_root, layout="dicom", classes=classes))
+    assert ct.recorded_modality == RecordedModality("ct", "the DICOM image series' Modality is 'CT'")
+    mr = discover_cases(DataConfig(root=mr_root, layout="dicom", classes=classes))
+    assert mr.recorded_modality is not None and mr.recorded_modality.modality == "mri"
+    # A set modality reads no header and is what the run uses.
+    assert (
+        discover_cases(DataConfig(root=ct_root, layout="dicom", classes=classes, modality="mri")).recorded_modality
+        is None
+    )
+    mixed.mkdir()
+    for name, src in (("ct_case", ct_root), ("mr_case", mr_root)):
+        (mixed / name).symlink_to(src / name, target_is_directory=True)
+    with pytest.raises(ConfigError, match=r"CT in 'ct_case'; MR in 'mr_case'"):
+        discover_cases(DataConfig(root=mixed, layout="dicom", classes=classes))
+    mixed_set = discover_cases(DataConfig(root=mixed, layout="dicom", classes=classes, modality="ct"))
+    assert len(mixed_set.cases) == 2
