@@ -217,7 +217,7 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     items = []
     for case in trainer.data.train:
-        image, label = case.image, case.label
+        image, label = case.network_input(), case.label  # the 2.5D slices, as the trainer's loop gathers them
         assert label is not None  # training cases are labelled
         for i in range(case.n_slices):
             items.append({"image": np.asarray(image[i], np.float32), "label": label[i][None].astype(np.float32)})

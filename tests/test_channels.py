@@ -16,6 +16,7 @@ from medseg.config import DataConfig, PreprocessingConfig
 from medseg.data.cases import discover_cases
 from medseg.data.normalization import NormalizationParams, normalize
 from medseg.data.prepare import prepare_cases, prepare_training_data
+from medseg.data.slicing import channels_to_slices, slices_to_volume
 from medseg.errors import BadCaseError, ConfigError
 from medseg.inference.batch import predict_folder
 from medseg.inference.predictor import ModelSpec, Predictor
@@ -83,6 +84,22 @@ def test_folders_layout_pairs_channels_in_pattern_order(folders_root: Path) -> N
         expected = np.moveaxis(normalize(canon[c], params), 2, 0)
         np.testing.assert_allclose(prepared.image[:, c], expected, atol=1e-6)
     assert set(np.unique(prepared.label)) <= set(range(5))
+
+
+def test_context_is_gathered_not_stored(folders_root: Path) -> None:
+    """Prepared cases keep each slice once per channel; the network's 2.5D input is gathered from them and equals
+    cutting the volumes with context (channel-major, edge slices replicated)."""
+    spec = discover_cases(_folders_cfg(folders_root))
+    params = NormalizationParams("zscore", nonzero=True)
+    flat = prepare_cases(spec.cases[:1], params, axis=2, n_classes=5, channels=spec.channels)[0]
+    prepared = prepare_cases(spec.cases[:1], params, axis=2, context=2, n_classes=5, channels=spec.channels)[0]
+    assert prepared.image.shape == flat.image.shape and prepared.context == 2 and flat.context == 0
+    np.testing.assert_array_equal(prepared.image, flat.image)
+    volumes = np.stack([slices_to_volume(prepared.image[:, c], 2) for c in range(2)])
+    expected = channels_to_slices(volumes, 2, context=2)
+    assert prepared.network_channels == 10
+    np.testing.assert_array_equal(prepared.network_input(), expected)
+    np.testing.assert_array_equal(flat.network_input(), flat.image)
 
 
 def test_nnunet_naming_pairs_0000_and_0001(folders_root: Path, tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ import torch
 
 from medseg.config import InferenceConfig
 from medseg.data.normalization import NormalizationParams, normalize
+from medseg.data.prepare import PreparedCase
 from medseg.data.slicing import label_to_slices, volume_to_slices
 from medseg.errors import ConfigError
 from medseg.inference.budget import (
@@ -157,11 +157,8 @@ def test_validation_auto_batch_gives_the_same_dice(model: UNet, sample_hippo_mod
         img = load_volume(sample_hippo_module / "imagesTr" / f"hippocampus_{cid}.nii.gz").array
         lab = load_volume(sample_hippo_module / "labelsTr" / f"hippocampus_{cid}.nii.gz").array
         norm = normalize(np.asarray(img), NormalizationParams("zscore"))
-        cases.append(
-            SimpleNamespace(
-                id=cid, image=volume_to_slices(norm, 2, 1), label=label_to_slices(np.asarray(lab).astype(np.uint8), 2)
-            )
-        )
+        label = label_to_slices(np.asarray(lab).astype(np.uint8), 2)
+        cases.append(PreparedCase(cid, volume_to_slices(norm, 2), label, axis=2, shape=norm.shape, context=1))
     fixed = validate_volumes(model, cases, SETTINGS.with_options(batch_size=64), axis=2, keep_volumes=True)
     auto = validate_volumes(model, cases, SETTINGS, axis=2, keep_volumes=True, batch_size="auto", memory_gb=0.001)
     assert auto.per_case == fixed.per_case

@@ -85,16 +85,16 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
         unlabelled = [p.id for p in prepared if p.label is None]
         if unlabelled:
             raise ValueError(f"SliceDataset needs labelled cases; no label for {', '.join(unlabelled[:5])}")
-        channels = {int(p.image.shape[1]) for p in prepared}
-        if len(channels) != 1:
-            raise ValueError(f"all cases need the same number of channels, got {sorted(channels)}")
-        self.channels = channels.pop()
         inputs = {int(p.n_input_channels) for p in prepared}
         if len(inputs) != 1:
             raise ValueError(f"all cases need the same number of input channels, got {sorted(inputs)}")
+        contexts = {int(p.context) for p in prepared}
+        if len(contexts) != 1:
+            raise ValueError(f"all cases need the same 2.5D context, got {sorted(contexts)}")
         # Several input channels (modalities): stored per modality, each with its own 2.5D neighbours.
         self.n_input_channels = inputs.pop()
-        self.context = (self.channels // self.n_input_channels - 1) // 2
+        self.context = contexts.pop()
+        self.channels = self.n_input_channels * (2 * self.context + 1)
         max_hw = np.max([p.image.shape[-2:] for p in prepared], axis=0)
         if patch_hw is None:
             # Stored slices cover the largest slice and the crop (a crop larger than every slice is all padding).
@@ -111,8 +111,6 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
         ph, pw = self.patch_hw
         per_slice = (ph, pw) if self.n_input_channels == 1 else (self.n_input_channels, ph, pw)
         self._slices = _empty((n_total, *per_slice), np.float32, cache_dir, "dataset_slices")
-        width = 2 * self.context + 1
-        centres = [c * width + self.context for c in range(self.n_input_channels)]
         label_dtype = np.result_type(*[p.label.dtype for p in prepared if p.label is not None])
         self._labels = _empty((n_total, ph, pw), label_dtype, cache_dir, "dataset_labels")
         neighbours = np.empty((n_total, 2 * self.context + 1), dtype=np.int64)
@@ -122,7 +120,7 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
         for ci, case in enumerate(prepared):
             n, h, w = case.n_slices, case.image.shape[-2], case.image.shape[-1]
             top, left = (ph - h) // 2, (pw - w) // 2  # the centring of slicing.pad_to_shape
-            centre = case.image[:, self.context] if self.n_input_channels == 1 else case.image[:, centres]
+            centre = case.image[:, 0] if self.n_input_channels == 1 else case.image
             self._slices[start : start + n, ..., top : top + h, left : left + w] = centre
             assert case.label is not None
             self._labels[start : start + n, top : top + h, left : left + w] = case.label

@@ -24,7 +24,7 @@ from medseg.data.fingerprint import FingerprintAccumulator
 from medseg.data.normalization import CTStatsAccumulator, NormalizationParams, normalize, resolve_scheme
 from medseg.data.plan import Plan, make_plan
 from medseg.data.resample import plan_grid, resample_image, resample_label
-from medseg.data.slicing import channels_to_slices, label_to_slices, slices_to_volume
+from medseg.data.slicing import channels_to_slices, context_indices, label_to_slices, slices_to_volume
 from medseg.errors import BadCaseError, ConfigError, MedsegError
 from medseg.io.orientation import to_canonical
 from medseg.volume import Volume
@@ -53,14 +53,17 @@ class PreparedCase:
 
     Attributes:
         id: Case id.
-        image: Normalised slices ``(N, C, H, W)`` float32 (``C = 2 * context + 1``, channel ``context`` is the
-            slice itself), not padded. A read-only memory map when a cache folder is used.
+        image: Normalised slices ``(N, C, H, W)`` float32, one channel per input channel (modality), not padded.
+            The 2.5D neighbours are not stored (that would triple the memory of every case): the network's
+            input is gathered from these slices by :meth:`network_input`. A read-only memory map when a cache
+            folder is used.
         label: Label slices ``(N, H, W)`` uint8, or ``None`` for an unlabelled case.
         axis: Slice axis of the volume.
         shape: Volume shape ``(I, J, K)``.
         spacing: Voxel size in mm along i, j, k (for spacing-aware metrics).
         affine: Voxel-to-RAS affine of the image (4x4), if known.
         case: The source case (files), if known.
+        context: 2.5D context slices on each side that :meth:`network_input` adds.
     """
 
     id: str
@@ -71,12 +74,17 @@ class PreparedCase:
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
     affine: np.ndarray | None = None
     case: Case | None = None
-    n_input_channels: int = 1
+    context: int = 0
 
     @property
-    def context(self) -> int:
-        """2.5D context slices on each side."""
-        return (int(self.image.shape[1]) // self.n_input_channels - 1) // 2
+    def n_input_channels(self) -> int:
+        """Input channels (modalities) ``C``."""
+        return int(self.image.shape[1])
+
+    @property
+    def network_channels(self) -> int:
+        """Channels of the network's input: ``C * (2 * context + 1)``."""
+        return self.n_input_channels * (2 * self.context + 1)
 
     @property
     def n_slices(self) -> int:
@@ -85,8 +93,19 @@ class PreparedCase:
 
     @property
     def volume(self) -> np.ndarray:
-        """The normalised volume ``(I, J, K)`` float32 (a view of the centre channel), e.g. for validation."""
-        return slices_to_volume(self.image[:, self.context], self.axis)
+        """The normalised volume ``(I, J, K)`` float32 of the first channel (a view), e.g. for validation."""
+        return slices_to_volume(self.image[:, 0], self.axis)
+
+    def network_input(self) -> np.ndarray:
+        """The network's input for every slice: ``(N, C * (2k+1), H, W)`` float32, a new array.
+
+        Channel-major as :func:`medseg.data.slicing.channels_to_slices` cuts a volume: channel
+        ``c * (2k+1) + j`` is input channel ``c`` of neighbour ``n - k + j`` (the edge slice replicated beyond
+        the volume's ends).
+        """
+        stack = self.image[context_indices(self.n_slices, self.context)]  # (N, 2k+1, C, H, W)
+        n, width, c, h, w = stack.shape
+        return np.ascontiguousarray(np.swapaxes(stack, 1, 2), dtype=np.float32).reshape(n, c * width, h, w)
 
     @property
     def label_volume(self) -> np.ndarray | None:
@@ -279,7 +298,7 @@ def _slice_loaded(
         array = stacked if array.ndim == 4 else stacked[0]
         label_volume = resample_label(label_volume, grid, n_classes) if label_volume is not None else None
         spacing, affine = grid.target_spacing(item.spacing), grid.target_affine(item.affine)
-    image = stash.keep(channels_to_slices(array, axis, context), f"{item.case.id}.image")
+    image = stash.keep(channels_to_slices(array if array.ndim == 4 else array[None], axis), f"{item.case.id}.image")
     label = (
         stash.keep(label_to_slices(label_volume, axis), f"{item.case.id}.label") if label_volume is not None else None
     )
@@ -290,9 +309,9 @@ def _slice_loaded(
         axis=axis,
         shape=tuple(int(s) for s in array.shape[-3:]),  # type: ignore[arg-type]
         spacing=spacing,
-        n_input_channels=int(array.shape[0]) if array.ndim == 4 else 1,
         affine=affine,
         case=item.case,
+        context=context,
     )
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import nn
 
+from medseg.data.prepare import PreparedCase
 from medseg.data.slicing import slices_to_volume
 from medseg.inference.budget import BatchSizeOption, settings_for_slices
 from medseg.inference.settings import InferenceSettings
@@ -42,7 +43,7 @@ class ValidationResult:
 
 def validate_volumes(
     model: nn.Module,
-    cases: Sequence[object],
+    cases: Sequence[PreparedCase],
     settings: InferenceSettings,
     *,
     axis: int,
@@ -54,8 +55,8 @@ def validate_volumes(
 
     Args:
         model: The network (its train/eval mode is restored afterwards).
-        cases: Prepared validation cases (``medseg.data.dataset.PreparedCase``: ``id``, ``image`` (N, C, H, W)
-            normalised slices, ``label`` (N, H, W)), all sliced along ``axis``.
+        cases: Prepared validation cases (``id``, ``network_input()`` (N, C, H, W) normalised 2.5D slices,
+            ``label`` (N, H, W)), all sliced along ``axis``.
         settings: The forward pass (classes, mode, device, precision, padding as in training, batch size).
         axis: The slice axis (to reassemble the volumes).
         keep_volumes: Also return the predicted and true label volumes (for the postprocessing decision).
@@ -71,14 +72,15 @@ def validate_volumes(
     preds: list[np.ndarray] = []
     gts: list[np.ndarray] = []
     for case in cases:
-        image = np.asarray(case.image)  # type: ignore[attr-defined]
+        # One case's 2.5D input at a time: prepared cases store each slice once, not with its neighbours.
+        image = case.network_input()
         case_settings = settings
         if batch_size is not None:
             case_settings = settings_for_slices(settings, batch_size, model, image.shape[1], image.shape[2:], memory_gb)
         # Labels batch by batch: a whole case's float32 probabilities are never held (a CT case's would be GBs).
         pred = slices_to_volume(forward_labels(model, image, case_settings), axis)
-        gt = slices_to_volume(np.asarray(case.label), axis)  # type: ignore[attr-defined]
-        per_case[str(case.id)] = [dice(pred == c, gt == c) for c in range(1, n_classes)]  # type: ignore[attr-defined]
+        gt = slices_to_volume(np.asarray(case.label), axis)
+        per_case[str(case.id)] = [dice(pred == c, gt == c) for c in range(1, n_classes)]
         if keep_volumes:
             preds.append(pred)
             gts.append(gt)
