@@ -1,18 +1,16 @@
-"""The training dataset: all slices of all cases in one contiguous, padded array.
+"""The training dataset: every slice of the prepared cases, cut into patches of one size.
 
-Per-sample work is an index into that array, nothing else (the training loader augments whole batches): no
-file reads, no normalisation, no padding, no numpy<->torch conversion beyond a zero-copy ``torch.from_numpy``.
-The slices are stored once without their 2.5D context channels; a sample gathers its neighbours by index, so
-memory does not grow with ``context_slices``.
+Per-sample work is a window read from the prepared case's own slices into a zeroed patch, nothing else (the
+training loader augments whole batches): no file reads, no normalisation, no copy of the dataset. The slices are
+stored once without their 2.5D context channels; a sample gathers its neighbours by index, so memory does not
+grow with ``context_slices``, and slices of different sizes cost their own size, not the largest one's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,7 +52,6 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
             (:func:`medseg.data.transforms.train_transforms`), applied here to each item as a batch of one;
             ``None`` for none. The training loader augments whole batches instead (:meth:`crop` + collate).
         pad_multiple: Used when ``patch_hw`` is ``None`` (16 = four poolings).
-        cache_dir: Keep the slice array as a memory-mapped ``.npy`` here instead of in memory.
         crop_hw: The plan's training patch: each item is a random window of this size (slices smaller than it
             are padded; see :meth:`_window`). ``None`` = whole padded slices (``patch_hw``).
         foreground_fraction: Chance that a window on a slice holding labels is centred on a random labelled
@@ -75,7 +72,6 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
         transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         *,
         pad_multiple: int = 16,
-        cache_dir: Path | None = None,
         crop_hw: Sequence[int] | None = None,
         foreground_fraction: float = 0.0,
         seed: int = 0,
@@ -97,7 +93,7 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
         self.channels = self.n_input_channels * (2 * self.context + 1)
         max_hw = np.max([p.image.shape[-2:] for p in prepared], axis=0)
         if patch_hw is None:
-            # Stored slices cover the largest slice and the crop (a crop larger than every slice is all padding).
+            # Items cover the largest slice and the crop (a crop larger than every slice is all padding).
             patch_hw = padded_size(max_hw, pad_multiple, crop_hw)
         self.patch_hw = tuple(int(s) for s in patch_hw)
         too_big = [
@@ -107,34 +103,29 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
             raise ValueError(f"slices larger than patch_hw {self.patch_hw}: {too_big[:5]}; use a larger patch_hw")
         self.transforms = transforms
 
+        # The prepared cases' own arrays are read per item (no padded copy of the dataset: that doubled the
+        # training data's memory, and more when slice sizes differ). Items are cut from a virtual array in which
+        # every slice lies centred in ``stored_hw``, the padding of slicing.pad_to_shape.
+        self._cases = list(prepared)
         n_total = sum(p.n_slices for p in prepared)
         ph, pw = self.patch_hw
-        per_slice = (ph, pw) if self.n_input_channels == 1 else (self.n_input_channels, ph, pw)
-        self._slices = _empty((n_total, *per_slice), np.float32, cache_dir, "dataset_slices")
-        label_dtype = np.result_type(*[p.label.dtype for p in prepared if p.label is not None])
-        self._labels = _empty((n_total, ph, pw), label_dtype, cache_dir, "dataset_labels")
-        neighbours = np.empty((n_total, 2 * self.context + 1), dtype=np.int64)
+        self._first = np.cumsum([0] + [p.n_slices for p in prepared[:-1]]).astype(np.int64)
         case_index = np.empty(n_total, dtype=np.int64)
-        boxes = np.empty((n_total, 4), dtype=np.int64)  # top, left, h, w of the real slice in the stored array
-        start = 0
+        boxes = np.empty((n_total, 4), dtype=np.int64)  # top, left, h, w of the real slice in the virtual array
+        foreground = np.empty(n_total, dtype=bool)
+        neighbours = np.empty((n_total, 2 * self.context + 1), dtype=np.int64)  # within the slice's case
         for ci, case in enumerate(prepared):
             n, h, w = case.n_slices, case.image.shape[-2], case.image.shape[-1]
-            top, left = (ph - h) // 2, (pw - w) // 2  # the centring of slicing.pad_to_shape
-            centre = case.image[:, 0] if self.n_input_channels == 1 else case.image
-            self._slices[start : start + n, ..., top : top + h, left : left + w] = centre
-            assert case.label is not None
-            self._labels[start : start + n, top : top + h, left : left + w] = case.label
-            neighbours[start : start + n] = start + context_indices(n, self.context)
+            start = int(self._first[ci])
             case_index[start : start + n] = ci
-            boxes[start : start + n] = (top, left, h, w)
-            start += n
-        if cache_dir is not None:
-            for arr in (self._slices, self._labels):
-                arr.flush()  # type: ignore[attr-defined]
-        self._neighbours = neighbours
+            neighbours[start : start + n] = context_indices(n, self.context)
+            boxes[start : start + n] = ((ph - h) // 2, (pw - w) // 2, h, w)
+            assert case.label is not None
+            foreground[start : start + n] = np.asarray(case.label).reshape(n, -1).max(axis=1) > 0
         self.case_index = case_index
+        self._neighbours = neighbours
         self.case_ids = [p.id for p in prepared]
-        self.foreground = self._labels.reshape(n_total, -1).max(axis=1) > 0
+        self.foreground = foreground
         self._boxes = boxes
         self.stored_hw = self.patch_hw
         self.crop_hw = tuple(int(s) for s in crop_hw) if crop_hw is not None else self.patch_hw
@@ -154,23 +145,24 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
         )
 
     def __len__(self) -> int:
-        return int(self._slices.shape[0])
+        return int(self.case_index.shape[0])
 
-    def _window(self, index: int) -> tuple[slice, slice] | None:
-        """Where the crop of slice ``index`` lies in the stored array; ``None`` when items are whole slices.
+    def _window(self, index: int) -> tuple[int, int]:
+        """Top-left corner of item ``index``'s window (``patch_hw``) in the virtual array of centred slices.
 
         Per axis: a slice smaller than the patch gets the window centred on it (the rest is padding); a larger
         one gets a random window inside it, centred (as far as it fits) on a random labelled pixel with chance
-        ``foreground_fraction`` when the slice holds labels.
+        ``foreground_fraction`` when the slice holds labels. Whole slices (no crop) start at (0, 0).
         """
         if self.crop_hw == self.stored_hw:
-            return None
+            return 0, 0
         top, left, h, w = (int(v) for v in self._boxes[index])
         centre: tuple[int, int] | None = None
         if self.foreground[index] and self.foreground_fraction > 0 and self._rng.random() < self.foreground_fraction:
-            fg = np.flatnonzero(self._labels[index].reshape(-1) > 0)
-            pick = int(fg[self._rng.integers(fg.size)])
-            centre = divmod(pick, int(self.stored_hw[1]))
+            label = self._case_label(index)
+            fg = np.flatnonzero(label.reshape(-1) > 0)  # row-major, as over the padded slice
+            r, c = divmod(int(fg[self._rng.integers(fg.size)]), w)
+            centre = (r + top, c + left)
         out = []
         for ax, (b0, size, patch, stored) in enumerate(
             ((top, h, self.crop_hw[0], self.stored_hw[0]), (left, w, self.crop_hw[1], self.stored_hw[1]))
@@ -181,22 +173,43 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
                 start = min(max(centre[ax] - patch // 2, b0), b0 + size - patch)
             else:
                 start = int(self._rng.integers(b0, b0 + size - patch + 1))
-            start = min(max(start, 0), stored - patch)
-            out.append(slice(start, start + patch))
+            out.append(min(max(start, 0), stored - patch))
         return out[0], out[1]
 
+    def _case_label(self, index: int) -> np.ndarray:
+        ci = int(self.case_index[index])
+        label = self._cases[ci].label
+        assert label is not None
+        return np.asarray(label[index - int(self._first[ci])])
+
     def crop(self, index: int) -> dict[str, torch.Tensor]:
-        """Item ``index`` before augmentation: ``{"image": float32 (C, H, W), "label": int64 (H, W)}`` copies."""
-        window = self._window(index)
-        # Fancy indexing copies, so nothing downstream touches the stored slices.
-        stack = self._slices[self._neighbours[index]]
-        label_np = self._labels[index]
-        if window is not None:
-            stack = np.ascontiguousarray(stack[..., window[0], window[1]])
-            label_np = label_np[window[0], window[1]]
+        """Item ``index`` before augmentation: ``{"image": float32 (C, H, W), "label": int64 (H, W)}``, new arrays
+        (nothing downstream can touch the prepared slices)."""
+        y0, x0 = self._window(index)
+        ph, pw = self.patch_hw
+        top, left, h, w = (int(v) for v in self._boxes[index])
+        ci = int(self.case_index[index])
+        case = self._cases[ci]
+        local = index - int(self._first[ci])
+        neighbours = self._neighbours[index]  # edge slices replicated
+        label_slices = case.label
+        assert label_slices is not None
+        # The part of the window the slice covers, in window and in slice coordinates; the rest stays zero.
+        r0, r1 = max(y0, top), min(y0 + ph, top + h)
+        c0, c1 = max(x0, left), min(x0 + pw, left + w)
+        rows, cols = slice(r0 - top, r1 - top), slice(c0 - left, c1 - left)
+        window = case.image[:, :, rows, cols][neighbours]  # (2k+1, C, h', w'), a copy
+        if (r1 - r0, c1 - c0) == (ph, pw):  # inside the slice (a crop of a large slice): no padding
+            stack, label = window, label_slices[local, rows, cols].astype(np.int64)
+        else:
+            stack = np.zeros((len(neighbours), self.n_input_channels, ph, pw), dtype=np.float32)
+            stack[:, :, r0 - y0 : r1 - y0, c0 - x0 : c1 - x0] = window
+            label = np.zeros((ph, pw), dtype=np.int64)
+            label[r0 - y0 : r1 - y0, c0 - x0 : c1 - x0] = label_slices[local, rows, cols]
         if self.n_input_channels > 1:  # (2k+1, C, H, W) -> channel-major (C * (2k+1), H, W), as channels_to_slices
-            stack = np.ascontiguousarray(np.swapaxes(stack, 0, 1)).reshape(-1, *stack.shape[-2:])
-        return {IMAGE_KEY: torch.from_numpy(np.asarray(stack)), LABEL_KEY: torch.from_numpy(label_np.astype(np.int64))}
+            stack = np.swapaxes(stack, 0, 1)
+        image = np.ascontiguousarray(stack, dtype=np.float32).reshape(-1, ph, pw)
+        return {IMAGE_KEY: torch.from_numpy(image), LABEL_KEY: torch.from_numpy(label)}
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         item = self.crop(index)
@@ -233,18 +246,6 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def _empty(shape: tuple[int, ...], dtype: Any, cache_dir: Path | None, name: str) -> np.ndarray:
-    if cache_dir is None:
-        return np.zeros(shape, dtype=dtype)
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    # One file per process (DDP ranks on one machine share cache_dir), unlinked at once: the mapping stays valid
-    # for this process and its forked DataLoader workers, and no multi-GB file outlives the run.
-    path = Path(cache_dir) / f".{name}.{os.getpid()}.npy"
-    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-    path.unlink()
-    return array
 
 
 def worker_init_fn(worker_id: int) -> None:

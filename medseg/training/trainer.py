@@ -299,7 +299,6 @@ class Trainer:
             None,
             transforms,
             pad_multiple=self.pad_multiple,
-            cache_dir=cfg.data.cache_dir,
             crop_hw=self.plan.patch_size,
             foreground_fraction=tc.foreground_fraction,
             seed=tc.seed,
