@@ -861,6 +861,46 @@ def _mixed_spacing_section(results: Sequence[tuple[str, dict[str, Any]]]) -> lis
     return [*lines, ""]
 
 
+def _train_memory_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    lines = ["## Training memory: what setting up a run's data holds", ""]
+    if not results:
+        return [*lines, "Not measured yet: run `benchmarks/train_memory.py` (see its docstring).", ""]
+    lines += [
+        "From `train_memory_*.json` (`benchmarks/train_memory.py`): peak RSS of `Trainer(cfg)` (every training and "
+        "validation case read, normalised, planned, resampled and sliced; the training dataset built), each commit "
+        "in its own process on the same machine in one run. *data peak* = peak RSS minus the RSS before the data "
+        "(interpreter, torch, MONAI); *bytes/voxel* = data peak / the prepared voxels (slice pixels of all cases, "
+        "at the plan's spacing), which carries over to larger datasets.",
+        "",
+    ]
+    rows = []
+    for name, r in results:
+        m = r.get("machine", {})
+        load = m.get("load_avg_1_5_15")
+        for commit, run in r.get("runs", {}).items():
+            rows.append(
+                [
+                    f"`{name}`",
+                    f"`{commit}`",
+                    f"{run.get('dataset_voxels', 0) / 1e6:.1f} M",
+                    str(run.get("context_slices")),
+                    fmt(run.get("peak_rss_mb"), 0),
+                    fmt(run.get("data_peak_mb"), 0),
+                    fmt(run.get("bytes_per_voxel"), 1),
+                    fmt(run.get("setup_seconds"), 1),
+                    f"{m.get('cpu', '–')}, load {load[0] if load else '–'}",
+                ]
+            )
+    headers = ["result", "commit", "voxels", "context", "peak RSS MiB", "data peak MiB", "bytes/voxel", "setup s"]
+    lines += [markdown_table([*headers, "machine"], rows), ""]
+    lines += [
+        f"- `{name}`: data peak {fmt(r['ratio_peak_data'], 2)} of the reference commit's; `{r.get('command', '')}`"
+        for name, r in results
+        if r.get("ratio_peak_data") is not None
+    ]
+    return [*lines, ""]
+
+
 def render(out_dir: Path, choices: Path | None = CHOICES) -> str:
     """The text of RESULTS.md for the JSON files in ``out_dir``."""
     quality = _load(out_dir, "quality_*.json")
@@ -883,6 +923,7 @@ def render(out_dir: Path, choices: Path | None = CHOICES) -> str:
     lines += _engines_section(_load(out_dir, "engines_*.json"))
     lines += _qc_section(_load(out_dir, "qc_eval_*.json"))
     lines += _large_volume_section(_load(out_dir, "large_volume*.json"))
+    lines += _train_memory_section(_load(out_dir, "train_memory_*.json"))
     lines += _mixed_spacing_section(_load(out_dir, "mixed_spacing_*.json"))
     lines += _patch_cost_section(_load(out_dir, "patch_cost_*.json"))
     lines += _gpu_section(_load(out_dir, "gpu_check*.json"))

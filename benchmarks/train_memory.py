@@ -127,15 +127,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine_info(),
         "runs": {},
     }
-    head = _git("rev-parse", "--short", "HEAD")
-    result["runs"][head] = _measure(REPO, head, args)
+    # This tree is labelled apart from the reference, which may be the same commit (``--ref HEAD``).
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    head = _git("rev-parse", "--short", "HEAD") + ("+uncommitted" if dirty else "") + " (this tree)"
+    result["runs"][head] = _measure(REPO, "this_tree", args)
     if args.ref is not None:
         ref = _git("rev-parse", "--short", args.ref)
         with tempfile.TemporaryDirectory(prefix="medseg-ref-") as tmp:
             tree = Path(tmp) / ref
             _git("worktree", "add", "--detach", str(tree), ref)
             try:
-                result["runs"][ref] = _measure(tree, ref, args)
+                result["runs"][ref] = _measure(tree, f"ref_{ref}", args)
             finally:
                 _git("worktree", "remove", "--force", str(tree))
         result["ratio_peak_data"] = result["runs"][head]["data_peak_mb"] / result["runs"][ref]["data_peak_mb"]

@@ -174,6 +174,28 @@ def _fake_quality(minutes: float, fold_means: list[float]) -> dict:
     }
 
 
+def test_train_memory_measures_this_tree_and_a_reference_commit(tmp_path: Path, sample_hippo: Path) -> None:
+    out = tmp_path / "out"
+    args = ["benchmarks/train_memory.py", "--config", QUICKSTART, "--data-root", str(sample_hippo), *TINY]
+    args += ["--out-dir", str(out), "--work-dir", str(tmp_path / "work"), "--tag", "smoke"]
+    has_git = (REPO / ".git").exists()
+    proc = _run([*args, "--ref", "HEAD"] if has_git else args)
+    result = json.loads((out / "train_memory_smoke.json").read_text())
+    runs = list(result["runs"].values())
+    assert len(runs) == (2 if has_git else 1)
+    for run in runs:
+        # Four cases of the 80/20 split: 3 train + 1 validation, every slice of each at the plan's spacing.
+        assert run["cases"] == {"train": 3, "val": 1}
+        assert run["peak_rss_mb"] >= run["rss_after_setup_mb"] > 0 and run["data_peak_mb"] > 0
+        assert run["bytes_per_voxel"] == pytest.approx(run["data_peak_mb"] * 2**20 / run["dataset_voxels"])
+    if has_git:
+        assert runs[0]["dataset_voxels"] == runs[1]["dataset_voxels"]
+        assert "data peak" in proc.stdout
+    from benchmarks.report import render
+
+    assert "`train_memory_smoke.json`" in render(out, None)
+
+
 def test_report_states_whether_quality_targets_are_met(tmp_path: Path) -> None:
     sys.path.insert(0, str(REPO))
     from benchmarks.report import render
