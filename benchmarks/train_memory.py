@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runs": {},
     }
     # This tree is labelled apart from the reference, which may be the same commit (``--ref HEAD``).
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/out"))  # results
     head = _git("rev-parse", "--short", "HEAD") + ("+uncommitted" if dirty else "") + " (this tree)"
     result["runs"][head] = _measure(REPO, "this_tree", args)
     if args.ref is not None:
