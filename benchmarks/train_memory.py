@@ -13,6 +13,9 @@ instead of this one) in the same run, so a change's effect is a ratio of two mea
 
     python benchmarks/train_memory.py --config configs/la2018.yaml --data-root ../shared/data/LA2018_UAMT \\
         --ref 4ebb4b1 --tag la2018        # benchmarks/out/train_memory_la2018.json
+    # a CT-sized set without resampling: 6 synthetic 512 x 512 x 60 volumes at 0.8 x 0.8 x 5 mm
+    python benchmarks/train_memory.py --config configs/hippocampus.yaml --synthetic-ct 6 --ref 4ebb4b1 \\
+        --tag synthetic_ct_6x512x512x60
 """
 
 from __future__ import annotations
@@ -36,7 +39,14 @@ from benchmarks.common import OUT_DIR, REPO, RUNS_DIR, command_line, machine_inf
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=Path("configs/la2018.yaml"), help="medseg YAML config")
-    parser.add_argument("--data-root", type=Path, required=True, help="dataset folder (data.root)")
+    parser.add_argument("--data-root", type=Path, default=None, help="dataset folder (data.root)")
+    parser.add_argument(
+        "--synthetic-ct",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of --data-root: N seeded CT-like volumes of 512 x 512 x 60 int16 (MSD layout, CT)",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--ref", default=None, help="also measure this git commit (a temporary worktree)")
     parser.add_argument("--tag", default="default", help="result name: out/train_memory_<tag>.json")
@@ -93,7 +103,7 @@ def _measure(source: Path, label: str, args: argparse.Namespace) -> dict[str, An
     }
     env = {**os.environ, "PYTHONPATH": str(source)}
     proc = subprocess.run(
-        [sys.executable, __file__, "--data-root", str(args.data_root), "--worker", json.dumps(spec)],
+        [sys.executable, __file__, "--worker", json.dumps(spec)],
         capture_output=True,
         text=True,
         env=env,
@@ -109,6 +119,30 @@ def _measure(source: Path, label: str, args: argparse.Namespace) -> dict[str, An
     return result
 
 
+def synthetic_ct(root: Path, n: int) -> Path:
+    """``n`` seeded CT-like volumes in MSD layout (``dataset.json`` modality CT): 512 x 512 x 60 int16 noise
+    around 40 HU with an air band, one box label, 0.8 x 0.8 x 5 mm. Memory, not quality, is measured on them."""
+    import nibabel as nib
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (root / "labelsTr").mkdir(parents=True, exist_ok=True)
+    affine = np.diag([-0.8, -0.8, 5.0, 1.0])
+    training = []
+    for i in range(n):
+        image = rng.normal(40, 30, (512, 512, 60)).astype(np.int16)
+        image[:60] = -1000
+        label = np.zeros(image.shape, np.uint8)
+        label[200:300, 220:330, 10:50] = 1
+        nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / f"ct_{i}.nii.gz")
+        nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / f"ct_{i}.nii.gz")
+        training.append({"image": f"./imagesTr/ct_{i}.nii.gz", "label": f"./labelsTr/ct_{i}.nii.gz"})
+    labels = {"0": "background", "1": "organ"}
+    (root / "dataset.json").write_text(json.dumps({"modality": {"0": "CT"}, "labels": labels, "training": training}))
+    return root
+
+
 def _git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=REPO, check=True, capture_output=True, text=True).stdout.strip()
 
@@ -118,6 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker is not None:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
+    if args.synthetic_ct:
+        args.data_root = synthetic_ct(args.work_dir / "synthetic_ct", args.synthetic_ct)
+    if args.data_root is None:
+        raise SystemExit("give --data-root or --synthetic-ct N")
     result: dict[str, Any] = {
         "benchmark": "train_memory",
         "command": command_line(),
