@@ -314,8 +314,11 @@ class TrainingConfig(_Section):
     """Optimizer weight decay."""
     scheduler: Literal["poly", "cosine", "plateau", "none"] = "poly"
     """Learning-rate schedule."""
-    val_every: int = Field(default=1, ge=1)
-    """Validate every N epochs; the checkpoint with the best validation Dice is ``best.pt``."""
+    val_every: Literal["auto"] | int = "auto"
+    """Validate every N epochs (and after the last); the checkpoint with the best validation Dice is ``best.pt``.
+    ``auto`` = after every epoch while a validation takes at most a quarter of an epoch's training time (or under
+    10 s), else every k epochs so that it takes about a fifth of the time (CT-sized slices;
+    ``medseg.training.validation_schedule``)."""
     early_stopping: int | None = Field(default=None, ge=1)
     """Stop after this many validations without improvement; ``None`` = never."""
     grad_clip: float | None = Field(default=12.0, gt=0)
@@ -343,6 +346,8 @@ class TrainingConfig(_Section):
     def _batch_positive(self) -> TrainingConfig:
         if isinstance(self.batch_size, int) and self.batch_size < 1:
             raise ValueError(f"batch_size must be auto or >= 1, got {self.batch_size}")
+        if isinstance(self.val_every, int) and self.val_every < 1:
+            raise ValueError(f"val_every must be auto or >= 1, got {self.val_every}")
         return self
 
 

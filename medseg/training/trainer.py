@@ -96,6 +96,7 @@ from medseg.training.resume import (
 from medseg.training.runtime import resolve_num_workers, seed_everything, set_deterministic
 from medseg.training.schedule import LRSchedule
 from medseg.training.validation import ValidationResult, validate_volumes
+from medseg.training.validation_schedule import ValidationSchedule
 
 log = logging.getLogger(__name__)
 
@@ -384,6 +385,7 @@ class Trainer:
         self.loss_fn = self.build_loss().to(self.device)
         self.optimizer = self.build_optimizer(self.model)
         self.schedule = self.build_scheduler(self.optimizer)
+        self.val_schedule = ValidationSchedule(self.cfg.training.val_every)
         self.scaler = torch.amp.GradScaler(self.device.type) if needs_grad_scaler(self.amp_dtype) else None
         # Validation runs the predictor's forward pass with the predictor's settings object (no test-time flips).
         self.val_settings = InferenceSettings(
@@ -459,8 +461,21 @@ class Trainer:
             last_epoch = self.epoch >= tc.epochs or budget_spent
             interrupted = stop_after_epoch is not None and self.epoch >= stop_after_epoch and not last_epoch
             result = None
-            if self.epoch % tc.val_every == 0 or (last_epoch and not interrupted):
+            if self.val_schedule.due(self.epoch) or (last_epoch and not interrupted):
+                val_start = time.perf_counter()
                 result = self._validate()
+                # Rank 0's timings decide for every rank (ranks that disagreed on validating would deadlock).
+                train_s, val_s = broadcast_object((stats["train_seconds"], time.perf_counter() - val_start))
+                interval = self.val_schedule.record(self.epoch, train_s, val_s)
+                if interval is not None:
+                    log.info(
+                        "Validation took %.0f s against %.0f s of training per epoch: validating every %d epoch(s) "
+                        "from now on, and after the last (training.val_every: auto keeps it within a fifth of the "
+                        "time)",
+                        val_s,
+                        train_s,
+                        interval,
+                    )
             self.elapsed = broadcast_object(elapsed_before + (self.clock() - session_start))
             improved = result is not None and self._record_validation(result)
             if result is not None and tc.early_stopping is not None and self.stale >= tc.early_stopping:
