@@ -24,7 +24,7 @@ def test_channel_names() -> None:
     assert from_channel_names(["CT"]) == RecordedModality("ct", "dataset.json names its channel 'CT'")
     assert from_channel_names(["ct "]).modality == "ct"
     mri = from_channel_names(["MRI"])
-    assert mri.modality == "mri" and "'MRI' (not CT)" in mri.source
+    assert mri.modality == "mri" and mri.source == "dataset.json names its channel 'MRI'"
     # Several channels are z-scored each (the CT scheme is fitted on one channel), even with a CT among them.
     assert from_channel_names(["CT", "PET"]).modality == "mri"
     assert from_channel_names([]).modality is None
@@ -52,7 +52,7 @@ def test_resolve() -> None:
 
 def test_msd_hippocampus_records_mri(sample_hippo: Path) -> None:
     spec = discover_cases(DataConfig(root=sample_hippo))
-    assert spec.recorded_modality == RecordedModality("mri", "dataset.json names its channel 'MRI' (not CT)")
+    assert spec.recorded_modality == RecordedModality("mri", "dataset.json names its channel 'MRI'")
 
 
 def test_msd_ct_dataset_gets_ct_normalisation_under_auto(totalseg_dir: Path, tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ def from_channel_names(names: Sequence[str], source: str = "dataset.json") -> Re
     if len(names) == 1 and names[0].strip().upper() == "CT":
         return RecordedModality("ct", f"{source} names its channel {listed}")
     plural = "its channels" if len(names) > 1 else "its channel"
-    return RecordedModality("mri", f"{source} names {plural} {listed} (not CT)")
+    return RecordedModality("mri", f"{source} names {plural} {listed}")
 
 
 def from_dicom_modalities(by_case: Mapping[str, str]) -> RecordedModality:
@@ -84,8 +84,7 @@ def from_dicom_modalities(by_case: Mapping[str, str]) -> RecordedModality:
             "set data.modality (ct or mri) or keep one modality per dataset"
         )
     value = kinds[0]
-    source = f"the DICOM image series' Modality is '{value}'"
-    return RecordedModality("ct" if value == "CT" else "mri", source if value == "CT" else f"{source} (not CT)")
+    return RecordedModality("ct" if value == "CT" else "mri", f"the DICOM image series' Modality is '{value}'")
 
 
 def resolve_modality(setting: str, recorded: RecordedModality | None) -> tuple[Modality, str]:
