@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -52,6 +53,7 @@ from medseg.data.cases import Case, discover_cases
 from medseg.data.class_weights import resolve_class_weights
 from medseg.data.dataset import SliceDataset
 from medseg.data.foreground import check_foreground
+from medseg.data.memory import check_training_memory
 from medseg.data.modality import resolve_modality
 from medseg.data.plan import write_plan
 from medseg.data.prepare import PreparedData, Reader, default_reader, prepare_training_data
@@ -59,6 +61,7 @@ from medseg.data.sampling import foreground_sampler
 from medseg.data.splits import split_cases
 from medseg.data.transforms import train_transforms
 from medseg.errors import CheckpointError, ConfigError
+from medseg.inference.budget import available_memory_bytes
 from medseg.inference.postprocess import decide_postprocessing
 from medseg.inference.precision import (
     autocast,
@@ -241,6 +244,13 @@ class Trainer:
         )
         if not train_cases:
             raise ConfigError(f"No training case left after the split of {len(spec.cases)} case(s) in data.root")
+        # Before anything is read: a dataset that cannot fit is stopped with a message, not killed by the OS.
+        check_training_memory(
+            [*train_cases, *val_cases],
+            cfg.data.cache_dir,
+            available_memory_bytes(),
+            copies=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+        )
         self.validate_on_train = not val_cases
         self.split_ids = {"train": [c.id for c in train_cases], "val": [c.id for c in val_cases]}
         if resume is not None:
