@@ -230,3 +230,51 @@ def test_batch_masks_equal_predictor_and_a_failed_write_is_isolated(
         written = np.asarray(nib.load(out / f"{name}.nii.gz").dataobj)
         assert np.array_equal(written, expected), name
     assert [r["case"] for r in csv.DictReader((out / "predictions.csv").open())] == names
+
+
+def test_table_rows_are_appended_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the first case the table grows by one appended row per case (no rewrite of the rows before), and a
+    write that fails part-way leaves the table as it was: whole rows only, as after a kill."""
+    import errno
+    import os
+
+    from medseg.inference import batch
+
+    columns = batch.column_names(["background", "fg"])
+    path = tmp_path / "predictions.csv"
+    rows = [{c: f"{c}-{i}" for c in columns} for i in range(3)]
+    batch._write_csv(path, rows[:1], columns)
+    for row in rows[1:]:
+        batch._append_csv_row(path, row, columns)
+    assert path.read_text() == batch._csv_text(rows, columns)
+    with path.open(newline="") as f:
+        assert list(csv.DictReader(f)) == rows
+    before = path.read_bytes()
+    real_write = os.write
+
+    def half_write(fd: int, data: bytes) -> int:
+        real_write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(batch.os, "write", half_write)
+    with pytest.raises(OSError, match="No space left"):
+        batch._append_csv_row(path, {c: "x" * 50 for c in columns}, columns)
+    assert path.read_bytes() == before
+
+
+def test_a_batch_rewrites_the_table_only_for_its_first_row(
+    predictor: Predictor, sample_hippo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medseg.inference import batch
+
+    rewrites: list[int] = []
+    real = batch._write_csv
+    monkeypatch.setattr(
+        batch, "_write_csv", lambda path, rows, columns: (rewrites.append(len(rows)), real(path, rows, columns))
+    )
+    scans = sorted((sample_hippo / "imagesTr").glob("*.nii.gz"))[:4]
+    result = predict_folder(predictor, scans, tmp_path / "out", progress=False)
+    assert result.n_ok == 4
+    assert rewrites == [1, 4]  # the first case's table, then the final table; cases 2-4 were appended
+    with (tmp_path / "out" / "predictions.csv").open(newline="") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["ok"] * 4

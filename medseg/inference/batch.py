@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io as _io
 import logging
 import os
@@ -284,12 +285,37 @@ def shard_jobs(jobs: Sequence[ScanJob], rank: int, world_size: int) -> list[Scan
     return list(jobs[rank::world_size])
 
 
-def _write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+def _csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str], *, header: bool = True) -> str:
     buf = _io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
+    if header:
+        writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def _write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    atomic_write_text(path, _csv_text(rows, columns))
+
+
+def _append_csv_row(path: Path, row: dict[str, Any], columns: Sequence[str]) -> None:
+    """Appends one row to a table :func:`_write_csv` started, in one ``write`` call on an ``O_APPEND`` file, so a
+    killed run leaves whole rows only (a row is a few hundred bytes). Rewriting the whole table after every case
+    instead costs time growing with the rows done: 65 ms per case at 10,000 rows, quadratic over a batch."""
+    data = _csv_text([row], columns, header=False).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, data)
+        except OSError:
+            os.ftruncate(fd, size)  # no half row left behind (a full disk can fail a write part-way)
+            raise
+        if written != len(data):
+            os.ftruncate(fd, size)
+            raise OSError(errno.ENOSPC, f"only {written} of {len(data)} bytes of a table row were written")
+    finally:
+        os.close(fd)
 
 
 def _count_rows(path: Path) -> int:
@@ -569,9 +595,13 @@ def predict_folder(
                     bar.set_description(f"predict ({result.n_failed} failed)", refresh=False)
                 bar.update(1)
                 trim()
-                # After every case (a few ms): a killed run's table lists exactly the masks it finished.
+                # After every case: a killed run's table lists exactly the masks it finished. The first row replaces
+                # an earlier run's table (atomically); later rows are appended, so the cost stays flat per case.
                 with output_storage(out_dir):
-                    _write_csv(csv_path, result.rows, columns)
+                    if len(result.rows) == 1 or not csv_path.is_file():
+                        _write_csv(csv_path, result.rows, columns)
+                    else:
+                        _append_csv_row(csv_path, row, columns)
                 if on_flush is not None:  # e.g. report.html, rewritten at most every 30 s
                     on_flush()
     except OutputStorageError as err:  # the table itself could not be written
