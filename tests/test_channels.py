@@ -99,6 +99,10 @@ def test_context_is_gathered_not_stored(folders_root: Path) -> None:
     expected = channels_to_slices(volumes, 2, context=2)
     assert prepared.network_channels == 10
     np.testing.assert_array_equal(prepared.network_input(), expected)
+    # A batch's share (validation gathers batch by batch), the edges included.
+    n = prepared.n_slices
+    for start, stop in ((0, 3), (5, 9), (n - 2, n)):
+        np.testing.assert_array_equal(prepared.network_input(start, stop), expected[start:stop])
     np.testing.assert_array_equal(flat.network_input(), flat.image)
 
 

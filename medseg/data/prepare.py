@@ -96,14 +96,16 @@ class PreparedCase:
         """The normalised volume ``(I, J, K)`` float32 of the first channel (a view), e.g. for validation."""
         return slices_to_volume(self.image[:, 0], self.axis)
 
-    def network_input(self) -> np.ndarray:
-        """The network's input for every slice: ``(N, C * (2k+1), H, W)`` float32, a new array.
+    def network_input(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The network's input for slices ``start .. stop - 1`` (default: all): ``(n, C * (2k+1), H, W)`` float32,
+        a new array.
 
         Channel-major as :func:`medseg.data.slicing.channels_to_slices` cuts a volume: channel
         ``c * (2k+1) + j`` is input channel ``c`` of neighbour ``n - k + j`` (the edge slice replicated beyond
         the volume's ends).
         """
-        stack = self.image[context_indices(self.n_slices, self.context)]  # (N, 2k+1, C, H, W)
+        indices = context_indices(self.n_slices, self.context)[start:stop]
+        stack = self.image[indices]  # (n, 2k+1, C, H, W)
         n, width, c, h, w = stack.shape
         return np.ascontiguousarray(np.swapaxes(stack, 1, 2), dtype=np.float32).reshape(n, c * width, h, w)
 

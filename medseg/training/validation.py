@@ -55,8 +55,8 @@ def validate_volumes(
 
     Args:
         model: The network (its train/eval mode is restored afterwards).
-        cases: Prepared validation cases (``id``, ``network_input()`` (N, C, H, W) normalised 2.5D slices,
-            ``label`` (N, H, W)), all sliced along ``axis``.
+        cases: Prepared validation cases (``id``, ``network_input(start, stop)``: normalised 2.5D slices
+            (n, C, H, W), ``label`` (N, H, W)), all sliced along ``axis``.
         settings: The forward pass (classes, mode, device, precision, padding as in training, batch size).
         axis: The slice axis (to reassemble the volumes).
         keep_volumes: Also return the predicted and true label volumes (for the postprocessing decision).
@@ -72,13 +72,19 @@ def validate_volumes(
     preds: list[np.ndarray] = []
     gts: list[np.ndarray] = []
     for case in cases:
-        # One case's 2.5D input at a time: prepared cases store each slice once, not with its neighbours.
-        image = case.network_input()
         case_settings = settings
+        hw = tuple(int(s) for s in case.image.shape[2:])
         if batch_size is not None:
-            case_settings = settings_for_slices(settings, batch_size, model, image.shape[1], image.shape[2:], memory_gb)
-        # Labels batch by batch: a whole case's float32 probabilities are never held (a CT case's would be GBs).
-        pred = slices_to_volume(forward_labels(model, image, case_settings), axis)
+            case_settings = settings_for_slices(settings, batch_size, model, case.network_channels, hw, memory_gb)
+        # Batch by batch: the 2.5D input is gathered per batch (prepared cases store each slice once) and labels
+        # are taken per batch, so neither a case's 2.5D stack nor its float32 probabilities are ever held whole
+        # (a CT case's would be GBs).
+        labels = np.empty((case.n_slices, *hw), dtype=np.uint8 if n_classes <= 256 else np.uint16)
+        step = case_settings.batch_size
+        for start in range(0, case.n_slices, step):
+            stop = min(start + step, case.n_slices)
+            labels[start:stop] = forward_labels(model, case.network_input(start, stop), case_settings)
+        pred = slices_to_volume(labels, axis)
         gt = slices_to_volume(np.asarray(case.label), axis)
         per_case[str(case.id)] = [dice(pred == c, gt == c) for c in range(1, n_classes)]
         if keep_volumes:
