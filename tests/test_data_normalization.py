@@ -144,3 +144,10 @@ def test_params_validation_and_auto_scheme() -> None:
         NormalizationParams.from_dict({"scheme": "minmax"})
     constant = normalize(np.full((3, 3, 3), 7.0), NormalizationParams("zscore"))
     assert np.all(constant == 0)
+
+
+def test_params_print_only_what_their_scheme_uses() -> None:
+    ct = NormalizationParams("ct", clip_low=-37.0, clip_high=117.0, mean=39.63, std=29.56)
+    assert str(ct) == "ct: clip [-37, 117], then (x - 39.63) / 29.56, fitted on the training foreground"
+    assert str(NormalizationParams("zscore", nonzero=True)) == "zscore: per volume, over non-zero voxels"
+    assert "percentile" not in str(ct) and "99" not in str(NormalizationParams("zscore"))

@@ -70,6 +70,18 @@ class NormalizationParams:
         """JSON-able dict (plain floats/bools/str) for the checkpoint."""
         return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in asdict(self).items()}
 
+    def __str__(self) -> str:
+        """The scheme and only the numbers it uses (for the log), e.g. ``ct: clip [-37, 117], then (x - 39.63) /
+        29.56, fitted on the training foreground``."""
+        if self.scheme == "ct":
+            return (
+                f"ct: clip [{self.clip_low:.4g}, {self.clip_high:.4g}], then (x - {self.mean:.4g}) / {self.std:.4g}, "
+                "fitted on the training foreground"
+            )
+        if self.scheme == "percentile":
+            return f"percentile: per volume, percentiles {self.lower_percentile:g}-{self.upper_percentile:g} to 0-1"
+        return "zscore: per volume" + (", over non-zero voxels" if self.nonzero else "")
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NormalizationParams:
         """Rebuilds the parameters stored by :meth:`to_dict`.

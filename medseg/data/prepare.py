@@ -491,7 +491,7 @@ def prepare_training_data(
         "Data: %d training, %d validation cases; normalisation %s; slice axis %d (median spacing %s)",
         len(train),
         len(val),
-        params.to_dict(),
+        params,
         axis,
         np.round(median_spacing, 3).tolist(),
     )
