@@ -12,7 +12,13 @@ import pytest
 
 from medseg.config import DataConfig, PreprocessingConfig
 from medseg.data.cases import discover_cases
-from medseg.data.modality import RecordedModality, from_channel_names, from_dicom_modalities, resolve_modality
+from medseg.data.modality import (
+    RecordedModality,
+    dataset_modality,
+    from_channel_names,
+    from_dicom_modalities,
+    resolve_modality,
+)
 from medseg.data.prepare import prepare_training_data
 from medseg.errors import ConfigError
 from medseg.io import load_volume, save_mask
@@ -98,7 +104,9 @@ def _dicom_case(root: Path, name: str, series: Path) -> None:
     save_mask(mask, like=image, path=case / "seg_mask.nii.gz")
 
 
-def test_dicom_layout_reads_the_modality_tag(totalseg_dir: Path, tmp_path: Path) -> None:
+def test_dicom_layout_reads_the_modality_tag(
+    totalseg_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if not SAMPLE_DICOM.is_dir():
         pytest.skip("sample_data/dicom/HippoCrop_Study1 is absent")
     ct_root, mr_root, mixed = tmp_path / "ct", tmp_path / "mr", tmp_path / "mixed"
@@ -106,18 +114,22 @@ def test_dicom_layout_reads_the_modality_tag(totalseg_dir: Path, tmp_path: Path)
     _dicom_case(mr_root, "mr_case", SAMPLE_DICOM)
     classes = ["background", "fg"]
     ct = discover_cases(DataConfig(root=ct_root, layout="dicom", classes=classes))
-    assert ct.recorded_modality == RecordedModality("ct", "the DICOM image series' Modality is 'CT'")
+    assert ct.layout == "dicom" and ct.recorded_modality is None  # discovery reads no Modality tag
+    assert dataset_modality("auto", ct) == ("ct", "the DICOM image series' Modality is 'CT'")
     mr = discover_cases(DataConfig(root=mr_root, layout="dicom", classes=classes))
-    assert mr.recorded_modality is not None and mr.recorded_modality.modality == "mri"
-    # A set modality reads no header and is what the run uses.
-    assert (
-        discover_cases(DataConfig(root=ct_root, layout="dicom", classes=classes, modality="mri")).recorded_modality
-        is None
-    )
+    assert dataset_modality("auto", mr)[0] == "mri"
     mixed.mkdir()
     for name, src in (("ct_case", ct_root), ("mr_case", mr_root)):
         (mixed / name).symlink_to(src / name, target_is_directory=True)
+    mixed_spec = discover_cases(DataConfig(root=mixed, layout="dicom", classes=classes))
+    assert len(mixed_spec.cases) == 2
     with pytest.raises(ConfigError, match=r"CT in 'ct_case'; MR in 'mr_case'"):
-        discover_cases(DataConfig(root=mixed, layout="dicom", classes=classes))
-    mixed_set = discover_cases(DataConfig(root=mixed, layout="dicom", classes=classes, modality="ct"))
-    assert len(mixed_set.cases) == 2
+        dataset_modality("auto", mixed_spec)
+    # A set modality reads no header and is what the run uses.
+    from medseg.io import dicom
+
+    def no_read(folder: Path) -> str:
+        raise AssertionError(f"read the Modality of {folder}")
+
+    monkeypatch.setattr(dicom, "series_modality", no_read)
+    assert dataset_modality("ct", mixed_spec) == ("ct", "set in the config (data.modality)")

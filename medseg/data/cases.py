@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.config import DataConfig
-from medseg.data.modality import RecordedModality, from_channel_names, from_dicom_modalities
+from medseg.data.modality import RecordedModality, from_channel_names
 from medseg.errors import BadCaseError, ConfigError
 from medseg.io.scans import (
     CHANNEL_SUFFIX,
@@ -80,8 +80,10 @@ class DatasetSpec:
         classes: Class names, background at index 0.
         skipped: Cases left out with ``skip_bad_cases`` (empty otherwise).
         channels: Input channel names in input order (``["image"]`` for single-channel data).
-        recorded_modality: What the data records about its modality (``dataset.json``'s channel names, the DICOM
-            Modality tag), for ``data.modality: auto``; ``None`` when the layout's files record none.
+        recorded_modality: What ``dataset.json``'s channel names record about the modality, for
+            ``data.modality: auto``; ``None`` for other layouts (DICOM tags are read by
+            :func:`medseg.data.modality.dataset_modality`, only when a run needs them).
+        layout: The layout the cases were found in (``auto`` resolved).
     """
 
     cases: list[Case]
@@ -89,6 +91,7 @@ class DatasetSpec:
     skipped: list[SkippedCase] = field(default_factory=list)
     channels: list[str] = field(default_factory=lambda: ["image"])
     recorded_modality: RecordedModality | None = None
+    layout: str = "msd"
 
 
 class BadCaseCollector:
@@ -148,10 +151,6 @@ def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSp
         cases, classes = _discover_glob(root, cfg, collector, require_labels), None
     else:
         cases, classes = _discover_dicom(root, cfg, collector, require_labels), None
-        if cfg.modality == "auto":  # one header per case, only when the config leaves the modality open
-            from medseg.io.dicom import series_modality
-
-            recorded = from_dicom_modalities({c.id: series_modality(c.image) for c in cases})
 
     if cfg.classes is not None:
         classes = list(cfg.classes)
@@ -170,7 +169,12 @@ def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSp
     if cfg.max_cases is not None:
         cases = cases[: cfg.max_cases]
     return DatasetSpec(
-        cases=cases, classes=classes, skipped=collector.skipped, channels=channels, recorded_modality=recorded
+        cases=cases,
+        classes=classes,
+        skipped=collector.skipped,
+        channels=channels,
+        recorded_modality=recorded,
+        layout=layout,
     )
 
 

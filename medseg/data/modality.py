@@ -8,8 +8,9 @@ their meaning; any other modality (MRI, PET, ...) has arbitrary units per scan a
 
 - ``msd`` layout: ``dataset.json``'s ``modality`` (MSD) or ``channel_names`` (nnU-Net v2): a single channel named
   ``CT`` (any case) is CT; any other names are not.
-- ``dicom`` layout: the image series' Modality (0008,0060) tag, read from one file per case: ``CT`` is CT, any
-  other value (``MR``, ``PT``, ...) is not; cases that disagree are refused (set ``data.modality``).
+- ``dicom`` layout: the image series' Modality (0008,0060) tag, read from one file per case when the run resolves
+  its modality (:func:`dataset_modality`): ``CT`` is CT, any other value (``MR``, ``PT``, ...) is not; cases that
+  disagree are refused (set ``data.modality``).
 - NIfTI / NRRD / MHA files record no modality (``glob`` and ``folders`` layouts): not CT, and the reason says so,
   so a CT dataset in those layouts needs ``data.modality: ct``.
 
@@ -20,9 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from medseg.errors import ConfigError
+
+if TYPE_CHECKING:
+    from medseg.data.cases import DatasetSpec
 
 Modality = Literal["mri", "ct"]
 
@@ -108,3 +112,20 @@ def resolve_modality(setting: str, recorded: RecordedModality | None) -> tuple[M
         why = recorded.source if recorded is not None else "the scan files record no modality"
         return "mri", f"{why}; not CT unless data.modality says ct"
     return recorded.modality, recorded.source
+
+
+def dataset_modality(setting: str, spec: DatasetSpec) -> tuple[Modality, str]:
+    """The modality a run on a discovered dataset uses, and why (:func:`resolve_modality` on what it records).
+
+    A ``dicom``-layout dataset's Modality tags are read here (one header per case), not during discovery, which
+    runs several times per run (the set-up checks, the summary) and needs none of them; a set modality reads none.
+
+    Raises:
+        ConfigError: The DICOM cases record different modalities (:func:`from_dicom_modalities`).
+    """
+    recorded = spec.recorded_modality
+    if setting == "auto" and recorded is None and spec.layout == "dicom":
+        from medseg.io.dicom import series_modality
+
+        recorded = from_dicom_modalities({c.id: series_modality(c.image) for c in spec.cases})
+    return resolve_modality(setting, recorded)

@@ -409,7 +409,7 @@ def prepare_training_data(
         n_classes: Number of classes including background.
         preprocessing: ``normalization``, ``nonzero``, ``slice_axis``, ``context_slices``.
         modality: Resolves ``normalization: auto`` (``ct`` -> ct, else zscore): ``data.modality`` resolved by
-            :func:`medseg.data.modality.resolve_modality`.
+            :func:`medseg.data.modality.dataset_modality`.
         modality_reason: Why that modality (its source), quoted in the plan's normalisation reason.
         reader: Scan reader; ``medseg.io.load_volume`` by default.
         skip_bad_cases: Log and skip bad cases instead of raising; they are listed in ``skipped``.

@@ -70,12 +70,12 @@ def _training_patch(cfg: Config, classes: list[str], channels: list[str], pad_mu
         h, w = cfg.model.summary_patch
         return padded_size((int(h), int(w)), pad_multiple)
     from medseg.data.cases import discover_cases
-    from medseg.data.modality import resolve_modality
+    from medseg.data.modality import dataset_modality
     from medseg.data.prepare import prepare_training_data
     from medseg.data.splits import split_cases
 
     spec = discover_cases(cfg.data)
-    modality, modality_reason = resolve_modality(cfg.data.modality, spec.recorded_modality)
+    modality, modality_reason = dataset_modality(cfg.data.modality, spec)
     train_cases, _ = split_cases(
         spec.cases, cfg.data.val_fraction, cfg.data.seed, folds=cfg.data.folds, fold=cfg.data.fold
     )

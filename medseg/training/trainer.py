@@ -54,7 +54,7 @@ from medseg.data.class_weights import resolve_class_weights
 from medseg.data.dataset import SliceDataset
 from medseg.data.foreground import check_foreground
 from medseg.data.memory import check_training_memory
-from medseg.data.modality import resolve_modality
+from medseg.data.modality import dataset_modality
 from medseg.data.plan import write_plan
 from medseg.data.prepare import PreparedData, Reader, default_reader, prepare_training_data
 from medseg.data.sampling import foreground_sampler
@@ -235,7 +235,7 @@ class Trainer:
     def _setup_data(self, reader: Reader | None, resume: dict[str, Any] | None) -> None:
         cfg = self.cfg
         spec = discover_cases(cfg.data)
-        modality, modality_reason = resolve_modality(cfg.data.modality, spec.recorded_modality)
+        modality, modality_reason = dataset_modality(cfg.data.modality, spec)
         self.classes = list(spec.classes)
         self.n_classes = len(self.classes)
         self.channels = list(spec.channels)
