@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import nn
 
-from medseg.data.prepare import PreparedCase
+from medseg.data.prepare import PreparedCase, label_dtype
 from medseg.data.slicing import slices_to_volume
 from medseg.inference.budget import BatchSizeOption, settings_for_slices
 from medseg.inference.settings import InferenceSettings
@@ -79,7 +79,7 @@ def validate_volumes(
         # Batch by batch: the 2.5D input is gathered per batch (prepared cases store each slice once) and labels
         # are taken per batch, so neither a case's 2.5D stack nor its float32 probabilities are ever held whole
         # (a CT case's would be GBs).
-        labels = np.empty((case.n_slices, *hw), dtype=np.uint8 if n_classes <= 256 else np.uint16)
+        labels = np.empty((case.n_slices, *hw), dtype=label_dtype(n_classes))
         step = case_settings.batch_size
         for start in range(0, case.n_slices, step):
             stop = min(start + step, case.n_slices)
