@@ -85,3 +85,21 @@ def sample_hippo() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def msd_ct_case(totalseg_dir: Path, root: Path, **dataset: object) -> Path:
+    """An MSD-layout folder under ``root`` holding the TotalSegmentator CT and its labels (symlinks) as one case;
+    ``dataset`` adds keys to its ``dataset.json`` (e.g. ``modality={"0": "CT"}``)."""
+    import json
+
+    from medseg.io import load_volume
+
+    ct, seg = totalseg_dir / "example_ct_sm.nii.gz", totalseg_dir / "example_seg.nii.gz"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    (root / "imagesTr" / "ct.nii.gz").symlink_to(ct)
+    (root / "labelsTr" / "ct.nii.gz").symlink_to(seg)
+    labels = {str(i): f"c{i}" for i in range(int(load_volume(seg).array.max()) + 1)}
+    training = [{"image": "./imagesTr/ct.nii.gz", "label": "./labelsTr/ct.nii.gz"}]
+    (root / "dataset.json").write_text(json.dumps({**dataset, "labels": labels, "training": training}))
+    return root

@@ -21,6 +21,7 @@ from medseg.data.prepare import prepare_training_data
 from medseg.errors import CheckpointError, MedsegError
 from medseg.io import load_volume
 from medseg.volume import Volume
+from tests.conftest import msd_ct_case
 
 LARGE_SCALE = [
     "hippocampus_044",
@@ -106,14 +107,8 @@ def test_ct_fit_on_real_ct(totalseg_dir: Path) -> None:
 
 def test_ct_is_fitted_on_training_cases_only(totalseg_dir: Path, tmp_path: Path) -> None:
     # Validation cases are normalised with the training statistics, never refitted.
-    ct, seg = totalseg_dir / "example_ct_sm.nii.gz", totalseg_dir / "example_seg.nii.gz"
-    (tmp_path / "imagesTr").mkdir()
-    (tmp_path / "labelsTr").mkdir()
-    (tmp_path / "imagesTr" / "ct.nii.gz").symlink_to(ct)
-    (tmp_path / "labelsTr" / "ct.nii.gz").symlink_to(seg)
-    labels = {str(i): f"c{i}" for i in range(int(load_volume(seg).array.max()) + 1)}
-    training = [{"image": "./imagesTr/ct.nii.gz", "label": "./labelsTr/ct.nii.gz"}]
-    (tmp_path / "dataset.json").write_text(json.dumps({"labels": labels, "training": training}))
+    msd_ct_case(totalseg_dir, tmp_path)
+    ct = totalseg_dir / "example_ct_sm.nii.gz"
     spec = discover_cases(DataConfig(root=tmp_path, modality="ct"))
     data = prepare_training_data(
         spec.cases, spec.cases, len(spec.classes), PreprocessingConfig(), modality="ct", reader=load_volume

@@ -4,7 +4,6 @@ that disagree are refused."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from medseg.data.modality import (
 from medseg.data.prepare import prepare_training_data
 from medseg.errors import ConfigError
 from medseg.io import load_volume, save_mask
+from tests.conftest import msd_ct_case
 
 SAMPLE_DICOM = Path(__file__).resolve().parents[1] / "sample_data" / "dicom" / "HippoCrop_Study1"
 
@@ -63,16 +63,7 @@ def test_msd_hippocampus_records_mri(sample_hippo: Path) -> None:
 
 def test_msd_ct_dataset_gets_ct_normalisation_under_auto(totalseg_dir: Path, tmp_path: Path) -> None:
     """A CT dataset in MSD layout (dataset.json modality CT) with the hippocampus config's defaults."""
-    ct, seg = totalseg_dir / "example_ct_sm.nii.gz", totalseg_dir / "example_seg.nii.gz"
-    (tmp_path / "imagesTr").mkdir()
-    (tmp_path / "labelsTr").mkdir()
-    (tmp_path / "imagesTr" / "ct.nii.gz").symlink_to(ct)
-    (tmp_path / "labelsTr" / "ct.nii.gz").symlink_to(seg)
-    labels = {str(i): f"c{i}" for i in range(int(load_volume(seg).array.max()) + 1)}
-    training = [{"image": "./imagesTr/ct.nii.gz", "label": "./labelsTr/ct.nii.gz"}]
-    (tmp_path / "dataset.json").write_text(
-        json.dumps({"modality": {"0": "CT"}, "labels": labels, "training": training})
-    )
+    msd_ct_case(totalseg_dir, tmp_path, modality={"0": "CT"})
     cfg = DataConfig(root=tmp_path)
     assert cfg.modality == "auto"
     spec = discover_cases(cfg)
