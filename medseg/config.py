@@ -305,7 +305,8 @@ class TrainingConfig(_Section):
     """Number of training epochs (the learning-rate schedule is planned for them)."""
     max_minutes: float | None = Field(default=None, gt=0)
     """Wall-clock budget (training and validation); checked before every step, so training stops at the step that
-    crosses it, then validates (the LR schedule is planned for it)."""
+    crosses it, then validates (the LR schedule is planned for it). A run that finishes its epochs inside the budget
+    never takes its LR from the clock, so it repeats bit for bit."""
     batch_size: Literal["auto"] | int = "auto"
     """Slices per optimisation step; ``auto`` = a step of about 32 x 48 x 64 pixels (today's hippocampus step)."""
     lr: float = Field(default=1e-3, gt=0)

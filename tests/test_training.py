@@ -120,11 +120,25 @@ def test_poly_and_cosine_follow_progress() -> None:
 
 
 def test_time_budget_drives_the_schedule_when_it_runs_out_first() -> None:
+    from medseg.training.schedule import CLOCK_GRACE
+
     s = LRSchedule(_optimizer(), "poly", total_epochs=100, max_seconds=60.0)
-    # 1 of 100 epochs done but half the time used: progress is the larger fraction.
-    assert s.step(1, 30.0) == pytest.approx(0.5**0.9)
-    assert s.progress == pytest.approx(0.5)
-    assert s.step(2, 60.0) == pytest.approx(0.0)
+    # 1 of 100 epochs done but half the time used: the clock's share (past its grace) is the larger.
+    half = (0.5 - CLOCK_GRACE) / (1 - CLOCK_GRACE)
+    assert s.step(1, 30.0) == pytest.approx((1 - half) ** 0.9)
+    assert s.progress == pytest.approx(half)
+    assert s.step(2, 60.0) == pytest.approx(0.0)  # annealed exactly when the budget runs out
+
+
+def test_clock_does_not_steer_a_run_the_budget_does_not_limit() -> None:
+    """Progress of a run ahead of its budget is the epoch fraction whatever the clock says, so two such runs on
+    machines of any speed set the same LR at every step (and ``deterministic: true`` runs repeat bit for bit)."""
+    from medseg.training.schedule import CLOCK_GRACE
+
+    s = LRSchedule(_optimizer(), "poly", total_epochs=10, max_seconds=600.0)
+    for epochs_done, fast_s, slow_s in [(0.0, 0.001, 0.9 * CLOCK_GRACE * 600), (0.5, 1.0, 40.0), (9.9, 20.0, 590.0)]:
+        assert s.compute_progress(epochs_done, fast_s) == s.compute_progress(epochs_done, slow_s) == epochs_done / 10
+    assert s.compute_progress(0.0, 1.1 * CLOCK_GRACE * 600) > 0.0  # behind the plan by more than the grace
 
 
 def test_schedule_state_roundtrip_and_replan() -> None:
@@ -404,6 +418,20 @@ class StepClock:
         return self.now
 
 
+class FetchingClock(StepClock):
+    """A :class:`StepClock` that also advances by ``seconds_per_read`` after each reading: the time between steps
+    (fetching the next batch), which a run's first step has already spent when it sets its LR."""
+
+    def __init__(self, seconds_per_step: float, seconds_per_read: float) -> None:
+        super().__init__(seconds_per_step)
+        self.seconds_per_read = seconds_per_read
+
+    def __call__(self) -> float:
+        now = self.now
+        self.now += self.seconds_per_read
+        return now
+
+
 def ticking_steps(monkeypatch: pytest.MonkeyPatch, clock: StepClock) -> None:
     """Makes every trainer step advance ``clock`` after it ran."""
     from medseg.training import trainer
@@ -504,10 +532,40 @@ def test_time_budget_stops_and_anneals(tmp_path: Path, sample_hippo: Path, monke
     assert sum(row["steps"] for row in result.history) == 6
     last = load_checkpoint(result.last)
     assert last["elapsed_seconds"] == pytest.approx(6.0)
-    # The schedule ran on the time budget: the last step ran at 5 of 6 s, so poly's LR is (1/6)^0.9 of the
-    # start although < 1 % of the epochs were done.
-    assert result.history[-1]["lr"] == pytest.approx(cfg.training.lr * (1 / 6) ** 0.9)
+    # The schedule ran on the time budget: the last step ran at 5 of 6 s, so poly's LR is that of progress
+    # (5/6 - grace) / (1 - grace) although < 1 % of the epochs were done.
+    from medseg.training.schedule import CLOCK_GRACE
+
+    progress = (5 / 6 - CLOCK_GRACE) / (1 - CLOCK_GRACE)
+    assert result.history[-1]["lr"] == pytest.approx(cfg.training.lr * (1 - progress) ** 0.9)
     assert result.history[-1]["val_dice_mean"] is not None, "the last epoch is validated"
+
+
+def test_a_budget_that_does_not_bind_leaves_the_weights_alone(
+    tmp_path: Path, sample_hippo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same run on a fast machine and on one that uses most of its budget (clocks: 0.001 s vs 5 s for each batch
+    fetched and 100 s per step, 4 steps, 600 s) ends with the same weights bit for bit: a budget it does not reach
+    is a cap, not an input of the training. (Before the schedule's clock grace the first step's LR followed the
+    time the first batch took.)"""
+    from medseg.training import train
+
+    weights = []
+    for seconds_per_step in (0.001, 100.0):
+        clock = FetchingClock(seconds_per_step, seconds_per_read=seconds_per_step / 20)
+        ticking_steps(monkeypatch, clock)
+        cfg = make_cfg(
+            sample_hippo,
+            tmp_path / str(seconds_per_step),
+            data={"max_cases": 3, "val_fraction": 0.34},
+            training={"epochs": 1, "batch_size": 16, "max_minutes": 10},
+        )
+        result = train(cfg, clock=clock)
+        assert result.stop_reason == "epochs"
+        monkeypatch.undo()
+        weights.append(load_checkpoint(result.last)["model_state"])
+    assert 0.5 * 600 < clock.now < 600, "the slow run used most of its budget without reaching it"
+    assert all(torch.equal(v, weights[1][k]) for k, v in weights[0].items())
 
 
 def test_time_budget_is_checked_every_step(tmp_path: Path, sample_hippo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
