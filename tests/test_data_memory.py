@@ -50,10 +50,29 @@ def test_a_dataset_that_fits_passes_and_one_that_does_not_stops(sample_hippo: Pa
     assert check_training_memory(cases, None, None) is None
 
 
-def test_dicom_series_are_not_counted(pgbm_dir: Path) -> None:
+def test_a_sample_dicom_series_is_counted_exactly() -> None:
+    from medseg.io import load_volume
+    from medseg.io.header import scan_voxels
+
+    folder = Path(__file__).resolve().parents[1] / "sample_data" / "dicom" / "HippoCrop_Study1"
+    assert scan_voxels(folder) == int(np.prod(load_volume(folder).array.shape))
+
+
+def test_dicom_series_are_counted_from_one_header_each(pgbm_dir: Path, tmp_path: Path) -> None:
+    """A DICOM series folder counts as its files x one header's voxels: the voxels the reader then returns."""
+    from medseg.io import load_volume
+    from medseg.io.header import scan_voxels
+
     cases = discover_cases(DataConfig(root=pgbm_dir, layout="dicom", classes=["background", "tumour"])).cases
-    assert estimate_training_bytes(cases)[1:] == (0, len(cases))
-    assert check_training_memory(cases, None, 1) is None
+    need, counted, total = estimate_training_bytes(cases)
+    voxels = [int(np.prod(load_volume(c.image).array.shape)) for c in cases]
+    assert counted == total == len(cases)
+    assert need == sum(voxels) * BYTES_PER_VALUE
+    with pytest.raises(InsufficientMemoryError, match=f"The training data of {len(cases)} cases"):
+        check_training_memory(cases, None, 1)
+    # A folder with no DICOM image file is left out of the estimate (reading it reports the reason).
+    (tmp_path / "notes.txt").write_text("not a scan")
+    assert scan_voxels(tmp_path) is None
 
 
 def test_trainer_stops_before_reading_any_file(

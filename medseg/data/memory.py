@@ -5,8 +5,9 @@ killed by the operating system minutes into reading, with no message. This check
 estimate is :data:`BYTES_PER_VALUE` per value the image files hold (voxels x channels, from their headers), the
 measured peak of the data setup (``benchmarks/RESULTS.md``, "Training memory": 9.1 bytes per voxel for CT-sized
 volumes, 7.3 per voxel and channel for BraTS; the label rides along), against the memory the system reports
-available. DICOM series folders are not counted (their size needs every file's header); the estimate then says
-how many cases it covers.
+available. A DICOM series folder counts as its number of DICOM files times the voxels in one file's header
+(``medseg.io.header.dicom_folder_voxels``: one header per case, exact for a folder of one series). Cases whose
+headers cannot be read are left out, and the estimate says how many cases it covers.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def check_training_memory(
     if counted == 0:
         return None
     need *= max(1, copies)
-    covered = "" if counted == total else f" (counting the {counted} of {total} cases stored as files)"
+    covered = "" if counted == total else f" (counting the {counted} of {total} cases whose headers could be read)"
     if copies > 1:
         covered += f", {copies} processes on this machine each holding a copy"
     log.debug("Training data estimate: %.1f GiB%s; %.1f GiB available", need / _GIB, covered, available_bytes / _GIB)
