@@ -317,3 +317,17 @@ def test_summary_stage_prints_the_exact_total(tmp_path: Path, capsys: pytest.Cap
     assert "Input: batch 8 x 1 channel(s) x 48 x 64" in text
     assert "Measured peak memory of one training step on cpu" in text
     assert not (tmp_path / "checkpoints").exists()  # nothing was trained
+
+
+def test_pad_to_pads_only_when_sizes_differ() -> None:
+    """A matching upsampled map is passed through (no copy); a short one gets the seed's even split."""
+    from medseg.models.parts import pad_to
+
+    skip = torch.zeros(1, 2, 7, 9)
+    same = torch.ones(1, 2, 7, 9)
+    assert pad_to(same, skip) is same
+    short = torch.ones(1, 2, 6, 8)
+    padded = pad_to(short, skip)
+    assert padded.shape == skip.shape
+    # One row and one column short: the extra pixel goes at the end (bottom row, right column are zero).
+    assert padded[..., :6, :8].eq(1).all() and padded[..., 6, :].eq(0).all() and padded[..., :, 8].eq(0).all()

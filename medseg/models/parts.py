@@ -101,6 +101,21 @@ class AttentionGate(nn.Module):
         return x * attention
 
 
+def pad_to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``x`` zero-padded to ``like``'s H and W (split evenly, the extra pixel at the end); ``x`` itself if they match.
+
+    Odd sizes were rounded down by the max-pool, so an upsampled map can be a pixel short per level; it is padded to
+    the skip's size instead of cropping the skip. Slices padded to the network's multiple (as medseg pads them)
+    never need it, and ``F.pad`` copies even a zero pad: 4 copies per forward pass, 3 ms of a 132 ms hippocampus
+    prediction on 2 CPU cores.
+    """
+    diff_y = like.size(2) - x.size(2)
+    diff_x = like.size(3) - x.size(3)
+    if diff_x == 0 and diff_y == 0:
+        return x
+    return F.pad(x, [diff_x // 2, diff_x - diff_x // 2, diff_y // 2, diff_y - diff_y // 2])
+
+
 class Down(nn.Module):
     """2x2 max-pool (halves H and W, rounding down) then ``block`` (default :class:`DoubleConv`)."""
 
@@ -145,12 +160,7 @@ class Up(nn.Module):
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         """Upsample ``x1`` (deeper) and fuse it with the skip ``x2``; the output has ``x2``'s H and W."""
-        x1 = self.up(x1)
-        # Odd sizes were rounded down by the max-pool, so the upsampled map can be a pixel short per level:
-        # pad it (split evenly, extra pixel at the end) to the skip's size instead of cropping the skip.
-        diff_y = x2.size(2) - x1.size(2)
-        diff_x = x2.size(3) - x1.size(3)
-        x1 = F.pad(x1, [diff_x // 2, diff_x - diff_x // 2, diff_y // 2, diff_y - diff_y // 2])
+        x1 = pad_to(self.up(x1), x2)
         if self.gate is not None:
             x2 = self.gate(x1, x2)
         return self.conv(torch.cat([x2, x1], dim=1))
@@ -193,9 +203,5 @@ class NestedUp(nn.Module):
 
     def forward(self, deep: torch.Tensor, *skips: torch.Tensor) -> torch.Tensor:
         """Fuse the upsampled ``deep`` with ``skips`` (all of the same H, W); the output has their H, W."""
-        x = self.up(deep)
-        # As in Up: odd sizes were rounded down by the max-pool, so pad the upsampled map to the skips' size.
-        diff_y = skips[0].size(2) - x.size(2)
-        diff_x = skips[0].size(3) - x.size(3)
-        x = F.pad(x, [diff_x // 2, diff_x - diff_x // 2, diff_y // 2, diff_y - diff_y // 2])
+        x = pad_to(self.up(deep), skips[0])
         return self.conv(torch.cat([*skips, x], dim=1))
