@@ -541,6 +541,7 @@ def test_time_budget_stops_and_anneals(tmp_path: Path, sample_hippo: Path, monke
     assert result.history[-1]["val_dice_mean"] is not None, "the last epoch is validated"
 
 
+@pytest.mark.slow
 def test_a_budget_that_does_not_bind_leaves_the_weights_alone(
     tmp_path: Path, sample_hippo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
