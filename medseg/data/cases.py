@@ -152,6 +152,10 @@ def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSp
     else:
         cases, classes = _discover_dicom(root, cfg, collector, require_labels), None
 
+    if not cases and not collector.skipped:  # nothing matched at all: say what the folder holds instead
+        from medseg.data.layout_hint import layout_hint
+
+        raise ConfigError(f"No cases found under data.root '{root}' with layout '{layout}': {layout_hint(root)}")
     if cfg.classes is not None:
         classes = list(cfg.classes)
     if not classes:
@@ -203,7 +207,9 @@ def read_dataset_json(root: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"'{path}' does not exist (data.layout msd needs it)") from None
+        from medseg.data.layout_hint import layout_hint
+
+        raise ConfigError(f"'{path}' does not exist (data.layout msd needs it); {layout_hint(root)}") from None
     except (OSError, ValueError) as err:
         raise ConfigError(f"'{path}' is not valid JSON: {err}") from None
     if not isinstance(data, dict):
@@ -378,7 +384,9 @@ def _discover_glob(root: Path, cfg: DataConfig, collector: BadCaseCollector, req
 
     images = by_case(cfg.image_glob, "image")
     if not images:
-        raise ConfigError(f"data.image_glob '{cfg.image_glob}' matches no files under '{root}'")
+        from medseg.data.layout_hint import layout_hint
+
+        raise ConfigError(f"data.image_glob '{cfg.image_glob}' matches no files under '{root}': {layout_hint(root)}")
     labels = by_case(cfg.label_glob, "label")
     for orphan in sorted(set(labels) - set(images)):
         log.warning("Label '%s' has no image matching data.image_glob; ignored", labels[orphan])

@@ -1,0 +1,84 @@
+"""What a dataset folder looks like, said in the words of ``data.layout``, for errors about the wrong layout.
+
+A copy of ``configs/hippocampus.yaml`` (``layout: msd``) pointed at a folder of case folders used to stop with
+"dataset.json does not exist" and nothing more. :func:`layout_hint` looks at the folder (its entries and one level
+of sub-folders, no file is opened beyond DICOM's 132-byte marker) and names the layout and keys that would read
+it, with the file names it saw, so the next try can work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medseg.io.scans import SUPPORTED_SUFFIXES, image_suffix, is_dicom_file
+
+#: Names shown of a folder's files (enough to write the patterns from, short enough for one message).
+_SHOWN = 6
+#: Files looked at per folder when looking for DICOM (a series folder may hold thousands).
+_PROBE = 20
+#: Sub-folder levels searched for DICOM below a case folder (TCIA: case / study / series).
+_DICOM_DEPTH = 3
+
+
+def _visible(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+def _scan_files(entries: list[Path]) -> list[Path]:
+    return [p for p in entries if p.is_file() and image_suffix(p) is not None]
+
+
+def _holds_dicom(folder: Path, depth: int = _DICOM_DEPTH) -> bool:
+    """DICOM files in ``folder`` or in its sub-folders down to ``depth`` levels (case / study / series)."""
+    entries = _visible(folder)
+    if any(is_dicom_file(p) for p in [e for e in entries if e.is_file()][:_PROBE]):
+        return True
+    return depth > 0 and any(_holds_dicom(sub, depth - 1) for sub in entries if sub.is_dir())
+
+
+def _names(paths: list[Path]) -> str:
+    shown = ", ".join(p.name for p in paths[:_SHOWN])
+    return shown + (f", ... ({len(paths)} in all)" if len(paths) > _SHOWN else "")
+
+
+def layout_hint(root: Path) -> str:
+    """One sentence on what ``root`` holds and which ``data.layout`` (with which keys) reads it.
+
+    Args:
+        root: ``data.root`` (an existing folder).
+
+    Returns:
+        The hint, e.g. "it holds 6 case folders ('brats_2013_pat0001_1' has Flair.nii.gz, OT.nii.gz, T1c.nii.gz):
+        for one folder per case set data.layout: folders with data.channel_patterns ...".
+    """
+    entries = _visible(root)
+    folders = [p for p in entries if p.is_dir()]
+    loose = _scan_files(entries)
+    for folder in folders:
+        files = _scan_files(_visible(folder))
+        if files:
+            return (
+                f"it holds {len(folders)} folder(s) with scan files ('{folder.name}' has {_names(files)}): for one "
+                "folder per case set data.layout: folders, data.channel_patterns (one file-name pattern per input "
+                "channel, in order, e.g. ['*flair*', '*t1c*']), data.label_pattern (e.g. '*label*') and "
+                "data.classes (background first)"
+            )
+    if folders and any(_holds_dicom(f) for f in folders[:3]):
+        return (
+            f"it holds {len(folders)} folder(s) with DICOM files (e.g. '{folders[0].name}'): for one folder per case "
+            "with its image series and mask set data.layout: dicom, data.dicom_image_pattern / "
+            "data.dicom_mask_pattern (folder-name patterns) and data.classes (background first)"
+        )
+    if loose:
+        return (
+            f"it holds {len(loose)} scan file(s) ({_names(loose)}): set data.layout: glob with data.image_glob and "
+            "data.label_glob (file patterns relative to data.root, e.g. '*_img.nii.gz' and '*_label.nii.gz') "
+            "and data.classes (background first)"
+        )
+    return (
+        "it holds no scan files, case folders or DICOM series that medseg recognises (scan endings: "
+        f"{', '.join(SUPPORTED_SUFFIXES)}; DICOM series folders)"
+    )

@@ -1,0 +1,63 @@
+"""A dataset folder read with the wrong layout: the error says what the folder holds and which layout reads it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from medseg.config import DataConfig
+from medseg.data.cases import discover_cases
+from medseg.data.layout_hint import layout_hint
+from medseg.errors import ConfigError
+
+SAMPLE_DICOM = Path(__file__).resolve().parents[1] / "sample_data" / "dicom" / "HippoCrop_Study1"
+
+
+def _touch(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")  # the hint reads names only, never a scan's contents
+
+
+def test_case_folders_point_to_the_folders_layout_with_the_file_names(tmp_path: Path) -> None:
+    for case in ("pat1", "pat2"):
+        for name in ("Flair.nii.gz", "T1c.nii.gz", "OT.nii.gz", "notes.txt"):
+            _touch(tmp_path / case / name)
+    hint = layout_hint(tmp_path)
+    assert hint.startswith("it holds 2 folder(s) with scan files ('pat1' has Flair.nii.gz, OT.nii.gz, T1c.nii.gz)")
+    assert "data.layout: folders" in hint and "data.channel_patterns" in hint and "data.label_pattern" in hint
+    assert "notes.txt" not in hint
+
+
+def test_loose_scans_point_to_the_glob_layout(tmp_path: Path) -> None:
+    for i in range(8):
+        _touch(tmp_path / f"case{i}_img.nrrd")
+    _touch(tmp_path / "README.md")
+    hint = layout_hint(tmp_path)
+    assert hint.startswith("it holds 8 scan file(s) (case0_img.nrrd, ")
+    assert "... (8 in all)" in hint and "data.layout: glob" in hint and "data.image_glob" in hint
+
+
+def test_dicom_series_below_case_folders_point_to_the_dicom_layout(tmp_path: Path) -> None:
+    # TCIA style: case / study / series / files.
+    shutil.copytree(SAMPLE_DICOM, tmp_path / "case1" / "study" / "T1post")
+    hint = layout_hint(tmp_path)
+    assert hint.startswith("it holds 1 folder(s) with DICOM files (e.g. 'case1')")
+    assert "data.layout: dicom" in hint
+
+
+def test_a_folder_without_scans_says_so(tmp_path: Path) -> None:
+    _touch(tmp_path / "docs" / "protocol.pdf")
+    assert "no scan files, case folders or DICOM series" in layout_hint(tmp_path)
+    assert ".nii.gz" in layout_hint(tmp_path)  # the endings it looked for
+
+
+def test_the_msd_and_glob_errors_carry_the_hint(tmp_path: Path) -> None:
+    """A copy of an MSD config (``layout: msd``) or the glob defaults pointed at a folder of case folders."""
+    _touch(tmp_path / "pat1" / "flair.nii.gz")
+    _touch(tmp_path / "pat1" / "label.nii.gz")
+    with pytest.raises(ConfigError, match=r"dataset\.json' does not exist \(data\.layout msd needs it\); it holds 1"):
+        discover_cases(DataConfig(root=tmp_path, layout="msd"))
+    with pytest.raises(ConfigError, match=r"matches no files under .*: it holds 1 folder\(s\) with scan files"):
+        discover_cases(DataConfig(root=tmp_path, layout="auto", classes=["background", "tumour"]))
