@@ -61,3 +61,9 @@ def test_the_msd_and_glob_errors_carry_the_hint(tmp_path: Path) -> None:
         discover_cases(DataConfig(root=tmp_path, layout="msd"))
     with pytest.raises(ConfigError, match=r"matches no files under .*: it holds 1 folder\(s\) with scan files"):
         discover_cases(DataConfig(root=tmp_path, layout="auto", classes=["background", "tumour"]))
+
+
+def test_the_dicom_layout_error_carries_the_hint(tmp_path: Path) -> None:
+    _touch(tmp_path / "pat1" / "t1.nii.gz")
+    with pytest.raises(ConfigError, match=r"no folders of DICOM files under .*: it holds 1 folder\(s\) with scan"):
+        discover_cases(DataConfig(root=tmp_path, layout="dicom", classes=["background", "tumour"]))

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.config import DataConfig
+from medseg.data.layout_hint import layout_hint
 from medseg.data.modality import RecordedModality, from_channel_names
 from medseg.errors import BadCaseError, ConfigError
 from medseg.io.scans import (
@@ -152,9 +153,7 @@ def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSp
     else:
         cases, classes = _discover_dicom(root, cfg, collector, require_labels), None
 
-    if not cases and not collector.skipped:  # nothing matched at all: say what the folder holds instead
-        from medseg.data.layout_hint import layout_hint
-
+    if not cases and not collector.skipped and layout != "msd":  # nothing matched: say what the folder holds
         raise ConfigError(f"No cases found under data.root '{root}' with layout '{layout}': {layout_hint(root)}")
     if cfg.classes is not None:
         classes = list(cfg.classes)
@@ -207,8 +206,6 @@ def read_dataset_json(root: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        from medseg.data.layout_hint import layout_hint
-
         raise ConfigError(f"'{path}' does not exist (data.layout msd needs it); {layout_hint(root)}") from None
     except (OSError, ValueError) as err:
         raise ConfigError(f"'{path}' is not valid JSON: {err}") from None
@@ -384,8 +381,6 @@ def _discover_glob(root: Path, cfg: DataConfig, collector: BadCaseCollector, req
 
     images = by_case(cfg.image_glob, "image")
     if not images:
-        from medseg.data.layout_hint import layout_hint
-
         raise ConfigError(f"data.image_glob '{cfg.image_glob}' matches no files under '{root}': {layout_hint(root)}")
     labels = by_case(cfg.label_glob, "label")
     for orphan in sorted(set(labels) - set(images)):
@@ -458,7 +453,7 @@ def _discover_dicom(root: Path, cfg: DataConfig, collector: BadCaseCollector, re
             case_folders.setdefault(folder.parent, []).append(folder)
             dirnames[:] = []  # a series folder holds no further series
     if not case_folders:
-        raise ConfigError(f"data.layout dicom: no folders of DICOM files under data.root '{root}'")
+        raise ConfigError(f"data.layout dicom: no folders of DICOM files under data.root '{root}': {layout_hint(root)}")
 
     pairs: list[tuple[str, Path, Path | None]] = []
     for case_folder, series in sorted(case_folders.items()):
