@@ -6,7 +6,7 @@ estimate is :data:`BYTES_PER_VALUE` per value the image files hold (voxels x cha
 measured peak of the data setup (``benchmarks/RESULTS.md``, "Training memory": 9.1 bytes per voxel for CT-sized
 volumes, 7.3 per voxel and channel for BraTS; the label rides along), against the memory the system reports
 available. A DICOM series folder counts as its number of DICOM files times the voxels in one file's header
-(``medseg.io.header.dicom_folder_voxels``: one header per case, exact for a folder of one series). Cases whose
+(``medseg.io.dicom.folder_voxels``: one header per case, exact for a folder of one series). Cases whose
 headers cannot be read are left out, and the estimate says how many cases it covers.
 """
 

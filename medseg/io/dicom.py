@@ -11,6 +11,7 @@ pass); the pixels of the chosen series are decoded by :mod:`medseg.io.dicom_pixe
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,10 +127,40 @@ def series_modality(folder: str | Path) -> str:
         UnreadableScanError: The first DICOM image file cannot be read.
     """
     folder = Path(folder)
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name.upper() != "DICOMDIR"):
-        if is_dicom_file(path) and not is_dicom_label_file(path):
+    for path in _dicom_files(folder):
+        if not is_dicom_label_file(path):
             return _meta(_file_reader(path, folder), _MODALITY)
     return ""
+
+
+def folder_voxels(folder: str | Path) -> int | None:
+    """Values a DICOM series folder holds, from one header: its DICOM files x one image file's voxels.
+
+    One header is read (a whole-body CT of 500 slices must not cost 500 header reads before a run starts); every
+    other file is only checked for the ``DICM`` marker (132 bytes). A folder that also holds other series or a
+    SEG / RTSTRUCT file counts them as slices too: an estimate on the safe side.
+
+    Returns:
+        The count, or ``None`` when the folder holds no DICOM file whose header GDCM reads as an image.
+    """
+    folder = Path(folder)
+    files = list(_dicom_files(folder))
+    for path in files:
+        if is_dicom_label_file(path):
+            continue
+        try:
+            reader = _file_reader(path, folder)
+        except UnreadableScanError:
+            continue  # not an image GDCM reads (a report, a corrupt file): the next one may be
+        return len(files) * int(np.prod(reader.GetSize())) * int(reader.GetNumberOfComponents())
+    return None
+
+
+def _dicom_files(folder: Path) -> Iterator[Path]:
+    """The DICOM Part-10 files directly in ``folder``, by name (a DICOMDIR index left out), found lazily."""
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name.upper() != "DICOMDIR"):
+        if is_dicom_file(path):
+            yield path
 
 
 def _read_slice(path: Path, folder: Path) -> _Slice:
@@ -171,11 +202,8 @@ def _scan_folder(folder: Path) -> tuple[dict[str, list[_Slice]], list[str]]:
     groups: dict[str, list[_Slice]] = {}
     skipped: list[str] = []
     first_error: UnreadableScanError | None = None
-    candidates = sorted(p for p in folder.iterdir() if p.is_file() and p.name.upper() != "DICOMDIR")
     labels: list[str] = []
-    for path in candidates:
-        if not is_dicom_file(path):
-            continue
+    for path in _dicom_files(folder):
         if is_dicom_label_file(path):  # SEG / RTSTRUCT: labels that reference a series, not slices of one
             labels.append(path.name)
             continue
