@@ -147,8 +147,8 @@ def test_nnunet_naming_pairs_0000_and_0001(folders_root: Path, tmp_path: Path) -
         discover_cases(DataConfig(root=root))
 
 
-def test_msd_4d_nifti_channels_on_the_fourth_axis(folders_root: Path, tmp_path: Path) -> None:
-    root = tmp_path / "msd"
+def _msd_4d(folders_root: Path, root: Path) -> Path:
+    """The cropped BraTS cases as an MSD task: one 4D NIfTI per case (FLAIR, T1c on the 4th axis)."""
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
     training = []
@@ -163,6 +163,11 @@ def test_msd_4d_nifti_channels_on_the_fourth_axis(folders_root: Path, tmp_path: 
     (root / "dataset.json").write_text(
         json.dumps({"modality": {"0": "FLAIR", "1": "T1c"}, "labels": labels, "training": training})
     )
+    return root
+
+
+def test_msd_4d_nifti_channels_on_the_fourth_axis(folders_root: Path, tmp_path: Path) -> None:
+    root = _msd_4d(folders_root, tmp_path / "msd")
     spec = discover_cases(DataConfig(root=root))
     assert spec.channels == ["FLAIR", "T1c"] and all(c.channel_files == () for c in spec.cases)
     stack = load_channels([spec.cases[0].image], spec.channels)
@@ -264,3 +269,54 @@ def test_two_channel_run_trains_with_a_qc_reference_predicts_and_evaluates(folde
     rows = list(csv.DictReader(layout.predictions_csv.open()))
     assert [(r["case"], r["status"]) for r in rows] == [(val.id, "ok")] and rows[0]["qc_score"] != ""
     assert result.evaluate is not None and result.evaluate["n_evaluated"] == 1
+
+
+def test_msd_4d_task_runs_end_to_end_from_a_copy_of_the_hippocampus_config(folders_root: Path, tmp_path: Path) -> None:
+    """A new user's copy of configs/hippocampus.yaml pointed at an MSD task whose images are 4D (channels on the
+    4th axis, as in MSD BrainTumour and Prostate). The trainer's QC recording reader once took no ``channel`` and
+    stopped such a run with a TypeError before its first epoch."""
+    from medseg.config import load_config
+    from medseg.models.checkpoint import load_checkpoint
+    from medseg.runner import RunLayout, run_stages
+
+    root = _msd_4d(folders_root, tmp_path / "msd")
+    repo = Path(__file__).resolve().parents[1]
+    cfg = load_config(
+        repo / "configs" / "hippocampus.yaml",
+        [
+            f"data.root={root}",
+            "data.val_fraction=0.34",
+            "model.base_features=4",
+            "training.epochs=1",
+            "training.device=cpu",
+            "inference.device=cpu",
+            "evaluation.overlays=0",
+            f"output.dir={tmp_path / 'run'}",
+        ],
+    )
+    result = run_stages(cfg, ["train", "predict", "evaluate"])
+    layout = RunLayout(cfg.output.dir)
+    ckpt = load_checkpoint(layout.best_checkpoint)
+    assert ckpt["qc_reference"]["n_train"] == 2 and ckpt["qc_reference"]["n_val"] == 1
+    (val,) = result.train.val_cases
+    rows = list(csv.DictReader(layout.predictions_csv.open()))
+    assert [(r["case"], r["status"]) for r in rows] == [(val.id, "ok")] and rows[0]["qc_score"] != ""
+    assert nib.load(rows[0]["output"]).shape == nib.load(val.image).shape[:3]
+    assert result.evaluate is not None and result.evaluate["n_evaluated"] == 1
+
+
+def test_qc_recording_reader_measures_the_first_channel_of_a_4d_file(folders_root: Path, tmp_path: Path) -> None:
+    """At prediction QC measures a case's first channel (its reference), so the training reference must too."""
+    from medseg.inference.qc import intensity_features
+    from medseg.io import load_volume
+    from medseg.training.qc_reference import RecordingReader
+
+    root = _msd_4d(folders_root, tmp_path / "msd")
+    path = sorted((root / "imagesTr").iterdir())[0]
+    recorder = RecordingReader(load_volume, CLASSES)
+    stack = load_channels([path], ["FLAIR", "T1c"], recorder)
+    flair = intensity_features(np.asarray(stack.volumes[0].array))
+    t1c = intensity_features(np.asarray(stack.volumes[1].array))
+    assert flair != t1c
+    recorded = {k: v for k, v in recorder.images[path].items() if k in flair}
+    assert recorded == flair

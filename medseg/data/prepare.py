@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -31,8 +31,14 @@ from medseg.volume import Volume
 
 log = logging.getLogger(__name__)
 
-#: Reads a scan (file or DICOM folder) into a :class:`Volume`; ``medseg.io.load_volume`` by default.
-Reader = Callable[[Path], Volume]
+class Reader(Protocol):
+    """Reads a scan (file or DICOM folder) into a :class:`Volume`; ``medseg.io.load_volume`` by default.
+
+    ``channel`` is passed only for a 4D file that holds a case's channels (the MSD multi-modal layout), to read
+    one of them; a 3D scan is read with the path alone.
+    """
+
+    def __call__(self, path: Path, /, *, channel: int | None = ...) -> Volume: ...
 
 
 def default_reader() -> Reader:

@@ -57,12 +57,12 @@ class RecordingReader:
         """Says which paths are label files (their class volumes are recorded instead of intensities)."""
         self._label_paths = {Path(c.label) for c in cases if c.label is not None}
 
-    def __call__(self, path: Path) -> Volume:
-        volume = self.reader(path)
+    def __call__(self, path: Path, /, *, channel: int | None = None) -> Volume:
+        volume = self.reader(path) if channel is None else self.reader(path, channel=channel)
         key = Path(path)
         if key in self._label_paths:
             self.labels[key] = label_volumes_ml(np.rint(np.asarray(volume.array)), volume.spacing, self.classes)
-        else:
+        elif not channel:  # a 4D file's first channel: the one QC measures at prediction (a case's reference)
             canon, _ = to_canonical(volume)
             feats = intensity_features(np.asarray(volume.array))
             feats.update(geometry_features(canon.spacing, canon.shape))
