@@ -31,6 +31,7 @@ from medseg.volume import Volume
 
 log = logging.getLogger(__name__)
 
+
 class Reader(Protocol):
     """Reads a scan (file or DICOM folder) into a :class:`Volume`; ``medseg.io.load_volume`` by default.
 
