@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -827,6 +828,32 @@ def _gpu_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def _case_means(result: dict[str, Any], key: str) -> dict[str, float]:
+    """Each case's mean Dice over the foreground classes under ``key`` (``ceiling``, ``plan``, ``no_plan``)."""
+    return {case: float(np.mean(row[key])) for case, row in result.get("per_case", {}).items() if row.get(key)}
+
+
+def _gap_cell(ceiling: dict[str, float], plan: dict[str, float]) -> str:
+    """``ceiling - plan`` over the cases both have, with its standard error (cases paired) when there are 2+."""
+    cases = sorted(set(ceiling) & set(plan))
+    if not cases:
+        return "–"
+    diffs = np.array([ceiling[c] - plan[c] for c in cases])
+    if len(diffs) < 2:
+        return fmt(float(diffs.mean()), 4)
+    return f"{diffs.mean():.4f} ± {diffs.std(ddof=1) / np.sqrt(len(diffs)):.4f}"
+
+
+def _fold_groups(results: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """Results of one series run fold by fold (file names that differ only in ``_fold<k>``), 2+ folds each."""
+    groups: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for name, r in results:
+        stem = re.sub(r"_fold\d+", "_fold*", name)
+        if stem != name:
+            groups.setdefault(stem, []).append((name, r))
+    return {stem: members for stem, members in groups.items() if len(members) > 1}
+
+
 def _mixed_spacing_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     lines = ["## Mixed spacing: a 1 mm model on scans from a coarser grid", ""]
     if not results:
@@ -836,25 +863,36 @@ def _mixed_spacing_section(results: Sequence[tuple[str, dict[str, Any]]]) -> lis
         "at 1 mm predicts the held-out cases re-sampled to a coarser grid (SimpleITK: images linear, labels "
         "nearest). *ceiling*: the model's 1 mm predictions re-sampled onto the coarse grid; *plan*: the coarse scans "
         "predicted through the plan's target spacing (re-sampled to 1 mm, probabilities back); *no plan*: the "
-        "coarse scans predicted as they are. Target (issue 17): ceiling - plan <= 0.005.",
+        "coarse scans predicted as they are. Target (issue 17): ceiling - plan <= 0.005. The gap's ± is its "
+        "standard error over the cases (each case's ceiling and plan paired). A series run fold by fold "
+        "(`..._fold<k>.json`) also gets a row pooling its folds' held-out cases (each case once).",
         "",
     ]
-    rows = []
-    for name, r in results:
-        md = r.get("mean_dice", {})
-        gap, target = r.get("gap_ceiling_minus_plan"), r.get("target_gap", 0.005)
-        rows.append(
-            [
-                f"`{name}`",
-                "x".join(f"{v:g}" for v in r.get("coarse_spacing", [])),
-                str(r.get("n_cases")),
-                fmt(md.get("ceiling")),
-                fmt(md.get("plan")),
-                fmt(md.get("no_plan")),
-                fmt(gap, 4),
-                _verdict(None if gap is None else gap <= target),
-            ]
-        )
+
+    def row(label: str, members: Sequence[dict[str, Any]]) -> list[str]:
+        per = {k: {c: v for r in members for c, v in _case_means(r, k).items()} for k in ("ceiling", "plan", "no_plan")}
+        pooled = len(members) > 1
+        means = {k: (float(np.mean(list(v.values()))) if v else None) for k, v in per.items()}
+        if not pooled:  # the file's own summary (identical for new files; old ones may lack per-case rows)
+            means = {k: members[0].get("mean_dice", {}).get(k, means[k]) for k in means}
+        gap = None if means["ceiling"] is None or means["plan"] is None else means["ceiling"] - means["plan"]
+        target = members[0].get("target_gap", 0.005)
+        return [
+            label,
+            "x".join(f"{v:g}" for v in members[0].get("coarse_spacing", [])),
+            str(len(per["plan"]) if pooled else members[0].get("n_cases")),
+            fmt(means["ceiling"]),
+            fmt(means["plan"]),
+            fmt(means["no_plan"]),
+            _gap_cell(per["ceiling"], per["plan"]) if per["plan"] else fmt(gap, 4),
+            _verdict(None if gap is None else gap <= target),
+        ]
+
+    rows = [row(f"`{name}`", [r]) for name, r in results]
+    for stem, members in _fold_groups(results).items():
+        spacings = {tuple(r.get("coarse_spacing", [])) for _, r in members}
+        if len(spacings) == 1:
+            rows.append(row(f"**{len(members)} folds pooled** (`{stem}`)", [r for _, r in members]))
     headers = ["run", "coarse mm", "cases", "ceiling", "plan", "no plan", "ceiling - plan", "target"]
     lines += [markdown_table(headers, rows), ""]
     lines += [f"- `{name}`: `{r.get('command', '')}`" for name, r in results]

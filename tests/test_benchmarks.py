@@ -210,6 +210,37 @@ def test_report_states_whether_quality_targets_are_met(tmp_path: Path) -> None:
     assert render(tmp_path, None) == text  # deterministic: --check is stable
 
 
+def test_mixed_spacing_folds_pool_their_cases_with_a_paired_standard_error(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO))
+    from benchmarks.report import render
+
+    def fake(cases: dict[str, tuple[float, float]]) -> dict[str, object]:
+        per_case = {c: {"ceiling": [ce, ce], "plan": [pl, pl], "no_plan": [0.5, 0.5]} for c, (ce, pl) in cases.items()}
+        ceiling = sum(ce for ce, _ in cases.values()) / len(cases)
+        plan = sum(pl for _, pl in cases.values()) / len(cases)
+        return {
+            "coarse_spacing": [1.5, 1.5, 1.0],
+            "n_cases": len(cases),
+            "mean_dice": {"ceiling": ceiling, "plan": plan, "no_plan": 0.5},
+            "gap_ceiling_minus_plan": ceiling - plan,
+            "target_gap": 0.005,
+            "per_case": per_case,
+        }
+
+    (tmp_path / "mixed_spacing_cv_fold0.json").write_text(json.dumps(fake({"a": (0.90, 0.89), "b": (0.80, 0.80)})))
+    (tmp_path / "mixed_spacing_cv_fold1.json").write_text(json.dumps(fake({"c": (0.85, 0.85), "d": (0.86, 0.86)})))
+    text = render(tmp_path, None)
+    rows = {
+        line.split("|")[1].strip(): line.split("|")
+        for line in text.splitlines()
+        if line.startswith("|") and "mixed_spacing_cv" in line
+    }
+    # fold 0: gaps 0.01 and 0 -> mean 0.005, SE = std(ddof=1) / sqrt(2) = 0.00707 / 1.414 = 0.005
+    assert rows["`mixed_spacing_cv_fold0.json`"][7].strip() == "0.0050 ± 0.0050"
+    pooled = rows["**2 folds pooled** (`mixed_spacing_cv_fold*.json`)"]
+    assert pooled[3].strip() == "4" and pooled[7].strip() == "0.0025 ± 0.0025" and pooled[8].strip() == "met"
+
+
 def test_fold_subsets_merge_into_one_cross_validation(tmp_path: Path) -> None:
     sys.path.insert(0, str(REPO))
     from benchmarks.merge_folds import merge
