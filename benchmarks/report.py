@@ -867,10 +867,17 @@ def _mixed_spacing_section(results: Sequence[tuple[str, dict[str, Any]]]) -> lis
         "standard error over the cases (each case's ceiling and plan paired). A series run fold by fold "
         "(`..._fold<k>.json`) also gets a row pooling its folds' held-out cases (each case once).",
         "",
+        "*at centres*: the 1 mm probabilities sampled (linear) at the coarse voxel centres, where *plan* predicts. "
+        "The nearest-neighbour coarse labels come from the 1 mm voxel nearest each centre, 0.25 mm beside it at "
+        "1.5 mm, and *ceiling* samples the 1 mm prediction at exactly those points, which no prediction made on the "
+        "coarse scan can; *at centres - plan* is what the coarser scan itself costs. *label offset*: Dice of the "
+        "nearest-neighbour coarse labels against the 1 mm labels taken at the centres (one-hot, linear, argmax).",
+        "",
     ]
 
     def row(label: str, members: Sequence[dict[str, Any]]) -> list[str]:
-        per = {k: {c: v for r in members for c, v in _case_means(r, k).items()} for k in ("ceiling", "plan", "no_plan")}
+        keys = ("ceiling", "plan", "no_plan", "ceiling_centres", "label_offset_dice")
+        per = {k: {c: v for r in members for c, v in _case_means(r, k).items()} for k in keys}
         pooled = len(members) > 1
         means = {k: (float(np.mean(list(v.values()))) if v else None) for k, v in per.items()}
         if not pooled:  # the file's own summary (identical for new files; old ones may lack per-case rows)
@@ -886,6 +893,9 @@ def _mixed_spacing_section(results: Sequence[tuple[str, dict[str, Any]]]) -> lis
             fmt(means["no_plan"]),
             _gap_cell(per["ceiling"], per["plan"]) if per["plan"] else fmt(gap, 4),
             _verdict(None if gap is None else gap <= target),
+            fmt(means["ceiling_centres"]),
+            _gap_cell(per["ceiling_centres"], per["plan"]),
+            fmt(means["label_offset_dice"]),
         ]
 
     rows = [row(f"`{name}`", [r]) for name, r in results]
@@ -894,6 +904,7 @@ def _mixed_spacing_section(results: Sequence[tuple[str, dict[str, Any]]]) -> lis
         if len(spacings) == 1:
             rows.append(row(f"**{len(members)} folds pooled** (`{stem}`)", [r for _, r in members]))
     headers = ["run", "coarse mm", "cases", "ceiling", "plan", "no plan", "ceiling - plan", "target"]
+    headers += ["at centres", "at centres - plan", "label offset"]
     lines += [markdown_table(headers, rows), ""]
     lines += [f"- `{name}`: `{r.get('command', '')}`" for name, r in results]
     return [*lines, ""]

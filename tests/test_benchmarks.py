@@ -210,6 +210,45 @@ def test_report_states_whether_quality_targets_are_met(tmp_path: Path) -> None:
     assert render(tmp_path, None) == text  # deterministic: --check is stable
 
 
+def test_mixed_spacing_smoke_run_samples_the_ceiling_at_the_coarse_centres_too(
+    tmp_path: Path, sample_hippo: Path
+) -> None:
+    """The smoke run of benchmarks/mixed_spacing.py writes both ceilings and the label-offset Dice per case."""
+    out = tmp_path / "out"
+    _run(
+        [
+            str(REPO / "benchmarks" / "mixed_spacing.py"),
+            *("--data-root", str(sample_hippo), "--max-cases", "6", "--epochs", "1"),
+            *("--set", "model.base_features=4", "--set", "data.val_fraction=0.34"),
+            *("--out-dir", str(out), "--runs-dir", str(tmp_path / "runs")),
+        ]
+    )
+    result = json.loads((out / "mixed_spacing_smoke.json").read_text())
+    assert result["n_cases"] == 2 and len(result["per_case"]) == 2
+    for row in result["per_case"].values():
+        assert set(row) == {"ceiling", "plan", "no_plan", "ceiling_centres", "label_offset_dice"}
+        # The same labels sampled at points <= 0.25 mm apart: close, but not identical at 1.5 mm.
+        assert all(0.9 < d < 1.0 for d in row["label_offset_dice"])
+    md = result["mean_dice"]
+    assert result["gap_ceiling_centres_minus_plan"] == pytest.approx(md["ceiling_centres"] - md["plan"])
+
+
+def test_at_coarse_centres_samples_maps_like_the_coarse_image(tmp_path: Path, sample_hippo: Path) -> None:
+    """A linear ramp along an in-plane axis is sampled exactly (linear interpolation) at the coarse centres, which
+    lie at 1.5 i + 0.25 in 1 mm voxel units; nearest-neighbour labels come from round(1.5 i + 0.25) instead."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks.mixed_spacing import at_coarse_centres
+    from medseg.io import load_volume
+
+    like = load_volume(sorted((sample_hippo / "imagesTr").glob("*.nii.gz"))[0])
+    n0 = like.shape[0]
+    ramp = np.broadcast_to(np.arange(n0, dtype=np.float32)[:, None, None], like.shape)
+    coarse = at_coarse_centres(ramp[None], like, tmp_path, [1.5, 1.5, 1.0])[0]
+    m = round(n0 / 1.5)
+    expected = n0 / m * (np.arange(m) + 0.5) - 0.5  # the pixel-area convention, the extent kept exactly
+    np.testing.assert_allclose(coarse[1:-1, 0, 0], expected[1:-1], atol=1e-4)
+
+
 def test_mixed_spacing_folds_pool_their_cases_with_a_paired_standard_error(tmp_path: Path) -> None:
     sys.path.insert(0, str(REPO))
     from benchmarks.report import render
