@@ -496,3 +496,23 @@ def test_tta_flips_on_a_model_trained_without_flips_warns(tmp_path: Path, caplog
     with caplog.at_level("WARNING", logger="medseg.inference.predictor"):
         Predictor.from_checkpoint(path, device="cpu", precision="fp32", tta_flips=True)
     assert not caplog.records
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_forward_slices_puts_a_model_in_channels_last_and_tells_a_converted_one(in_channels: int) -> None:
+    """The first weight whose layout the format changes decides (a 1-channel first kernel cannot: it is
+    contiguous in both formats); a model left in the default format is converted, whatever its first layer."""
+    from medseg.inference.forward import _is_channels_last
+
+    torch.manual_seed(0)
+    model = UNet(in_channels, 2, base_features=4).eval()
+    reference = UNet(in_channels, 2, base_features=4).eval()
+    reference.load_state_dict(model.state_dict())
+    assert not _is_channels_last(model)
+    x = np.random.default_rng(0).standard_normal((2, in_channels, 16, 16)).astype(np.float32)
+    probs = forward_slices(model, x, InferenceSettings(n_classes=3, mode="sigmoid", channels_last=True))
+    assert _is_channels_last(model)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.ndim == 4)
+    expected = forward_slices(reference, x, InferenceSettings(n_classes=3, mode="sigmoid"))
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    assert not _is_channels_last(reference)  # channels_last=False leaves a model as it is

@@ -22,6 +22,19 @@ from medseg.models.head import logits_to_probs
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (2, 3))
 
 
+def _is_channels_last(model: nn.Module) -> bool:
+    """Whether ``model``'s weights are in channels_last, told by its first weight whose layout the format changes.
+
+    ``model.to(memory_format=...)`` converts every weight at once, so one weight tells; a kernel with one input
+    channel or a 1 x 1 kernel is contiguous in both formats and cannot. Checking every weight walked all the
+    modules on each call: 0.9 ms a scan in batch prediction (1 % of a hippocampus scan's forward pass).
+    """
+    for p in model.parameters():
+        if p.ndim == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1:
+            return p.is_contiguous(memory_format=torch.channels_last)
+    return True  # no weight whose layout the format changes
+
+
 def forward_slices(model: nn.Module, slices: np.ndarray, settings: InferenceSettings) -> np.ndarray:
     """Class probabilities for a stack of 2D slices.
 
@@ -52,10 +65,8 @@ def forward_slices(model: nn.Module, slices: np.ndarray, settings: InferenceSett
     target = padded_size((h, w), s.pad_multiple, s.patch_hw)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     # .to() and .eval() walk every submodule (a few ms per call on a UNet, paid per scan in batch prediction):
-    # skip them when the model is already in the wanted state (checking the conv weights is microseconds).
-    if channels_last and not all(
-        p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.ndim == 4
-    ):
+    # skip them when the model is already in the wanted state.
+    if channels_last and not _is_channels_last(model):
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     was_training = model.training
     if was_training:

@@ -30,6 +30,7 @@ cases with ``benchmarks/qc_eval.py`` (see ``benchmarks/RESULTS.md``).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -254,6 +255,13 @@ def output_features(
 
 def _robust(values: Sequence[float], floor: float) -> tuple[float, float]:
     """(median, scale) with scale = max(1.4826 * MAD, floor) of the finite values."""
+    # Memoised: every scan of a batch is compared with the same reference lists, and the two medians of each of
+    # a dozen lists took 1.2 ms a scan (1.5 % of a hippocampus prediction); a tuple of ~100 numbers hashes in ~1 us.
+    return _robust_of(tuple(values), float(floor))
+
+
+@functools.lru_cache(maxsize=1024)
+def _robust_of(values: tuple[float, ...], floor: float) -> tuple[float, float]:
     v = np.asarray(values, dtype=np.float64).reshape(-1)  # None becomes NaN
     v = v[np.isfinite(v)]
     if v.size == 0:
