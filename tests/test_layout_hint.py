@@ -47,6 +47,18 @@ def test_dicom_series_below_case_folders_point_to_the_dicom_layout(tmp_path: Pat
     assert "data.layout: dicom" in hint
 
 
+def test_a_folder_with_scan_files_beside_a_dicom_folder_names_both_readings(tmp_path: Path) -> None:
+    """As in TotalSegmentator's examples: a DICOM series folder next to NIfTI images and masks."""
+    shutil.copytree(SAMPLE_DICOM, tmp_path / "example_ct_dicom")
+    for name in ("example_ct_sm.nii.gz", "example_seg.nii.gz"):
+        _touch(tmp_path / name)
+    hint = layout_hint(tmp_path)
+    dicom, glob = hint.split("; ")
+    assert dicom.startswith("it holds 1 folder(s) with DICOM files (e.g. 'example_ct_dicom')")
+    assert glob.startswith("it also holds 2 scan file(s) (example_ct_sm.nii.gz, example_seg.nii.gz)")
+    assert "data.layout: glob" in glob
+
+
 def test_a_folder_without_scans_says_so(tmp_path: Path) -> None:
     _touch(tmp_path / "docs" / "protocol.pdf")
     assert "no scan files, case folders or DICOM series" in layout_hint(tmp_path)

@@ -57,27 +57,33 @@ def layout_hint(root: Path) -> str:
     entries = _visible(root)
     folders = [p for p in entries if p.is_dir()]
     loose = _scan_files(entries)
+    # Every reading that fits, folders first: a folder can hold both (TotalSegmentator's examples: a DICOM series
+    # folder beside NIfTI files), and the user knows which of them are the cases.
+    hints: list[str] = []
     for folder in folders:
         files = _scan_files(_visible(folder))
         if files:
-            return (
+            hints.append(
                 f"it holds {len(folders)} folder(s) with scan files ('{folder.name}' has {_names(files)}): for one "
                 "folder per case set data.layout: folders, data.channel_patterns (one file-name pattern per input "
                 "channel, in order, e.g. ['*flair*', '*t1c*']), data.label_pattern (e.g. '*label*') and "
                 "data.classes (background first)"
             )
-    if folders and any(_holds_dicom(f) for f in folders[:3]):
-        return (
+            break
+    if not hints and folders and any(_holds_dicom(f) for f in folders[:3]):
+        hints.append(
             f"it holds {len(folders)} folder(s) with DICOM files (e.g. '{folders[0].name}'): for one folder per case "
             "with its image series and mask set data.layout: dicom, data.dicom_image_pattern / "
             "data.dicom_mask_pattern (folder-name patterns) and data.classes (background first)"
         )
     if loose:
-        return (
-            f"it holds {len(loose)} scan file(s) ({_names(loose)}): set data.layout: glob with data.image_glob and "
-            "data.label_glob (file patterns relative to data.root, e.g. '*_img.nii.gz' and '*_label.nii.gz') "
-            "and data.classes (background first)"
+        hints.append(
+            f"{'it also' if hints else 'it'} holds {len(loose)} scan file(s) ({_names(loose)}): set data.layout: "
+            "glob with data.image_glob and data.label_glob (file patterns relative to data.root, e.g. "
+            "'*_img.nii.gz' and '*_label.nii.gz') and data.classes (background first)"
         )
+    if hints:
+        return "; ".join(hints)
     return (
         "it holds no scan files, case folders or DICOM series that medseg recognises (scan endings: "
         f"{', '.join(SUPPORTED_SUFFIXES)}; DICOM series folders)"
