@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medseg.io.scans import SUPPORTED_SUFFIXES, image_suffix, is_dicom_file
+from medseg.io.scans import SUPPORTED_SUFFIXES, image_suffix, is_dicom_file, is_hidden
 
 #: Names shown of a folder's files (enough to write the patterns from, short enough for one message).
 _SHOWN = 6
@@ -22,7 +22,7 @@ _DICOM_DEPTH = 3
 
 def _visible(folder: Path) -> list[Path]:
     try:
-        return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+        return sorted(p for p in folder.iterdir() if not is_hidden(p.name))
     except OSError:
         return []
 

@@ -86,8 +86,9 @@ def is_dicom_file(path: str | Path) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
-def _is_hidden(name: str) -> bool:
-    # Hidden entries include medseg's own in-progress atomic writes (".case.xxxx.nii.gz"), which are not scans.
+def is_hidden(name: str) -> bool:
+    """Whether scan discovery skips an entry of this name (hidden; includes medseg's own in-progress atomic
+    writes, ".case.xxxx.nii.gz", which are not scans)."""
     return name.startswith(".")
 
 
@@ -98,8 +99,8 @@ def walk_scan_tree(folder: str | Path) -> Iterator[tuple[str, list[str], list[st
     folders without a scan) walk with this, so paths under a linked folder are spelled the same way.
     """
     for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
-        yield root, dirs, sorted(f for f in files if not _is_hidden(f))
+        dirs[:] = sorted(d for d in dirs if not is_hidden(d))
+        yield root, dirs, sorted(f for f in files if not is_hidden(f))
 
 
 def find_scans(folder: str | Path) -> list[Path]:
