@@ -6,6 +6,7 @@ import csv
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -239,18 +240,22 @@ def test_batch_prediction_of_case_folders_skips_a_folder_lacking_a_channel(folde
         predictor.predict(load_channels([victim / "T1c_subtrMeanDivStd.nii.gz"], ["t1c"]).reference)
 
 
-def test_two_channel_run_trains_with_a_qc_reference_predicts_and_evaluates(folders_root: Path, tmp_path: Path) -> None:
-    """configs/brats_folders.yaml shortened on the cropped cases: the QC reference is measured with the
-    checkpoint's own two-channel predictor, the validation case's mask is named after its folder and scored."""
+def _run_all_stages(config: str, root: Path, tmp_path: Path) -> tuple[Any, list[dict[str, str]]]:
+    """``configs/<config>`` shortened on the cropped cases (2 training, 1 validation) through train, predict and
+    evaluate; checks the QC reference was measured, the validation case predicted (with a QC score) and scored.
+
+    Returns:
+        The run's result and its ``predictions.csv`` rows.
+    """
     from medseg.config import load_config
     from medseg.models.checkpoint import load_checkpoint
     from medseg.runner import RunLayout, run_stages
 
     repo = Path(__file__).resolve().parents[1]
     cfg = load_config(
-        repo / "configs" / "brats_folders.yaml",
+        repo / "configs" / config,
         [
-            f"data.root={folders_root}",
+            f"data.root={root}",
             "data.val_fraction=0.34",
             "model.base_features=4",
             "training.epochs=1",
@@ -269,40 +274,22 @@ def test_two_channel_run_trains_with_a_qc_reference_predicts_and_evaluates(folde
     rows = list(csv.DictReader(layout.predictions_csv.open()))
     assert [(r["case"], r["status"]) for r in rows] == [(val.id, "ok")] and rows[0]["qc_score"] != ""
     assert result.evaluate is not None and result.evaluate["n_evaluated"] == 1
+    return result, rows
+
+
+def test_two_channel_run_trains_with_a_qc_reference_predicts_and_evaluates(folders_root: Path, tmp_path: Path) -> None:
+    """configs/brats_folders.yaml shortened on the cropped cases: the QC reference is measured with the
+    checkpoint's own two-channel predictor, the validation case's mask is named after its folder and scored."""
+    _run_all_stages("brats_folders.yaml", folders_root, tmp_path)
 
 
 def test_msd_4d_task_runs_end_to_end_from_a_copy_of_the_hippocampus_config(folders_root: Path, tmp_path: Path) -> None:
     """A new user's copy of configs/hippocampus.yaml pointed at an MSD task whose images are 4D (channels on the
     4th axis, as in MSD BrainTumour and Prostate). The trainer's QC recording reader once took no ``channel`` and
     stopped such a run with a TypeError before its first epoch."""
-    from medseg.config import load_config
-    from medseg.models.checkpoint import load_checkpoint
-    from medseg.runner import RunLayout, run_stages
-
-    root = _msd_4d(folders_root, tmp_path / "msd")
-    repo = Path(__file__).resolve().parents[1]
-    cfg = load_config(
-        repo / "configs" / "hippocampus.yaml",
-        [
-            f"data.root={root}",
-            "data.val_fraction=0.34",
-            "model.base_features=4",
-            "training.epochs=1",
-            "training.device=cpu",
-            "inference.device=cpu",
-            "evaluation.overlays=0",
-            f"output.dir={tmp_path / 'run'}",
-        ],
-    )
-    result = run_stages(cfg, ["train", "predict", "evaluate"])
-    layout = RunLayout(cfg.output.dir)
-    ckpt = load_checkpoint(layout.best_checkpoint)
-    assert ckpt["qc_reference"]["n_train"] == 2 and ckpt["qc_reference"]["n_val"] == 1
+    result, rows = _run_all_stages("hippocampus.yaml", _msd_4d(folders_root, tmp_path / "msd"), tmp_path)
     (val,) = result.train.val_cases
-    rows = list(csv.DictReader(layout.predictions_csv.open()))
-    assert [(r["case"], r["status"]) for r in rows] == [(val.id, "ok")] and rows[0]["qc_score"] != ""
     assert nib.load(rows[0]["output"]).shape == nib.load(val.image).shape[:3]
-    assert result.evaluate is not None and result.evaluate["n_evaluated"] == 1
 
 
 def test_qc_recording_reader_measures_the_first_channel_of_a_4d_file(folders_root: Path, tmp_path: Path) -> None:
