@@ -47,6 +47,9 @@ from benchmarks.common import DEFAULT_DATA, OUT_DIR, RUNS_DIR, command_line, mac
 
 log = logging.getLogger("benchmarks.mixed_spacing")
 
+#: The Dice figures each held-out case gets (``per_case`` rows and ``mean_dice`` of the JSON; see the docstring).
+CASE_KEYS = ("ceiling", "plan", "no_plan", "ceiling_centres", "label_offset_dice")
+
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python benchmarks/mixed_spacing.py", description=__doc__.split("\n\n")[0])
@@ -188,8 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "ceiling_centres": dice_per_class(ceiling_centres, gt, n_classes),
                 "label_offset_dice": dice_per_class(label_centres, gt, n_classes),
             }
-    keys = ("ceiling", "plan", "no_plan", "ceiling_centres", "label_offset_dice")
-    summary = {k: mean_std([float(np.mean(r[k])) for r in rows.values()])[0] for k in keys}
+    summary = {k: mean_std([float(np.mean(r[k])) for r in rows.values()])[0] for k in CASE_KEYS}
     gap = None if summary["ceiling"] is None or summary["plan"] is None else summary["ceiling"] - summary["plan"]
     centres = summary["ceiling_centres"]
     gap_centres = None if centres is None or summary["plan"] is None else centres - summary["plan"]

@@ -855,6 +855,8 @@ def _fold_groups(results: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, lis
 
 
 def _mixed_spacing_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    from benchmarks.mixed_spacing import CASE_KEYS
+
     lines = ["## Mixed spacing: a 1 mm model on scans from a coarser grid", ""]
     if not results:
         return [*lines, "Not measured yet: run `benchmarks/mixed_spacing.py` (see README.md).", ""]
@@ -876,8 +878,7 @@ def _mixed_spacing_section(results: Sequence[tuple[str, dict[str, Any]]]) -> lis
     ]
 
     def row(label: str, members: Sequence[dict[str, Any]]) -> list[str]:
-        keys = ("ceiling", "plan", "no_plan", "ceiling_centres", "label_offset_dice")
-        per = {k: {c: v for r in members for c, v in _case_means(r, k).items()} for k in keys}
+        per = {k: {c: v for r in members for c, v in _case_means(r, k).items()} for k in CASE_KEYS}
         pooled = len(members) > 1
         means = {k: (float(np.mean(list(v.values()))) if v else None) for k, v in per.items()}
         if not pooled:  # the file's own summary (identical for new files; old ones may lack per-case rows)
