@@ -248,8 +248,26 @@ class InvertedGammaConfig(_Section):
     """Range of the gamma exponent applied to the negated intensities."""
 
 
+class IntensityCurveConfig(_Section):
+    """Random intensity curve: each picked slice stack's intensities are mapped through a random smooth curve.
+
+    ``points`` values drawn from U(0, 1) are placed evenly over the stack's 0.5th-99.5th percentile range (values
+    beyond it take the end values) and joined linearly; the result gets the stack's old mean and standard
+    deviation again. The curve may rise, fall or turn, so bright can become dark and the reverse: the model
+    learns edges and shapes rather than one protocol's brightness order (the idea of MONAI's
+    ``RandIntensityRemap``, whose curve is noise on a straight line; here it is smooth and may turn). Off by
+    default: LA2018's one dark-blood scan is the case for it (``benchmarks/choices.md``).
+    """
+
+    prob: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Probability of remapping a sample's intensities."""
+    points: int = Field(default=5, ge=2, le=64)
+    """Control points of the curve: 2 is a straight line (rising or falling); more allow more turns."""
+
+
 class AugmentationConfig(_Section):
-    """Training augmentation, applied to whole batches; each transform as MONAI's of the same name.
+    """Training augmentation, applied to whole batches; each transform as MONAI's of the same name (the intensity
+    curve has no MONAI twin).
 
     Validation and prediction use none of them.
     """
@@ -264,6 +282,7 @@ class AugmentationConfig(_Section):
     low_resolution: LowResolutionConfig = LowResolutionConfig()
     gamma: GammaConfig = GammaConfig()
     inverted_gamma: InvertedGammaConfig = InvertedGammaConfig()
+    intensity_curve: IntensityCurveConfig = IntensityCurveConfig()
 
 
 class ModelConfig(_Section):

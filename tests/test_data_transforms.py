@@ -27,6 +27,7 @@ STRONG = {
     "low_resolution": {"prob": 0.0},
     "gamma": {"prob": 0.0},
     "inverted_gamma": {"prob": 0.0},
+    "intensity_curve": {"prob": 0.0},
 }
 ALL_OFF = {
     "elastic": {"prob": 0.0},
@@ -37,6 +38,7 @@ ALL_OFF = {
     "low_resolution": {"prob": 0.0},
     "gamma": {"prob": 0.0},
     "inverted_gamma": {"prob": 0.0},
+    "intensity_curve": {"prob": 0.0},
 }
 
 
@@ -269,6 +271,7 @@ def test_intensity_probabilities(slices: tuple[torch.Tensor, torch.Tensor]) -> N
         ("low_resolution", 0.25),
         ("gamma", 0.3),
         ("inverted_gamma", 0.1),
+        ("intensity_curve", 0.3),
     ):
         cfg = AugmentationConfig.model_validate({**ALL_OFF, key: {"prob": p}})
         out = _apply(train_transforms(cfg, seed=0), big, labels.repeat(50, 1, 1))[0]
@@ -330,6 +333,51 @@ def test_inverted_gamma_leaves_the_other_streams_alone(slices: tuple[torch.Tenso
     assert torch.equal(lab_a, lab_b)
     # gamma 1 is the identity up to float rounding, so the images match too.
     torch.testing.assert_close(img_a, img_b, rtol=1e-4, atol=1e-4)
+
+
+def test_intensity_curve_is_its_piecewise_linear_curve(slices: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Each picked sample equals numpy's ``interp`` through its drawn control values, placed evenly over the
+    sample's 0.5th-99.5th percentiles (clamped beyond), then given the sample's mean and std again; labels
+    untouched."""
+    images, labels = slices
+    only = {**ALL_OFF, "intensity_curve": {"prob": 1.0, "points": 5}}
+    out, out_lab = _apply(train_transforms(AugmentationConfig.model_validate(only), seed=4), images, labels)
+    assert torch.equal(out_lab, labels)
+    rng = train_transforms(AugmentationConfig.model_validate(only), seed=4)._rng["intensity_curve"]
+    for image, result in zip(images, out, strict=True):
+        assert rng.random() < 1.0
+        values = rng.uniform(0.0, 1.0, size=5)
+        x = image.numpy().astype(np.float64)
+        lo, hi = np.percentile(x, [0.5, 99.5])
+        y = np.interp(x, np.linspace(lo, hi, 5), values)
+        expected = (y - y.mean()) / y.std(ddof=1) * x.std(ddof=1) + x.mean()
+        np.testing.assert_allclose(result.numpy(), expected, atol=2e-3)
+
+
+def test_intensity_curve_can_reverse_the_brightness_order(slices: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Two control points give a straight line through the percentile range: rising keeps the brightness order,
+    falling reverses it (what a dark-blood scan is to a bright-blood one); both kinds are drawn."""
+    images, labels = slices
+    only = {**ALL_OFF, "intensity_curve": {"prob": 1.0, "points": 2}}
+    out, _ = _apply(train_transforms(AugmentationConfig.model_validate(only), seed=5), images, labels)
+    corr = [float(np.corrcoef(a.flatten(), b.flatten())[0, 1]) for a, b in zip(images, out, strict=True)]
+    # Not exactly +-1: values beyond the 0.5th-99.5th percentiles are clamped to the curve's ends.
+    assert all(abs(c) > 0.9 for c in corr)
+    assert any(c < 0 for c in corr) and any(c > 0 for c in corr)
+
+
+def test_intensity_curve_leaves_the_other_streams_alone(slices: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """The curve draws from a stream of its own, spawned last: the spatial and gamma draws stay the same."""
+    images, labels = slices
+    base = {**ALL_OFF, "affine": {"prob": 0.5}, "gamma": {"prob": 0.5}}
+    with_curve = AugmentationConfig.model_validate({**base, "intensity_curve": {"prob": 1.0}})
+    tf_a, tf_b = train_transforms(with_curve, seed=9), train_transforms(AugmentationConfig.model_validate(base), seed=9)
+    img_a, lab_a = _apply(tf_a, images, labels)
+    img_b, lab_b = _apply(tf_b, images, labels)
+    assert torch.equal(lab_a, lab_b)
+    assert not torch.allclose(img_a, img_b)
+    for stream in ("spatial", "gamma"):
+        assert tf_a._rng[stream].random() == tf_b._rng[stream].random()
 
 
 def test_low_resolution_is_monais_and_leaves_labels_alone(slices: tuple[torch.Tensor, torch.Tensor]) -> None:
