@@ -256,7 +256,8 @@ class IntensityCurveConfig(_Section):
     deviation again. The curve may rise, fall or turn, so bright can become dark and the reverse: the model
     learns edges and shapes rather than one protocol's brightness order (the idea of MONAI's
     ``RandIntensityRemap``, whose curve is noise on a straight line; here it is smooth and may turn). Off by
-    default: LA2018's one dark-blood scan is the case for it (``benchmarks/choices.md``).
+    default; ``configs/la2018.yaml`` uses 0.3 for its one dark-blood scan (paired 5-fold CV 0.894 vs 0.884,
+    ``benchmarks/choices.md``).
     """
 
     prob: float = Field(default=0.0, ge=0.0, le=1.0)

@@ -351,7 +351,11 @@ def _curve_retain_stats(x: torch.Tensor, curves: torch.Tensor) -> torch.Tensor:
     """
     n, k = int(x.shape[0]), int(curves.shape[1])
     flat = x.reshape(n, -1)
-    lo, hi = torch.quantile(flat, torch.tensor([0.005, 0.995]), dim=1, keepdim=True)  # each (N, 1)
+    # Order statistics, not torch.quantile: two selections cost a third of a full sort (numpy's "lower" and
+    # "higher" percentile methods: the range is never narrower than the exact percentiles).
+    last = int(flat.shape[1]) - 1
+    lo = flat.kthvalue(math.floor(0.005 * last) + 1, dim=1, keepdim=True).values
+    hi = flat.kthvalue(math.ceil(0.995 * last) + 1, dim=1, keepdim=True).values
     pos = ((flat - lo) / (hi - lo).clamp_min(1e-6)).clamp(0.0, 1.0) * (k - 1)
     left = pos.floor().clamp(max=k - 2).long()
     frac = pos - left
