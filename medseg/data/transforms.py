@@ -49,7 +49,9 @@ equals ``B`` calls on one sample each (tested). The training loader seeds the au
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -58,6 +60,8 @@ from monai.transforms.utils import create_control_grid, create_grid, create_rota
 
 from medseg.config import AugmentationConfig
 from medseg.errors import ConfigError
+
+T = TypeVar("T")
 
 IMAGE_KEY = "image"
 LABEL_KEY = "label"
@@ -255,60 +259,52 @@ class BatchAugmentation:
     def _intensity(self, image: torch.Tensor) -> torch.Tensor:
         n, shape = int(image.shape[0]), tuple(image.shape[1:])
         if self.noise_prob > 0:
-            rng = self._rng["noise"]
-            picked, noise = [], []
-            for i in range(n):
-                if rng.random() < self.noise_prob:
-                    picked.append(i)
-                    noise.append(rng.normal(0.0, rng.uniform(0.0, self.cfg.noise.std), size=shape))
+            std = self.cfg.noise.std
+            picked, noise = self._pick("noise", n, self.noise_prob, lambda r: r.normal(0.0, r.uniform(0.0, std), shape))
             if picked:
                 image[picked] += torch.as_tensor(np.stack(noise), dtype=torch.float32)
         if self.scale_prob > 0:
-            rng, f = self._rng["scale_intensity"], self.cfg.scale_intensity.factor
-            factors = np.ones(n)
-            for i in range(n):
-                if rng.random() < self.scale_prob:
-                    factors[i] = 1.0 + rng.uniform(-f, f)
-            if np.any(factors != 1.0):
-                image *= torch.as_tensor(factors, dtype=torch.float32).view(-1, 1, 1, 1)
+            f = self.cfg.scale_intensity.factor
+            picked, factors = self._pick("scale_intensity", n, self.scale_prob, lambda r: 1.0 + r.uniform(-f, f))
+            if picked:
+                per_sample = np.ones(n)
+                per_sample[picked] = factors
+                image *= torch.as_tensor(per_sample, dtype=torch.float32).view(-1, 1, 1, 1)
         if self.low_res_prob > 0:
             self._low_resolution(image)
         # Inverted gamma before gamma, as nnU-Net orders its two gamma transforms.
         if self.inverted_gamma_prob > 0:
-            picked, gammas = self._draw_gamma(
-                "inverted_gamma", n, self.inverted_gamma_prob, self.cfg.inverted_gamma.gamma
-            )
+            g0, g1 = self.cfg.inverted_gamma.gamma
+            picked, gammas = self._pick("inverted_gamma", n, self.inverted_gamma_prob, lambda r: r.uniform(g0, g1))
             if picked:
-                image[picked] = -_gamma_retain_stats(-image[picked], gammas)
+                image[picked] = -_gamma_retain_stats(-image[picked], torch.tensor(gammas, dtype=torch.float32))
         if self.gamma_prob > 0:
-            picked, gammas = self._draw_gamma("gamma", n, self.gamma_prob, self.cfg.gamma.gamma)
+            g0, g1 = self.cfg.gamma.gamma
+            picked, gammas = self._pick("gamma", n, self.gamma_prob, lambda r: r.uniform(g0, g1))
             if picked:
-                image[picked] = _gamma_retain_stats(image[picked], gammas)
+                image[picked] = _gamma_retain_stats(image[picked], torch.tensor(gammas, dtype=torch.float32))
         # Last: the curve replaces whatever brightness order the transforms above left.
         if self.curve_prob > 0:
-            rng, k = self._rng["intensity_curve"], self.cfg.intensity_curve.points
-            picked, curves = [], []
-            for i in range(n):
-                if rng.random() < self.curve_prob:
-                    picked.append(i)
-                    curves.append(rng.uniform(0.0, 1.0, size=k))
+            k = self.cfg.intensity_curve.points
+            picked, curves = self._pick("intensity_curve", n, self.curve_prob, lambda r: r.uniform(0.0, 1.0, k))
             if picked:
                 image[picked] = _curve_retain_stats(
                     image[picked], torch.as_tensor(np.stack(curves), dtype=torch.float32)
                 )
         return image
 
-    def _draw_gamma(
-        self, stream: str, n: int, prob: float, bounds: tuple[float, float]
-    ) -> tuple[list[int], torch.Tensor]:
-        """Which of ``n`` samples a gamma transform picks, and each one's exponent (drawn in sample order)."""
-        rng, (g0, g1) = self._rng[stream], bounds
-        picked, gammas = [], []
+    def _pick(
+        self, stream: str, n: int, prob: float, draw: Callable[[np.random.Generator], T]
+    ) -> tuple[list[int], list[T]]:
+        """Which of ``n`` samples a transform picks (probability ``prob``), and ``draw``'s parameters for each,
+        from the transform's own stream in sample order: a pick decision, then that sample's draws."""
+        rng = self._rng[stream]
+        picked, drawn = [], []
         for i in range(n):
             if rng.random() < prob:
                 picked.append(i)
-                gammas.append(rng.uniform(g0, g1))
-        return picked, torch.tensor(gammas, dtype=torch.float32)
+                drawn.append(draw(rng))
+        return picked, drawn
 
     def _low_resolution(self, image: torch.Tensor) -> None:
         """In place: each picked sample down (bilinear) and back up (bicubic), as RandSimulateLowResolution with
@@ -338,6 +334,12 @@ def _gamma_retain_stats(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     lo = x.amin(dim=dims, keepdim=True)
     span = x.amax(dim=dims, keepdim=True) - lo
     out = ((x - lo) / (span + 1e-7)) ** gamma.view(-1, 1, 1, 1) * span + lo
+    return _with_stats(out, mean, std)
+
+
+def _with_stats(out: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``out`` (N, C, H, W) shifted and scaled per sample to the given ``mean`` and ``std`` (N, 1, 1, 1)."""
+    dims = (1, 2, 3)
     out = out - out.mean(dim=dims, keepdim=True)
     out = out / (out.std(dim=dims, keepdim=True) + 1e-8)
     return std * out + mean
@@ -360,10 +362,9 @@ def _curve_retain_stats(x: torch.Tensor, curves: torch.Tensor) -> torch.Tensor:
     left = pos.floor().clamp(max=k - 2).long()
     frac = pos - left
     y0, y1 = curves.gather(1, left), curves.gather(1, left + 1)
-    out = y0 + frac * (y1 - y0)
-    mean, std = flat.mean(dim=1, keepdim=True), flat.std(dim=1, keepdim=True)
-    out = (out - out.mean(dim=1, keepdim=True)) / (out.std(dim=1, keepdim=True) + 1e-8)
-    return (std * out + mean).view_as(x)
+    out = (y0 + frac * (y1 - y0)).view_as(x)
+    dims = (1, 2, 3)
+    return _with_stats(out, x.mean(dim=dims, keepdim=True), x.std(dim=dims, keepdim=True))
 
 
 def train_transforms(cfg: AugmentationConfig, *, seed: int | None = None) -> BatchAugmentation:
