@@ -23,9 +23,9 @@ normalised, sliced and padded; same batches, same TTA flips). The ratio is the b
 over the bare pass's time per scan (by default the bare pass covers every scan, so it is the ratio of the two
 runs' times; issue 15's target <= 1.15), timed in interleaved rounds (a bare pass, then a batch pass;
 ``--predict-rounds``) and reported as the median of the rounds' ratios. Peak RSS (``VmHWM``) of the batch run's
-first two passes, and its memory growth: ``VmRSS`` sampled every 50 ms against the number of masks written, after
-10 scans vs at the end of the folder, and after a second pass over the same folder (target: no growth with the
-number of scans).
+three passes, and its memory growth: ``VmRSS`` sampled every 50 ms against the number of masks written, after
+10 scans vs at the end of the folder, and in two more passes over the same folder (target: no growth with the
+number of scans, i.e. no later pass peaks above the first).
 
 ::
 
@@ -391,10 +391,20 @@ def predict_worker(spec: dict[str, Any]) -> dict[str, Any]:
     with RssSampler(_mask_count(out)) as sampler:
         batch_seconds, result = batch_pass()
     rss_first_pass = proc_status_mb("VmRSS")
-    # A second pass over the same folder: memory that grows with the number of scans keeps growing here, while
-    # caches filled by the first pass (one entry per input shape, say) do not.
-    _, second = batch_pass()
-    rss_second_pass = proc_status_mb("VmRSS")
+    # Two more passes over the same folder: memory that grows with the number of scans keeps growing there, while
+    # caches filled by the first pass (one entry per input shape, say) do not. Compared by each pass's peak, not
+    # its last sample: the heap trimmer (medseg.inference.memory) lets the resident set wander up to its margin
+    # above the working level before it trims, so two snapshots differ by up to that margin without any leak,
+    # while a leak raises every later pass's peak above the first's.
+    pass_peaks = [max(r for _, _, r in sampler.samples)] if sampler.samples else []
+    rss_pass_ends = [rss_first_pass]
+    for _ in range(2):
+        with RssSampler(_mask_count(out)) as later:
+            _, second = batch_pass()
+        rss_pass_ends.append(proc_status_mb("VmRSS"))
+        if later.samples:
+            pass_peaks.append(max(r for _, _, r in later.samples))
+    rss_second_pass = rss_pass_ends[1]
     peak_batch = proc_status_mb("VmHWM")  # before the bare pass's slices are held in memory
     n_ok = result.n_ok
 
@@ -477,6 +487,11 @@ def predict_worker(spec: dict[str, Any]) -> dict[str, Any]:
             rss_second_pass - rss_first_pass if rss_second_pass is not None and rss_first_pass is not None else None
         ),
         "second_pass_ok": second.n_ok,
+        "rss_end_passes_mb": rss_pass_ends,
+        "rss_peak_passes_mb": pass_peaks,
+        "rss_peak_growth_later_passes_mb": (
+            max(pass_peaks[1:]) - pass_peaks[0] if len(pass_peaks) == len(rss_pass_ends) else None
+        ),
         "peak_rss_predict_mb": peak_batch,
         "rss_trace": [
             [round(t, 2), k, round(r, 1)] for t, k, r in sampler.samples[:: max(1, len(sampler.samples) // 200)]

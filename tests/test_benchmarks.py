@@ -128,6 +128,10 @@ def test_speed_measures_batch_prediction_and_report_renders(tmp_path: Path, samp
         assert r["batch_over_bare"] == pytest.approx((r["batch_seconds"] / 2) / (r["bare_seconds"] / 1))
     assert pred["batch_over_bare"] == pytest.approx(float(np.median([r["batch_over_bare"] for r in pred["rounds"]])))
     assert pred["rss_growth_10_to_end_mb"] is None  # 2 scans: nothing after the 10th to compare
+    # Three passes over the folder, each with its peak; the verdict compares the later peaks with the first.
+    peaks = pred["rss_peak_passes_mb"]
+    assert len(peaks) == 3 and len(pred["rss_end_passes_mb"]) == 3 and min(peaks) > 50
+    assert pred["rss_peak_growth_later_passes_mb"] == pytest.approx(max(peaks[1:]) - peaks[0])
     assert result["prediction_model"]["trained_here"] is True
     assert len(list((tmp_path / "work" / "predict_fp32").glob("*.nii.gz"))) == 2
     assert "Batch prediction" in proc.stdout
