@@ -320,6 +320,8 @@ def _predict_table(r: dict[str, Any], heading: str = "## Prediction speed and me
         if pm.get("trained_here")
         else f"`{pm.get('checkpoint', '?')}`"
     )
+    margins = {p["heap_trim_margin_mb"] for p in r.get("predict", []) if p.get("heap_trim_margin_mb") is not None}
+    margin = " / ".join(f"{m:.0f} MiB" for m in sorted(margins)) or "`medseg.inference.memory.DEFAULT_MARGIN_MB`"
     lines += [
         "Batch prediction of a folder of scans with `predict_folder` (reading, normalising, predicting, "
         "postprocessing and writing each mask) vs the bare forward pass of the model over the same slices (read, "
@@ -328,8 +330,8 @@ def _predict_table(r: dict[str, Any], heading: str = "## Prediction speed and me
         "after 10 scans vs at the end of the folder, then after a second pass over the same folder. Target: no "
         "growth with the number of scans, up to "
         f"{RSS_GROWTH_TOLERANCE_MB:.0f} MiB counted as noise: where two more passes were run (`later-pass peak`), "
-        "neither may peak above the first pass (the heap trimmer lets the resident set wander up to its 128 MiB "
-        "margin before it trims, so snapshots differ by that much without a leak; a leak raises every later "
+        "neither may peak above the first pass (the heap trimmer lets the resident set wander up to its margin, "
+        f"{margin}, before it trims, so snapshots differ by that much without a leak; a leak raises every later "
         "pass's peak); in older results, neither growth column may exceed the noise. "
         f"Model: {model_text}.",
         "",

@@ -356,6 +356,7 @@ def predict_worker(spec: dict[str, Any]) -> dict[str, Any]:
     from medseg.data.slicing import pad_to_shape, padded_size, volume_to_slices
     from medseg.inference import Predictor, predict_folder
     from medseg.inference.forward import TTA_FLIPS
+    from medseg.inference.memory import DEFAULT_MARGIN_MB
     from medseg.inference.precision import autocast
     from medseg.io import find_scans, load_volume
     from medseg.io.orientation import to_canonical
@@ -492,6 +493,7 @@ def predict_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "rss_peak_growth_later_passes_mb": (
             max(pass_peaks[1:]) - pass_peaks[0] if len(pass_peaks) == len(rss_pass_ends) else None
         ),
+        "heap_trim_margin_mb": DEFAULT_MARGIN_MB,
         "peak_rss_predict_mb": peak_batch,
         "rss_trace": [
             [round(t, 2), k, round(r, 1)] for t, k, r in sampler.samples[:: max(1, len(sampler.samples) // 200)]
