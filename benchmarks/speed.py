@@ -397,15 +397,17 @@ def predict_worker(spec: dict[str, Any]) -> dict[str, Any]:
     # its last sample: the heap trimmer (medseg.inference.memory) lets the resident set wander up to its margin
     # above the working level before it trims, so two snapshots differ by up to that margin without any leak,
     # while a leak raises every later pass's peak above the first's.
-    pass_peaks = [max(r for _, _, r in sampler.samples)] if sampler.samples else []
+    pass_peaks = [sampler.max_rss_after(0)]
     rss_pass_ends = [rss_first_pass]
+    later_results = []
     for _ in range(2):
         with RssSampler(_mask_count(out)) as later:
-            _, second = batch_pass()
+            later_results.append(batch_pass()[1])
         rss_pass_ends.append(proc_status_mb("VmRSS"))
-        if later.samples:
-            pass_peaks.append(max(r for _, _, r in later.samples))
+        pass_peaks.append(later.max_rss_after(0))
     rss_second_pass = rss_pass_ends[1]
+    peaks = [p for p in pass_peaks if p is not None]  # None only where /proc cannot be read
+    later_peak_growth = max(peaks[1:]) - peaks[0] if len(peaks) == len(pass_peaks) else None
     peak_batch = proc_status_mb("VmHWM")  # before the bare pass's slices are held in memory
     n_ok = result.n_ok
 
@@ -487,12 +489,10 @@ def predict_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "rss_growth_second_pass_mb": (
             rss_second_pass - rss_first_pass if rss_second_pass is not None and rss_first_pass is not None else None
         ),
-        "second_pass_ok": second.n_ok,
+        "second_pass_ok": later_results[0].n_ok,
         "rss_end_passes_mb": rss_pass_ends,
         "rss_peak_passes_mb": pass_peaks,
-        "rss_peak_growth_later_passes_mb": (
-            max(pass_peaks[1:]) - pass_peaks[0] if len(pass_peaks) == len(rss_pass_ends) else None
-        ),
+        "rss_peak_growth_later_passes_mb": later_peak_growth,
         "heap_trim_margin_mb": DEFAULT_MARGIN_MB,
         "peak_rss_predict_mb": peak_batch,
         "rss_trace": [
