@@ -36,6 +36,7 @@ from medseg.models.checkpoint import (
     network_spec,
     save_checkpoint,
 )
+from medseg.models.fusion import fold_batchnorm
 from medseg.models.summary import measure_step_memory, summary
 from medseg.training.init import init_output_bias
 from medseg.training.resume import load_resume_checkpoint
@@ -206,7 +207,8 @@ def test_old_checkpoint_loads_with_identical_outputs(tmp_path: Path, sample_hipp
     assert isinstance(predictor.model, UNet)
     volume = load_volume(sample_hippo / "imagesTr" / "hippocampus_001.nii.gz")
     probs = predictor.predict_proba(volume)
-    # The reference: the original in-memory model through the same forward pass.
+    # The reference: the original in-memory model through the same forward pass, folded as the predictor folds
+    # its model (medseg.models.fusion), so the loaded weights must be exactly the saved ones.
     from medseg.data.normalization import normalize
     from medseg.io.orientation import to_canonical
 
@@ -214,8 +216,10 @@ def test_old_checkpoint_loads_with_identical_outputs(tmp_path: Path, sample_hipp
     image = normalize(np.asarray(canon.array), NormalizationParams("zscore"))
     settings = predictor.settings
     assert (settings.n_classes, settings.patch_hw, settings.pad_multiple) == (3, (48, 64), 16)
-    expected = reo.invert(predict_volume_probs(seed_unet.eval(), image, 2, 1, settings))
+    expected = reo.invert(predict_volume_probs(fold_batchnorm(seed_unet), image, 2, 1, settings))
     assert np.array_equal(probs, expected)
+    unfolded = reo.invert(predict_volume_probs(seed_unet.eval(), image, 2, 1, settings))
+    assert np.abs(probs - unfolded).max() < 1e-5
 
 
 def test_unknown_format_and_bad_model_field(tmp_path: Path) -> None:

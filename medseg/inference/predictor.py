@@ -24,7 +24,13 @@ from torch import nn
 
 from medseg.config import InferenceConfig, PostprocessingConfig, QCConfig
 from medseg.data.normalization import NormalizationParams, normalize
-from medseg.data.resample import plan_grid, resample_image, resample_probabilities_back, resample_slab_back
+from medseg.data.resample import (
+    InPlaneGrid,
+    plan_grid,
+    resample_image,
+    resample_probabilities_back,
+    resample_slab_back,
+)
 from medseg.data.slicing import channels_to_slices, slices_to_volume
 from medseg.errors import CheckpointError, ConfigError
 from medseg.inference.budget import AUTO, BatchSizeOption, check_batch_size, settings_for_slices
@@ -36,6 +42,7 @@ from medseg.inference.slabs import predict_volume_labels
 from medseg.io.channels import ChannelStack
 from medseg.io.orientation import Reorientation, to_canonical
 from medseg.models.checkpoint import load_checkpoint, model_from_checkpoint
+from medseg.models.fusion import fold_batchnorm
 from medseg.models.head import probs_to_labels
 from medseg.volume import Volume
 
@@ -88,6 +95,22 @@ class ModelSpec:
     target_spacing: tuple[float, float, float] | None = None
     channels: tuple[str, ...] = ("image",)
     channel_patterns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NetworkInput:
+    """A scan as the model sees it: closest-RAS voxel order, normalised, resampled in-plane to the plan's spacing.
+
+    Attributes:
+        image: ``(I, J, K)`` float32, or ``(C, I, J, K)`` for a model with several input channels.
+        grid: How the scan's in-plane grid (in closest-RAS order: ``grid.source_shape``) maps onto the plan's
+            (identity where the scan is at the target).
+        reorientation: From the scan's voxel order to closest-RAS and back.
+    """
+
+    image: np.ndarray
+    grid: InPlaneGrid
+    reorientation: Reorientation
 
 
 def _resolve_postprocessing(
@@ -150,7 +173,8 @@ class Predictor:
         """Wraps ``model`` (moved to ``device``, eval mode) with the preprocessing recorded in ``spec``.
 
         Args:
-            model: Maps ``(B, 2k+1, H, W)`` to logits ``(B, n_outputs, H, W)``.
+            model: Maps ``(B, 2k+1, H, W)`` to logits ``(B, n_outputs, H, W)``. The predictor runs an eval-mode
+                copy with BatchNorm folded into the convolutions (``medseg.models.fusion``), not ``model`` itself.
             spec: See :class:`ModelSpec`.
             device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` (see ``resolve_device``).
             precision: ``auto`` | ``fp32`` | ``bf16`` | ``fp16`` (see ``resolve_precision``).
@@ -190,7 +214,8 @@ class Predictor:
         self.largest_component, self.fill_holes = _resolve_postprocessing(
             postprocessing, spec.postprocessing, len(spec.classes)
         )
-        model = model.to(self.device).eval()
+        # A folded copy (medseg.models.fusion): the caller's model is left as it is.
+        model = fold_batchnorm(model.to(self.device))
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model = model
@@ -318,41 +343,55 @@ class Predictor:
             return load_channels(files, self.spec.channels)
         return load_channels([path], self.spec.channels)  # MSD: one 4D file holding every channel
 
-    def _multi_channel_probs(self, stack: ChannelStack) -> tuple[np.ndarray, Reorientation]:
-        if tuple(stack.names) != tuple(self.spec.channels):
-            raise ConfigError(
-                f"'{stack.source}': the model was trained on channels {list(self.spec.channels)} (in this order), "
-                f"got {list(stack.names)}"
-            )
-        canon, reo = to_canonical(stack.reference)
-        norm = self.spec.normalization  # each channel on its own, as in training
-        arrays = [normalize(reo.apply(np.asarray(v.array)), norm, source=v.source) for v in stack.volumes]
+    def network_input(self, volume: Volume | ChannelStack) -> NetworkInput:
+        """What the model is fed for ``volume`` before it is cut into slices (see :class:`NetworkInput`).
+
+        The predictor's own first step, public so that benchmarks and notebooks feed the model exactly what a
+        prediction does.
+
+        Raises:
+            ConfigError: The channels do not match the model's (names, order or number).
+        """
+        if isinstance(volume, ChannelStack):
+            if tuple(volume.names) != tuple(self.spec.channels):
+                raise ConfigError(
+                    f"'{volume.source}': the model was trained on channels {list(self.spec.channels)} (in this "
+                    f"order), got {list(volume.names)}"
+                )
+            canon, reo = to_canonical(volume.reference)
+            # Each channel normalised on its own, as in training.
+            arrays = [
+                normalize(reo.apply(np.asarray(v.array)), self.spec.normalization, source=v.source)
+                for v in volume.volumes
+            ]
+        else:
+            if len(self.spec.channels) > 1:
+                raise ConfigError(
+                    f"'{volume.source}': the model needs {len(self.spec.channels)} channels "
+                    f"({', '.join(self.spec.channels)}); give a case folder or a 4D file (Predictor.read_input)"
+                )
+            # The model was trained on closest-RAS voxel order (medseg.data reorients the same way), so an
+            # LPS-stored DICOM or a permuted NIfTI is sliced in the planes and handedness the model knows.
+            canon, reo = to_canonical(volume)
+            arrays = [normalize(np.asarray(canon.array), self.spec.normalization, source=volume.source)]
+        # The plan's target spacing (in-plane); an identity grid (scan already at the target) changes nothing.
         grid = plan_grid(canon.shape, canon.spacing, self.spec.target_spacing, self.spec.slice_axis)
-        image = np.stack([resample_image(a, grid) for a in arrays])
-        slices = channels_to_slices(image, self.spec.slice_axis, self.spec.context_slices)
-        probs = forward_slices(self.model, slices, self.settings_for(image.shape[1:]))
-        volume_probs = np.ascontiguousarray(slices_to_volume(probs, self.spec.slice_axis))
-        return resample_probabilities_back(volume_probs, grid), reo
+        resampled = [resample_image(a, grid) for a in arrays]
+        image = np.stack(resampled) if isinstance(volume, ChannelStack) else resampled[0]
+        return NetworkInput(image, grid, reo)
 
     def _canonical_probs(self, volume: Volume | ChannelStack) -> tuple[np.ndarray, Reorientation]:
+        net_in = self.network_input(volume)
+        image, grid, axis = net_in.image, net_in.grid, self.spec.slice_axis
         if isinstance(volume, ChannelStack):
-            return self._multi_channel_probs(volume)
-        if len(self.spec.channels) > 1:
-            raise ConfigError(
-                f"'{volume.source}': the model needs {len(self.spec.channels)} channels "
-                f"({', '.join(self.spec.channels)}); give a case folder or a 4D file (Predictor.read_input)"
-            )
-        # The model was trained on closest-RAS voxel order (medseg.data reorients the same way), so an LPS-stored
-        # DICOM or a permuted NIfTI is sliced in the planes and handedness the model knows.
-        canon, reo = to_canonical(volume)
-        image = normalize(np.asarray(canon.array), self.spec.normalization, source=volume.source)
-        # The plan's target spacing (in-plane); an identity grid (scan already at the target) changes nothing.
-        grid = plan_grid(image.shape, canon.spacing, self.spec.target_spacing, self.spec.slice_axis)
-        image = resample_image(image, grid)
-        settings = self.settings_for(image.shape)
-        probs = predict_volume_probs(self.model, image, self.spec.slice_axis, self.spec.context_slices, settings)
+            slices = channels_to_slices(image, axis, self.spec.context_slices)
+            probs = forward_slices(self.model, slices, self.settings_for(image.shape[1:]))
+            volume_probs = np.ascontiguousarray(slices_to_volume(probs, axis))
+        else:
+            settings = self.settings_for(image.shape)
+            volume_probs = predict_volume_probs(self.model, image, axis, self.spec.context_slices, settings)
         # Probabilities (not labels) go back onto the scan's own grid, so labels are taken there.
-        return resample_probabilities_back(probs, grid), reo
+        return resample_probabilities_back(volume_probs, grid), net_in.reorientation
 
     def predict_proba(self, volume: Volume | ChannelStack) -> np.ndarray:
         """Per-class probabilities on the volume's voxel grid.
@@ -432,13 +471,11 @@ class Predictor:
     def _predict_slabwise(self, volume: Volume, *, confidence: bool) -> tuple[Volume, ConfidenceMaps | None]:
         # Labels slab by slab (medseg.inference.slabs): only one batch's probabilities are ever held, so memory
         # follows the batch, not the scan; the same labels as labels_from_proba(predict_proba(volume)).
-        canon, reo = to_canonical(volume)
-        image = normalize(np.asarray(canon.array), self.spec.normalization, source=volume.source)
+        net_in = self.network_input(volume)
+        image, grid, reo = net_in.image, net_in.grid, net_in.reorientation
         # At the plan's spacing: each slab's probabilities go back onto the scan's in-plane grid before its labels
         # are taken (the slice axis is never resampled), so a resampled scan is bounded by the batch too.
-        grid = plan_grid(canon.shape, canon.spacing, self.spec.target_spacing, self.spec.slice_axis)
-        image = resample_image(image, grid)
-        maps = ConfidenceMaps.empty(canon.shape) if confidence else None
+        maps = ConfidenceMaps.empty(grid.source_shape) if confidence else None  # the canonical shape
         labels = predict_volume_labels(
             self.model,
             image,
@@ -448,7 +485,7 @@ class Predictor:
             slab_transform=None if grid.is_identity else lambda slab: resample_slab_back(slab.probs, grid),
             on_slab=None if maps is None else lambda slab, probs: maps.fill(slab.index(leading=0), probs),
         )
-        del image
+        del image, net_in
         mask = volume.with_array(reo.invert(self._postprocess(labels)))
         return mask, None if maps is None else maps.transformed(reo.invert)
 

@@ -20,6 +20,7 @@ from medseg.inference.budget import BatchSizeOption, settings_for_slices
 from medseg.inference.settings import InferenceSettings
 from medseg.inference.slabs import forward_labels
 from medseg.metrics import dice
+from medseg.models.fusion import fold_batchnorm
 
 
 @dataclass
@@ -54,7 +55,7 @@ def validate_volumes(
     """Predicts every validation case and scores it against its label volume.
 
     Args:
-        model: The network (its train/eval mode is restored afterwards).
+        model: The network; it is not changed (validation runs a folded copy, ``medseg.models.fusion``).
         cases: Prepared validation cases (``id``, ``network_input(start, stop)``: normalised 2.5D slices
             (n, C, H, W), ``label`` (N, H, W)), all sliced along ``axis``.
         settings: The forward pass (classes, mode, device, precision, padding as in training, batch size).
@@ -68,6 +69,8 @@ def validate_volumes(
         A :class:`ValidationResult`; with no cases, ``mean`` is NaN.
     """
     n_classes = settings.n_classes
+    # The weights the predictor will run: BatchNorm folded into the convolutions, on a copy (training goes on).
+    model = fold_batchnorm(model)
     per_case: dict[str, list[float]] = {}
     preds: list[np.ndarray] = []
     gts: list[np.ndarray] = []

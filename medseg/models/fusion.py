@@ -1,0 +1,61 @@
+"""BatchNorm folded into the convolution before it, for prediction.
+
+In eval mode a BatchNorm after a convolution is a fixed per-channel scale and shift, so it can be folded into
+the convolution's weights and bias (``torch.nn.utils.fusion.fuse_conv_bn_eval``): one pass over each feature map
+fewer, the same outputs up to float rounding. Every block of the UNet family is ``conv -> BatchNorm -> ReLU``
+(``medseg.models.parts``), and on a CPU the BatchNorm passes cost more than their arithmetic suggests, most of
+all in channels_last. Measured on 2 CPU cores without native bf16 (base-16 hippocampus model, fp32, forward
+only): 64 slices of 128 x 96 (LA2018 at 1 mm) 1.22x as fast in channels_last and 1.19x in contiguous memory,
+8 slices of 256 x 256 1.18x / 1.07x, 36 hippocampus slices of 64 x 64 1.03x / 1.04x. Logits moved by at most
+6e-5, and the stored reference masks (``tests/test_reference_prediction.py``) came out identical on every voxel.
+
+The predictor folds its model once when it is built, and the trainer's validation folds a copy of its weights
+on every validation, so the validation Dice is that of the model prediction runs.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+
+def _foldable(conv: nn.Conv2d, norm: _BatchNorm) -> bool:
+    # Only a BatchNorm that normalises with running statistics in eval mode is a fixed affine map; one built with
+    # track_running_stats=False uses each batch's own statistics even in eval mode and must stay. Subclasses of
+    # Conv2d (quantised, weight-normalised, ...) may compute differently and are left alone.
+    return (
+        type(conv) is nn.Conv2d
+        and norm.running_mean is not None
+        and norm.running_var is not None
+        and norm.num_features == conv.out_channels
+    )
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` with each BatchNorm folded into the ``Conv2d`` right before it.
+
+    A pair is folded where a ``Conv2d`` is directly followed by a BatchNorm inside an ``nn.Sequential`` (so the
+    convolution's output feeds nothing else); the convolution gains a bias and the BatchNorm becomes
+    ``nn.Identity``. Everything else (other layers, a BatchNorm without running statistics) is left as it is,
+    so any network can be passed. The copy is for inference only: training it would train the folded weights,
+    not BatchNorm.
+
+    Args:
+        model: A network; it is not changed (nor its train/eval mode).
+
+    Returns:
+        The folded copy, in eval mode, on ``model``'s device and in its memory format.
+    """
+    folded = copy.deepcopy(model).eval()
+    for module in folded.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        for i in range(len(module) - 1):
+            conv, norm = module[i], module[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, _BatchNorm) and _foldable(conv, norm):
+                module[i] = fuse_conv_bn_eval(conv, norm)
+                module[i + 1] = nn.Identity()
+    return folded
