@@ -6,6 +6,9 @@ beforehand, as the predictor does; untimed), in the same batches, per engine:
 - ``eager_fp32``: PyTorch as ``inference.precision: fp32`` runs it;
 - ``eager_fast``: what ``precision: auto`` / ``channels_last: auto`` choose on this CPU (bf16 + channels_last
   where the CPU has native bf16, else float32), the default;
+- ``bn_unfolded_fp32`` / ``bn_unfolded_fast``: the same with the checkpoint's BatchNorm layers kept as trained
+  (the predictor folds them into the convolutions, ``medseg.models.fusion``; the other engines run the folded
+  model), to measure what folding buys;
 - ``compile_fp32`` / ``compile_fast``: the same under ``torch.compile`` (inductor; compile time reported apart,
   every input shape compiled before timing);
 - ``onnxruntime_fp32``: the model exported with ``torch.onnx.export`` (dynamic batch, height and width) and run
@@ -65,17 +68,15 @@ def load_batches(predictor: Any, scans: Sequence[Path]) -> tuple[list[Any], list
     """Padded float32 slice batches of each scan, as the predictor would feed them, and the slices per scan."""
     import torch
 
-    from medseg.data.normalization import normalize
     from medseg.data.slicing import pad_to_shape, padded_size, volume_to_slices
     from medseg.io import load_volume
-    from medseg.io.orientation import to_canonical
 
     s = predictor.spec
     batches: list[torch.Tensor] = []
     per_scan: list[int] = []
     for scan in scans:
-        vol, _ = to_canonical(load_volume(scan))
-        slices = volume_to_slices(normalize(vol.array, s.normalization), s.slice_axis, s.context_slices)
+        image = predictor.network_input(load_volume(scan)).image  # at the plan's spacing, as predicted
+        slices = volume_to_slices(image, s.slice_axis, s.context_slices)
         padded, _ = pad_to_shape(slices, padded_size(slices.shape[-2:], s.pad_multiple, s.patch_hw))
         tensor = torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32))
         per_scan.append(int(tensor.shape[0]))
@@ -125,8 +126,11 @@ def _onnxruntime(model: Any, example: Any, work: Path) -> Callable[[Any], Any]:
     return run
 
 
-def build_engines(predictor: Any, names: Sequence[str] | None, example: Any, work: Path) -> dict[str, Any]:
-    """``{name: (run, build_seconds)}`` for every engine that can run here."""
+def build_engines(
+    predictor: Any, unfolded: Any, names: Sequence[str] | None, example: Any, work: Path
+) -> dict[str, Any]:
+    """``{name: (run, build_seconds)}`` for every engine that can run here (``unfolded``: the checkpoint's model
+    with its BatchNorm layers, as trained)."""
     import copy
 
     import torch
@@ -150,6 +154,8 @@ def build_engines(predictor: Any, names: Sequence[str] | None, example: Any, wor
 
     add("eager_fp32", lambda: _eager(copy.deepcopy(base), None, False))
     add("eager_fast", lambda: _eager(copy.deepcopy(base), fast_dtype, fast_cl))
+    add("bn_unfolded_fp32", lambda: _eager(copy.deepcopy(unfolded), None, False))
+    add("bn_unfolded_fast", lambda: _eager(copy.deepcopy(unfolded), fast_dtype, fast_cl))
     add("compile_fp32", lambda: _eager(torch.compile(copy.deepcopy(base)), None, False))
     add("compile_fast", lambda: _eager(torch.compile(copy.deepcopy(base)), fast_dtype, fast_cl))
     if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
@@ -166,16 +172,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from medseg.inference import Predictor
     from medseg.io import find_scans
+    from medseg.models.checkpoint import load_checkpoint, model_from_checkpoint
     from medseg.models.head import logits_to_probs, probs_to_labels
 
     predictor = Predictor.from_checkpoint(args.checkpoint, device="cpu", precision="fp32", channels_last=False)
+    unfolded = model_from_checkpoint(load_checkpoint(args.checkpoint), args.checkpoint)[0].eval()
     scans = find_scans(args.scan_dir)[: args.scans]
     batches, per_scan = load_batches(predictor, scans)
     mode = predictor.spec.mode
     names = args.engines.split(",") if args.engines else None
     shapes = sorted({tuple(b.shape) for b in batches})
     with tempfile.TemporaryDirectory() as tmp:
-        engines = build_engines(predictor, names, batches[0], Path(tmp))
+        engines = build_engines(predictor, unfolded, names, batches[0], Path(tmp))
         compile_seconds: dict[str, float] = {}
         outputs: dict[str, list[torch.Tensor]] = {}
         for name, (run, built) in engines.items():

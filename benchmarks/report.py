@@ -325,7 +325,8 @@ def _predict_table(r: dict[str, Any], heading: str = "## Prediction speed and me
     lines += [
         "Batch prediction of a folder of scans with `predict_folder` (reading, normalising, predicting, "
         "postprocessing and writing each mask) vs the bare forward pass of the model over the same slices (read, "
-        "sliced and padded beforehand). batch/bare is the batch run's wall time per scan over the bare pass's "
+        "normalised, resampled to the plan's spacing, sliced and padded beforehand). batch/bare is the batch "
+        "run's wall time per scan over the bare pass's "
         f"(target <= {BATCH_OVER_BARE_MAX}). RSS sampled during the run against the number of masks written: "
         "after 10 scans vs at the end of the folder, then after a second pass over the same folder. Target: no "
         "growth with the number of scans, up to "
@@ -374,6 +375,8 @@ def _predict_table(r: dict[str, Any], heading: str = "## Prediction speed and me
             lines.append(f"- `{p['mode']}`: batch/bare per interleaved round {listed}; the table gives their median.")
     if any(len(p.get("rounds", [])) > 1 for p in r.get("predict", [])):
         lines.append("")
+    for note in r.get("predict_notes", []):
+        lines += [f"Note: {note}", ""]
     return lines
 
 

@@ -19,7 +19,8 @@ prepared and the trainer's loop has run (before (c) builds its own copy of the s
 Prediction, per mode (``fp32``, and ``fast`` = ``precision: auto``, ``channels_last: auto``, what a user gets
 by default), each in its own process: :func:`medseg.inference.batch.predict_folder` over a folder of scans
 (reading and writing included) vs the bare forward pass of the model over the same slices (already read,
-normalised, sliced and padded; same batches, same TTA flips). The ratio is the batch run's wall time per scan
+normalised, resampled to the plan's spacing, sliced and padded, by ``Predictor.network_input`` as the
+prediction does; same batches, same TTA flips). The ratio is the batch run's wall time per scan
 over the bare pass's time per scan (by default the bare pass covers every scan, so it is the ratio of the two
 runs' times; issue 15's target <= 1.15), timed in interleaved rounds (a bare pass, then a batch pass;
 ``--predict-rounds``) and reported as the median of the rounds' ratios. Peak RSS (``VmHWM``) of the batch run's
@@ -352,14 +353,12 @@ def predict_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Batch prediction of a scan folder vs the bare forward pass over the same slices; memory over the run."""
     import torch
 
-    from medseg.data.normalization import normalize
     from medseg.data.slicing import pad_to_shape, padded_size, volume_to_slices
     from medseg.inference import Predictor, predict_folder
     from medseg.inference.forward import TTA_FLIPS
     from medseg.inference.memory import DEFAULT_MARGIN_MB
     from medseg.inference.precision import autocast
     from medseg.io import find_scans, load_volume
-    from medseg.io.orientation import to_canonical
 
     precision, channels_last = PREDICT_MODES[spec["mode"]]
     cfg = _config(spec, [])
@@ -417,8 +416,10 @@ def predict_worker(spec: dict[str, Any]) -> dict[str, Any]:
     batches: list[torch.Tensor] = []
     n_slices = 0
     for scan in bare_scans:
-        vol, _ = to_canonical(load_volume(scan))  # the predictor slices closest-RAS voxel order
-        slices = volume_to_slices(normalize(vol.array, s.normalization), s.slice_axis, s.context_slices)
+        # What the predictor feeds the model: closest-RAS order, normalised, at the plan's spacing (LA2018's
+        # config predicts at 1 mm: its 0.625 mm slices have 2.6x the pixels).
+        image = predictor.network_input(load_volume(scan)).image
+        slices = volume_to_slices(image, s.slice_axis, s.context_slices)
         target = padded_size(slices.shape[-2:], s.pad_multiple, s.patch_hw)
         padded, _ = pad_to_shape(slices, target)
         tensor = torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32))
@@ -475,6 +476,9 @@ def predict_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "run_overhead_seconds": rounds[-1]["batch_seconds"] - sum(per_scan.values()),  # the table's pass
         "bare_scans": len(bare_scans),
         "bare_slices": n_slices,
+        # Since the fix that made the bare slices the predictor's own (Predictor.network_input): results without
+        # this key sliced the scans at their own spacing, even where the plan resamples them (LA2018 at 1 mm).
+        "bare_input": "network_input",
         "bare_forward_seconds": bare_seconds,
         "bare_volumes_per_s": len(bare_scans) / bare_seconds if bare_seconds > 0 else None,
         "batch_over_bare": float(np.median(ratios)) if ratios else None,
