@@ -320,13 +320,19 @@ def _predict_table(r: dict[str, Any], heading: str = "## Prediction speed and me
         if pm.get("trained_here")
         else f"`{pm.get('checkpoint', '?')}`"
     )
+    # Results before the bare pass took Predictor.network_input's slices were sliced at the scan's own spacing.
+    prepared = (
+        "normalised and resampled to the plan's spacing as the predictor does"
+        if any(p.get("bare_input") == "network_input" for p in r.get("predict", []))
+        else "normalised at the scan's own spacing"
+    )
     margins = {p["heap_trim_margin_mb"] for p in r.get("predict", []) if p.get("heap_trim_margin_mb") is not None}
     margin = " / ".join(f"{m:.0f} MiB" for m in sorted(margins)) or "`medseg.inference.memory.DEFAULT_MARGIN_MB`"
     lines += [
         "Batch prediction of a folder of scans with `predict_folder` (reading, normalising, predicting, "
         "postprocessing and writing each mask) vs the bare forward pass of the model over the same slices (read, "
-        "normalised, resampled to the plan's spacing, sliced and padded beforehand). batch/bare is the batch "
-        "run's wall time per scan over the bare pass's "
+        f"{prepared}, sliced and padded beforehand). batch/bare is the batch run's wall time per scan over the "
+        "bare pass's "
         f"(target <= {BATCH_OVER_BARE_MAX}). RSS sampled during the run against the number of masks written: "
         "after 10 scans vs at the end of the folder, then after a second pass over the same folder. Target: no "
         "growth with the number of scans, up to "
@@ -391,7 +397,10 @@ def _engines_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]
         "of real scans (read, normalised, sliced and padded beforehand), same batches, timed in interleaved "
         "rounds. `eager_fast` is the default (`precision: auto`, `channels_last: auto`); `compile_*` run the "
         "model under `torch.compile` (first pass = compiling every input shape); `onnxruntime_fp32` runs the "
-        "exported model with ONNX Runtime's CPU provider. Masks are compared voxel by voxel with eager fp32. "
+        "exported model with ONNX Runtime's CPU provider; `bn_unfolded_*` keep the checkpoint's BatchNorm layers, "
+        "which the predictor folds into the convolutions since 7149d43 (the other rows of files from then on run "
+        "the folded model, those of older files the unfolded one). Masks are compared voxel by voxel with eager "
+        "fp32. "
         "Rule (issue 15): an engine becomes an `inference.engine` option only if it is at least "
         "1.2x as fast as the default.",
         "",
