@@ -170,7 +170,7 @@ class Predictor:
         qc_reference: dict[str, Any] | None = None,
         qc: QCConfig | None = None,
     ) -> None:
-        """Wraps ``model`` (moved to ``device``, eval mode) with the preprocessing recorded in ``spec``.
+        """Wraps a copy of ``model`` (on ``device``, eval mode, BatchNorm folded) with the preprocessing in ``spec``.
 
         Args:
             model: Maps ``(B, 2k+1, H, W)`` to logits ``(B, n_outputs, H, W)``. The predictor runs an eval-mode

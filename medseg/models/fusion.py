@@ -4,10 +4,11 @@ In eval mode a BatchNorm after a convolution is a fixed per-channel scale and sh
 the convolution's weights and bias (``torch.nn.utils.fusion.fuse_conv_bn_eval``): one pass over each feature map
 fewer, the same outputs up to float rounding. Every block of the UNet family is ``conv -> BatchNorm -> ReLU``
 (``medseg.models.parts``), and on a CPU the BatchNorm passes cost more than their arithmetic suggests, most of
-all in channels_last. Measured on 2 CPU cores without native bf16 (base-16 hippocampus model, fp32, forward
-only): 64 slices of 128 x 96 (LA2018 at 1 mm) 1.22x as fast in channels_last and 1.19x in contiguous memory,
-8 slices of 256 x 256 1.18x / 1.07x, 36 hippocampus slices of 64 x 64 1.03x / 1.04x. Logits moved by at most
-6e-5, and the stored reference masks (``tests/test_reference_prediction.py``) came out identical on every voxel.
+all in channels_last. Measured on 2 CPU cores without native bf16 (``benchmarks/engines.py``, real scans, the
+rows timed in interleaved rounds in one process; ``benchmarks/choices.md``): in fp32 + channels_last the folded
+model runs 1.09x as fast on hippocampus slices and 1.13x on LA2018 slices at 1 mm, in contiguous fp32 0.98x and
+1.05x. Masks were identical on every voxel, probabilities within 6e-6, and the stored reference masks
+(``tests/test_reference_prediction.py``) did not change.
 
 The predictor folds its model once when it is built, and the trainer's validation folds a copy of its weights
 on every validation, so the validation Dice is that of the model prediction runs.
