@@ -22,6 +22,11 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from medseg.models.parts import AttentionGate, DoubleConv, ResidualDoubleConv
+
+#: The blocks (exact classes) whose ``nn.Sequential`` children are folded: each runs them whole in ``forward``.
+FOLDED_BLOCKS: tuple[type[nn.Module], ...] = (DoubleConv, ResidualDoubleConv, AttentionGate)
+
 
 def _foldable(conv: nn.Conv2d, norm: _BatchNorm) -> bool:
     # Only a BatchNorm that normalises with running statistics in eval mode is a fixed affine map; one built with
@@ -38,11 +43,13 @@ def _foldable(conv: nn.Conv2d, norm: _BatchNorm) -> bool:
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` with each BatchNorm folded into the ``Conv2d`` right before it.
 
-    A pair is folded where a ``Conv2d`` is directly followed by a BatchNorm inside an ``nn.Sequential`` (so the
-    convolution's output feeds nothing else); the convolution gains a bias and the BatchNorm becomes
-    ``nn.Identity``. Everything else (other layers, a BatchNorm without running statistics) is left as it is,
-    so any network can be passed. The copy is for inference only: training it would train the folded weights,
-    not BatchNorm.
+    A pair is folded where a ``Conv2d`` is directly followed by a BatchNorm inside an ``nn.Sequential`` of one of
+    medseg's building blocks (:data:`FOLDED_BLOCKS`), whose ``forward`` runs that Sequential whole, so the
+    convolution's output feeds nothing but the BatchNorm; the convolution gains a bias and the BatchNorm becomes
+    ``nn.Identity``. Everything else is left as it is: other layers, a BatchNorm without running statistics, and
+    the Sequentials of a registered custom architecture's own modules, whose ``forward`` might also use a layer
+    alone (folding would then change that layer's output silently). So any network can be passed. The copy is
+    for inference only: training it would train the folded weights, not BatchNorm.
 
     Args:
         model: A network; it is not changed (nor its train/eval mode).
@@ -51,9 +58,14 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         The folded copy, in eval mode, on ``model``'s device and in its memory format.
     """
     folded = copy.deepcopy(model).eval()
-    for module in folded.modules():
-        if not isinstance(module, nn.Sequential):
-            continue
+    sequentials = [
+        child
+        for block in folded.modules()
+        if type(block) in FOLDED_BLOCKS  # exactly: a subclass may run its Sequentials differently
+        for child in block.children()
+        if isinstance(child, nn.Sequential)
+    ]
+    for module in sequentials:
         for i in range(len(module) - 1):
             conv, norm = module[i], module[i + 1]
             if isinstance(conv, nn.Conv2d) and isinstance(norm, _BatchNorm) and _foldable(conv, norm):
