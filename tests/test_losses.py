@@ -222,6 +222,20 @@ def test_probs_to_labels_sigmoid_threshold_and_argmax() -> None:
     assert torch.equal(probs_to_labels(p, "sigmoid"), p.argmax(dim=1))
 
 
+def test_probs_to_labels_softmax_is_numpy_argmax_with_ties() -> None:
+    # probs_to_labels takes max(dim).indices for speed (pytorch/pytorch#140000); it must still be numpy's argmax:
+    # the first of tied maxima, on any class axis, for arrays and tensors alike.
+    rng = np.random.default_rng(3)
+    probs = rng.integers(0, 4, size=(5, 4, 6, 7)).astype(np.float32)  # few values: many ties
+    probs[:, 0, 0, :] = 1.0  # all five classes tied
+    for axis in (0, 1):
+        expected = np.argmax(probs, axis=axis)
+        np.testing.assert_array_equal(probs_to_labels(probs, "softmax", channel_dim=axis), expected)
+        got = probs_to_labels(torch.from_numpy(probs), "softmax", channel_dim=axis)
+        np.testing.assert_array_equal(got.numpy(), expected)
+    assert (probs_to_labels(probs, "softmax", channel_dim=0)[0, 0, :] == 0).all()  # the all-tied voxels
+
+
 def test_probs_to_labels_numpy_volume_channel_first(sample_hippo: Path) -> None:
     label = np.asarray(nib.load(sample_hippo / "labelsTr" / "hippocampus_001.nii.gz").dataobj).astype(np.int64)
     one_hot = np.moveaxis(np.eye(3, dtype=np.float32)[label], -1, 0)  # (3, I, J, K) volume probabilities

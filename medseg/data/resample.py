@@ -163,7 +163,8 @@ def resample_label(label: np.ndarray, grid: InPlaneGrid, n_classes: int) -> np.n
             part = torch.from_numpy(np.ascontiguousarray(stack[start : start + _CHUNK]).astype(np.int64))
             onehot = F.one_hot(part, n_classes).permute(0, 3, 1, 2).to(torch.float32)  # (n, C, H, W)
             assert tuple(onehot.shape[2:]) == size_from
-            out[start : start + part.shape[0]] = _interp_stack(onehot, size_to).argmax(dim=1).numpy()
+            # max(dim).indices is argmax (first of ties) without torch's slow CPU argmax (pytorch#140000).
+            out[start : start + part.shape[0]] = _interp_stack(onehot, size_to).max(dim=1).indices.numpy()
     return np.ascontiguousarray(np.moveaxis(out, 0, axis))
 
 
