@@ -13,6 +13,7 @@ from medseg.data.normalization import NormalizationParams, normalize
 from medseg.data.prepare import PreparedCase
 from medseg.data.slicing import label_to_slices, volume_to_slices
 from medseg.errors import ConfigError
+from medseg.inference import slabs
 from medseg.inference.budget import (
     LIVE_MAPS_FACTOR,
     MAX_AUTO_BATCH,
@@ -26,7 +27,7 @@ from medseg.inference.budget import (
 )
 from medseg.inference.forward import forward_slices, predict_volume_probs
 from medseg.inference.settings import InferenceSettings
-from medseg.inference.slabs import Slab, forward_labels, iter_probability_slabs, predict_volume_labels
+from medseg.inference.slabs import forward_labels, iter_probability_slabs, predict_volume_labels, slab_index
 from medseg.io import load_volume
 from medseg.models.head import probs_to_labels
 from medseg.models.unet import UNet
@@ -129,19 +130,48 @@ def test_slab_labels_equal_labels_of_the_full_probabilities(
         np.testing.assert_array_equal(s.probs, probs[s.index()])
 
 
-def test_slab_transform_runs_before_the_argmax(model: UNet, image: np.ndarray) -> None:
-    settings = SETTINGS.with_options(batch_size=8)
-    seen: list[tuple[int, int]] = []
+def test_label_tail_in_pieces_of_a_batch_gives_the_same_labels(
+    model: UNet, image: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The tail (transform, labels, on_probs) runs on TAIL_SLICES slices of a batch at a time; pieces that do not
+    # divide the batch place the same labels, and on_probs sees every slice once, in order.
+    settings = SETTINGS.with_options(batch_size=7)
+    expected = predict_volume_labels(model, image, 2, 1, settings)
+    monkeypatch.setattr(slabs, "TAIL_SLICES", 3)
+    placed: list[tuple[int, int]] = []
+    labels = predict_volume_labels(
+        model, image, 2, 1, settings, on_probs=lambda index, probs: placed.append((index[2].start, index[2].stop))
+    )
+    np.testing.assert_array_equal(labels, expected)
+    assert [start for start, _ in placed] == [
+        s for b in range(0, image.shape[2], 7) for s in range(b, min(b + 7, image.shape[2]), 3)
+    ]
+    assert placed[-1][1] == image.shape[2] and all(b - a <= 3 for a, b in placed)
 
-    def only_class_two(slab: Slab) -> np.ndarray:
-        seen.append((slab.start, slab.stop))
-        out = np.zeros_like(slab.probs)
-        out[2] = 1.0
+
+def test_transform_runs_before_the_labels_and_on_probs_sees_its_output(model: UNet, image: np.ndarray) -> None:
+    settings = SETTINGS.with_options(batch_size=8)
+    seen: list[tuple[int, ...]] = []
+    placed: list[tuple[slice, ...]] = []
+
+    def only_class_two_and_wider(probs: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(probs.shape))
+        out = torch.zeros((probs.shape[0], probs.shape[1], probs.shape[2], probs.shape[3] + 2))
+        out[:, 2] = 1.0
         return out
 
-    labels = predict_volume_labels(model, image, 2, 1, settings, slab_transform=only_class_two)
-    assert (labels == 2).all()
-    assert seen == [(s, min(s + 8, image.shape[2])) for s in range(0, image.shape[2], 8)]
+    def record(index: tuple[slice, ...], probs: torch.Tensor) -> None:
+        placed.append(index)
+        assert (probs[:, 2] == 1.0).all() and probs.shape[3] == image.shape[1] + 2
+
+    axis = 2
+    labels = predict_volume_labels(model, image, axis, 1, settings, transform=only_class_two_and_wider, on_probs=record)
+    # The labels are those of the transformed probabilities, on the transform's (wider) in-plane grid.
+    assert labels.shape == (image.shape[0], image.shape[1] + 2, image.shape[2]) and (labels == 2).all()
+    starts = range(0, image.shape[axis], 8)
+    n = [min(s + 8, image.shape[axis]) - s for s in starts]
+    assert [shape[0] for shape in seen] == n and all(shape[2:] == image.shape[:2] for shape in seen)
+    assert placed == [slab_index(axis, s, s + k) for s, k in zip(starts, n, strict=True)]
 
 
 def test_forward_labels_equal_forward_slices(model: UNet, image: np.ndarray) -> None:

@@ -168,6 +168,21 @@ def resample_label(label: np.ndarray, grid: InPlaneGrid, n_classes: int) -> np.n
     return np.ascontiguousarray(np.moveaxis(out, 0, axis))
 
 
+def resample_slices_back(probs: torch.Tensor, grid: InPlaneGrid) -> torch.Tensor:
+    """Probabilities ``(b, C, h, w)`` of ``b`` slices on the target grid back onto the scan's in-plane grid.
+
+    The slice-layout form of :func:`resample_slab_back` (bilinear, the same numbers slice by slice), for the
+    label path that keeps a batch's probabilities as a tensor (``medseg.inference.slabs``). Identity grids return
+    the input itself.
+    """
+    if grid.is_identity:
+        return probs
+    if tuple(probs.shape[2:]) != grid.in_plane(grid.target_shape):
+        raise ValueError(f"slices of shape {tuple(probs.shape[2:])} are not on the target grid {grid.target_shape}")
+    with torch.inference_mode():
+        return _interp_stack(probs, grid.in_plane(grid.source_shape))
+
+
 def resample_probabilities_back(probs: np.ndarray, grid: InPlaneGrid) -> np.ndarray:
     """Probabilities ``(C, *target_shape)`` back onto the scan's grid ``(C, *source_shape)`` (bilinear).
 

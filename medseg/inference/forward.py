@@ -8,6 +8,8 @@ exactly, so probabilities always line up with the input voxels.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from torch import nn
@@ -35,23 +37,29 @@ def _is_channels_last(model: nn.Module) -> bool:
     return True  # no weight whose layout the format changes
 
 
-def forward_slices(model: nn.Module, slices: np.ndarray, settings: InferenceSettings) -> np.ndarray:
-    """Class probabilities for a stack of 2D slices.
+def iter_batch_probs(
+    model: nn.Module, slices: np.ndarray, settings: InferenceSettings
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Class probabilities of a stack of 2D slices, one forward batch at a time, as CPU tensors.
 
-    The model must already be on ``device``. It is put in eval mode for the call and its previous mode restored,
-    so the trainer can validate mid-training. With ``channels_last`` the model is converted in place (a no-op
-    when it already is).
+    The loop both :func:`forward_slices` (numpy, for callers that keep probabilities) and the label path
+    (``medseg.inference.slabs.predict_volume_labels``, which takes labels and QC maps in torch without a numpy
+    copy of the probabilities) run on. The model must already be on ``device``. It is put in eval mode for the
+    iteration and its previous mode restored when the iteration ends, so the trainer can validate mid-training.
+    With ``channels_last`` the model is converted in place (a no-op when it already is).
 
     Args:
         model: A network mapping ``(B, C, H, W)`` to logits ``(B, n_outputs, H, W)``.
         slices: ``(N, C, H, W)`` float32 normalised slices (C = 2 * context + 1).
         settings: Classes, mode, device, precision, memory format, padding, batch size and test-time flips.
 
-    Returns:
-        ``(N, n_classes, H, W)`` float32 probabilities, unpadded to the input's H, W.
+    Yields:
+        ``(start, probs)``: slices ``start:start + len(probs)`` and their ``(b, n_classes, H, W)`` float32
+        probabilities on the CPU, unpadded to the input's H, W (a view of the padded batch; valid until the next
+        step of the iteration).
 
     Raises:
-        ValueError: If ``slices`` is not 4D.
+        ValueError: If ``slices`` is not 4D, or the model's outputs do not make ``n_classes`` classes.
     """
     if slices.ndim != 4:
         raise ValueError(f"slices must be (N, C, H, W), got shape {slices.shape}")
@@ -59,9 +67,8 @@ def forward_slices(model: nn.Module, slices: np.ndarray, settings: InferenceSett
     n_classes, mode, batch_size, device, precision = s.n_classes, s.mode, s.batch_size, s.device, s.precision
     channels_last = s.channels_last
     n, _, h, w = slices.shape
-    out = np.empty((n, n_classes, h, w), dtype=np.float32)
     if n == 0:
-        return out
+        return
     target = padded_size((h, w), s.pad_multiple, s.patch_hw)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     # .to() and .eval() walk every submodule (a few ms per call on a UNet, paid per scan in batch prediction):
@@ -100,11 +107,31 @@ def forward_slices(model: nn.Module, slices: np.ndarray, settings: InferenceSett
                 assert probs is not None
                 if len(flips) > 1:
                     probs = probs / len(flips)
-                probs_np = probs.to("cpu", torch.float32).numpy()
-                out[start : start + len(batch)] = unpad(probs_np, padding)
+                probs_cpu = probs.to("cpu", torch.float32)
+                yield start, unpad(probs_cpu, padding)  # type: ignore[misc]
     finally:
         if was_training:
             model.train(True)
+
+
+def forward_slices(model: nn.Module, slices: np.ndarray, settings: InferenceSettings) -> np.ndarray:
+    """Class probabilities for a stack of 2D slices (:func:`iter_batch_probs` gathered into one array).
+
+    Args:
+        model, slices, settings: See :func:`iter_batch_probs`.
+
+    Returns:
+        ``(N, n_classes, H, W)`` float32 probabilities, unpadded to the input's H, W.
+
+    Raises:
+        ValueError: If ``slices`` is not 4D.
+    """
+    if slices.ndim != 4:
+        raise ValueError(f"slices must be (N, C, H, W), got shape {slices.shape}")
+    n, _, h, w = slices.shape
+    out = np.empty((n, settings.n_classes, h, w), dtype=np.float32)
+    for start, probs in iter_batch_probs(model, slices, settings):
+        out[start : start + probs.shape[0]] = probs.numpy()
     return out
 
 

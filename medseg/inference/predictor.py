@@ -29,7 +29,7 @@ from medseg.data.resample import (
     plan_grid,
     resample_image,
     resample_probabilities_back,
-    resample_slab_back,
+    resample_slices_back,
 )
 from medseg.data.slicing import channels_to_slices, slices_to_volume
 from medseg.errors import CheckpointError, ConfigError
@@ -476,14 +476,15 @@ class Predictor:
         # At the plan's spacing: each slab's probabilities go back onto the scan's in-plane grid before its labels
         # are taken (the slice axis is never resampled), so a resampled scan is bounded by the batch too.
         maps = ConfidenceMaps.empty(grid.source_shape) if confidence else None  # the canonical shape
+        axis = self.spec.slice_axis
         labels = predict_volume_labels(
             self.model,
             image,
-            self.spec.slice_axis,
+            axis,
             self.spec.context_slices,
             self.settings_for(image.shape),
-            slab_transform=None if grid.is_identity else lambda slab: resample_slab_back(slab.probs, grid),
-            on_slab=None if maps is None else lambda slab, probs: maps.fill(slab.index(leading=0), probs),
+            transform=None if grid.is_identity else lambda probs: resample_slices_back(probs, grid),
+            on_probs=None if maps is None else lambda index, probs: maps.fill_slices(index, axis, probs),
         )
         del image, net_in
         mask = volume.with_array(reo.invert(self._postprocess(labels)))

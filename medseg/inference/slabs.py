@@ -3,17 +3,17 @@
 A slab is ``settings.batch_size`` consecutive slices along the slice axis. :func:`iter_probability_slabs` yields
 each slab's class probabilities in volume layout; a consumer keeps only what it needs:
 
-* :func:`predict_volume_labels` turns every slab into uint8 labels at once (the probabilities of one slab live
+* :func:`predict_volume_labels` turns every slab into uint8 labels at once (the probabilities of one batch live
   at a time: a 512 x 512 x 400 CT needs a 105 MB label volume instead of an 840 MB float32 probability volume
-  per class pair);
+  per class pair). It keeps the probabilities as torch tensors in slice layout
+  (:func:`~medseg.inference.forward.iter_batch_probs`), and its ``transform`` lets a step that works in the slice
+  plane (re-sampling probabilities from the model's spacing back onto the scan's in-plane grid) run before the
+  labels are taken, without a whole probability volume;
 * :func:`medseg.inference.forward.predict_volume_probs` stacks them when the probabilities are wanted
-  (``save_probabilities``);
-* ``slab_transform`` lets a step that works in the slice plane (re-sampling probabilities from the model's
-  spacing back onto the scan's in-plane grid) run per slab, before the argmax, without a whole probability
-  volume.
+  (``save_probabilities``).
 
-Slabs reuse :func:`~medseg.inference.forward.forward_slices`, so labels are exactly those of
-``probs_to_labels(predict_volume_probs(...))`` for the same batch size.
+Both run the same forward loop, so labels are exactly those of ``probs_to_labels(predict_volume_probs(...))`` for
+the same batch size.
 """
 
 from __future__ import annotations
@@ -22,12 +22,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import nn
 
 from medseg.data.slicing import slices_to_volume, volume_to_slices
-from medseg.inference.forward import forward_slices
+from medseg.inference.forward import forward_slices, iter_batch_probs
 from medseg.inference.settings import InferenceSettings
 from medseg.models.head import probs_to_labels
+
+#: Slices whose probabilities go through the label path's tail (transform, labels, ``on_probs``) at once: bounds
+#: the float32 temporaries of re-sampling to a few hundred MB on 512 x 512 CT (as ``medseg.data.resample`` does).
+TAIL_SLICES = 32
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,17 @@ def _check(image: np.ndarray, axis: int) -> None:
         raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
 
 
+def _slab_slices(image: np.ndarray, axis: int, context: int, size: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(start, stop, slices)`` for consecutive slabs of ``size`` slices, each cut with its true neighbours."""
+    _check(image, axis)
+    n = image.shape[axis]
+    for start in range(0, n, size):
+        stop = min(n, start + size)
+        lo, hi = max(0, start - context), min(n, stop + context)
+        sub = np.take(image, np.arange(lo, hi), axis=axis)
+        yield start, stop, volume_to_slices(sub, axis, context)[start - lo : start - lo + (stop - start)]
+
+
 def iter_probability_slabs(
     model: nn.Module, image: np.ndarray, axis: int, context: int, settings: InferenceSettings
 ) -> Iterator[Slab]:
@@ -77,16 +93,16 @@ def iter_probability_slabs(
     Raises:
         ValueError: If ``image`` is not 3D or ``axis`` is not 0, 1 or 2.
     """
-    _check(image, axis)
-    n = image.shape[axis]
-    chunk = settings.batch_size
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        lo, hi = max(0, start - context), min(n, stop + context)
-        sub = np.take(image, np.arange(lo, hi), axis=axis)
-        slices = volume_to_slices(sub, axis, context)[start - lo : start - lo + (stop - start)]
+    for start, stop, slices in _slab_slices(image, axis, context, settings.batch_size):
         probs = forward_slices(model, slices, settings)
         yield Slab(start, stop, axis, slices_to_volume(probs, axis))
+
+
+def slab_index(axis: int, start: int, stop: int) -> tuple[slice, ...]:
+    """Index of slices ``start:stop`` along ``axis`` in an ``(I, J, K)`` volume."""
+    idx = [slice(None)] * 3
+    idx[axis] = slice(start, stop)
+    return tuple(idx)
 
 
 def predict_volume_labels(
@@ -96,35 +112,51 @@ def predict_volume_labels(
     context: int,
     settings: InferenceSettings,
     *,
-    slab_transform: Callable[[Slab], np.ndarray] | None = None,
-    on_slab: Callable[[Slab, np.ndarray], None] | None = None,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    on_probs: Callable[[tuple[slice, ...], torch.Tensor], None] | None = None,
 ) -> np.ndarray:
-    """Label volume of ``image``, with one slab's probabilities in memory at a time.
+    """Label volume of ``image``, with one batch's probabilities in memory at a time.
+
+    The probabilities stay torch tensors in slice layout from the model to the labels: ``transform``, the labels
+    and ``on_probs`` run on at most :data:`TAIL_SLICES` slices at a time, with no numpy copy of the probabilities
+    and no change of layout (on LA2018-sized scans the numpy path spent more time copying and reducing the
+    probabilities than the whole rest of the pipeline but the model and the file reading).
 
     Args:
         model, image, axis, context, settings: See :func:`iter_probability_slabs`.
-        slab_transform: Maps a slab to the probabilities to take the argmax of (same layout, channels first,
-            e.g. re-sampled in the slice plane); ``None`` = the slab's own probabilities.
-        on_slab: Called with each slab and the probabilities its labels were taken of (after
-            ``slab_transform``), e.g. to keep per-voxel confidence for QC (``Slab.index(leading=0)`` places them).
+        transform: Maps ``(b, n_classes, H, W)`` probabilities of ``b`` consecutive slices to the probabilities
+            to take the labels of, ``(b, n_classes, H', W')`` (e.g. re-sampled onto the scan's in-plane grid);
+            ``None`` = the probabilities themselves.
+        on_probs: Called with the volume index of those slices (:func:`slab_index`, in the output's grid) and
+            the probabilities their labels were taken of (after ``transform``), e.g. to keep per-voxel
+            confidence for QC.
 
     Returns:
-        ``(I, J, K)`` uint8 labels (uint16 beyond 256 classes) in the image's voxel grid, or in the grid the
-        ``slab_transform`` maps to (its in-plane shape; the slice axis is not re-sampled).
+        ``(I, J, K)`` uint8 labels (uint16 beyond 256 classes) in the image's voxel grid, or in the grid
+        ``transform`` maps to (its in-plane shape; the slice axis is not re-sampled). The same labels as
+        ``probs_to_labels`` of :func:`~medseg.inference.forward.predict_volume_probs` for the same batch size.
     """
     _check(image, axis)
     dtype = np.uint8 if settings.n_classes <= 256 else np.uint16
     labels: np.ndarray | None = None
-    for slab in iter_probability_slabs(model, image, axis, context, settings):
-        probs = slab.probs if slab_transform is None else slab_transform(slab)
-        slab_labels = probs_to_labels(probs, settings.mode, channel_dim=0)
-        if on_slab is not None:
-            on_slab(slab, probs)
-        if labels is None:
-            shape = list(slab_labels.shape)
-            shape[axis] = image.shape[axis]
-            labels = np.empty(shape, dtype=dtype)
-        labels[slab.index(leading=0)] = slab_labels
+    for slab_start, _, slices in _slab_slices(image, axis, context, settings.batch_size):
+        for batch_start, batch_probs in iter_batch_probs(model, slices, settings):
+            for offset in range(0, batch_probs.shape[0], TAIL_SLICES):
+                probs = batch_probs[offset : offset + TAIL_SLICES]
+                if transform is not None:
+                    probs = transform(probs)
+                start = slab_start + batch_start + offset
+                index = slab_index(axis, start, start + probs.shape[0])
+                if labels is None:
+                    shape = [int(probs.shape[2]), int(probs.shape[3])]
+                    shape.insert(axis, image.shape[axis])
+                    labels = np.empty(shape, dtype=dtype)
+                slice_labels = probs_to_labels(probs, settings.mode, channel_dim=1)
+                if dtype == np.uint8:
+                    slice_labels = slice_labels.to(torch.uint8)  # a smaller array to place; int64 is cast there
+                labels[index] = np.moveaxis(slice_labels.numpy(), 0, axis)
+                if on_probs is not None:
+                    on_probs(index, probs)
     if labels is None:  # no slices along the axis
         return np.zeros(image.shape, dtype=dtype)
     return labels
