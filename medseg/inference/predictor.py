@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medseg.allocator import keep_freed_buffers
 from medseg.config import InferenceConfig, PostprocessingConfig, QCConfig
 from medseg.data.normalization import NormalizationParams, normalize
 from medseg.data.resample import (
@@ -193,6 +194,7 @@ class Predictor:
         self.batch_size_option = check_batch_size(batch_size)
         self.memory_gb = memory_gb
         self.spec = spec
+        keep_freed_buffers()  # every scan runs the same batch shapes: no fresh pages per tensor (medseg.allocator)
         # Every forward setting in one frozen object, built once (the trainer's validation uses the same class).
         self.settings = InferenceSettings.resolve(
             n_classes=len(spec.classes),

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from medseg.allocator import keep_freed_buffers
 from medseg.config import Config
 from medseg.data.cases import Case, discover_cases
 from medseg.data.class_weights import resolve_class_weights
@@ -197,6 +198,7 @@ class Trainer:
 
         seed_everything(tc.seed)
         set_deterministic(tc.deterministic)
+        keep_freed_buffers()  # every step allocates the same activations: reuse them (medseg.allocator)
         self.device = resolve_device(tc.device)
         self.amp_dtype = resolve_precision(tc.precision, self.device)
         self.channels_last = resolve_channels_last(tc.channels_last, self.device)
