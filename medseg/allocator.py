@@ -2,22 +2,29 @@
 
 PyTorch takes CPU tensor memory from ``malloc``. glibc serves a request above its mmap threshold (128 KiB,
 raised on its own up to at most 32 MiB) with a fresh ``mmap`` and unmaps it on free, and it hands the top of its
-heap back to the OS whenever more than its trim threshold is free there. A network's activations are allocated
-and freed at the same sizes on every step, so by default every step maps fresh pages and faults each of them in
-(the kernel zeroes every 4 KiB page): measured on a 2-core CPU without native bf16, torch 2.13, a forward pass of
-64 LA2018 slices (3 x 128 x 96, base 16, eval, channels_last) faulted 74k-110k pages (300-450 MB) and took
-613-737 ms; with both thresholds raised to 1 GiB it faulted none and took 435-493 ms. A training step on 8 such
-patches went from 280-295 ms to 231-233 ms (28k faults a step to none), 32 hippocampus-sized patches
-(48 x 48) from 203-218 to 170-171 ms.
+heap back to the OS whenever more than its trim threshold (twice the mmap threshold) is free there. A network's
+activations are allocated and freed at the same sizes on every step, so by default every step maps fresh pages
+and faults each of them in (the kernel zeroes every 4 KiB page). Measured on a 2-core CPU without native bf16,
+torch 2.13: a forward pass of 64 LA2018 slices (3 x 128 x 96, base 16, eval, channels_last) faulted 74k-110k
+pages (300-450 MB) and took 613-737 ms; with the thresholds below it faulted none and took 435-493 ms. A
+training step on 8 such patches went from 280-295 ms to 231-233 ms (28k faults a step to none), 32
+hippocampus-sized patches (48 x 48) from 203-218 to 170-171 ms.
 
-With the thresholds raised, buffers up to 1 GiB come from the heap and, once freed, stay there for the next
-request of the same size; the resident set stays at the working peak instead of shrinking between steps.
-Batch prediction hands piled-up free memory back between cases (:class:`medseg.inference.memory.HeapTrimmer`,
-``malloc_trim`` still works), and buffers above 1 GiB (a float32 volume of 268 million voxels) are still mapped
-and unmapped on their own, so they never stay. ``jemalloc``/``tcmalloc`` through ``LD_PRELOAD`` would do
-the same from outside the process; this needs nothing installed.
+The two thresholds, and why not higher or lower:
 
-Only glibc on Linux has ``mallopt``; elsewhere (macOS, Windows, musl) :func:`keep_freed_buffers` does nothing.
+* **mmap threshold 128 MiB**: requests up to it come from the heap and are reused once freed. With 1 GiB, the
+  freed activations of a 512 x 512 CT prediction (100-200 MB each at batch 3, base 32) left holes the next
+  requests did not fit, and the peak of a 512 x 512 x 100 prediction rose from 1.39 to 1.88 GiB (issue 15's
+  bound: 1.79); at 128 MiB it is 1.50 GiB, at 0.59 s a slice against 0.56 (1 GiB) and 0.65 (64 MiB, where
+  LA2018's 100 MB concatenations are mapped afresh again). Larger buffers (a whole CT volume) are still mapped
+  and unmapped on their own, so they never stay.
+* **trim threshold 1 GiB**: a forward pass frees its activations at the top of the heap; at 256 MiB they were
+  trimmed after every pass and the LA2018 forward faulted 55k-86k pages again. Batch prediction hands piled-up
+  free memory back between cases (:class:`medseg.inference.memory.HeapTrimmer`; ``malloc_trim`` still works).
+
+``jemalloc``/``tcmalloc`` through ``LD_PRELOAD`` would do the same from outside the process; this needs nothing
+installed. Only glibc on Linux has ``mallopt``; elsewhere (macOS, Windows, musl) :func:`keep_freed_buffers`
+does nothing.
 """
 
 from __future__ import annotations
@@ -30,8 +37,10 @@ from functools import cache
 
 log = logging.getLogger(__name__)
 
-#: Requests up to this size come from the heap, and this much may sit free at its top before it is trimmed.
-THRESHOLD_BYTES = 1 << 30
+#: Requests up to this size come from the heap (larger ones are mapped and unmapped on their own).
+MMAP_THRESHOLD_BYTES = 128 << 20
+#: Free memory at the top of the heap beyond this is handed back to the OS.
+TRIM_THRESHOLD_BYTES = 1 << 30
 # mallopt parameter numbers (glibc malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -39,12 +48,14 @@ _M_MMAP_THRESHOLD = -3
 
 @cache
 def keep_freed_buffers() -> bool:
-    """Sets glibc's mmap and trim thresholds to :data:`THRESHOLD_BYTES` for this process (once; later calls
-    return the first result).
+    """Sets glibc's mmap and trim thresholds (:data:`MMAP_THRESHOLD_BYTES`, :data:`TRIM_THRESHOLD_BYTES`) for this
+    process, once; later calls return the first result.
 
-    Called when a :class:`~medseg.training.trainer.Trainer` or a :class:`~medseg.inference.Predictor` is built,
-    as both run the same tensor sizes over and over. It changes the whole process's allocator, which is why it
-    is a named step and not an import side effect; a script can call it itself before its own tensor work.
+    Called when a :class:`~medseg.inference.Predictor` is built and by the
+    :class:`~medseg.training.trainer.Trainer` once its data are set up (the one-off temporaries of reading and
+    resampling are better handed back), as both then run the same tensor sizes over and over. It changes the
+    whole process's allocator, which is why it is a named step and not an import side effect; a script can call
+    it itself before its own tensor work.
 
     Returns:
         ``True`` when both thresholds were set (Linux with glibc), ``False`` where ``mallopt`` is not available
@@ -59,7 +70,8 @@ def keep_freed_buffers() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    ok = bool(mallopt(_M_MMAP_THRESHOLD, THRESHOLD_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, THRESHOLD_BYTES))
+    ok = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    ok = bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)) and ok
     if not ok:
         log.debug("mallopt refused the thresholds; tensor buffers are mapped and unmapped as glibc decides")
     return ok

@@ -198,7 +198,6 @@ class Trainer:
 
         seed_everything(tc.seed)
         set_deterministic(tc.deterministic)
-        keep_freed_buffers()  # every step allocates the same activations: reuse them (medseg.allocator)
         self.device = resolve_device(tc.device)
         self.amp_dtype = resolve_precision(tc.precision, self.device)
         self.channels_last = resolve_channels_last(tc.channels_last, self.device)
@@ -206,6 +205,9 @@ class Trainer:
 
         resume = self._load_resume_checkpoint()
         self._setup_data(reader, resume)
+        # From here on every step allocates the same activations: keep freed buffers for reuse (medseg.allocator).
+        # Not before the data setup, whose one-off temporaries would then stay in the heap.
+        keep_freed_buffers()
         self._setup_model(resume)
 
         self.epoch = 0
