@@ -675,6 +675,8 @@ def _large_volume_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list
             )
         header = ["case", "path", "shape", "batch", "seconds", "s/slice", "peak RSS / target GiB", "RSS", "load"]
         lines += [markdown_table(header, rows), ""]
+        for note in r.get("notes", []):
+            lines += [f"Note: {note}", ""]
         lin = r.get("linearity")
         if lin:
             ratio = lin["per_slice_ratio"]
