@@ -6,9 +6,13 @@ heap back to the OS whenever more than its trim threshold (twice the mmap thresh
 activations are allocated and freed at the same sizes on every step, so by default every step maps fresh pages
 and faults each of them in (the kernel zeroes every 4 KiB page). Measured on a 2-core CPU without native bf16,
 torch 2.13: a forward pass of 64 LA2018 slices (3 x 128 x 96, base 16, eval, channels_last) faulted 74k-110k
-pages (300-450 MB) and took 613-737 ms; with the thresholds below it faulted none and took 435-493 ms. A
-training step on 8 such patches went from 280-295 ms to 231-233 ms (28k faults a step to none), 32
-hippocampus-sized patches (48 x 48) from 203-218 to 170-171 ms.
+pages (300-450 MB) and took 613-737 ms; with the thresholds below it faulted none and took 435-493 ms, and batch
+prediction of 12 LA2018 scans took 9.8-10.2 s instead of 11.4-11.7 s. The training loop gains little: its
+patches are small, and after the data setup the trainer's heap already held enough free memory that its own
+loop (``Trainer.time_loop``, ``configs/la2018.yaml``) faulted no page either way (29.2 against 30.5 slices/s,
+within this host's swing; a training step in a fresh process, without that free memory, had faulted 25k pages
+and run 1.2-1.3x slower). The trainer sets it for its validation, which predicts whole slices in large
+batches, and for CT-sized patches whose activations pass 32 MiB.
 
 The two thresholds, and why not higher or lower:
 
