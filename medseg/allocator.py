@@ -19,9 +19,9 @@ The two thresholds, and why not higher or lower:
 * **mmap threshold 128 MiB**: requests up to it come from the heap and are reused once freed. With 1 GiB, the
   freed activations of a 512 x 512 CT prediction (100-200 MB each at batch 3, base 32) left holes the next
   requests did not fit, and the peak of a 512 x 512 x 100 prediction rose from 1.39 to 1.88 GiB (issue 15's
-  bound: 1.79); at 128 MiB it is 1.50 GiB, at 0.59 s a slice against 0.56 (1 GiB) and 0.65 (64 MiB, where
-  LA2018's 100 MB concatenations are mapped afresh again). Larger buffers (a whole CT volume) are still mapped
-  and unmapped on their own, so they never stay.
+  bound: 1.79); at 128 MiB it was 1.50 and 1.68 GiB in two runs, at 0.59-0.65 s a slice against 0.56 (1 GiB).
+  At 64 MiB LA2018's 100 MB decoder concatenations are mapped afresh again. Larger buffers (a whole CT
+  volume) are still mapped and unmapped on their own, so they never stay.
 * **trim threshold 1 GiB**: a forward pass frees its activations at the top of the heap; at 256 MiB they were
   trimmed after every pass and the LA2018 forward faulted 55k-86k pages again. Batch prediction hands piled-up
   free memory back between cases (:class:`medseg.inference.memory.HeapTrimmer`; ``malloc_trim`` still works).

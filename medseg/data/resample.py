@@ -171,9 +171,9 @@ def resample_label(label: np.ndarray, grid: InPlaneGrid, n_classes: int) -> np.n
 def resample_slices_back(probs: torch.Tensor, grid: InPlaneGrid) -> torch.Tensor:
     """Probabilities ``(b, C, h, w)`` of ``b`` slices on the target grid back onto the scan's in-plane grid.
 
-    The slice-layout form of :func:`resample_slab_back` (bilinear, the same numbers slice by slice), for the
-    label path that keeps a batch's probabilities as a tensor (``medseg.inference.slabs``). Identity grids return
-    the input itself.
+    The slice-layout form of :func:`resample_probabilities_back` (bilinear, the same numbers slice by slice),
+    for the label path that keeps a batch's probabilities as a tensor (``medseg.inference.slabs``). Identity
+    grids return the input itself.
     """
     if grid.is_identity:
         return probs
@@ -193,17 +193,4 @@ def resample_probabilities_back(probs: np.ndarray, grid: InPlaneGrid) -> np.ndar
         return probs
     if tuple(probs.shape[1:]) != grid.target_shape:
         raise ValueError(f"probabilities of shape {probs.shape[1:]} are not on the target grid {grid.target_shape}")
-    return resample_slab_back(probs, grid)  # the whole volume is one slab
-
-
-def resample_slab_back(probs: np.ndarray, grid: InPlaneGrid) -> np.ndarray:
-    """A slab's probabilities ``(C, ...)`` on the target grid back onto the scan's in-plane grid (bilinear).
-
-    Like :func:`resample_probabilities_back` for any extent along the slice axis (which is never resampled):
-    slice by slice the same numbers, so labels taken per slab equal those of the whole volume.
-    """
-    if grid.is_identity:
-        return probs
-    if grid.in_plane(tuple(probs.shape[1:])) != grid.in_plane(grid.target_shape):
-        raise ValueError(f"slab of shape {probs.shape[1:]} is not on the target grid {grid.target_shape} in-plane")
     return _resample_channels(probs, grid.axis, grid.in_plane(grid.target_shape), grid.in_plane(grid.source_shape))

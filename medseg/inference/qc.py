@@ -177,11 +177,8 @@ def voxel_confidence(
         array, tensors for a tensor.
     """
     as_numpy = isinstance(probs, np.ndarray)
-    p = (
-        torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32))
-        if isinstance(probs, np.ndarray)
-        else probs.float()
-    )
+    # ascontiguousarray: torch.from_numpy refuses negative strides.
+    p = torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32)) if as_numpy else torch.as_tensor(probs).float()
     with torch.inference_mode():
         p = p / p.sum(dim=channel_dim, keepdim=True).clamp_min(1e-8)
         entropy = (p * p.clamp_min(1e-8).log()).sum(dim=channel_dim).div_(-math.log(max(2, p.shape[channel_dim])))

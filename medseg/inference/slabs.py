@@ -52,9 +52,7 @@ class Slab:
 
     def index(self, leading: int = 1) -> tuple[slice, ...]:
         """Index of this slab in a volume with ``leading`` axes before ``(I, J, K)`` (1 for probabilities)."""
-        idx: list[slice] = [slice(None)] * (leading + 3)
-        idx[leading + self.axis] = slice(self.start, self.stop)
-        return tuple(idx)
+        return (slice(None),) * leading + slab_index(self.axis, self.start, self.stop)
 
 
 def _check(image: np.ndarray, axis: int) -> None:
