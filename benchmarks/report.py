@@ -532,7 +532,8 @@ def _inference_choices_section(results: Sequence[tuple[str, dict[str, Any]]]) ->
     lines += [
         "From `inference_choices_*.json` (`benchmarks/inference_choices.py`): each fold's `best.pt` re-predicts "
         "the fold's own held-out cases with test-time flips off/on and postprocessing `auto` (as decided in "
-        "training on the fold's validation cases) or off; scored as in the quality table (mean ± std over folds).",
+        "training on the fold's validation cases) or off, or (`scales` files) with `inference.tta_scales` of one, "
+        "three or five in-plane spacings around the plan's; scored as in the quality table (mean ± std over folds).",
         "",
     ]
     for name, r in results:

@@ -440,6 +440,11 @@ class InferenceConfig(_Section):
     flips (``augmentation.flip``): a model that never saw a flipped slice segments them badly, and on the
     hippocampus CV models (trained without flips) averaging in flips dropped mean Dice from 0.889 to 0.03
     (``benchmarks/inference_choices.py``)."""
+    tta_scales: list[float] = [1.0]
+    """Test-time scales: factors on the in-plane spacing the model sees (the plan's target spacing, or the scan's
+    own where the plan keeps it). The scan is predicted at each, and the probabilities are re-sampled back onto
+    its grid and averaged before the labels are taken: one pass per factor, and one normalised copy of the scan
+    per factor in memory. ``[1.0]`` = once, at the plan's spacing. Each in [0.5, 2]."""
     postprocessing: PostprocessingConfig = PostprocessingConfig()
     """Connected-component clean-up of the predicted masks."""
     save_probabilities: bool = False
@@ -466,6 +471,34 @@ class InferenceConfig(_Section):
         if isinstance(value, int) and value < 1:
             raise ValueError("must be >= 1 or 'auto'")
         return value
+
+    @field_validator("tta_scales")
+    @classmethod
+    def _scales_in_range(cls, value: list[float]) -> list[float]:
+        problem = tta_scales_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+
+#: Test-time scales allowed (``inference.tta_scales``): beyond these the model sees anatomy half or twice the size
+#: it was trained on.
+TTA_SCALE_RANGE = (0.5, 2.0)
+
+
+def tta_scales_problem(scales: Any) -> str | None:
+    """Why ``scales`` are not valid test-time scales (a non-empty list of numbers in :data:`TTA_SCALE_RANGE`)."""
+    try:
+        values = [float(v) for v in scales]
+    except (TypeError, ValueError):
+        return f"expected a list of numbers, got {scales!r}"
+    lo, hi = TTA_SCALE_RANGE
+    if not values:
+        return "needs at least one scale ([1.0] = predict once, at the plan's spacing)"
+    bad = [v for v in values if not lo <= v <= hi]
+    if bad:
+        return f"each scale must be in [{lo:g}, {hi:g}], got {bad}"
+    return None
 
 
 class EvaluationConfig(_Section):

@@ -27,7 +27,7 @@ from medseg.inference.budget import (
 )
 from medseg.inference.forward import forward_slices, predict_volume_probs
 from medseg.inference.settings import InferenceSettings
-from medseg.inference.slabs import forward_labels, iter_probability_slabs, predict_volume_labels, slab_index
+from medseg.inference.slabs import View, forward_labels, iter_probability_slabs, predict_volume_labels, slab_index
 from medseg.io import load_volume
 from medseg.models.head import probs_to_labels
 from medseg.models.unet import UNet
@@ -147,6 +147,59 @@ def test_label_tail_in_pieces_of_a_batch_gives_the_same_labels(
         s for b in range(0, image.shape[2], 7) for s in range(b, min(b + 7, image.shape[2]), 3)
     ]
     assert placed[-1][1] == image.shape[2] and all(b - a <= 3 for a, b in placed)
+
+
+def test_views_are_averaged_on_the_output_grid_before_the_labels(
+    model: UNet, image: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Test-time scales: each view's probabilities are mapped onto one grid by its transform and averaged there,
+    # slab by slab. Reference: the views' whole probability volumes, transformed and averaged in numpy.
+    monkeypatch.setattr(slabs, "TAIL_SLICES", 3)  # pieces that do not divide the batch
+    settings = SETTINGS.with_options(batch_size=5)
+    axis, context = 2, 1
+    h, w = (n for a, n in enumerate(image.shape) if a != axis)
+    coarse = np.ascontiguousarray(image[::2, ::2])  # another in-plane grid, the same slices
+
+    def enlarge(probs: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+
+    placed: list[tuple[slice, ...]] = []
+    confidence = np.zeros(image.shape, dtype=np.float32)
+
+    def record(index: tuple[slice, ...], probs: torch.Tensor) -> None:
+        placed.append(index)
+        confidence[index] = np.moveaxis(probs.max(dim=1).values.numpy(), 0, axis)
+
+    labels = predict_volume_labels(
+        model, [View(image), View(coarse, enlarge)], axis, context, settings, on_probs=record
+    )
+    fine_probs = predict_volume_probs(model, image, axis, context, settings)
+    coarse_probs = predict_volume_probs(model, coarse, axis, context, settings)
+    enlarged = enlarge(torch.from_numpy(np.moveaxis(coarse_probs, axis + 1, 0).copy()))
+    mean = (fine_probs + np.moveaxis(enlarged.numpy(), 0, axis + 1)) / 2
+    assert labels.shape == image.shape
+    np.testing.assert_allclose(confidence, mean.max(axis=0), atol=1e-6)
+    expected = probs_to_labels(mean, "softmax", channel_dim=0)
+    assert (labels != expected).mean() < 1e-4  # float rounding may flip an exact tie
+    # Every slice once, in order; a single view equals the one-image call bit for bit.
+    n = image.shape[axis]
+    assert [i[axis].start for i in placed] == [s for b in range(0, n, 5) for s in range(b, min(b + 5, n), 3)]
+    assert placed[-1][axis].stop == n
+    np.testing.assert_array_equal(
+        predict_volume_labels(model, [View(image)], axis, context, settings),
+        predict_volume_labels(model, image, axis, context, settings),
+    )
+
+
+def test_views_must_share_the_slices_and_carry_their_own_transform(model: UNet, image: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="number of slices along axis 2"):
+        predict_volume_labels(model, [View(image), View(image[:, :, :-1])], 2, 1, SETTINGS)
+    with pytest.raises(ValueError, match="transform belongs to each View"):
+        predict_volume_labels(model, [View(image)], 2, 1, SETTINGS, transform=lambda p: p)
+    with pytest.raises(ValueError, match="no view"):
+        predict_volume_labels(model, [], 2, 1, SETTINGS)
+    with pytest.raises(ValueError, match="different grids"):
+        predict_volume_labels(model, [View(image), View(image[::2, ::2].copy())], 2, 1, SETTINGS)
 
 
 def test_transform_runs_before_the_labels_and_on_probs_sees_its_output(model: UNet, image: np.ndarray) -> None:

@@ -11,7 +11,13 @@ import SimpleITK as sitk
 import torch
 
 from medseg.data.normalization import NormalizationParams
-from medseg.data.resample import plan_grid, resample_image, resample_label, resample_probabilities_back
+from medseg.data.resample import (
+    plan_grid,
+    resample_image,
+    resample_label,
+    resample_probabilities_back,
+    scaled_target_spacing,
+)
 from medseg.inference.predictor import ModelSpec, Predictor
 from medseg.io import load_volume, save_mask
 from medseg.io.orientation import to_canonical
@@ -180,3 +186,74 @@ def test_resampled_scan_predicts_slab_by_slab_the_labels_of_the_whole_volume(spl
     assert slabwise.shape == scan.shape
     np.testing.assert_array_equal(slabwise.array, whole.array)
     assert 0 < int(np.count_nonzero(slabwise.array)) < slabwise.array.size  # boundaries exercised
+
+
+# --- test-time scales (inference.tta_scales) -------------------------------------------------------------------
+
+
+def _hippo_predictor(target: tuple[float, float, float] | None, scales: tuple[float, ...] = (1.0,)) -> Predictor:
+    torch.manual_seed(0)
+    spec = ModelSpec(
+        classes=("background", "hippocampus"),
+        mode="sigmoid",
+        normalization=NormalizationParams("zscore"),
+        slice_axis=2,
+        context_slices=1,
+        patch_hw=(48, 48),
+        target_spacing=target,
+    )
+    return Predictor(UNet(3, 1, base_features=4), spec, device="cpu", precision="fp32", batch_size=7, tta_scales=scales)
+
+
+def test_scaled_target_spacing() -> None:
+    assert scaled_target_spacing((1.0, 2.0, 3.0), (0.5, 0.5, 0.5), 2, 1.0) == (1.0, 2.0, 3.0)
+    assert scaled_target_spacing(None, (0.5, 0.5, 0.5), 2, 1.0) is None
+    assert scaled_target_spacing((1.0, 2.0, 3.0), (0.5, 0.5, 0.5), 2, 1.5) == (1.5, 3.0, None)
+    # Where the plan keeps the scan's spacing (no target, or a None entry), the scan's own spacing is scaled.
+    assert scaled_target_spacing(None, (0.5, 0.8, 5.0), 0, 2.0) == (None, 1.6, 10.0)
+    assert scaled_target_spacing((None, 1.0, None), (0.5, 0.8, 5.0), 2, 0.5) == (0.25, 0.5, None)
+
+
+def test_test_time_scales_average_the_probabilities_on_the_scan_grid(sample_hippo: Path) -> None:
+    scan = load_volume(sample_hippo / "imagesTr" / "hippocampus_001.nii.gz")  # 1 mm, at the target
+    target = (1.0, 1.0, 1.0)
+    plain = _hippo_predictor(target)
+    scales = (0.8, 1.0, 1.25)
+    tta = _hippo_predictor(target, scales)
+    # One scale of 1: bitwise the prediction without test-time scales.
+    once = _hippo_predictor(target, (1.0,))
+    assert np.array_equal(once.predict_proba(scan), plain.predict_proba(scan))
+    # Several: the mean of the predictions at each scaled target (a predictor whose plan says that spacing), each
+    # re-sampled back onto the scan's grid.
+    per_scale = [_hippo_predictor((s, s, 1.0)).predict_proba(scan) for s in scales]
+    probs = tta.predict_proba(scan)
+    assert probs.shape == (2, *scan.shape)
+    np.testing.assert_allclose(probs, np.mean(per_scale, axis=0), atol=1e-6)
+    assert not np.allclose(probs, per_scale[1], atol=1e-3)  # the other scales changed something
+    # Centre the untrained head on the median foreground probability so class boundaries run through the scan;
+    # the slab-by-slab labels (predict) are then those of the averaged probabilities (predict_with_proba).
+    median = float(np.clip(np.median(probs[1]), 1e-6, 1 - 1e-6))
+    with torch.no_grad():
+        tta.model.output_conv.bias -= float(np.log(median / (1 - median)))
+    mask = tta.predict(scan)
+    whole, _ = tta.predict_with_proba(scan)
+    assert mask.shape == scan.shape
+    np.testing.assert_allclose(mask.affine, scan.affine)
+    assert (mask.array != whole.array).mean() < 1e-4  # float rounding may move a voxel at exactly 0.5
+    assert 0 < int(np.count_nonzero(mask.array)) < mask.array.size
+
+
+def test_test_time_scales_are_checked(tmp_path: Path) -> None:
+    from medseg.config import load_config
+    from medseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"tta_scales: each scale must be in \[0\.5, 2\]"):
+        _hippo_predictor(None, (1.0, 3.0))
+    with pytest.raises(ConfigError, match="tta_scales: needs at least one scale"):
+        _hippo_predictor(None, ())
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  root: d\ninference:\n  tta_scales: [0.9, 0.1]\n")
+    with pytest.raises(ConfigError, match=r"tta_scales.*each scale must be in \[0\.5, 2\], got \[0\.1\]"):
+        load_config(config)
+    config.write_text("data:\n  root: d\ninference:\n  tta_scales: [0.9, 1.0, 1.1]\n")
+    assert load_config(config).inference.tta_scales == [0.9, 1.0, 1.1]

@@ -74,6 +74,22 @@ class InPlaneGrid:
         return out
 
 
+def scaled_target_spacing(
+    target: Sequence[float | None] | None, spacing: Sequence[float] | np.ndarray, axis: int, scale: float
+) -> tuple[float | None, ...] | None:
+    """The in-plane target spacing times ``scale`` (a test-time scale, ``inference.tta_scales``).
+
+    Where ``target`` keeps an axis at the scan's spacing (``None``, or no target at all), the scan's own spacing is
+    scaled. ``scale == 1`` returns ``target`` itself, so the plan's grid, identity included, is untouched.
+    """
+    if scale == 1.0:
+        return None if target is None else tuple(target)
+    base = [float(sp) for sp in spacing]
+    if target is not None:
+        base = [b if t is None else float(t) for b, t in zip(base, target, strict=True)]
+    return tuple(None if a == axis else base[a] * float(scale) for a in range(3))
+
+
 def plan_grid(
     shape: Sequence[int], spacing: Sequence[float] | np.ndarray, target: Sequence[float | None] | None, axis: int
 ) -> InPlaneGrid:

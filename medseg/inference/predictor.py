@@ -11,6 +11,7 @@ axis, 2.5D context, training patch size, sigmoid/softmax mode, classes), so pred
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from medseg.allocator import keep_freed_buffers
-from medseg.config import InferenceConfig, PostprocessingConfig, QCConfig
+from medseg.config import InferenceConfig, PostprocessingConfig, QCConfig, tta_scales_problem
 from medseg.data.normalization import NormalizationParams, normalize
 from medseg.data.resample import (
     InPlaneGrid,
@@ -31,6 +32,7 @@ from medseg.data.resample import (
     resample_image,
     resample_probabilities_back,
     resample_slices_back,
+    scaled_target_spacing,
 )
 from medseg.data.slicing import channels_to_slices, slices_to_volume
 from medseg.errors import CheckpointError, ConfigError
@@ -39,7 +41,7 @@ from medseg.inference.forward import forward_slices, predict_volume_probs
 from medseg.inference.postprocess import apply_postprocessing
 from medseg.inference.qc import ConfidenceMaps, QCResult, assess, scan_features
 from medseg.inference.settings import InferenceSettings
-from medseg.inference.slabs import predict_volume_labels
+from medseg.inference.slabs import View, predict_volume_labels
 from medseg.io.channels import ChannelStack
 from medseg.io.orientation import Reorientation, to_canonical
 from medseg.models.checkpoint import load_checkpoint, model_from_checkpoint
@@ -60,6 +62,7 @@ class PredictorOptions(TypedDict, total=False):
     precision: str
     batch_size: BatchSizeOption
     tta_flips: bool
+    tta_scales: Sequence[float]
     postprocessing: PostprocessingConfig | None
     channels_last: str | bool
     memory_gb: float | None
@@ -165,6 +168,7 @@ class Predictor:
         precision: str = "auto",
         batch_size: BatchSizeOption = AUTO,
         tta_flips: bool = False,
+        tta_scales: Sequence[float] = (1.0,),
         postprocessing: PostprocessingConfig | None = None,
         channels_last: str | bool = "auto",
         memory_gb: float | None = None,
@@ -182,6 +186,10 @@ class Predictor:
             batch_size: Slices per forward pass, or ``"auto"``: sized per scan from its slice size, the model and
                 ``memory_gb`` (``medseg.inference.budget``).
             tta_flips: Average probabilities over flips of the slice axes (4x the compute).
+            tta_scales: Test-time scales: factors on the in-plane spacing the model sees (the plan's target, or
+                the scan's own where the plan keeps it). The scan is predicted at each, the probabilities are
+                re-sampled back onto its grid and averaged there (one pass per factor). ``(1.0,)`` = once, at
+                the plan's spacing.
             postprocessing: Per step true/false/auto; ``None`` = auto for both (the checkpoint's decision).
             channels_last: ``auto`` or a bool (see ``resolve_channels_last``).
             memory_gb: Budget of one forward batch for ``batch_size="auto"``; ``None`` = from the machine.
@@ -189,9 +197,13 @@ class Predictor:
             qc: QC thresholds (``inference.qc``); ``None`` = defaults.
 
         Raises:
-            ConfigError: Bad device/precision/batch size/memory budget option.
+            ConfigError: Bad device/precision/batch size/memory budget/test-time scale option.
         """
         self.batch_size_option = check_batch_size(batch_size)
+        problem = tta_scales_problem(tta_scales)
+        if problem is not None:
+            raise ConfigError(f"tta_scales: {problem}")
+        self.tta_scales = tuple(float(v) for v in tta_scales)
         self.memory_gb = memory_gb
         self.spec = spec
         keep_freed_buffers()  # every scan runs the same batch shapes: no fresh pages per tensor (medseg.allocator)
@@ -238,6 +250,7 @@ class Predictor:
             precision=inference.precision,
             batch_size=inference.batch_size,
             tta_flips=inference.tta_flips,
+            tta_scales=inference.tta_scales,
             postprocessing=inference.postprocessing,
             memory_gb=inference.memory_gb,
         )
@@ -250,8 +263,8 @@ class Predictor:
 
         Args:
             path: A ``best.pt`` / ``last.pt`` written by the trainer.
-            **options: ``device``, ``precision``, ``batch_size``, ``tta_flips``, ``postprocessing``,
-                ``channels_last``, ``memory_gb``: see :meth:`__init__`.
+            **options: ``device``, ``precision``, ``batch_size``, ``tta_flips``, ``tta_scales``,
+                ``postprocessing``, ``channels_last``, ``memory_gb``: see :meth:`__init__`.
 
         Raises:
             CheckpointError: Missing/unreadable file, missing fields, or weights that do not fit the model.
@@ -345,11 +358,15 @@ class Predictor:
             return load_channels(files, self.spec.channels)
         return load_channels([path], self.spec.channels)  # MSD: one 4D file holding every channel
 
-    def network_input(self, volume: Volume | ChannelStack) -> NetworkInput:
+    def network_input(self, volume: Volume | ChannelStack, scale: float = 1.0) -> NetworkInput:
         """What the model is fed for ``volume`` before it is cut into slices (see :class:`NetworkInput`).
 
         The predictor's own first step, public so that benchmarks and notebooks feed the model exactly what a
         prediction does.
+
+        Args:
+            volume: A scan, or a case's channels.
+            scale: Factor on the in-plane spacing the scan is re-sampled to (a test-time scale); 1 = the plan's.
 
         Raises:
             ConfigError: The channels do not match the model's (names, order or number).
@@ -377,23 +394,36 @@ class Predictor:
             canon, reo = to_canonical(volume)
             arrays = [normalize(np.asarray(canon.array), self.spec.normalization, source=volume.source)]
         # The plan's target spacing (in-plane); an identity grid (scan already at the target) changes nothing.
-        grid = plan_grid(canon.shape, canon.spacing, self.spec.target_spacing, self.spec.slice_axis)
+        target = scaled_target_spacing(self.spec.target_spacing, canon.spacing, self.spec.slice_axis, scale)
+        grid = plan_grid(canon.shape, canon.spacing, target, self.spec.slice_axis)
         resampled = [resample_image(a, grid) for a in arrays]
         image = np.stack(resampled) if isinstance(volume, ChannelStack) else resampled[0]
         return NetworkInput(image, grid, reo)
 
     def _canonical_probs(self, volume: Volume | ChannelStack) -> tuple[np.ndarray, Reorientation]:
-        net_in = self.network_input(volume)
-        image, grid, axis = net_in.image, net_in.grid, self.spec.slice_axis
-        if isinstance(volume, ChannelStack):
-            slices = channels_to_slices(image, axis, self.spec.context_slices)
-            probs = forward_slices(self.model, slices, self.settings_for(image.shape[1:]))
-            volume_probs = np.ascontiguousarray(slices_to_volume(probs, axis))
-        else:
-            settings = self.settings_for(image.shape)
-            volume_probs = predict_volume_probs(self.model, image, axis, self.spec.context_slices, settings)
-        # Probabilities (not labels) go back onto the scan's own grid, so labels are taken there.
-        return resample_probabilities_back(volume_probs, grid), net_in.reorientation
+        total: np.ndarray | None = None
+        for scale in self.tta_scales:
+            net_in = self.network_input(volume, scale)
+            image, grid, reo, axis = net_in.image, net_in.grid, net_in.reorientation, self.spec.slice_axis
+            if isinstance(volume, ChannelStack):
+                slices = channels_to_slices(image, axis, self.spec.context_slices)
+                probs = forward_slices(self.model, slices, self.settings_for(image.shape[1:]))
+                volume_probs = np.ascontiguousarray(slices_to_volume(probs, axis))
+            else:
+                settings = self.settings_for(image.shape)
+                volume_probs = predict_volume_probs(self.model, image, axis, self.spec.context_slices, settings)
+            del image, net_in
+            # Probabilities (not labels) go back onto the scan's own grid, so labels are taken there.
+            back = resample_probabilities_back(volume_probs, grid)
+            del volume_probs
+            if total is None:
+                total = back
+            else:
+                total += back
+        assert total is not None
+        if len(self.tta_scales) > 1:
+            total /= len(self.tta_scales)
+        return total, reo
 
     def predict_proba(self, volume: Volume | ChannelStack) -> np.ndarray:
         """Per-class probabilities on the volume's voxel grid.
@@ -473,22 +503,28 @@ class Predictor:
     def _predict_slabwise(self, volume: Volume, *, confidence: bool) -> tuple[Volume, ConfidenceMaps | None]:
         # Labels slab by slab (medseg.inference.slabs): only one batch's probabilities are ever held, so memory
         # follows the batch, not the scan; the same labels as labels_from_proba(predict_proba(volume)).
-        net_in = self.network_input(volume)
-        image, grid, reo = net_in.image, net_in.grid, net_in.reorientation
+        inputs = [self.network_input(volume, scale) for scale in self.tta_scales]
+        grid, reo = inputs[0].grid, inputs[0].reorientation  # every scale: the same scan, so the same way back
         # At the plan's spacing: each slab's probabilities go back onto the scan's in-plane grid before its labels
         # are taken (the slice axis is never resampled), so a resampled scan is bounded by the batch too.
+        views = [
+            View(n.image, None if n.grid.is_identity else functools.partial(resample_slices_back, grid=n.grid))
+            for n in inputs
+        ]
+        # One slab size for every scale (the finest scale's batch), so a slab is the same slices in each.
+        settings = min((self.settings_for(n.image.shape) for n in inputs), key=lambda s: s.batch_size)
+        del inputs
         maps = ConfidenceMaps.empty(grid.source_shape) if confidence else None  # the canonical shape
         axis = self.spec.slice_axis
         labels = predict_volume_labels(
             self.model,
-            image,
+            views,
             axis,
             self.spec.context_slices,
-            self.settings_for(image.shape),
-            transform=None if grid.is_identity else lambda probs: resample_slices_back(probs, grid),
+            settings,
             on_probs=None if maps is None else lambda index, probs: maps.fill_slices(index, axis, probs),
         )
-        del image, net_in
+        del views
         mask = volume.with_array(reo.invert(self._postprocess(labels)))
         return mask, None if maps is None else maps.transformed(reo.invert)
 

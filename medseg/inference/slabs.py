@@ -12,13 +12,18 @@ each slab's class probabilities in volume layout; a consumer keeps only what it 
 * :func:`medseg.inference.forward.predict_volume_probs` stacks them when the probabilities are wanted
   (``save_probabilities``).
 
+:func:`predict_volume_labels` also takes several :class:`View` s of one scan (test-time scales: the scan
+re-sampled to other in-plane spacings, ``inference.tta_scales``). They share the slice axis, which is never
+re-sampled, so slab ``start:stop`` is the same slices in every view: each view's probabilities are mapped onto the
+output grid by its ``transform`` and averaged there, one slab at a time, before the labels are taken.
+
 Both run the same forward loop, so labels are exactly those of ``probs_to_labels(predict_volume_probs(...))`` for
 the same batch size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,15 +67,21 @@ def _check(image: np.ndarray, axis: int) -> None:
         raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
 
 
+def _cut_slab(image: np.ndarray, axis: int, context: int, start: int, stop: int) -> np.ndarray:
+    """Slices ``start:stop`` along ``axis`` as ``(stop - start, 2k+1, H, W)``, cut with their true neighbours."""
+    n = image.shape[axis]
+    lo, hi = max(0, start - context), min(n, stop + context)
+    sub = np.take(image, np.arange(lo, hi), axis=axis)
+    return volume_to_slices(sub, axis, context)[start - lo : start - lo + (stop - start)]
+
+
 def _slab_slices(image: np.ndarray, axis: int, context: int, size: int) -> Iterator[tuple[int, int, np.ndarray]]:
     """``(start, stop, slices)`` for consecutive slabs of ``size`` slices, each cut with its true neighbours."""
     _check(image, axis)
     n = image.shape[axis]
     for start in range(0, n, size):
         stop = min(n, start + size)
-        lo, hi = max(0, start - context), min(n, stop + context)
-        sub = np.take(image, np.arange(lo, hi), axis=axis)
-        yield start, stop, volume_to_slices(sub, axis, context)[start - lo : start - lo + (stop - start)]
+        yield start, stop, _cut_slab(image, axis, context, start, stop)
 
 
 def iter_probability_slabs(
@@ -103,9 +114,64 @@ def slab_index(axis: int, start: int, stop: int) -> tuple[slice, ...]:
     return tuple(idx)
 
 
+@dataclass(frozen=True)
+class View:
+    """One version of a scan for :func:`predict_volume_labels`: the volume the model sees, and the way back.
+
+    Attributes:
+        image: ``(I, J, K)`` normalised float32 volume.
+        transform: Maps ``(b, n_classes, H, W)`` probabilities of ``b`` consecutive slices of ``image`` to the
+            output grid, ``(b, n_classes, H', W')`` (e.g. re-sampled onto the scan's in-plane grid); ``None`` =
+            the probabilities themselves.
+    """
+
+    image: np.ndarray
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+def _view_slab_probs(
+    model: nn.Module, view: View, axis: int, context: int, settings: InferenceSettings, start: int, stop: int
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(first, probs)``: probabilities of slices ``first:first + len(probs)`` of ``start:stop`` on the output
+    grid, at most :data:`TAIL_SLICES` at a time."""
+    slices = _cut_slab(view.image, axis, context, start, stop)
+    for batch_start, batch_probs in iter_batch_probs(model, slices, settings):
+        for offset in range(0, batch_probs.shape[0], TAIL_SLICES):
+            probs = batch_probs[offset : offset + TAIL_SLICES]
+            yield start + batch_start + offset, probs if view.transform is None else view.transform(probs)
+
+
+def _averaged_probs(
+    model: nn.Module, views: Sequence[View], axis: int, context: int, settings: InferenceSettings
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(first, probs)`` over the whole slice axis: each view's probabilities on the output grid, averaged."""
+    n = views[0].image.shape[axis]
+    for start in range(0, n, settings.batch_size):
+        stop = min(n, start + settings.batch_size)
+        if len(views) == 1:  # nothing to average: each piece goes on as it comes, no slab-sized buffer
+            yield from _view_slab_probs(model, views[0], axis, context, settings, start, stop)
+            continue
+        total: torch.Tensor | None = None
+        # The sum is made in inference mode, as the probabilities are (in-place updates must stay inside it).
+        with torch.inference_mode():
+            for view in views:
+                for first, probs in _view_slab_probs(model, view, axis, context, settings, start, stop):
+                    if total is None:
+                        total = torch.zeros((stop - start, *probs.shape[1:]), dtype=torch.float32)
+                    if tuple(probs.shape[1:]) != tuple(total.shape[1:]):
+                        raise ValueError(
+                            f"views map onto different grids: {tuple(total.shape[2:])} and {tuple(probs.shape[2:])}"
+                        )
+                    total[first - start : first - start + probs.shape[0]] += probs
+            assert total is not None
+            total /= len(views)
+        for offset in range(0, stop - start, TAIL_SLICES):
+            yield start + offset, total[offset : offset + TAIL_SLICES]
+
+
 def predict_volume_labels(
     model: nn.Module,
-    image: np.ndarray,
+    image: np.ndarray | Sequence[View],
     axis: int,
     context: int,
     settings: InferenceSettings,
@@ -121,42 +187,57 @@ def predict_volume_labels(
     probabilities than the whole rest of the pipeline but the model and the file reading).
 
     Args:
-        model, image, axis, context, settings: See :func:`iter_probability_slabs`.
-        transform: Maps ``(b, n_classes, H, W)`` probabilities of ``b`` consecutive slices to the probabilities
-            to take the labels of, ``(b, n_classes, H', W')`` (e.g. re-sampled onto the scan's in-plane grid);
-            ``None`` = the probabilities themselves.
+        model, axis, context, settings: See :func:`iter_probability_slabs`.
+        image: ``(I, J, K)`` normalised float32 volume, or several :class:`View` s of one scan (the same number of
+            slices along ``axis``, each with its own ``transform`` onto one output grid): their probabilities are
+            averaged on that grid, one slab of ``settings.batch_size`` slices at a time, before the labels are
+            taken (test-time scales).
+        transform: With a single ``image``: maps ``(b, n_classes, H, W)`` probabilities of ``b`` consecutive
+            slices to the probabilities to take the labels of, ``(b, n_classes, H', W')`` (e.g. re-sampled onto
+            the scan's in-plane grid); ``None`` = the probabilities themselves.
         on_probs: Called with the volume index of those slices (:func:`slab_index`, in the output's grid) and
-            the probabilities their labels were taken of (after ``transform``), e.g. to keep per-voxel
-            confidence for QC.
+            the probabilities their labels were taken of (after ``transform`` and averaging), e.g. to keep
+            per-voxel confidence for QC.
 
     Returns:
         ``(I, J, K)`` uint8 labels (uint16 beyond 256 classes) in the image's voxel grid, or in the grid
-        ``transform`` maps to (its in-plane shape; the slice axis is not re-sampled). The same labels as
-        ``probs_to_labels`` of :func:`~medseg.inference.forward.predict_volume_probs` for the same batch size.
+        ``transform`` maps to (its in-plane shape; the slice axis is not re-sampled). For a single ``image``,
+        the same labels as ``probs_to_labels`` of :func:`~medseg.inference.forward.predict_volume_probs` for the
+        same batch size.
+
+    Raises:
+        ValueError: A volume is not 3D, ``axis`` is not 0, 1 or 2, no view is given, the views differ in their
+            number of slices, or ``transform`` is given beside views.
     """
-    _check(image, axis)
+    if isinstance(image, np.ndarray):
+        views: list[View] = [View(image, transform)]
+    else:
+        views = list(image)
+        if transform is not None:
+            raise ValueError("transform belongs to each View when views are given")
+        if not views:
+            raise ValueError("no view to predict")
+    for view in views:
+        _check(view.image, axis)
+    n = views[0].image.shape[axis]
+    if any(view.image.shape[axis] != n for view in views):
+        raise ValueError(f"views differ in their number of slices along axis {axis}: {[v.image.shape for v in views]}")
     dtype = np.uint8 if settings.n_classes <= 256 else np.uint16
     labels: np.ndarray | None = None
-    for slab_start, _, slices in _slab_slices(image, axis, context, settings.batch_size):
-        for batch_start, batch_probs in iter_batch_probs(model, slices, settings):
-            for offset in range(0, batch_probs.shape[0], TAIL_SLICES):
-                probs = batch_probs[offset : offset + TAIL_SLICES]
-                if transform is not None:
-                    probs = transform(probs)
-                start = slab_start + batch_start + offset
-                index = slab_index(axis, start, start + probs.shape[0])
-                if labels is None:
-                    shape = [int(probs.shape[2]), int(probs.shape[3])]
-                    shape.insert(axis, image.shape[axis])
-                    labels = np.empty(shape, dtype=dtype)
-                slice_labels = probs_to_labels(probs, settings.mode, channel_dim=1)
-                if dtype == np.uint8:
-                    slice_labels = slice_labels.to(torch.uint8)  # a smaller array to place; int64 is cast there
-                labels[index] = np.moveaxis(slice_labels.numpy(), 0, axis)
-                if on_probs is not None:
-                    on_probs(index, probs)
+    for start, probs in _averaged_probs(model, views, axis, context, settings):
+        index = slab_index(axis, start, start + probs.shape[0])
+        if labels is None:
+            shape = [int(probs.shape[2]), int(probs.shape[3])]
+            shape.insert(axis, n)
+            labels = np.empty(shape, dtype=dtype)
+        slice_labels = probs_to_labels(probs, settings.mode, channel_dim=1)
+        if dtype == np.uint8:
+            slice_labels = slice_labels.to(torch.uint8)  # a smaller array to place; int64 is cast there
+        labels[index] = np.moveaxis(slice_labels.numpy(), 0, axis)
+        if on_probs is not None:
+            on_probs(index, probs)
     if labels is None:  # no slices along the axis
-        return np.zeros(image.shape, dtype=dtype)
+        return np.zeros(views[0].image.shape, dtype=dtype)
     return labels
 
 

@@ -96,6 +96,7 @@ def validation_outputs(
         precision=inference.precision,
         batch_size=inference.batch_size,
         tta_flips=inference.tta_flips,
+        tta_scales=inference.tta_scales,
         postprocessing=inference.postprocessing,
     )
     channels = predictor.spec.channels
