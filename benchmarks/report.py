@@ -231,6 +231,7 @@ def _quality_dataset(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]
             markdown_table(heads, fold_rows),
             "",
         ]
+        lines += [line for note in r.get("notes", []) for line in (f"Note: {note}", "")]
     return lines
 
 
@@ -555,6 +556,7 @@ def _inference_choices_section(results: Sequence[tuple[str, dict[str, Any]]]) ->
             markdown_table(["variant", "mean Dice", *[f"Dice {c}" for c in classes], "pred vol/s"], rows),
             "",
         ]
+        lines += [line for note in r.get("notes", []) for line in (f"Note: {note}", "")]
     return lines
 
 
