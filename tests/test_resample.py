@@ -106,19 +106,31 @@ def test_identity_grid_changes_nothing(spleen: tuple[Path, Path]) -> None:
     assert plan_grid(image.shape, image.spacing, None, axis=2).is_identity
 
 
-def _predictor(target: tuple[float, float, float] | None, batch_size: int = 8) -> Predictor:
+#: The spleen CT crop's intensity window (the hippocampus tests use a per-scan z-score).
+SPLEEN_CT = NormalizationParams("ct", clip_low=-100.0, clip_high=300.0, mean=100.0, std=50.0)
+
+
+def _predictor(
+    target: tuple[float, float, float] | None,
+    batch_size: int = 8,
+    *,
+    normalization: NormalizationParams = SPLEEN_CT,
+    context: int = 0,
+    scales: tuple[float, ...] = (1.0,),
+) -> Predictor:
+    """A seeded, untrained base-4 sigmoid UNet with one foreground class, planned at ``target``."""
     torch.manual_seed(0)
-    model = UNet(1, 1, base_features=4)
+    model = UNet(2 * context + 1, 1, base_features=4)
     spec = ModelSpec(
-        classes=("background", "spleen"),
+        classes=("background", "foreground"),
         mode="sigmoid",
-        normalization=NormalizationParams("ct", clip_low=-100.0, clip_high=300.0, mean=100.0, std=50.0),
+        normalization=normalization,
         slice_axis=2,
-        context_slices=0,
+        context_slices=context,
         patch_hw=(48, 48),
         target_spacing=target,
     )
-    return Predictor(model, spec, device="cpu", precision="fp32", batch_size=batch_size)
+    return Predictor(model, spec, device="cpu", precision="fp32", batch_size=batch_size, tta_scales=scales)
 
 
 def test_prediction_on_anisotropic_scan_lands_on_its_grid(spleen: tuple[Path, Path], tmp_path: Path) -> None:
@@ -192,17 +204,7 @@ def test_resampled_scan_predicts_slab_by_slab_the_labels_of_the_whole_volume(spl
 
 
 def _hippo_predictor(target: tuple[float, float, float] | None, scales: tuple[float, ...] = (1.0,)) -> Predictor:
-    torch.manual_seed(0)
-    spec = ModelSpec(
-        classes=("background", "hippocampus"),
-        mode="sigmoid",
-        normalization=NormalizationParams("zscore"),
-        slice_axis=2,
-        context_slices=1,
-        patch_hw=(48, 48),
-        target_spacing=target,
-    )
-    return Predictor(UNet(3, 1, base_features=4), spec, device="cpu", precision="fp32", batch_size=7, tta_scales=scales)
+    return _predictor(target, 7, normalization=NormalizationParams("zscore"), context=1, scales=scales)
 
 
 def test_scaled_target_spacing() -> None:

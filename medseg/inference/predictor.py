@@ -358,15 +358,20 @@ class Predictor:
             return load_channels(files, self.spec.channels)
         return load_channels([path], self.spec.channels)  # MSD: one 4D file holding every channel
 
-    def network_input(self, volume: Volume | ChannelStack, scale: float = 1.0) -> NetworkInput:
+    def network_input(self, volume: Volume | ChannelStack) -> NetworkInput:
         """What the model is fed for ``volume`` before it is cut into slices (see :class:`NetworkInput`).
 
         The predictor's own first step, public so that benchmarks and notebooks feed the model exactly what a
-        prediction does.
+        prediction does (at the plan's spacing; :meth:`network_inputs` for test-time scales).
 
-        Args:
-            volume: A scan, or a case's channels.
-            scale: Factor on the in-plane spacing the scan is re-sampled to (a test-time scale); 1 = the plan's.
+        Raises:
+            ConfigError: The channels do not match the model's (names, order or number).
+        """
+        return self.network_inputs(volume, (1.0,))[0]
+
+    def network_inputs(self, volume: Volume | ChannelStack, scales: Sequence[float]) -> list[NetworkInput]:
+        """:meth:`network_input` at each of ``scales`` (factors on the plan's in-plane spacing; test-time scales):
+        the scan is reoriented and normalised once, then re-sampled once per scale.
 
         Raises:
             ConfigError: The channels do not match the model's (names, order or number).
@@ -393,18 +398,24 @@ class Predictor:
             # LPS-stored DICOM or a permuted NIfTI is sliced in the planes and handedness the model knows.
             canon, reo = to_canonical(volume)
             arrays = [normalize(np.asarray(canon.array), self.spec.normalization, source=volume.source)]
-        # The plan's target spacing (in-plane); an identity grid (scan already at the target) changes nothing.
-        target = scaled_target_spacing(self.spec.target_spacing, canon.spacing, self.spec.slice_axis, scale)
-        grid = plan_grid(canon.shape, canon.spacing, target, self.spec.slice_axis)
-        resampled = [resample_image(a, grid) for a in arrays]
-        image = np.stack(resampled) if isinstance(volume, ChannelStack) else resampled[0]
-        return NetworkInput(image, grid, reo)
+        inputs = []
+        for scale in scales:
+            # The plan's target spacing (in-plane) times the scale; an identity grid (scan already at the target)
+            # changes nothing.
+            target = scaled_target_spacing(self.spec.target_spacing, canon.spacing, self.spec.slice_axis, scale)
+            grid = plan_grid(canon.shape, canon.spacing, target, self.spec.slice_axis)
+            resampled = [resample_image(a, grid) for a in arrays]
+            image = np.stack(resampled) if isinstance(volume, ChannelStack) else resampled[0]
+            inputs.append(NetworkInput(image, grid, reo))
+        return inputs
 
     def _canonical_probs(self, volume: Volume | ChannelStack) -> tuple[np.ndarray, Reorientation]:
         total: np.ndarray | None = None
-        for scale in self.tta_scales:
-            net_in = self.network_input(volume, scale)
-            image, grid, reo, axis = net_in.image, net_in.grid, net_in.reorientation, self.spec.slice_axis
+        inputs = self.network_inputs(volume, self.tta_scales)
+        reo, axis = inputs[0].reorientation, self.spec.slice_axis  # every scale: the same scan, the same way back
+        while inputs:
+            net_in = inputs.pop(0)  # each scale's image is released once it is predicted
+            image, grid = net_in.image, net_in.grid
             if isinstance(volume, ChannelStack):
                 slices = channels_to_slices(image, axis, self.spec.context_slices)
                 probs = forward_slices(self.model, slices, self.settings_for(image.shape[1:]))
@@ -503,7 +514,7 @@ class Predictor:
     def _predict_slabwise(self, volume: Volume, *, confidence: bool) -> tuple[Volume, ConfidenceMaps | None]:
         # Labels slab by slab (medseg.inference.slabs): only one batch's probabilities are ever held, so memory
         # follows the batch, not the scan; the same labels as labels_from_proba(predict_proba(volume)).
-        inputs = [self.network_input(volume, scale) for scale in self.tta_scales]
+        inputs = self.network_inputs(volume, self.tta_scales)
         grid, reo = inputs[0].grid, inputs[0].reorientation  # every scale: the same scan, so the same way back
         # At the plan's spacing: each slab's probabilities go back onto the scan's in-plane grid before its labels
         # are taken (the slice axis is never resampled), so a resampled scan is bounded by the batch too.
