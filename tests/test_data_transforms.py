@@ -14,7 +14,7 @@ from medseg.config import AugmentationConfig, DataConfig, PreprocessingConfig
 from medseg.data.cases import discover_cases
 from medseg.data.dataset import SliceDataset
 from medseg.data.prepare import prepare_training_data
-from medseg.data.transforms import BatchAugmentation, train_transforms
+from medseg.data.transforms import BatchAugmentation, _end_percentiles, _std_mean, train_transforms
 from medseg.errors import ConfigError
 from medseg.io import load_volume
 
@@ -352,6 +352,28 @@ def test_intensity_curve_is_its_piecewise_linear_curve(slices: tuple[torch.Tenso
         y = np.interp(x, np.linspace(lo, hi, 5), values)
         expected = (y - y.mean()) / y.std(ddof=1) * x.std(ddof=1) + x.mean()
         np.testing.assert_allclose(result.numpy(), expected, atol=2e-3)
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 20, 16), (1, 1, 7, 5), (2, 6, 33, 17)])
+def test_end_percentiles_are_numpys_lower_and_higher(shape: tuple[int, ...]) -> None:
+    """The curve's range: exactly numpy's 0.5th percentile (``lower``) and 99.5th (``higher``) of each sample,
+    ties included (integer-valued samples repeat values)."""
+    rng = np.random.default_rng(sum(shape))
+    for values in (rng.normal(size=shape), rng.integers(0, 6, size=shape).astype(np.float64)):
+        flat = torch.as_tensor(values, dtype=torch.float32).reshape(shape[0], -1)
+        lo, hi = _end_percentiles(flat)
+        for row, a, b in zip(flat.numpy(), lo[:, 0], hi[:, 0], strict=True):
+            assert a.item() == np.percentile(row, 0.5, method="lower")
+            assert b.item() == np.percentile(row, 99.5, method="higher")
+
+
+def test_std_mean_is_torchs() -> None:
+    """The retain-stats transforms' per-sample statistics equal ``torch.std_mean`` (Bessel-corrected)."""
+    x = torch.as_tensor(np.random.default_rng(3).normal(2.0, 3.0, size=(4, 3, 24, 18)), dtype=torch.float32)
+    std, mean = _std_mean(x)
+    ref_std, ref_mean = torch.std_mean(x, dim=(1, 2, 3), keepdim=True)
+    torch.testing.assert_close(std, ref_std, rtol=1e-5, atol=0)
+    torch.testing.assert_close(mean, ref_mean, rtol=1e-6, atol=1e-6)
 
 
 def test_intensity_curve_can_reverse_the_brightness_order(slices: tuple[torch.Tensor, torch.Tensor]) -> None:
