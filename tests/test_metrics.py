@@ -17,6 +17,7 @@ from medseg.metrics import (
     METRIC_COLUMNS,
     assd,
     case_metrics,
+    class_voxel_counts,
     dice,
     hd95,
     iou,
@@ -232,3 +233,23 @@ def test_bad_inputs_raise() -> None:
         hd95(a, a, percentile=120)
     with pytest.raises(ValueError, match="foreground"):
         case_metrics(a, a, (1, 1, 1), ["background"])
+
+
+def test_class_voxel_counts_equal_bincount_on_real_labels(label_files: list[Path]) -> None:
+    """Counts of a real label file, as stored (uint8) and as floats (QC's reference reads labels that way)."""
+    for path in label_files:
+        labels = np.asarray(load_volume(path).array)
+        expected = np.bincount(labels.astype(np.int64).ravel(), minlength=len(CLASSES))
+        assert np.array_equal(class_voxel_counts(labels, len(CLASSES)), expected)
+        assert np.array_equal(class_voxel_counts(labels.astype(np.float32), len(CLASSES)), expected)
+
+
+@pytest.mark.parametrize("n_classes", [2, 16, 17, 105])
+def test_class_voxel_counts_both_paths(n_classes: int) -> None:
+    """Per-class comparison (<= 16 classes) and bincount (more) agree with a reference count; values outside
+    0 .. n-1 are not counted; a Fortran-ordered array is counted as it is."""
+    rng = np.random.default_rng(n_classes)
+    labels = np.asfortranarray(rng.integers(-1, n_classes + 2, size=(20, 18, 7)).astype(np.int16))
+    counts = class_voxel_counts(labels, n_classes)
+    assert counts.dtype == np.int64 and counts.shape == (n_classes,)
+    assert np.array_equal(counts, [int((labels == c).sum()) for c in range(n_classes)])

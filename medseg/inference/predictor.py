@@ -44,6 +44,7 @@ from medseg.inference.settings import InferenceSettings
 from medseg.inference.slabs import View, predict_volume_labels
 from medseg.io.channels import ChannelStack
 from medseg.io.orientation import Reorientation, to_canonical
+from medseg.metrics import class_voxel_counts
 from medseg.models.checkpoint import load_checkpoint, model_from_checkpoint
 from medseg.models.fusion import fold_batchnorm
 from medseg.models.head import probs_to_labels
@@ -547,7 +548,7 @@ class Predictor:
         ``voxel_mm3`` (``|det(affine)|``, :attr:`Volume.voxel_volume`) is the voxel volume when given; the
         product of ``spacing`` is only right on an orthogonal grid (it over-counts on a sheared one).
         """
-        counts = np.bincount(np.asarray(labels).ravel(), minlength=self.n_classes)
+        counts = class_voxel_counts(labels, self.n_classes)
         voxel = float(np.prod(np.asarray(spacing, dtype=np.float64))) if voxel_mm3 is None else float(voxel_mm3)
         voxel_ml = voxel / 1000.0
         return {name: (int(counts[i]), int(counts[i]) * voxel_ml) for i, name in enumerate(self.classes) if i > 0}

@@ -41,6 +41,7 @@ import torch
 
 from medseg.config import QCConfig
 from medseg.inference.postprocess import count_components
+from medseg.metrics import class_voxel_counts
 
 #: Version of the ``qc_reference`` dict stored in checkpoints.
 REFERENCE_VERSION = 1
@@ -150,7 +151,7 @@ def label_volumes_ml(
     labels: np.ndarray, spacing: Sequence[float] | np.ndarray, classes: Sequence[str]
 ) -> dict[str, float]:
     """Volume in mL of each foreground class of a label volume."""
-    counts = np.bincount(np.asarray(labels).reshape(-1).astype(np.int64), minlength=len(classes))
+    counts = class_voxel_counts(labels, len(classes))
     voxel_ml = float(np.prod(np.asarray(spacing, dtype=np.float64))) / 1000.0
     return {name: float(counts[i]) * voxel_ml for i, name in enumerate(classes) if i > 0}
 

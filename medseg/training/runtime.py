@@ -52,8 +52,12 @@ def resolve_num_workers(num_workers: int | str, device: torch.device) -> int:
     for data 2 % of the step time with ``base_features`` 32 and 7.5 % with 16, which bounds what workers can
     gain. With one compute thread (the other core free) one worker gained 5-10 % (base 16: 47.9 -> 50.5
     slices/s); with torch's default two threads the workers took cores from the model and the rate was
-    unchanged or lower. Hence 0 on small machines; set ``num_workers: 1`` when the model leaves a core idle.
-    The 8-core threshold is a heuristic, not a measurement.
+    unchanged or lower. Measured again on a 2-core CPU with native bf16 (AMX), where the model step is 2-3x
+    faster and loading is a larger share of it (``speed_workers{0,1}_*.json``, ``benchmarks/choices.md``): one
+    worker lowered the loop/bare ratio from 0.94 to 0.89 (hippocampus, fp32 + channels_last), 0.92 to 0.85
+    (bf16 + channels_last) and 0.88 to 0.78 (LA2018, bf16), although the loop hardly waited for data any more:
+    a third busy process on two cores stalls the model's two compute threads. Hence 0 on small machines; set
+    ``num_workers: 1`` when the model leaves a core idle. The 8-core threshold is a heuristic, not a measurement.
     """
     if isinstance(num_workers, int):
         return max(0, num_workers)
