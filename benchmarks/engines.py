@@ -9,6 +9,8 @@ beforehand, as the predictor does; untimed), in the same batches, per engine:
 - ``bn_unfolded_fp32`` / ``bn_unfolded_fast``: the same with the checkpoint's BatchNorm layers kept as trained
   (the predictor folds them into the convolutions, ``medseg.models.fusion``; the other engines run the folded
   model), to measure what folding buys;
+- ``relu_unfused_fp32`` / ``relu_unfused_fast``: folded, but each convolution and its ReLU run as two kernels
+  (the predictor runs them as one, ``medseg.models.fusion.ConvReLU``), to measure what that fusion buys;
 - ``compile_fp32`` / ``compile_fast``: the same under ``torch.compile`` (inductor; compile time reported apart,
   every input shape compiled before timing);
 - ``onnxruntime_fp32``: the model exported with ``torch.onnx.export`` (dynamic batch, height and width) and run
@@ -136,6 +138,7 @@ def build_engines(
     import torch
 
     from medseg.inference.precision import resolve_channels_last, resolve_precision
+    from medseg.models.fusion import fold_batchnorm
 
     cpu = torch.device("cpu")
     fast_dtype = resolve_precision("auto", cpu)
@@ -156,6 +159,8 @@ def build_engines(
     add("eager_fast", lambda: _eager(copy.deepcopy(base), fast_dtype, fast_cl))
     add("bn_unfolded_fp32", lambda: _eager(copy.deepcopy(unfolded), None, False))
     add("bn_unfolded_fast", lambda: _eager(copy.deepcopy(unfolded), fast_dtype, fast_cl))
+    add("relu_unfused_fp32", lambda: _eager(fold_batchnorm(unfolded, fuse_relu=False), None, False))
+    add("relu_unfused_fast", lambda: _eager(fold_batchnorm(unfolded, fuse_relu=False), fast_dtype, fast_cl))
     add("compile_fp32", lambda: _eager(torch.compile(copy.deepcopy(base)), None, False))
     add("compile_fast", lambda: _eager(torch.compile(copy.deepcopy(base)), fast_dtype, fast_cl))
     if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):

@@ -400,7 +400,9 @@ def _engines_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]
         "model under `torch.compile` (first pass = compiling every input shape); `onnxruntime_fp32` runs the "
         "exported model with ONNX Runtime's CPU provider; `bn_unfolded_*` keep the checkpoint's BatchNorm layers, "
         "which the predictor folds into the convolutions since 7149d43 (the other rows of files from then on run "
-        "the folded model, those of older files the unfolded one). Masks are compared voxel by voxel with eager "
+        "the folded model, those of older files the unfolded one); `relu_unfused_*` are folded but run each "
+        "convolution and its ReLU as two kernels, as every row did before the fused ConvReLU (files from then on "
+        "run it in their other eager rows). Masks are compared voxel by voxel with eager "
         "fp32. "
         "Rule (issue 15): an engine becomes an `inference.engine` option only if it is at least "
         "1.2x as fast as the default.",

@@ -15,7 +15,7 @@ from medseg.inference.forward import forward_slices
 from medseg.inference.predictor import ModelSpec
 from medseg.inference.settings import InferenceSettings
 from medseg.models import ARCHITECTURES
-from medseg.models.fusion import fold_batchnorm
+from medseg.models.fusion import ConvReLU, fold_batchnorm, fused_conv_relu_available
 from medseg.models.parts import DoubleConv
 from medseg.models.registry import NetworkSpec, build_model
 from medseg.training import validation
@@ -65,6 +65,49 @@ def test_folded_copy_gives_the_same_outputs_and_leaves_the_model(arch: str, chan
         expected = model.eval()(x)
         got = folded(x)
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4), (got - expected).abs().max()
+
+
+needs_fused_kernel = pytest.mark.skipif(
+    not fused_conv_relu_available(), reason="this torch build has no oneDNN fused convolution (mkldnn)"
+)
+
+
+@needs_fused_kernel
+def test_folded_blocks_run_conv_and_relu_as_one_kernel() -> None:
+    """Every conv -> BatchNorm -> ReLU of a folded UNet becomes one ConvReLU; the ReLUs after a sum stay."""
+    model = _trained_statistics(build_model(NetworkSpec("unet", 3, 2, {"base_features": 4, "depth": 3})))
+    folded = fold_batchnorm(model)
+    blocks = [m for m in folded.modules() if isinstance(m, DoubleConv)]
+    assert blocks and all(sum(isinstance(c, ConvReLU) for c in b.double_conv) == 2 for b in blocks)
+    assert not any(isinstance(m, nn.ReLU) for b in blocks for m in b.modules())
+    residual = fold_batchnorm(
+        _trained_statistics(build_model(NetworkSpec("residual_unet", 3, 2, {"base_features": 4})))
+    )
+    assert any(isinstance(m, ConvReLU) for m in residual.modules())
+
+
+@needs_fused_kernel
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv_relu_equals_the_two_layers(channels_last: bool) -> None:
+    """float32 (both layouts) and under bf16 autocast, as ``relu(conv(x))``; with autograd recording it runs the
+    two layers, so gradients flow."""
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    conv = nn.Conv2d(6, 8, 3, padding=1).to(memory_format=fmt)  # type: ignore[call-overload]
+    fused = ConvReLU(conv)
+    x = torch.randn(4, 6, 20, 24).contiguous(memory_format=fmt)
+    with torch.inference_mode():
+        expected, got = torch.relu(conv(x)), fused(x)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+        assert got.is_contiguous(memory_format=fmt)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            expected_bf16, got_bf16 = torch.relu(conv(x)), fused(x)
+    assert got_bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(got_bf16.float(), expected_bf16.float(), rtol=1e-2, atol=1e-2)
+    out = fused(x.requires_grad_())
+    out.sum().backward()
+    assert conv.weight.grad is not None and x.grad is not None
+    torch.testing.assert_close(out.detach(), expected, rtol=0, atol=1e-6)
 
 
 def test_batchnorm_without_running_statistics_is_left_alone() -> None:
