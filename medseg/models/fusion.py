@@ -144,6 +144,6 @@ class ConvReLU(nn.Module):
                         [],
                         "",
                     )
-                except RuntimeError:  # a layout or build the kernel does not take: the plain pair from now on
+                except (RuntimeError, TypeError):  # a layout, build or op signature it does not take: the plain pair
                     self._fused = False
         return torch.relu_(self.conv(x))
