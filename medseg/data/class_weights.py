@@ -8,12 +8,13 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from medseg.errors import ConfigError
+from medseg.metrics import class_voxel_counts
 
 log = logging.getLogger(__name__)
 
 
-def class_voxel_counts(labels: Iterable[np.ndarray], n_classes: int) -> np.ndarray:
-    """Voxels per class summed over ``labels`` (int64, ``(n_classes,)``).
+def summed_class_voxel_counts(labels: Iterable[np.ndarray], n_classes: int) -> np.ndarray:
+    """Voxels per class summed over ``labels`` (int64, ``(n_classes,)``; each by :func:`class_voxel_counts`).
 
     Raises:
         ValueError: If a label holds values outside ``0..n_classes-1``.
@@ -26,7 +27,7 @@ def class_voxel_counts(labels: Iterable[np.ndarray], n_classes: int) -> np.ndarr
         lo, hi = int(flat.min()), int(flat.max())
         if lo < 0 or hi >= n_classes:
             raise ValueError(f"label values {lo}..{hi} are outside 0..{n_classes - 1}")
-        counts += np.bincount(flat.astype(np.int64, copy=False), minlength=n_classes)[:n_classes]
+        counts += class_voxel_counts(flat, n_classes)
     return counts
 
 
@@ -48,7 +49,7 @@ def compute_class_weights(
     low, high = float(clip[0]), float(clip[1])
     if not 0 < low <= high:
         raise ValueError(f"class weight range must satisfy 0 < low <= high, got {tuple(clip)}")
-    counts = class_voxel_counts(labels, n_classes).astype(np.float64)
+    counts = summed_class_voxel_counts(labels, n_classes).astype(np.float64)
     present = counts > 0
     weights = np.full(n_classes, high, dtype=np.float64)
     if present.any():

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from medseg.metrics import class_voxel_counts
+
 #: Raw intensity samples kept per case and channel for the percentiles (nnU-Net keeps 10,000 per case).
 INTENSITY_SAMPLES_PER_CASE = 10_000
 #: Percentiles reported per channel (CT: the 0.5 / 99.5 pair is nnU-Net's clip range).
@@ -87,7 +89,7 @@ class FingerprintAccumulator:
             raise ValueError(f"case '{case_id}': {chans.shape[0]} channels, expected {len(self.channels)}")
         n_classes = len(self.classes)
         if label is not None:
-            counts = np.bincount(np.asarray(label).reshape(-1).astype(np.int64), minlength=n_classes)[:n_classes]
+            counts = class_voxel_counts(label, n_classes)
             fg = np.asarray(label).reshape(-1) > 0
         else:
             counts = np.zeros(n_classes, dtype=np.int64)

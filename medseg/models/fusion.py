@@ -66,6 +66,7 @@ def fold_batchnorm(model: nn.Module, *, fuse_relu: bool = True) -> nn.Module:
         The folded copy, in eval mode, on ``model``'s device and in its memory format.
     """
     folded = copy.deepcopy(model).eval()
+    fuse_relu = fuse_relu and fused_conv_relu_available()
     sequentials = [
         child
         for block in folded.modules()
@@ -79,7 +80,7 @@ def fold_batchnorm(model: nn.Module, *, fuse_relu: bool = True) -> nn.Module:
             if isinstance(conv, nn.Conv2d) and isinstance(norm, _BatchNorm) and _foldable(conv, norm):
                 module[i] = fuse_conv_bn_eval(conv, norm)
                 module[i + 1] = nn.Identity()
-        if fuse_relu and fused_conv_relu_available():
+        if fuse_relu:
             _fuse_relus(module)
     return folded
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medseg.metrics import class_voxel_counts
 from medseg.models.base import SegmentationNet
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def class_frequencies(labels: Iterable[np.ndarray], n_classes: int) -> np.ndarra
     """Voxel share of each class over ``labels`` (float64, sums to 1; uniform if there are no voxels)."""
     counts = np.zeros(n_classes, dtype=np.float64)
     for label in labels:
-        counts += np.bincount(np.asarray(label).reshape(-1).astype(np.int64), minlength=n_classes)[:n_classes]
+        counts += class_voxel_counts(label, n_classes)
     total = counts.sum()
     return counts / total if total > 0 else np.full(n_classes, 1.0 / n_classes)
 
