@@ -47,7 +47,17 @@ LA2018 = REPO.parent / "shared" / "data" / "LA2018_UAMT"
 REFERENCE = REPO / "tests" / "data"
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
 #: (training.precision, channels_last) per training mode.
-TRAIN_MODES = {"fp32": ("fp32", False), "fp32_cl": ("fp32", True), "bf16": ("bf16", False), "bf16_cl": ("bf16", True)}
+TRAIN_MODES = {
+    "fp32": ("fp32", False),
+    "fp32_cl": ("fp32", True),
+    "bf16": ("bf16", False),
+    "bf16_cl": ("bf16", True),
+    "fp16": ("fp16", False),  # what ``precision: auto`` picks on CUDA (autocast + GradScaler)
+    "fp16_cl": ("fp16", True),
+}
+#: Autocast precisions of the prediction and agreement parts on CUDA (fp16 = ``auto`` there).
+CUDA_PRECISIONS = ("fp32", "bf16", "fp16")
+PARTS = ("train", "predict", "agreement", "ddp")
 
 
 def _say(text: str) -> None:
@@ -137,14 +147,21 @@ def train_part(device: str, smoke: bool, steps: int, work: Path) -> list[dict[st
     return out
 
 
-def _scans(limit_la: int) -> dict[str, list[Path]]:
+def _scans(limit_la: int, la_dir: Path) -> dict[str, list[Path]]:
     sets = {"hippocampus_sample": sorted((SAMPLE / "imagesTr").glob("*.nii.gz"))}
-    if LA2018.is_dir():
-        sets["la2018"] = sorted((LA2018 / "imagesTr").glob("*.nii.gz"))[:limit_la]
+    from medseg.io.scans import is_supported_file
+
+    # Any scan ending: the device run carries the scans decompressed (.nii) to fit its transfer limit.
+    images = la_dir / "imagesTr"
+    la_scans = sorted(p for p in images.iterdir() if is_supported_file(p))[:limit_la] if images.is_dir() else []
+    if la_scans:
+        sets["la2018"] = la_scans
+    else:
+        _say(f"predict: no LA2018 scans under {la_dir / 'imagesTr'}; measuring the hippocampus sample only")
     return sets
 
 
-def predict_part(device: str, smoke: bool, limit_la: int) -> list[dict[str, Any]]:
+def predict_part(device: str, smoke: bool, limit_la: int, la_dir: Path = LA2018) -> list[dict[str, Any]]:
     """Volumes/s of Predictor.predict with random weights, per data set, base and precision."""
     import torch
 
@@ -155,14 +172,14 @@ def predict_part(device: str, smoke: bool, limit_la: int) -> list[dict[str, Any]
 
     cuda = _cuda() if device == "cuda" else None
     sync = cuda.synchronize if cuda is not None else (lambda: None)
-    sets = _scans(limit_la)
+    sets = _scans(limit_la, la_dir)
     if smoke:
         sets = {"hippocampus_sample": sets["hippocampus_sample"][:1]}
     out = []
     for name, paths in sets.items():
         volumes = [load_volume(p) for p in paths]  # read once: the part measures prediction, not reading
         for base in (4,) if smoke else (16, 32):
-            for precision in ("fp32",) if smoke else ("fp32", "bf16"):
+            for precision in ("fp32",) if smoke else CUDA_PRECISIONS:
                 torch.manual_seed(0)
                 spec = ModelSpec(
                     classes=("background", "fg"),
@@ -210,7 +227,7 @@ def agreement_part(device: str) -> list[dict[str, Any]]:
         "hippocrop_dicom": REPO / "sample_data" / "dicom" / "HippoCrop_Study1",
     }
     out = []
-    for precision in ("fp32", "bf16") if device == "cuda" else ("fp32",):
+    for precision in CUDA_PRECISIONS if device == "cuda" else ("fp32",):
         predictor = Predictor.from_checkpoint(
             REFERENCE / "reference_model.pt", device=device, precision=precision, batch_size=64, channels_last=False
         )
@@ -282,10 +299,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=30, help="timed training steps per setting (CUDA)")
     parser.add_argument("--la-scans", type=int, default=10, help="LA2018 scans in the prediction part")
     parser.add_argument(
+        "--la-dir", type=Path, default=LA2018, help="LA2018 folder (with imagesTr/) for the prediction part"
+    )
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"comma-separated parts to run (default: all of {', '.join(PARTS)})",
+    )
+    parser.add_argument(
         "--smoke", action="store_true", help="the CPU smoke run even where CUDA is present (what the tests run)"
     )
     parser.add_argument("--ddp-timeout", type=float, default=240.0, help="seconds the DDP smoke run may take")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(args.parts) - set(PARTS))
+    if unknown:
+        parser.error(f"--parts: unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -300,26 +330,41 @@ def main(argv: Sequence[str] | None = None) -> int:
             "code path once on the CPU as a smoke run"
         )
     start = time.perf_counter()
+    result: dict[str, Any] = {
+        "benchmark": "gpu_check",
+        "command": command_line(),
+        "machine": machine_info(),
+        "cuda": None
+        if cuda is None
+        else {
+            "device": cuda.get_device_name(0),
+            "count": cuda.device_count(),
+            "torch": __import__("torch").__version__,
+            "cuda_runtime": __import__("torch").version.cuda,
+            "cudnn": __import__("torch").backends.cudnn.version(),
+        },
+        "smoke": smoke,
+    }
     with tempfile.TemporaryDirectory(prefix="medseg-gpu-check-") as tmp:
         work = Path(tmp)
-        result: dict[str, Any] = {
-            "benchmark": "gpu_check",
-            "command": command_line(),
-            "machine": machine_info(),
-            "cuda": None if cuda is None else {"device": cuda.get_device_name(0), "count": cuda.device_count()},
-            "smoke": smoke,
-            "train": train_part(device, smoke, args.steps, work),
-            "predict": predict_part(device, smoke, args.la_scans),
-            "agreement": agreement_part(device),
-            "ddp": None if smoke else ddp_part(work, args.ddp_timeout),
+        runners: dict[str, Callable[[], Any]] = {
+            "train": lambda: train_part(device, smoke, args.steps, work),
+            "predict": lambda: predict_part(device, smoke, args.la_scans, args.la_dir),
+            "agreement": lambda: agreement_part(device),
+            "ddp": lambda: None if smoke else ddp_part(work, args.ddp_timeout),
         }
-    if smoke:
+        for part in args.parts:
+            result[part] = runners[part]()
+            # Written after every part: a run stopped at its time limit keeps what it measured.
+            result["seconds"] = round(time.perf_counter() - start, 1)
+            write_json(args.out, result)
+    if smoke and "ddp" in args.parts:
         _say("ddp: skipped (no CUDA; the CPU/gloo path is covered by tests/test_distributed.py)")
     result["seconds"] = round(time.perf_counter() - start, 1)
     write_json(args.out, result)
     _say(f"wrote {args.out} in {result['seconds']} s")
-    ddp_ok = result["ddp"] is None or result["ddp"]["exit_status"] == 0
-    return 0 if ddp_ok else 1
+    ddp = result.get("ddp")
+    return 0 if ddp is None or ddp["exit_status"] == 0 else 1
 
 
 if __name__ == "__main__":
