@@ -794,8 +794,9 @@ def _gpu_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     if not real:
         return [
             *lines,
-            "Not measured yet: no session had a GPU. `benchmarks/gpu_check.py` is ready (under 8 minutes on one GPU; "
-            "its CPU smoke run is in the tests).",
+            "Not measured yet. Only one session was lent a GPU (an H100, 2026-12-05): the machine stopped answering "
+            "during the run and nothing came back, and no further machine was lent that session. "
+            "`benchmarks/gpu_check.py` is ready (under 8 minutes on one GPU; its CPU smoke run is in the tests).",
             "",
         ]
     for name, r in real:
