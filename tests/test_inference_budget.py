@@ -140,7 +140,7 @@ def test_label_tail_in_pieces_of_a_batch_gives_the_same_labels(
     monkeypatch.setattr(slabs, "TAIL_SLICES", 3)
     placed: list[tuple[int, int]] = []
     labels = predict_volume_labels(
-        model, image, 2, 1, settings, on_probs=lambda index, probs: placed.append((index[2].start, index[2].stop))
+        model, image, 2, 1, settings, on_probs=lambda index, probs, _: placed.append((index[2].start, index[2].stop))
     )
     np.testing.assert_array_equal(labels, expected)
     assert [start for start, _ in placed] == [
@@ -166,9 +166,11 @@ def test_views_are_averaged_on_the_output_grid_before_the_labels(
     placed: list[tuple[slice, ...]] = []
     confidence = np.zeros(image.shape, dtype=np.float32)
 
-    def record(index: tuple[slice, ...], probs: torch.Tensor) -> None:
+    def record(index: tuple[slice, ...], probs: torch.Tensor, piece_labels: torch.Tensor) -> None:
         placed.append(index)
         confidence[index] = np.moveaxis(probs.max(dim=1).values.numpy(), 0, axis)
+        # The labels handed over are those of these probabilities, the ones placed in the volume.
+        np.testing.assert_array_equal(piece_labels.numpy(), probs_to_labels(probs, "softmax", channel_dim=1).numpy())
 
     labels = predict_volume_labels(
         model, [View(image), View(coarse, enlarge)], axis, context, settings, on_probs=record
@@ -213,9 +215,10 @@ def test_transform_runs_before_the_labels_and_on_probs_sees_its_output(model: UN
         out[:, 2] = 1.0
         return out
 
-    def record(index: tuple[slice, ...], probs: torch.Tensor) -> None:
+    def record(index: tuple[slice, ...], probs: torch.Tensor, piece_labels: torch.Tensor) -> None:
         placed.append(index)
         assert (probs[:, 2] == 1.0).all() and probs.shape[3] == image.shape[1] + 2
+        assert (piece_labels == 2).all() and tuple(piece_labels.shape) == (probs.shape[0], *probs.shape[2:])
 
     axis = 2
     labels = predict_volume_labels(model, image, axis, 1, settings, transform=only_class_two_and_wider, on_probs=record)

@@ -223,5 +223,81 @@ def test_predict_with_confidence_is_predict_plus_the_maps_of_its_probabilities(s
     np.testing.assert_array_equal(mask.array, predictor.predict(volume).array)
     whole = ConfidenceMaps.from_probs(predictor.predict_proba(volume))
     assert maps.confidence.shape == volume.shape
-    np.testing.assert_allclose(maps.confidence.astype(np.float32), whole.confidence.astype(np.float32), atol=1e-3)
-    np.testing.assert_allclose(maps.entropy.astype(np.float32), whole.entropy.astype(np.float32), atol=1e-3)
+    # Computed over the foreground's box in each piece of slices (NaN elsewhere): there, those of the probabilities.
+    computed = np.isfinite(maps.confidence)
+    foreground = np.asarray(mask.array) > 0
+    assert np.array_equal(computed, np.isfinite(maps.entropy)) and computed.any() == foreground.any()
+    assert computed[foreground].all()
+    np.testing.assert_allclose(maps.confidence[computed], whole.confidence[computed], atol=1e-3)
+    np.testing.assert_allclose(maps.entropy[computed], whole.entropy[computed], atol=1e-3)
+
+
+@pytest.mark.parametrize("axis", [0, 2])
+def test_slab_maps_are_computed_over_the_foreground_box_of_each_piece(axis: int, rng: np.random.Generator) -> None:
+    """fill_slices with the slices' labels: NaN outside the box of the piece's foreground, the maps of the
+    probabilities inside it; the mask after removing a stray component and filling holes (per slice and in 3D)
+    lies inside the boxes, so its mean confidence and entropy are those of the full maps."""
+    import torch
+
+    from medseg.inference.postprocess import fill_holes, keep_largest_component
+    from medseg.inference.qc import ConfidenceMaps
+    from medseg.inference.slabs import slab_index
+
+    shape = (30, 26, 12)
+    fg = np.zeros(shape, dtype=bool)
+    fg[8:20, 6:18, 2:10] = True
+    fg[12:15, 10:13, 4:7] = False  # a hole enclosed in 3D and in its slices
+    fg[24:26, 20:22, 3:5] = True  # a stray component the largest-component step removes
+    probs = np.empty((2, *shape), dtype=np.float32)
+    probs[1] = np.where(fg, rng.uniform(0.55, 1.0, shape), rng.uniform(0.0, 0.45, shape))
+    probs[0] = 1.0 - probs[1]
+    labels = probs.argmax(axis=0).astype(np.uint8)
+    maps = ConfidenceMaps.empty(shape)
+    for start in range(0, shape[axis], 5):
+        index = slab_index(axis, start, min(start + 5, shape[axis]))
+        piece = torch.from_numpy(np.moveaxis(probs[(slice(None), *index)], axis + 1, 0).copy())
+        maps.fill_slices(index, axis, piece, piece.argmax(dim=1))
+    computed = np.isfinite(maps.confidence)
+    assert 0.1 < computed.mean() < 0.6 and np.array_equal(computed, np.isfinite(maps.entropy))
+    whole = ConfidenceMaps.from_probs(probs)
+    np.testing.assert_array_equal(maps.confidence[computed], whole.confidence[computed])
+    np.testing.assert_array_equal(maps.entropy[computed], whole.entropy[computed])
+    for hole_axis in (axis, None):
+        post = fill_holes(keep_largest_component(labels, [1]), [1], hole_axis)
+        assert not np.array_equal(post, labels)
+        assert computed[post > 0].all()
+        fast = output_features(post, None, (1.0, 1.0, 1.0), ("background", "fg"), confidence=maps)
+        full = output_features(post, None, (1.0, 1.0, 1.0), ("background", "fg"), confidence=whole)
+        assert fast == full
+
+
+def test_confidence_maps_cover_the_foreground_postprocessing_leaves() -> None:
+    """The slab path computes the maps only inside each piece's foreground box. The postprocessed mask (largest
+    component, then holes filled per slice; 3D hole filling checked too) stays inside those boxes, so QC's
+    features are those of the full maps. The reference model's prediction with both steps switched on."""
+    from medseg.config import PostprocessingConfig
+    from medseg.inference.postprocess import fill_holes, keep_largest_component
+    from medseg.inference.predictor import Predictor
+    from medseg.inference.qc import ConfidenceMaps
+
+    volume = load_volume(SAMPLE_DATA / "hippocampus" / "imagesTr" / "hippocampus_003.nii.gz")
+    options = {"device": "cpu", "precision": "fp32", "batch_size": 8}
+    reference = Path(__file__).parent / "data" / "reference_model.pt"
+    raw = np.asarray(Predictor.from_checkpoint(reference, **options).predict(volume).array)
+    predictor = Predictor.from_checkpoint(
+        reference, **options, postprocessing=PostprocessingConfig(largest_component=True, fill_holes=True)
+    )
+    mask, maps = predictor.predict_with_confidence(volume)
+    labels = np.asarray(mask.array)
+    fg_classes = list(range(1, len(predictor.classes)))
+    # Both steps change this mask: components are removed and holes filled.
+    assert (raw[labels == 0] > 0).any() and (labels[raw == 0] > 0).any()
+    computed = np.isfinite(maps.confidence)
+    assert computed[labels > 0].all()
+    holes_3d = fill_holes(keep_largest_component(raw, fg_classes), fg_classes, None)
+    assert computed[holes_3d > 0].all()
+    whole = ConfidenceMaps.from_probs(predictor.predict_proba(volume))
+    fast = output_features(labels, None, volume.spacing, predictor.classes, confidence=maps)
+    full = output_features(labels, None, volume.spacing, predictor.classes, confidence=whole)
+    assert np.isfinite(fast["mean_confidence"]) and np.isfinite(fast["mean_entropy"])
+    assert fast == pytest.approx(full, abs=1e-6)

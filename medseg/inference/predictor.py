@@ -534,7 +534,7 @@ class Predictor:
             axis,
             self.spec.context_slices,
             settings,
-            on_probs=None if maps is None else lambda index, probs: maps.fill_slices(index, axis, probs),
+            on_probs=None if maps is None else lambda index, probs, lab: maps.fill_slices(index, axis, probs, lab),
         )
         del views
         mask = volume.with_array(reo.invert(self._postprocess(labels)))

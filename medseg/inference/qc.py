@@ -195,7 +195,8 @@ class ConfidenceMaps:
     class's probabilities: 4 bytes a voxel instead of ``4 * n_classes`` and the whole-volume copies).
 
     Stored as float16 (3 significant digits): QC averages them over the foreground, and its confidence check's
-    scale floor is 0.02, far above that rounding.
+    scale floor is 0.02, far above that rounding. Voxels never filled are NaN ("not computed"), so a mean over
+    a voxel the maps do not cover is NaN, never a silent zero.
 
     Attributes:
         confidence: ``(I, J, K)`` largest normalised class probability per voxel.
@@ -207,9 +208,9 @@ class ConfidenceMaps:
 
     @classmethod
     def empty(cls, shape: Sequence[int]) -> ConfidenceMaps:
-        """Maps of ``shape`` to be filled with :meth:`fill`."""
+        """Maps of ``shape``, all NaN, to be filled with :meth:`fill` or :meth:`fill_slices`."""
         shape = tuple(int(n) for n in shape)
-        return cls(np.zeros(shape, dtype=np.float16), np.zeros(shape, dtype=np.float16))
+        return cls(np.full(shape, np.nan, dtype=np.float16), np.full(shape, np.nan, dtype=np.float16))
 
     @classmethod
     def from_probs(cls, probs: np.ndarray) -> ConfidenceMaps:
@@ -224,8 +225,32 @@ class ConfidenceMaps:
         self.confidence[index] = confidence
         self.entropy[index] = entropy
 
-    def fill_slices(self, index: tuple[slice, ...], axis: int, probs: torch.Tensor) -> None:
-        """Writes the maps of ``(b, n_classes, H, W)`` slice probabilities (slices along ``axis``) at ``index``."""
+    def fill_slices(
+        self, index: tuple[slice, ...], axis: int, probs: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> None:
+        """Writes the maps of ``(b, n_classes, H, W)`` slice probabilities (slices along ``axis``) at ``index``.
+
+        Args:
+            index: Where the ``b`` slices lie in the maps (:func:`medseg.inference.slabs.slab_index`).
+            axis: The slice axis.
+            probs: Their probabilities.
+            labels: Their ``(b, H, W)`` predicted labels, before postprocessing. With them only the bounding box
+                of the slices' foreground (the union over the ``b`` slices) is computed; the rest stays NaN. QC
+                reads the maps only over the final mask's foreground, and postprocessing keeps that inside the
+                box: the largest-component step only removes voxels, and a filled hole is enclosed by
+                foreground in its own slice, so foreground lies beyond it along both in-plane axes. On LA2018
+                predictions the boxes hold a third of the voxels.
+        """
+        if labels is not None:
+            fg = (labels > 0).any(dim=0)
+            rows = torch.nonzero(fg.any(dim=1)).flatten()
+            if rows.numel() == 0:
+                return  # no foreground in these slices: nothing QC reads
+            cols = torch.nonzero(fg.any(dim=0)).flatten()
+            r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+            probs = probs[:, :, r0:r1, c0:c1]
+            in_plane = iter((slice(r0, r1), slice(c0, c1)))  # H, W: the two axes other than ``axis``, in order
+            index = tuple(part if a == axis else next(in_plane) for a, part in enumerate(index))
         confidence, entropy = voxel_confidence(probs, channel_dim=1)
         self.confidence[index] = np.moveaxis(confidence.to(torch.float16).numpy(), 0, axis)
         self.entropy[index] = np.moveaxis(entropy.to(torch.float16).numpy(), 0, axis)

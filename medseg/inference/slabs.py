@@ -177,7 +177,7 @@ def predict_volume_labels(
     settings: InferenceSettings,
     *,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    on_probs: Callable[[tuple[slice, ...], torch.Tensor], None] | None = None,
+    on_probs: Callable[[tuple[slice, ...], torch.Tensor, torch.Tensor], None] | None = None,
 ) -> np.ndarray:
     """Label volume of ``image``, with one batch's probabilities in memory at a time.
 
@@ -195,9 +195,9 @@ def predict_volume_labels(
         transform: With a single ``image``: maps ``(b, n_classes, H, W)`` probabilities of ``b`` consecutive
             slices to the probabilities to take the labels of, ``(b, n_classes, H', W')`` (e.g. re-sampled onto
             the scan's in-plane grid); ``None`` = the probabilities themselves.
-        on_probs: Called with the volume index of those slices (:func:`slab_index`, in the output's grid) and
-            the probabilities their labels were taken of (after ``transform`` and averaging), e.g. to keep
-            per-voxel confidence for QC.
+        on_probs: Called with the volume index of those slices (:func:`slab_index`, in the output's grid), the
+            ``(b, n_classes, H, W)`` probabilities their labels were taken of (after ``transform`` and averaging)
+            and those ``(b, H, W)`` labels, e.g. to keep per-voxel confidence for QC.
 
     Returns:
         ``(I, J, K)`` uint8 labels (uint16 beyond 256 classes) in the image's voxel grid, or in the grid
@@ -235,7 +235,7 @@ def predict_volume_labels(
             slice_labels = slice_labels.to(torch.uint8)  # a smaller array to place; int64 is cast there
         labels[index] = np.moveaxis(slice_labels.numpy(), 0, axis)
         if on_probs is not None:
-            on_probs(index, probs)
+            on_probs(index, probs, slice_labels)
     if labels is None:  # no slices along the axis
         return np.zeros(views[0].image.shape, dtype=dtype)
     return labels
