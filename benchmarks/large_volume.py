@@ -45,8 +45,14 @@ def _load() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
-def build_predictor(base: int, batch_size: str | int, memory_gb: float | None, seed: int) -> Any:
-    """A random-initialised UNet (depth 4) wrapped in a :class:`Predictor` with CT normalisation, fp32."""
+def build_predictor(
+    base: int, batch_size: str | int, memory_gb: float | None, seed: int, precision: str = "fp32"
+) -> Any:
+    """A random-initialised UNet (depth 4) wrapped in a :class:`Predictor` with CT normalisation.
+
+    ``precision`` is ``inference.precision``: ``fp32`` (the default here, comparable across CPUs) or ``auto``
+    (what a user gets: bf16 + channels_last on a CPU with native bf16).
+    """
     import torch
 
     from medseg.data.normalization import NormalizationParams
@@ -66,7 +72,7 @@ def build_predictor(base: int, batch_size: str | int, memory_gb: float | None, s
         model,
         spec,
         device="cpu",
-        precision="fp32",
+        precision=precision,
         batch_size="auto" if batch_size == "auto" else int(batch_size),
         memory_gb=memory_gb,
     )
@@ -79,7 +85,9 @@ def case_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     from medseg.volume import Volume
 
-    predictor = build_predictor(spec["base"], spec["batch_size"], spec["memory_gb"], spec["seed"])
+    predictor = build_predictor(
+        spec["base"], spec["batch_size"], spec["memory_gb"], spec["seed"], spec.get("precision", "fp32")
+    )
     if spec.get("scan"):
         from medseg.io import load_volume
 
@@ -117,6 +125,9 @@ def case_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "batch_size_option": spec["batch_size"],
         "memory_gb": predictor.memory_gb,
         "torch_threads": torch.get_num_threads(),
+        "precision": spec.get("precision", "fp32"),
+        "arithmetic": str(predictor.dtype or "float32").replace("torch.", "")
+        + (" + channels_last" if predictor.channels_last else ""),
         "seconds": round(seconds, 2),
         "seconds_per_slice": round(seconds / max(1, n_slices), 4),
         "rss_before_predict_mb": rss_before,
@@ -179,6 +190,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="what is measured: Predictor.predict (slab labels), predict_with_confidence (a batch with QC: slab "
         "labels + confidence maps), predict_with_proba (the whole probability volume); each case once per path",
     )
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "auto"],
+        default="fp32",
+        help="inference.precision: fp32 (comparable across CPUs) or auto (bf16 + channels_last with native bf16)",
+    )
     parser.add_argument("--out", type=Path, default=OUT_DIR / "large_volume.json")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -190,7 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(case_worker(json.loads(args.worker))))
         return 0
     batch: str | int = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
-    common = {"base": args.base, "batch_size": batch, "memory_gb": args.memory_gb, "seed": args.seed}
+    common = {
+        "base": args.base,
+        "batch_size": batch,
+        "memory_gb": args.memory_gb,
+        "seed": args.seed,
+        "precision": args.precision,
+    }
     cases: list[dict[str, Any]] = []
     for path in args.path:
         for n in [n for n in args.slices if n > 0]:

@@ -640,7 +640,9 @@ def _large_volume_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list
     if not results:
         return [*lines, "No large-volume measurement yet: run `benchmarks/large_volume.py` (see README.md).", ""]
     lines += [
-        "A random-initialised UNet (base width in the command: 32 unless `--base`), fp32, `batch_size: auto` "
+        "A random-initialised UNet (base width in the command: 32 unless `--base`), fp32 unless the path says "
+        "otherwise (`--precision auto`: what a user gets, bf16 + channels_last on a CPU with native bf16), "
+        "`batch_size: auto` "
         "with the budget from the machine, each case once in its own process. Path `predict` = "
         "`Predictor.predict` (labels slab by slab), `qc` = `predict_with_confidence` (the same plus two float16 "
         "confidence maps: what a batch with QC runs), `probs` = `predict_with_proba` (the whole probability "
@@ -662,13 +664,14 @@ def _large_volume_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list
             if "error" in c:
                 rows.append([str(c.get("case")), "", "error", "", "", "", "", "", ""])
                 continue
+            arithmetic = c.get("arithmetic", "float32")
             peak, target = c.get("peak_rss_gib"), c.get("rss_target_gib")
             ok = None if peak is None or target is None else peak <= target
             load = f"{c['load_avg_start'][0]} -> {c['load_avg_end'][0]}"
             rows.append(
                 [
                     c["case"],
-                    c.get("path", "predict"),
+                    c.get("path", "predict") + ("" if arithmetic == "float32" else f" ({arithmetic})"),
                     "x".join(str(v) for v in c["shape"]),
                     str(c["batch_size"]),
                     fmt(c["seconds"], 1),
