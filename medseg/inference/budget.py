@@ -7,9 +7,12 @@ UNet's activations for one 512 x 512 slice are about 224 MiB, so 64 of them peak
 * **Per-slice bytes.** One probe forward pass of a small zero slice records the largest leaf-module output per
   input pixel (for a UNet the first level's ``base_features`` maps); a slice then costs
   :data:`LIVE_MAPS_FACTOR` times that, scaled to the padded slice area, plus its input and output buffers.
-  The factor was measured (``ru_maxrss`` of a fresh process, base-32 UNet, 256 x 256 slices, batch 2 vs 6,
-  fp32, contiguous and channels_last): the peak grew by 7.0 and 6.1 full-resolution feature maps per slice
-  (skips kept for the decoder, a block's input and output, the concatenation); 8 leaves a margin.
+  The factor was measured (``ru_maxrss`` of a fresh process, base-32 UNet, 256 x 256 slices, batch 2 vs 6):
+  the peak grew by 7.0 (fp32) and 6.1 (fp32, channels_last) full-resolution feature maps per slice on a CPU with
+  AVX2 (AMD EPYC), but by 9.75 and 9.15 on an Intel Xeon with AVX-512, where oneDNN reorders float32 maps into
+  its blocked layouts (bf16 + channels_last there: 5.9); 10.5 and 8.85 with the convolution-ReLU fusion off, so
+  the layouts, not the fusion, cost it. Skips kept for the decoder, a block's input and output, the
+  concatenation, and those copies; 11 covers both CPUs.
 * **Budget.** ``inference.memory_gb`` when set; otherwise from the machine: on CPU a fifth of the memory
   available now (``MemAvailable`` in ``/proc/meminfo``), at most :data:`CPU_BUDGET_CAP_GB` (larger batches
   do not make a CPU faster, they only hold more memory); on CUDA half the free GPU memory
@@ -33,13 +36,13 @@ from medseg.inference.settings import InferenceSettings
 
 #: ``inference.batch_size`` value that asks for a batch sized by memory.
 AUTO: Literal["auto"] = "auto"
-#: Full-resolution largest-layer maps alive per slice during a forward pass (measured 6.1-7.0; see module doc).
-LIVE_MAPS_FACTOR = 8
+#: Full-resolution largest-layer maps alive per slice during a forward pass (measured 6.1-9.75; see module doc).
+LIVE_MAPS_FACTOR = 11
 #: Upper bound of an automatic batch (the old fixed default; more buys nothing on CPU).
 MAX_AUTO_BATCH = 64
 #: Default CPU budget: this fraction of ``MemAvailable`` ...
 CPU_BUDGET_FRACTION = 0.2
-#: ... but no more than this many GiB (1 GiB = 4 slices of 512 x 512 at base 32). At 2 GiB a 512 x 512 x 100 CT
+#: ... but no more than this many GiB (1 GiB = 2 slices of 512 x 512 at base 32). At 2 GiB a 512 x 512 x 100 CT
 #: peaked at 2.13 GiB RSS with base 32 and a 512 x 512 x 200 one at 2.51 GiB with base 8, above issue 15's
 #: 1.5 GiB + 3 x the scan (benchmarks/RESULTS.md, "Large-volume prediction"); a CPU is no faster with the
 #: larger batch.
