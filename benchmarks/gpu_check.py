@@ -278,7 +278,8 @@ def ddp_part(work: Path, timeout_s: float) -> dict[str, Any]:
         "train",
     ]
     t0 = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # The repository first, then whatever the caller had (packages installed outside site-packages stay visible).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
     best = work / "ddp" / "checkpoints" / "best.pt"
     result = {
