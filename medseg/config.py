@@ -257,7 +257,9 @@ class IntensityCurveConfig(_Section):
     learns edges and shapes rather than one protocol's brightness order (the idea of MONAI's
     ``RandIntensityRemap``, whose curve is noise on a straight line; here it is smooth and may turn). Off by
     default; ``configs/la2018.yaml`` uses 0.3 for its one dark-blood scan (paired 5-fold CV 0.894 vs 0.884,
-    ``benchmarks/choices.md``).
+    ``benchmarks/choices.md``). Turn it on for MRI sets whose scans differ in contrast (protocols, scanners,
+    dark- and bright-blood sequences); where every scan shares one protocol it costs a little (hippocampus
+    5-fold 0.887 with 0.3 vs 0.890 without), and on CT it would undo what Hounsfield units mean.
     """
 
     prob: float = Field(default=0.0, ge=0.0, le=1.0)
