@@ -70,6 +70,19 @@ def _cuda() -> Any:
     return torch.cuda if torch.cuda.is_available() else None
 
 
+def _cuda_info(cuda: Any) -> dict[str, Any]:
+    """The GPU and the torch, CUDA runtime and cuDNN versions the figures were measured with."""
+    import torch
+
+    return {
+        "device": cuda.get_device_name(0),
+        "count": cuda.device_count(),
+        "torch": torch.__version__,
+        "cuda_runtime": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+    }
+
+
 def _timed(fn: Callable[[], Any], n: int, sync: Callable[[], None]) -> float:
     sync()
     t0 = time.perf_counter()
@@ -148,9 +161,9 @@ def train_part(device: str, smoke: bool, steps: int, work: Path) -> list[dict[st
 
 
 def _scans(limit_la: int, la_dir: Path) -> dict[str, list[Path]]:
-    sets = {"hippocampus_sample": sorted((SAMPLE / "imagesTr").glob("*.nii.gz"))}
     from medseg.io.scans import is_supported_file
 
+    sets = {"hippocampus_sample": sorted((SAMPLE / "imagesTr").glob("*.nii.gz"))}
     # Any scan ending: the device run carries the scans decompressed (.nii) to fit its transfer limit.
     images = la_dir / "imagesTr"
     la_scans = sorted(p for p in images.iterdir() if is_supported_file(p))[:limit_la] if images.is_dir() else []
@@ -335,15 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": "gpu_check",
         "command": command_line(),
         "machine": machine_info(),
-        "cuda": None
-        if cuda is None
-        else {
-            "device": cuda.get_device_name(0),
-            "count": cuda.device_count(),
-            "torch": __import__("torch").__version__,
-            "cuda_runtime": __import__("torch").version.cuda,
-            "cudnn": __import__("torch").backends.cudnn.version(),
-        },
+        "cuda": None if cuda is None else _cuda_info(cuda),
         "smoke": smoke,
     }
     with tempfile.TemporaryDirectory(prefix="medseg-gpu-check-") as tmp:
