@@ -104,8 +104,10 @@ class DataConfig(_Section):
     """Seed of the train/validation split."""
     max_cases: int | None = Field(default=None, ge=1)
     """Use only the first N cases (after sorting by id): for quick trials."""
-    cache_dir: Path | None = None
-    """Folder for preprocessed slices when they do not fit in memory; ``None`` keeps them in memory."""
+    cache_dir: Literal["auto"] | Path | None = "auto"
+    """Where prepared cases live when they do not fit in memory: ``auto`` keeps them in memory when they fit, else
+    memory-maps them from ``<output.dir>/prepared_cache``; a folder always memory-maps from there; ``None`` keeps
+    them in memory and stops a run whose data does not fit. Nothing stays on disk after the run."""
     channel: int | None = Field(default=None, ge=0)
     """Channel / time point read from 4D or multi-component scans (training and prediction); ``None`` = refuse them."""
     series: str | None = None
@@ -694,6 +696,8 @@ def config_from_dict(raw: dict[str, Any], *, base_dir: Path, source: str = "conf
     for section, key in _PATH_KEYS:
         sect = getattr(cfg, section)
         value = getattr(sect, key)
+        if value == "auto":  # the keys that accept it decide the folder themselves
+            continue
         if value is not None and not Path(value).expanduser().is_absolute():
             setattr(sect, key, (base_dir / Path(value).expanduser()).resolve())
         elif value is not None:
@@ -736,7 +740,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise ConfigError(f"Config file '{path}' must hold a mapping of sections, got {type(raw).__name__}")
     parsed = parse_overrides(overrides or [])
     for key, value in parsed:
-        if tuple(key.split(".")) in _PATH_KEYS and isinstance(value, str) and value:
+        if tuple(key.split(".")) in _PATH_KEYS and isinstance(value, str) and value and value != "auto":
             value = str((Path.cwd() / Path(value).expanduser()).resolve())
         _set_dotted(raw, key, value)
     source = f"{path} (with --set overrides)" if parsed else str(path)

@@ -104,7 +104,37 @@ def test_cache_dir_memory_maps_the_same_data(sample_hippo: Path, tmp_path: Path)
     for i in (0, len(ds_mem) // 2, len(ds_mem) - 1):
         assert torch.equal(ds_mem[i]["image"], ds_map[i]["image"])
         assert torch.equal(ds_mem[i]["label"], ds_map[i]["label"])
-    assert not list((tmp_path / "cache").glob(".*tmp*"))  # no temp files left behind
+    assert list((tmp_path / "cache").iterdir()) == []  # each file unlinked once mapped: nothing left behind
+
+
+def test_cache_files_are_private_so_same_names_never_collide(tmp_path: Path) -> None:
+    """Two processes (torchrun ranks) or two case ids that read alike ("a b", "a_b") never share a file."""
+    from medseg.data.prepare import _Stash
+
+    first, second = _Stash(tmp_path), _Stash(tmp_path)
+    a = first.keep(np.arange(6, dtype=np.float32), "case a.image")
+    b = second.keep(np.arange(6, 12, dtype=np.float32), "case_a.image")
+    c = first.keep(np.zeros(3, dtype=np.int8), "case a.image")
+    np.testing.assert_array_equal(a, np.arange(6))
+    np.testing.assert_array_equal(b, np.arange(6, 12))
+    np.testing.assert_array_equal(c, np.zeros(3))
+    assert isinstance(a, np.memmap) and not a.flags.writeable  # inputs stay read-only
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_cache_disk_stops_the_run_with_one_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from medseg.data import prepare
+    from medseg.errors import RunFailedError
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(prepare.np, "save", full)
+    with pytest.raises(RunFailedError, match=r"Cannot write the prepared case 'c1.image' to data.cache_dir .*No space"):
+        prepare._Stash(tmp_path).keep(np.zeros(4), "c1.image")
+    assert list(tmp_path.iterdir()) == []  # the partial file is removed
 
 
 def test_prepare_cases_with_given_params(sample_hippo: Path) -> None:

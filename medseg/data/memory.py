@@ -1,20 +1,27 @@
-"""Whether a dataset's training data fits in memory, estimated from the scan headers before anything is read.
+"""Where a run's prepared training data lives: in memory when it fits, else memory-mapped from a disk folder.
 
-Training reads every case into memory (unless ``data.cache_dir``); a dataset that does not fit is otherwise
-killed by the operating system minutes into reading, with no message. This check says so at the start: the
-estimate is :data:`BYTES_PER_VALUE` per value the image files hold (voxels x channels, from their headers), the
-measured peak of the data setup (``benchmarks/RESULTS.md``, "Training memory": 9.1 bytes per voxel for CT-sized
-volumes, 7.3 per voxel and channel for BraTS; the label rides along), against the memory the system reports
-available. A DICOM series folder counts as its number of DICOM files times the voxels in one file's header
-(``medseg.io.dicom.folder_voxels``: one header per case, exact for a folder of one series). Cases whose
-headers cannot be read are left out, and the estimate says how many cases it covers.
+Training reads every case into memory unless ``data.cache_dir`` names a folder; a dataset that does not fit is
+otherwise killed by the operating system minutes into reading, with no message. The decision is taken before
+anything is read, from an estimate: :data:`BYTES_PER_VALUE` per value the image files hold (voxels x channels,
+from their headers), the measured peak of the data setup (``benchmarks/RESULTS.md``, "Training memory": 9.1 bytes
+per voxel for CT-sized volumes, 7.3 per voxel and channel for BraTS; the label rides along), against the memory
+the system reports available. A DICOM series folder counts as its number of DICOM files times the voxels in one
+file's header (``medseg.io.dicom.folder_voxels``: one header per case, exact for a folder of one series). Cases
+whose headers cannot be read are left out, and the estimate says how many cases it covers.
+
+With ``data.cache_dir: auto`` (the default) a dataset that does not fit goes to a folder in the run's output
+folder instead of stopping the run, when that disk has room (:data:`DISK_BYTES_PER_VALUE`); the prepared arrays
+there are private files unlinked as soon as they are mapped (``medseg.data.prepare``), so nothing stays on disk
+after the run.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from medseg.data.cases import Case
 from medseg.errors import RunFailedError
@@ -25,6 +32,11 @@ log = logging.getLogger(__name__)
 BYTES_PER_VALUE = 10.0
 #: Share of the available memory the training data may take (the model, batches and the OS need the rest).
 USABLE_SHARE = 0.8
+#: Bytes per image value the prepared data takes on disk in a cache folder: the float32 image and the label (one
+#: byte per voxel for up to 127 classes), with no temporaries.
+DISK_BYTES_PER_VALUE = BYTES_PER_VALUE / 2
+#: The folder inside ``output.dir`` that ``data.cache_dir: auto`` uses when the data does not fit in memory.
+AUTO_CACHE_FOLDER = "prepared_cache"
 _GIB = 2**30
 
 
@@ -50,25 +62,37 @@ def estimate_training_bytes(cases: Sequence[Case]) -> tuple[float, int, int]:
     return values * BYTES_PER_VALUE, counted, len(cases)
 
 
-def check_training_memory(
-    cases: Sequence[Case], cache_dir: Path | None, available_bytes: int | None, *, copies: int = 1
-) -> float | None:
-    """Stops a run whose training data would not fit in memory, before anything is read.
+def choose_cache_dir(
+    cases: Sequence[Case],
+    cache_dir: Path | Literal["auto"] | None,
+    available_bytes: int | None,
+    *,
+    output_dir: Path,
+    copies: int = 1,
+) -> Path | None:
+    """Decides, before anything is read, whether the training data is kept in memory or memory-mapped from disk.
 
     Args:
         cases: The training and validation cases.
-        cache_dir: ``data.cache_dir``: with a cache folder the prepared data is memory-mapped, so nothing is checked.
-        available_bytes: Memory available now (``MemAvailable``); ``None`` (unknown) checks nothing.
+        cache_dir: ``data.cache_dir``. A folder: the data is memory-mapped from there, nothing is checked.
+            ``"auto"``: in memory when the estimate fits :data:`USABLE_SHARE` of the available memory, else
+            memory-mapped from ``output_dir / AUTO_CACHE_FOLDER`` when that disk has room. ``None``: in memory,
+            and a dataset that does not fit stops the run.
+        available_bytes: Memory available now (``MemAvailable``); ``None`` (unknown) keeps the data in memory.
+        output_dir: The run's ``output.dir`` (where ``"auto"`` puts its folder).
         copies: Processes on this machine that each prepare the data (torchrun's local world size).
 
     Returns:
-        The estimate in bytes (``None`` when nothing was checked).
+        The folder to memory-map the prepared data from, or ``None`` to keep it in memory.
 
     Raises:
-        InsufficientMemoryError: The estimate exceeds :data:`USABLE_SHARE` of the available memory; the message
-            gives both, the number of cases, and the two ways out (``data.cache_dir``, ``data.max_cases``).
+        InsufficientMemoryError: The data does not fit in memory and may not (``None``) or cannot (no room on
+            ``output_dir``'s disk) go to disk; the message gives the estimate, the memory (and disk) available,
+            the number of cases and the ways out (``data.cache_dir``, ``data.max_cases``).
     """
-    if cache_dir is not None or available_bytes is None or not cases:
+    if cache_dir is not None and cache_dir != "auto":
+        return Path(cache_dir)
+    if available_bytes is None or not cases:
         return None
     need, counted, total = estimate_training_bytes(cases)
     if counted == 0:
@@ -79,11 +103,43 @@ def check_training_memory(
         covered += f", {copies} processes on this machine each holding a copy"
     log.debug("Training data estimate: %.1f GiB%s; %.1f GiB available", need / _GIB, covered, available_bytes / _GIB)
     if need <= USABLE_SHARE * available_bytes:
-        return need
-    raise InsufficientMemoryError(
+        return None
+    on_disk = need * DISK_BYTES_PER_VALUE / BYTES_PER_VALUE
+    memory_text = (
         f"The training data of {total} cases needs about {need / _GIB:.1f} GiB of memory{covered} "
         f"(~{BYTES_PER_VALUE:g} bytes per voxel and channel), and this machine has {available_bytes / _GIB:.1f} GiB "
-        f"available. Set data.cache_dir to a folder on a local disk with about {need / 2 / _GIB:.0f} GiB free "
-        "(the prepared cases are then memory-mapped files instead of memory), or train on fewer cases "
-        "(data.max_cases)."
+        "available."
     )
+    if cache_dir == "auto":
+        folder = Path(output_dir) / AUTO_CACHE_FOLDER
+        free = _free_disk_bytes(folder)
+        if free is None or on_disk <= USABLE_SHARE * free:
+            log.warning(
+                "%s The prepared cases are memory-mapped from %s instead (data.cache_dir: auto; about %.1f GiB "
+                "on disk while the run lasts, nothing left after it).",
+                memory_text,
+                folder,
+                on_disk / _GIB,
+            )
+            return folder
+        raise InsufficientMemoryError(
+            f"{memory_text} Nor does the disk of output.dir '{output_dir}' have room for it memory-mapped (about "
+            f"{on_disk / _GIB:.1f} GiB needed, {free / _GIB:.1f} GiB free). Set data.cache_dir to a folder on a local "
+            "disk with that much free, or train on fewer cases (data.max_cases)."
+        )
+    raise InsufficientMemoryError(
+        f"{memory_text} Set data.cache_dir to a folder on a local disk with about {on_disk / _GIB:.0f} GiB free "
+        "(or to auto, the default: the run's output folder), and the prepared cases are memory-mapped files instead "
+        "of memory; or train on fewer cases (data.max_cases)."
+    )
+
+
+def _free_disk_bytes(folder: Path) -> int | None:
+    """Free bytes on the disk that holds ``folder`` (or the nearest parent that exists), ``None`` where unknown."""
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            try:
+                return shutil.disk_usage(candidate).free
+            except OSError:
+                return None
+    return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from medseg.data.normalization import CTStatsAccumulator, NormalizationParams, n
 from medseg.data.plan import Plan, make_plan
 from medseg.data.resample import plan_grid, resample_image, resample_label
 from medseg.data.slicing import channels_to_slices, context_indices, label_to_slices, slices_to_volume
-from medseg.errors import BadCaseError, ConfigError, MedsegError
+from medseg.errors import BadCaseError, ConfigError, MedsegError, RunFailedError
 from medseg.io.orientation import to_canonical
 from medseg.volume import Volume
 
@@ -162,32 +163,47 @@ class _Loaded:
 
 
 class _Stash:
-    """Keeps arrays in memory, or saves them to ``cache_dir`` and hands back read-only memory maps."""
+    """Keeps arrays in memory, or writes each to a private file in ``cache_dir`` and hands back a read-only map of it.
+
+    Each file is unlinked as soon as it is mapped: the map stays valid (POSIX keeps an unlinked file while it is
+    mapped), its disk space comes back when the array is dropped or the process ends, and no two processes or runs
+    ever share a file, so torchrun's ranks may share one ``cache_dir``. Only a process killed between writing and
+    mapping a file (a few milliseconds) can leave one behind: ``.medseg-*.npy``.
+    """
 
     def __init__(self, cache_dir: Path | None) -> None:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         if self.cache_dir is not None:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-
-    def _path(self, name: str) -> Path:
-        assert self.cache_dir is not None
-        return self.cache_dir / (re.sub(r"[^\w.-]", "_", name) + ".npy")
+            try:
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise RunFailedError(f"Cannot create data.cache_dir '{self.cache_dir}': {err}") from err
 
     def keep(self, array: np.ndarray, name: str) -> np.ndarray:
         if self.cache_dir is None:
             return array
-        path = self._path(name)
-        safe = path.name[: -len(".npy")]
-        # A private temp name + rename: a killed run never leaves a truncated cache file behind.
-        tmp = self.cache_dir / f".{safe}.{os.getpid()}.tmp.npy"
-        np.save(tmp, array)
-        os.replace(tmp, path)
-        return np.load(path, mmap_mode="r")
+        safe = re.sub(r"[^\w.-]", "_", name)
+        tmp: Path | None = None
+        try:
+            fd, tmp_name = tempfile.mkstemp(prefix=f".medseg-{safe}-", suffix=".npy", dir=self.cache_dir)
+            tmp = Path(tmp_name)
+            with os.fdopen(fd, "wb") as fh:
+                np.save(fh, array)
+            return np.load(tmp, mmap_mode="r")
+        except OSError as err:  # a full or read-only disk: the run's failure, not the case's
+            raise RunFailedError(
+                f"Cannot write the prepared case '{name}' to data.cache_dir '{self.cache_dir}': {err}"
+            ) from err
+        finally:
+            if tmp is not None:
+                _unlink_quietly(tmp)
 
-    def discard(self, name: str) -> None:
-        """Deletes a cached array that is no longer needed (open memory maps stay valid on POSIX)."""
-        if self.cache_dir is not None:
-            self._path(name).unlink(missing_ok=True)
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # Windows refuses to remove a mapped file; it then stays until the folder is cleaned by hand
+        log.debug("Could not remove the cache file %s while it is mapped", path)
 
 
 def _read_image(case: Case, reader: Reader, channels: Sequence[str]) -> tuple[Volume, np.ndarray | None]:
@@ -337,10 +353,8 @@ def _slice_all(
     out = []
     for i in range(len(items)):
         out.append(_slice_loaded(items[i], axis, context, params, stash, target_spacing, n_classes))
-        case_id = items[i].case.id
+        # With a cache_dir, dropping the volume's map also frees its disk space (its file is already unlinked).
         items[i] = None  # type: ignore[call-overload]
-        stash.discard(f"{case_id}.volume")
-        stash.discard(f"{case_id}.label_volume")
     return out
 
 

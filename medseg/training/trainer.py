@@ -54,7 +54,7 @@ from medseg.data.cases import Case, discover_cases
 from medseg.data.class_weights import resolve_class_weights
 from medseg.data.dataset import SliceDataset
 from medseg.data.foreground import check_foreground
-from medseg.data.memory import check_training_memory
+from medseg.data.memory import choose_cache_dir
 from medseg.data.modality import dataset_modality
 from medseg.data.plan import write_plan
 from medseg.data.prepare import PreparedData, Reader, default_reader, prepare_training_data
@@ -248,11 +248,13 @@ class Trainer:
         )
         if not train_cases:
             raise ConfigError(f"No training case left after the split of {len(spec.cases)} case(s) in data.root")
-        # Before anything is read: a dataset that cannot fit is stopped with a message, not killed by the OS.
-        check_training_memory(
+        # Before anything is read: data that cannot fit in memory goes to disk or stops the run with a message,
+        # instead of being killed by the OS minutes later.
+        cache_dir = choose_cache_dir(
             [*train_cases, *val_cases],
             cfg.data.cache_dir,
             available_memory_bytes(),
+            output_dir=Path(cfg.output.dir),
             copies=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
         )
         self.validate_on_train = not val_cases
@@ -285,7 +287,7 @@ class Trainer:
             modality_reason=modality_reason,
             reader=self.qc_recorder,
             skip_bad_cases=cfg.data.skip_bad_cases,
-            cache_dir=cfg.data.cache_dir,
+            cache_dir=cache_dir,
             seed=cfg.data.seed,
             batch_size=cfg.training.batch_size,
             classes=self.classes,
