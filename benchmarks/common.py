@@ -29,6 +29,10 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "Task04_Hippocampus"
 #: Speed targets of issue 15 (issue 7 had set 0.90, 1.0 and 1.25): ``speed.py`` prints them and ``report.py``
 #: judges by them.
 B_OVER_A_MIN, B_OVER_C_MIN, BATCH_OVER_BARE_MAX = 0.95, 1.3, 1.15
+#: Large-volume prediction: time per slice at N = 400 over N = 100 within this of 1 (issue 15).
+LINEARITY_TOLERANCE = 0.15
+#: Issue 17: LA2018's training step time per slice at most this times a hippocampus step of equal patch pixels.
+PATCH_COST_MAX = 1.3
 
 
 def ensure_repo_on_path() -> None:

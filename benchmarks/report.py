@@ -30,12 +30,15 @@ from benchmarks.common import (
     B_OVER_A_MIN,
     B_OVER_C_MIN,
     BATCH_OVER_BARE_MAX,
+    LINEARITY_TOLERANCE,
     OUT_DIR,
+    PATCH_COST_MAX,
     REPO,
     fmt,
     fmt_mean_std,
     markdown_table,
 )
+from benchmarks.target_status import target_status_section
 
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 CHOICES = REPO / "benchmarks" / "choices.md"
@@ -632,9 +635,6 @@ def _qc_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
 
 
 #: Large-volume prediction: per-slice time from the smallest to the largest N within this factor of 1.
-LINEARITY_TOLERANCE = 0.15
-
-
 def _large_volume_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     lines = ["## Large-volume prediction", ""]
     if not results:
@@ -727,9 +727,6 @@ def _linearity_across(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str
 
 
 #: Issue 17: a LA2018 step per slice within this factor of a hippocampus step with the same patch pixel count.
-PATCH_COST_MAX = 1.3
-
-
 def _patch_cost_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     """``patch_cost_*.json``: ``speed.py --skip-predict`` runs, one per data set, with patches of equal pixel count."""
     rows, rates = [], {}
@@ -998,6 +995,7 @@ def render(out_dir: Path, choices: Path | None = CHOICES) -> str:
         "See `benchmarks/README.md` for how to run them.",
         "",
     ]
+    lines += target_status_section(out_dir)
     lines += _machine_section([*quality, *speed])
     lines += _quality_section(quality)
     lines += _architecture_section(quality)

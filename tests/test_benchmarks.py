@@ -314,3 +314,26 @@ def test_gpu_check_runs_its_cpu_smoke_run(tmp_path: Path) -> None:
     assert result["predict"] and all(r["volumes_per_s"] > 0 for r in result["predict"])
     assert {r["scan"] for r in result["agreement"]} == {"hippocampus_001", "hippocampus_003", "hippocrop_dicom"}
     assert all(r["equal_voxels"] == 1.0 for r in result["agreement"])  # CPU fp32: the stored masks exactly
+
+
+def test_target_status_reads_each_current_figure_from_its_named_result(tmp_path: Path) -> None:
+    """Every target names result files that exist in benchmarks/out and gives a verdict from them; a missing file
+    is said, not skipped."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks.common import OUT_DIR
+    from benchmarks.target_status import TARGETS, target_status_section
+
+    rows = [line for line in "\n".join(target_status_section(OUT_DIR)).splitlines() if line.startswith("| 1")]
+    assert len(rows) == len(TARGETS)
+    assert not [r for r in rows if "result missing" in r or "another kind of run" in r]
+    for target, row in zip(TARGETS, rows, strict=True):
+        assert ("| met |" in row or "| **missed** |" in row) == bool(target.files), row
+    (quality,) = (t for t in TARGETS if t.files == ("quality_hippo_10min_bf16_5fold_40e3bad.json",))
+    result = json.loads((OUT_DIR / quality.files[0]).read_text())
+    mean = result["summary"]["best"]["mean_dice"]["mean"]
+    assert quality.measure([result]) == (
+        f"{mean:.3f} ± {result['summary']['best']['mean_dice']['std']:.3f} (5/5 folds)",
+        mean >= 0.885,
+    )
+    missing = "\n".join(target_status_section(tmp_path))
+    assert missing.count("result missing") == sum(bool(t.files) for t in TARGETS)
