@@ -107,7 +107,7 @@ class DataConfig(_Section):
     cache_dir: Literal["auto"] | Path | None = "auto"
     """Where prepared cases live when they do not fit in memory: ``auto`` keeps them in memory when they fit, else
     memory-maps them from ``<output.dir>/prepared_cache``; a folder always memory-maps from there; ``None`` keeps
-    them in memory and stops a run whose data does not fit. Nothing stays on disk after the run."""
+    them in memory and stops a run whose data does not fit. The folder is empty after the run."""
     channel: int | None = Field(default=None, ge=0)
     """Channel / time point read from 4D or multi-component scans (training and prediction); ``None`` = refuse them."""
     series: str | None = None

@@ -11,7 +11,7 @@ whose headers cannot be read are left out, and the estimate says how many cases 
 
 With ``data.cache_dir: auto`` (the default) a dataset that does not fit goes to a folder in the run's output
 folder instead of stopping the run, when that disk has room (:data:`DISK_BYTES_PER_VALUE`); the prepared arrays
-there are private files unlinked as soon as they are mapped (``medseg.data.prepare``), so nothing stays on disk
+there are private files unlinked as soon as they are mapped (``medseg.data.prepare``), so the folder is empty
 after the run.
 """
 
@@ -116,7 +116,7 @@ def choose_cache_dir(
         if free is None or on_disk <= USABLE_SHARE * free:
             log.warning(
                 "%s The prepared cases are memory-mapped from %s instead (data.cache_dir: auto; about %.1f GiB "
-                "on disk while the run lasts, nothing left after it).",
+                "on disk while the run lasts, the folder empty after it).",
                 memory_text,
                 folder,
                 on_disk / _GIB,
