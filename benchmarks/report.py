@@ -238,6 +238,11 @@ def _quality_dataset(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]
     return lines
 
 
+def _cpu_kind(machine: dict[str, Any]) -> tuple[str, bool]:
+    """The CPU model and whether it has native bf16: results from one kind compare in speed, others do not."""
+    return str(machine.get("cpu", "?")), bool(machine.get("cpu_native_bf16"))
+
+
 def _speed_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     lines = ["## Training speed", ""]
     if not results:
@@ -256,15 +261,29 @@ def _speed_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     ]
     lines += _train_table(r)
     now = {t["mode"]: t["b_medseg_loop"]["slices_per_s"] for t in r.get("train", [])}
-    for other_name, other in results:
-        if other_name == name or not (other.get("train") or other.get("predict")):
-            continue
-        lines += [f"### Compared with `{other_name}`", "", f"`{other.get('command', '')}`", ""]
+    others = [(n, o) for n, o in results if n != name and (o.get("train") or o.get("predict"))]
+    if others:
+        lines += [
+            f"The other speed results, each folded (click to open): earlier code or other settings. A loop speed-up "
+            f"over `{name}` is given only for results from the same kind of CPU; across CPUs only the ratios within "
+            "one result compare.",
+            "",
+        ]
+    for other_name, other in others:
+        m = other.get("machine", {})
+        same_cpu = _cpu_kind(m) == _cpu_kind(r.get("machine", {}))
+        summary = f"{m.get('cpu', '?')}{', native bf16' if m.get('cpu_native_bf16') else ''}, {m.get('date_utc', '?')}"
+        lines += [
+            f"<details><summary><code>{other_name}</code> ({summary})</summary>",
+            "",
+            f"`{other.get('command', '')}`",
+            "",
+        ]
         if other.get("train"):
             lines += _train_table(other)
             for t in other["train"]:
                 then = t["b_medseg_loop"]["slices_per_s"]
-                if t["mode"] in now and then:
+                if same_cpu and t["mode"] in now and then:
                     lines.append(
                         f"- `{t['mode']}`: the loop (b) of `{name}` runs {now[t['mode']] / then:.2f}x as fast as "
                         "this one."
@@ -272,6 +291,7 @@ def _speed_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
             lines.append("")
         if other.get("predict"):
             lines += _predict_table(other, heading="Its batch prediction:")
+        lines += ["</details>", ""]
     lines += _predict_table(r)
     return lines
 
