@@ -131,12 +131,15 @@ def test_ddp_training_writes_one_checkpoint_set_and_matches_single_process(tmp_p
     assert d_one > 0.4 and d_ddp > 0.4, (d_ddp, d_one)
     assert abs(d_ddp - d_one) <= 0.2, (d_ddp, d_one)
 
-    # Resume in distributed mode: extend the finished run by one epoch.
+    # Resume in distributed mode: extend the finished run by one epoch, both ranks memory-mapping their prepared
+    # cases from one shared cache folder (each file private to its process, so the ranks never collide).
     cfg = yaml.safe_load(ddp_cfg.read_text())
     cfg["training"].update(resume=True, epochs=6)
+    cfg["data"]["cache_dir"] = str(tmp_path / "shared_cache")
     ddp_cfg.write_text(yaml.safe_dump(cfg))
     resumed = _run(_torchrun("-m", "pipelines.run", str(ddp_cfg)))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (tmp_path / "shared_cache").is_dir() and not list((tmp_path / "shared_cache").iterdir())
     last = torch.load(ckpts / "last.pt", map_location="cpu", weights_only=False)
     assert last["epoch"] == 6 and [r["epoch"] for r in last["history"]] == [1, 2, 3, 4, 5, 6]
 
