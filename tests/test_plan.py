@@ -45,6 +45,7 @@ def test_la2018_plan_isotropic_and_patch_within_budget() -> None:
     h, w = plan.patch_size
     assert h * w <= MAX_PATCH_PIXELS and h % 16 == 0 and w % 16 == 0
     assert "shrunk to the pixel budget" in plan.reasons["patch_size"]
+    assert "a coarser preprocessing.target_spacing lets it see more" in plan.reasons["patch_size"]
     assert plan.batch_size * h * w <= STEP_PIXELS
     # Not resampled: the prepared volumes keep the files' shapes.
     assert all(p.shape == nib.load(p.case.image).shape for p in train)
