@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medseg.metrics import class_voxel_counts
+from medseg.data.class_weights import summed_class_voxel_counts
 from medseg.models.base import SegmentationNet
 
 log = logging.getLogger(__name__)
@@ -28,10 +28,12 @@ _FREQ_RANGE = (1e-4, 0.5)
 
 
 def class_frequencies(labels: Iterable[np.ndarray], n_classes: int) -> np.ndarray:
-    """Voxel share of each class over ``labels`` (float64, sums to 1; uniform if there are no voxels)."""
-    counts = np.zeros(n_classes, dtype=np.float64)
-    for label in labels:
-        counts += class_voxel_counts(label, n_classes)
+    """Voxel share of each class over ``labels`` (float64, sums to 1; uniform if there are no voxels).
+
+    Raises:
+        ValueError: If a label holds values outside ``0..n_classes-1`` (training labels are checked before).
+    """
+    counts = summed_class_voxel_counts(labels, n_classes).astype(np.float64)
     total = counts.sum()
     return counts / total if total > 0 else np.full(n_classes, 1.0 / n_classes)
 
