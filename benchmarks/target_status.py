@@ -180,7 +180,7 @@ TARGETS: tuple[Target, ...] = (
     Target(
         17,
         "LA2018 5-fold CV, 10 min a fold: >= 0.90 (CPU with native bf16)",
-        ("quality_la2018_1mm_curve03_bf16.json",),
+        ("quality_la2018_bf16_5fold_88e5521.json",),
         _mean_dice(0.90),
     ),
     Target(
