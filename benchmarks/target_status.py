@@ -154,6 +154,12 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target(
         15,
+        "the same on a CPU with native bf16 (`fast`: bf16 + channels_last)",
+        ("speed_predict_hippo_native_bf16_05dccd4.json",),
+        _batch_over_bare("fast"),
+    ),
+    Target(
+        15,
         f"LA2018 batch prediction / bare forward <= {BATCH_OVER_BARE_MAX} (`fast`), CPU with native bf16",
         ("speed_predict_la2018_native_bf16_qc_box.json",),
         _batch_over_bare("fast"),
