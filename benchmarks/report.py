@@ -993,11 +993,10 @@ def _train_memory_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list
             )
     headers = ["result", "commit", "voxels", "context", "peak RSS MiB", "data peak MiB", "bytes/voxel", "setup s"]
     lines += [markdown_table([*headers, "machine"], rows), ""]
-    lines += [
-        f"- `{name}`: data peak {fmt(r['ratio_peak_data'], 2)} of the reference commit's; `{r.get('command', '')}`"
-        for name, r in results
-        if r.get("ratio_peak_data") is not None
-    ]
+    for name, r in results:
+        ratio = r.get("ratio_peak_data")
+        versus = "" if ratio is None else f"data peak {fmt(ratio, 2)} of the reference commit's; "
+        lines.append(f"- `{name}`: {versus}`{r.get('command', '')}`")
     return [*lines, ""]
 
 
