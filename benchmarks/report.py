@@ -197,7 +197,7 @@ def _quality_dataset(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]
     headers += ["target", "target met", *[f"HD95 {c} (mm)" for c in classes], "overrides"]
     rows = [row for name, r in ordered for row in _quality_rows(name, r)]
     lines += [markdown_table(headers, rows), ""]
-    lines += ["Per fold:", ""]
+    lines += ["Per fold, each run folded (click to open), with its command:", ""]
     for name, r in ordered:
         primary = r.get("primary_evaluation", "best")
         fold_rows = []
@@ -229,12 +229,15 @@ def _quality_dataset(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]
             "pred vol/s",
         ]
         lines += [
-            f"`{r['tag']}` ({name}, {primary}): `{r.get('command', '')}`",
+            f"<details><summary><code>{r['tag']}</code> ({name}, {primary})</summary>",
+            "",
+            f"`{r.get('command', '')}`",
             "",
             markdown_table(heads, fold_rows),
             "",
         ]
         lines += [line for note in r.get("notes", []) for line in (f"Note: {note}", "")]
+        lines += ["</details>", ""]
     return lines
 
 
