@@ -8,6 +8,7 @@ bf16 + channels_last, one without in float32). A new measurement of a target rep
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,8 +224,6 @@ def _verdict(ok: bool | None) -> str:
 
 def target_status_section(out_dir: Path, targets: Sequence[Target] = TARGETS) -> list[str]:
     """The Markdown lines of the section (a row says so when its result file is missing or lacks the figure)."""
-    import json
-
     rows = []
     for t in targets:
         paths = [out_dir / f for f in t.files]
@@ -237,7 +236,7 @@ def target_status_section(out_dir: Path, targets: Sequence[Target] = TARGETS) ->
             measured, ok = t.measure(results)
         except (KeyError, IndexError, StopIteration, TypeError):  # another run's file under the current name
             measured, ok = f"not in {', '.join(t.files)}: another kind of run", None
-        machine = results[0]["machine"] if results else {}
+        machine = results[0].get("machine", {}) if results else {}
         where = (
             f"{machine.get('cpu', '?')}{', native bf16' if machine.get('cpu_native_bf16') else ''}, "
             f"`{machine.get('git_commit', '?')}`"
