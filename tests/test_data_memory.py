@@ -160,3 +160,21 @@ def test_trainer_maps_data_that_does_not_fit_from_the_run_folder_and_trains_the_
     assert loss == [float(r["train_loss"]) for r in read_metrics(tmp_path / "mapped" / "train" / "metrics.csv")]
     for name, weight in in_memory.model.state_dict().items():
         assert torch.equal(weight, mapped.model.state_dict()[name]), name
+
+
+def test_the_placement_is_said_without_acting_on_it(sample_hippo: Path, tmp_path: Path) -> None:
+    """What the ``summary`` stage prints: the same decision as training's, as a sentence, never an error."""
+    cases = discover_cases(DataConfig(root=sample_hippo)).cases
+    need, _, _ = estimate_training_bytes(cases)
+    fits = memory.place_training_data(cases, "auto", int(need / USABLE_SHARE) + 1, output_dir=tmp_path)
+    assert fits.folder is None and fits.refusal is None
+    assert fits.text.startswith(f"kept in memory: about {need / 2**30:.1f} GiB for {len(cases)} cases")
+    mapped = memory.place_training_data(cases, "auto", int(need), output_dir=tmp_path)
+    assert mapped.folder == tmp_path / AUTO_CACHE_FOLDER and "memory-mapped from" in mapped.text
+    stops = memory.place_training_data(cases, None, int(need), output_dir=tmp_path)
+    assert stops.folder is None and stops.refusal is not None
+    assert stops.text == f"would stop the run: {stops.refusal}"
+    with pytest.raises(InsufficientMemoryError) as err:
+        choose_cache_dir(cases, None, int(need), output_dir=tmp_path)
+    assert str(err.value) == stops.refusal  # one message, whether said in advance or met in training
+    assert not list(tmp_path.iterdir())

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -62,15 +63,31 @@ def estimate_training_bytes(cases: Sequence[Case]) -> tuple[float, int, int]:
     return values * BYTES_PER_VALUE, counted, len(cases)
 
 
-def choose_cache_dir(
+@dataclass(frozen=True)
+class DataPlacement:
+    """Where the training data will live, decided from the scan headers before anything is read.
+
+    Attributes:
+        folder: The folder the prepared cases are memory-mapped from; ``None`` keeps them in memory.
+        text: One sentence saying where and why, with the numbers (for the log and the ``summary`` stage).
+        refusal: Set when the data fits neither in memory nor (as allowed) on disk: the message the run stops with.
+    """
+
+    folder: Path | None
+    text: str
+    refusal: str | None = None
+
+
+def place_training_data(
     cases: Sequence[Case],
     cache_dir: Path | Literal["auto"] | None,
     available_bytes: int | None,
     *,
     output_dir: Path,
     copies: int = 1,
-) -> Path | None:
-    """Decides, before anything is read, whether the training data is kept in memory or memory-mapped from disk.
+) -> DataPlacement:
+    """Decides whether the training data is kept in memory or memory-mapped from disk (nothing is read, logged or
+    raised; :func:`choose_cache_dir` acts on the decision).
 
     Args:
         cases: The training and validation cases.
@@ -81,29 +98,24 @@ def choose_cache_dir(
         available_bytes: Memory available now (``MemAvailable``); ``None`` (unknown) keeps the data in memory.
         output_dir: The run's ``output.dir`` (where ``"auto"`` puts its folder).
         copies: Processes on this machine that each prepare the data (torchrun's local world size).
-
-    Returns:
-        The folder to memory-map the prepared data from, or ``None`` to keep it in memory.
-
-    Raises:
-        InsufficientMemoryError: The data does not fit in memory and may not (``None``) or cannot (no room on
-            ``output_dir``'s disk) go to disk; the message gives the estimate, the memory (and disk) available,
-            the number of cases and the ways out (``data.cache_dir``, ``data.max_cases``).
     """
     if cache_dir is not None and cache_dir != "auto":
-        return Path(cache_dir)
+        return DataPlacement(Path(cache_dir), f"memory-mapped from {cache_dir} (data.cache_dir)")
     if available_bytes is None or not cases:
-        return None
+        return DataPlacement(None, "kept in memory (the memory available is not known here)")
     need, counted, total = estimate_training_bytes(cases)
     if counted == 0:
-        return None
+        return DataPlacement(None, "kept in memory (no image header could be read for an estimate)")
     need *= max(1, copies)
     covered = "" if counted == total else f" (counting the {counted} of {total} cases whose headers could be read)"
     if copies > 1:
         covered += f", {copies} processes on this machine each holding a copy"
-    log.debug("Training data estimate: %.1f GiB%s; %.1f GiB available", need / _GIB, covered, available_bytes / _GIB)
     if need <= USABLE_SHARE * available_bytes:
-        return None
+        return DataPlacement(
+            None,
+            f"kept in memory: about {need / _GIB:.1f} GiB for {total} cases{covered}, "
+            f"{available_bytes / _GIB:.1f} GiB available",
+        )
     on_disk = need * DISK_BYTES_PER_VALUE / BYTES_PER_VALUE
     memory_text = (
         f"The training data of {total} cases needs about {need / _GIB:.1f} GiB of memory{covered} "
@@ -114,24 +126,53 @@ def choose_cache_dir(
         folder = Path(output_dir) / AUTO_CACHE_FOLDER
         free = _free_disk_bytes(folder)
         if free is None or on_disk <= USABLE_SHARE * free:
-            log.warning(
-                "%s The prepared cases are memory-mapped from %s instead (data.cache_dir: auto; about %.1f GiB "
-                "on disk while the run lasts, the folder empty after it).",
-                memory_text,
+            return DataPlacement(
                 folder,
-                on_disk / _GIB,
+                f"{memory_text} The prepared cases are memory-mapped from {folder} instead (data.cache_dir: auto; "
+                f"about {on_disk / _GIB:.1f} GiB on disk while the run lasts, the folder empty after it).",
             )
-            return folder
-        raise InsufficientMemoryError(
+        refusal = (
             f"{memory_text} Nor does the disk of output.dir '{output_dir}' have room for it memory-mapped (about "
             f"{on_disk / _GIB:.1f} GiB needed, {free / _GIB:.1f} GiB free). Set data.cache_dir to a folder on a local "
             "disk with that much free, or train on fewer cases (data.max_cases)."
         )
-    raise InsufficientMemoryError(
-        f"{memory_text} Set data.cache_dir to a folder on a local disk with about {on_disk / _GIB:.0f} GiB free "
-        "(or to auto, the default: the run's output folder), and the prepared cases are memory-mapped files instead "
-        "of memory; or train on fewer cases (data.max_cases)."
-    )
+    else:
+        refusal = (
+            f"{memory_text} Set data.cache_dir to a folder on a local disk with about {on_disk / _GIB:.0f} GiB free "
+            "(or to auto, the default: the run's output folder), and the prepared cases are memory-mapped files "
+            "instead of memory; or train on fewer cases (data.max_cases)."
+        )
+    return DataPlacement(None, f"would stop the run: {refusal}", refusal)
+
+
+def choose_cache_dir(
+    cases: Sequence[Case],
+    cache_dir: Path | Literal["auto"] | None,
+    available_bytes: int | None,
+    *,
+    output_dir: Path,
+    copies: int = 1,
+) -> Path | None:
+    """:func:`place_training_data`, acted on: says where the data goes and stops a run whose data cannot fit.
+
+    Args are those of :func:`place_training_data`.
+
+    Returns:
+        The folder to memory-map the prepared data from, or ``None`` to keep it in memory.
+
+    Raises:
+        InsufficientMemoryError: The data does not fit in memory and may not (``None``) or cannot (no room on
+            ``output_dir``'s disk) go to disk; the message gives the estimate, the memory (and disk) available,
+            the number of cases and the ways out (``data.cache_dir``, ``data.max_cases``).
+    """
+    placement = place_training_data(cases, cache_dir, available_bytes, output_dir=output_dir, copies=copies)
+    if placement.refusal is not None:
+        raise InsufficientMemoryError(placement.refusal)
+    if cache_dir == "auto" and placement.folder is not None:
+        log.warning("%s", placement.text)  # the fallback changes how the run works: said where it is seen
+    else:
+        log.debug("Training data: %s", placement.text)
+    return placement.folder
 
 
 def _free_disk_bytes(folder: Path) -> int | None:

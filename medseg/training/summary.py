@@ -2,8 +2,9 @@
 
 For the configured input (``2 * context_slices + 1`` channels, the training patch) and batch size it reports:
 the seed-style layer table and total parameter count (:func:`medseg.models.summary.summary`), the seed's analytic
-memory estimate, and the measured peak memory of one real training step (forward under the training precision,
-loss, backward, AdamW step) on ``training.device``.
+memory estimate, the measured peak memory of one real training step (forward under the training precision,
+loss, backward, AdamW step) on ``training.device``, and where the training data will live (in memory or
+memory-mapped from disk, estimated from the scan headers as training decides it: ``medseg.data.memory``).
 
 The patch is ``model.summary_patch`` when set; otherwise the one training would use, found the way the trainer
 finds it (every training case read, sliced along the resolved axis, the largest slice padded to the pad
@@ -100,6 +101,19 @@ def _training_patch(cfg: Config, classes: list[str], channels: list[str], pad_mu
     return int(h), int(w)
 
 
+def _data_placement(cfg: Config) -> str:
+    """Where training would keep the data, from the headers of every case (training and validation)."""
+    from medseg.data.cases import discover_cases
+    from medseg.data.memory import place_training_data
+    from medseg.inference.budget import available_memory_bytes
+
+    cases = discover_cases(cfg.data).cases
+    placement = place_training_data(
+        cases, cfg.data.cache_dir, available_memory_bytes(), output_dir=Path(cfg.output.dir)
+    )
+    return placement.text
+
+
 def _channels(cfg: Config) -> list[str]:
     from medseg.data.cases import discover_cases
 
@@ -155,6 +169,7 @@ def run_summary(cfg: Config) -> SummaryReport:
             f"Input: batch {batch} x {in_channels} channel(s) x {patch[0]} x {patch[1]} (pad multiple {pad_multiple})",
             table.table(),
             f"Measured peak memory of one training step on {measured.device} (MB): {peak}  [{measured.method}]",
+            f"Training data: {_data_placement(cfg)}",
         ]
     )
     path = Path(cfg.output.dir) / "summary.txt"
