@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from medseg.config import Config
+from medseg.data.cases import DatasetSpec, discover_cases
 from medseg.data.plan import decide_batch
 from medseg.data.slicing import padded_size
 from medseg.errors import ConfigError
@@ -57,25 +58,15 @@ class SummaryReport:
     path: Path
 
 
-def _classes(cfg: Config) -> list[str]:
-    if cfg.data.classes:
-        return list(cfg.data.classes)
-    from medseg.data.cases import discover_cases
-
-    return list(discover_cases(cfg.data).classes)
-
-
-def _training_patch(cfg: Config, classes: list[str], channels: list[str], pad_multiple: int) -> tuple[int, int]:
+def _training_patch(cfg: Config, spec: DatasetSpec, pad_multiple: int) -> tuple[int, int]:
     """The patch one training step sees: ``model.summary_patch``, else the data plan's patch (as training)."""
     if cfg.model.summary_patch is not None:
         h, w = cfg.model.summary_patch
         return padded_size((int(h), int(w)), pad_multiple)
-    from medseg.data.cases import discover_cases
     from medseg.data.modality import dataset_modality
     from medseg.data.prepare import prepare_training_data
     from medseg.data.splits import split_cases
 
-    spec = discover_cases(cfg.data)
     modality, modality_reason = dataset_modality(cfg.data.modality, spec)
     train_cases, _ = split_cases(
         spec.cases, cfg.data.val_fraction, cfg.data.seed, folds=cfg.data.folds, fold=cfg.data.fold
@@ -85,15 +76,15 @@ def _training_patch(cfg: Config, classes: list[str], channels: list[str], pad_mu
     data = prepare_training_data(
         train_cases,
         [],
-        len(classes),
+        len(spec.classes),
         cfg.preprocessing,
         modality=modality,
         modality_reason=modality_reason,
         skip_bad_cases=cfg.data.skip_bad_cases,
         seed=cfg.data.seed,
         batch_size=cfg.training.batch_size,
-        classes=classes,
-        channels=channels,
+        classes=list(spec.classes),
+        channels=list(spec.channels),
         pad_multiple=pad_multiple,
     )
     assert data.plan is not None
@@ -101,23 +92,15 @@ def _training_patch(cfg: Config, classes: list[str], channels: list[str], pad_mu
     return int(h), int(w)
 
 
-def _data_placement(cfg: Config) -> str:
+def _data_placement(cfg: Config, spec: DatasetSpec) -> str:
     """Where training would keep the data, from the headers of every case (training and validation)."""
-    from medseg.data.cases import discover_cases
     from medseg.data.memory import place_training_data
     from medseg.inference.budget import available_memory_bytes
 
-    cases = discover_cases(cfg.data).cases
     placement = place_training_data(
-        cases, cfg.data.cache_dir, available_memory_bytes(), output_dir=Path(cfg.output.dir)
+        spec.cases, cfg.data.cache_dir, available_memory_bytes(), output_dir=Path(cfg.output.dir)
     )
     return placement.text
-
-
-def _channels(cfg: Config) -> list[str]:
-    from medseg.data.cases import discover_cases
-
-    return list(discover_cases(cfg.data).channels)
 
 
 def run_summary(cfg: Config) -> SummaryReport:
@@ -128,12 +111,13 @@ def run_summary(cfg: Config) -> SummaryReport:
     """
     from medseg.inference.precision import resolve_channels_last, resolve_device, resolve_precision
 
-    classes = _classes(cfg)
-    channels = _channels(cfg)
+    # The dataset is discovered once: classes, channels, the training patch and the data's placement all come from it.
+    data_spec = discover_cases(cfg.data)
+    classes, channels = list(data_spec.classes), list(data_spec.channels)
     in_channels = len(channels) * (2 * cfg.preprocessing.context_slices + 1)
     spec = spec_from_config(cfg.model, in_channels, n_outputs(cfg.loss.mode, len(classes)))
     pad_multiple = math.lcm(int(cfg.preprocessing.pad_multiple), spec.pad_multiple)
-    patch = _training_patch(cfg, classes, channels, pad_multiple)
+    patch = _training_patch(cfg, data_spec, pad_multiple)
     model = build_model(spec)
     if cfg.model.checkpointing:
         model.use_checkpointing()
@@ -169,7 +153,7 @@ def run_summary(cfg: Config) -> SummaryReport:
             f"Input: batch {batch} x {in_channels} channel(s) x {patch[0]} x {patch[1]} (pad multiple {pad_multiple})",
             table.table(),
             f"Measured peak memory of one training step on {measured.device} (MB): {peak}  [{measured.method}]",
-            f"Training data: {_data_placement(cfg)}",
+            f"Training data: {_data_placement(cfg, data_spec)}",
         ]
     )
     path = Path(cfg.output.dir) / "summary.txt"
