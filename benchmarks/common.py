@@ -255,6 +255,11 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def verdict(ok: bool | None) -> str:
+    """A target's verdict cell: ``met``, ``**missed**`` (bold, to stand out), or ``–`` when there is no target."""
+    return "–" if ok is None else ("met" if ok else "**missed**")
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A Markdown table (for RESULTS.md)."""
     out = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]

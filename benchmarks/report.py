@@ -37,6 +37,7 @@ from benchmarks.common import (
     fmt,
     fmt_mean_std,
     markdown_table,
+    verdict,
 )
 from benchmarks.target_status import target_status_section
 
@@ -87,10 +88,6 @@ def _load(folder: Path, pattern: str) -> list[tuple[str, dict[str, Any]]]:
         except (OSError, json.JSONDecodeError) as err:
             print(f"report.py: skipping {path}: {err}", file=sys.stderr)
     return out
-
-
-def _verdict(ok: bool | None) -> str:
-    return "–" if ok is None else ("met" if ok else "**missed**")
 
 
 def _machine_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
@@ -144,11 +141,11 @@ def _quality_rows(name: str, r: dict[str, Any]) -> list[list[str]]:
         md = s["mean_dice"]
         mean = md.get("mean")
         ok = None if target is None or mean is None or which != r.get("primary_evaluation") else mean >= target
-        verdict = _verdict(ok)
+        cell = verdict(ok)
         if ok is False:
-            verdict += f" by {target - mean:.3f}"
+            cell += f" by {target - mean:.3f}"
         if ok is not None and len(done) < int(r.get("n_folds", 0) or 0):
-            verdict += f" on {len(done)} of {r.get('n_folds')} folds only (not a CV figure)"
+            cell += f" on {len(done)} of {r.get('n_folds')} folds only (not a CV figure)"
         rows.append(
             [
                 f"`{label}`",
@@ -159,7 +156,7 @@ def _quality_rows(name: str, r: dict[str, Any]) -> list[list[str]]:
                 *[fmt_mean_std(s["per_class"][c]["mean"], s["per_class"][c]["std"]) for c in classes],
                 f"**{fmt_mean_std(mean, md.get('std'))}**",
                 fmt(target) if target is not None and which == r.get("primary_evaluation") else "–",
-                verdict,
+                cell,
                 *[fmt(s["per_class"][c]["hd95_mm_mean"], 2) for c in classes],
                 ", ".join(f"`{o}`" for o in r.get("overrides", [])) or "–",
             ]
@@ -314,8 +311,8 @@ def _train_table(r: dict[str, Any]) -> list[str]:
                 fmt(t["a_bare_step"]["slices_per_s"], 1),
                 fmt(t["b_medseg_loop"]["slices_per_s"], 1),
                 fmt(t["c_monai_loader"]["slices_per_s"], 1),
-                f"{fmt(b_a, 2)} ({_verdict(None if b_a is None else b_a >= B_OVER_A_MIN)})",
-                f"{fmt(b_c, 2)} ({_verdict(None if b_c is None else b_c >= B_OVER_C_MIN)})",
+                f"{fmt(b_a, 2)} ({verdict(None if b_a is None else b_a >= B_OVER_A_MIN)})",
+                f"{fmt(b_c, 2)} ({verdict(None if b_c is None else b_c >= B_OVER_C_MIN)})",
                 f"{100 * t['b_medseg_loop']['data_wait_share']:.0f}%",
                 f"{100 * t['c_monai_loader']['data_wait_share']:.0f}%",
                 fmt(t.get("peak_rss_train_mb"), 0),
@@ -386,7 +383,7 @@ def _predict_table(r: dict[str, Any], heading: str = "## Prediction speed and me
                 f"{p['scans_ok']}" + (f" ({p['scans_failed']} failed)" if p.get("scans_failed") else ""),
                 fmt(p.get("volumes_per_s"), 2),
                 fmt(p.get("bare_volumes_per_s"), 2),
-                f"{fmt(ratio, 2)} ({_verdict(None if ratio is None else ratio <= BATCH_OVER_BARE_MAX)})",
+                f"{fmt(ratio, 2)} ({verdict(None if ratio is None else ratio <= BATCH_OVER_BARE_MAX)})",
                 fmt(p.get("peak_rss_predict_mb"), 0),
                 fmt(p.get("rss_after_10_scans_mb"), 0),
                 fmt(p.get("rss_end_mb"), 0),
@@ -394,7 +391,7 @@ def _predict_table(r: dict[str, Any], heading: str = "## Prediction speed and me
                 fmt(p.get("rss_end_second_pass_mb"), 0),
                 fmt(growth2, 1),
                 fmt(later_peak, 1),
-                _verdict(max(grew) <= RSS_GROWTH_TOLERANCE_MB if grew else None),
+                verdict(max(grew) <= RSS_GROWTH_TOLERANCE_MB if grew else None),
             ]
         )
     headers = ["mode", "arithmetic", "scans", "volumes/s", "bare volumes/s", "batch/bare", "peak RSS MiB"]
@@ -657,7 +654,6 @@ def _qc_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     return lines
 
 
-#: Large-volume prediction: per-slice time from the smallest to the largest N within this factor of 1.
 def _large_volume_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     lines = ["## Large-volume prediction", ""]
     if not results:
@@ -700,7 +696,7 @@ def _large_volume_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list
                     fmt(c["seconds"], 1),
                     fmt(c["seconds_per_slice"], 3),
                     f"{fmt(peak, 2)} / {fmt(target, 2)}",
-                    _verdict(ok),
+                    verdict(ok),
                     load,
                 ]
             )
@@ -714,7 +710,7 @@ def _large_volume_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list
             ok = abs(ratio - 1.0) <= LINEARITY_TOLERANCE
             lines += [
                 f"Time per slice at N = {lin['to_slices']} over N = {lin['from_slices']}: {fmt(ratio, 3)} "
-                f"(target within {LINEARITY_TOLERANCE:.0%} of 1: {_verdict(ok)}).",
+                f"(target within {LINEARITY_TOLERANCE:.0%} of 1: {verdict(ok)}).",
                 "",
             ]
     lines += _linearity_across(results)
@@ -743,13 +739,12 @@ def _linearity_across(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str
         lines += [
             f"Across `{lo[2]}` and `{hi[2]}` (commit `{commit}`, base {base}, run one after the other): time per "
             f"slice at N = {hi[0]} over N = {lo[0]}: {fmt(ratio, 3)} (target within {LINEARITY_TOLERANCE:.0%} of 1: "
-            f"{_verdict(ok)}).",
+            f"{verdict(ok)}).",
             "",
         ]
     return lines
 
 
-#: Issue 17: a LA2018 step per slice within this factor of a hippocampus step with the same patch pixel count.
 def _patch_cost_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     """``patch_cost_*.json``: ``speed.py --skip-predict`` runs, one per data set, with patches of equal pixel count."""
     rows, rates = [], {}
@@ -805,7 +800,7 @@ def _patch_cost_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[s
         ratio = hippo[0][1] / la[0][1]
         lines += [
             f"LA2018 time per slice / hippocampus time per slice at {la[0][0]} px: {fmt(ratio, 2)} "
-            f"(target <= {PATCH_COST_MAX}: {_verdict(ratio <= PATCH_COST_MAX)}).",
+            f"(target <= {PATCH_COST_MAX}: {verdict(ratio <= PATCH_COST_MAX)}).",
             "",
         ]
     return lines
@@ -946,7 +941,7 @@ def _mixed_spacing_section(results: Sequence[tuple[str, dict[str, Any]]]) -> lis
             fmt(means["plan"]),
             fmt(means["no_plan"]),
             _gap_cell(per["ceiling"], per["plan"]) if per["plan"] else fmt(gap, 4),
-            _verdict(None if gap is None else gap <= target),
+            verdict(None if gap is None else gap <= target),
             fmt(means["ceiling_centres"]),
             _gap_cell(per["ceiling_centres"], per["plan"]),
             fmt(means["label_offset_dice"]),

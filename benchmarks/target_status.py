@@ -23,6 +23,7 @@ from benchmarks.common import (
     LINEARITY_TOLERANCE,
     PATCH_COST_MAX,
     markdown_table,
+    verdict,
 )
 
 Result = dict[str, Any]
@@ -218,10 +219,6 @@ TARGETS: tuple[Target, ...] = (
 )
 
 
-def _verdict(ok: bool | None) -> str:
-    return "–" if ok is None else "met" if ok else "**missed**"
-
-
 def target_status_section(out_dir: Path, targets: Sequence[Target] = TARGETS) -> list[str]:
     """The Markdown lines of the section (a row says so when its result file is missing or lacks the figure)."""
     rows = []
@@ -244,7 +241,7 @@ def target_status_section(out_dir: Path, targets: Sequence[Target] = TARGETS) ->
             else "–"
         )
         files = ", ".join(f"`{p.name}`" for p in paths[:2]) + (" …" if len(paths) > 2 else "")
-        rows.append([str(t.issue), t.target, measured, _verdict(ok), f"{files} ({where})" if files else "–"])
+        rows.append([str(t.issue), t.target, measured, verdict(ok), f"{files} ({where})" if files else "–"])
     return [
         "## Where the open issues' targets stand",
         "",
