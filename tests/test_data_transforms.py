@@ -239,6 +239,17 @@ def test_spatial_transforms_equal_monai(slices: tuple[torch.Tensor, torch.Tensor
     assert min(agree) > 0.999, min(agree)
 
 
+@pytest.mark.parametrize("angle", [-0.7, -0.1, 0.0, 0.26, 1.3])
+def test_rotate_zoom_is_monais_rotate_times_scale(angle: float) -> None:
+    from monai.transforms.utils import create_rotate, create_scale
+
+    from medseg.data.transforms import rotate_zoom
+
+    for zoom in ((1.0, 1.0), (0.85, 1.15), (1.2, 0.9)):
+        expected = np.asarray(create_rotate(2, angle)[:2, :2] @ create_scale(2, zoom)[:2, :2], dtype=np.float64)
+        np.testing.assert_allclose(rotate_zoom(angle, zoom), expected, rtol=0, atol=1e-15)
+
+
 def test_probabilities_and_ranges_are_the_configured_ones() -> None:
     cfg = AugmentationConfig.model_validate(
         {**ALL_OFF, "elastic": {"prob": 0.2}, "affine": {"prob": 0.3, "rotate_deg": 15.0, "scale": 0.15}}
@@ -277,6 +288,21 @@ def test_intensity_probabilities(slices: tuple[torch.Tensor, torch.Tensor]) -> N
         out = _apply(train_transforms(cfg, seed=0), big, labels.repeat(50, 1, 1))[0]
         changed = float((out != big).flatten(1).any(dim=1).float().mean())
         assert abs(changed - p) < 4 * (p * (1 - p) / len(big)) ** 0.5, (key, changed)
+
+
+def test_noise_is_zero_mean_gaussian_with_a_uniform_sigma(slices: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """RandGaussianNoise's distribution: each picked sample gets N(0, s) noise with s ~ U(0, std)."""
+    from scipy import stats
+
+    images, labels = slices
+    big = images.repeat(100, 1, 1, 1)
+    cfg = AugmentationConfig.model_validate({**ALL_OFF, "noise": {"prob": 1.0, "std": 0.2}})
+    noise = (_apply(train_transforms(cfg, seed=1), big, labels.repeat(100, 1, 1))[0] - big).flatten(1).double()
+    sigmas = noise.std(dim=1).numpy()
+    assert 0 < sigmas.min() < 0.01 and 0.19 < sigmas.max() <= 0.2 * 1.05
+    assert stats.kstest(sigmas / 0.2, "uniform").pvalue > 1e-3
+    assert float(noise.mean(dim=1).abs().max()) < 0.01
+    assert stats.normaltest(noise[int(np.argmax(sigmas))].numpy()).pvalue > 1e-3  # Gaussian, not uniform
 
 
 def test_gamma_on_negative_zscores_is_finite_and_keeps_stats(slices: tuple[torch.Tensor, torch.Tensor]) -> None:
