@@ -107,6 +107,26 @@ def test_context_is_gathered_not_stored(folders_root: Path) -> None:
     np.testing.assert_array_equal(flat.network_input(), flat.image)
 
 
+def test_a_cut_batch_equals_its_items_stacked(folders_root: Path) -> None:
+    """The training loader cuts each batch at once (``crop_batch``); with the same seed it gives the items
+    ``crop`` gives one by one: two channels with 2.5D context, windows inside and across the slice edges."""
+    from medseg.data.dataset import SliceDataset
+
+    spec = discover_cases(_folders_cfg(folders_root))
+    params = NormalizationParams("zscore", nonzero=True)
+    prepared = prepare_cases(spec.cases[:2], params, axis=2, context=2, n_classes=5, channels=spec.channels)
+    dataset = SliceDataset(prepared, crop_hw=(64, 48), foreground_fraction=0.5, pad_multiple=16)
+    indices = np.random.default_rng(0).integers(0, len(dataset), 24).tolist()
+    dataset.reseed(7)
+    batch = dataset.crop_batch(indices)
+    dataset.reseed(7)
+    items = [dataset.crop(i) for i in indices]
+    assert batch["image"].shape == (24, 10, 64, 48) and batch["label"].dtype == torch.int64
+    torch.testing.assert_close(batch["image"], torch.stack([item["image"] for item in items]), rtol=0, atol=0)
+    torch.testing.assert_close(batch["label"], torch.stack([item["label"] for item in items]), rtol=0, atol=0)
+    assert int(batch["label"].max()) > 0 and float(batch["image"].abs().sum()) > 0
+
+
 def test_nnunet_naming_pairs_0000_and_0001(folders_root: Path, tmp_path: Path) -> None:
     root = tmp_path / "nnunet"
     (root / "imagesTr").mkdir(parents=True)

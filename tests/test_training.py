@@ -7,7 +7,6 @@ The slow tests train small UNets for tens of seconds each on the MSD hippocampus
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -174,17 +173,21 @@ def test_seeded_sampler_is_a_function_of_epoch_and_batch() -> None:
     fg = np.zeros(50, dtype=bool)
     fg[10:20] = True
 
-    def draw(epoch: int) -> list[tuple[int, int]]:
-        s = SeededSampler(ForegroundSampler(fg, 0.5, seed=3), seed=3, batch_size=8)
+    def draw(epoch: int, num_samples: int = 50) -> list[tuple[int, list[int]]]:
+        s = SeededSampler(ForegroundSampler(fg, 0.5, num_samples, seed=3), seed=3, batch_size=8)
         s.set_epoch(epoch)
-        return list(s)
+        batches = list(s)
+        assert len(batches) == len(s)
+        return batches
 
     a, b = draw(2), draw(2)
     assert a == b and a != draw(3)
-    seeds = [seed for _, seed in a]
-    assert all(len(set(seeds[i : i + 8])) == 1 for i in range(0, 48, 8)), "one seed per batch"
-    assert len(set(seeds)) == math.ceil(50 / 8)
-    assert np.mean(fg[[i for i, _ in a]]) >= 0.5
+    # 50 samples: six full batches of 8, the last incomplete one (2 samples) dropped
+    assert [len(indices) for _, indices in a] == [8] * 6
+    assert len({seed for seed, _ in a}) == 6, "one seed per batch"
+    assert np.mean(fg[[i for _, indices in a for i in indices]]) >= 0.5
+    # fewer samples than a batch: one incomplete batch rather than none
+    assert [len(indices) for _, indices in draw(2, num_samples=5)] == [5]
 
 
 def test_resume_refuses_a_checkpoint_from_another_model(tmp_path: Path, sample_hippo: Path) -> None:

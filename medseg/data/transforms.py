@@ -61,6 +61,7 @@ from monai.transforms.utils import create_control_grid, create_grid
 
 from medseg.config import AugmentationConfig
 from medseg.errors import ConfigError
+from medseg.threads import single_thread
 
 T = TypeVar("T")
 
@@ -155,7 +156,12 @@ class BatchAugmentation:
         image, label = image.clone(), label.clone()
         image, label = self._spatial(image, label)
         image, label = self._flip(image, label)
-        image = self._intensity(image)
+        # The spatial part runs on the caller's threads: grid_sample and the grids' products compute each value on
+        # its own, so their bits do not depend on the thread count (tested), and two threads take a third off
+        # it. The intensity part's means and sums would add in another order with more threads: one thread keeps
+        # a seeded batch the same in a DataLoader worker (one thread) and in the training process.
+        with single_thread():
+            image = self._intensity(image)
         out[IMAGE_KEY], out[LABEL_KEY] = image, label
         return out
 

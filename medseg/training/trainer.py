@@ -341,7 +341,6 @@ class Trainer:
         self.loader = build_train_loader(
             self.dataset,
             self.sampler,
-            batch_size=self.batch_size,
             num_workers=self.num_workers,
             device=self.device,
             seed=tc.seed,
