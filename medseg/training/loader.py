@@ -56,7 +56,7 @@ class SeededSampler(Sampler[tuple[int, list[int]]]):
         # A stream separate from the sampler's own ([seed, epoch]) so index choice and augmentation are independent;
         # the rank is part of the key so ranks augment differently.
         rng = np.random.default_rng([self.seed, self.epoch, r, 0x5EED])
-        seeds = rng.integers(0, 2**32 - 1, size=n_batches).tolist()
+        seeds = rng.integers(0, 2**32 - 1, size=n_batches).tolist()  # a dropped last batch draws one too
         b = self.batch_size
         return iter([(seeds[k], indices[k * b : (k + 1) * b]) for k in range(len(self))])
 
@@ -71,9 +71,6 @@ class SeededBatches(Dataset[dict[str, torch.Tensor]]):
 
     def __init__(self, dataset: Any) -> None:
         self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
 
     def __getitem__(self, key: tuple[int, list[int]]) -> dict[str, torch.Tensor]:
         seed, indices = key
