@@ -185,7 +185,7 @@ TARGETS: tuple[Target, ...] = (
     Target(
         17,
         "hippocampus 5-fold CV, 10 min a fold, stays >= 0.885 (CPU with native bf16)",
-        ("quality_hippo_10min_bf16_5fold_40e3bad.json",),
+        ("quality_hippo_10min_bf16_5fold_batchcut.json",),
         _mean_dice(0.885),
     ),
     Target(
