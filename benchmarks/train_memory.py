@@ -88,8 +88,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         "context_slices": int(data.context),
         "input_channels": int(trainer.network_spec.in_channels) // (2 * int(data.context) + 1),
         "dataset_voxels": voxels,
-        "dataset_slices": len(trainer.loader.dataset),  # type: ignore[arg-type]
-        "stored_patch": list(getattr(trainer.loader.dataset, "stored_hw", ())),
+        "dataset_slices": len(trainer.dataset),
+        "stored_patch": list(getattr(trainer.dataset, "stored_hw", ())),
     }
 
 
