@@ -190,6 +190,46 @@ def test_seeded_sampler_is_a_function_of_epoch_and_batch() -> None:
     assert [len(indices) for _, indices in draw(2, num_samples=5)] == [5]
 
 
+def test_a_worker_builds_the_batches_the_training_process_builds(sample_hippo: Path) -> None:
+    """The loader's batches are a function of (seed, epoch, batch): a worker process (one intra-op thread)
+    builds bitwise the batches the training process builds with two threads, window positions and augmentation
+    included. (That the augmentation's bits do not depend on the thread count at all is tested on random
+    batches in test_data_transforms.py.)"""
+    from medseg.config import AugmentationConfig, DataConfig, PreprocessingConfig
+    from medseg.data.cases import discover_cases
+    from medseg.data.dataset import SliceDataset
+    from medseg.data.prepare import prepare_training_data
+    from medseg.data.sampling import foreground_sampler
+    from medseg.data.transforms import train_transforms
+    from medseg.training.loader import SeededSampler, build_train_loader
+
+    spec = discover_cases(DataConfig(root=sample_hippo, max_cases=4))
+    data = prepare_training_data(spec.cases, [], 3, PreprocessingConfig(), classes=spec.classes)
+    every = {key: {"prob": 0.5} for key in ("elastic", "affine", "noise", "scale_intensity", "gamma")}
+    augmentation = train_transforms(AugmentationConfig.model_validate(every), seed=0)
+    dataset = SliceDataset(data.train, transforms=augmentation, crop_hw=(32, 32), foreground_fraction=0.5, seed=0)
+
+    def batches(workers: int) -> list[dict[str, torch.Tensor]]:
+        sampler = SeededSampler(foreground_sampler(dataset, 0.5, 40, seed=2), seed=2, batch_size=8)
+        loader = build_train_loader(dataset, sampler, num_workers=workers, device=torch.device("cpu"), seed=2)
+        out = []
+        for epoch in (0, 1):
+            sampler.set_epoch(epoch)
+            out += list(loader)
+        return out
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        in_process, in_worker = batches(0), batches(1)
+    finally:
+        torch.set_num_threads(previous)
+    assert len(in_process) == len(in_worker) == 10
+    for a, b in zip(in_process, in_worker, strict=True):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+    assert not torch.equal(in_process[0]["image"], in_process[5]["image"])  # epochs differ
+
+
 def test_resume_refuses_a_checkpoint_from_another_model(tmp_path: Path, sample_hippo: Path) -> None:
     from medseg.training.trainer import Trainer
 
