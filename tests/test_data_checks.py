@@ -106,6 +106,19 @@ def test_labels_outside_classes_are_reported(sample_hippo: Path, tmp_path: Path)
     assert "outside" in data.skipped[0].reason  # the reason travels to the run's output
 
 
+def test_a_binary_mask_stored_as_0_255_is_named_as_such() -> None:
+    from medseg.data.checks import label_problem
+
+    mask = np.zeros((4, 5, 6), dtype=np.uint8)
+    mask[1:3, 1:3, 1:3] = 255
+    problem = label_problem(mask, 2)
+    assert problem is not None and problem.startswith("label values 255 are outside the 2 classes (allowed 0..1)")
+    assert "a binary mask stored as 0/255?" in problem and "255 -> 1" in problem
+    mask[0, 0, 0] = 1  # 0, 1 and 255: not a plain binary mask, so no guess
+    assert "binary mask" not in (label_problem(mask, 2) or "")
+    assert label_problem(np.where(mask > 0, 1, 0), 2) is None
+
+
 def test_non_finite_image_is_reported(sample_hippo: Path, tmp_path: Path) -> None:
     ids = _make_msd(sample_hippo, tmp_path)
     image_path = tmp_path / "imagesTr" / f"{ids[0]}.nii.gz"

@@ -55,7 +55,14 @@ def label_problem(label: np.ndarray, n_classes: int) -> str | None:
         values = np.unique(arr)
         bad = values[(values < 0) | (values > n_classes - 1)]
         shown = ", ".join(f"{v:g}" for v in bad[:10]) + (" ..." if len(bad) > 10 else "")
-        return f"label values {shown} are outside the {n_classes} classes (allowed 0..{n_classes - 1})"
+        problem = f"label values {shown} are outside the {n_classes} classes (allowed 0..{n_classes - 1})"
+        if n_classes == 2 and values.size == 2 and values[0] == 0 and len(bad) == 1:
+            # The commonest case: a binary mask saved as 0/255 (many tools and challenges store masks so).
+            problem += (
+                f"; a binary mask stored as 0/{bad[0]:g}? medseg reads class k as value k: convert copies of the "
+                f"label files ({bad[0]:g} -> 1), the originals are never changed"
+            )
+        return problem
     return None
 
 
