@@ -60,7 +60,7 @@ def label_problem(label: np.ndarray, n_classes: int) -> str | None:
             # The commonest case: a binary mask saved as 0/255 (many tools and challenges store masks so).
             problem += (
                 f"; a binary mask stored as 0/{bad[0]:g}? medseg reads class k as value k: convert copies of the "
-                f"label files ({bad[0]:g} -> 1), the originals are never changed"
+                f"label files ({bad[0]:g} -> 1); medseg never changes its inputs"
             )
         return problem
     return None
