@@ -83,6 +83,12 @@ class DataConfig(_Section):
     NIfTI/NRRD/MHA file next to the image series."""
     classes: list[str] | None = None
     """Class names including background at index 0. ``None`` = from ``dataset.json`` (msd) or required."""
+    label_values: list[int] | None = None
+    """The value each class is stored as in the label files, in class order (background first), e.g. ``[0, 255]``
+    for binary masks saved as 0/255 or ``[0, 1, 2, 4]`` for BraTS. Label files are read through it (any other value
+    is refused) and predicted masks are written with these values. ``None`` = class k is stored as k, or what
+    ``dataset.json``'s ``labels`` declare (msd layout, e.g. ``{"0": "background", "255": "lesion"}``).
+    DICOM SEG / RTSTRUCT labels are matched by segment and ignore it."""
     class_codes: dict[str, ClassCodeConfig] = {}
     """Coded meaning per class name for DICOM SEG / RTSTRUCT outputs, e.g. ``{hippocampus: {code: "5300000",
     meaning: "Hippocampus", category_code: "91723000", category_meaning: "Anatomical Structure"}}``. A class
@@ -114,6 +120,24 @@ class DataConfig(_Section):
     """DICOM folders holding several series: which one (SeriesInstanceUID, unique description or UID prefix)."""
     nan_as_zero: bool = False
     """Read NaN voxels as 0 (with a warning naming the file and the count) instead of refusing the scan."""
+
+    @field_validator("label_values")
+    @classmethod
+    def _label_values_valid(cls, values: list[int] | None) -> list[int] | None:
+        from medseg.data.label_values import label_values_problem
+
+        problem = None if values is None else label_values_problem(values)
+        if problem:
+            raise ValueError(problem)
+        return values
+
+    @model_validator(mode="after")
+    def _one_value_per_class(self) -> DataConfig:
+        if self.classes is not None and self.label_values is not None and len(self.classes) != len(self.label_values):
+            raise ValueError(
+                f"label_values {self.label_values} must give one value per class of classes {self.classes}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fold_in_range(self) -> DataConfig:

@@ -34,7 +34,7 @@ from medseg.errors import ConfigError, MedsegError
 from medseg.logfile import SafeFileHandler
 
 if TYPE_CHECKING:
-    from medseg.data.cases import Case
+    from medseg.data.cases import Case, DatasetSpec
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +172,9 @@ def _quiet(logger_name: str) -> Iterator[None]:
 
 def discover_labelled_cases(
     cfg: Config, *, quiet: bool = False, why: str = "the stages to run read the cases of the dataset"
-) -> tuple[list[Case], list[str]]:
-    """The cases of ``data`` and the class names; every case must have a label.
+) -> tuple[list[Case], DatasetSpec]:
+    """The cases of ``data`` and what discovery found (class names, stored label values); every case must have
+    a label.
 
     Args:
         cfg: The run's config.
@@ -181,8 +182,8 @@ def discover_labelled_cases(
         why: What needs the data, for the message when ``data.root`` is missing.
 
     Returns:
-        ``(cases, classes)`` with classes including background. With ``data.skip_bad_cases``, cases without a
-        label are left out; otherwise there are none.
+        ``(cases, spec)``: the labelled cases and the :class:`DatasetSpec` (``spec.classes`` include background).
+        With ``data.skip_bad_cases``, cases without a label are left out; otherwise there are none.
 
     Raises:
         ConfigError: ``data.root`` is missing, no case is found, or images do not pair with labels.
@@ -201,7 +202,7 @@ def discover_labelled_cases(
             "suffix): rename the files, or fix data.label_glob / data.case_pattern"
             + ("." if cfg.data.skip_bad_cases else ", or set data.skip_bad_cases: true to train without them.")
         )
-    return [c for c in spec.cases if c.label is not None], list(spec.classes)
+    return [c for c in spec.cases if c.label is not None], spec
 
 
 def check_setup(cfg: Config, stages: Sequence[Stage]) -> None:
@@ -449,8 +450,9 @@ def _predicted_masks(layout: RunLayout) -> dict[str, tuple[Path, Path | None]]:
     return out
 
 
-def evaluation_pairs(cfg: Config) -> tuple[list[Any], list[str]]:
-    """The (case, prediction, ground truth, image) pairs to score, and the class names.
+def evaluation_pairs(cfg: Config) -> tuple[list[Any], list[str], list[int] | None]:
+    """The (case, prediction, ground truth, image) pairs to score, the class names and the value each class is
+    stored as in the mask files (``None`` = class k as k).
 
     The predictions are the masks listed in ``predictions/predictions.csv`` (so stale files and probability maps
     in the folder are not scored). With ``evaluation.ground_truth`` they are matched to its files by case id;
@@ -466,8 +468,8 @@ def evaluation_pairs(cfg: Config) -> tuple[list[Any], list[str]]:
             for p in match_predictions(layout.predictions, cfg.evaluation.ground_truth)
             if p.case_id in masks and p.pred.resolve() == masks[p.case_id][0].resolve()
         ]
-        return pairs, _classes_for_evaluation(cfg)
-    cases, classes = discover_labelled_cases(cfg)
+        return pairs, *_classes_for_evaluation(cfg)
+    cases, spec = discover_labelled_cases(cfg)
     by_id = {c.id: c for c in cases}
     pairs = []
     for cid, (mask, scan) in sorted(masks.items()):
@@ -478,20 +480,23 @@ def evaluation_pairs(cfg: Config) -> tuple[list[Any], list[str]]:
             )
             continue
         pairs.append(EvalPair(cid, mask, case.label, scan or case.image))
-    return pairs, classes
+    return pairs, list(spec.classes), spec.label_values
 
 
-def _classes_for_evaluation(cfg: Config) -> list[str]:
-    # Class names come from the model that made the predictions; failing that, from the config or the data.
+def _classes_for_evaluation(cfg: Config) -> tuple[list[str], list[int] | None]:
+    # Class names (and the values they are stored as) come from the model that made the predictions; failing
+    # that, from the config or the data.
     from medseg.training.checkpoint import load_checkpoint
 
     ckpt = cfg.inference.checkpoint or RunLayout(cfg.output.dir).best_checkpoint
     if ckpt.is_file():
-        return list(load_checkpoint(ckpt)["classes"])
+        stored = load_checkpoint(ckpt)
+        return list(stored["classes"]), stored.get("label_values")
     if cfg.data.classes:
-        return list(cfg.data.classes)
+        return list(cfg.data.classes), cfg.data.label_values
     if cfg.data.root is not None and cfg.data.root.is_dir():
-        return discover_labelled_cases(cfg)[1]
+        spec = discover_labelled_cases(cfg)[1]
+        return list(spec.classes), spec.label_values
     raise ConfigError(
         "The evaluate stage needs the class names: set data.classes (background first), or keep the checkpoint "
         "(inference.checkpoint) that made the predictions."
@@ -503,14 +508,14 @@ def run_evaluate(cfg: Config) -> dict[str, Any]:
     from medseg.evaluation import evaluate
 
     layout = RunLayout(cfg.output.dir)
-    pairs, classes = evaluation_pairs(cfg)
+    pairs, classes, label_values = evaluation_pairs(cfg)
     if not pairs:
         raise MedsegError(
             f"Nothing to evaluate: no mask in '{layout.predictions}' has a ground truth with the same case id "
             f"in {cfg.evaluation.ground_truth or cfg.data.root}."
         )
     log.info("Evaluating %d case(s) against %s", len(pairs), cfg.evaluation.ground_truth or "the data's labels")
-    summary = evaluate(pairs, classes, layout.evaluation, overlays=cfg.evaluation.overlays)
+    summary = evaluate(pairs, classes, layout.evaluation, overlays=cfg.evaluation.overlays, label_values=label_values)
     mean = summary.get("mean_dice")
     log.info(
         "Mean Dice %s over %d case(s); details in '%s'",

@@ -81,10 +81,20 @@ def test_nnunet_v1_training_list_resolves_channel_suffix(sample_hippo: Path, tmp
 
 def test_label_dict_styles_and_gaps(tmp_path: Path) -> None:
     src = tmp_path / "dataset.json"
-    assert classes_from_labels({"1": "a", "0": "bg"}, src) == ["bg", "a"]
-    assert classes_from_labels({"bg": 0, "b": 2, "a": 1}, src) == ["bg", "a", "b"]
-    with pytest.raises(ConfigError, match="without gaps"):
-        classes_from_labels({"0": "bg", "2": "b"}, src)
+    assert classes_from_labels({"1": "a", "0": "bg"}, src) == (["bg", "a"], None)
+    assert classes_from_labels({"bg": 0, "b": 2, "a": 1}, src) == (["bg", "a", "b"], None)
+    # Values with gaps are read as declared: BraTS's 0, 1, 2, 4 and a 0/255 mask, in both styles.
+    assert classes_from_labels({"0": "bg", "4": "et", "1": "ncr", "2": "ed"}, src) == (
+        ["bg", "ncr", "ed", "et"],
+        [0, 1, 2, 4],
+    )
+    assert classes_from_labels({"background": 0, "lesion": 255}, src) == (["background", "lesion"], [0, 255])
+    with pytest.raises(ConfigError, match="background as value 0"):
+        classes_from_labels({"1": "a", "2": "b"}, src)
+    with pytest.raises(ConfigError, match="share the value 1"):
+        classes_from_labels({"background": 0, "a": 1, "b": 1}, src)
+    with pytest.raises(ConfigError, match=r"0\.\.65535"):
+        classes_from_labels({"0": "bg", "70000": "a"}, src)
     with pytest.raises(ConfigError, match="region"):
         classes_from_labels({"background": 0, "whole": [1, 2]}, src)
 

@@ -113,7 +113,7 @@ def test_a_binary_mask_stored_as_0_255_is_named_as_such() -> None:
     mask[1:3, 1:3, 1:3] = 255
     problem = label_problem(mask, 2)
     assert problem is not None and problem.startswith("label values 255 are outside the 2 classes (allowed 0..1)")
-    assert "a binary mask stored as 0/255?" in problem and "255 -> 1" in problem
+    assert "a binary mask stored as 0/255?" in problem and "data.label_values: [0, 255]" in problem
     mask[0, 0, 0] = 1  # 0, 1 and 255: not a plain binary mask, so no guess
     assert "binary mask" not in (label_problem(mask, 2) or "")
     assert label_problem(np.where(mask > 0, 1, 0), 2) is None

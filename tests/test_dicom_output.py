@@ -118,14 +118,17 @@ def test_dicom_layout_finds_seg_and_rtstruct_labels(kind: str, where: str, tmp_p
     assert c.image.name == "13_HCropVolume"
     assert c.label == (target if where == "file" else target.parent)
 
-    from medseg.data.prepare import _read_case
+    from medseg.data.prepare import _CaseReader
 
-    _, label, _ = _read_case(c, 2, load_volume, np.uint8, classes=["background", "hippocampus"])
+    _, label, _ = _CaseReader(load_volume, 2, classes=["background", "hippocampus"]).read(c)
     # the same mask as a NIfTI label next to the series: what medseg trained from before
     nifti = save_mask(labels, image, tmp_path / "mask.nii.gz")
-    _, direct, _ = _read_case(replace(c, label=nifti), 2, load_volume, np.uint8)
+    _, direct, _ = _CaseReader(load_volume, 2).read(replace(c, label=nifti))
     np.testing.assert_array_equal(label, direct)
     assert label.sum() == labels.sum() > 0
+    # A SEG / RTSTRUCT's segments are classes already: stored label values (for mask files) leave it alone.
+    stored = _CaseReader(load_volume, 2, classes=["background", "hippocampus"], label_values=[0, 255]).read(c)[1]
+    np.testing.assert_array_equal(stored, label)
 
 
 def test_dicom_layout_run_names_masks_by_case_and_evaluates_them(tmp_path: Path) -> None:

@@ -195,7 +195,7 @@ def test_bad_cases_are_recorded_not_fatal(tmp_path: Path, sample_hippo: Path) ->
     errors = {f["case"]: f["error"] for f in summary["failed_cases"]}
     assert set(errors) == {"moved", "label5", "missing"}
     assert str(bad_geom) in errors["moved"] and str(labels[0]) in errors["moved"] and "grid" in errors["moved"]
-    assert "label values [5]" in errors["label5"]
+    assert "label values 5 are outside the 3 classes" in errors["label5"]
     assert "nope.nii.gz" in errors["missing"]
     assert summary["n_evaluated"] == 1 and summary["mean_dice"] == 1.0
     # One scored case: drawn once, as the best, not again as the worst.

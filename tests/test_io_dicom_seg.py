@@ -219,7 +219,7 @@ def test_fractional_seg_from_probabilities(tmp_path: Path) -> None:
 def test_seg_as_training_label_reproduces_the_mask_exactly(tmp_path: Path) -> None:
     from medseg.config import DataConfig
     from medseg.data.cases import discover_cases
-    from medseg.data.prepare import _read_case
+    from medseg.data.prepare import _CaseReader
 
     root = tmp_path / "set"
     for image_dir, mask_dir in STUDIES[:2]:
@@ -231,9 +231,9 @@ def test_seg_as_training_label_reproduces_the_mask_exactly(tmp_path: Path) -> No
     spec = discover_cases(DataConfig(root=root, layout="dicom", dicom_image_pattern="*T1post*", classes=CLASSES))
     assert len(spec.cases) == 2 and all(c.label.name == "MaskTumor_seg.dcm" for c in spec.cases)
     for case, (_, mask_dir) in zip(spec.cases, STUDIES[:2], strict=True):
-        _, from_seg, _ = _read_case(case, 2, load_volume, np.uint8, classes=CLASSES)
+        _, from_seg, _ = _CaseReader(load_volume, 2, classes=CLASSES).read(case)
         # the mask series holds 0/1: the label medseg trained from before, read the usual way
-        _, from_series, _ = _read_case(replace(case, label=mask_dir), 2, load_volume, np.uint8, classes=CLASSES)
+        _, from_series, _ = _CaseReader(load_volume, 2, classes=CLASSES).read(replace(case, label=mask_dir))
         np.testing.assert_array_equal(from_seg, from_series)
         assert from_seg.sum() > 0
 

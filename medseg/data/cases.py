@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.config import DataConfig
+from medseg.data.label_values import is_identity, label_values_problem
 from medseg.data.layout_hint import layout_hint
 from medseg.data.modality import RecordedModality, from_channel_names
 from medseg.errors import BadCaseError, ConfigError
@@ -85,6 +86,8 @@ class DatasetSpec:
             ``data.modality: auto``; ``None`` for other layouts (DICOM tags are read by
             :func:`medseg.data.modality.dataset_modality`, only when a run needs them).
         layout: The layout the cases were found in (``auto`` resolved).
+        label_values: The value each class is stored as in the label files (``data.label_values`` or
+            ``dataset.json``); ``None`` when class k is stored as k.
     """
 
     cases: list[Case]
@@ -93,6 +96,7 @@ class DatasetSpec:
     channels: list[str] = field(default_factory=lambda: ["image"])
     recorded_modality: RecordedModality | None = None
     layout: str = "msd"
+    label_values: list[int] | None = None
 
 
 class BadCaseCollector:
@@ -138,8 +142,9 @@ def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSp
     channels = ["image"]
 
     recorded: RecordedModality | None = None
+    declared: list[int] | None = None  # label values dataset.json declares
     if layout == "msd":
-        cases, classes = _discover_msd(root, collector, require_labels)
+        cases, classes, declared = _discover_msd(root, collector, require_labels)
         ds = read_dataset_json(root)
         channels = msd_channel_names(ds)
         recorded = from_channel_names(_raw_channel_names(ds))
@@ -164,6 +169,7 @@ def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSp
         )
     if len(classes) < 2:
         raise ConfigError(f"data.classes needs background and at least one class, got {classes}")
+    label_values = _label_values(cfg, declared, classes, root)
     if not cases:
         raise ConfigError(f"No usable cases found under data.root '{root}' (layout '{layout}')")
 
@@ -178,7 +184,27 @@ def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSp
         channels=channels,
         recorded_modality=recorded,
         layout=layout,
+        label_values=label_values,
     )
+
+
+def _label_values(cfg: DataConfig, declared: list[int] | None, classes: list[str], root: Path) -> list[int] | None:
+    """``data.label_values``, else what ``dataset.json`` declares; ``None`` when class k is stored as k."""
+    values = cfg.label_values if cfg.label_values is not None else declared
+    if cfg.label_values is not None and declared is not None and cfg.label_values != declared:
+        # The config wins: it is how a user corrects a dataset.json without editing the dataset.
+        log.warning(
+            "data.label_values %s replaces the label values %s that '%s' declares",
+            cfg.label_values,
+            declared,
+            root / "dataset.json",
+        )
+    if values is None:
+        return None
+    problem = label_values_problem(values, len(classes))
+    if problem:
+        raise ConfigError(f"data.label_values for classes {classes}: {problem}")
+    return None if is_identity(values) else list(values)
 
 
 def _reject_duplicates(cases: list[Case]) -> None:
@@ -214,17 +240,24 @@ def read_dataset_json(root: Path) -> dict[str, Any]:
     return data
 
 
-def classes_from_labels(labels: Any, source: Path) -> list[str]:
-    """Class names in index order from a ``dataset.json`` ``labels`` entry (MSD or nnU-Net v2 style).
+def classes_from_labels(labels: Any, source: Path) -> tuple[list[str], list[int] | None]:
+    """Class names and their stored values from a ``dataset.json`` ``labels`` entry (MSD or nnU-Net v2 style).
+
+    Classes are ordered by stored value, background (value 0) first. Values with gaps (BraTS's 0, 1, 2, 4; a
+    binary mask stored as 0/255) are read as declared: class k is whatever is stored as the k-th smallest value.
+
+    Returns:
+        ``(classes, label_values)``; ``label_values`` is ``None`` when class k is stored as k.
 
     Raises:
-        ConfigError: If the indices are not 0..n-1 or are not integers (e.g. nnU-Net region labels).
+        ConfigError: No background (value 0), values that are not integers in 0..65535 (e.g. nnU-Net region
+            labels), or two names for one value.
     """
     if not isinstance(labels, dict) or not labels:
         raise ConfigError(f"'{source}': 'labels' must be a non-empty mapping, got {labels!r}")
-    by_index: dict[int, str] = {}
+    by_value: dict[int, str] = {}
     if all(isinstance(k, str) and k.strip().isdigit() for k in labels):  # MSD: {"0": "background", ...}
-        by_index = {int(k): str(v) for k, v in labels.items()}
+        by_value = {int(k): str(v) for k, v in labels.items()}
     else:  # nnU-Net v2: {"background": 0, ...}
         for name, value in labels.items():
             if isinstance(value, bool) or not isinstance(value, int):
@@ -232,13 +265,16 @@ def classes_from_labels(labels: Any, source: Path) -> list[str]:
                     f"'{source}': label '{name}' maps to {value!r}; only integer labels are supported "
                     "(no nnU-Net region labels)"
                 )
-            by_index[value] = str(name)
-    if sorted(by_index) != list(range(len(by_index))):
-        raise ConfigError(
-            f"'{source}': label indices must be 0..{len(by_index) - 1} without gaps, got {sorted(by_index)}; "
-            "set data.classes and remap the labels"
-        )
-    return [by_index[i] for i in range(len(by_index))]
+            if value in by_value:
+                raise ConfigError(f"'{source}': labels '{by_value[value]}' and '{name}' share the value {value}")
+            by_value[value] = str(name)
+    values = sorted(by_value)
+    if not values or values[0] != 0:
+        raise ConfigError(f"'{source}': labels must declare the background as value 0, got values {values}")
+    problem = label_values_problem(values)
+    if problem:
+        raise ConfigError(f"'{source}': {problem}")
+    return [by_value[v] for v in values], None if is_identity(values) else values
 
 
 def _raw_channel_names(ds: dict[str, Any]) -> list[str]:
@@ -259,10 +295,12 @@ def msd_channel_names(ds: dict[str, Any]) -> list[str]:
     return names if len(names) > 1 else ["image"]
 
 
-def _discover_msd(root: Path, collector: BadCaseCollector, require_labels: bool) -> tuple[list[Case], list[str]]:
+def _discover_msd(
+    root: Path, collector: BadCaseCollector, require_labels: bool
+) -> tuple[list[Case], list[str], list[int] | None]:
     ds = read_dataset_json(root)
     source = root / "dataset.json"
-    classes = classes_from_labels(ds.get("labels"), source)
+    classes, values = classes_from_labels(ds.get("labels"), source)
     n_channels = len(msd_channel_names(ds))
 
     pairs: list[tuple[str, Path, Path | None]] = []
@@ -285,7 +323,7 @@ def _discover_msd(root: Path, collector: BadCaseCollector, require_labels: bool)
     cases = _pairs_to_cases(pairs, collector, require_labels)
     if n_channels > 1:
         cases = _with_channel_files(cases, n_channels, collector)
-    return cases, classes
+    return cases, classes, values
 
 
 def _with_channel_files(cases: list[Case], n_channels: int, collector: BadCaseCollector) -> list[Case]:

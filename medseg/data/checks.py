@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import numpy as np
 
 from medseg.data.cases import Case
+from medseg.data.label_values import is_identity, unexpected_values
 from medseg.errors import BadCaseError
 from medseg.volume import Volume
 
@@ -38,8 +40,14 @@ def geometry_mismatch(image: Volume, label: Volume, tolerance: float = GEOMETRY_
     return None
 
 
-def label_problem(label: np.ndarray, n_classes: int) -> str | None:
-    """Why ``label`` is not a valid label map for ``n_classes`` classes (incl. background), or ``None``."""
+def label_problem(label: np.ndarray, n_classes: int, values: Sequence[int] | None = None) -> str | None:
+    """Why ``label`` is not a valid label map for ``n_classes`` classes (incl. background), or ``None``.
+
+    Args:
+        label: The label volume as read.
+        n_classes: Number of classes including background.
+        values: The stored value of each class (``data.label_values``); ``None`` = class k is stored as k.
+    """
     arr = np.asarray(label)
     if arr.dtype.kind == "f":
         if not np.isfinite(arr).all():
@@ -50,24 +58,39 @@ def label_problem(label: np.ndarray, n_classes: int) -> str | None:
         return f"label has unsupported dtype {arr.dtype}"
     if arr.size == 0:
         return "label is empty"
+    if not is_identity(values):
+        assert values is not None
+        bad = unexpected_values(arr, values)
+        if bad.size:
+            return f"label values {_shown(bad)} are not among data.label_values {list(values)}"
+        return None
     lo, hi = arr.min(), arr.max()
     if lo < 0 or hi > n_classes - 1:
-        values = np.unique(arr)
-        bad = values[(values < 0) | (values > n_classes - 1)]
-        shown = ", ".join(f"{v:g}" for v in bad[:10]) + (" ..." if len(bad) > 10 else "")
-        problem = f"label values {shown} are outside the {n_classes} classes (allowed 0..{n_classes - 1})"
-        if n_classes == 2 and values.size == 2 and values[0] == 0 and len(bad) == 1:
+        found = np.unique(arr)
+        bad = found[(found < 0) | (found > n_classes - 1)]
+        problem = f"label values {_shown(bad)} are outside the {n_classes} classes (allowed 0..{n_classes - 1})"
+        if n_classes == 2 and found.size == 2 and found[0] == 0 and len(bad) == 1:
             # The commonest case: a binary mask saved as 0/255 (many tools and challenges store masks so).
             problem += (
-                f"; a binary mask stored as 0/{bad[0]:g}? medseg reads class k as value k: convert copies of the "
-                f"label files ({bad[0]:g} -> 1); medseg never changes its inputs"
+                f"; a binary mask stored as 0/{bad[0]:g}? Say so with data.label_values: [0, {bad[0]:g}] "
+                "(medseg then reads it as stored and writes its masks the same way)"
             )
         return problem
     return None
 
 
+def _shown(values: np.ndarray, limit: int = 10) -> str:
+    return ", ".join(f"{v:g}" for v in values[:limit]) + (" ..." if len(values) > limit else "")
+
+
 def check_pair(
-    case: Case, image: Volume, label: Volume, n_classes: int, *, tolerance: float = GEOMETRY_TOLERANCE
+    case: Case,
+    image: Volume,
+    label: Volume,
+    n_classes: int,
+    *,
+    tolerance: float = GEOMETRY_TOLERANCE,
+    label_values: Sequence[int] | None = None,
 ) -> None:
     """Checks that ``label`` is a valid label map on ``image``'s grid.
 
@@ -77,16 +100,17 @@ def check_pair(
         label: The loaded label.
         n_classes: Number of classes including background; label values must be in ``0..n_classes-1``.
         tolerance: Allowed corner displacement as a fraction of the smallest voxel size.
+        label_values: The stored value of each class (``data.label_values``): the label may hold only these.
 
     Raises:
         BadCaseError: Naming the image and label files and the reason (shape or geometry mismatch, label values
-            outside the classes or not integers, non-finite image intensities).
+            outside the classes (or ``label_values``) or not integers, non-finite image intensities).
     """
     where = f"Case '{case.id}' (image '{case.image}', label '{case.label}')"
     mismatch = geometry_mismatch(image, label, tolerance)
     if mismatch:
         raise BadCaseError(f"{where}: image {mismatch}")
-    problem = label_problem(label.array, n_classes)
+    problem = label_problem(label.array, n_classes, label_values)
     if problem:
         raise BadCaseError(f"{where}: {problem}")
     check_image_finite(case, image)

@@ -22,6 +22,7 @@ from medseg.config import PreprocessingConfig
 from medseg.data.cases import BadCaseCollector, Case, SkippedCase
 from medseg.data.checks import check_image_finite, check_pair
 from medseg.data.fingerprint import FingerprintAccumulator
+from medseg.data.label_values import is_identity, to_classes
 from medseg.data.normalization import CTStatsAccumulator, NormalizationParams, normalize, resolve_scheme
 from medseg.data.plan import Plan, make_plan
 from medseg.data.resample import plan_grid, resample_image, resample_label
@@ -217,66 +218,79 @@ def _read_image(case: Case, reader: Reader, channels: Sequence[str]) -> tuple[Vo
     return stack.reference, stack.array()
 
 
-def _read_case(
-    case: Case,
-    n_classes: int | None,
-    reader: Reader,
-    dtype: type[np.unsignedinteger],
-    channels: Sequence[str] = ("image",),
-    *,
-    classes: Sequence[str] | None = None,
-) -> tuple[Volume, np.ndarray | None, np.ndarray | None]:
-    """Reads image and label once, checks them, and brings both to closest-RAS voxel order.
+@dataclass(frozen=True)
+class _CaseReader:
+    """How a dataset's cases are read: the scan reader and what the dataset says about its files.
 
-    The reorientation (permutes/flips only, see ``medseg.io.orientation``) makes the slice axis mean the same
-    anatomical direction for every case; the predictor applies the same one to each scan. Read errors become
-    BadCaseErrors naming both files.
+    Attributes:
+        reader: Reads one scan file.
+        n_classes: Number of classes incl. background (needed for labelled cases).
+        channels: Input channel names (several: each case's channels are read, checked and stacked).
+        classes: Class names: DICOM SEG / RTSTRUCT labels map their segments to them by name.
+        label_values: The value each class is stored as in label files; ``None`` = class k as k.
     """
-    try:
-        image, stacked = _read_image(case, reader, channels)
-        label = _read_label(case.label, image, reader, classes) if case.label is not None else None
-    except BadCaseError:
-        raise
-    except MedsegError as err:
-        raise BadCaseError(f"Case '{case.id}' (image '{case.image}', label '{case.label}'): {err}") from err
-    if label is None:
-        check_image_finite(case, image)
-        canon, reorientation = to_canonical(image)
-        return canon, None, reorientation.apply(stacked) if stacked is not None else None
-    if n_classes is None:
-        raise ValueError("n_classes is needed to check labelled cases")
-    check_pair(case, image, label, n_classes)
-    image, reorientation = to_canonical(image)
-    multi = reorientation.apply(stacked) if stacked is not None else None
-    return image, reorientation.apply(np.asarray(label.array).astype(dtype)), multi
 
+    reader: Reader
+    n_classes: int | None
+    channels: Sequence[str] = ("image",)
+    classes: Sequence[str] | None = None
+    label_values: Sequence[int] | None = None
 
-def _read_label(path: Path, image: Volume, reader: Reader, classes: Sequence[str] | None) -> Volume:
-    """A DICOM SEG / RTSTRUCT label is rasterised onto its image's grid (segments matched to ``classes`` by
-    name); any other label goes through ``reader``."""
-    from medseg.io.segmentation import dicom_label_file, load_segmentation
+    def read(self, case: Case) -> tuple[Volume, np.ndarray | None, np.ndarray | None]:
+        """Reads image and label once, checks them, and brings both to closest-RAS voxel order.
 
-    label_file = dicom_label_file(path)
-    return reader(path) if label_file is None else load_segmentation(label_file, image, classes)
+        The reorientation (permutes/flips only, see ``medseg.io.orientation``) makes the slice axis mean the same
+        anatomical direction for every case; the predictor applies the same one to each scan. Labels become class
+        indices. Read errors become BadCaseErrors naming both files.
+        """
+        try:
+            image, stacked = _read_image(case, self.reader, self.channels)
+            label, segmented = self._read_label(case.label, image) if case.label is not None else (None, False)
+        except BadCaseError:
+            raise
+        except MedsegError as err:
+            raise BadCaseError(f"Case '{case.id}' (image '{case.image}', label '{case.label}'): {err}") from err
+        if label is None:
+            check_image_finite(case, image)
+            canon, reorientation = to_canonical(image)
+            return canon, None, reorientation.apply(stacked) if stacked is not None else None
+        if self.n_classes is None:
+            raise ValueError("n_classes is needed to check labelled cases")
+        values = None if segmented else self.label_values  # a SEG / RTSTRUCT's segments are classes already
+        check_pair(case, image, label, self.n_classes, label_values=values)
+        image, reorientation = to_canonical(image)
+        multi = reorientation.apply(stacked) if stacked is not None else None
+        dtype = label_dtype(self.n_classes)
+        if values is None or is_identity(values):
+            indices = np.asarray(label.array).astype(dtype)
+        else:
+            indices = to_classes(label.array, values, dtype)
+        return image, reorientation.apply(indices), multi
+
+    def _read_label(self, path: Path, image: Volume) -> tuple[Volume, bool]:
+        """The label, and whether it was a DICOM SEG / RTSTRUCT: those are rasterised onto their image's grid
+        (segments matched to ``classes`` by name); any other label goes through ``reader``."""
+        from medseg.io.segmentation import dicom_label_file, load_segmentation
+
+        label_file = dicom_label_file(path)
+        if label_file is None:
+            return self.reader(path), False
+        return load_segmentation(label_file, image, self.classes), True
 
 
 def _load_all(
     cases: Sequence[Case],
-    n_classes: int | None,
-    reader: Reader,
+    case_reader: _CaseReader,
     collector: BadCaseCollector,
     params: NormalizationParams | None,
     ct_acc: CTStatsAccumulator | None,
     stash: _Stash,
     fingerprint: FingerprintAccumulator | None = None,
-    channels: Sequence[str] = ("image",),
-    classes: Sequence[str] | None = None,
 ) -> list[_Loaded]:
     loaded = []
-    dtype = label_dtype(n_classes or 2)
     for case in cases:
         try:
-            image, label, multi = _read_case(case, n_classes, reader, dtype, channels, classes=classes)
+            image, label, multi = case_reader.read(case)
         except BadCaseError as err:
             collector.report(case.id, err)
             continue
@@ -372,6 +386,7 @@ def prepare_cases(
     target_spacing: Sequence[float] | None = None,
     channels: Sequence[str] = ("image",),
     classes: Sequence[str] | None = None,
+    label_values: Sequence[int] | None = None,
 ) -> list[PreparedCase]:
     """Reads (once), checks, normalises and slices cases with known parameters.
 
@@ -388,6 +403,8 @@ def prepare_cases(
         target_spacing: The plan's target spacing: in-plane axes are resampled to it (``None``: not at all).
         channels: Input channel names (several: each case's channels are read, checked and stacked).
         classes: Class names (background first): DICOM SEG / RTSTRUCT labels map their segments to them by name.
+        label_values: The value each class is stored as in the label files (``DatasetSpec.label_values``);
+            ``None`` = class k is stored as k.
 
     Returns:
         One :class:`PreparedCase` per usable case, in input order.
@@ -397,9 +414,8 @@ def prepare_cases(
     """
     collector = BadCaseCollector(skip_bad_cases)
     stash = _Stash(cache_dir)
-    loaded = _load_all(
-        cases, n_classes, reader or default_reader(), collector, params, None, stash, channels=channels, classes=classes
-    )
+    case_reader = _CaseReader(reader or default_reader(), n_classes, channels, classes, label_values)
+    loaded = _load_all(cases, case_reader, collector, params, None, stash)
     if skipped is not None:
         skipped.extend(collector.skipped)
     return _slice_all(loaded, axis, context, None, stash, target_spacing, n_classes or 2)
@@ -421,6 +437,7 @@ def prepare_training_data(
     classes: Sequence[str] | None = None,
     channels: Sequence[str] = ("image",),
     pad_multiple: int | None = None,
+    label_values: Sequence[int] | None = None,
 ) -> PreparedData:
     """Reads every case once, fits normalisation on the training cases, resolves the axis, slices.
 
@@ -442,6 +459,8 @@ def prepare_training_data(
         channels: Input channel names in input order; with several, each is normalised on its own.
         pad_multiple: Planned patches are multiples of this (``None`` = ``preprocessing.pad_multiple``; the
             trainer passes the network's, which a deeper network raises).
+        label_values: The value each class is stored as in the label files (``DatasetSpec.label_values``);
+            ``None`` = class k is stored as k.
 
     Returns:
         :class:`PreparedData` with the prepared cases, normalisation parameters, axis, plan and skipped cases.
@@ -463,33 +482,19 @@ def prepare_training_data(
             f"({', '.join(channels)}): use zscore or percentile"
         )
 
+    case_reader = _CaseReader(reader, n_classes, channels, classes, label_values)
     if scheme == "ct":
         acc = CTStatsAccumulator(seed=seed)
-        train = _load_all(
-            train_cases, n_classes, reader, collector, None, acc, stash, fingerprint, channels=channels, classes=classes
-        )
+        train = _load_all(train_cases, case_reader, collector, None, acc, stash, fingerprint)
         if not train:
             raise ValueError("No usable training case left to fit the normalisation on")
         params = acc.params()
-        val = _load_all(val_cases, n_classes, reader, collector, None, None, stash, channels=channels, classes=classes)
+        val = _load_all(val_cases, case_reader, collector, None, None, stash)
         pending: NormalizationParams | None = params
     else:
         params = NormalizationParams(scheme=scheme, nonzero=preprocessing.nonzero)
-        train = _load_all(
-            train_cases,
-            n_classes,
-            reader,
-            collector,
-            params,
-            None,
-            stash,
-            fingerprint,
-            channels=channels,
-            classes=classes,
-        )
-        val = _load_all(
-            val_cases, n_classes, reader, collector, params, None, stash, channels=channels, classes=classes
-        )
+        train = _load_all(train_cases, case_reader, collector, params, None, stash, fingerprint)
+        val = _load_all(val_cases, case_reader, collector, params, None, stash)
         pending = None
     if not train:
         raise ValueError("No usable training case (all were skipped)")

@@ -18,10 +18,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from medseg.data.checks import label_problem
+from medseg.data.label_values import is_identity, to_classes
 from medseg.errors import BadCaseError, GeometryMismatchError, MedsegError
 from medseg.evaluation.overlays import draw_overlay
 from medseg.io import case_id_from_path, is_supported_file, load_label, load_volume
 from medseg.io.atomic import atomic_write_text
+from medseg.io.segmentation import dicom_label_file
 from medseg.metrics import FLAGS, case_metrics
 from medseg.volume import Volume
 
@@ -117,24 +120,21 @@ def match_predictions(pred_dir: str | Path, gt_dir: str | Path, image_dir: str |
     return pairs
 
 
-def _labels(volume: Volume, path: Path, n_classes: int) -> np.ndarray:
-    arr = np.asarray(volume.array)
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
-            raise BadCaseError(f"'{path}' is not a label mask: it holds non-integer values")
-    elif arr.dtype.kind not in "iub":
-        raise BadCaseError(f"'{path}' is not a label mask: voxel type {arr.dtype}")
-    labels = arr.astype(np.int64)
-    bad = np.unique(labels[(labels < 0) | (labels >= n_classes)])
-    if bad.size:
-        raise BadCaseError(
-            f"'{path}' holds label values {bad[:10].tolist()} outside the {n_classes} classes 0..{n_classes - 1}"
-        )
-    return labels
+def _labels(volume: Volume, path: Path, n_classes: int, label_values: Sequence[int] | None) -> np.ndarray:
+    """Class indices of a mask file: checked as training checks labels, stored values mapped to classes."""
+    problem = label_problem(volume.array, n_classes, label_values)
+    if problem:
+        raise BadCaseError(f"'{path}' is not a label mask for {n_classes} classes: {problem}")
+    if label_values is None or is_identity(label_values):
+        return np.asarray(volume.array).astype(np.int64)
+    return to_classes(volume.array, label_values, np.int64)
 
 
-def _load_pair(pair: EvalPair, n_classes: int) -> tuple[np.ndarray, np.ndarray, Volume]:
-    # A DICOM SEG / RTSTRUCT (prediction or ground truth) is read onto the scan's grid, segments by number.
+def _load_pair(
+    pair: EvalPair, n_classes: int, label_values: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray, Volume]:
+    # A DICOM SEG / RTSTRUCT (prediction or ground truth) is read onto the scan's grid, segments by number: its
+    # segments are classes already, so stored label values apply to mask files only.
     gt_vol = load_label(pair.gt, pair.image)
     pred_vol = load_label(pair.pred, pair.image)
     if not pred_vol.same_grid(gt_vol, atol=GRID_ATOL_MM):
@@ -144,7 +144,12 @@ def _load_pair(pair: EvalPair, n_classes: int) -> tuple[np.ndarray, np.ndarray, 
             f"(shape {gt_vol.shape}, spacing {np.round(gt_vol.spacing, 4).tolist()}, "
             f"origin {np.round(gt_vol.origin, 3).tolist()})"
         )
-    return _labels(pred_vol, pair.pred, n_classes), _labels(gt_vol, pair.gt, n_classes), gt_vol
+
+    def values(path: Path) -> Sequence[int] | None:
+        return None if dicom_label_file(path) is not None else label_values
+
+    pred = _labels(pred_vol, pair.pred, n_classes, values(pair.pred))
+    return pred, _labels(gt_vol, pair.gt, n_classes, values(pair.gt)), gt_vol
 
 
 def _finite(values: list[float]) -> np.ndarray:
@@ -230,6 +235,8 @@ def evaluate(
     classes: Sequence[str],
     out_dir: str | Path,
     overlays: int = 3,
+    *,
+    label_values: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Scores predictions against ground truth and writes the report.
 
@@ -250,6 +257,8 @@ def evaluate(
         classes: Class names by label value, background first.
         out_dir: Output folder (created).
         overlays: How many best and how many worst cases to draw (0 = none).
+        label_values: The value each class is stored as in the mask files (``data.label_values``, e.g. ``[0,
+            255]``); ``None`` = class k as k. DICOM SEG / RTSTRUCT files are matched by segment instead.
 
     Returns:
         The summary written to ``summary.json``.
@@ -272,7 +281,7 @@ def evaluate(
     class_dice: dict[str, dict[str, float]] = {}
     for pair in cases:
         try:
-            pred, gt, gt_vol = _load_pair(pair, n_classes)
+            pred, gt, gt_vol = _load_pair(pair, n_classes, label_values)
             case_rows = case_metrics(pred, gt, gt_vol.spacing, classes, voxel_mm3=gt_vol.voxel_volume)
         except Exception as err:  # per-case isolation: one bad file must not stop the report
             if not isinstance(err, MedsegError):
@@ -313,7 +322,7 @@ def evaluate(
             pair = by_id[cid]
             target = out_dir / "overlays" / f"{rank}_{number:02d}_{cid}.png"
             try:
-                pred, gt, gt_vol = _load_pair(pair, n_classes)
+                pred, gt, gt_vol = _load_pair(pair, n_classes, label_values)
                 draw_overlay(
                     target,
                     case_id=cid,

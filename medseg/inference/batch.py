@@ -414,7 +414,7 @@ def _run_case(
     nifti = _nifti_copy(job, output_format, also_nifti)
     if nifti is not None and (overwrite or not nifti.exists()):
         with output_storage(folder):
-            save_mask(mask.array, like=volume, path=nifti, overwrite=overwrite)
+            save_mask(predictor.stored_labels(mask.array), like=volume, path=nifti, overwrite=overwrite)
     if overwrite or not job.output.exists():
         with output_storage(folder):
             if output_format in DICOM_FORMATS:
@@ -429,7 +429,7 @@ def _run_case(
                     overwrite=overwrite,
                 )
             else:
-                save_mask(mask.array, like=volume, path=job.output, overwrite=overwrite)
+                save_mask(predictor.stored_labels(mask.array), like=volume, path=job.output, overwrite=overwrite)
     del probs
     row: dict[str, Any] = {}
     volumes = predictor.class_volumes(mask.array, volume.spacing, voxel_mm3=volume.voxel_volume)  # |det|: shear

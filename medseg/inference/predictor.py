@@ -25,6 +25,7 @@ from torch import nn
 
 from medseg.allocator import keep_freed_buffers
 from medseg.config import InferenceConfig, PostprocessingConfig, QCConfig, tta_scales_problem
+from medseg.data.label_values import is_identity, label_values_problem, to_stored
 from medseg.data.normalization import NormalizationParams, normalize
 from medseg.data.resample import (
     InPlaneGrid,
@@ -87,6 +88,8 @@ class ModelSpec:
         channels: Input channel names in input order (several: predict a :class:`ChannelStack`).
         channel_patterns: ``data.channel_patterns`` of a ``folders`` dataset: how a case folder's files are
             matched to the channels at prediction.
+        label_values: The value each class was stored as in the training labels; written masks use them.
+            ``None`` (and checkpoints from before ``data.label_values``) = class k as k.
     """
 
     classes: tuple[str, ...]
@@ -100,6 +103,7 @@ class ModelSpec:
     target_spacing: tuple[float, float, float] | None = None
     channels: tuple[str, ...] = ("image",)
     channel_patterns: tuple[str, ...] = ()
+    label_values: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,16 @@ class NetworkInput:
     image: np.ndarray
     grid: InPlaneGrid
     reorientation: Reorientation
+
+
+def _label_values(ckpt: dict[str, Any], path: Path, n_classes: int) -> tuple[int, ...] | None:
+    values = ckpt.get("label_values")
+    if values is None:
+        return None
+    problem = label_values_problem(values, n_classes)
+    if problem:
+        raise CheckpointError(f"Checkpoint '{path}': {problem}")
+    return None if is_identity(values) else tuple(int(v) for v in values)
 
 
 def _resolve_postprocessing(
@@ -306,6 +320,7 @@ class Predictor:
             target_spacing=_plan_target_spacing(ckpt, path),
             channels=channels,
             channel_patterns=tuple(str(p) for p in (ckpt.get("channel_patterns") or [])),
+            label_values=_label_values(ckpt, path, len(classes)),
         )
         flip_prob = (((ckpt.get("config") or {}).get("augmentation") or {}).get("flip") or {}).get("prob", 0.0)
         if options.get("tta_flips") and not flip_prob:
@@ -483,6 +498,12 @@ class Predictor:
         labels = self.labels_from_proba(probs)
         grid = volume.reference if isinstance(volume, ChannelStack) else volume
         return grid.with_array(reo.invert(labels)), reo.invert(probs)
+
+    def stored_labels(self, mask: np.ndarray) -> np.ndarray:
+        """A predicted mask (class indices) with each class as the training labels stored it
+        (``data.label_values``, e.g. 255 for a 0/255 mask): what the batch predictor writes."""
+        values = self.spec.label_values
+        return np.asarray(mask) if values is None else to_stored(mask, values)
 
     def predict(self, volume: Volume | ChannelStack) -> Volume:
         """Label mask for ``volume``.

@@ -32,6 +32,7 @@ RESUME_MUST_MATCH: tuple[str, ...] = (
     "loss.class_weight_range",
     "preprocessing",
     "data.classes",
+    "data.label_values",
     "data.seed",
     "data.val_fraction",
     "data.folds",

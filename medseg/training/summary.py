@@ -86,6 +86,7 @@ def _training_patch(cfg: Config, spec: DatasetSpec, pad_multiple: int) -> tuple[
         classes=list(spec.classes),
         channels=list(spec.channels),
         pad_multiple=pad_multiple,
+        label_values=spec.label_values,
     )
     assert data.plan is not None
     h, w = data.plan.patch_size

@@ -242,6 +242,7 @@ class Trainer:
         modality, modality_reason = dataset_modality(cfg.data.modality, spec)
         self.classes = list(spec.classes)
         self.n_classes = len(self.classes)
+        self.label_values = spec.label_values  # how the label files store the classes; masks are written so
         self.channels = list(spec.channels)
         train_cases, val_cases = split_cases(
             spec.cases, cfg.data.val_fraction, cfg.data.seed, folds=cfg.data.folds, fold=cfg.data.fold
@@ -270,8 +271,13 @@ class Trainer:
                 raise CheckpointError(
                     f"Cannot resume from '{self.last_path}': classes {resume['classes']} != {self.classes}"
                 )
+            if resume.get("label_values") != self.label_values:
+                raise CheckpointError(
+                    f"Cannot resume from '{self.last_path}': the labels' stored values "
+                    f"{resume.get('label_values')} != {self.label_values} (data.label_values or dataset.json)"
+                )
         # The QC reference's training statistics are noted while the data stage reads each file (no second read).
-        self.qc_recorder = RecordingReader(reader or default_reader(), self.classes)
+        self.qc_recorder = RecordingReader(reader or default_reader(), self.classes, self.label_values)
         self.qc_recorder.expect_labels(spec.cases)
         # The network is known once discovery fixed the input channels (each brings its own 2k+1 context
         # slices); slices and the planned patch are padded to a multiple its depth accepts.
@@ -293,6 +299,7 @@ class Trainer:
             classes=self.classes,
             channels=self.channels,
             pad_multiple=self.pad_multiple,
+            label_values=self.label_values,
         )
         check_foreground(data.train, data.val)  # all-empty labels: refused before the first step
         self.data = data
@@ -444,6 +451,9 @@ class Trainer:
             else ", ".join(f"{name}={w:.3g}" for name, w in zip(self.classes, self.class_weights.tolist(), strict=True))
         )
         log.info("Class weights: %s", weights)
+        if self.label_values is not None:
+            stored = ", ".join(f"{n}={v}" for n, v in zip(self.classes, self.label_values, strict=True))
+            log.info("Label files store the classes as %s (masks are written the same way)", stored)
         log.info(
             "Training on %s (%s%s), %d worker(s); %d training slices from %d cases (patch %s), %d validation cases",
             self.device,
@@ -736,6 +746,7 @@ class Trainer:
             "model": self.network_spec.to_dict(),
             "mode": self.mode,
             "classes": list(self.classes),
+            "label_values": None if self.label_values is None else list(self.label_values),
             "class_weights": None if self.class_weights is None else [float(w) for w in self.class_weights],
             "normalization": self.data.params.to_dict(),
             "slice_axis": int(self.data.axis),
