@@ -89,6 +89,11 @@ class DataConfig(_Section):
     is refused) and predicted masks are written with these values. ``None`` = class k is stored as k, or what
     ``dataset.json``'s ``labels`` declare (msd layout, e.g. ``{"0": "background", "255": "lesion"}``).
     DICOM SEG / RTSTRUCT labels are matched by segment and ignore it."""
+    place_cut_labels: bool = False
+    """Place a label saved cut to its extent (3D Slicer saves segmentations so) on its image's grid by its
+    position, when its voxels are exactly the image's. Off by default: where headers carry no position (origin 0,
+    spacing 1) a truncated label, or one of another case, would fit as well, and is refused instead. A label in
+    another voxel axis order (the same voxels in space) is always placed."""
     class_codes: dict[str, ClassCodeConfig] = {}
     """Coded meaning per class name for DICOM SEG / RTSTRUCT outputs, e.g. ``{hippocampus: {code: "5300000",
     meaning: "Hippocampus", category_code: "91723000", category_meaning: "Anatomical Structure"}}``. A class

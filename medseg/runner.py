@@ -515,7 +515,14 @@ def run_evaluate(cfg: Config) -> dict[str, Any]:
             f"in {cfg.evaluation.ground_truth or cfg.data.root}."
         )
     log.info("Evaluating %d case(s) against %s", len(pairs), cfg.evaluation.ground_truth or "the data's labels")
-    summary = evaluate(pairs, classes, layout.evaluation, overlays=cfg.evaluation.overlays, label_values=label_values)
+    summary = evaluate(
+        pairs,
+        classes,
+        layout.evaluation,
+        overlays=cfg.evaluation.overlays,
+        label_values=label_values,
+        place_cut_labels=cfg.data.place_cut_labels,
+    )
     mean = summary.get("mean_dice")
     log.info(
         "Mean Dice %s over %d case(s); details in '%s'",

@@ -20,8 +20,9 @@ import numpy as np
 
 from medseg.config import PreprocessingConfig
 from medseg.data.cases import BadCaseCollector, Case, SkippedCase
-from medseg.data.checks import check_image_finite, check_pair
+from medseg.data.checks import GEOMETRY_TOLERANCE, check_image_finite, check_pair, geometry_mismatch
 from medseg.data.fingerprint import FingerprintAccumulator
+from medseg.data.label_grid import label_on_image_grid
 from medseg.data.label_values import is_identity, to_classes
 from medseg.data.normalization import CTStatsAccumulator, NormalizationParams, normalize, resolve_scheme
 from medseg.data.plan import Plan, make_plan
@@ -228,6 +229,7 @@ class _CaseReader:
         channels: Input channel names (several: each case's channels are read, checked and stacked).
         classes: Class names: DICOM SEG / RTSTRUCT labels map their segments to them by name.
         label_values: The value each class is stored as in label files; ``None`` = class k as k.
+        place_cut_labels: Place labels saved cut to their extent on their image's grid (``data.place_cut_labels``).
     """
 
     reader: Reader
@@ -235,6 +237,7 @@ class _CaseReader:
     channels: Sequence[str] = ("image",)
     classes: Sequence[str] | None = None
     label_values: Sequence[int] | None = None
+    place_cut_labels: bool = False
 
     def read(self, case: Case) -> tuple[Volume, np.ndarray | None, np.ndarray | None]:
         """Reads image and label once, checks them, and brings both to closest-RAS voxel order.
@@ -257,6 +260,7 @@ class _CaseReader:
         if self.n_classes is None:
             raise ValueError("n_classes is needed to check labelled cases")
         values = None if segmented else self.label_values  # a SEG / RTSTRUCT's segments are classes already
+        label = _on_image_grid(case, label, image, self.place_cut_labels)
         check_pair(case, image, label, self.n_classes, label_values=values)
         image, reorientation = to_canonical(image)
         multi = reorientation.apply(stacked) if stacked is not None else None
@@ -276,6 +280,23 @@ class _CaseReader:
         if label_file is None:
             return self.reader(path), False
         return load_segmentation(label_file, image, self.classes), True
+
+
+def _on_image_grid(case: Case, label: Volume, image: Volume, place_cut: bool) -> Volume:
+    """The label on its image's grid when it was saved in another axis order or (``place_cut``) cut to its extent:
+    exact, its voxels are the image's. Otherwise as read, for :func:`check_pair` to refuse."""
+    if geometry_mismatch(image, label) is None:
+        return label
+    try:
+        placed = label_on_image_grid(label, image, GEOMETRY_TOLERANCE, place_cut=place_cut)
+    except ValueError as err:
+        raise BadCaseError(f"Case '{case.id}' (image '{case.image}', label '{case.label}'): {err}") from None
+    if placed is None:
+        return label
+    log.debug(
+        "Case '%s': label '%s' (shape %s) placed on the image's grid %s", case.id, case.label, label.shape, image.shape
+    )
+    return placed
 
 
 def _load_all(
@@ -387,6 +408,7 @@ def prepare_cases(
     channels: Sequence[str] = ("image",),
     classes: Sequence[str] | None = None,
     label_values: Sequence[int] | None = None,
+    place_cut_labels: bool = False,
 ) -> list[PreparedCase]:
     """Reads (once), checks, normalises and slices cases with known parameters.
 
@@ -405,6 +427,7 @@ def prepare_cases(
         classes: Class names (background first): DICOM SEG / RTSTRUCT labels map their segments to them by name.
         label_values: The value each class is stored as in the label files (``DatasetSpec.label_values``);
             ``None`` = class k is stored as k.
+        place_cut_labels: Place labels saved cut to their extent on their image's grid (``data.place_cut_labels``).
 
     Returns:
         One :class:`PreparedCase` per usable case, in input order.
@@ -414,7 +437,7 @@ def prepare_cases(
     """
     collector = BadCaseCollector(skip_bad_cases)
     stash = _Stash(cache_dir)
-    case_reader = _CaseReader(reader or default_reader(), n_classes, channels, classes, label_values)
+    case_reader = _CaseReader(reader or default_reader(), n_classes, channels, classes, label_values, place_cut_labels)
     loaded = _load_all(cases, case_reader, collector, params, None, stash)
     if skipped is not None:
         skipped.extend(collector.skipped)
@@ -438,6 +461,7 @@ def prepare_training_data(
     channels: Sequence[str] = ("image",),
     pad_multiple: int | None = None,
     label_values: Sequence[int] | None = None,
+    place_cut_labels: bool = False,
 ) -> PreparedData:
     """Reads every case once, fits normalisation on the training cases, resolves the axis, slices.
 
@@ -461,6 +485,7 @@ def prepare_training_data(
             trainer passes the network's, which a deeper network raises).
         label_values: The value each class is stored as in the label files (``DatasetSpec.label_values``);
             ``None`` = class k is stored as k.
+        place_cut_labels: Place labels saved cut to their extent on their image's grid (``data.place_cut_labels``).
 
     Returns:
         :class:`PreparedData` with the prepared cases, normalisation parameters, axis, plan and skipped cases.
@@ -482,7 +507,7 @@ def prepare_training_data(
             f"({', '.join(channels)}): use zscore or percentile"
         )
 
-    case_reader = _CaseReader(reader, n_classes, channels, classes, label_values)
+    case_reader = _CaseReader(reader, n_classes, channels, classes, label_values, place_cut_labels)
     if scheme == "ct":
         acc = CTStatsAccumulator(seed=seed)
         train = _load_all(train_cases, case_reader, collector, None, acc, stash, fingerprint)

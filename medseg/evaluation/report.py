@@ -18,7 +18,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from medseg.data.checks import label_problem
+from medseg.data.checks import GEOMETRY_TOLERANCE, label_problem
+from medseg.data.label_grid import place_on_grid
 from medseg.data.label_values import is_identity, to_classes
 from medseg.errors import BadCaseError, GeometryMismatchError, MedsegError
 from medseg.evaluation.overlays import draw_overlay
@@ -131,18 +132,34 @@ def _labels(volume: Volume, path: Path, n_classes: int, label_values: Sequence[i
 
 
 def _load_pair(
-    pair: EvalPair, n_classes: int, label_values: Sequence[int] | None = None
+    pair: EvalPair, n_classes: int, label_values: Sequence[int] | None = None, place_cut_labels: bool = False
 ) -> tuple[np.ndarray, np.ndarray, Volume]:
     # A DICOM SEG / RTSTRUCT (prediction or ground truth) is read onto the scan's grid, segments by number: its
     # segments are classes already, so stored label values apply to mask files only.
     gt_vol = load_label(pair.gt, pair.image)
     pred_vol = load_label(pair.pred, pair.image)
+    placement = None
     if not pred_vol.same_grid(gt_vol, atol=GRID_ATOL_MM):
+        # A ground truth saved in another axis order (or, if allowed, cut to its extent): placed as in training.
+        placement = place_on_grid(gt_vol, pred_vol, GEOMETRY_TOLERANCE)
+        if placement is not None and (placement.whole or place_cut_labels):
+            problem = placement.problem(pred_vol.shape)
+            if problem:
+                raise BadCaseError(f"Ground truth '{pair.gt}' against prediction '{pair.pred}': {problem}")
+            gt_vol = placement.volume
+    if not pred_vol.same_grid(gt_vol, atol=GRID_ATOL_MM):
+        cut = placement is not None and not placement.whole
         raise GeometryMismatchError(
             f"Prediction '{pair.pred}' (shape {pred_vol.shape}, spacing {np.round(pred_vol.spacing, 4).tolist()}, "
             f"origin {np.round(pred_vol.origin, 3).tolist()}) is not on the grid of ground truth '{pair.gt}' "
             f"(shape {gt_vol.shape}, spacing {np.round(gt_vol.spacing, 4).tolist()}, "
             f"origin {np.round(gt_vol.origin, 3).tolist()})"
+            + (
+                "; the ground truth's voxels are the prediction's, shifted by whole voxels: if it was saved cut to "
+                "its extent, set data.place_cut_labels: true"
+                if cut
+                else ""
+            )
         )
 
     def values(path: Path) -> Sequence[int] | None:
@@ -237,6 +254,7 @@ def evaluate(
     overlays: int = 3,
     *,
     label_values: Sequence[int] | None = None,
+    place_cut_labels: bool = False,
 ) -> dict[str, Any]:
     """Scores predictions against ground truth and writes the report.
 
@@ -259,6 +277,8 @@ def evaluate(
         overlays: How many best and how many worst cases to draw (0 = none).
         label_values: The value each class is stored as in the mask files (``data.label_values``, e.g. ``[0,
             255]``); ``None`` = class k as k. DICOM SEG / RTSTRUCT files are matched by segment instead.
+        place_cut_labels: Place a ground truth saved cut to its extent on its prediction's grid by its position
+            (``data.place_cut_labels``); one in another voxel axis order is always placed.
 
     Returns:
         The summary written to ``summary.json``.
@@ -281,7 +301,7 @@ def evaluate(
     class_dice: dict[str, dict[str, float]] = {}
     for pair in cases:
         try:
-            pred, gt, gt_vol = _load_pair(pair, n_classes, label_values)
+            pred, gt, gt_vol = _load_pair(pair, n_classes, label_values, place_cut_labels)
             case_rows = case_metrics(pred, gt, gt_vol.spacing, classes, voxel_mm3=gt_vol.voxel_volume)
         except Exception as err:  # per-case isolation: one bad file must not stop the report
             if not isinstance(err, MedsegError):
@@ -322,7 +342,7 @@ def evaluate(
             pair = by_id[cid]
             target = out_dir / "overlays" / f"{rank}_{number:02d}_{cid}.png"
             try:
-                pred, gt, gt_vol = _load_pair(pair, n_classes, label_values)
+                pred, gt, gt_vol = _load_pair(pair, n_classes, label_values, place_cut_labels)
                 draw_overlay(
                     target,
                     case_id=cid,

@@ -87,6 +87,7 @@ def _training_patch(cfg: Config, spec: DatasetSpec, pad_multiple: int) -> tuple[
         channels=list(spec.channels),
         pad_multiple=pad_multiple,
         label_values=spec.label_values,
+        place_cut_labels=cfg.data.place_cut_labels,
     )
     assert data.plan is not None
     h, w = data.plan.patch_size

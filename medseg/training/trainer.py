@@ -300,6 +300,7 @@ class Trainer:
             channels=self.channels,
             pad_multiple=self.pad_multiple,
             label_values=self.label_values,
+            place_cut_labels=cfg.data.place_cut_labels,
         )
         check_foreground(data.train, data.val)  # all-empty labels: refused before the first step
         self.data = data
