@@ -505,6 +505,7 @@ def _classes_for_evaluation(cfg: Config) -> tuple[list[str], list[int] | None]:
 
 def run_evaluate(cfg: Config) -> dict[str, Any]:
     """The ``evaluate`` stage: scores ``predictions/`` and writes ``evaluation/``; returns the summary."""
+    from medseg.data.label_reading import LabelReading
     from medseg.evaluation import evaluate
 
     layout = RunLayout(cfg.output.dir)
@@ -520,8 +521,7 @@ def run_evaluate(cfg: Config) -> dict[str, Any]:
         classes,
         layout.evaluation,
         overlays=cfg.evaluation.overlays,
-        label_values=label_values,
-        place_cut_labels=cfg.data.place_cut_labels,
+        labels=LabelReading.of(cfg.data, label_values),
     )
     mean = summary.get("mean_dice")
     log.info(

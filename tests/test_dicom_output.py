@@ -118,6 +118,7 @@ def test_dicom_layout_finds_seg_and_rtstruct_labels(kind: str, where: str, tmp_p
     assert c.image.name == "13_HCropVolume"
     assert c.label == (target if where == "file" else target.parent)
 
+    from medseg.data.label_reading import LabelReading
     from medseg.data.prepare import _CaseReader
 
     _, label, _ = _CaseReader(load_volume, 2, classes=["background", "hippocampus"]).read(c)
@@ -127,7 +128,8 @@ def test_dicom_layout_finds_seg_and_rtstruct_labels(kind: str, where: str, tmp_p
     np.testing.assert_array_equal(label, direct)
     assert label.sum() == labels.sum() > 0
     # A SEG / RTSTRUCT's segments are classes already: stored label values (for mask files) leave it alone.
-    stored = _CaseReader(load_volume, 2, classes=["background", "hippocampus"], label_values=[0, 255]).read(c)[1]
+    as_stored = LabelReading(values=(0, 255), unlisted_background=True)
+    stored = _CaseReader(load_volume, 2, classes=["background", "hippocampus"], labels=as_stored).read(c)[1]
     np.testing.assert_array_equal(stored, label)
 
 

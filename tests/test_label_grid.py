@@ -14,6 +14,7 @@ import SimpleITK as sitk
 from medseg.data.cases import Case
 from medseg.data.checks import GEOMETRY_TOLERANCE
 from medseg.data.label_grid import label_on_image_grid, place_on_grid
+from medseg.data.label_reading import LabelReading
 from medseg.data.prepare import _CaseReader
 from medseg.errors import BadCaseError
 from medseg.evaluation import evaluate
@@ -37,7 +38,8 @@ def _cut_to_extent(label: Path, out: Path, margin: int = 2) -> Path:
 
 
 def _read(image: Path, label: Path, place_cut: bool = False) -> np.ndarray:
-    _, array, _ = _CaseReader(load_volume, 3, place_cut_labels=place_cut).read(Case("case", image, label))
+    reader = _CaseReader(load_volume, 3, labels=LabelReading(place_cut=place_cut))
+    _, array, _ = reader.read(Case("case", image, label))
     assert array is not None
     return array
 
@@ -106,7 +108,9 @@ def test_evaluation_places_a_cut_ground_truth(sample_hippo: Path, tmp_path: Path
     cut = _cut_to_extent(label, tmp_path / "cut.nrrd")
     classes = ["background", "Anterior", "Posterior"]
     full = evaluate([("case", pred, label, image)], classes, tmp_path / "full", overlays=0)
-    placed = evaluate([("case", pred, cut, image)], classes, tmp_path / "cut", overlays=0, place_cut_labels=True)
+    placed = evaluate(
+        [("case", pred, cut, image)], classes, tmp_path / "cut", overlays=0, labels=LabelReading(place_cut=True)
+    )
     refused = evaluate([("case", pred, cut, image)], classes, tmp_path / "refused", overlays=0)
     assert "set data.place_cut_labels: true" in refused["failed_cases"][0]["error"]
     assert placed["n_evaluated"] == 1 and 0 < placed["mean_dice"] < 1

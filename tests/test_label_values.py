@@ -17,6 +17,7 @@ import torch
 from medseg.config import DataConfig, PreprocessingConfig, config_from_dict
 from medseg.data.cases import discover_cases
 from medseg.data.checks import label_problem
+from medseg.data.label_reading import LabelReading
 from medseg.data.label_values import label_values_problem, to_classes, to_stored, unexpected_values
 from medseg.data.prepare import prepare_training_data
 from medseg.errors import BadCaseError
@@ -25,6 +26,7 @@ from medseg.io import load_volume
 
 #: The hippocampus classes (background, anterior, posterior) stored as 0, 100 and 200.
 STORED = [0, 100, 200]
+AS_STORED = LabelReading(values=tuple(STORED))
 
 
 @pytest.fixture(autouse=True)
@@ -92,7 +94,10 @@ def test_label_problem_with_stored_values() -> None:
     mask[1:3, 1:3, 1:3] = 255
     assert label_problem(mask, 2, [0, 255]) is None
     mask[0, 0, 0] = 1
-    assert label_problem(mask, 2, [0, 255]) == "label values 1 are not among data.label_values [0, 255]"
+    assert (label_problem(mask, 2, [0, 255]) or "").startswith(
+        "label values 1 are not among data.label_values [0, 255]"
+    )
+    assert "data.unlisted_labels: background" in (label_problem(mask, 2, [0, 255]) or "")
     assert "non-integer" in (label_problem(mask + 0.5, 2, [0, 255]) or "")
 
 
@@ -117,7 +122,12 @@ def test_stored_labels_prepare_exactly_as_class_indices(sample_hippo: Path, tmp_
         spec = discover_cases(DataConfig(root=tmp_path / name))
         prepared.append(
             prepare_training_data(
-                spec.cases, [], 3, PreprocessingConfig(), reader=load_volume, label_values=spec.label_values
+                spec.cases,
+                [],
+                3,
+                PreprocessingConfig(),
+                reader=load_volume,
+                labels=LabelReading.of(DataConfig(), spec.label_values),
             )
         )
     plain, stored = prepared
@@ -137,7 +147,7 @@ def test_an_undeclared_value_is_refused_naming_the_file(sample_hippo: Path, tmp_
     nib.save(nib.Nifti1Image(array, label.affine, label.header), path)
     spec = discover_cases(DataConfig(root=tmp_path))
     with pytest.raises(BadCaseError, match=r"label values 2 are not among data.label_values \[0, 100, 200\]") as err:
-        prepare_training_data(spec.cases, [], 3, PreprocessingConfig(), reader=load_volume, label_values=STORED)
+        prepare_training_data(spec.cases, [], 3, PreprocessingConfig(), reader=load_volume, labels=AS_STORED)
     assert f"labelsTr/{ids[1]}.nii.gz" in str(err.value)
 
 
@@ -152,7 +162,7 @@ def test_evaluation_reads_stored_values(sample_hippo: Path, tmp_path: Path) -> N
         nib.save(nib.Nifti1Image(array, label.affine, label.header), pred_dir / f"{cid}.nii.gz")
     classes = ["background", "Anterior", "Posterior"]
     pairs = match_predictions(pred_dir, tmp_path / "stored" / "labelsTr")
-    stored = evaluate(pairs, classes, tmp_path / "eval_stored", overlays=0, label_values=STORED)
+    stored = evaluate(pairs, classes, tmp_path / "eval_stored", overlays=0, labels=AS_STORED)
     # The same masks divided by 100, scored as class indices: the same report.
     for folder in (pred_dir, tmp_path / "stored" / "labelsTr"):
         for f in folder.glob("*.nii.gz"):
@@ -162,7 +172,7 @@ def test_evaluation_reads_stored_values(sample_hippo: Path, tmp_path: Path) -> N
     assert stored["n_evaluated"] == 3 and stored["classes"] == plain["classes"]
     assert stored["mean_dice"] == pytest.approx(plain["mean_dice"]) and stored["mean_dice"] < 1
     # Undeclared values are a failed case naming the file, as any bad mask.
-    failed = evaluate(pairs, classes, tmp_path / "eval_bad", overlays=0, label_values=[0, 100, 7])
+    failed = evaluate(pairs, classes, tmp_path / "eval_bad", overlays=0, labels=LabelReading(values=(0, 100, 7)))
     assert failed["n_failed"] == 3 and "not among data.label_values [0, 100, 7]" in failed["failed_cases"][0]["error"]
 
 
@@ -206,3 +216,39 @@ def test_a_run_on_stored_values_trains_predicts_and_scores_as_on_indices(sample_
         np.testing.assert_array_equal(written, np.asarray(STORED)[reference])
     assert stored.evaluate["mean_dice"] == pytest.approx(plain.evaluate["mean_dice"])
     assert stored.evaluate["classes"] == plain.evaluate["classes"]
+
+
+# ------------------------------------------------------------------------ a subset of a multi-label set
+
+
+def test_a_subset_of_totalsegmentator_labels_reads_the_rest_as_background(totalseg_dir: Path, tmp_path: Path) -> None:
+    from medseg.data.cases import Case
+    from medseg.data.prepare import _CaseReader
+
+    image, seg = totalseg_dir / "example_ct_sm.nii.gz", totalseg_dir / "example_seg.nii.gz"
+    stored = np.asarray(nib.load(seg).dataobj)  # 42 values in TotalSegmentator v2 numbering; RAS, as medseg reads
+    classes = ["background", "liver", "aorta"]
+    subset = LabelReading(values=(0, 5, 52), unlisted_background=True)
+    _, label, _ = _CaseReader(load_volume, 3, classes=classes, labels=subset).read(Case("ct", image, seg))
+    assert label is not None
+    np.testing.assert_array_equal(label, np.select([stored == 5, stored == 52], [1, 2], 0))
+    # Refused unless asked, naming the file and some of the values.
+    with pytest.raises(BadCaseError, match=r"label values 1, 2, 3, 4, 6, .* are not among data.label_values") as err:
+        _CaseReader(load_volume, 3, classes=classes, labels=LabelReading(values=(0, 5, 52))).read(
+            Case("ct", image, seg)
+        )
+    assert "example_seg.nii.gz" in str(err.value)
+    # Evaluation reads the ground truth the same way: the liver and aorta of the file itself score 1.
+    pred = tmp_path / "pred" / "ct.nii.gz"
+    pred.parent.mkdir()
+    ref = nib.load(seg)
+    nib.save(
+        nib.Nifti1Image(np.where(np.isin(stored, [5, 52]), stored, 0).astype(np.uint8), ref.affine, ref.header), pred
+    )
+    summary = evaluate([("ct", pred, seg, image)], classes, tmp_path / "eval", overlays=0, labels=subset)
+    assert summary["n_evaluated"] == 1 and summary["mean_dice"] == pytest.approx(1.0)
+    assert DataConfig(unlisted_labels="background").unlisted_labels == "background"
+    assert LabelReading.of(DataConfig(unlisted_labels="background"), [0, 5, 52]).describe(classes) == (
+        "Label files: classes stored as background=0, liver=5, aorta=52; values other than [0, 5, 52] read as "
+        "background"
+    )

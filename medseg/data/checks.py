@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -11,6 +12,9 @@ from medseg.data.cases import Case
 from medseg.data.label_values import is_identity, unexpected_values
 from medseg.errors import BadCaseError
 from medseg.volume import Volume
+
+if TYPE_CHECKING:
+    from medseg.data.label_reading import LabelReading
 
 #: Largest allowed displacement of the grid corners between image and label, as a fraction of the smallest voxel
 #: size. Loose enough for float32-stored NIfTI affines vs float64 DICOM geometry, tight enough to catch a
@@ -49,20 +53,17 @@ def label_problem(label: np.ndarray, n_classes: int, values: Sequence[int] | Non
         values: The stored value of each class (``data.label_values``); ``None`` = class k is stored as k.
     """
     arr = np.asarray(label)
-    if arr.dtype.kind == "f":
-        if not np.isfinite(arr).all():
-            return "label holds non-finite values (NaN/inf)"
-        if not np.array_equal(arr, np.round(arr)):
-            return "label holds non-integer values (is it a probability map or an image?)"
-    elif arr.dtype.kind not in "iub":
-        return f"label has unsupported dtype {arr.dtype}"
-    if arr.size == 0:
-        return "label is empty"
+    problem = value_problem(arr)
+    if problem:
+        return problem
     if not is_identity(values):
         assert values is not None
         bad = unexpected_values(arr, values)
         if bad.size:
-            return f"label values {_shown(bad)} are not among data.label_values {list(values)}"
+            return (
+                f"label values {_shown(bad)} are not among data.label_values {list(values)} (data.unlisted_labels: "
+                "background reads other values as background)"
+            )
         return None
     lo, hi = arr.min(), arr.max()
     if lo < 0 or hi > n_classes - 1:
@@ -79,6 +80,21 @@ def label_problem(label: np.ndarray, n_classes: int, values: Sequence[int] | Non
     return None
 
 
+def value_problem(label: np.ndarray) -> str | None:
+    """Why ``label``'s values are not label values at all (not integral, not finite, not numbers), or ``None``."""
+    arr = np.asarray(label)
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            return "label holds non-finite values (NaN/inf)"
+        if not np.array_equal(arr, np.round(arr)):
+            return "label holds non-integer values (is it a probability map or an image?)"
+    elif arr.dtype.kind not in "iub":
+        return f"label has unsupported dtype {arr.dtype}"
+    if arr.size == 0:
+        return "label is empty"
+    return None
+
+
 def _shown(values: np.ndarray, limit: int = 10) -> str:
     return ", ".join(f"{v:g}" for v in values[:limit]) + (" ..." if len(values) > limit else "")
 
@@ -90,7 +106,7 @@ def check_pair(
     n_classes: int,
     *,
     tolerance: float = GEOMETRY_TOLERANCE,
-    label_values: Sequence[int] | None = None,
+    labels: LabelReading | None = None,
 ) -> None:
     """Checks that ``label`` is a valid label map on ``image``'s grid.
 
@@ -100,17 +116,18 @@ def check_pair(
         label: The loaded label.
         n_classes: Number of classes including background; label values must be in ``0..n_classes-1``.
         tolerance: Allowed corner displacement as a fraction of the smallest voxel size.
-        label_values: The stored value of each class (``data.label_values``): the label may hold only these.
+        labels: How the label file is read (stored values, unlisted values); ``None`` = class k as k, others
+            refused.
 
     Raises:
         BadCaseError: Naming the image and label files and the reason (shape or geometry mismatch, label values
-            outside the classes (or ``label_values``) or not integers, non-finite image intensities).
+            outside the classes (or the stored values) or not integers, non-finite image intensities).
     """
     where = f"Case '{case.id}' (image '{case.image}', label '{case.label}')"
     mismatch = geometry_mismatch(image, label, tolerance)
     if mismatch:
         raise BadCaseError(f"{where}: image {mismatch}")
-    problem = label_problem(label.array, n_classes, label_values)
+    problem = label_problem(label.array, n_classes) if labels is None else labels.problem(label.array, n_classes)
     if problem:
         raise BadCaseError(f"{where}: {problem}")
     check_image_finite(case, image)

@@ -57,30 +57,37 @@ def unexpected_values(array: np.ndarray, values: Sequence[int]) -> np.ndarray:
     return found[~np.isin(found, np.asarray(values))]
 
 
-def to_classes(array: np.ndarray, values: Sequence[int], dtype: type[np.integer] = np.uint8) -> np.ndarray:
+def to_classes(
+    array: np.ndarray, values: Sequence[int], dtype: type[np.integer] = np.uint8, *, unlisted: int | None = None
+) -> np.ndarray:
     """Maps stored values to class indices: voxels holding ``values[k]`` become ``k``.
 
     Args:
         array: A label volume with integral values (float arrays too, checked to be integral first).
         values: Stored value of each class, in class order.
         dtype: Type of the returned indices (enough for ``len(values)`` classes).
+        unlisted: The class of any value not in ``values`` (``0``: background); ``None`` = refuse them.
 
     Raises:
-        ValueError: ``array`` holds a value not in ``values``.
+        ValueError: ``array`` holds a value not in ``values`` (and ``unlisted`` is ``None``).
     """
     arr = np.asarray(array)
     if arr.size == 0:
         return arr.astype(dtype)
+    if unlisted is not None:
+        # Out-of-range values (negative, huge) are unlisted too; clip them onto one so the table stays small.
+        top = max(values) + 1
+        arr = np.where((arr < 0) | (arr > top), top, arr)
     lo, hi = float(arr.min()), float(arr.max())  # Python numbers: comparing a uint8 with 65535 would wrap
     if lo < 0 or hi > MAX_LABEL_VALUE:
         raise ValueError(f"label holds values {unexpected_values(arr, values)[:10].tolist()} not among {list(values)}")
     # A lookup table over 0..max: one indexing pass, where a search per voxel is several times slower.
-    lut = np.full(int(hi) + 1, -1, dtype=np.int32)
+    lut = np.full(int(hi) + 1, -1 if unlisted is None else unlisted, dtype=np.int32)
     for k, v in enumerate(values):
         if v <= hi:
             lut[v] = k
     indices = lut[arr if arr.dtype.kind in "iub" else arr.astype(np.int64)]
-    if indices.min() < 0:
+    if unlisted is None and indices.min() < 0:
         raise ValueError(f"label holds values {unexpected_values(arr, values)[:10].tolist()} not among {list(values)}")
     return indices.astype(dtype)
 

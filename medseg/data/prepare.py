@@ -23,7 +23,7 @@ from medseg.data.cases import BadCaseCollector, Case, SkippedCase
 from medseg.data.checks import GEOMETRY_TOLERANCE, check_image_finite, check_pair, geometry_mismatch
 from medseg.data.fingerprint import FingerprintAccumulator
 from medseg.data.label_grid import label_on_image_grid
-from medseg.data.label_values import is_identity, to_classes
+from medseg.data.label_reading import LabelReading
 from medseg.data.normalization import CTStatsAccumulator, NormalizationParams, normalize, resolve_scheme
 from medseg.data.plan import Plan, make_plan
 from medseg.data.resample import plan_grid, resample_image, resample_label
@@ -228,16 +228,14 @@ class _CaseReader:
         n_classes: Number of classes incl. background (needed for labelled cases).
         channels: Input channel names (several: each case's channels are read, checked and stacked).
         classes: Class names: DICOM SEG / RTSTRUCT labels map their segments to them by name.
-        label_values: The value each class is stored as in label files; ``None`` = class k as k.
-        place_cut_labels: Place labels saved cut to their extent on their image's grid (``data.place_cut_labels``).
+        labels: How label files are read (stored values, unlisted values, labels cut to their extent).
     """
 
     reader: Reader
     n_classes: int | None
     channels: Sequence[str] = ("image",)
     classes: Sequence[str] | None = None
-    label_values: Sequence[int] | None = None
-    place_cut_labels: bool = False
+    labels: LabelReading = field(default_factory=LabelReading)
 
     def read(self, case: Case) -> tuple[Volume, np.ndarray | None, np.ndarray | None]:
         """Reads image and label once, checks them, and brings both to closest-RAS voxel order.
@@ -259,16 +257,13 @@ class _CaseReader:
             return canon, None, reorientation.apply(stacked) if stacked is not None else None
         if self.n_classes is None:
             raise ValueError("n_classes is needed to check labelled cases")
-        values = None if segmented else self.label_values  # a SEG / RTSTRUCT's segments are classes already
-        label = _on_image_grid(case, label, image, self.place_cut_labels)
-        check_pair(case, image, label, self.n_classes, label_values=values)
+        # A SEG / RTSTRUCT's segments are classes already: stored values and unlisted ones concern label files.
+        labels = LabelReading(place_cut=self.labels.place_cut) if segmented else self.labels
+        label = _on_image_grid(case, label, image, labels.place_cut)
+        check_pair(case, image, label, self.n_classes, labels=labels)
         image, reorientation = to_canonical(image)
         multi = reorientation.apply(stacked) if stacked is not None else None
-        dtype = label_dtype(self.n_classes)
-        if values is None or is_identity(values):
-            indices = np.asarray(label.array).astype(dtype)
-        else:
-            indices = to_classes(label.array, values, dtype)
+        indices = labels.indices(label.array, self.n_classes, label_dtype(self.n_classes))
         return image, reorientation.apply(indices), multi
 
     def _read_label(self, path: Path, image: Volume) -> tuple[Volume, bool]:
@@ -407,8 +402,7 @@ def prepare_cases(
     target_spacing: Sequence[float] | None = None,
     channels: Sequence[str] = ("image",),
     classes: Sequence[str] | None = None,
-    label_values: Sequence[int] | None = None,
-    place_cut_labels: bool = False,
+    labels: LabelReading | None = None,
 ) -> list[PreparedCase]:
     """Reads (once), checks, normalises and slices cases with known parameters.
 
@@ -425,9 +419,8 @@ def prepare_cases(
         target_spacing: The plan's target spacing: in-plane axes are resampled to it (``None``: not at all).
         channels: Input channel names (several: each case's channels are read, checked and stacked).
         classes: Class names (background first): DICOM SEG / RTSTRUCT labels map their segments to them by name.
-        label_values: The value each class is stored as in the label files (``DatasetSpec.label_values``);
-            ``None`` = class k is stored as k.
-        place_cut_labels: Place labels saved cut to their extent on their image's grid (``data.place_cut_labels``).
+        labels: How label files are read (``LabelReading.of(cfg.data, spec.label_values)``); ``None`` = class k
+            stored as k, other values refused, labels on their image's grid.
 
     Returns:
         One :class:`PreparedCase` per usable case, in input order.
@@ -437,7 +430,7 @@ def prepare_cases(
     """
     collector = BadCaseCollector(skip_bad_cases)
     stash = _Stash(cache_dir)
-    case_reader = _CaseReader(reader or default_reader(), n_classes, channels, classes, label_values, place_cut_labels)
+    case_reader = _CaseReader(reader or default_reader(), n_classes, channels, classes, labels or LabelReading())
     loaded = _load_all(cases, case_reader, collector, params, None, stash)
     if skipped is not None:
         skipped.extend(collector.skipped)
@@ -460,8 +453,7 @@ def prepare_training_data(
     classes: Sequence[str] | None = None,
     channels: Sequence[str] = ("image",),
     pad_multiple: int | None = None,
-    label_values: Sequence[int] | None = None,
-    place_cut_labels: bool = False,
+    labels: LabelReading | None = None,
 ) -> PreparedData:
     """Reads every case once, fits normalisation on the training cases, resolves the axis, slices.
 
@@ -483,9 +475,8 @@ def prepare_training_data(
         channels: Input channel names in input order; with several, each is normalised on its own.
         pad_multiple: Planned patches are multiples of this (``None`` = ``preprocessing.pad_multiple``; the
             trainer passes the network's, which a deeper network raises).
-        label_values: The value each class is stored as in the label files (``DatasetSpec.label_values``);
-            ``None`` = class k is stored as k.
-        place_cut_labels: Place labels saved cut to their extent on their image's grid (``data.place_cut_labels``).
+        labels: How label files are read (``LabelReading.of(cfg.data, spec.label_values)``); ``None`` = class k
+            stored as k, other values refused, labels on their image's grid.
 
     Returns:
         :class:`PreparedData` with the prepared cases, normalisation parameters, axis, plan and skipped cases.
@@ -507,7 +498,7 @@ def prepare_training_data(
             f"({', '.join(channels)}): use zscore or percentile"
         )
 
-    case_reader = _CaseReader(reader, n_classes, channels, classes, label_values, place_cut_labels)
+    case_reader = _CaseReader(reader, n_classes, channels, classes, labels or LabelReading())
     if scheme == "ct":
         acc = CTStatsAccumulator(seed=seed)
         train = _load_all(train_cases, case_reader, collector, None, acc, stash, fingerprint)

@@ -18,9 +18,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from medseg.data.checks import GEOMETRY_TOLERANCE, label_problem
+from medseg.data.checks import GEOMETRY_TOLERANCE
 from medseg.data.label_grid import place_on_grid
-from medseg.data.label_values import is_identity, to_classes
+from medseg.data.label_reading import LabelReading
 from medseg.errors import BadCaseError, GeometryMismatchError, MedsegError
 from medseg.evaluation.overlays import draw_overlay
 from medseg.io import case_id_from_path, is_supported_file, load_label, load_volume
@@ -121,28 +121,23 @@ def match_predictions(pred_dir: str | Path, gt_dir: str | Path, image_dir: str |
     return pairs
 
 
-def _labels(volume: Volume, path: Path, n_classes: int, label_values: Sequence[int] | None) -> np.ndarray:
+def _labels(volume: Volume, path: Path, n_classes: int, labels: LabelReading) -> np.ndarray:
     """Class indices of a mask file: checked as training checks labels, stored values mapped to classes."""
-    problem = label_problem(volume.array, n_classes, label_values)
+    problem = labels.problem(volume.array, n_classes)
     if problem:
         raise BadCaseError(f"'{path}' is not a label mask for {n_classes} classes: {problem}")
-    if label_values is None or is_identity(label_values):
-        return np.asarray(volume.array).astype(np.int64)
-    return to_classes(volume.array, label_values, np.int64)
+    return labels.indices(volume.array, n_classes, np.int64)
 
 
-def _load_pair(
-    pair: EvalPair, n_classes: int, label_values: Sequence[int] | None = None, place_cut_labels: bool = False
-) -> tuple[np.ndarray, np.ndarray, Volume]:
-    # A DICOM SEG / RTSTRUCT (prediction or ground truth) is read onto the scan's grid, segments by number: its
-    # segments are classes already, so stored label values apply to mask files only.
+def _load_pair(pair: EvalPair, n_classes: int, labels: LabelReading) -> tuple[np.ndarray, np.ndarray, Volume]:
+    # A DICOM SEG / RTSTRUCT (prediction or ground truth) is read onto the scan's grid, segments by number.
     gt_vol = load_label(pair.gt, pair.image)
     pred_vol = load_label(pair.pred, pair.image)
     placement = None
     if not pred_vol.same_grid(gt_vol, atol=GRID_ATOL_MM):
         # A ground truth saved in another axis order (or, if allowed, cut to its extent): placed as in training.
         placement = place_on_grid(gt_vol, pred_vol, GEOMETRY_TOLERANCE)
-        if placement is not None and (placement.whole or place_cut_labels):
+        if placement is not None and (placement.whole or labels.place_cut):
             problem = placement.problem(pred_vol.shape)
             if problem:
                 raise BadCaseError(f"Ground truth '{pair.gt}' against prediction '{pair.pred}': {problem}")
@@ -162,11 +157,12 @@ def _load_pair(
             )
         )
 
-    def values(path: Path) -> Sequence[int] | None:
-        return None if dicom_label_file(path) is not None else label_values
+    def reading(path: Path) -> LabelReading:
+        # A SEG / RTSTRUCT's segments are classes already: stored and unlisted values concern mask files only.
+        return LabelReading() if dicom_label_file(path) is not None else labels
 
-    pred = _labels(pred_vol, pair.pred, n_classes, values(pair.pred))
-    return pred, _labels(gt_vol, pair.gt, n_classes, values(pair.gt)), gt_vol
+    pred = _labels(pred_vol, pair.pred, n_classes, reading(pair.pred))
+    return pred, _labels(gt_vol, pair.gt, n_classes, reading(pair.gt)), gt_vol
 
 
 def _finite(values: list[float]) -> np.ndarray:
@@ -253,8 +249,7 @@ def evaluate(
     out_dir: str | Path,
     overlays: int = 3,
     *,
-    label_values: Sequence[int] | None = None,
-    place_cut_labels: bool = False,
+    labels: LabelReading | None = None,
 ) -> dict[str, Any]:
     """Scores predictions against ground truth and writes the report.
 
@@ -275,10 +270,9 @@ def evaluate(
         classes: Class names by label value, background first.
         out_dir: Output folder (created).
         overlays: How many best and how many worst cases to draw (0 = none).
-        label_values: The value each class is stored as in the mask files (``data.label_values``, e.g. ``[0,
-            255]``); ``None`` = class k as k. DICOM SEG / RTSTRUCT files are matched by segment instead.
-        place_cut_labels: Place a ground truth saved cut to its extent on its prediction's grid by its position
-            (``data.place_cut_labels``); one in another voxel axis order is always placed.
+        labels: How mask files are read (``LabelReading``: the value each class is stored as, e.g. ``[0, 255]``;
+            unlisted values; a ground truth cut to its extent); ``None`` = class k as k, others refused. DICOM SEG /
+            RTSTRUCT files are matched by segment instead; a ground truth in another axis order is always placed.
 
     Returns:
         The summary written to ``summary.json``.
@@ -287,6 +281,7 @@ def evaluate(
         ValueError: If ``classes`` has no foreground class or ``overlays`` is negative.
     """
     classes = list(classes)
+    reading = labels or LabelReading()
     if len(classes) < 2:
         raise ValueError(f"classes must list background and at least one foreground class, got {classes}")
     if overlays < 0:
@@ -301,7 +296,7 @@ def evaluate(
     class_dice: dict[str, dict[str, float]] = {}
     for pair in cases:
         try:
-            pred, gt, gt_vol = _load_pair(pair, n_classes, label_values, place_cut_labels)
+            pred, gt, gt_vol = _load_pair(pair, n_classes, reading)
             case_rows = case_metrics(pred, gt, gt_vol.spacing, classes, voxel_mm3=gt_vol.voxel_volume)
         except Exception as err:  # per-case isolation: one bad file must not stop the report
             if not isinstance(err, MedsegError):
@@ -342,7 +337,7 @@ def evaluate(
             pair = by_id[cid]
             target = out_dir / "overlays" / f"{rank}_{number:02d}_{cid}.png"
             try:
-                pred, gt, gt_vol = _load_pair(pair, n_classes, label_values, place_cut_labels)
+                pred, gt, gt_vol = _load_pair(pair, n_classes, reading)
                 draw_overlay(
                     target,
                     case_id=cid,

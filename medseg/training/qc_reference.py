@@ -21,7 +21,7 @@ import numpy as np
 
 from medseg.config import InferenceConfig
 from medseg.data.cases import Case
-from medseg.data.label_values import is_identity, to_classes
+from medseg.data.label_reading import LabelReading
 from medseg.data.prepare import Reader
 from medseg.inference.predictor import Predictor
 from medseg.inference.qc import (
@@ -45,13 +45,13 @@ class RecordingReader:
     Args:
         reader: The reader that does the work.
         classes: Class names, background first (for the label volumes).
-        label_values: The value each class is stored as in the label files; ``None`` = class k as k.
+        labels: How the label files are read (stored values, unlisted values); ``None`` = class k as k.
     """
 
-    def __init__(self, reader: Reader, classes: Sequence[str], label_values: Sequence[int] | None = None) -> None:
+    def __init__(self, reader: Reader, classes: Sequence[str], labels: LabelReading | None = None) -> None:
         self.reader = reader
         self.classes = list(classes)
-        self.label_values = None if label_values is None or is_identity(label_values) else list(label_values)
+        self.label_reading = labels or LabelReading()
         self.images: dict[Path, dict[str, float]] = {}
         self.labels: dict[Path, dict[str, float]] = {}
         self._label_paths: set[Path] = set()
@@ -65,11 +65,10 @@ class RecordingReader:
         key = Path(path)
         if key in self._label_paths:
             labels = np.rint(np.asarray(volume.array))
-            if self.label_values is not None:
-                try:
-                    labels = to_classes(labels, self.label_values)
-                except ValueError:  # refused by the data checks, which name the file and the values
-                    return volume
+            try:
+                labels = self.label_reading.indices(labels, len(self.classes), np.uint16)
+            except ValueError:  # refused by the data checks, which name the file and the values
+                return volume
             self.labels[key] = label_volumes_ml(labels, volume.spacing, self.classes)
         elif not channel:  # a 4D file's first channel: the one QC measures at prediction (a case's reference)
             canon, _ = to_canonical(volume)

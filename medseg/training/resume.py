@@ -33,6 +33,7 @@ RESUME_MUST_MATCH: tuple[str, ...] = (
     "preprocessing",
     "data.classes",
     "data.label_values",
+    "data.unlisted_labels",
     "data.seed",
     "data.val_fraction",
     "data.folds",

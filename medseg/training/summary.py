@@ -63,6 +63,7 @@ def _training_patch(cfg: Config, spec: DatasetSpec, pad_multiple: int) -> tuple[
     if cfg.model.summary_patch is not None:
         h, w = cfg.model.summary_patch
         return padded_size((int(h), int(w)), pad_multiple)
+    from medseg.data.label_reading import LabelReading
     from medseg.data.modality import dataset_modality
     from medseg.data.prepare import prepare_training_data
     from medseg.data.splits import split_cases
@@ -86,8 +87,7 @@ def _training_patch(cfg: Config, spec: DatasetSpec, pad_multiple: int) -> tuple[
         classes=list(spec.classes),
         channels=list(spec.channels),
         pad_multiple=pad_multiple,
-        label_values=spec.label_values,
-        place_cut_labels=cfg.data.place_cut_labels,
+        labels=LabelReading.of(cfg.data, spec.label_values),
     )
     assert data.plan is not None
     h, w = data.plan.patch_size

@@ -54,6 +54,7 @@ from medseg.data.cases import Case, discover_cases
 from medseg.data.class_weights import resolve_class_weights
 from medseg.data.dataset import SliceDataset
 from medseg.data.foreground import check_foreground
+from medseg.data.label_reading import LabelReading
 from medseg.data.memory import choose_cache_dir
 from medseg.data.modality import dataset_modality
 from medseg.data.plan import write_plan
@@ -243,6 +244,7 @@ class Trainer:
         self.classes = list(spec.classes)
         self.n_classes = len(self.classes)
         self.label_values = spec.label_values  # how the label files store the classes; masks are written so
+        self.label_reading = LabelReading.of(cfg.data, spec.label_values)
         self.channels = list(spec.channels)
         train_cases, val_cases = split_cases(
             spec.cases, cfg.data.val_fraction, cfg.data.seed, folds=cfg.data.folds, fold=cfg.data.fold
@@ -277,7 +279,7 @@ class Trainer:
                     f"{resume.get('label_values')} != {self.label_values} (data.label_values or dataset.json)"
                 )
         # The QC reference's training statistics are noted while the data stage reads each file (no second read).
-        self.qc_recorder = RecordingReader(reader or default_reader(), self.classes, self.label_values)
+        self.qc_recorder = RecordingReader(reader or default_reader(), self.classes, self.label_reading)
         self.qc_recorder.expect_labels(spec.cases)
         # The network is known once discovery fixed the input channels (each brings its own 2k+1 context
         # slices); slices and the planned patch are padded to a multiple its depth accepts.
@@ -299,8 +301,7 @@ class Trainer:
             classes=self.classes,
             channels=self.channels,
             pad_multiple=self.pad_multiple,
-            label_values=self.label_values,
-            place_cut_labels=cfg.data.place_cut_labels,
+            labels=self.label_reading,
         )
         check_foreground(data.train, data.val)  # all-empty labels: refused before the first step
         self.data = data
@@ -452,9 +453,9 @@ class Trainer:
             else ", ".join(f"{name}={w:.3g}" for name, w in zip(self.classes, self.class_weights.tolist(), strict=True))
         )
         log.info("Class weights: %s", weights)
-        if self.label_values is not None:
-            stored = ", ".join(f"{n}={v}" for n, v in zip(self.classes, self.label_values, strict=True))
-            log.info("Label files store the classes as %s (masks are written the same way)", stored)
+        described = self.label_reading.describe(self.classes)
+        if described:
+            log.info("%s (predicted masks are written with the classes' stored values)", described)
         log.info(
             "Training on %s (%s%s), %d worker(s); %d training slices from %d cases (patch %s), %d validation cases",
             self.device,

@@ -1,0 +1,73 @@
+"""How a dataset's label files are read: one object for the three things a dataset may say about them.
+
+- which value each class is stored as (``data.label_values`` or ``dataset.json``; ``medseg.data.label_values``);
+- what any other value means (``data.unlisted_labels``): refused by default; ``background`` reads it as 0, so a
+  subset of a multi-label set (three of TotalSegmentator's 100+ structures, say) trains without rewriting files;
+- whether a label saved cut to its extent is placed on its image's grid (``data.place_cut_labels``;
+  ``medseg.data.label_grid``).
+
+Training (``medseg.data.prepare``) and evaluation (ground truth and predictions) read labels through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from medseg.data.checks import label_problem, value_problem
+from medseg.data.label_values import is_identity, to_classes
+
+if TYPE_CHECKING:
+    from medseg.config import DataConfig
+
+
+@dataclass(frozen=True)
+class LabelReading:
+    """How label files are read (see the module docstring).
+
+    Attributes:
+        values: The value each class is stored as, in class order; ``None`` = class k as k.
+        unlisted_background: Values not among the classes' are read as background instead of refused.
+        place_cut: Place a label saved cut to its extent on its image's grid by its position.
+    """
+
+    values: tuple[int, ...] | None = None
+    unlisted_background: bool = False
+    place_cut: bool = False
+
+    @classmethod
+    def of(cls, data: DataConfig, values: Sequence[int] | None) -> LabelReading:
+        """From the ``data`` config and the stored values discovery settled on (``DatasetSpec.label_values``)."""
+        return cls(
+            values=None if values is None or is_identity(values) else tuple(int(v) for v in values),
+            unlisted_background=data.unlisted_labels == "background",
+            place_cut=data.place_cut_labels,
+        )
+
+    def problem(self, label: np.ndarray, n_classes: int) -> str | None:
+        """Why ``label`` cannot be read as a label map of ``n_classes`` classes, or ``None``."""
+        if self.unlisted_background:
+            return value_problem(np.asarray(label))
+        return label_problem(label, n_classes, self.values)
+
+    def indices(self, label: np.ndarray, n_classes: int, dtype: type[np.integer] = np.uint8) -> np.ndarray:
+        """Class indices of a label volume that passed :meth:`problem` (stored values mapped, unlisted ones 0)."""
+        if not self.unlisted_background and self.values is None:
+            return np.asarray(label).astype(dtype)
+        values = self.values if self.values is not None else range(n_classes)
+        return to_classes(label, list(values), dtype, unlisted=0 if self.unlisted_background else None)
+
+    def describe(self, classes: Sequence[str]) -> str | None:
+        """One log line on what is not the default (stored values, unlisted values), or ``None``."""
+        parts = []
+        if self.values is not None:
+            parts.append(
+                "classes stored as " + ", ".join(f"{n}={v}" for n, v in zip(classes, self.values, strict=True))
+            )
+        if self.unlisted_background:
+            listed = list(self.values) if self.values is not None else list(range(len(classes)))
+            parts.append(f"values other than {listed} read as background")
+        return "Label files: " + "; ".join(parts) if parts else None
