@@ -216,6 +216,8 @@ def test_a_run_on_stored_values_trains_predicts_and_scores_as_on_indices(sample_
         np.testing.assert_array_equal(written, np.asarray(STORED)[reference])
     assert stored.evaluate["mean_dice"] == pytest.approx(plain.evaluate["mean_dice"])
     assert stored.evaluate["classes"] == plain.evaluate["classes"]
+    report = (tmp_path / "run_stored" / "report.html").read_text()
+    assert "store the classes as background = 0, Anterior = 100, Posterior = 200" in report
 
 
 # ------------------------------------------------------------------------ a subset of a multi-label set

@@ -284,6 +284,10 @@ def _section_training(root: Path, checkpoint: dict[str, Any] | None) -> str:
                 ]
             )
         )
+        stored = checkpoint.get("label_values")
+        if stored and len(stored) == len(classes):
+            shown = ", ".join(f"{name} = {value}" for name, value in zip(classes, stored, strict=True))
+            parts.append(f"<p>Label files store the classes as {_e(shown)}; predicted masks are written so.</p>")
         parts.append(
             "<p>Postprocessing decided on the validation cases: largest component "
             f"<b>{_e(names('largest_component'))}</b>, "
