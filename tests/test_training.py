@@ -660,3 +660,14 @@ def test_early_stopping_and_best_checkpoint(
     assert result.stop_reason == "early_stopping" and result.epochs == 4
     assert result.best_epoch == 2 and result.best_dice == pytest.approx(0.60)
     assert load_checkpoint(result.best)["epoch"] == 2
+
+
+def test_seconds_left_follows_the_recent_epochs_and_the_budget() -> None:
+    from medseg.training.history import seconds_left
+
+    history = [{"epoch": 1, "seconds": 100.0}, {"epoch": 2, "seconds": 10.0}, {"epoch": 3, "seconds": 20.0}]
+    assert seconds_left(history, 10, None) == pytest.approx(7 * (130 / 3))
+    assert seconds_left(history, 10, None, recent=2) == pytest.approx(7 * 15)
+    assert seconds_left(history, 10, 60.0) == 60.0  # the budget ends it first
+    assert seconds_left(history, 3, None) == 0.0
+    assert seconds_left(history, 10, -5.0) == 0.0

@@ -27,6 +27,23 @@ def columns(classes: list[str]) -> list[str]:
     return [*BASE_COLUMNS, *(f"val_dice_{c}" for c in classes[1:]), *TAIL_COLUMNS]
 
 
+def seconds_left(history: list[dict[str, Any]], epochs: int, budget_left: float | None, recent: int = 3) -> float:
+    """Estimated seconds until training ends: the epochs left at the mean duration of the ``recent`` last epochs
+    (validation included), or what is left of the time budget (``training.max_minutes``) if that ends it first.
+
+    Args:
+        history: The epoch rows so far (``epoch`` and ``seconds``), the last one just finished.
+        epochs: ``training.epochs``.
+        budget_left: Seconds left of the time budget; ``None`` without one.
+    """
+    if not history:
+        return float("nan")
+    last = history[-recent:]
+    per_epoch = sum(float(r["seconds"]) for r in last) / len(last)
+    left = max(0, epochs - int(history[-1]["epoch"])) * per_epoch
+    return left if budget_left is None else min(left, max(0.0, budget_left))
+
+
 def _fmt(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""

@@ -88,7 +88,7 @@ from medseg.training.distributed import (
     unwrap_model,
     wrap_model,
 )
-from medseg.training.history import TrainingLog
+from medseg.training.history import TrainingLog, seconds_left
 from medseg.training.init import init_output_bias
 from medseg.training.loader import SeededSampler, build_train_loader
 from medseg.training.qc_reference import RecordingReader, qc_reference, validation_outputs
@@ -169,6 +169,15 @@ def train(
         OutputStorageError: A checkpoint cannot be saved (disk full or read-only); the earlier ones are intact.
     """
     return Trainer(cfg, reader=reader, clock=clock).fit(stop_after_epoch=stop_after_epoch)
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``12 min``, ``3.5 h``: a duration as a person reads it in a log line."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _empty_plan() -> dict[str, list[int]]:
@@ -717,16 +726,20 @@ class Trainer:
         per_class = ", ".join(
             f"{name} {row[f'val_dice_{name}']:.4f}" for name in self.classes[1:] if row[f"val_dice_{name}"] is not None
         )
+        tc = self.cfg.training
+        budget_left = None if tc.max_minutes is None else tc.max_minutes * 60.0 - self.elapsed
+        left = seconds_left(self.history, tc.epochs, budget_left) if not self.stop_reason else 0.0
         log.info(
-            "epoch %d/%d: loss %.4f, lr %.2e%s, %.1f s (%.0f slices/s, data wait %.0f%%)",
+            "epoch %d/%d: loss %.4f, lr %.2e%s, %.1f s (%.0f slices/s, data wait %.0f%%)%s",
             row["epoch"],
-            self.cfg.training.epochs,
+            tc.epochs,
             row["train_loss"],
             row["lr"],
             f", val Dice {val:.4f} ({per_class})" if val is not None else "",
             row["seconds"],
             row["slices_per_s"],
             100 * row["data_wait_share"],
+            f"; about {_duration(left)} left" if left > 0 else "",
         )
         if self.log_writer is not None:
             self.log_writer.add(row)
