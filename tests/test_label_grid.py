@@ -116,3 +116,15 @@ def test_evaluation_places_a_cut_ground_truth(sample_hippo: Path, tmp_path: Path
     assert placed["n_evaluated"] == 1 and 0 < placed["mean_dice"] < 1
     assert placed["mean_dice"] == pytest.approx(full["mean_dice"])
     assert placed["classes"] == full["classes"]
+
+
+def test_a_cut_label_of_an_oblique_dicom_series_is_placed_exactly(pgbm_dir: Path, tmp_path: Path) -> None:
+    from medseg.io import save_mask
+
+    study = next(p for p in sorted(pgbm_dir.glob("PGBM-001/*")) if p.is_dir())
+    series, mask_series = next(study.glob("*T1post*")), next(study.glob("*MaskTumor*"))
+    image = load_volume(series)
+    assert abs(image.affine[0, 2]) > 0.1  # oblique: the slice axis is tilted
+    full = save_mask((load_volume(mask_series).array > 0).astype(np.uint8), image, tmp_path / "full.nii.gz")
+    cut = _cut_to_extent(full, tmp_path / "cut.seg.nrrd")  # float64 DICOM geometry against a NRRD header
+    np.testing.assert_array_equal(_read(series, cut, place_cut=True), _read(series, full))
