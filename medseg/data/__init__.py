@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from medseg.data.checks import check_pair
     from medseg.data.class_weights import compute_class_weights, resolve_class_weights
     from medseg.data.dataset import SliceDataset, worker_init_fn
+    from medseg.data.label_reading import LabelReading
     from medseg.data.normalization import NormalizationParams, fit_normalization, normalize, resolve_scheme
     from medseg.data.prepare import PreparedCase, PreparedData, prepare_cases, prepare_training_data
     from medseg.data.sampling import ForegroundSampler, foreground_sampler
@@ -41,6 +42,7 @@ _LAZY = {
     "resolve_class_weights": "class_weights",
     "SliceDataset": "dataset",
     "worker_init_fn": "dataset",
+    "LabelReading": "label_reading",
     "NormalizationParams": "normalization",
     "fit_normalization": "normalization",
     "normalize": "normalization",
@@ -74,6 +76,7 @@ __all__ = [
     "Case",
     "DatasetSpec",
     "ForegroundSampler",
+    "LabelReading",
     "NormalizationParams",
     "Padding",
     "PreparedCase",
