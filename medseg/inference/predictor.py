@@ -357,15 +357,20 @@ class Predictor:
             MissingChannelError: A case folder lacks a channel pattern's file, or a 4D file has too few channels.
             ChannelMismatchError: A channel is not on the first channel's grid.
         """
+        from medseg.data.cases import is_dicom_folder
         from medseg.io import load_volume
         from medseg.io.channels import MissingChannelError, load_channels, match_channel_files
         from medseg.io.scans import nnunet_channel_files
 
         path = Path(path)
+        if path.is_dir() and self.spec.channel_patterns and not is_dicom_folder(path):
+            # A case folder of a folders-layout model, one channel or several (a DICOM series folder is a scan).
+            matched = match_channel_files(path, self.spec.channel_patterns)
+            return (
+                load_volume(matched[0]) if len(self.spec.channels) == 1 else load_channels(matched, self.spec.channels)
+            )
         if len(self.spec.channels) == 1:
             return load_volume(path)
-        if path.is_dir() and self.spec.channel_patterns:
-            return load_channels(match_channel_files(path, self.spec.channel_patterns), self.spec.channels)
         files = nnunet_channel_files(path, len(self.spec.channels))
         if files is not None:  # nnU-Net naming: <case>_0000, <case>_0001, ... beside each other
             missing = [str(f) for f in files if not f.exists()]
