@@ -67,7 +67,8 @@ class DataConfig(_Section):
     channel_names: list[str] | None = None
     """``folders`` layout: channel names (stored in the checkpoint); ``None`` = the patterns without wildcards."""
     label_pattern: str = "*label*"
-    """``folders`` layout: file-name pattern of the label file in each case folder (fnmatch, case-insensitive)."""
+    """``folders`` layout: name pattern of the label in each case folder (fnmatch, case-insensitive): a mask file,
+    or a structure folder holding one mask file per class named after it (TotalSegmentator's ``segmentations``)."""
     image_glob: str = "images/*.nii.gz"
     """``glob`` layout: image files relative to ``root``."""
     label_glob: str = "labels/*.nii.gz"

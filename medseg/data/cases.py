@@ -39,6 +39,7 @@ from medseg.io.scans import (
     nnunet_channel_files,
     strip_scan_ending,
 )
+from medseg.io.structure_masks import structure_files
 
 log = logging.getLogger(__name__)
 
@@ -501,7 +502,8 @@ def _discover_dicom(root: Path, cfg: DataConfig, collector: BadCaseCollector, re
         masks += sorted(
             p
             for p in case_folder.iterdir()
-            if p.is_file() and is_supported_file(p.name) and _matches(p.name, cfg.dicom_mask_pattern)
+            if ((p.is_file() and is_supported_file(p.name)) or structure_files(p) is not None)
+            and _matches(p.name, cfg.dicom_mask_pattern)
         )
         masks += dicom_label_files(case_folder, cfg.dicom_mask_pattern)
         images = [s for s in series if not _matches(s.name, cfg.dicom_mask_pattern)]

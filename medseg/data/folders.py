@@ -7,9 +7,10 @@
       brats_2013_pat0002_1/  ...
 
 ``data.channel_patterns`` (fnmatch, case-insensitive, one per channel, in input order) pick the channel files
-and ``data.label_pattern`` the label; the case id is the folder's name. A folder lacking a channel is a bad
-case (:class:`~medseg.io.channels.MissingChannelError` naming the folder and the pattern). Prediction reads a
-folder of such case folders the same way (:func:`case_folders`).
+and ``data.label_pattern`` the label (a mask file, or a structure folder holding one mask file per class named
+after it, as TotalSegmentator's ``segmentations/``); the case id is the folder's name. A folder lacking a channel
+is a bad case (:class:`~medseg.io.channels.MissingChannelError` naming the folder and the pattern). Prediction
+reads a folder of such case folders the same way (:func:`case_folders`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from medseg.config import DataConfig
 from medseg.errors import BadCaseError, ConfigError
 from medseg.io.channels import match_channel_files
+from medseg.io.structure_masks import structure_files
 
 
 def channel_names(cfg: DataConfig) -> list[str]:
@@ -77,8 +79,12 @@ def discover_folders(root: Path, cfg: DataConfig, collector: object, require_lab
         except BadCaseError as err:
             collector.report(folder.name, err)  # type: ignore[attr-defined]
             continue
+        # The label: a mask file, or a structure folder (one mask file per class, named after it).
         labels = sorted(
-            p for p in folder.iterdir() if p.is_file() and fnmatch.fnmatch(p.name.lower(), cfg.label_pattern.lower())
+            p
+            for p in folder.iterdir()
+            if (p.is_file() or structure_files(p) is not None)
+            and fnmatch.fnmatch(p.name.lower(), cfg.label_pattern.lower())
         )
         if len(labels) > 1:
             collector.report(  # type: ignore[attr-defined]

@@ -257,7 +257,8 @@ class _CaseReader:
             return canon, None, reorientation.apply(stacked) if stacked is not None else None
         if self.n_classes is None:
             raise ValueError("n_classes is needed to check labelled cases")
-        # A SEG / RTSTRUCT's segments are classes already: stored values and unlisted ones concern label files.
+        # A SEG / RTSTRUCT's segments or a structure folder's files are classes already: stored and unlisted
+        # values concern label files.
         labels = LabelReading(place_cut=self.labels.place_cut) if segmented else self.labels
         label = _on_image_grid(case, label, image, labels.place_cut)
         check_pair(case, image, label, self.n_classes, labels=labels)
@@ -267,10 +268,15 @@ class _CaseReader:
         return image, reorientation.apply(indices), multi
 
     def _read_label(self, path: Path, image: Volume) -> tuple[Volume, bool]:
-        """The label, and whether it was a DICOM SEG / RTSTRUCT: those are rasterised onto their image's grid
-        (segments matched to ``classes`` by name); any other label goes through ``reader``."""
+        """The label, and whether it named its classes itself: a DICOM SEG / RTSTRUCT is rasterised onto its
+        image's grid and a structure folder's files combined (segments, ROIs and files matched to ``classes`` by
+        name); any other label goes through ``reader``."""
         from medseg.io.segmentation import dicom_label_file, load_segmentation
+        from medseg.io.structure_masks import load_structure_folder, structure_files
 
+        if structure_files(path) is not None:
+            ignore = self.labels.unlisted_background
+            return load_structure_folder(path, image, self.classes, ignore_unlisted=ignore), True
         label_file = dicom_label_file(path)
         if label_file is None:
             return self.reader(path), False

@@ -25,7 +25,8 @@ from medseg.errors import BadCaseError, GeometryMismatchError, MedsegError
 from medseg.evaluation.overlays import draw_overlay
 from medseg.io import case_id_from_path, is_supported_file, load_label, load_volume
 from medseg.io.atomic import atomic_write_text
-from medseg.io.segmentation import dicom_label_file
+from medseg.io.segmentation import labels_are_classes
+from medseg.io.structure_masks import structure_files
 from medseg.metrics import FLAGS, case_metrics
 from medseg.volume import Volume
 
@@ -129,10 +130,19 @@ def _labels(volume: Volume, path: Path, n_classes: int, labels: LabelReading) ->
     return labels.indices(volume.array, n_classes, np.int64)
 
 
-def _load_pair(pair: EvalPair, n_classes: int, labels: LabelReading) -> tuple[np.ndarray, np.ndarray, Volume]:
-    # A DICOM SEG / RTSTRUCT (prediction or ground truth) is read onto the scan's grid, segments by number.
-    gt_vol = load_label(pair.gt, pair.image)
-    pred_vol = load_label(pair.pred, pair.image)
+def _load_pair(pair: EvalPair, classes: Sequence[str], labels: LabelReading) -> tuple[np.ndarray, np.ndarray, Volume]:
+    # A DICOM SEG / RTSTRUCT (prediction or ground truth) is read onto the scan's grid, segments by number; a
+    # structure folder's files are matched to the classes by name.
+    n_classes = len(classes)
+
+    def read(path: Path, image: Volume | Path | None) -> Volume:
+        names = classes if structure_files(path) is not None else None
+        return load_label(path, image, names, ignore_unlisted=labels.unlisted_background)
+
+    pred_vol = read(pair.pred, pair.image)
+    # A structure folder's masks are checked against the prediction's grid (the scan's): the image may be a case
+    # folder of several channels.
+    gt_vol = read(pair.gt, pred_vol if structure_files(pair.gt) is not None else pair.image)
     placement = None
     if not pred_vol.same_grid(gt_vol, atol=GRID_ATOL_MM):
         # A ground truth saved in another axis order (or, if allowed, cut to its extent): placed as in training.
@@ -158,8 +168,8 @@ def _load_pair(pair: EvalPair, n_classes: int, labels: LabelReading) -> tuple[np
         )
 
     def reading(path: Path) -> LabelReading:
-        # A SEG / RTSTRUCT's segments are classes already: stored and unlisted values concern mask files only.
-        return LabelReading() if dicom_label_file(path) is not None else labels
+        # A SEG / RTSTRUCT or a structure folder names its classes: stored and unlisted values concern mask files.
+        return LabelReading() if labels_are_classes(path) else labels
 
     pred = _labels(pred_vol, pair.pred, n_classes, reading(pair.pred))
     return pred, _labels(gt_vol, pair.gt, n_classes, reading(pair.gt)), gt_vol
@@ -288,7 +298,6 @@ def evaluate(
         raise ValueError(f"overlays must be >= 0, got {overlays}")
     out_dir = Path(out_dir)
     cases = _as_pairs(pairs)
-    n_classes = len(classes)
 
     rows: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
@@ -296,7 +305,7 @@ def evaluate(
     class_dice: dict[str, dict[str, float]] = {}
     for pair in cases:
         try:
-            pred, gt, gt_vol = _load_pair(pair, n_classes, reading)
+            pred, gt, gt_vol = _load_pair(pair, classes, reading)
             case_rows = case_metrics(pred, gt, gt_vol.spacing, classes, voxel_mm3=gt_vol.voxel_volume)
         except Exception as err:  # per-case isolation: one bad file must not stop the report
             if not isinstance(err, MedsegError):
@@ -337,7 +346,7 @@ def evaluate(
             pair = by_id[cid]
             target = out_dir / "overlays" / f"{rank}_{number:02d}_{cid}.png"
             try:
-                pred, gt, gt_vol = _load_pair(pair, n_classes, reading)
+                pred, gt, gt_vol = _load_pair(pair, classes, reading)
                 draw_overlay(
                     target,
                     case_id=cid,

@@ -32,9 +32,10 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from medseg.errors import ForeignReferenceError, GeometryMismatchError, MedsegError, SegmentNameError
+from medseg.errors import ForeignReferenceError, GeometryMismatchError, MedsegError
 from medseg.io.atomic import atomic_path
 from medseg.io.dicom_source import SourceSeries, source_series
+from medseg.io.structure_masks import combine_masks, segment_classes
 from medseg.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -257,44 +258,6 @@ def _segmentation(hd, src, pixels, seg_type, descriptions, options):
     )
 
 
-def segment_classes(labels: Sequence[str], classes: Sequence[str] | None, path: Path, what: str) -> list[int]:
-    """The class index of each segment / ROI label (1-based segments in order; ``classes=None``: 1, 2, ...).
-
-    Raises:
-        SegmentNameError: A label matches no foreground class, or a foreground class has no segment.
-    """
-    if classes is None:
-        return list(range(1, len(labels) + 1))
-    wanted = {c.casefold(): i for i, c in enumerate(classes) if i > 0}
-    unknown = [name for name in labels if name.casefold() not in wanted]
-    if unknown:
-        raise SegmentNameError(
-            f"'{path}': {what} {', '.join(repr(n) for n in unknown)} match(es) none of the classes "
-            f"{list(classes[1:])} (data.classes; names are compared case-insensitively)"
-        )
-    present = {name.casefold() for name in labels}
-    missing = [c for c in classes[1:] if c.casefold() not in present]
-    if missing:
-        raise SegmentNameError(
-            f"'{path}': no {what} for class(es) {missing}; it holds {list(labels)} (data.classes: {list(classes)})"
-        )
-    return [wanted[name.casefold()] for name in labels]
-
-
-def _combine(per_class: list[tuple[int, np.ndarray]], shape: tuple[int, ...], path: Path, what: str) -> np.ndarray:
-    """Label map from binary masks; where classes overlap, the higher class index wins (with a warning)."""
-    out = np.zeros(shape, dtype=np.uint8 if max((c for c, _ in per_class), default=0) < 256 else np.uint16)
-    seen = np.zeros(shape, dtype=bool)
-    overlap = 0
-    for cls, m in sorted(per_class, key=lambda t: t[0]):
-        overlap += int(np.count_nonzero(seen & m))
-        out[m] = cls
-        seen |= m
-    if overlap:
-        log.warning("'%s': %d voxel(s) belong to several %ss; the higher class index is kept", path, overlap, what)
-    return out
-
-
 def load_dicom_seg(path: str | Path, reference: Volume, classes: Sequence[str] | None = None) -> Volume:
     """Reads a DICOM SEG onto the grid of the image series it segments.
 
@@ -359,4 +322,6 @@ def load_dicom_seg(path: str | Path, reference: Volume, classes: Sequence[str] |
         for m, uid in enumerate(present):
             src.put(volume, uids.index(uid), np.asarray(pixels[m, ..., s]) >= 0.5)
         per_class.append((cls, volume))
-    return Volume(array=_combine(per_class, reference.shape, path, "segment"), affine=reference.affine, source=path)
+    return Volume(
+        array=combine_masks(per_class, reference.shape, path, "segment"), affine=reference.affine, source=path
+    )

@@ -37,8 +37,9 @@ from pydicom.uid import UID, ImplicitVRLittleEndian, generate_uid
 from medseg.errors import ContourOutsideImageError, ForeignReferenceError, GeometryMismatchError, MedsegError
 from medseg.io.atomic import atomic_path
 from medseg.io.dicom_seg import SEGMENT_COLOURS as _COLOURS
-from medseg.io.dicom_seg import DicomWriteOptions, _combine, _version, fit_lo, segment_classes
+from medseg.io.dicom_seg import DicomWriteOptions, _version, fit_lo
 from medseg.io.dicom_source import RTSTRUCT_SOP_CLASS, SourceSeries, pixel_to_lps, source_series
+from medseg.io.structure_masks import combine_masks, segment_classes
 from medseg.volume import Volume
 
 __all__ = ["load_rtstruct", "save_rtstruct"]
@@ -324,4 +325,4 @@ def load_rtstruct(path: str | Path, reference: Volume, classes: Sequence[str] | 
         for n, frame in frames.items():
             src.put(volume, n, frame)
         per_class.append((class_of[number], volume))
-    return Volume(array=_combine(per_class, reference.shape, path, "ROI"), affine=reference.affine, source=path)
+    return Volume(array=combine_masks(per_class, reference.shape, path, "ROI"), affine=reference.affine, source=path)

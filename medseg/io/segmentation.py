@@ -7,9 +7,10 @@ from pathlib import Path
 
 from medseg.errors import UnreadableScanError
 from medseg.io.dicom_source import dicom_object_kind
+from medseg.io.structure_masks import load_structure_folder, structure_files
 from medseg.volume import Volume
 
-__all__ = ["dicom_label_file", "is_dicom_label_file", "load_label", "load_segmentation"]
+__all__ = ["dicom_label_file", "is_dicom_label_file", "labels_are_classes", "load_label", "load_segmentation"]
 
 
 def is_dicom_label_file(path: str | Path) -> bool:
@@ -60,20 +61,39 @@ def dicom_label_file(path: str | Path) -> Path | None:
     return path if is_dicom_label_file(path) else None
 
 
-def load_label(path: str | Path, image: Volume | str | Path | None, classes: Sequence[str] | None = None) -> Volume:
-    """Reads a label mask of any kind medseg accepts: a mask image (``load_volume``), or a DICOM SEG / RTSTRUCT
-    rasterised onto ``image``'s grid (``load_segmentation``).
+def labels_are_classes(path: str | Path) -> bool:
+    """Whether the label at ``path`` names its classes itself (a DICOM SEG / RTSTRUCT, a structure folder): its
+    segments are matched to the classes by name, so stored label values (``data.label_values``) do not apply."""
+    return dicom_label_file(path) is not None or structure_files(path) is not None
+
+
+def load_label(
+    path: str | Path,
+    image: Volume | str | Path | None,
+    classes: Sequence[str] | None = None,
+    *,
+    ignore_unlisted: bool = False,
+) -> Volume:
+    """Reads a label mask of any kind medseg accepts: a mask image (``load_volume``), a DICOM SEG / RTSTRUCT
+    rasterised onto ``image``'s grid (``load_segmentation``), or a structure folder (one mask file per structure,
+    :func:`medseg.io.structure_masks.load_structure_folder`).
 
     Args:
-        path: Label file, DICOM mask series folder, or SEG / RTSTRUCT file (or a folder holding just one).
+        path: Label file, DICOM mask series folder, SEG / RTSTRUCT file (or a folder holding just one), or a
+            structure folder.
         image: The image the labels belong to (a Volume, or its path to be read); needed for SEG / RTSTRUCT.
-        classes: Class names for SEG / RTSTRUCT name matching (see :func:`load_segmentation`).
+        classes: Class names for SEG / RTSTRUCT / structure-folder name matching (see :func:`load_segmentation`).
+        ignore_unlisted: A structure folder's files that are no class's are left out instead of refused.
 
     Raises:
         UnreadableScanError: As ``load_volume``; or a SEG / RTSTRUCT without ``image``.
+        SegmentNameError: Segment / ROI / structure names that do not match ``classes``.
     """
     from medseg.io.reading import load_volume
 
+    if structure_files(path) is not None:
+        reference = image if isinstance(image, Volume) or image is None else load_volume(image)
+        return load_structure_folder(path, reference, classes, ignore_unlisted=ignore_unlisted)
     label_file = dicom_label_file(path)
     if label_file is None:
         return load_volume(path)

@@ -1,0 +1,151 @@
+"""Label maps from one binary mask per structure.
+
+The segments of a DICOM SEG, the ROIs of an RTSTRUCT and a *structure folder* (one mask file per structure,
+named after it: TotalSegmentator writes ``segmentations/liver.nii.gz``, ``aorta.nii.gz``, ...; 3D Slicer exports
+segments so) all become one label map here: each mask is matched to a class by name, and the masks are combined.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from medseg.errors import GeometryMismatchError, SegmentNameError, UnreadableScanError
+from medseg.io.scans import is_supported_file, strip_scan_ending
+from medseg.volume import Volume
+
+log = logging.getLogger(__name__)
+
+#: Largest displacement of a structure mask's grid from its image's, as a fraction of the smallest voxel size
+#: (as ``medseg.data.checks.GEOMETRY_TOLERANCE``: float32 NIfTI headers against float64 DICOM geometry).
+GRID_TOLERANCE = 0.01
+
+
+def segment_classes(labels: Sequence[str], classes: Sequence[str] | None, path: Path, what: str) -> list[int]:
+    """The class index of each segment / ROI / structure name (``classes=None``: 1, 2, ... in order).
+
+    Args:
+        labels: The names, in the object's order.
+        classes: Class names, background first; names are compared case-insensitively.
+        path: The object (named in errors).
+        what: What the names are (``"segment(s)"``, ``"ROI(s)"``, ``"structure file(s)"``), for errors.
+
+    Raises:
+        SegmentNameError: A name matches no foreground class, or a foreground class has none.
+    """
+    if classes is None:
+        return list(range(1, len(labels) + 1))
+    wanted = {c.casefold(): i for i, c in enumerate(classes) if i > 0}
+    unknown = [name for name in labels if name.casefold() not in wanted]
+    if unknown:
+        raise SegmentNameError(
+            f"'{path}': {what} {', '.join(repr(n) for n in unknown)} match(es) none of the classes "
+            f"{list(classes[1:])} (data.classes; names are compared case-insensitively"
+            + ("; data.unlisted_labels: background leaves the others out)" if what.startswith("structure") else ")")
+        )
+    present = {name.casefold() for name in labels}
+    missing = [c for c in classes[1:] if c.casefold() not in present]
+    if missing:
+        raise SegmentNameError(
+            f"'{path}': no {what} for class(es) {missing}; it holds {list(labels)} (data.classes: {list(classes)})"
+        )
+    return [wanted[name.casefold()] for name in labels]
+
+
+def combine_masks(per_class: list[tuple[int, np.ndarray]], shape: tuple[int, ...], path: Path, what: str) -> np.ndarray:
+    """Label map from binary masks; where classes overlap, the higher class index wins (with a warning)."""
+    out = np.zeros(shape, dtype=np.uint8 if max((c for c, _ in per_class), default=0) < 256 else np.uint16)
+    seen = np.zeros(shape, dtype=bool)
+    overlap = 0
+    for cls, m in sorted(per_class, key=lambda t: t[0]):
+        overlap += int(np.count_nonzero(seen & m))
+        out[m] = cls
+        seen |= m
+    if overlap:
+        log.warning("'%s': %d voxel(s) belong to several %ss; the higher class index is kept", path, overlap, what)
+    return out
+
+
+def structure_files(path: str | Path) -> list[Path] | None:
+    """The mask files of a structure folder (a folder holding only NIfTI / NRRD / MHA files, at least one, no
+    sub-folders or DICOM files), sorted by name; ``None`` when ``path`` is no such folder."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+    if not entries or not all(p.is_file() and is_supported_file(p) for p in entries):
+        return None
+    return sorted(entries)
+
+
+def load_structure_folder(
+    path: str | Path, reference: Volume | None, classes: Sequence[str] | None, *, ignore_unlisted: bool = False
+) -> Volume:
+    """Reads a structure folder (one binary mask file per structure) as one label map.
+
+    Each file's name without its ending is its structure's name; it is matched to a class by name
+    (case-insensitive), like a DICOM SEG's segments. Each file must be a binary mask (0 and one other value, any
+    type) on the reference's grid.
+
+    Args:
+        path: The folder.
+        reference: The image the labels belong to; ``None``: the grid of the first matched file.
+        classes: Class names, background first; ``None``: the files in name order are classes 1, 2, ...
+        ignore_unlisted: Leave out files whose structure is no class (TotalSegmentator writes 100+; train on a
+            few) instead of refusing them (``data.unlisted_labels: background``).
+
+    Returns:
+        A label Volume (uint8) on the reference grid, ``source`` = ``path``.
+
+    Raises:
+        UnreadableScanError: ``path`` is not a structure folder, or a file cannot be read.
+        SegmentNameError: A file matches no class (unless ``ignore_unlisted``), or a class has no file.
+        GeometryMismatchError: A file lies on another grid than the reference.
+        MedsegError: A file is not a binary mask.
+    """
+    from medseg.io.reading import load_volume
+
+    path = Path(path)
+    files = structure_files(path)
+    if files is None:
+        raise UnreadableScanError(path, "not a folder of mask files (one NIfTI / NRRD / MHA file per structure)")
+    named = [(f, strip_scan_ending(f.name)) for f in files]
+    if ignore_unlisted and classes is not None:
+        wanted = {c.casefold() for c in classes[1:]}
+        named = [(f, n) for f, n in named if n.casefold() in wanted]
+    class_of = segment_classes([n for _, n in named], classes, path, "structure file(s)")
+    per_class: list[tuple[int, np.ndarray]] = []
+    for (file, _), cls in zip(named, class_of, strict=True):
+        mask = load_volume(file)
+        reference = reference if reference is not None else mask
+        _check_on_grid(mask, reference, file)
+        per_class.append((cls, _binary(mask.array, file)))
+    assert reference is not None  # segment_classes refuses a folder without a file for every class
+    label_map = combine_masks(per_class, reference.shape, path, "structure")
+    return Volume(array=label_map, affine=reference.affine, source=path)
+
+
+def _check_on_grid(mask: Volume, reference: Volume, file: Path) -> None:
+    atol = GRID_TOLERANCE * float(min(mask.spacing.min(), reference.spacing.min()))
+    if not reference.same_grid(mask, atol=atol):
+        raise GeometryMismatchError(
+            f"'{file}' (shape {mask.shape}, spacing {np.round(mask.spacing, 4).tolist()}, origin "
+            f"{np.round(mask.origin, 3).tolist()}) is not on its image's grid (shape {reference.shape}, spacing "
+            f"{np.round(reference.spacing, 4).tolist()}, origin {np.round(reference.origin, 3).tolist()})"
+        )
+
+
+def _binary(array: np.ndarray, file: Path) -> np.ndarray:
+    """The mask's voxels as booleans; refuses anything but 0 and one other value."""
+    from medseg.errors import MedsegError
+
+    arr = np.asarray(array)
+    inside = arr != 0
+    values = arr[inside]
+    if values.size and (not np.isfinite(values[0]) or np.any(values != values[0])):
+        shown = np.unique(values)[:5].tolist()
+        raise MedsegError(f"'{file}' is not a binary mask: it holds the values {shown} besides 0")
+    return inside

@@ -1,0 +1,176 @@
+"""Structure folders: one binary mask file per structure, named after it (TotalSegmentator's ``segmentations/``),
+read as one label map: files matched to classes by name, on the image's grid, binary, in training and
+evaluation."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medseg.config import DataConfig, config_from_dict
+from medseg.data.cases import discover_cases
+from medseg.data.label_reading import LabelReading
+from medseg.data.prepare import _CaseReader
+from medseg.errors import GeometryMismatchError, MedsegError, SegmentNameError
+from medseg.evaluation import evaluate
+from medseg.io import load_volume
+from medseg.io.segmentation import labels_are_classes, load_label
+
+#: TotalSegmentator v2 numbering of the structures written as files below.
+STRUCTURES = {"spleen": 1, "kidney_right": 2, "liver": 5, "aorta": 52}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models on a shared 2-core machine (see tests/test_training.py)
+    yield
+    torch.set_num_threads(before)
+
+
+def _totalseg_case(totalseg_dir: Path, root: Path) -> tuple[Path, Path, np.ndarray]:
+    """A case folder as TotalSegmentator leaves one: the CT and ``segmentations/<structure>.nii.gz`` (binary)."""
+    case = root / "ct_1"
+    (case / "segmentations").mkdir(parents=True)
+    shutil.copy(totalseg_dir / "example_ct_sm.nii.gz", case / "ct.nii.gz")
+    seg = nib.load(totalseg_dir / "example_seg.nii.gz")
+    stored = np.asarray(seg.dataobj)
+    for name, value in STRUCTURES.items():
+        mask = (stored == value).astype(np.uint8)
+        nib.save(nib.Nifti1Image(mask, seg.affine, seg.header), case / "segmentations" / f"{name}.nii.gz")
+    return case / "ct.nii.gz", case / "segmentations", stored
+
+
+def test_a_structure_folder_reads_as_one_label_map(totalseg_dir: Path, tmp_path: Path) -> None:
+    image, folder, stored = _totalseg_case(totalseg_dir, tmp_path)
+    assert labels_are_classes(folder) and not labels_are_classes(image)
+    classes = ["background", "liver", "Aorta"]  # matched by name, case-insensitively, in class order
+    label = load_label(folder, image, classes, ignore_unlisted=True)
+    np.testing.assert_array_equal(label.array, np.select([stored == 5, stored == 52], [1, 2], 0))
+    assert np.allclose(label.affine, load_volume(image).affine)
+    # The other structures are refused unless unlisted labels are background; a class without a file always.
+    with pytest.raises(SegmentNameError, match=r"'kidney_right', 'spleen' match\(es\) none .* data.unlisted_labels"):
+        load_label(folder, image, classes)
+    with pytest.raises(SegmentNameError, match=r"no structure file\(s\) for class\(es\) \['pancreas'\]"):
+        load_label(folder, image, [*classes, "pancreas"], ignore_unlisted=True)
+
+
+def test_a_structure_file_must_be_binary_and_on_the_grid(totalseg_dir: Path, tmp_path: Path) -> None:
+    image, folder, stored = _totalseg_case(totalseg_dir, tmp_path)
+    ref = nib.load(folder / "liver.nii.gz")
+    nib.save(
+        nib.Nifti1Image(np.where(stored == 5, 2, stored == 52).astype(np.uint8), ref.affine), folder / "liver.nii.gz"
+    )
+    with pytest.raises(MedsegError, match=r"liver.nii.gz' is not a binary mask: it holds the values \[1, 2\]"):
+        load_label(folder, image, ["background", "liver"], ignore_unlisted=True)
+    shifted = ref.affine.copy()
+    shifted[:3, 3] += 1.5  # half a voxel (3 mm voxels)
+    nib.save(nib.Nifti1Image((stored == 5).astype(np.uint8), shifted), folder / "liver.nii.gz")
+    with pytest.raises(GeometryMismatchError, match=r"liver.nii.gz' .* is not on its image's grid"):
+        load_label(folder, image, ["background", "liver"], ignore_unlisted=True)
+
+
+def test_overlapping_structures_keep_the_higher_class(
+    totalseg_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    image, folder, stored = _totalseg_case(totalseg_dir, tmp_path)
+    ref = nib.load(folder / "liver.nii.gz")
+    nib.save(
+        nib.Nifti1Image(((stored == 5) | (stored == 52)).astype(np.uint8), ref.affine, ref.header),
+        folder / "liver.nii.gz",
+    )
+    with caplog.at_level(logging.WARNING):
+        label = load_label(folder, image, ["background", "liver", "aorta"], ignore_unlisted=True)
+    assert f"{int((stored == 52).sum())} voxel(s) belong to several structures" in caplog.text
+    np.testing.assert_array_equal(label.array, np.select([stored == 52, stored == 5], [2, 1], 0))
+
+
+def test_folders_layout_trains_from_and_evaluates_against_structure_folders(totalseg_dir: Path, tmp_path: Path) -> None:
+    image, folder, stored = _totalseg_case(totalseg_dir, tmp_path / "set")
+    classes = ["background", "liver", "aorta"]
+    data = DataConfig(
+        root=tmp_path / "set",
+        layout="folders",
+        channel_patterns=["ct*"],
+        label_pattern="segmentations",
+        classes=classes,
+        unlisted_labels="background",
+    )
+    (case,) = discover_cases(data).cases
+    assert case.label == folder and case.image == image
+    reader = _CaseReader(load_volume, 3, classes=classes, labels=LabelReading.of(data, None))
+    _, label, _ = reader.read(case)
+    np.testing.assert_array_equal(label, np.select([stored == 5, stored == 52], [1, 2], 0))  # RAS: no reorientation
+    # Evaluation against the structure folder: a mask of the liver and aorta (TotalSegmentator's values mapped).
+    pred = tmp_path / "pred" / "ct_1.nii.gz"
+    pred.parent.mkdir()
+    ref = nib.load(image)
+    nib.save(nib.Nifti1Image(np.select([stored == 5, stored == 52], [1, 2], 0).astype(np.uint8), ref.affine), pred)
+    summary = evaluate(
+        [("ct_1", pred, folder, image)], classes, tmp_path / "eval", overlays=0, labels=LabelReading.of(data, None)
+    )
+    assert summary["n_evaluated"] == 1 and summary["mean_dice"] == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------------- a run, end to end
+
+
+def _as_folders(sample_hippo: Path, root: Path, n: int) -> None:
+    """The first ``n`` sample cases as case folders: ``image.nii.gz`` and ``segmentations/{Anterior,Posterior}``."""
+    ids = sorted(p.name.removesuffix(".nii.gz") for p in (sample_hippo / "imagesTr").glob("*.nii.gz"))[:n]
+    for cid in ids:
+        case = root / cid
+        (case / "segmentations").mkdir(parents=True)
+        shutil.copy(sample_hippo / "imagesTr" / f"{cid}.nii.gz", case / "image.nii.gz")
+        label = nib.load(sample_hippo / "labelsTr" / f"{cid}.nii.gz")
+        classes = np.rint(label.get_fdata()).astype(np.uint8)
+        for k, name in ((1, "Anterior"), (2, "Posterior")):
+            mask = (classes == k).astype(np.uint8)
+            nib.save(nib.Nifti1Image(mask, label.affine, label.header), case / "segmentations" / f"{name}.nii.gz")
+
+
+def _run(out: Path, **data: object) -> object:
+    from medseg.runner import run_stages
+
+    cfg = config_from_dict(
+        {
+            "data": {"val_fraction": 0.34, "seed": 0, **data},
+            "model": {"base_features": 4},
+            "training": {"epochs": 3, "batch_size": 8, "num_workers": 0, "device": "cpu", "precision": "fp32"},
+            "inference": {"device": "cpu", "precision": "fp32"},
+            "evaluation": {"overlays": 0},
+            "output": {"dir": str(out)},
+        },
+        base_dir=Path.cwd(),
+    )
+    return run_stages(cfg, ["train", "predict", "evaluate"])
+
+
+@pytest.mark.slow
+def test_a_run_on_structure_folders_trains_as_on_label_maps(sample_hippo: Path, tmp_path: Path) -> None:
+    _as_folders(sample_hippo, tmp_path / "folders", 3)
+    maps = _run(
+        tmp_path / "run_msd", root=str(sample_hippo), max_cases=3, classes=["background", "Anterior", "Posterior"]
+    )
+    folders = _run(
+        tmp_path / "run_folders",
+        root=str(tmp_path / "folders"),
+        layout="folders",
+        channel_patterns=["image*"],
+        label_pattern="segmentations",
+        classes=["background", "Anterior", "Posterior"],
+    )
+    a = torch.load(tmp_path / "run_msd" / "checkpoints" / "best.pt", weights_only=True)["model_state"]
+    b = torch.load(tmp_path / "run_folders" / "checkpoints" / "best.pt", weights_only=True)["model_state"]
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key  # the same labels, so the same training, bit for bit
+    scored = [run.evaluate for run in (maps, folders)]  # type: ignore[attr-defined]
+    assert scored[0]["n_evaluated"] == scored[1]["n_evaluated"] == 1
+    assert scored[1]["classes"] == scored[0]["classes"]  # the structure folders scored as the label maps
