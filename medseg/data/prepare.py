@@ -260,7 +260,8 @@ class _CaseReader:
         # A SEG / RTSTRUCT's segments or a structure folder's files are classes already: stored and unlisted
         # values concern label files.
         labels = LabelReading(place_cut=self.labels.place_cut) if segmented else self.labels
-        label = _on_image_grid(case, label, image, labels.place_cut)
+        # A Slicer segmentation saved cut to its segments' extent is one by design, its header places it.
+        label = _on_image_grid(case, label, image, labels.place_cut or _is_slicer(case.label))
         check_pair(case, image, label, self.n_classes, labels=labels)
         image, reorientation = to_canonical(image)
         multi = reorientation.apply(stacked) if stacked is not None else None
@@ -269,18 +270,27 @@ class _CaseReader:
 
     def _read_label(self, path: Path, image: Volume) -> tuple[Volume, bool]:
         """The label, and whether it named its classes itself: a DICOM SEG / RTSTRUCT is rasterised onto its
-        image's grid and a structure folder's files combined (segments, ROIs and files matched to ``classes`` by
-        name); any other label goes through ``reader``."""
+        image's grid, a structure folder's files combined and a 3D Slicer segmentation's segments read (segments,
+        ROIs and files matched to ``classes`` by name); any other label goes through ``reader``."""
         from medseg.io.segmentation import dicom_label_file, load_segmentation
+        from medseg.io.slicer_seg import is_slicer_segmentation, load_slicer_segmentation
         from medseg.io.structure_masks import load_structure_folder, structure_files
 
+        ignore = self.labels.unlisted_background
         if structure_files(path) is not None:
-            ignore = self.labels.unlisted_background
             return load_structure_folder(path, image, self.classes, ignore_unlisted=ignore), True
+        if is_slicer_segmentation(path):
+            return load_slicer_segmentation(path, self.classes, ignore_unlisted=ignore), True
         label_file = dicom_label_file(path)
         if label_file is None:
             return self.reader(path), False
         return load_segmentation(label_file, image, self.classes), True
+
+
+def _is_slicer(path: Path | None) -> bool:
+    from medseg.io.slicer_seg import is_slicer_segmentation
+
+    return path is not None and is_slicer_segmentation(path)
 
 
 def _on_image_grid(case: Case, label: Volume, image: Volume, place_cut: bool) -> Volume:

@@ -26,6 +26,7 @@ from medseg.evaluation.overlays import draw_overlay
 from medseg.io import case_id_from_path, is_supported_file, load_label, load_volume
 from medseg.io.atomic import atomic_write_text
 from medseg.io.segmentation import labels_are_classes
+from medseg.io.slicer_seg import is_slicer_segmentation
 from medseg.io.structure_masks import structure_files
 from medseg.metrics import FLAGS, case_metrics
 from medseg.volume import Volume
@@ -132,11 +133,11 @@ def _labels(volume: Volume, path: Path, n_classes: int, labels: LabelReading) ->
 
 def _load_pair(pair: EvalPair, classes: Sequence[str], labels: LabelReading) -> tuple[np.ndarray, np.ndarray, Volume]:
     # A DICOM SEG / RTSTRUCT (prediction or ground truth) is read onto the scan's grid, segments by number; a
-    # structure folder's files are matched to the classes by name.
+    # structure folder's files and a Slicer segmentation's segments are matched to the classes by name.
     n_classes = len(classes)
 
     def read(path: Path, image: Volume | Path | None) -> Volume:
-        names = classes if structure_files(path) is not None else None
+        names = classes if structure_files(path) is not None or is_slicer_segmentation(path) else None
         return load_label(path, image, names, ignore_unlisted=labels.unlisted_background)
 
     pred_vol = read(pair.pred, pair.image)
@@ -147,7 +148,7 @@ def _load_pair(pair: EvalPair, classes: Sequence[str], labels: LabelReading) -> 
     if not pred_vol.same_grid(gt_vol, atol=GRID_ATOL_MM):
         # A ground truth saved in another axis order (or, if allowed, cut to its extent): placed as in training.
         placement = place_on_grid(gt_vol, pred_vol, GEOMETRY_TOLERANCE)
-        if placement is not None and (placement.whole or labels.place_cut):
+        if placement is not None and (placement.whole or labels.place_cut or is_slicer_segmentation(pair.gt)):
             problem = placement.problem(pred_vol.shape)
             if problem:
                 raise BadCaseError(f"Ground truth '{pair.gt}' against prediction '{pair.pred}': {problem}")

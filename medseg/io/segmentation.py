@@ -7,6 +7,7 @@ from pathlib import Path
 
 from medseg.errors import UnreadableScanError
 from medseg.io.dicom_source import dicom_object_kind
+from medseg.io.slicer_seg import is_slicer_segmentation, load_slicer_segmentation
 from medseg.io.structure_masks import load_structure_folder, structure_files
 from medseg.volume import Volume
 
@@ -62,9 +63,10 @@ def dicom_label_file(path: str | Path) -> Path | None:
 
 
 def labels_are_classes(path: str | Path) -> bool:
-    """Whether the label at ``path`` names its classes itself (a DICOM SEG / RTSTRUCT, a structure folder): its
-    segments are matched to the classes by name, so stored label values (``data.label_values``) do not apply."""
-    return dicom_label_file(path) is not None or structure_files(path) is not None
+    """Whether the label at ``path`` names its classes itself (a DICOM SEG / RTSTRUCT, a structure folder, a 3D
+    Slicer ``.seg.nrrd``): its segments are matched to the classes by name, so stored label values
+    (``data.label_values``) do not apply."""
+    return dicom_label_file(path) is not None or structure_files(path) is not None or is_slicer_segmentation(path)
 
 
 def load_label(
@@ -75,15 +77,17 @@ def load_label(
     ignore_unlisted: bool = False,
 ) -> Volume:
     """Reads a label mask of any kind medseg accepts: a mask image (``load_volume``), a DICOM SEG / RTSTRUCT
-    rasterised onto ``image``'s grid (``load_segmentation``), or a structure folder (one mask file per structure,
-    :func:`medseg.io.structure_masks.load_structure_folder`).
+    rasterised onto ``image``'s grid (``load_segmentation``), a structure folder (one mask file per structure,
+    :func:`medseg.io.structure_masks.load_structure_folder`) or a 3D Slicer ``.seg.nrrd`` (on its own grid,
+    :func:`medseg.io.slicer_seg.load_slicer_segmentation`).
 
     Args:
         path: Label file, DICOM mask series folder, SEG / RTSTRUCT file (or a folder holding just one), or a
             structure folder.
         image: The image the labels belong to (a Volume, or its path to be read); needed for SEG / RTSTRUCT.
-        classes: Class names for SEG / RTSTRUCT / structure-folder name matching (see :func:`load_segmentation`).
-        ignore_unlisted: A structure folder's files that are no class's are left out instead of refused.
+        classes: Class names for SEG / RTSTRUCT / structure-folder / Slicer name matching (see
+            :func:`load_segmentation`).
+        ignore_unlisted: Structure files or Slicer segments that are no class's are left out instead of refused.
 
     Raises:
         UnreadableScanError: As ``load_volume``; or a SEG / RTSTRUCT without ``image``.
@@ -94,6 +98,8 @@ def load_label(
     if structure_files(path) is not None:
         reference = image if isinstance(image, Volume) or image is None else load_volume(image)
         return load_structure_folder(path, reference, classes, ignore_unlisted=ignore_unlisted)
+    if is_slicer_segmentation(path):  # on its own grid: a cut one is placed by medseg.data.label_grid
+        return load_slicer_segmentation(path, classes, ignore_unlisted=ignore_unlisted)
     label_file = dicom_label_file(path)
     if label_file is None:
         return load_volume(path)

@@ -1,0 +1,100 @@
+"""3D Slicer segmentations (``.seg.nrrd``) read by segment name.
+
+3D Slicer, the most used tool for drawing research labels, saves a segmentation as NRRD with one entry per
+segment in the header (``Segment<i>_Name``, ``_LayerValue``... see
+https://slicer.readthedocs.io/en/latest/developer_guide/modules/segmentations.html). A segment's label value is
+the order it was created in, so "tumour" can be 1 in one case and 2 in the next; overlapping segments go to
+separate layers (a 4D file). Read as a plain label map such a file would be wrong or refused. Read here, each
+segment is matched to a class by its name (as a DICOM SEG's segments), so the values and layers do not matter.
+The file lies on its image's grid, or on part of it (Slicer can save it cut to the segments' extent; its header
+places it, and ``medseg.data.label_grid`` puts it on the image's grid).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from medseg.errors import UnreadableScanError
+from medseg.io.itk import sitk_message, volume_from_sitk
+from medseg.io.structure_masks import combine_masks, segment_classes
+from medseg.volume import Volume
+
+_SEGMENT_KEY = re.compile(r"^Segment(\d+)_(Name|LabelValue|Layer)$")
+
+
+def _header(path: Path) -> sitk.ImageFileReader | None:
+    if not path.is_file() or not path.name.lower().endswith((".nrrd", ".nhdr")):
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return reader
+
+
+def is_slicer_segmentation(path: str | Path) -> bool:
+    """Whether ``path`` is an NRRD file with 3D Slicer's segment entries (``Segment0_Name`` ...) in its header."""
+    reader = _header(Path(path))
+    return reader is not None and reader.HasMetaDataKey("Segment0_Name")
+
+
+def load_slicer_segmentation(
+    path: str | Path, classes: Sequence[str] | None, *, ignore_unlisted: bool = False
+) -> Volume:
+    """Reads a 3D Slicer ``.seg.nrrd`` as a label map on the file's own grid, segments matched to classes by name.
+
+    Args:
+        path: The file.
+        classes: Class names, background first (case-insensitive match with the segment names); ``None``: the
+            segments in header order are classes 1, 2, ...
+        ignore_unlisted: Leave out segments that are no class's (``data.unlisted_labels: background``) instead
+            of refusing them.
+
+    Returns:
+        A label Volume (uint8) on the file's grid, ``source`` = ``path``.
+
+    Raises:
+        UnreadableScanError: Not a Slicer segmentation, unreadable, or a segment entry without its layer value.
+        SegmentNameError: A segment matches no class (unless ``ignore_unlisted``), or a class has no segment.
+    """
+    path = Path(path)
+    reader = _header(path)
+    if reader is None or not reader.HasMetaDataKey("Segment0_Name"):
+        raise UnreadableScanError(path, "not a 3D Slicer segmentation (no Segment0_Name in the NRRD header)")
+    segments: dict[int, dict[str, str]] = {}
+    for key in reader.GetMetaDataKeys():
+        match = _SEGMENT_KEY.match(key)
+        if match:
+            segments.setdefault(int(match.group(1)), {})[match.group(2)] = reader.GetMetaData(key).strip()
+    named = [(i, s) for i, s in sorted(segments.items()) if "Name" in s]
+    if ignore_unlisted and classes is not None:
+        wanted = {c.casefold() for c in classes[1:]}
+        named = [(i, s) for i, s in named if s["Name"].casefold() in wanted]
+    class_of = segment_classes([s["Name"] for _, s in named], classes, path, "segment(s)")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise UnreadableScanError(path, f"SimpleITK could not read it ({sitk_message(exc)})") from exc
+    n_layers = image.GetNumberOfComponentsPerPixel() if image.GetDimension() == 3 else image.GetSize()[3]
+    layers: dict[int, Volume] = {}
+    per_class: list[tuple[int, np.ndarray]] = []
+    for (index, segment), cls in zip(named, class_of, strict=True):
+        try:
+            layer, value = int(segment.get("Layer", "0")), int(segment["LabelValue"])
+        except (KeyError, ValueError):
+            problem = f"segment {index} ('{segment['Name']}') has no valid layer and label value"
+            raise UnreadableScanError(path, problem) from None
+        if not 0 <= layer < n_layers:
+            raise UnreadableScanError(path, f"segment '{segment['Name']}' is on layer {layer} of {n_layers}")
+        if layer not in layers:
+            layers[layer] = volume_from_sitk(image, path, channel=layer if n_layers > 1 else None)
+        per_class.append((cls, np.asarray(layers[layer].array) == value))
+    grid = next(iter(layers.values())) if layers else volume_from_sitk(image, path, channel=0 if n_layers > 1 else None)
+    return Volume(array=combine_masks(per_class, grid.shape, path, "segment"), affine=grid.affine, source=path)

@@ -1,0 +1,119 @@
+"""3D Slicer segmentations (``.seg.nrrd``, two files written by Slicer, from slicerio: tests/data/slicer/README.md)
+read by segment name: one layer or several (overlapping segments), any label value, cut to the segments' extent."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from medseg.data.cases import Case
+from medseg.data.label_reading import LabelReading
+from medseg.data.prepare import _CaseReader
+from medseg.errors import SegmentNameError
+from medseg.evaluation import evaluate
+from medseg.io import load_volume
+from medseg.io.segmentation import labels_are_classes, load_label
+from medseg.io.slicer_seg import is_slicer_segmentation, load_slicer_segmentation
+
+SLICER = Path(__file__).parent / "data" / "slicer"
+ONE_LAYER = SLICER / "Segmentation.seg.nrrd"  # segments 1..7; right lung = 5, left lung = 6
+TWO_LAYERS = SLICER / "SegmentationOverlapping.seg.nrrd"  # the same on layer 0, "overlapping sphere" = 1 on layer 1
+LUNGS = ["background", "Right Lung", "left lung"]  # matched case-insensitively
+
+
+def _values(path: Path) -> np.ndarray:
+    """The file's layer 0 as a plain label map (what a reader blind to the header sees), in medseg's voxel order."""
+    return np.asarray(load_volume(path, channel=0 if path == TWO_LAYERS else None).array)
+
+
+def _copy(path: Path, out: Path, replace: dict[bytes, bytes]) -> Path:
+    """``path`` with header text replaced (the NRRD header is plain text before the gzip-encoded data)."""
+    data = path.read_bytes()
+    head, sep, body = data.partition(b"\n\n")
+    for old, new in replace.items():
+        assert old in head
+        head = head.replace(old, new)
+    out.write_bytes(head + sep + body)
+    return out
+
+
+def _image_like(path: Path, out: Path) -> Path:
+    """A CT-like image on the segmentation's grid (the grid is all that the label reading needs)."""
+    seg = sitk.ReadImage(str(path))
+    image = sitk.Image(seg.GetSize(), sitk.sitkInt16)
+    image.CopyInformation(seg if seg.GetNumberOfComponentsPerPixel() == 1 else sitk.VectorIndexSelectionCast(seg, 0))
+    sitk.WriteImage(image, str(out))
+    return out
+
+
+def test_segments_are_read_by_name_not_by_value() -> None:
+    assert is_slicer_segmentation(ONE_LAYER) and labels_are_classes(ONE_LAYER)
+    raw = _values(ONE_LAYER)
+    label = load_slicer_segmentation(ONE_LAYER, LUNGS, ignore_unlisted=True)
+    np.testing.assert_array_equal(label.array, np.select([raw == 5, raw == 6], [1, 2], 0))
+    np.testing.assert_allclose(label.affine, load_volume(ONE_LAYER).affine)
+    with pytest.raises(SegmentNameError, match=r"'ribs', .* match\(es\) none of the classes"):
+        load_slicer_segmentation(ONE_LAYER, LUNGS)
+    with pytest.raises(SegmentNameError, match=r"no segment\(s\) for class\(es\) \['liver'\]"):
+        load_slicer_segmentation(ONE_LAYER, [*LUNGS, "liver"], ignore_unlisted=True)
+
+
+def test_another_case_with_other_label_values_reads_the_same(tmp_path: Path) -> None:
+    # Slicer numbers segments in the order they were drawn: here the left lung was drawn first (value 5).
+    swapped = _copy(
+        ONE_LAYER,
+        tmp_path / "swapped.seg.nrrd",
+        {
+            b"Segment4_Name:=right lung": b"Segment4_Name:=left lung",
+            b"Segment5_Name:=left lung": b"Segment5_Name:=right lung",
+        },
+    )
+    raw = _values(swapped)
+    label = load_slicer_segmentation(swapped, LUNGS, ignore_unlisted=True)
+    np.testing.assert_array_equal(label.array, np.select([raw == 6, raw == 5], [1, 2], 0))
+
+
+def test_overlapping_segments_on_two_layers(caplog: pytest.LogCaptureFixture) -> None:
+    raw0 = _values(TWO_LAYERS)
+    raw1 = np.asarray(load_volume(TWO_LAYERS, channel=1).array)
+    classes = ["background", "left lung", "overlapping sphere"]
+    with caplog.at_level(logging.WARNING):
+        label = load_slicer_segmentation(TWO_LAYERS, classes, ignore_unlisted=True)
+    overlap = int(np.count_nonzero((raw0 == 6) & (raw1 == 1)))
+    assert overlap > 0 and f"{overlap} voxel(s) belong to several segments" in caplog.text
+    np.testing.assert_array_equal(label.array, np.select([raw1 == 1, raw0 == 6], [2, 1], 0))  # higher class wins
+
+
+def test_training_and_evaluation_read_a_cut_segmentation(tmp_path: Path) -> None:
+    image = _image_like(ONE_LAYER, tmp_path / "ct.nrrd")
+    reading = LabelReading(unlisted_background=True)
+    full = _CaseReader(load_volume, 3, classes=LUNGS, labels=reading).read(Case("c", image, ONE_LAYER))[1]
+    # Cut to the lungs' extent, as Slicer can save it (its header entries kept): placed by its position,
+    # without data.place_cut_labels, because a Slicer file is a segmentation of its reference image by design.
+    seg = sitk.ReadImage(str(ONE_LAYER))
+    cut = sitk.RegionOfInterest(seg, [100, 90, 30], [10, 20, 2])
+    for key in seg.GetMetaDataKeys():
+        cut.SetMetaData(key, seg.GetMetaData(key))
+    sitk.WriteImage(cut, str(tmp_path / "cut.seg.nrrd"), useCompression=True)
+    assert is_slicer_segmentation(tmp_path / "cut.seg.nrrd")
+    placed = _CaseReader(load_volume, 3, classes=LUNGS, labels=reading).read(
+        Case("c", image, tmp_path / "cut.seg.nrrd")
+    )[1]
+    assert full is not None and placed is not None
+    raw = _values(ONE_LAYER)
+    inside = np.zeros(raw.shape, bool)
+    inside[10:110, 20:110, 2:32] = True
+    np.testing.assert_array_equal(placed, np.where(inside, full, 0))
+    # Evaluation against the cut file as ground truth: a prediction of exactly its lungs scores 1.
+    pred = tmp_path / "pred" / "c.nii.gz"
+    pred.parent.mkdir()
+    volume = load_label(ONE_LAYER, None, LUNGS, ignore_unlisted=True)
+    nib.save(nib.Nifti1Image(np.where(inside, volume.array, 0).astype(np.uint8), volume.affine), pred)
+    pairs = [("c", pred, tmp_path / "cut.seg.nrrd", image)]
+    summary = evaluate(pairs, LUNGS, tmp_path / "eval", overlays=0, labels=reading)
+    assert summary["n_evaluated"] == 1 and summary["mean_dice"] == pytest.approx(1.0)
