@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -103,3 +104,24 @@ def msd_ct_case(totalseg_dir: Path, root: Path, **dataset: object) -> Path:
     training = [{"image": "./imagesTr/ct.nii.gz", "label": "./labelsTr/ct.nii.gz"}]
     (root / "dataset.json").write_text(json.dumps({**dataset, "labels": labels, "training": training}))
     return root
+
+
+def run_tiny(out: Path, *, epochs: int = 1, **data: Any) -> Any:
+    """Trains, predicts and evaluates a tiny seeded model (base 4, fp32, CPU) on ``data`` (the ``data`` config
+    section) in-process; returns ``medseg.runner.run_stages``' result. Two runs on the same data train bit for bit
+    alike, which tests of label formats compare."""
+    from medseg.config import config_from_dict
+    from medseg.runner import run_stages
+
+    cfg = config_from_dict(
+        {
+            "data": {"val_fraction": 0.34, "seed": 0, **data},
+            "model": {"base_features": 4},
+            "training": {"epochs": epochs, "batch_size": 8, "num_workers": 0, "device": "cpu", "precision": "fp32"},
+            "inference": {"device": "cpu", "precision": "fp32"},
+            "evaluation": {"overlays": 0},
+            "output": {"dir": str(out)},
+        },
+        base_dir=Path.cwd(),
+    )
+    return run_stages(cfg, ["train", "predict", "evaluate"])

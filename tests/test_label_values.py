@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
-from medseg.config import DataConfig, PreprocessingConfig, config_from_dict
+from medseg.config import DataConfig, PreprocessingConfig
 from medseg.data.cases import discover_cases
 from medseg.data.checks import label_problem
 from medseg.data.label_reading import LabelReading
@@ -23,18 +21,14 @@ from medseg.data.prepare import prepare_training_data
 from medseg.errors import BadCaseError
 from medseg.evaluation import evaluate, match_predictions
 from medseg.io import load_volume
+from tests.conftest import run_tiny
 
 #: The hippocampus classes (background, anterior, posterior) stored as 0, 100 and 200.
 STORED = [0, 100, 200]
 AS_STORED = LabelReading(values=tuple(STORED))
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared 2-core machine (see tests/test_training.py)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models on a shared 2-core machine
 
 
 def _copy_msd(sample_hippo: Path, root: Path, n: int, values: list[int] | None) -> list[str]:
@@ -179,29 +173,12 @@ def test_evaluation_reads_stored_values(sample_hippo: Path, tmp_path: Path) -> N
 # ------------------------------------------------------------------------------------- a run, end to end
 
 
-def _run(root: Path, out: Path, **data: Any) -> Any:
-    from medseg.runner import run_stages
-
-    cfg = config_from_dict(
-        {
-            "data": {"root": str(root), "val_fraction": 0.34, "seed": 0, **data},
-            "model": {"base_features": 4},
-            "training": {"epochs": 1, "batch_size": 8, "num_workers": 0, "device": "cpu", "precision": "fp32"},
-            "inference": {"device": "cpu", "precision": "fp32"},
-            "evaluation": {"overlays": 0},
-            "output": {"dir": str(out)},
-        },
-        base_dir=Path.cwd(),
-    )
-    return run_stages(cfg, ["train", "predict", "evaluate"])
-
-
 @pytest.mark.slow
 def test_a_run_on_stored_values_trains_predicts_and_scores_as_on_indices(sample_hippo: Path, tmp_path: Path) -> None:
     _copy_msd(sample_hippo, tmp_path / "plain", 3, None)
     _copy_msd(sample_hippo, tmp_path / "stored", 3, STORED)
-    plain = _run(tmp_path / "plain", tmp_path / "run_plain")
-    stored = _run(tmp_path / "stored", tmp_path / "run_stored")
+    plain = run_tiny(tmp_path / "run_plain", root=str(tmp_path / "plain"))
+    stored = run_tiny(tmp_path / "run_stored", root=str(tmp_path / "stored"))
     a = torch.load(tmp_path / "run_plain" / "checkpoints" / "best.pt", weights_only=True)
     b = torch.load(tmp_path / "run_stored" / "checkpoints" / "best.pt", weights_only=True)
     assert a["label_values"] is None and b["label_values"] == STORED

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.config import DataConfig, config_from_dict
+from medseg.config import DataConfig
 from medseg.data.cases import discover_cases
 from medseg.data.label_reading import LabelReading
 from medseg.data.prepare import _CaseReader
@@ -22,17 +21,13 @@ from medseg.errors import GeometryMismatchError, MedsegError, SegmentNameError
 from medseg.evaluation import evaluate
 from medseg.io import load_volume
 from medseg.io.segmentation import labels_are_classes, load_label
+from tests.conftest import run_tiny
 
 #: TotalSegmentator v2 numbering of the structures written as files below.
 STRUCTURES = {"spleen": 1, "kidney_right": 2, "liver": 5, "aorta": 52}
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared 2-core machine (see tests/test_training.py)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models on a shared 2-core machine
 
 
 def _totalseg_case(totalseg_dir: Path, root: Path) -> tuple[Path, Path, np.ndarray]:
@@ -136,31 +131,19 @@ def _as_folders(sample_hippo: Path, root: Path, n: int) -> None:
             nib.save(nib.Nifti1Image(mask, label.affine, label.header), case / "segmentations" / f"{name}.nii.gz")
 
 
-def _run(out: Path, **data: object) -> object:
-    from medseg.runner import run_stages
-
-    cfg = config_from_dict(
-        {
-            "data": {"val_fraction": 0.34, "seed": 0, **data},
-            "model": {"base_features": 4},
-            "training": {"epochs": 3, "batch_size": 8, "num_workers": 0, "device": "cpu", "precision": "fp32"},
-            "inference": {"device": "cpu", "precision": "fp32"},
-            "evaluation": {"overlays": 0},
-            "output": {"dir": str(out)},
-        },
-        base_dir=Path.cwd(),
-    )
-    return run_stages(cfg, ["train", "predict", "evaluate"])
-
-
 @pytest.mark.slow
 def test_a_run_on_structure_folders_trains_as_on_label_maps(sample_hippo: Path, tmp_path: Path) -> None:
     _as_folders(sample_hippo, tmp_path / "folders", 3)
-    maps = _run(
-        tmp_path / "run_msd", root=str(sample_hippo), max_cases=3, classes=["background", "Anterior", "Posterior"]
+    maps = run_tiny(
+        tmp_path / "run_msd",
+        epochs=3,
+        root=str(sample_hippo),
+        max_cases=3,
+        classes=["background", "Anterior", "Posterior"],
     )
-    folders = _run(
+    folders = run_tiny(
         tmp_path / "run_folders",
+        epochs=3,
         root=str(tmp_path / "folders"),
         layout="folders",
         channel_patterns=["image*"],
