@@ -89,11 +89,14 @@ class DataConfig(_Section):
     for binary masks saved as 0/255 or ``[0, 1, 2, 4]`` for BraTS. Label files are read through it (any other value
     is refused) and predicted masks are written with these values. ``None`` = class k is stored as k, or what
     ``dataset.json``'s ``labels`` declare (msd layout, e.g. ``{"0": "background", "255": "lesion"}``).
-    DICOM SEG / RTSTRUCT labels are matched by segment and ignore it."""
+    Labels that name their segments (DICOM SEG / RTSTRUCT, structure folders, 3D Slicer ``.seg.nrrd``) are
+    matched to the classes by name and ignore it."""
     unlisted_labels: Literal["refuse", "background"] = "refuse"
     """Label values that are not a class's (not in ``label_values``, or ``>= len(classes)``): ``refuse`` names the
     file and the values; ``background`` reads them as background, to train a subset of a multi-label set (e.g.
-    ``classes: [background, liver, aorta]`` with ``label_values: [0, 5, 52]`` from TotalSegmentator masks)."""
+    ``classes: [background, liver, aorta]`` with ``label_values: [0, 5, 52]`` from TotalSegmentator masks). For
+    labels that name their segments (structure folders, 3D Slicer segmentations), segments that are no class's are
+    refused or left out the same way."""
     place_cut_labels: bool = False
     """Place a label saved cut to its extent (3D Slicer saves segmentations so) on its image's grid by its
     position, when its voxels are exactly the image's. Off by default: where headers carry no position (origin 0,
