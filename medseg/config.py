@@ -492,9 +492,11 @@ class InferenceConfig(_Section):
     """Connected-component clean-up of the predicted masks."""
     save_probabilities: bool = False
     """Also write float32 probability maps next to the masks."""
-    output_format: Literal["nii.gz", "nrrd", "mha", "dicom-seg", "rtstruct"] = "nii.gz"
-    """File format of the predicted masks. ``dicom-seg`` / ``rtstruct`` (``<case>.dcm``) need DICOM-series inputs:
-    a NIfTI/NRRD/MHA input is a failed case (or an error at start when no input is a DICOM series)."""
+    output_format: Literal["nii.gz", "nrrd", "mha", "seg.nrrd", "dicom-seg", "rtstruct"] = "nii.gz"
+    """File format of the predicted masks. ``seg.nrrd``: a 3D Slicer segmentation (a named segment per class, on
+    the scan's grid; probability maps beside it as NRRD). ``dicom-seg`` / ``rtstruct`` (``<case>.dcm``) need
+    DICOM-series inputs: a NIfTI/NRRD/MHA input is a failed case (or an error at start when no input is a DICOM
+    series)."""
     also_nifti: bool = False
     """With a DICOM ``output_format``: also write the mask as ``<case>.nii.gz``."""
     dicom: DicomOutputConfig = DicomOutputConfig()

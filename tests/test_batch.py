@@ -278,3 +278,21 @@ def test_a_batch_rewrites_the_table_only_for_its_first_row(
     assert rewrites == [1, 4]  # the first case's table, then the final table; cases 2-4 were appended
     with (tmp_path / "out" / "predictions.csv").open(newline="") as f:
         assert [r["status"] for r in csv.DictReader(f)] == ["ok"] * 4
+
+
+def test_slicer_segmentation_output(predictor: Predictor, sample_hippo: Path, tmp_path: Path) -> None:
+    from medseg.io.slicer_seg import load_slicer_segmentation
+
+    scan = sample_hippo / "imagesTr" / "hippocampus_004.nii.gz"
+    out = tmp_path / "out"
+    res = predict_folder(predictor, scan, out, save_probabilities=True, output_format="seg.nrrd", progress=False)
+    assert res.n_ok == 1
+    assert sorted(p.name for p in out.iterdir() if p.name != "predictions.csv") == [
+        "hippocampus_004.seg.nrrd",  # the case id without its .seg.nrrd ending, as for any scan ending
+        "hippocampus_004_prob_anterior.nrrd",
+        "hippocampus_004_prob_posterior.nrrd",
+    ]
+    volume = load_volume(scan)
+    written = load_slicer_segmentation(out / "hippocampus_004.seg.nrrd", predictor.classes)
+    assert written.same_grid(volume, atol=1e-5)
+    np.testing.assert_array_equal(written.array, predictor.predict(volume).array)

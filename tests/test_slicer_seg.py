@@ -117,3 +117,38 @@ def test_training_and_evaluation_read_a_cut_segmentation(tmp_path: Path) -> None
     pairs = [("c", pred, tmp_path / "cut.seg.nrrd", image)]
     summary = evaluate(pairs, LUNGS, tmp_path / "eval", overlays=0, labels=reading)
     assert summary["n_evaluated"] == 1 and summary["mean_dice"] == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------- read by Slicer's own reader
+
+
+def test_slicerio_reads_the_slicer_files_as_medseg_does() -> None:
+    slicerio = pytest.importorskip("slicerio")
+    seg = slicerio.read_segmentation(str(TWO_LAYERS))
+    # slicerio's voxels are in NRRD index order (i, j, k of the LPS grid), medseg's in the same i, j, k.
+    ref = slicerio.extract_segments(seg, [("left lung", 1), ("overlapping sphere", 2)])
+    ours = load_slicer_segmentation(TWO_LAYERS, ["background", "left lung", "overlapping sphere"], ignore_unlisted=True)
+    np.testing.assert_array_equal(ours.array, ref["voxels"])
+
+
+def test_a_written_segmentation_reads_back_in_slicerio_and_medseg(sample_hippo: Path, tmp_path: Path) -> None:
+    from medseg.io.slicer_seg import save_slicer_segmentation
+
+    slicerio = pytest.importorskip("slicerio")
+    scan = load_volume(sample_hippo / "labelsTr" / "hippocampus_001.nii.gz")
+    mask = np.rint(scan.array).astype(np.uint8)
+    classes = ["background", "Anterior", "Posterior"]
+    path = save_slicer_segmentation(mask, scan, tmp_path / "case.seg.nrrd", classes)
+    seg = slicerio.read_segmentation(str(path))
+    assert [(s["name"], s["labelValue"], s["layer"]) for s in seg["segments"]] == [
+        ("Anterior", 1, 0),
+        ("Posterior", 2, 0),
+    ]
+    np.testing.assert_array_equal(slicerio.extract_segments(seg, [("Anterior", 1), ("Posterior", 2)])["voxels"], mask)
+    # Its grid is the scan's: slicerio's ijk -> LPS against medseg's ijk -> RAS.
+    np.testing.assert_allclose(np.diag([-1.0, -1.0, 1.0, 1.0]) @ seg["ijkToLPS"], scan.affine, atol=1e-5)
+    back = load_slicer_segmentation(path, ["background", "posterior", "anterior"])
+    np.testing.assert_array_equal(back.array, np.select([mask == 2, mask == 1], [1, 2], 0))
+    # Stored label values become the segments' values.
+    stored = save_slicer_segmentation(mask, scan, tmp_path / "s.seg.nrrd", classes, label_values=[0, 100, 200])
+    assert [s["labelValue"] for s in slicerio.read_segmentation(str(stored))["segments"]] == [100, 200]

@@ -77,11 +77,14 @@ from medseg.io.atomic import atomic_write_text, remove_stale_temp_files
 from medseg.io.channels import ChannelStack
 from medseg.io.dicom_seg import DicomWriteOptions
 from medseg.io.scans import is_later_channel_file, walk_scan_tree
+from medseg.io.slicer_seg import save_slicer_segmentation
 from medseg.io.storage import output_storage
 
 log = logging.getLogger(__name__)
 
-OUTPUT_FORMATS = ("nii.gz", "nrrd", "mha", *DICOM_FORMATS)
+#: ``seg.nrrd``: a 3D Slicer segmentation (named segments), on the scan's grid like the NRRD label map.
+SLICER_FORMAT = "seg.nrrd"
+OUTPUT_FORMATS = ("nii.gz", "nrrd", "mha", SLICER_FORMAT, *DICOM_FORMATS)
 CSV_NAME = "predictions.csv"
 # What predict_folder takes: a folder or scan, a list of scans, or {case_id: scan} (the caller names the outputs).
 ScanInputs = Path | str | Sequence[Path | str] | Mapping[str, Path | str]
@@ -141,7 +144,11 @@ def column_names(classes: Sequence[str]) -> list[str]:
 
 def probability_paths(mask_path: Path, case_id: str, classes: Sequence[str], output_format: str) -> list[Path]:
     """Paths of the per-class probability maps next to ``mask_path`` (foreground classes, in class order)."""
-    output_format = NIFTI_FORMAT if output_format in DICOM_FORMATS else output_format
+    # Probabilities are plain float maps: next to a DICOM output as NIfTI, next to a Slicer segmentation as NRRD.
+    if output_format in DICOM_FORMATS:
+        output_format = NIFTI_FORMAT
+    elif output_format == SLICER_FORMAT:
+        output_format = "nrrd"
     stems = [_sanitize(c) for c in classes[1:]]
     # Two class names reduced to the same text would overwrite each other: fall back to indices.
     if len(set(stems)) != len(stems):
@@ -426,6 +433,15 @@ def _run_case(
                     predictor.classes,
                     probabilities=probs if dicom.fractional else None,
                     options=dicom,
+                    overwrite=overwrite,
+                )
+            elif output_format == SLICER_FORMAT:
+                save_slicer_segmentation(
+                    mask.array,
+                    volume,
+                    job.output,
+                    predictor.classes,
+                    label_values=predictor.spec.label_values,
                     overwrite=overwrite,
                 )
             else:

@@ -13,10 +13,10 @@ from medseg.io.geometry import array_to_sitk, sitk_affine, sitk_to_array
 from medseg.io.read_options import CHANNEL_HINT
 from medseg.volume import Volume
 
-ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+ITK_SUFFIXES = (".seg.nrrd", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: Formats written as one self-contained file, so the atomic temp-file-and-rename write is sound
 #: (.nhdr/.mhd point to a separate data file by name, which a rename would break).
-ITK_WRITE_SUFFIXES = (".nrrd", ".mha")
+ITK_WRITE_SUFFIXES = (".seg.nrrd", ".nrrd", ".mha")
 
 
 def sitk_message(exc: BaseException) -> str:

@@ -20,7 +20,8 @@ from pathlib import Path
 from medseg.errors import UnreadableScanError
 
 #: Image-file extensions medseg reads (lower case; matched case-insensitively, longest first).
-SUPPORTED_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: ``.seg.nrrd`` (a 3D Slicer segmentation) comes before ``.nrrd``: ``case_01.seg.nrrd`` is case ``case_01``.
+SUPPORTED_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 #: The nnU-Net suffix of a scan's first (for medseg: only) channel: ``case_0000.nii.gz`` is case ``case``.
 CHANNEL_SUFFIX = "_0000"

@@ -1,4 +1,5 @@
-"""3D Slicer segmentations (``.seg.nrrd``) read by segment name.
+"""3D Slicer segmentations (``.seg.nrrd``): read by segment name, and written so Slicer opens a mask as named
+segments.
 
 3D Slicer, the most used tool for drawing research labels, saves a segmentation as NRRD with one entry per
 segment in the header (``Segment<i>_Name``, ``_LayerValue``... see
@@ -8,6 +9,9 @@ separate layers (a 4D file). Read as a plain label map such a file would be wron
 segment is matched to a class by its name (as a DICOM SEG's segments), so the values and layers do not matter.
 The file lies on its image's grid, or on part of it (Slicer can save it cut to the segments' extent; its header
 places it, and ``medseg.data.label_grid`` puts it on the image's grid).
+
+Written (``inference.output_format: seg.nrrd``): one layer on the scan's grid, a segment per foreground class
+named after it, with the header entries Slicer and slicerio read.
 """
 
 from __future__ import annotations
@@ -98,3 +102,78 @@ def load_slicer_segmentation(
         per_class.append((cls, np.asarray(layers[layer].array) == value))
     grid = next(iter(layers.values())) if layers else volume_from_sitk(image, path, channel=0 if n_layers > 1 else None)
     return Volume(array=combine_masks(per_class, grid.shape, path, "segment"), affine=grid.affine, source=path)
+
+
+#: Segment colours (RGB, 0..1), one per foreground class in turn: Slicer shows them as the segments' colours.
+_COLOURS = (
+    (0.90, 0.10, 0.10),
+    (0.10, 0.60, 0.95),
+    (0.95, 0.80, 0.10),
+    (0.20, 0.80, 0.30),
+    (0.70, 0.30, 0.90),
+    (0.95, 0.50, 0.10),
+    (0.10, 0.85, 0.85),
+    (0.95, 0.40, 0.70),
+)
+
+
+def save_slicer_segmentation(
+    mask: np.ndarray,
+    like: Volume,
+    path: str | Path,
+    classes: Sequence[str],
+    *,
+    label_values: Sequence[int] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Writes a label map as a 3D Slicer segmentation on ``like``'s grid: a segment per foreground class.
+
+    Args:
+        mask: Class indices ``0..len(classes)-1``, shape ``like.shape``.
+        like: The scan whose grid the mask is on.
+        path: Output file, ending ``.seg.nrrd``.
+        classes: Class names, background first: segment ``k - 1`` is class ``k``, named after it.
+        label_values: The value each class is stored as (``data.label_values``); ``None`` = class k as k.
+        overwrite: Replace an existing file.
+
+    Raises:
+        GeometryMismatchError: ``mask``'s shape differs from ``like``'s.
+        OutputExistsError: ``path`` exists and ``overwrite`` is False.
+        MedsegError: ``path`` does not end in ``.seg.nrrd``.
+    """
+    from medseg.errors import GeometryMismatchError, MedsegError
+    from medseg.io.atomic import atomic_path
+    from medseg.io.geometry import array_to_sitk
+
+    path = Path(path)
+    if not path.name.lower().endswith(".seg.nrrd"):
+        raise MedsegError(f"Cannot write '{path}' as a 3D Slicer segmentation: the name must end in .seg.nrrd")
+    mask = np.asarray(mask)
+    if mask.shape != like.shape:
+        raise GeometryMismatchError(
+            f"Cannot write '{path}': mask shape {mask.shape} differs from the scan's {like.shape}"
+        )
+    values = list(label_values) if label_values is not None else list(range(len(classes)))
+    stored = np.asarray(values, dtype=np.uint8 if max(values) <= 255 else np.uint16)[mask]
+    image = array_to_sitk(stored, like.affine)
+    for k, name in enumerate(classes[1:], start=1):
+        key = f"Segment{k - 1}_"
+        where = np.nonzero(mask == k)
+        # Extent in voxel indices (i, j, k = ITK's x, y, z), as Slicer writes it; "0 -1 ..." for an empty segment.
+        extent = [b for axis in where for b in (int(axis.min()), int(axis.max()))] if where[0].size else [0, -1] * 3
+        entries = {
+            "ID": f"Segment_{k}",
+            "Name": name,
+            "LabelValue": str(values[k]),
+            "Layer": "0",
+            "Color": " ".join(f"{c:g}" for c in _COLOURS[(k - 1) % len(_COLOURS)]),
+            "Extent": " ".join(str(v) for v in extent),
+        }
+        for field, value in entries.items():
+            image.SetMetaData(key + field, value)
+    image.SetMetaData("Segmentation_MasterRepresentation", "Binary labelmap")
+    image.SetMetaData("Segmentation_ContainedRepresentationNames", "Binary labelmap|")
+    image.SetMetaData("Segmentation_ReferenceImageExtentOffset", "0 0 0")
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+    return path
