@@ -152,3 +152,12 @@ def test_a_written_segmentation_reads_back_in_slicerio_and_medseg(sample_hippo: 
     # Stored label values become the segments' values.
     stored = save_slicer_segmentation(mask, scan, tmp_path / "s.seg.nrrd", classes, label_values=[0, 100, 200])
     assert [s["labelValue"] for s in slicerio.read_segmentation(str(stored))["segments"]] == [100, 200]
+
+
+def test_a_slicer_segmentation_is_no_scan_to_predict(sample_hippo: Path, tmp_path: Path) -> None:
+    from medseg.io.scans import case_id_from_path, find_scans
+
+    (tmp_path / "case_01.seg.nrrd").write_bytes(ONE_LAYER.read_bytes())
+    (tmp_path / "case_01.nii.gz").write_bytes((sample_hippo / "imagesTr" / "hippocampus_001.nii.gz").read_bytes())
+    assert find_scans(tmp_path) == [tmp_path / "case_01.nii.gz"]
+    assert case_id_from_path(tmp_path / "case_01.seg.nrrd") == "case_01"  # pairs with its image by case id

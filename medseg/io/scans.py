@@ -20,8 +20,10 @@ from pathlib import Path
 from medseg.errors import UnreadableScanError
 
 #: Image-file extensions medseg reads (lower case; matched case-insensitively, longest first).
-#: ``.seg.nrrd`` (a 3D Slicer segmentation) comes before ``.nrrd``: ``case_01.seg.nrrd`` is case ``case_01``.
-SUPPORTED_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: 3D Slicer's ending of segmentations: a label, never a scan to predict (:func:`find_scans` skips it).
+SEGMENTATION_SUFFIX = ".seg.nrrd"
+#: ``.seg.nrrd`` comes before ``.nrrd``: ``case_01.seg.nrrd`` is case ``case_01``.
+SUPPORTED_SUFFIXES = (".nii.gz", ".nii", SEGMENTATION_SUFFIX, ".nrrd", ".nhdr", ".mha", ".mhd")
 
 #: The nnU-Net suffix of a scan's first (for medseg: only) channel: ``case_0000.nii.gz`` is case ``case``.
 CHANNEL_SUFFIX = "_0000"
@@ -107,10 +109,11 @@ def walk_scan_tree(folder: str | Path) -> Iterator[tuple[str, list[str], list[st
 def find_scans(folder: str | Path) -> list[Path]:
     """Lists the scans under ``folder``, recursively and sorted.
 
-    A scan is an image file with a supported extension, or a folder holding DICOM files (listed once, as the
-    folder; its files are not listed separately). Hidden files and folders are skipped. Symbolic links are
-    followed (a link to a file or to a DICOM folder is a scan, named by the link) and listed under the link's
-    path, not its target's; a link that leads back into the tree is not followed twice.
+    A scan is an image file with a supported extension (not a 3D Slicer ``.seg.nrrd`` segmentation), or a folder
+    holding DICOM files (listed once, as the folder; its files are not listed separately). Hidden files and
+    folders are skipped. Symbolic links are followed (a link to a file or to a DICOM folder is a scan, named by
+    the link) and listed under the link's path, not its target's; a link that leads back into the tree is not
+    followed twice.
 
     Args:
         folder: Folder to search. A single supported image file is returned as a one-element list.
@@ -139,7 +142,7 @@ def find_scans(folder: str | Path) -> list[Path]:
         root_path = Path(root)
         has_dicom = False
         for name in files:
-            if is_supported_file(name):
+            if is_supported_file(name) and not name.lower().endswith(SEGMENTATION_SUFFIX):
                 found.append(root_path / name)
             elif not has_dicom and is_dicom_file(root_path / name):
                 has_dicom = True
