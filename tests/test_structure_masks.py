@@ -18,7 +18,7 @@ from medseg.data.cases import discover_cases
 from medseg.data.label_reading import LabelReading
 from medseg.data.prepare import _CaseReader
 from medseg.errors import GeometryMismatchError, MedsegError, SegmentNameError
-from medseg.evaluation import evaluate
+from medseg.evaluation import evaluate, match_predictions
 from medseg.io import load_volume
 from medseg.io.segmentation import labels_are_classes, load_label
 from tests.conftest import run_tiny
@@ -100,18 +100,24 @@ def test_folders_layout_trains_from_and_evaluates_against_structure_folders(tota
     )
     (case,) = discover_cases(data).cases
     assert case.label == folder and case.image == image
-    reader = _CaseReader(load_volume, 3, classes=classes, labels=LabelReading.of(data, None))
-    _, label, _ = reader.read(case)
+    reading = LabelReading.of(data, None)
+    _, label, _ = _CaseReader(load_volume, 3, classes=classes, labels=reading).read(case)
     np.testing.assert_array_equal(label, np.select([stored == 5, stored == 52], [1, 2], 0))  # RAS: no reorientation
     # Evaluation against the structure folder: a mask of the liver and aorta (TotalSegmentator's values mapped).
     pred = tmp_path / "pred" / "ct_1.nii.gz"
     pred.parent.mkdir()
     ref = nib.load(image)
     nib.save(nib.Nifti1Image(np.select([stored == 5, stored == 52], [1, 2], 0).astype(np.uint8), ref.affine), pred)
-    summary = evaluate(
-        [("ct_1", pred, folder, image)], classes, tmp_path / "eval", overlays=0, labels=LabelReading.of(data, None)
-    )
+    summary = evaluate([("ct_1", pred, folder, image)], classes, tmp_path / "eval", overlays=0, labels=reading)
     assert summary["n_evaluated"] == 1 and summary["mean_dice"] == pytest.approx(1.0)
+    # A ground-truth folder of structure folders, one per case (TotalSegmentator's output folders renamed).
+    gt_dir = tmp_path / "gt"
+    gt_dir.mkdir()
+    shutil.copytree(folder, gt_dir / "ct_1")
+    (pair,) = match_predictions(pred.parent, gt_dir)
+    assert pair.gt == gt_dir / "ct_1"
+    again = evaluate([pair._replace(image=image)], classes, tmp_path / "eval2", overlays=0, labels=reading)
+    assert again["mean_dice"] == pytest.approx(1.0)
 
 
 # ------------------------------------------------------------------------------------- a run, end to end

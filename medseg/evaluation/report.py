@@ -64,7 +64,9 @@ class EvalPair(NamedTuple):
     image: Path | None = None
 
 
-def _files_by_case(folder: Path, what: str, *, allow_folders: bool = False) -> dict[str, Path]:
+def _files_by_case(
+    folder: Path, what: str, *, allow_folders: bool = False, structure_folders: bool = False
+) -> dict[str, Path]:
     if not folder.is_dir():
         raise MedsegError(f"{what} folder '{folder}' does not exist or is not a folder")
     found: dict[str, Path] = {}
@@ -72,7 +74,9 @@ def _files_by_case(folder: Path, what: str, *, allow_folders: bool = False) -> d
         # Hidden files include the temp files of atomic writes that a killed run may have left.
         if path.name.startswith("."):
             continue
-        if not (is_supported_file(path) or (allow_folders and path.is_dir())):
+        # A case's labels may be a structure folder (one mask file per structure, named after the case).
+        folder_ok = (allow_folders and path.is_dir()) or (structure_folders and structure_files(path) is not None)
+        if not (is_supported_file(path) or folder_ok):
             continue
         cid = case_id_from_path(path)
         if cid in found:
@@ -94,7 +98,7 @@ def match_predictions(pred_dir: str | Path, gt_dir: str | Path, image_dir: str |
 
     Args:
         pred_dir: Folder of predicted label masks.
-        gt_dir: Folder of ground-truth label masks.
+        gt_dir: Folder of ground-truth label masks (files, or structure folders named after their cases).
         image_dir: Optional folder of the images, used as overlay background.
 
     Returns:
@@ -106,7 +110,7 @@ def match_predictions(pred_dir: str | Path, gt_dir: str | Path, image_dir: str |
     """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     preds = _files_by_case(pred_dir, "Prediction")
-    gts = _files_by_case(gt_dir, "Ground-truth")
+    gts = _files_by_case(gt_dir, "Ground-truth", structure_folders=True)
     images = _files_by_case(Path(image_dir), "Image", allow_folders=True) if image_dir is not None else {}
     unmatched = sorted(set(preds) - set(gts))
     if unmatched:
