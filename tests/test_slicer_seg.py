@@ -149,6 +149,15 @@ def test_a_written_segmentation_reads_back_in_slicerio_and_medseg(sample_hippo: 
     np.testing.assert_allclose(np.diag([-1.0, -1.0, 1.0, 1.0]) @ seg["ijkToLPS"], scan.affine, atol=1e-5)
     back = load_slicer_segmentation(path, ["background", "posterior", "anterior"])
     np.testing.assert_array_equal(back.array, np.select([mask == 2, mask == 1], [1, 2], 0))
+    # Class codes (data.class_codes, as for DICOM SEG) become the segments' terminology entries.
+    from medseg.io.dicom_seg import ClassCode
+
+    codes = {"Anterior": ClassCode("5300000", "SCT", "Hippocampus", "91723000", "SCT", "Anatomical Structure")}
+    coded = save_slicer_segmentation(mask, scan, tmp_path / "coded.seg.nrrd", classes, class_codes=codes)
+    anterior, posterior = slicerio.read_segmentation(str(coded))["segments"]
+    assert anterior["terminology"]["category"] == ["SCT", "91723000", "Anatomical Structure"]
+    assert anterior["terminology"]["type"] == ["SCT", "5300000", "Hippocampus"]
+    assert "terminology" not in posterior
     # Stored label values become the segments' values.
     stored = save_slicer_segmentation(mask, scan, tmp_path / "s.seg.nrrd", classes, label_values=[0, 100, 200])
     assert [s["labelValue"] for s in slicerio.read_segmentation(str(stored))["segments"]] == [100, 200]

@@ -442,6 +442,7 @@ def _run_case(
                     job.output,
                     predictor.classes,
                     label_values=predictor.spec.label_values,
+                    class_codes=dicom.class_codes,
                     overwrite=overwrite,
                 )
             else:

@@ -17,8 +17,9 @@ named after it, with the header entries Slicer and slicerio read.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
@@ -27,6 +28,9 @@ from medseg.errors import UnreadableScanError
 from medseg.io.itk import sitk_message, volume_from_sitk
 from medseg.io.structure_masks import combine_masks, segment_classes
 from medseg.volume import Volume
+
+if TYPE_CHECKING:
+    from medseg.io.dicom_seg import ClassCode
 
 _SEGMENT_KEY = re.compile(r"^Segment(\d+)_(Name|LabelValue|Layer)$")
 
@@ -124,6 +128,7 @@ def save_slicer_segmentation(
     classes: Sequence[str],
     *,
     label_values: Sequence[int] | None = None,
+    class_codes: Mapping[str, ClassCode] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Writes a label map as a 3D Slicer segmentation on ``like``'s grid: a segment per foreground class.
@@ -134,6 +139,8 @@ def save_slicer_segmentation(
         path: Output file, ending ``.seg.nrrd``.
         classes: Class names, background first: segment ``k - 1`` is class ``k``, named after it.
         label_values: The value each class is stored as (``data.label_values``); ``None`` = class k as k.
+        class_codes: Coded meanings by class name (``data.class_codes``, as for DICOM SEG): written as the
+            segment's Slicer terminology entry (category and type), which Slicer shows and exports.
         overwrite: Replace an existing file.
 
     Raises:
@@ -169,6 +176,9 @@ def save_slicer_segmentation(
             "Color": " ".join(f"{c:g}" for c in _COLOURS[(k - 1) % len(_COLOURS)]),
             "Extent": " ".join(str(v) for v in extent),
         }
+        code = (class_codes or {}).get(name)
+        if code is not None:
+            entries["Tags"] = f"TerminologyEntry:{_terminology(code)}|"
         for field, value in entries.items():
             image.SetMetaData(key + field, value)
     image.SetMetaData("Segmentation_MasterRepresentation", "Binary labelmap")
@@ -177,3 +187,12 @@ def save_slicer_segmentation(
     with atomic_path(path, overwrite=overwrite) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)
     return path
+
+
+def _terminology(code: ClassCode) -> str:
+    """Slicer's terminology entry string for a coded class: context ~ category ~ type ~ type modifier ~ anatomic
+    context ~ region ~ region modifier, each code ``scheme^value^meaning`` (as slicerio's
+    ``terminology_entry_to_string`` writes it)."""
+    category = f"{code.category_scheme}^{code.category_code}^{code.category_meaning}"
+    kind = f"{code.scheme}^{code.code}^{code.meaning}"
+    return f"Segmentation category and type - DICOM master list~{category}~{kind}~^^~~^^~^^"
