@@ -9,7 +9,9 @@ incl. the pydicom fallback), ``grid_checks`` (degenerate / sheared affines), ``r
 channel, series, NaN handling), ``geometry``
 (RAS/LPS and axis-order conversions), ``scans`` (finding and naming scans), ``reading`` / ``writing`` (the
 public entry points), ``atomic`` (temp file + rename), ``dicom_seg`` / ``rtstruct`` (DICOM label objects, read + write,
-on the source series found by ``dicom_source``) and ``segmentation`` (``load_segmentation``).
+on the source series found by ``dicom_source``), ``structure_masks`` (one mask per structure -> one label map:
+SEG segments, RTSTRUCT ROIs, structure folders), ``slicer_seg`` (3D Slicer ``.seg.nrrd``, read + write) and
+``segmentation`` (``load_label``: any label kind).
 """
 
 from __future__ import annotations

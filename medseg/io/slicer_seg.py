@@ -2,7 +2,7 @@
 segments.
 
 3D Slicer, the most used tool for drawing research labels, saves a segmentation as NRRD with one entry per
-segment in the header (``Segment<i>_Name``, ``_LayerValue``... see
+segment in the header (``Segment<i>_Name``, ``_LabelValue``, ``_Layer``... see
 https://slicer.readthedocs.io/en/latest/developer_guide/modules/segmentations.html). A segment's label value is
 the order it was created in, so "tumour" can be 1 in one case and 2 in the next; overlapping segments go to
 separate layers (a 4D file). Read as a plain label map such a file would be wrong or refused. Read here, each
