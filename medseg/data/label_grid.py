@@ -1,12 +1,14 @@
 """A label saved on another voxel grid than its image's, placed on the image's grid when that is exact.
 
 Segmentation tools may save a label with the voxel axes in another order (a label written in RAS order for an
-LPS image) or on the image's grid cut to the label's extent (3D Slicer's ``.seg.nrrd`` does by default). The
+LPS image) or on the image's grid cut to the label's extent (label maps exported cut to their segments). The
 label's voxels then sit exactly on voxels of the image, with the axes permuted or flipped and shifted by whole
 voxels. Another axis order covers the same voxels in space and is always placed; a cut label is placed only when
 the config says so (``data.place_cut_labels``): where headers carry no position (origin 0, spacing 1, common in
-research sets) a truncated label, or one of another case, would fit just as well. Any other difference (another
-spacing, a fraction of a voxel, a rotation) cannot be placed without resampling, and the label is refused.
+research sets) a truncated label, or one of another case, would fit just as well. (A 3D Slicer ``.seg.nrrd``
+is always placed: its header carries the real positions of a segmentation of that image,
+``medseg.io.slicer_seg``.) Any other difference (another spacing, a fraction of a voxel, a rotation) cannot be
+placed without resampling, and the label is refused.
 """
 
 from __future__ import annotations
@@ -116,9 +118,8 @@ def label_on_image_grid(label: Volume, image: Volume, tolerance: float, *, place
     if not placement.whole and not place_cut:
         raise ValueError(
             f"label shape {label.shape} covers image voxels {placement.box} of the image's {image.shape}: saved cut "
-            "to its extent (3D Slicer saves segmentations so)? Set data.place_cut_labels: true to place such labels "
-            "by their position (off by default: where headers carry no position, a truncated label or one of "
-            "another case fits as well)"
+            "to its extent? Set data.place_cut_labels: true to place such labels by their position (off by "
+            "default: where headers carry no position, a truncated label or one of another case fits as well)"
         )
     problem = placement.problem(image.shape)
     if problem:

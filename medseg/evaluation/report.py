@@ -173,7 +173,8 @@ def _load_pair(pair: EvalPair, classes: Sequence[str], labels: LabelReading) -> 
         )
 
     def reading(path: Path) -> LabelReading:
-        # A SEG / RTSTRUCT or a structure folder names its classes: stored and unlisted values concern mask files.
+        # A SEG / RTSTRUCT, structure folder or Slicer file names its classes: stored and unlisted values concern
+        # plain mask files.
         return LabelReading() if labels_are_classes(path) else labels
 
     pred = _labels(pred_vol, pair.pred, n_classes, reading(pair.pred))
