@@ -98,10 +98,10 @@ class DataConfig(_Section):
     labels that name their segments (structure folders, 3D Slicer segmentations), segments that are no class's are
     refused or left out the same way."""
     place_cut_labels: bool = False
-    """Place a label saved cut to its extent (3D Slicer saves segmentations so) on its image's grid by its
-    position, when its voxels are exactly the image's. Off by default: where headers carry no position (origin 0,
-    spacing 1) a truncated label, or one of another case, would fit as well, and is refused instead. A label in
-    another voxel axis order (the same voxels in space) is always placed."""
+    """Place a label map saved cut to its extent on its image's grid by its position, when its voxels are exactly
+    the image's. Off by default: where headers carry no position (origin 0, spacing 1) a truncated label, or one of
+    another case, would fit as well, and is refused instead. A label in another voxel axis order (the same voxels
+    in space) and a 3D Slicer ``.seg.nrrd`` (its header places it) are always placed."""
     class_codes: dict[str, ClassCodeConfig] = {}
     """Coded meaning per class name for DICOM SEG / RTSTRUCT outputs, e.g. ``{hippocampus: {code: "5300000",
     meaning: "Hippocampus", category_code: "91723000", category_meaning: "Anatomical Structure"}}``. A class
