@@ -30,6 +30,16 @@ def test_case_folders_point_to_the_folders_layout_with_the_file_names(tmp_path: 
     assert "notes.txt" not in hint
 
 
+def test_a_structure_folder_in_the_case_folders_is_named_as_the_label(tmp_path: Path) -> None:
+    for case in ("ct_1", "ct_2"):
+        _touch(tmp_path / case / "ct.nii.gz")
+        for structure in ("liver", "aorta", "spleen"):
+            _touch(tmp_path / case / "segmentations" / f"{structure}.nii.gz")
+    hint = layout_hint(tmp_path)
+    assert "data.layout: folders" in hint
+    assert "data.label_pattern (e.g. 'segmentations': its 3 mask files are matched to data.classes by name)" in hint
+
+
 def test_loose_scans_point_to_the_glob_layout(tmp_path: Path) -> None:
     for i in range(8):
         _touch(tmp_path / f"case{i}_img.nrrd")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medseg.io.scans import SUPPORTED_SUFFIXES, image_suffix, is_dicom_file, is_hidden
+from medseg.io.structure_masks import structure_files
 
 #: Names shown of a folder's files (enough to write the patterns from, short enough for one message).
 _SHOWN = 6
@@ -61,13 +62,21 @@ def layout_hint(root: Path) -> str:
     # folder beside NIfTI files), and the user knows which of them are the cases.
     hints: list[str] = []
     for folder in folders:
-        files = _scan_files(_visible(folder))
+        inside = _visible(folder)
+        files = _scan_files(inside)
         if files:
+            # A sub-folder of mask files (TotalSegmentator's segmentations/) is the case's label, by structure.
+            structures = [p for p in inside if p.is_dir() and structure_files(p) is not None]
+            label = (
+                f"data.label_pattern (e.g. '{structures[0].name}': its {len(structure_files(structures[0]) or [])} "
+                "mask files are matched to data.classes by name)"
+                if structures
+                else "data.label_pattern (e.g. '*label*')"
+            )
             hints.append(
                 f"it holds {len(folders)} folder(s) with scan files ('{folder.name}' has {_names(files)}): for one "
                 "folder per case set data.layout: folders, data.channel_patterns (one file-name pattern per input "
-                "channel, in order, e.g. ['*flair*', '*t1c*']), data.label_pattern (e.g. '*label*') and "
-                "data.classes (background first)"
+                f"channel, in order, e.g. ['*flair*', '*t1c*']), {label} and data.classes (background first)"
             )
             break
     if not hints and folders and any(_holds_dicom(f) for f in folders[:3]):
