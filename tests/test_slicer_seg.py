@@ -17,7 +17,7 @@ from medseg.data.prepare import _CaseReader
 from medseg.errors import SegmentNameError
 from medseg.evaluation import evaluate
 from medseg.io import load_volume
-from medseg.io.segmentation import labels_are_classes, load_label
+from medseg.io.segmentation import label_kind, load_label
 from medseg.io.slicer_seg import is_slicer_segmentation, load_slicer_segmentation
 
 SLICER = Path(__file__).parent / "data" / "slicer"
@@ -52,7 +52,7 @@ def _image_like(path: Path, out: Path) -> Path:
 
 
 def test_segments_are_read_by_name_not_by_value() -> None:
-    assert is_slicer_segmentation(ONE_LAYER) and labels_are_classes(ONE_LAYER)
+    assert is_slicer_segmentation(ONE_LAYER) and label_kind(ONE_LAYER) == "slicer"
     raw = _values(ONE_LAYER)
     label = load_slicer_segmentation(ONE_LAYER, LUNGS, ignore_unlisted=True)
     np.testing.assert_array_equal(label.array, np.select([raw == 5, raw == 6], [1, 2], 0))

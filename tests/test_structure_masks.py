@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from medseg.config import DataConfig
-from medseg.data.cases import discover_cases
+from medseg.data.cases import Case, discover_cases
 from medseg.data.label_reading import LabelReading
 from medseg.data.prepare import _CaseReader
-from medseg.errors import GeometryMismatchError, MedsegError, SegmentNameError
+from medseg.errors import BadCaseError, GeometryMismatchError, MedsegError, SegmentNameError
 from medseg.evaluation import evaluate, match_predictions
 from medseg.io import load_volume
-from medseg.io.segmentation import labels_are_classes, load_label
+from medseg.io.segmentation import label_kind, load_label
 from tests.conftest import run_tiny
 
 #: TotalSegmentator v2 numbering of the structures written as files below.
@@ -45,7 +45,7 @@ def _totalseg_case(totalseg_dir: Path, root: Path) -> tuple[Path, Path, np.ndarr
 
 def test_a_structure_folder_reads_as_one_label_map(totalseg_dir: Path, tmp_path: Path) -> None:
     image, folder, stored = _totalseg_case(totalseg_dir, tmp_path)
-    assert labels_are_classes(folder) and not labels_are_classes(image)
+    assert label_kind(folder) == "structures" and label_kind(image) == "map"
     classes = ["background", "liver", "Aorta"]  # matched by name, case-insensitively, in class order
     label = load_label(folder, image, classes, ignore_unlisted=True)
     np.testing.assert_array_equal(label.array, np.select([stored == 5, stored == 52], [1, 2], 0))
@@ -68,8 +68,14 @@ def test_a_structure_file_must_be_binary_and_on_the_grid(totalseg_dir: Path, tmp
     shifted = ref.affine.copy()
     shifted[:3, 3] += 1.5  # half a voxel (3 mm voxels)
     nib.save(nib.Nifti1Image((stored == 5).astype(np.uint8), shifted), folder / "liver.nii.gz")
-    with pytest.raises(GeometryMismatchError, match=r"liver.nii.gz' .* is not on its image's grid"):
-        load_label(folder, image, ["background", "liver"], ignore_unlisted=True)
+    # Files of one folder share one grid: a file off it is refused naming both files.
+    with pytest.raises(GeometryMismatchError, match=r"liver.nii.gz' .* is not on the grid of '.*aorta.nii.gz'"):
+        load_label(folder, image, ["background", "liver", "aorta"], ignore_unlisted=True)
+    # The folder's grid off its image's is refused as any label off its image's grid (medseg.data.checks).
+    case = Case("ct_1", image, folder)
+    reader = _CaseReader(load_volume, 2, classes=["background", "liver"], labels=LabelReading(unlisted_background=True))
+    with pytest.raises(BadCaseError, match=r"label '.*segmentations'\): image geometry differs: grid corners"):
+        reader.read(case)
 
 
 def test_overlapping_structures_keep_the_higher_class(

@@ -22,6 +22,7 @@ from medseg.data.label_values import is_identity, to_classes
 
 if TYPE_CHECKING:
     from medseg.config import DataConfig
+    from medseg.io.segmentation import LabelKind
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,14 @@ class LabelReading:
             unlisted_background=data.unlisted_labels == "background",
             place_cut=data.place_cut_labels,
         )
+
+    def for_kind(self, kind: LabelKind) -> LabelReading:
+        """How a label of this kind (``medseg.io.segmentation.label_kind``) is read. One that names its segments
+        holds class indices already: stored and unlisted values concern label maps only. A 3D Slicer segmentation
+        saved cut to its segments' extent is placed by its header: it is a segmentation of that image by design."""
+        if kind == "map":
+            return self
+        return LabelReading(place_cut=self.place_cut or kind == "slicer")
 
     def problem(self, label: np.ndarray, n_classes: int) -> str | None:
         """Why ``label`` cannot be read as a label map of ``n_classes`` classes, or ``None``."""

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from medseg.data.slicing import channels_to_slices, context_indices, label_to_sl
 from medseg.errors import BadCaseError, ConfigError, MedsegError, RunFailedError
 from medseg.io.orientation import to_canonical
 from medseg.volume import Volume
+
+if TYPE_CHECKING:
+    from medseg.io.segmentation import LabelKind
 
 log = logging.getLogger(__name__)
 
@@ -244,9 +247,12 @@ class _CaseReader:
         anatomical direction for every case; the predictor applies the same one to each scan. Labels become class
         indices. Read errors become BadCaseErrors naming both files.
         """
+        from medseg.io.segmentation import label_kind
+
         try:
             image, stacked = _read_image(case, self.reader, self.channels)
-            label, segmented = self._read_label(case.label, image) if case.label is not None else (None, False)
+            kind = label_kind(case.label) if case.label is not None else "map"
+            label = self._read_label(case.label, image, kind) if case.label is not None else None
         except BadCaseError:
             raise
         except MedsegError as err:
@@ -257,40 +263,22 @@ class _CaseReader:
             return canon, None, reorientation.apply(stacked) if stacked is not None else None
         if self.n_classes is None:
             raise ValueError("n_classes is needed to check labelled cases")
-        # A SEG / RTSTRUCT's segments or a structure folder's files are classes already: stored and unlisted
-        # values concern label files.
-        labels = LabelReading(place_cut=self.labels.place_cut) if segmented else self.labels
-        # A Slicer segmentation saved cut to its segments' extent is one by design, its header places it.
-        label = _on_image_grid(case, label, image, labels.place_cut or _is_slicer(case.label))
+        labels = self.labels.for_kind(kind)
+        label = _on_image_grid(case, label, image, labels.place_cut)
         check_pair(case, image, label, self.n_classes, labels=labels)
         image, reorientation = to_canonical(image)
         multi = reorientation.apply(stacked) if stacked is not None else None
         indices = labels.indices(label.array, self.n_classes, label_dtype(self.n_classes))
         return image, reorientation.apply(indices), multi
 
-    def _read_label(self, path: Path, image: Volume) -> tuple[Volume, bool]:
-        """The label, and whether it named its classes itself: a DICOM SEG / RTSTRUCT is rasterised onto its
-        image's grid, a structure folder's files combined and a 3D Slicer segmentation's segments read (segments,
-        ROIs and files matched to ``classes`` by name); any other label goes through ``reader``."""
-        from medseg.io.segmentation import dicom_label_file, load_segmentation
-        from medseg.io.slicer_seg import is_slicer_segmentation, load_slicer_segmentation
-        from medseg.io.structure_masks import load_structure_folder, structure_files
+    def _read_label(self, path: Path, image: Volume, kind: LabelKind) -> Volume:
+        """A label map goes through ``reader``; a label that names its segments (DICOM SEG / RTSTRUCT, structure
+        folder, Slicer segmentation) is read with its segments matched to ``classes`` by name."""
+        from medseg.io.segmentation import load_label
 
-        ignore = self.labels.unlisted_background
-        if structure_files(path) is not None:
-            return load_structure_folder(path, image, self.classes, ignore_unlisted=ignore), True
-        if is_slicer_segmentation(path):
-            return load_slicer_segmentation(path, self.classes, ignore_unlisted=ignore), True
-        label_file = dicom_label_file(path)
-        if label_file is None:
-            return self.reader(path), False
-        return load_segmentation(label_file, image, self.classes), True
-
-
-def _is_slicer(path: Path | None) -> bool:
-    from medseg.io.slicer_seg import is_slicer_segmentation
-
-    return path is not None and is_slicer_segmentation(path)
+        if kind == "map":
+            return self.reader(path)
+        return load_label(path, image, self.classes, ignore_unlisted=self.labels.unlisted_background)
 
 
 def _on_image_grid(case: Case, label: Volume, image: Volume, place_cut: bool) -> Volume:

@@ -25,8 +25,7 @@ from medseg.errors import BadCaseError, GeometryMismatchError, MedsegError
 from medseg.evaluation.overlays import draw_overlay
 from medseg.io import case_id_from_path, is_supported_file, load_label, load_volume
 from medseg.io.atomic import atomic_write_text
-from medseg.io.segmentation import labels_are_classes
-from medseg.io.slicer_seg import is_slicer_segmentation
+from medseg.io.segmentation import LabelKind, label_kind
 from medseg.io.structure_masks import structure_files
 from medseg.metrics import FLAGS, case_metrics
 from medseg.volume import Volume
@@ -139,20 +138,19 @@ def _load_pair(pair: EvalPair, classes: Sequence[str], labels: LabelReading) -> 
     # A DICOM SEG / RTSTRUCT (prediction or ground truth) is read onto the scan's grid, segments by number; a
     # structure folder's files and a Slicer segmentation's segments are matched to the classes by name.
     n_classes = len(classes)
+    pred_kind, gt_kind = label_kind(pair.pred), label_kind(pair.gt)
 
-    def read(path: Path, image: Volume | Path | None) -> Volume:
-        names = classes if structure_files(path) is not None or is_slicer_segmentation(path) else None
-        return load_label(path, image, names, ignore_unlisted=labels.unlisted_background)
+    def read(path: Path, kind: LabelKind) -> Volume:
+        names = classes if kind in ("structures", "slicer") else None
+        return load_label(path, pair.image, names, ignore_unlisted=labels.unlisted_background)
 
-    pred_vol = read(pair.pred, pair.image)
-    # A structure folder's masks are checked against the prediction's grid (the scan's): the image may be a case
-    # folder of several channels.
-    gt_vol = read(pair.gt, pred_vol if structure_files(pair.gt) is not None else pair.image)
+    pred_vol, gt_vol = read(pair.pred, pred_kind), read(pair.gt, gt_kind)
+    pred_reading, gt_reading = labels.for_kind(pred_kind), labels.for_kind(gt_kind)
     placement = None
     if not pred_vol.same_grid(gt_vol, atol=GRID_ATOL_MM):
         # A ground truth saved in another axis order (or, if allowed, cut to its extent): placed as in training.
         placement = place_on_grid(gt_vol, pred_vol, GEOMETRY_TOLERANCE)
-        if placement is not None and (placement.whole or labels.place_cut or is_slicer_segmentation(pair.gt)):
+        if placement is not None and (placement.whole or gt_reading.place_cut):
             problem = placement.problem(pred_vol.shape)
             if problem:
                 raise BadCaseError(f"Ground truth '{pair.gt}' against prediction '{pair.pred}': {problem}")
@@ -171,14 +169,8 @@ def _load_pair(pair: EvalPair, classes: Sequence[str], labels: LabelReading) -> 
                 else ""
             )
         )
-
-    def reading(path: Path) -> LabelReading:
-        # A SEG / RTSTRUCT, structure folder or Slicer file names its classes: stored and unlisted values concern
-        # plain mask files.
-        return LabelReading() if labels_are_classes(path) else labels
-
-    pred = _labels(pred_vol, pair.pred, n_classes, reading(pair.pred))
-    return pred, _labels(gt_vol, pair.gt, n_classes, reading(pair.gt)), gt_vol
+    pred = _labels(pred_vol, pair.pred, n_classes, pred_reading)
+    return pred, _labels(gt_vol, pair.gt, n_classes, gt_reading), gt_vol
 
 
 def _finite(values: list[float]) -> np.ndarray:

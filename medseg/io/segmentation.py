@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from medseg.errors import UnreadableScanError
 from medseg.io.dicom_source import dicom_object_kind
@@ -11,7 +12,14 @@ from medseg.io.slicer_seg import is_slicer_segmentation, load_slicer_segmentatio
 from medseg.io.structure_masks import load_structure_folder, structure_files
 from medseg.volume import Volume
 
-__all__ = ["dicom_label_file", "is_dicom_label_file", "labels_are_classes", "load_label", "load_segmentation"]
+__all__ = [
+    "LabelKind",
+    "dicom_label_file",
+    "is_dicom_label_file",
+    "label_kind",
+    "load_label",
+    "load_segmentation",
+]
 
 
 def is_dicom_label_file(path: str | Path) -> bool:
@@ -62,11 +70,19 @@ def dicom_label_file(path: str | Path) -> Path | None:
     return path if is_dicom_label_file(path) else None
 
 
-def labels_are_classes(path: str | Path) -> bool:
-    """Whether the label at ``path`` names its classes itself (a DICOM SEG / RTSTRUCT, a structure folder, a 3D
-    Slicer ``.seg.nrrd``): its segments are matched to the classes by name, so stored label values
-    (``data.label_values``) do not apply."""
-    return dicom_label_file(path) is not None or structure_files(path) is not None or is_slicer_segmentation(path)
+#: What kind of label a path holds: a label map read as an image (``"map"``), a DICOM SEG / RTSTRUCT
+#: (``"dicom"``), a structure folder (``"structures"``) or a 3D Slicer segmentation (``"slicer"``). All but a
+#: label map name their segments, which are matched to the classes by name.
+LabelKind = Literal["map", "dicom", "structures", "slicer"]
+
+
+def label_kind(path: str | Path) -> LabelKind:
+    """The kind of label at ``path`` (see :data:`LabelKind`); decided once, from names and headers only."""
+    if structure_files(path) is not None:
+        return "structures"
+    if is_slicer_segmentation(path):
+        return "slicer"
+    return "dicom" if dicom_label_file(path) is not None else "map"
 
 
 def load_label(
@@ -76,10 +92,11 @@ def load_label(
     *,
     ignore_unlisted: bool = False,
 ) -> Volume:
-    """Reads a label mask of any kind medseg accepts: a mask image (``load_volume``), a DICOM SEG / RTSTRUCT
-    rasterised onto ``image``'s grid (``load_segmentation``), a structure folder (one mask file per structure,
-    :func:`medseg.io.structure_masks.load_structure_folder`) or a 3D Slicer ``.seg.nrrd`` (on its own grid,
-    :func:`medseg.io.slicer_seg.load_slicer_segmentation`).
+    """Reads a label of any kind medseg accepts (:func:`label_kind`): a label map (``load_volume``), a DICOM SEG /
+    RTSTRUCT rasterised onto ``image``'s grid (``load_segmentation``), a structure folder (one mask file per
+    structure, :func:`medseg.io.structure_masks.load_structure_folder`) or a 3D Slicer ``.seg.nrrd``
+    (:func:`medseg.io.slicer_seg.load_slicer_segmentation`). The last two are on their own grid, as a label map
+    is; whether it is the image's is for the caller to check.
 
     Args:
         path: Label file, DICOM mask series folder, SEG / RTSTRUCT file (or a folder holding just one), or a
@@ -95,15 +112,16 @@ def load_label(
     """
     from medseg.io.reading import load_volume
 
-    if structure_files(path) is not None:
-        reference = image if isinstance(image, Volume) or image is None else load_volume(image)
-        return load_structure_folder(path, reference, classes, ignore_unlisted=ignore_unlisted)
-    if is_slicer_segmentation(path):  # on its own grid: a cut one is placed by medseg.data.label_grid
+    kind = label_kind(path)
+    if kind == "structures":
+        return load_structure_folder(path, classes, ignore_unlisted=ignore_unlisted)
+    if kind == "slicer":
         return load_slicer_segmentation(path, classes, ignore_unlisted=ignore_unlisted)
-    label_file = dicom_label_file(path)
-    if label_file is None:
+    if kind == "map":
         return load_volume(path)
     if image is None:
         raise UnreadableScanError(path, "a DICOM SEG / RTSTRUCT is read onto its image series, and none was given")
     reference = image if isinstance(image, Volume) else load_volume(image)
+    label_file = dicom_label_file(path)
+    assert label_file is not None  # label_kind said so
     return load_segmentation(label_file, reference, classes)

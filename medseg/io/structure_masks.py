@@ -19,10 +19,6 @@ from medseg.volume import Volume
 
 log = logging.getLogger(__name__)
 
-#: Largest displacement of a structure mask's grid from its image's, as a fraction of the smallest voxel size
-#: (as ``medseg.data.checks.GEOMETRY_TOLERANCE``: float32 NIfTI headers against float64 DICOM geometry).
-GRID_TOLERANCE = 0.01
-
 
 def segment_classes(labels: Sequence[str], classes: Sequence[str] | None, path: Path, what: str) -> list[int]:
     """The class index of each segment / ROI / structure name (``classes=None``: 1, 2, ... in order).
@@ -81,29 +77,27 @@ def structure_files(path: str | Path) -> list[Path] | None:
     return sorted(entries)
 
 
-def load_structure_folder(
-    path: str | Path, reference: Volume | None, classes: Sequence[str] | None, *, ignore_unlisted: bool = False
-) -> Volume:
-    """Reads a structure folder (one binary mask file per structure) as one label map.
+def load_structure_folder(path: str | Path, classes: Sequence[str] | None, *, ignore_unlisted: bool = False) -> Volume:
+    """Reads a structure folder (one binary mask file per structure) as one label map, on the files' own grid.
 
     Each file's name without its ending is its structure's name; it is matched to a class by name
     (case-insensitive), like a DICOM SEG's segments. Each file must be a binary mask (0 and one other value, any
-    type) on the reference's grid.
+    type), and all on one grid. Whether that grid is the image's is judged where every label's is (training's
+    ``check_pair`` and cut-label placement, evaluation's grid check), as for a label map file.
 
     Args:
         path: The folder.
-        reference: The image the labels belong to; ``None``: the grid of the first matched file.
         classes: Class names, background first; ``None``: the files in name order are classes 1, 2, ...
         ignore_unlisted: Leave out files whose structure is no class (TotalSegmentator writes 100+; train on a
             few) instead of refusing them (``data.unlisted_labels: background``).
 
     Returns:
-        A label Volume (uint8) on the reference grid, ``source`` = ``path``.
+        A label Volume (uint8) on the files' grid, ``source`` = ``path``.
 
     Raises:
         UnreadableScanError: ``path`` is not a structure folder, or a file cannot be read.
         SegmentNameError: A file matches no class (unless ``ignore_unlisted``), or a class has no file.
-        GeometryMismatchError: A file lies on another grid than the reference.
+        GeometryMismatchError: Two files lie on different grids.
         MedsegError: A file is not a binary mask.
     """
     from medseg.io.reading import load_volume
@@ -118,24 +112,21 @@ def load_structure_folder(
         named = [(f, n) for f, n in named if n.casefold() in wanted]
     class_of = segment_classes([n for _, n in named], classes, path, "structure file(s)")
     per_class: list[tuple[int, np.ndarray]] = []
+    grid: Volume | None = None
     for (file, _), cls in zip(named, class_of, strict=True):
         mask = load_volume(file)
-        reference = reference if reference is not None else mask
-        _check_on_grid(mask, reference, file)
+        if grid is None:
+            grid = mask
+        elif not grid.same_grid(mask):  # written together, the files share one header's grid
+            raise GeometryMismatchError(
+                f"'{file}' (shape {mask.shape}, spacing {np.round(mask.spacing, 4).tolist()}, origin "
+                f"{np.round(mask.origin, 3).tolist()}) is not on the grid of '{grid.source}' (shape {grid.shape}, "
+                f"spacing {np.round(grid.spacing, 4).tolist()}, origin {np.round(grid.origin, 3).tolist()})"
+            )
         per_class.append((cls, _binary(mask.array, file)))
-    assert reference is not None  # segment_classes refuses a folder without a file for every class
-    label_map = combine_masks(per_class, reference.shape, path, "structure")
-    return Volume(array=label_map, affine=reference.affine, source=path)
-
-
-def _check_on_grid(mask: Volume, reference: Volume, file: Path) -> None:
-    atol = GRID_TOLERANCE * float(min(mask.spacing.min(), reference.spacing.min()))
-    if not reference.same_grid(mask, atol=atol):
-        raise GeometryMismatchError(
-            f"'{file}' (shape {mask.shape}, spacing {np.round(mask.spacing, 4).tolist()}, origin "
-            f"{np.round(mask.origin, 3).tolist()}) is not on its image's grid (shape {reference.shape}, spacing "
-            f"{np.round(reference.spacing, 4).tolist()}, origin {np.round(reference.origin, 3).tolist()})"
-        )
+    assert grid is not None  # segment_classes refuses a folder without a file for every class
+    label_map = combine_masks(per_class, grid.shape, path, "structure")
+    return Volume(array=label_map, affine=grid.affine, source=path)
 
 
 def _binary(array: np.ndarray, file: Path) -> np.ndarray:
