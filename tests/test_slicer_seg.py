@@ -159,8 +159,11 @@ def test_a_written_segmentation_reads_back_in_slicerio_and_medseg(sample_hippo: 
     assert anterior["terminology"]["type"] == ["SCT", "5300000", "Hippocampus"]
     assert "terminology" not in posterior
     # Stored label values become the segments' values.
-    stored = save_slicer_segmentation(mask, scan, tmp_path / "s.seg.nrrd", classes, label_values=[0, 100, 200])
-    assert [s["labelValue"] for s in slicerio.read_segmentation(str(stored))["segments"]] == [100, 200]
+    hundreds = np.asarray([0, 100, 200], dtype=np.uint8)[mask]  # the label map as stored (Predictor.stored_labels)
+    stored = save_slicer_segmentation(hundreds, scan, tmp_path / "s.seg.nrrd", classes, label_values=[0, 100, 200])
+    seg = slicerio.read_segmentation(str(stored))
+    assert [s["labelValue"] for s in seg["segments"]] == [100, 200]
+    np.testing.assert_array_equal(slicerio.extract_segments(seg, [("Anterior", 1), ("Posterior", 2)])["voxels"], mask)
 
 
 def test_a_slicer_segmentation_is_no_scan_to_predict(sample_hippo: Path, tmp_path: Path) -> None:

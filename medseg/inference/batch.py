@@ -437,7 +437,7 @@ def _run_case(
                 )
             elif output_format == SLICER_FORMAT:
                 save_slicer_segmentation(
-                    mask.array,
+                    predictor.stored_labels(mask.array),
                     volume,
                     job.output,
                     predictor.classes,

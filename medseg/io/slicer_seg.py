@@ -122,7 +122,7 @@ _COLOURS = (
 
 
 def save_slicer_segmentation(
-    mask: np.ndarray,
+    labels: np.ndarray,
     like: Volume,
     path: str | Path,
     classes: Sequence[str],
@@ -134,7 +134,8 @@ def save_slicer_segmentation(
     """Writes a label map as a 3D Slicer segmentation on ``like``'s grid: a segment per foreground class.
 
     Args:
-        mask: Class indices ``0..len(classes)-1``, shape ``like.shape``.
+        labels: The label map as :func:`medseg.io.save_mask` takes it, shape ``like.shape``: class ``k`` stored
+            as ``label_values[k]`` (``Predictor.stored_labels``), or as ``k``.
         like: The scan whose grid the mask is on.
         path: Output file, ending ``.seg.nrrd``.
         classes: Class names, background first: segment ``k - 1`` is class ``k``, named after it.
@@ -144,28 +145,24 @@ def save_slicer_segmentation(
         overwrite: Replace an existing file.
 
     Raises:
-        GeometryMismatchError: ``mask``'s shape differs from ``like``'s.
+        GeometryMismatchError: ``labels``' shape differs from ``like``'s.
         OutputExistsError: ``path`` exists and ``overwrite`` is False.
-        MedsegError: ``path`` does not end in ``.seg.nrrd``.
+        MedsegError: ``path`` does not end in ``.seg.nrrd``, or values that are not labels (as ``save_mask``).
     """
-    from medseg.errors import GeometryMismatchError, MedsegError
+    from medseg.errors import MedsegError
     from medseg.io.atomic import atomic_path
     from medseg.io.geometry import array_to_sitk
+    from medseg.io.writing import _array_on_grid, _label_array
 
     path = Path(path)
     if not path.name.lower().endswith(".seg.nrrd"):
         raise MedsegError(f"Cannot write '{path}' as a 3D Slicer segmentation: the name must end in .seg.nrrd")
-    mask = np.asarray(mask)
-    if mask.shape != like.shape:
-        raise GeometryMismatchError(
-            f"Cannot write '{path}': mask shape {mask.shape} differs from the scan's {like.shape}"
-        )
+    stored = _label_array(_array_on_grid(labels, like, path, "mask"), path)  # save_mask's checks and type
     values = list(label_values) if label_values is not None else list(range(len(classes)))
-    stored = np.asarray(values, dtype=np.uint8 if max(values) <= 255 else np.uint16)[mask]
     image = array_to_sitk(stored, like.affine)
     for k, name in enumerate(classes[1:], start=1):
         key = f"Segment{k - 1}_"
-        where = np.nonzero(mask == k)
+        where = np.nonzero(stored == values[k])
         # Extent in voxel indices (i, j, k = ITK's x, y, z), as Slicer writes it; "0 -1 ..." for an empty segment.
         extent = [b for axis in where for b in (int(axis.min()), int(axis.max()))] if where[0].size else [0, -1] * 3
         entries = {
