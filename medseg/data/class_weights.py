@@ -76,7 +76,7 @@ def resolve_class_weights(
         if option != "auto":
             raise ConfigError(f"loss.class_weights: expected auto, none or a list, got {option!r}")
         weights = compute_class_weights(labels, n_classes, clip)
-        log.info("Class weights (auto): %s", np.round(weights, 3).tolist())
+        log.debug("Class weights (auto): %s", [round(float(w), 3) for w in weights])
         return weights
     weights = np.asarray(list(option), dtype=np.float32)
     if weights.shape != (n_classes,) or not np.all(weights > 0):

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg.class_display import class_palette, listed, plot_class_curves
 from medseg.io.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -330,8 +331,9 @@ def _training_plot(rows: list[dict[str, str]]) -> str:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    epochs = [_num(r.get("epoch")) for r in rows]
-    fig, (ax1, ax3) = plt.subplots(1, 2, figsize=(10, 3.4))
+    epochs = [_num(r.get("epoch")) or 0.0 for r in rows]  # metrics.csv always has the epoch
+    # Constrained layout keeps room for the twin axis and for a legend beside the axes (tight_layout cannot).
+    fig, (ax1, ax3) = plt.subplots(1, 2, figsize=(10, 3.4), layout="constrained")
     loss = [_num(r.get("train_loss")) for r in rows]
     ax1.plot(epochs, loss, "o-", color="tab:blue", label="train loss")
     ax1.set_xlabel("epoch")
@@ -340,14 +342,11 @@ def _training_plot(rows: list[dict[str, str]]) -> str:
     ax2.plot(epochs, [_num(r.get("lr")) for r in rows], "--", color="tab:gray", label="learning rate")
     ax2.set_ylabel("learning rate", color="tab:gray")
     ax2.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-    for key in rows[0]:
-        if key.startswith("val_dice_"):
-            pts = [(e, _num(r.get(key))) for e, r in zip(epochs, rows, strict=True) if _num(r.get(key)) is not None]
-            if pts:
-                style = "k-" if key == "val_dice_mean" else "o-"
-                ax3.plot(
-                    *zip(*pts, strict=True), style, label=key[len("val_dice_") :], lw=2 if key == "val_dice_mean" else 1
-                )
+    class_keys = [k for k in rows[0] if k.startswith("val_dice_") and k != "val_dice_mean"]
+    plot_class_curves(ax3, epochs, {k[len("val_dice_") :]: [_num(r.get(k)) for r in rows] for k in class_keys})
+    pts = [(e, d) for e, r in zip(epochs, rows, strict=True) if (d := _num(r.get("val_dice_mean"))) is not None]
+    if pts:
+        ax3.plot(*zip(*pts, strict=True), "k-", lw=2, label="mean")
     ax3.set_xlabel("epoch")
     for ax in (ax1, ax3):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -355,8 +354,7 @@ def _training_plot(rows: list[dict[str, str]]) -> str:
     ax3.set_ylim(0, 1)
     ax3.grid(alpha=0.3)
     if ax3.lines:
-        ax3.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+        ax3.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _png(fig)
 
 
@@ -412,28 +410,53 @@ def _section_prediction(root: Path) -> str:
     return "".join(parts) + "</section>"
 
 
-def _dice_plot(per_case: dict[str, dict[str, float]], class_names: list[str]) -> str:
+def _dice_plot(per_case: dict[str, dict[str, float]], class_names: list[str]) -> tuple[str, str]:
+    """The Dice figure and its caption: per case (up to ``MAX_LISTED`` classes) or per class (more)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cases = sorted(per_case, key=lambda c: np.nanmean([per_case[c].get(n, np.nan) for n in class_names]))
-    fig, ax = plt.subplots(figsize=(10, 3.2))
-    x = np.arange(len(cases))
-    for name in class_names:
-        ax.plot(x, [per_case[c].get(name, np.nan) for c in cases], "o", ms=4, label=name)
-    ax.plot(x, [np.nanmean([per_case[c].get(n, np.nan) for n in class_names]) for c in cases], "k-", lw=1, label="mean")
+    def mean_of(values: list[float]) -> float:
+        known = [v for v in values if np.isfinite(v)]
+        return float(np.mean(known)) if known else float("nan")
+
+    if not listed(len(class_names)):
+        # Many classes: which structures fail matters more than which case; one column per class.
+        by_class = {n: [per_case[c].get(n, np.nan) for c in per_case] for n in class_names}
+        rank = {n: k for k, n in enumerate(class_names)}  # ties in label order
+        order = sorted(class_names, key=lambda n: (np.nan_to_num(mean_of(by_class[n]), nan=-1.0), rank[n]))
+        fig, ax = plt.subplots(figsize=(min(max(10.0, 0.16 * len(order)), 24.0), 3.6), layout="constrained")
+        x = np.arange(len(order))
+        for k, name in enumerate(order):
+            ax.plot(np.full(len(by_class[name]), k), by_class[name], "o", ms=3, color="0.6", alpha=0.6)
+        ax.plot(x, [mean_of(by_class[n]) for n in order], "k_", ms=10, mew=2, label="mean over cases")
+        ax.plot([], [], "o", ms=3, color="0.6", label="one case")
+        ax.set_xticks(x)
+        ax.set_xticklabels(order, rotation=90, fontsize=7 if len(order) <= 60 else 5)
+        ax.set_xlabel("class (sorted by mean Dice)")
+        caption = (
+            f"Dice per class over the cases, {len(order)} classes sorted by mean Dice: the structures that fail sit "
+            "at the left."
+        )
+    else:
+        cases = sorted(per_case, key=lambda c: mean_of([per_case[c].get(n, np.nan) for n in class_names]))
+        fig, ax = plt.subplots(figsize=(10, 3.2), layout="constrained")
+        x = np.arange(len(cases))
+        for name, colour in zip(class_names, class_palette(len(class_names)), strict=True):
+            ax.plot(x, [per_case[c].get(name, np.nan) for c in cases], "o", ms=4, color=colour, label=name)
+        means = [mean_of([per_case[c].get(n, np.nan) for n in class_names]) for c in cases]
+        ax.plot(x, means, "k-", lw=1, label="mean")
+        ax.set_xlabel("case (sorted by mean Dice)")
+        if len(cases) <= 40:
+            ax.set_xticks(x)
+            ax.set_xticklabels(cases, rotation=70, fontsize=7)
+        caption = "Dice per case and class, cases sorted by mean Dice: outliers sit at the left."
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("Dice")
-    ax.set_xlabel("case (sorted by mean Dice)")
-    if len(cases) <= 40:
-        ax.set_xticks(x)
-        ax.set_xticklabels(cases, rotation=70, fontsize=7)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    return _png(fig)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _png(fig), caption
 
 
 def _section_evaluation(root: Path) -> str:
@@ -473,12 +496,12 @@ def _section_evaluation(root: Path) -> str:
             d = _num(r.get("dice"))
             if d is not None:
                 per_case.setdefault(r.get("case", ""), {})[r.get("class", "")] = d
-        class_names = sorted({r.get("class", "") for r in rows if r.get("class")})
+        # Class order as in metrics.csv (label order), not alphabetical: organ_10 does not come before organ_2.
+        class_names = list(dict.fromkeys(r["class"] for r in rows if r.get("class")))
         if per_case:
+            figure, caption = _dice_plot(per_case, class_names)
             parts.append(
-                f"<figure><img alt='Dice per case' src='{_dice_plot(per_case, class_names)}'>"
-                "<figcaption>Dice per case and class, cases sorted by mean Dice: outliers sit at the left."
-                "</figcaption></figure>"
+                f"<figure><img alt='Dice per case' src='{figure}'><figcaption>{_e(caption)}</figcaption></figure>"
             )
         headers = [h for h in rows[0] if h != "flag" or any(r.get("flag") for r in rows)]
         parts.append("<h3>Per case</h3>" + _table(headers, [[r.get(h, "") for h in headers] for r in rows]))

@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from medseg.class_display import class_palette
 from medseg.errors import GeometryMismatchError
 from medseg.io.atomic import atomic_path
 
@@ -34,10 +35,22 @@ _TAB10 = (
 )
 
 
-def class_colours(index: int) -> tuple[str, str]:
-    """Colours ``(ground truth, prediction)`` for foreground class ``index`` (1-based)."""
-    k = 2 * (index - 1)
-    return _TAB10[k % 10], _TAB10[(k + 1) % 10]
+PAIRED_CLASSES = 5
+"""Up to this many foreground classes, ground truth and prediction of a class get two colours (tab10 pairs)."""
+
+
+def class_colours(index: int, n_classes: int = PAIRED_CLASSES) -> tuple[str, str]:
+    """Colours ``(ground truth, prediction)`` for foreground class ``index`` (1-based) of ``n_classes``.
+
+    Up to :data:`PAIRED_CLASSES` classes a tab10 pair, so every contour has its own colour. With more, tab10
+    would repeat (class 6 in class 1's colours), so each class takes its own colour from
+    :func:`medseg.class_display.class_palette` for both contours; the line style (solid, dashed) tells them apart.
+    """
+    if n_classes <= PAIRED_CLASSES:
+        k = 2 * (index - 1)
+        return _TAB10[k % 10], _TAB10[(k + 1) % 10]
+    colour = class_palette(n_classes)[index - 1]
+    return colour, colour
 
 
 def overlay_axis(spacing: Sequence[float] | np.ndarray) -> int:
@@ -132,7 +145,7 @@ def draw_overlay(
     x = np.arange(n0) * sp2[0]
     y = np.arange(n1) * sp2[1]
 
-    fig = Figure(figsize=(6.4, 6.4), dpi=100)
+    fig = Figure(figsize=(6.4, 6.4), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     if img2 is not None:
@@ -151,11 +164,14 @@ def draw_overlay(
             interpolation="nearest",
         )
 
+    n_fg = len(classes) - 1
+    paired = n_fg <= PAIRED_CLASSES
     handles: list[Line2D] = []
+    not_here = 0
     for index_c, name in enumerate(classes):
         if index_c == 0:
             continue
-        c_gt, c_pred = class_colours(index_c)
+        c_gt, c_pred = class_colours(index_c, n_fg)
         score = ""
         if dice_by_class is not None and name in dice_by_class and np.isfinite(dice_by_class[name]):
             score = f" (Dice {dice_by_class[name]:.3f})"
@@ -163,21 +179,46 @@ def draw_overlay(
             (gt2, c_gt, "solid", "GT"),
             (pred2, c_pred, "dashed", "Pred"),
         )
+        drawn = False
         for labels, colour, style, who in sources:
             mask = (labels == index_c).T.astype(float)
             # contour() warns on a constant field; an absent class on this slice simply draws nothing.
             if 0.0 < mask.mean() < 1.0:
                 ax.contour(x, y, mask, levels=[0.5], colors=[colour], linestyles=style, linewidths=1.6)
-            handles.append(Line2D([], [], color=colour, linestyle=style, linewidth=1.6, label=f"{who} {name}"))
-        handles[-1].set_label(f"{handles[-1].get_label()}{score}")
-    if handles:
+                drawn = True
+            if paired:
+                handles.append(Line2D([], [], color=colour, linestyle=style, linewidth=1.6, label=f"{who} {name}"))
+        if paired:
+            handles[-1].set_label(f"{handles[-1].get_label()}{score}")
+        elif drawn:
+            # One entry per class in its colour; the two line styles are keyed once below.
+            handles.append(Line2D([], [], color=c_gt, linewidth=3, label=f"{name}{score}"))
+        else:
+            not_here += 1
+    if handles and paired:
         ax.legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.7)
+    elif not paired:
+        keys = [
+            Line2D([], [], color="k", linestyle="solid", linewidth=1.6, label="ground truth"),
+            Line2D([], [], color="k", linestyle="dashed", linewidth=1.6, label="prediction"),
+        ]
+        if not_here:
+            keys.append(Line2D([], [], linestyle="none", label=f"{not_here} more classes not on this slice"))
+        # Beside the image, in columns of at most 30 entries: many classes would cover the slice.
+        entries = keys + handles
+        ax.legend(
+            handles=entries,
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+            fontsize=7,
+            ncol=max(1, -(-len(entries) // 30)),
+            frameon=False,
+        )
     ax.set_title(f"{title or case_id}\n{where}", fontsize=9)
     ax.set_xlabel("mm")
     ax.set_ylabel("mm")
-    fig.tight_layout()
 
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", bbox_inches="tight")
     return path

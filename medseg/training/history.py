@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from medseg.class_display import plot_class_curves
 from medseg.io.atomic import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ class TrainingLog:
         except ImportError:  # pragma: no cover - matplotlib is a dependency
             return None
         epochs = [r["epoch"] for r in self.rows]
-        fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 4))
+        fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
         ax_loss.plot(epochs, [r["train_loss"] for r in self.rows], marker=".", label="train loss")
         ax_loss.set_xlabel("epoch")
         ax_loss.set_ylabel("loss")
@@ -130,19 +131,18 @@ class TrainingLog:
         val = [r for r in self.rows if r.get("val_dice_mean") is not None]
         if val:
             ve = [r["epoch"] for r in val]
-            ax_dice.plot(ve, [r["val_dice_mean"] for r in val], marker="o", linewidth=2, label="mean")
-            for c in self.classes[1:]:
-                ax_dice.plot(ve, [r.get(f"val_dice_{c}") for r in val], linestyle="--", label=c)
-            ax_dice.legend(loc="lower right")
+            plot_class_curves(ax_dice, ve, {c: [r.get(f"val_dice_{c}") for r in val] for c in self.classes[1:]})
+            ax_dice.plot(ve, [r["val_dice_mean"] for r in val], "k-", marker="o", ms=4, linewidth=2, label="mean")
+            # Beside the axes, not over the curves: with many classes the legend is as tall as the plot.
+            ax_dice.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
         ax_dice.set_xlabel("epoch")
         ax_dice.set_ylabel("Dice")
         ax_dice.set_ylim(0, 1)
         ax_dice.set_title("Validation Dice (whole volumes)")
         ax_dice.grid(alpha=0.3)
-        fig.tight_layout()
         path = self.out_dir / "curves.png"
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
+            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
         plt.close(fig)
         return path
 

@@ -49,6 +49,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from medseg.allocator import keep_freed_buffers
+from medseg.class_display import per_class_text
 from medseg.config import Config
 from medseg.data.cases import Case, discover_cases
 from medseg.data.class_weights import resolve_class_weights
@@ -723,9 +724,7 @@ class Trainer:
         if not self.main:
             return
         val = row["val_dice_mean"]
-        per_class = ", ".join(
-            f"{name} {row[f'val_dice_{name}']:.4f}" for name in self.classes[1:] if row[f"val_dice_{name}"] is not None
-        )
+        per_class = per_class_text({name: row[f"val_dice_{name}"] for name in self.classes[1:]})
         tc = self.cfg.training
         budget_left = None if tc.max_minutes is None else tc.max_minutes * 60.0 - self.elapsed
         left = seconds_left(self.history, tc.epochs, budget_left) if not self.stop_reason else 0.0
