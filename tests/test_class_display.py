@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import warnings
 from pathlib import Path
@@ -160,7 +161,17 @@ def test_report_and_curves_of_a_run_with_many_classes(tmp_path: Path) -> None:
         for c in classes[1:]
     ]
     _write_csv(tmp_path / "evaluation" / "metrics.csv", metrics)
+    stat = {"mean": 0.8, "median": 0.8, "std": 0.0, "n": 3}
+    summary = {
+        "mean_dice": 0.78,
+        "n_evaluated": 3,
+        "classes": {c: {"dice": stat, "hd95_mm": stat, "flags": {"pred_empty": 1}} for c in classes[1:]},
+    }
+    (tmp_path / "evaluation" / "summary.json").write_text(json.dumps(summary))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         page = render_report(tmp_path)
     assert "41 classes sorted by mean Dice: the structures that fail sit at the left" in page
+    per_class = page[page.index("<h3>Per class</h3>") :].split("</table>")[0]
+    assert per_class.count("<tr>") == 1 + 41  # the header and one row per class, not one per class and metric
+    assert per_class.count("pred_empty 1") == 41

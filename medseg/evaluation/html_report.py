@@ -476,13 +476,26 @@ def _section_evaluation(root: Path) -> str:
                 ]
             )
         )
+        # One row per class (sortable by any column): with dozens of structures, a row per class and metric
+        # made the table four times as long and hid which class is worst.
         stats_rows = []
         for name, metrics in (summary.get("classes") or {}).items():
-            for metric in ("dice", "hd95_mm", "assd_mm", "vol_diff_ml"):
-                m = metrics.get(metric) or {}
-                stats_rows.append([name, metric, m.get("mean"), m.get("median"), m.get("std"), m.get("n")])
+            dice, hd95, assd, vol = ((metrics.get(m) or {}) for m in ("dice", "hd95_mm", "assd_mm", "vol_diff_ml"))
+            flags = ", ".join(f"{k} {v}" for k, v in (metrics.get("flags") or {}).items() if v)
+            stats_rows.append(
+                [
+                    name,
+                    *(dice.get(k) for k in ("mean", "median", "std", "n")),
+                    *(hd95.get(k) for k in ("mean", "median")),
+                    assd.get("mean"),
+                    vol.get("mean"),
+                    flags,
+                ]
+            )
         if stats_rows:
-            parts.append("<h3>Per class</h3>" + _table(["class", "metric", "mean", "median", "std", "n"], stats_rows))
+            headers = ["class", "Dice mean", "Dice median", "Dice std", "cases"]
+            headers += ["HD95 mean (mm)", "HD95 median (mm)", "ASSD mean (mm)", "volume diff mean (mL)", "flags"]
+            parts.append("<h3>Per class</h3>" + _table(headers, stats_rows))
         failed = summary.get("failed_cases") or []
         if failed:
             parts.append(
