@@ -585,6 +585,41 @@ def _inference_choices_section(results: Sequence[tuple[str, dict[str, Any]]]) ->
     return lines
 
 
+def _loss_mode_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    if not results:
+        return []
+    lines = ["## Sigmoid or softmax by number of classes", ""]
+    lines += [
+        "From `loss_mode_*.json` (`benchmarks/loss_mode.py`): the `k` largest TotalSegmentator structures of one "
+        "CT, cut into 8 crops, trained with `configs/hippocampus.yaml` for a fixed number of epochs in each mode; "
+        "mean Dice of the 2 held-out crops (evaluation) and the best validation Dice. The crops share one patient: "
+        "compare the modes at each `k`, not across `k`. `loss.mode: auto` follows this table "
+        "(`medseg.models.head.resolve_mode`).",
+        "",
+    ]
+    for name, r in results:
+        runs: list[dict[str, Any]] = r.get("runs", [])
+        modes = list(dict.fromkeys(run["mode"] for run in runs))
+        rows = []
+        for k in dict.fromkeys(run["classes"] for run in runs):
+            by_mode = {run["mode"]: run for run in runs if run["classes"] == k}
+            cells = [
+                f"{fmt(by_mode[m].get('eval_mean_dice'))} ({fmt(by_mode[m].get('best_val_dice'))})"
+                if m in by_mode
+                else "–"
+                for m in modes
+            ]
+            epochs = {by_mode[m].get("epochs") for m in by_mode}
+            rows.append([str(k), *cells, " / ".join(str(e) for e in sorted(epochs, key=str))])
+        lines += [
+            f"`{name}`: `{r.get('command', '')}`",
+            "",
+            markdown_table(["classes", *(f"{m}: Dice (validation)" for m in modes), "epochs"], rows),
+            "",
+        ]
+    return lines
+
+
 def _qc_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     from benchmarks.qc_eval import bad_cases, roc_auc
 
@@ -1017,6 +1052,7 @@ def render(out_dir: Path, choices: Path | None = CHOICES) -> str:
     lines += _quality_section(quality)
     lines += _architecture_section(quality)
     lines += _inference_choices_section(_load(out_dir, "inference_choices_*.json"))
+    lines += _loss_mode_section(_load(out_dir, "loss_mode_*.json"))
     lines += _speed_section(speed)
     lines += _engines_section(_load(out_dir, "engines_*.json"))
     lines += _qc_section(_load(out_dir, "qc_eval_*.json"))

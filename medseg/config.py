@@ -347,8 +347,10 @@ class ModelConfig(_Section):
 class LossConfig(_Section):
     """``loss = bce_weight * BCE + dice_weight * (1 - soft Dice)``, class-weighted."""
 
-    mode: Literal["sigmoid", "softmax"] = "sigmoid"
-    """``sigmoid``: one output per foreground class (BCE); ``softmax``: one per class incl. background (CE)."""
+    mode: Literal["auto", "sigmoid", "softmax"] = "auto"
+    """``sigmoid``: one output per foreground class (BCE); ``softmax``: one per class incl. background (CE);
+    ``auto``: sigmoid up to 4 foreground classes, softmax for more (``medseg.models.head.resolve_mode``: with
+    many structures, e.g. multi-organ CT, independent sigmoids learn far slower; benchmarks/loss_mode.py)."""
     bce_weight: float = Field(default=1.0, ge=0.0)
     """Weight of the cross-entropy term."""
     dice_weight: float = Field(default=1.0, ge=0.0)

@@ -2,12 +2,14 @@
 
 ``loss = bce_weight * BCE + dice_weight * (1 - soft Dice)``, in one of two modes:
 
-- ``"sigmoid"`` (default): one logit channel per foreground class (``n_classes - 1``); the label is one-hot
-  encoded over the foreground classes and each channel gets its own sigmoid, so classes are independent
-  (background = no foreground channel fires). BCE-with-logits and soft Dice are computed per class channel.
+- ``"sigmoid"`` (``loss.mode: auto`` up to 4 foreground classes): one logit channel per foreground class
+  (``n_classes - 1``); the label is one-hot encoded over the foreground classes and each channel gets its own
+  sigmoid, so classes are independent (background = no foreground channel fires). BCE-with-logits and soft Dice
+  are computed per class channel.
 - ``"softmax"``: ``n_classes`` channels incl. background; weighted cross-entropy + softmax soft Dice over the
   foreground classes only (background excluded, as in nnU-Net: its Dice is ~1 from the first epoch and would
-  only dilute the signal from the small structures). This is the standard alternative, kept for comparison.
+  only dilute the signal from the small structures). ``auto`` takes it for more than 4 foreground classes
+  (``medseg.models.head.resolve_mode``), where independent sigmoids learn far slower.
 
 Conventions (matching MONAI's ``DiceLoss``/``DiceCELoss`` so results are comparable; the tests check it):
 

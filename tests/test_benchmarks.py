@@ -338,3 +338,33 @@ def test_target_status_reads_each_current_figure_from_its_named_result(tmp_path:
     )
     missing = "\n".join(target_status_section(tmp_path))
     assert missing.count("result missing") == sum(bool(t.files) for t in TARGETS)
+
+
+def test_loss_mode_smoke_run_trains_both_modes_on_the_k_largest_structures(tmp_path: Path, totalseg_dir: Path) -> None:
+    """benchmarks/loss_mode.py builds k-structure CT sets and trains each mode on them; report.py renders it."""
+    sys.path.insert(0, str(REPO))
+    import nibabel as nib
+
+    from benchmarks.loss_mode import make_dataset
+    from benchmarks.report import render
+
+    names = make_dataset(totalseg_dir, tmp_path / "k3", 3)
+    labels = [np.asarray(nib.load(p).dataobj) for p in sorted((tmp_path / "k3" / "labelsTr").glob("*.nii.gz"))]
+    seg = np.asarray(nib.load(totalseg_dir / "example_seg.nii.gz").dataobj)
+    sizes = np.bincount(seg.ravel())
+    kept = [int(n.split("_")[1]) for n in names[1:]]
+    assert len(labels) == 8 and set(np.unique(np.concatenate([lab.ravel() for lab in labels]))) == {0, 1, 2, 3}
+    assert sorted(kept) == kept and min(sizes[kept]) >= np.sort(sizes[1:])[-5]  # among the largest of the scan
+    out = tmp_path / "out"
+    _run(
+        [
+            str(REPO / "benchmarks" / "loss_mode.py"),
+            *("--data", str(totalseg_dir), "--classes", "3", "--epochs", "1", "--tag", "smoke"),
+            *("--set", "model.base_features=4", "--out-dir", str(out), "--runs-dir", str(tmp_path / "runs")),
+        ]
+    )
+    result = json.loads((out / "loss_mode_smoke.json").read_text())
+    runs = [(r["classes"], r["mode"], r["epochs"], len(r["class_names"])) for r in result["runs"]]
+    assert runs == [(3, "sigmoid", 1, 3), (3, "softmax", 1, 3)]
+    assert all(0.0 <= r["eval_mean_dice"] <= 1.0 for r in result["runs"])
+    assert "| 3 | " in render(out, choices=None)

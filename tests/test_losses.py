@@ -14,6 +14,7 @@ from monai.losses import DiceCELoss, DiceLoss
 
 from medseg.errors import ConfigError
 from medseg.losses import SegLoss, logits_to_probs, n_outputs, probs_to_labels
+from medseg.models.head import SIGMOID_UP_TO, resolve_mode
 
 ATOL = 1e-5
 
@@ -244,3 +245,14 @@ def test_probs_to_labels_numpy_volume_channel_first(sample_hippo: Path) -> None:
         labels = probs_to_labels(soft, mode, channel_dim=0)
         assert isinstance(labels, np.ndarray) and labels.dtype == np.int64
         np.testing.assert_array_equal(labels, label)
+
+
+def test_auto_mode_takes_sigmoid_for_few_classes_and_softmax_for_many() -> None:
+    assert resolve_mode("auto", 2)[0] == "sigmoid"  # LA2018: one class
+    assert resolve_mode("auto", 3)[0] == "sigmoid"  # the hippocampus: what its measured figures used
+    assert resolve_mode("auto", SIGMOID_UP_TO + 1)[0] == "sigmoid"
+    mode, reason = resolve_mode("auto", SIGMOID_UP_TO + 2)
+    assert mode == "softmax" and reason.startswith(f"{SIGMOID_UP_TO + 1} classes that exclude each other")
+    assert resolve_mode("sigmoid", 42) == ("sigmoid", "set in the config (loss.mode)")  # the config wins
+    with pytest.raises(ConfigError, match=r"loss\.mode: expected one of sigmoid, softmax, got 'tanh'"):
+        resolve_mode("tanh", 3)

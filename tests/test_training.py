@@ -20,7 +20,7 @@ from medseg.errors import CheckpointError
 from medseg.models.checkpoint import CHECKPOINT_FORMAT, REQUIRED_FIELDS, load_checkpoint, save_checkpoint
 from medseg.training.resume import capture_rng_state, restore_rng_state
 from medseg.training.schedule import LRSchedule
-from tests.conftest import HANG_GUARD_S
+from tests.conftest import HANG_GUARD_S, msd_ct_case
 
 
 @pytest.fixture(autouse=True)
@@ -240,6 +240,38 @@ def test_resume_refuses_a_checkpoint_from_another_model(tmp_path: Path, sample_h
     save_checkpoint(tmp_path / "checkpoints" / "last.pt", ckpt)
     with pytest.raises(CheckpointError, match=r"model.base_features: checkpoint 16, config 8"):
         Trainer(cfg)
+
+
+def test_resume_compares_the_loss_mode_as_decided(tmp_path: Path, sample_hippo: Path) -> None:
+    """A run started with ``loss.mode: sigmoid`` (the default before ``auto``) resumes under ``auto``, which decides
+    sigmoid for the hippocampus' two classes; a config that decides another mode is refused by name."""
+    from medseg.training import train
+    from medseg.training.trainer import Trainer
+
+    common = {"model": {"base_features": 4}, "data": {"max_cases": 6}}
+    train(make_cfg(sample_hippo, tmp_path, training={"epochs": 1}, loss={"mode": "sigmoid"}, **common))
+    resumed = train(make_cfg(sample_hippo, tmp_path, training={"epochs": 2, "resume": True}, **common))
+    assert resumed.epochs == 2 and load_checkpoint(resumed.last)["mode"] == "sigmoid"
+    resume = {"epochs": 3, "resume": True}
+    softmax = make_cfg(sample_hippo, tmp_path, training=resume, loss={"mode": "softmax"}, **common)
+    with pytest.raises(CheckpointError, match=r"loss mode sigmoid != softmax \(set in the config \(loss.mode\)\)"):
+        Trainer(softmax)
+
+
+def test_a_multi_organ_ct_trains_softmax_by_default(
+    tmp_path: Path, totalseg_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """TotalSegmentator's CT with its 117 structure classes: ``loss.mode: auto`` takes softmax and says why."""
+    from medseg.training import train
+
+    root = msd_ct_case(totalseg_dir, tmp_path / "data", modality={"0": "CT"})
+    cfg = make_cfg(root, tmp_path / "run", data={"val_fraction": 0.0}, model={"base_features": 4})
+    assert cfg.loss.mode == "auto"
+    with caplog.at_level("INFO", logger="medseg.training.trainer"):
+        result = train(cfg)
+    ckpt = load_checkpoint(result.best)
+    assert ckpt["mode"] == "softmax" and ckpt["model"]["out_channels"] == len(ckpt["classes"]) == 118
+    assert "Loss: softmax, 117 classes that exclude each other: softmax over them (loss.mode: auto)" in caplog.text
 
 
 # ------------------------------------------------------------------------------------------- slow: training

@@ -11,7 +11,7 @@
 """
 
 from medseg.models.base import SegmentationNet
-from medseg.models.head import logits_to_probs, n_outputs, probs_to_labels
+from medseg.models.head import logits_to_probs, n_outputs, probs_to_labels, resolve_mode
 from medseg.models.parts import AttentionGate, DoubleConv, Down, NestedUp, OutConv, ResidualDoubleConv, Up
 from medseg.models.registry import ARCHITECTURES, NetworkSpec, build_model, register_architecture, spec_from_config
 from medseg.models.unet import AttentionUNet, ResidualUNet, UNet, UNetPlusPlus
@@ -36,5 +36,6 @@ __all__ = [
     "n_outputs",
     "probs_to_labels",
     "register_architecture",
+    "resolve_mode",
     "spec_from_config",
 ]

@@ -22,12 +22,12 @@ from medseg.models.checkpoint import load_checkpoint
 log = logging.getLogger(__name__)
 
 #: Config keys a resumed run must share with its checkpoint (they define the model, the data or the split).
+#: The loss mode is compared as decided (``loss.mode: auto`` resolved), by the trainer once it knows the classes.
 RESUME_MUST_MATCH: tuple[str, ...] = (
     "model.architecture",
     "model.depth",
     "model.base_features",
     "model.bilinear",
-    "loss.mode",
     "loss.class_weights",
     "loss.class_weight_range",
     "preprocessing",

@@ -28,7 +28,7 @@ from medseg.data.slicing import padded_size
 from medseg.errors import ConfigError
 from medseg.io.atomic import atomic_write_text
 from medseg.losses import SegLoss
-from medseg.models import build_model, n_outputs, spec_from_config
+from medseg.models import build_model, n_outputs, resolve_mode, spec_from_config
 from medseg.models.registry import NetworkSpec
 from medseg.models.summary import ModelSummary, StepMemory, measure_step_memory, summary
 
@@ -117,7 +117,8 @@ def run_summary(cfg: Config) -> SummaryReport:
     data_spec = discover_cases(cfg.data)
     classes, channels = list(data_spec.classes), list(data_spec.channels)
     in_channels = len(channels) * (2 * cfg.preprocessing.context_slices + 1)
-    spec = spec_from_config(cfg.model, in_channels, n_outputs(cfg.loss.mode, len(classes)))
+    mode = resolve_mode(cfg.loss.mode, len(classes))[0]
+    spec = spec_from_config(cfg.model, in_channels, n_outputs(mode, len(classes)))
     pad_multiple = math.lcm(int(cfg.preprocessing.pad_multiple), spec.pad_multiple)
     patch = _training_patch(cfg, data_spec, pad_multiple)
     model = build_model(spec)
@@ -132,7 +133,7 @@ def run_summary(cfg: Config) -> SummaryReport:
     probe = copy.deepcopy(model).to(device)
     if channels_last:
         probe = probe.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    loss = SegLoss(cfg.loss.mode, len(classes), bce_weight=cfg.loss.bce_weight, dice_weight=cfg.loss.dice_weight)
+    loss = SegLoss(mode, len(classes), bce_weight=cfg.loss.bce_weight, dice_weight=cfg.loss.dice_weight)
     measured = measure_step_memory(
         probe,
         loss.to(device),

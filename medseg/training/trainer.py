@@ -76,7 +76,7 @@ from medseg.inference.precision import (
 from medseg.inference.settings import InferenceSettings
 from medseg.io.atomic import remove_stale_temp_files
 from medseg.losses import SegLoss
-from medseg.models import NetworkSpec, SegmentationNet, build_model, n_outputs, spec_from_config
+from medseg.models import NetworkSpec, SegmentationNet, build_model, n_outputs, resolve_mode, spec_from_config
 from medseg.models.checkpoint import CHECKPOINT_FORMAT, library_versions, load_checkpoint, save_checkpoint
 from medseg.training.distributed import (
     all_ranks,
@@ -253,6 +253,7 @@ class Trainer:
         modality, modality_reason = dataset_modality(cfg.data.modality, spec)
         self.classes = list(spec.classes)
         self.n_classes = len(self.classes)
+        self.mode, self.mode_reason = resolve_mode(cfg.loss.mode, self.n_classes)
         self.label_values = spec.label_values  # how the label files store the classes; masks are written so
         self.label_reading = LabelReading.of(cfg.data, spec.label_values)
         self.channels = list(spec.channels)
@@ -283,6 +284,11 @@ class Trainer:
                 raise CheckpointError(
                     f"Cannot resume from '{self.last_path}': classes {resume['classes']} != {self.classes}"
                 )
+            if resume["mode"] != self.mode:
+                raise CheckpointError(
+                    f"Cannot resume from '{self.last_path}': loss mode {resume['mode']} != {self.mode} "
+                    f"({self.mode_reason})"
+                )
             if resume.get("label_values") != self.label_values:
                 raise CheckpointError(
                     f"Cannot resume from '{self.last_path}': the labels' stored values "
@@ -294,7 +300,7 @@ class Trainer:
         # The network is known once discovery fixed the input channels (each brings its own 2k+1 context
         # slices); slices and the planned patch are padded to a multiple its depth accepts.
         in_channels = len(self.channels) * (2 * cfg.preprocessing.context_slices + 1)
-        self.network_spec = spec_from_config(cfg.model, in_channels, n_outputs(cfg.loss.mode, self.n_classes))
+        self.network_spec = spec_from_config(cfg.model, in_channels, n_outputs(self.mode, self.n_classes))
         self.pad_multiple = math.lcm(int(cfg.preprocessing.pad_multiple), self.network_spec.pad_multiple)
         data: PreparedData = prepare_training_data(
             train_cases,
@@ -401,7 +407,6 @@ class Trainer:
         )
 
     def _setup_model(self, resume: dict[str, Any] | None) -> None:
-        self.mode = self.cfg.loss.mode
         model = self.build_model(self.network_spec)
         if isinstance(model, SegmentationNet) and self.pad_multiple % model.pad_multiple:
             raise ConfigError(
@@ -462,7 +467,7 @@ class Trainer:
             if self.class_weights is None
             else ", ".join(f"{name}={w:.3g}" for name, w in zip(self.classes, self.class_weights.tolist(), strict=True))
         )
-        log.info("Class weights: %s", weights)
+        log.info("Loss: %s, %s; class weights: %s", self.mode, self.mode_reason, weights)
         described = self.label_reading.describe(self.classes)
         if described:
             log.info("%s (predicted masks are written with the classes' stored values)", described)
