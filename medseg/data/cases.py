@@ -252,7 +252,7 @@ def classes_from_labels(labels: Any, source: Path) -> tuple[list[str], list[int]
 
     Raises:
         ConfigError: No background (value 0), values that are not integers in 0..65535 (e.g. nnU-Net region
-            labels), or two names for one value.
+            labels), two names for one value, or nnU-Net v2's ``ignore`` label.
     """
     if not isinstance(labels, dict) or not labels:
         raise ConfigError(f"'{source}': 'labels' must be a non-empty mapping, got {labels!r}")
@@ -269,6 +269,15 @@ def classes_from_labels(labels: Any, source: Path) -> tuple[list[str], list[int]
             if value in by_value:
                 raise ConfigError(f"'{source}': labels '{by_value[value]}' and '{name}' share the value {value}")
             by_value[value] = str(name)
+    ignore = [v for v, name in by_value.items() if name == "ignore"]
+    if ignore:
+        # nnU-Net v2's sparse-annotation label: its voxels carry no class and are left out of the loss. medseg
+        # would train and score it as a structure, so such a set is refused rather than read wrongly.
+        raise ConfigError(
+            f"'{source}': label 'ignore' (value {ignore[0]}) is nnU-Net v2's marker for unannotated voxels; medseg "
+            "has no ignore label and would train it as a class. Use fully annotated label files (or, in copies, "
+            "set those voxels to the class they belong to)"
+        )
     values = sorted(by_value)
     if not values or values[0] != 0:
         raise ConfigError(f"'{source}': labels must declare the background as value 0, got values {values}")
