@@ -248,8 +248,9 @@ def test_probs_to_labels_numpy_volume_channel_first(sample_hippo: Path) -> None:
 
 
 def test_auto_mode_takes_sigmoid_for_few_classes_and_softmax_for_many() -> None:
-    assert resolve_mode("auto", 2)[0] == "sigmoid"  # LA2018: one class
-    assert resolve_mode("auto", 3)[0] == "sigmoid"  # the hippocampus: what its measured figures used
+    assert resolve_mode("auto", 2) == ("sigmoid", "one foreground class: one sigmoid output (loss.mode: auto)")
+    # The hippocampus: what its measured figures used.
+    assert resolve_mode("auto", 3) == ("sigmoid", "2 classes (up to 4): a sigmoid output each (loss.mode: auto)")
     assert resolve_mode("auto", SIGMOID_UP_TO + 1)[0] == "sigmoid"
     mode, reason = resolve_mode("auto", SIGMOID_UP_TO + 2)
     assert mode == "softmax" and reason.startswith(f"{SIGMOID_UP_TO + 1} classes that exclude each other")

@@ -58,8 +58,10 @@ def resolve_mode(option: str, n_classes: int) -> tuple[LossMode, str]:
         check_mode(option)
         return option, "set in the config (loss.mode)"  # type: ignore[return-value]
     n_fg = n_classes - 1
-    if n_fg <= SIGMOID_UP_TO:
+    if n_fg == 1:
         return "sigmoid", "one foreground class: one sigmoid output (loss.mode: auto)"
+    if n_fg <= SIGMOID_UP_TO:
+        return "sigmoid", f"{n_fg} classes (up to {SIGMOID_UP_TO}): a sigmoid output each (loss.mode: auto)"
     return "softmax", f"{n_fg} classes that exclude each other: softmax over them (loss.mode: auto)"
 
 
