@@ -3,8 +3,9 @@
 A log line or a figure legend with one entry per class works for the hippocampus (2 classes) or BraTS (4), and
 breaks on multi-organ CT (BTCV 13 organs, AMOS 15, TotalSegmentator 117): every epoch line grew to 3,000
 characters, legends covered the figures, and matplotlib's 10 default colours repeated, so two organs drew in
-one colour. Up to :data:`MAX_LISTED` foreground classes every class is named, as before; above it, log lines name
-the lowest classes and figures draw the spread over classes (the per-class numbers stay in the CSV files).
+one colour. Up to :data:`MAX_LISTED` foreground classes every class is named, as before; above it, log lines give
+the median, how many classes reach 0.5 and the lowest ones, and figures draw the spread over classes (the
+per-class numbers stay in the CSV files).
 One palette (:func:`class_palette`) gives every class its own colour in every figure.
 """
 
