@@ -42,39 +42,53 @@ def _check_classes(labels: np.ndarray, classes: Sequence[int]) -> list[int]:
     return out
 
 
-def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
-    """The smallest box holding ``mask``'s voxels, grown by ``margin`` (clipped to the array); ``None`` if empty.
+def _class_boxes(labels: np.ndarray) -> list[tuple[slice, ...] | None]:
+    """Per label value ``v >= 1``, at index ``v - 1``, the smallest box holding its voxels (``None`` if absent).
 
-    Both steps work inside this box only: a class's components and holes lie within it, and a one-voxel margin
-    of background around it stands for everything outside (that background is connected to the array's
-    border, so a region touching the margin is not a hole). On a CT or a small structure in a large field of
-    view the box is a small part of the volume, which makes postprocessing cost follow the structure's size.
+    Both steps work inside a class's box only: its components and holes lie within it. On a CT or a small
+    structure in a large field of view the box is a small part of the volume, so the cost follows the
+    structure's size. One pass over the volume finds every class's box (scipy's ``find_objects``), where one
+    full-volume comparison and three reductions per class made a 41-structure CT's postprocessing cost seconds.
     """
-    box = []
-    for axis in range(mask.ndim):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if hit.size == 0:
-            return None
-        box.append(slice(max(int(hit[0]) - margin, 0), min(int(hit[-1]) + 1 + margin, mask.shape[axis])))
-    return tuple(box)
+    arr = np.asarray(labels)
+    return list(ndimage.find_objects(arr if arr.dtype.kind == "u" else arr.astype(np.int64, copy=False)))
 
 
-def _class_components(labels: np.ndarray, c: int) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray, int] | None:
-    """Class ``c``'s bounding box, its mask and 3D components there (full connectivity), their number; ``None`` if
-    the class is absent. Full (26-neighbour) connectivity: parts touching only at an edge or corner are one piece."""
-    full = np.asarray(labels) == c
-    box = _bounding_box(full, margin=0)
+def _box_of(boxes: Sequence[tuple[slice, ...] | None], c: int) -> tuple[slice, ...] | None:
+    return boxes[c - 1] if c - 1 < len(boxes) else None
+
+
+def _grown(box: tuple[slice, ...], margin: int, shape: Sequence[int]) -> tuple[slice, ...]:
+    """``box`` grown by ``margin`` voxels on every side, clipped to ``shape``."""
+    return tuple(slice(max(b.start - margin, 0), min(b.stop + margin, n)) for b, n in zip(box, shape, strict=True))
+
+
+def _class_components(
+    labels: np.ndarray, c: int, box: tuple[slice, ...] | None
+) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray, int] | None:
+    """Class ``c``'s box, its mask and 3D components there (full connectivity), their number; ``None`` if the
+    class is absent. Full (26-neighbour) connectivity: parts touching only at an edge or corner are one piece."""
     if box is None:
         return None
-    mask = full[box]
+    mask = np.asarray(labels)[box] == c
     components, n = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 3))
     return box, mask, components, int(n)
 
 
+def component_counts(labels: np.ndarray, classes: Sequence[int]) -> list[int]:
+    """Number of 3D connected components of each class in ``classes`` (the connectivity of
+    :func:`keep_largest_component`); 0 for an absent class."""
+    boxes = _class_boxes(labels)
+    counts = []
+    for c in classes:
+        found = _class_components(labels, int(c), _box_of(boxes, int(c)))
+        counts.append(0 if found is None else found[3])
+    return counts
+
+
 def count_components(labels: np.ndarray, c: int) -> int:
-    """Number of 3D connected components of class ``c`` (the connectivity of :func:`keep_largest_component`)."""
-    found = _class_components(labels, c)
-    return 0 if found is None else found[3]
+    """Number of 3D connected components of class ``c`` (see :func:`component_counts`)."""
+    return component_counts(labels, [c])[0]
 
 
 def keep_largest_component(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
@@ -88,8 +102,10 @@ def keep_largest_component(labels: np.ndarray, classes: Sequence[int]) -> np.nda
         A new label volume of the same dtype.
     """
     out = labels.copy()
-    for c in _check_classes(labels, classes):
-        found = _class_components(labels, c)
+    classes = _check_classes(labels, classes)
+    boxes = _class_boxes(labels)
+    for c in classes:
+        found = _class_components(labels, c, _box_of(boxes, c))
         if found is None or found[3] <= 1:
             continue
         box, mask, components, _ = found
@@ -112,10 +128,15 @@ def fill_holes(labels: np.ndarray, classes: Sequence[int], axis: int | None = No
         A new label volume of the same dtype; only former background voxels change.
     """
     out = labels.copy()
-    for c in _check_classes(labels, classes):
-        box = _bounding_box(labels == c, margin=1)
-        if box is None:
+    classes = _check_classes(labels, classes)
+    boxes = _class_boxes(labels)
+    for c in classes:
+        tight = _box_of(boxes, c)
+        if tight is None:
             continue
+        # A one-voxel margin of background around the box stands for everything outside it (that background is
+        # connected to the array's border, so a region touching the margin is not a hole).
+        box = _grown(tight, 1, labels.shape)
         mask = labels[box] == c
         if axis is None:
             filled = ndimage.binary_fill_holes(mask)

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from medseg.config import QCConfig
-from medseg.inference.postprocess import count_components
+from medseg.inference.postprocess import component_counts
 from medseg.metrics import class_voxel_counts
 
 #: Version of the ``qc_reference`` dict stored in checkpoints.
@@ -286,9 +286,9 @@ def output_features(
     out: dict[str, float] = {}
     for name, ml in label_volumes_ml(labels, spacing, classes).items():
         out[f"volume_ml_{name}"] = ml
-    for c, name in enumerate(classes):
-        if c > 0:
-            out[f"components_{name}"] = float(count_components(labels, c))
+    counts = component_counts(labels, range(1, len(classes)))
+    for name, n in zip(classes[1:], counts, strict=True):
+        out[f"components_{name}"] = float(n)
     fg = labels > 0
     out["foreground_voxels"] = float(fg.sum())
     if probs is not None or confidence is not None:
