@@ -77,6 +77,20 @@ def per_class_text(scores: Mapping[str, float | None], digits: int = 4) -> str:
     )
 
 
+def per_class_values_text(names: Sequence[str], values: Sequence[float]) -> str:
+    """Per-class settings (class weights, output biases) for a log line: each by name, or their range.
+
+    Returns:
+        ``"background=0.2, a=1.63"``, or with many classes ``"42 classes, 0.2 (background) to 5 (organ_13)"``.
+    """
+    pairs = list(zip(names, (float(v) for v in values), strict=True))
+    if listed(len(pairs) - 1):  # the background counts as no foreground class
+        return ", ".join(f"{name}={v:.3g}" for name, v in pairs)
+    low = min(pairs, key=lambda item: item[1])
+    high = max(pairs, key=lambda item: item[1])
+    return f"{len(pairs)} classes, {low[1]:.3g} ({low[0]}) to {high[1]:.3g} ({high[0]})"
+
+
 def plot_class_curves(ax: Any, x: Sequence[float], curves: Mapping[str, Sequence[float | None]]) -> None:
     """Draws per-class curves (e.g. validation Dice per epoch) on a matplotlib axes.
 

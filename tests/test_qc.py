@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from medseg.config import QCConfig, load_config
 from medseg.evaluation.html_report import RUN_RECORD, record_stage, render_report
 from medseg.inference.qc import (
     MAX_SCORE,
+    MIN_VOLUME_REFERENCE,
     assess,
     build_reference,
     geometry_features,
@@ -92,6 +94,26 @@ def test_one_missing_class_and_a_shrunken_volume_are_flagged(reference: dict) ->
     # A threshold from the config changes the decision: the same scan passes with a very lax volume_z.
     lax = assess(_features(image, tiny), reference, QCConfig(volume_z=1000.0))
     assert not any(f.startswith("Anterior volume") for f in lax.flags), lax.flags
+
+
+def test_a_class_outside_most_training_scans_is_judged_on_the_scans_that_hold_it(reference: dict) -> None:
+    """Multi-organ CT: a structure outside most scans' field of view is 0 mL in their labels. Its volume is
+    compared with the labels that hold it, not with a median of 0 (which flagged every scan showing it)."""
+    image, label = _sample_cases()[-1]
+    labels = np.asarray(load_volume(label).array)
+    true = reference["label_volume_ml"]["Posterior"]
+    sparse = copy.deepcopy(reference)
+    sparse["label_volume_ml"]["Posterior"] = [0.0] * 7 + true[:MIN_VOLUME_REFERENCE]
+    result = assess(_features(image, labels), sparse)
+    assert result.flags == [] and "volume_Posterior" in result.checks, result.flags
+    # Still a check: a Posterior shrunk to a few voxels is flagged against the labels that hold it.
+    tiny = np.where(labels == 2, 0, labels)
+    idx = np.argwhere(labels == 2)[:20]
+    tiny[tuple(idx.T)] = 2
+    assert any(f.startswith("Posterior volume") for f in assess(_features(image, tiny), sparse).flags)
+    # Fewer labels than MIN_VOLUME_REFERENCE hold it: no volume reference for it.
+    sparse["label_volume_ml"]["Posterior"] = [0.0] * 9 + true[: MIN_VOLUME_REFERENCE - 1]
+    assert "volume_Posterior" not in assess(_features(image, tiny), sparse).checks
 
 
 def test_low_confidence_and_many_pieces_are_flagged(reference: dict) -> None:

@@ -372,22 +372,26 @@ def _section_prediction(root: Path) -> str:
 
     rows = sorted(rows, key=order)
     volume_cols = [c for c in rows[0] if c.startswith("volume_ml_")]
-    headers = [
-        "case",
-        "status",
-        *[f"{c[len('volume_ml_') :]} (mL)" for c in volume_cols],
-        "qc_score",
-        "qc_flags",
-        "error",
-        "seconds",
-    ]
+    # Many classes: a column per class would make the table a hundred columns wide; the CSV keeps them all.
+    per_class = listed(len(volume_cols))
+    volume_headers = (
+        [f"{c[len('volume_ml_') :]} (mL)" for c in volume_cols] if per_class else ["classes found", "foreground (mL)"]
+    )
+
+    def volumes(r: dict[str, str]) -> list[Any]:
+        if per_class:
+            return [r.get(c, "") for c in volume_cols]
+        known = [v for c in volume_cols if (v := _num(r.get(c))) is not None]
+        return [sum(v > 0 for v in known), sum(known)] if known else ["", ""]
+
+    headers = ["case", "status", *volume_headers, "qc_score", "qc_flags", "error", "seconds"]
     table_rows, classes = [], []
     for r in rows:
         table_rows.append(
             [
                 r.get("case", ""),
                 r.get("status", ""),
-                *[r.get(c, "") for c in volume_cols],
+                *volumes(r),
                 r.get("qc_score", ""),
                 r.get("qc_flags", "").replace(";", ";\n"),
                 r.get("error", ""),
@@ -404,7 +408,9 @@ def _section_prediction(root: Path) -> str:
         )
     parts.append(
         "<p class='muted'>Failed scans first, then scans flagged by QC (highest qc_score first): look at "
-        "these masks first. qc_score &ge; 1 means flagged; see medseg.inference.qc for the checks.</p>"
+        "these masks first. qc_score &ge; 1 means flagged; see medseg.inference.qc for the checks."
+        + ("" if per_class else f" Volumes of each of the {len(volume_cols)} classes: predictions/predictions.csv.")
+        + "</p>"
     )
     parts.append(_table(headers, table_rows, classes=classes))
     return "".join(parts) + "</section>"

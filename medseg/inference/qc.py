@@ -13,7 +13,7 @@ intensity   share of voxels < 0; 1/25/50/75/99th percentiles of  training scans 
 spacing     voxel size in mm per axis, closest-RAS order         training range [min, max]    ``geometry_factor``
 shape       voxels per axis, closest-RAS order                   training range [min, max]    ``geometry_factor``
 empty       no voxel of a class (that every training label has)  training labels              always
-volume      class volume in mL                                   training labels              ``volume_z``
+volume      class volume in mL                                   training labels holding it   ``volume_z``
 components  3D connected components of a class                   validation predictions       ``components_z``
 confidence  mean max-probability in the predicted foreground     validation predictions       ``confidence_z``
 entropy     mean normalised entropy in the predicted foreground  validation predictions       ``confidence_z``
@@ -65,6 +65,8 @@ _FLOORS: dict[str, float] = {
 #: much between healthy people; the MAD of a few training labels can be far smaller (10 sample_data labels: 6%,
 #: which flagged a correct Posterior label at z = 4.1).
 _VOLUME_FLOOR = 0.15
+#: Fewest training labels holding a class for its volume check (a median and spread of fewer mean little).
+MIN_VOLUME_REFERENCE = 3
 INTENSITY_FEATURES = ("neg_fraction", "zp01", "zp25", "zp50", "zp75", "zp99")
 
 
@@ -449,9 +451,13 @@ def assess(
                 checks["empty"] = score = MAX_SCORE
         for name in classes[1:]:
             key = f"volume_ml_{name}"
-            if name in empty or key not in features or not volumes.get(name):
+            # Against the training labels that hold the class: in a multi-organ set a structure outside some
+            # scans' field of view is 0 mL there, and a median of 0 with no spread flagged every scan showing it
+            # (z = 1e11). Too few such labels give no reference.
+            present = [v for v in volumes.get(name) or [] if v > 0]
+            if name in empty or key not in features or len(present) < MIN_VOLUME_REFERENCE:
                 continue
-            med, scale = _robust(volumes[name], 0.0)
+            med, scale = _robust(present, 0.0)
             scale = max(scale, _VOLUME_FLOOR * abs(med))
             z = (features[key] - med) / scale
             check(

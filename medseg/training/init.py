@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medseg.class_display import listed
 from medseg.data.class_weights import summed_class_voxel_counts
 from medseg.models.base import SegmentationNet
 
@@ -73,5 +74,11 @@ def init_output_bias(model: nn.Module, labels: Iterable[np.ndarray], n_classes: 
         return False
     with torch.no_grad():
         conv.bias.copy_(torch.as_tensor(bias, dtype=conv.bias.dtype))
-    log.info("Output bias initialised to the class prior: %s", np.round(bias, 3).tolist())
+    # Many classes (multi-organ CT): the range, not a hundred numbers.
+    shown = (
+        [round(float(b), 3) for b in bias]
+        if listed(n_classes - 1)
+        else f"{bias.size} outputs, {min(bias):.3g} to {max(bias):.3g}"
+    )
+    log.info("Output bias initialised to the class prior: %s", shown)
     return True

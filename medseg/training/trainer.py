@@ -49,7 +49,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from medseg.allocator import keep_freed_buffers
-from medseg.class_display import per_class_text
+from medseg.class_display import per_class_text, per_class_values_text
 from medseg.config import Config
 from medseg.data.cases import Case, discover_cases
 from medseg.data.class_weights import resolve_class_weights
@@ -463,9 +463,7 @@ class Trainer:
         if not self.main:
             return
         weights = (
-            "none"
-            if self.class_weights is None
-            else ", ".join(f"{name}={w:.3g}" for name, w in zip(self.classes, self.class_weights.tolist(), strict=True))
+            "none" if self.class_weights is None else per_class_values_text(self.classes, self.class_weights.tolist())
         )
         log.info("Loss: %s, %s; class weights: %s", self.mode, self.mode_reason, weights)
         described = self.label_reading.describe(self.classes)
