@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.image import imread
 from scipy import ndimage
 
-from medseg.class_display import MAX_LISTED, class_palette, per_class_text, plot_class_curves
+from medseg.class_display import MAX_LISTED, class_palette, per_class_text, per_class_values_text, plot_class_curves
 from medseg.evaluation import draw_overlay
 from medseg.evaluation.html_report import render_report
 from medseg.evaluation.overlays import PAIRED_CLASSES, class_colours, overlay_axis, pick_slice
@@ -39,6 +39,13 @@ def test_many_classes_are_summarised_with_the_lowest_named() -> None:
     assert text.startswith(f"40 classes: median {np.median(values):.4f}, {sum(v >= 0.5 for v in values)} >= 0.5; ")
     assert text.endswith("lowest organ_7 0.0000, organ_14 0.0000, organ_21 0.0000")  # ties keep class order
     assert len(text) < 120
+
+
+def test_per_class_settings_are_named_or_given_as_their_range() -> None:
+    assert per_class_values_text(["background", "a"], [0.2, 1.634]) == "background=0.2, a=1.63"
+    names = ["background", *(f"organ_{k}" for k in range(1, 42))]
+    weights = [0.2] * 12 + [5.0] + [1.0] * 29
+    assert per_class_values_text(names, weights) == "42 classes, 0.2 (background) to 5 (organ_12)"
 
 
 @pytest.mark.parametrize("n", [1, 5, 10, 13, 20, 41, 60, 117])
@@ -168,6 +175,8 @@ def test_report_and_curves_of_a_run_with_many_classes(tmp_path: Path) -> None:
         "classes": {c: {"dice": stat, "hd95_mm": stat, "flags": {"pred_empty": 1}} for c in classes[1:]},
     }
     (tmp_path / "evaluation" / "summary.json").write_text(json.dumps(summary))
+    volumes = {f"volume_ml_{c}": (0.0 if c == "organ_3" else 2.5) for c in classes[1:]}
+    _write_csv(tmp_path / "predictions" / "predictions.csv", [{"case": "a", "status": "ok", **volumes}])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         page = render_report(tmp_path)
@@ -175,3 +184,7 @@ def test_report_and_curves_of_a_run_with_many_classes(tmp_path: Path) -> None:
     per_class = page[page.index("<h3>Per class</h3>") :].split("</table>")[0]
     assert per_class.count("<tr>") == 1 + 41  # the header and one row per class, not one per class and metric
     assert per_class.count("pred_empty 1") == 41
+    # The prediction table: classes found and the foreground volume, not 41 volume columns.
+    prediction = page[page.index('id="prediction"') :].split("</table>")[0]
+    assert "<th>classes found</th><th>foreground (mL)</th>" in prediction and "organ_1 (mL)" not in prediction
+    assert '<td class="num" data-v="40">40</td><td class="num" data-v="100">100' in prediction
