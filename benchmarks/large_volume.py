@@ -46,12 +46,18 @@ def _load() -> list[float]:
 
 
 def build_predictor(
-    base: int, batch_size: str | int, memory_gb: float | None, seed: int, precision: str = "fp32"
+    base: int,
+    batch_size: str | int,
+    memory_gb: float | None,
+    seed: int,
+    precision: str = "fp32",
+    n_classes: int = 2,
 ) -> Any:
     """A random-initialised UNet (depth 4) wrapped in a :class:`Predictor` with CT normalisation.
 
     ``precision`` is ``inference.precision``: ``fp32`` (the default here, comparable across CPUs) or ``auto``
-    (what a user gets: bf16 + channels_last on a CPU with native bf16).
+    (what a user gets: bf16 + channels_last on a CPU with native bf16). ``n_classes`` (background included)
+    sizes the softmax head: a multi-organ model's probabilities are many times a binary one's.
     """
     import torch
 
@@ -60,9 +66,9 @@ def build_predictor(
     from medseg.models.unet import UNet
 
     torch.manual_seed(seed)
-    model = UNet(1, 2, base_features=base, depth=4)
+    model = UNet(1, n_classes, base_features=base, depth=4)
     spec = ModelSpec(
-        classes=("background", "foreground"),
+        classes=("background", "foreground") if n_classes == 2 else tuple(f"c{k}" for k in range(n_classes)),
         mode="softmax",
         normalization=NormalizationParams("ct", clip_low=-1000.0, clip_high=1000.0, mean=0.0, std=500.0),
         slice_axis=2,
@@ -86,7 +92,12 @@ def case_worker(spec: dict[str, Any]) -> dict[str, Any]:
     from medseg.volume import Volume
 
     predictor = build_predictor(
-        spec["base"], spec["batch_size"], spec["memory_gb"], spec["seed"], spec.get("precision", "fp32")
+        spec["base"],
+        spec["batch_size"],
+        spec["memory_gb"],
+        spec["seed"],
+        spec.get("precision", "fp32"),
+        spec.get("classes", 2),
     )
     if spec.get("scan"):
         from medseg.io import load_volume
@@ -126,6 +137,7 @@ def case_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "memory_gb": predictor.memory_gb,
         "torch_threads": torch.get_num_threads(),
         "precision": spec.get("precision", "fp32"),
+        "classes": spec.get("classes", 2),
         "arithmetic": str(predictor.dtype or "float32").replace("torch.", "")
         + (" + channels_last" if predictor.channels_last else ""),
         "seconds": round(seconds, 2),
@@ -196,6 +208,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="fp32",
         help="inference.precision: fp32 (comparable across CPUs) or auto (bf16 + channels_last with native bf16)",
     )
+    parser.add_argument("--classes", type=int, default=2, help="classes of the model, background included")
     parser.add_argument("--out", type=Path, default=OUT_DIR / "large_volume.json")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -213,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "memory_gb": args.memory_gb,
         "seed": args.seed,
         "precision": args.precision,
+        "classes": args.classes,
     }
     cases: list[dict[str, Any]] = []
     for path in args.path:
