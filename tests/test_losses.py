@@ -257,3 +257,22 @@ def test_auto_mode_takes_sigmoid_for_few_classes_and_softmax_for_many() -> None:
     assert resolve_mode("sigmoid", 42) == ("sigmoid", "set in the config (loss.mode)")  # the config wins
     with pytest.raises(ConfigError, match=r"loss\.mode: expected one of sigmoid, softmax, got 'tanh'"):
         resolve_mode("tanh", 3)
+
+
+@pytest.mark.parametrize("n_classes", [3, 15, 16, 42, 118])
+def test_softmax_of_channels_last_logits_matches_the_plain_softmax(n_classes: int) -> None:
+    """Many classes take the softmax over the innermost axis of channels_last logits (the fast path); the values
+    are those of ``torch.softmax(dim=1)`` within float32 rounding, bit for bit below the threshold."""
+    from medseg.models.head import SOFTMAX_LAST_DIM_FROM
+
+    gen = torch.Generator().manual_seed(n_classes)
+    logits = (4 * torch.randn((2, n_classes, 24, 20), generator=gen)).contiguous(memory_format=torch.channels_last)
+    probs = logits_to_probs(logits, "softmax")
+    expected = torch.softmax(logits.contiguous(), dim=1)
+    if n_classes < SOFTMAX_LAST_DIM_FROM:
+        assert torch.equal(probs, expected)
+    else:
+        torch.testing.assert_close(probs, expected, rtol=0, atol=1e-6)
+        assert probs.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones((2, 24, 20)), rtol=0, atol=1e-5)
+    assert torch.equal(probs_to_labels(probs, "softmax"), probs_to_labels(expected, "softmax"))

