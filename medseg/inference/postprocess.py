@@ -86,11 +86,6 @@ def component_counts(labels: np.ndarray, classes: Sequence[int]) -> list[int]:
     return counts
 
 
-def count_components(labels: np.ndarray, c: int) -> int:
-    """Number of 3D connected components of class ``c`` (see :func:`component_counts`)."""
-    return component_counts(labels, [c])[0]
-
-
 def keep_largest_component(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
     """Keeps only the largest 3D connected component of each class in ``classes``; the rest becomes background.
 
