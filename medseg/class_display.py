@@ -11,6 +11,7 @@ One palette (:func:`class_palette`) gives every class its own colour in every fi
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,18 +30,20 @@ def listed(n_classes: int) -> bool:
     return n_classes <= MAX_LISTED
 
 
-def class_palette(n_classes: int) -> list[str]:
+@functools.lru_cache(maxsize=32)
+def class_palette(n_classes: int) -> tuple[str, ...]:
     """``n_classes`` distinct colours (hex), one per foreground class in class order.
 
     matplotlib's qualitative maps while they suffice (tab10, tab20, then tab20 + tab20b + tab20c for up to 60);
     beyond, ``turbo`` sampled evenly, with neighbouring classes taken from opposite halves of the map so that
-    adjacent label values (often adjacent organs) do not get near-identical colours.
+    adjacent label values (often adjacent organs) do not get near-identical colours. Cached: an overlay asks for
+    each class's colour in turn.
     """
     from matplotlib import colormaps
     from matplotlib.colors import to_hex
 
     if n_classes <= 0:
-        return []
+        return ()
     if n_classes <= 10:
         colours: list[Any] = list(colormaps["tab10"].colors)  # type: ignore[attr-defined]
     elif n_classes <= 20:
@@ -52,7 +55,7 @@ def class_palette(n_classes: int) -> list[str]:
         half = (n_classes + 1) // 2
         order = [i // 2 if i % 2 == 0 else half + i // 2 for i in range(n_classes)]
         colours = [colormaps["turbo"](float(samples[k])) for k in order]
-    return [to_hex(c) for c in colours[:n_classes]]
+    return tuple(to_hex(c) for c in colours[:n_classes])
 
 
 def per_class_text(scores: Mapping[str, float | None], digits: int = 4) -> str:
