@@ -958,6 +958,11 @@ def _mixed_spacing_section(results: Sequence[tuple[str, dict[str, Any]]]) -> lis
         "coarse scan can; *at centres - plan* is what the coarser scan itself costs. *label offset*: Dice of the "
         "nearest-neighbour coarse labels against the 1 mm labels taken at the centres (one-hot, linear, argmax).",
         "",
+        "*labels*: how the coarse labels, and the ceiling's 1 mm predictions with them, were put on the coarse grid: "
+        "`nearest` (the issue's example), or `linear` (`--labels linear`: the argmax of the one-hot maps "
+        "interpolated linearly at the coarse voxel centres, as medseg resamples training labels, so ground truth, "
+        "ceiling and plan read the 1 mm grid at the same points and in the same smooth way).",
+        "",
     ]
 
     def row(label: str, members: Sequence[dict[str, Any]]) -> list[str]:
@@ -971,6 +976,7 @@ def _mixed_spacing_section(results: Sequence[tuple[str, dict[str, Any]]]) -> lis
         return [
             label,
             "x".join(f"{v:g}" for v in members[0].get("coarse_spacing", [])),
+            members[0].get("label_resampling", "nearest"),
             str(len(per["plan"]) if pooled else members[0].get("n_cases")),
             fmt(means["ceiling"]),
             fmt(means["plan"]),
@@ -987,7 +993,7 @@ def _mixed_spacing_section(results: Sequence[tuple[str, dict[str, Any]]]) -> lis
         spacings = {tuple(r.get("coarse_spacing", [])) for _, r in members}
         if len(spacings) == 1:
             rows.append(row(f"**{len(members)} folds pooled** (`{stem}`)", [r for _, r in members]))
-    headers = ["run", "coarse mm", "cases", "ceiling", "plan", "no plan", "ceiling - plan", "target"]
+    headers = ["run", "coarse mm", "labels", "cases", "ceiling", "plan", "no plan", "ceiling - plan", "target"]
     headers += ["at centres", "at centres - plan", "label offset"]
     lines += [markdown_table(headers, rows), ""]
     lines += [f"- `{name}`: `{r.get('command', '')}`" for name, r in results]

@@ -214,6 +214,13 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target(
         17,
+        "the same models, coarse labels and ceiling resampled as medseg resamples labels (one-hot, linear, argmax "
+        "at the coarse centres) instead of nearest neighbour",
+        tuple(f"mixed_spacing_mixed_cv25ep_bf16_linear_labels_fold{k}.json" for k in range(5)),
+        _pooled_gap,
+    ),
+    Target(
+        17,
         "BraTS (FLAIR + T1c per case folder, 6 cases): a 2-channel model trains and predicts end to end; "
         "per-class Dice reported, no target",
         ("quality_brats_folders_2min.json",),

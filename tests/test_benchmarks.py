@@ -235,6 +235,24 @@ def test_mixed_spacing_smoke_run_samples_the_ceiling_at_the_coarse_centres_too(
         assert all(0.9 < d < 1.0 for d in row["label_offset_dice"])
     md = result["mean_dice"]
     assert result["gap_ceiling_centres_minus_plan"] == pytest.approx(md["ceiling_centres"] - md["plan"])
+    assert result["label_resampling"] == "nearest"
+
+    # The same model scored against labels resampled one-hot + linear: the plan's predictions are the same masks,
+    # only the ground truth and the ceiling move.
+    checkpoint = tmp_path / "runs" / "mixed_spacing_smoke" / "checkpoints" / "best.pt"
+    _run(
+        [
+            str(REPO / "benchmarks" / "mixed_spacing.py"),
+            *("--data-root", str(sample_hippo), "--max-cases", "6", "--checkpoint", str(checkpoint)),
+            *("--labels", "linear", "--tag", "smoke_linear"),
+            *("--out-dir", str(out), "--runs-dir", str(tmp_path / "runs")),
+        ]
+    )
+    linear = json.loads((out / "mixed_spacing_smoke_linear.json").read_text())
+    assert linear["label_resampling"] == "linear" and set(linear["per_case"]) == set(result["per_case"])
+    for case, row in linear["per_case"].items():
+        # the label-offset Dice compares the two samplings of the same labels, whichever is the ground truth
+        assert row["label_offset_dice"] == pytest.approx(result["per_case"][case]["label_offset_dice"])
 
 
 def test_at_coarse_centres_samples_maps_like_the_coarse_image(tmp_path: Path, sample_hippo: Path) -> None:
@@ -251,6 +269,42 @@ def test_at_coarse_centres_samples_maps_like_the_coarse_image(tmp_path: Path, sa
     m = round(n0 / 1.5)
     expected = n0 / m * (np.arange(m) + 0.5) - 0.5  # the pixel-area convention, the extent kept exactly
     np.testing.assert_allclose(coarse[1:-1, 0, 0], expected[1:-1], atol=1e-4)
+
+
+def test_coarse_labels_linear_reads_the_labels_as_a_smooth_field_at_the_coarse_centres(
+    tmp_path: Path, sample_hippo: Path
+) -> None:
+    """``linear`` puts labels on the coarse grid as medseg resamples training labels: the argmax of the one-hot
+    maps interpolated linearly at the coarse centres (checked against scipy's ``map_coordinates``). Across a
+    straight step both readings put the boundary midway between 1 mm voxels; across a diagonal, nearest neighbour
+    keeps the 1 mm staircase and the two differ."""
+    from scipy.ndimage import map_coordinates
+
+    sys.path.insert(0, str(REPO))
+    from benchmarks.mixed_spacing import coarse_labels
+    from medseg.io import load_volume
+
+    like = load_volume(sorted((sample_hippo / "imagesTr").glob("*.nii.gz"))[0])
+    n0, n1 = like.shape[:2]
+    spacing = [1.5, 1.5, 1.0]
+    m0, m1 = round(n0 / 1.5), round(n1 / 1.5)
+    c0 = n0 / m0 * (np.arange(m0) + 0.5) - 0.5  # coarse centres in 1 mm voxel units (pixel-area convention)
+    c1 = n1 / m1 * (np.arange(m1) + 0.5) - 0.5
+    for t in range(8, 14):
+        step = np.broadcast_to((np.arange(n0) >= t)[:, None, None] * 2, like.shape)
+        for how in ("linear", "nearest"):
+            coarse = coarse_labels(step, like, tmp_path, spacing, 3, how)
+            np.testing.assert_array_equal(coarse[:, 0, 0], np.where(c0 > t - 0.5, 2, 0))
+
+    i, j = np.meshgrid(np.arange(n0), np.arange(n1), indexing="ij")
+    diagonal = np.broadcast_to(((i + 2 * j) >= n0)[..., None] * 2, like.shape).astype(np.int64)
+    linear = coarse_labels(diagonal, like, tmp_path, spacing, 3, "linear")
+    nearest = coarse_labels(diagonal, like, tmp_path, spacing, 3, "nearest")
+    assert set(np.unique(linear)) == {0, 2}  # no class invented where 0 and 2 meet
+    ci, cj = np.meshgrid(c0[1:-1], c1[1:-1], indexing="ij")  # inner centres: no extrapolation at the border
+    fg = map_coordinates((diagonal[..., 0] == 2).astype(np.float64), [ci, cj], order=1)
+    np.testing.assert_array_equal(linear[1:-1, 1:-1, 0] == 2, fg > 0.5 + 1e-6)
+    assert (linear != nearest).any()
 
 
 def test_mixed_spacing_folds_pool_their_cases_with_a_paired_standard_error(tmp_path: Path) -> None:
@@ -279,9 +333,10 @@ def test_mixed_spacing_folds_pool_their_cases_with_a_paired_standard_error(tmp_p
         if line.startswith("|") and "mixed_spacing_cv" in line
     }
     # fold 0: gaps 0.01 and 0 -> mean 0.005, SE = std(ddof=1) / sqrt(2) = 0.00707 / 1.414 = 0.005
-    assert rows["`mixed_spacing_cv_fold0.json`"][7].strip() == "0.0050 ± 0.0050"
+    assert rows["`mixed_spacing_cv_fold0.json`"][8].strip() == "0.0050 ± 0.0050"
+    assert rows["`mixed_spacing_cv_fold0.json`"][3].strip() == "nearest"  # files from before --labels
     pooled = rows["**2 folds pooled** (`mixed_spacing_cv_fold*.json`)"]
-    assert pooled[3].strip() == "4" and pooled[7].strip() == "0.0025 ± 0.0025" and pooled[8].strip() == "met"
+    assert pooled[4].strip() == "4" and pooled[8].strip() == "0.0025 ± 0.0025" and pooled[9].strip() == "met"
 
 
 def test_fold_subsets_merge_into_one_cross_validation(tmp_path: Path) -> None:
