@@ -555,6 +555,11 @@ class EvaluationConfig(_Section):
     """Folder of ground-truth masks named like the predictions; ``None`` = the labels of the predicted cases."""
     overlays: int = Field(default=3, ge=0)
     """Number of best and of worst cases to draw as PNG overlays."""
+    both_empty: Literal["one", "skip"] = "one"
+    """Dice and IoU of a class absent from both the prediction and the ground truth: ``one`` counts a perfect 1
+    (the BraTS and MSD convention); ``skip`` leaves it out of every mean, as nnU-Net does, for sets where many
+    structures lie outside many scans (partial-field-of-view multi-organ CT), which 1s would lift. The ``flag``
+    column says ``both_empty`` either way; validation Dice in training always counts 1."""
 
 
 class OutputConfig(_Section):

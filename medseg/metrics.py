@@ -228,6 +228,7 @@ def case_metrics(
     classes: Sequence[str],
     *,
     voxel_mm3: float | None = None,
+    skip_both_empty: bool = False,
 ) -> list[dict[str, Any]]:
     """All metrics of one case, one row per foreground class.
 
@@ -238,12 +239,14 @@ def case_metrics(
         classes: Class names indexed by label value, background first (``DatasetSpec.classes``).
         voxel_mm3: Voxel volume in mm³ for the volumes, ``|det(affine)|`` of the ground truth's grid;
             ``None`` = the product of ``spacing`` (the same on an orthogonal grid).
+        skip_both_empty: Dice and IoU of a class absent from both masks are NaN, left out of means as nnU-Net
+            does, instead of a perfect 1 (the BraTS / MSD convention, and this module's ``dice``).
 
     Returns:
         Rows ``{"class", "dice", "iou", "hd95_mm", "assd_mm", "vol_pred_ml", "vol_gt_ml", "vol_diff_ml",
         "flag"}`` for classes 1..n-1. ``vol_diff_ml`` is predicted minus true volume. ``flag`` is ``""``,
-        ``"both_empty"`` (Dice/IoU 1, distances NaN), ``"pred_empty"`` or ``"gt_empty"`` (Dice/IoU 0,
-        distances NaN).
+        ``"both_empty"`` (Dice/IoU 1, or NaN with ``skip_both_empty``; distances NaN), ``"pred_empty"`` or
+        ``"gt_empty"`` (Dice/IoU 0, distances NaN).
 
     Raises:
         GeometryMismatchError: If the shapes differ.
@@ -270,11 +273,12 @@ def case_metrics(
         )
         distances = surface_distances(p, g, sp)
         vol_p, vol_g = volume_ml(p, sp, voxel_mm3=voxel_mm3), volume_ml(g, sp, voxel_mm3=voxel_mm3)
+        undefined = skip_both_empty and flag == "both_empty"
         rows.append(
             {
                 "class": name,
-                "dice": dice(p, g),
-                "iou": iou(p, g),
+                "dice": float("nan") if undefined else dice(p, g),
+                "iou": float("nan") if undefined else iou(p, g),
                 "hd95_mm": _hd_from(distances, 95.0),
                 "assd_mm": _assd_from(distances),
                 "vol_pred_ml": vol_p,

@@ -522,12 +522,14 @@ def run_evaluate(cfg: Config) -> dict[str, Any]:
         layout.evaluation,
         overlays=cfg.evaluation.overlays,
         labels=LabelReading.of(cfg.data, label_values),
+        skip_both_empty=cfg.evaluation.both_empty == "skip",
     )
     mean = summary.get("mean_dice")
     log.info(
-        "Mean Dice %s over %d case(s); details in '%s'",
+        "Mean Dice %s over %d case(s)%s; details in '%s'",
         f"{mean:.3f}" if mean is not None else "n/a",
-        summary.get("n_evaluated", len(pairs)),
+        summary["n_in_mean_dice"],
+        "" if cfg.evaluation.both_empty == "one" else " (classes absent from both masks left out)",
         layout.evaluation,
     )
     return summary

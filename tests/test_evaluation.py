@@ -229,6 +229,52 @@ def test_empty_classes_are_flagged_and_counted(tmp_path: Path, sample_hippo: Pat
     assert ant["dice"]["mean"] == pytest.approx(0.5)
 
 
+def test_both_empty_skip_leaves_absent_classes_out_of_the_means(tmp_path: Path, sample_hippo: Path) -> None:
+    """``skip_both_empty`` (``evaluation.both_empty: skip``): a class absent from both masks has no Dice (an empty
+    cell, still flagged), class and case means are over the classes present, a case with none is left out of the
+    mean Dice; a false positive on an absent class still scores 0. Checked against Dice computed by hand."""
+    from medseg.evaluation.html_report import _both_empty_note
+
+    lab = sorted((sample_hippo / "labelsTr").glob("*.nii.gz"))[0]
+    gt = np.asarray(nib.load(str(lab)).dataobj)
+    only_anterior = np.where(gt == 1, 1, 0)
+    eroded = np.where(ndimage.binary_erosion(gt == 1), 1, 0)
+    g = _save_like(only_anterior, lab, tmp_path / "gt.nii.gz")
+    none = _save_like(np.zeros_like(gt), lab, tmp_path / "none.nii.gz")
+    p_eroded = _save_like(eroded, lab, tmp_path / "eroded.nii.gz")
+    p_stray = _save_like(np.where(gt == 2, 2, only_anterior), lab, tmp_path / "stray.nii.gz")  # posterior: FP
+    pairs = [("eroded", p_eroded, g), ("stray", p_stray, g), ("nothing", none, none)]
+
+    def by_hand(p: np.ndarray, t: np.ndarray) -> float:
+        return float(2 * (p & t).sum() / (p.sum() + t.sum()))
+
+    d_eroded = by_hand(eroded == 1, only_anterior == 1)
+    one = evaluate(pairs, CLASSES, tmp_path / "one", overlays=0)
+    skip = evaluate(pairs, CLASSES, tmp_path / "skip", overlays=0, skip_both_empty=True)
+
+    # one: posterior of "eroded" and both classes of "nothing" count 1
+    assert one["both_empty"] == "one" and one["n_in_mean_dice"] == 3
+    assert one["mean_dice"] == pytest.approx(((d_eroded + 1) / 2 + (1 + 0) / 2 + 1) / 3)
+    assert one["classes"]["Posterior"]["dice"]["mean"] == pytest.approx((1 + 0 + 1) / 3)
+    # skip: only the pairs where either mask has the class
+    assert skip["both_empty"] == "skip" and skip["n_evaluated"] == 3 and skip["n_in_mean_dice"] == 2
+    assert skip["mean_dice"] == pytest.approx((d_eroded + (1 + 0) / 2) / 2)
+    assert skip["classes"]["Posterior"]["dice"] == {"mean": 0.0, "median": 0.0, "std": None, "n": 1}
+    assert skip["classes"]["Anterior"]["dice"]["n"] == 2
+    flags = {"both_empty": 2, "pred_empty": 0, "gt_empty": 1}
+    assert skip["classes"]["Posterior"]["flags"] == one["classes"]["Posterior"]["flags"] == flags
+    rows = {(r["case"], r["class"]): r for r in _read_csv(tmp_path / "skip" / "metrics.csv")}
+    assert rows[("eroded", "Posterior")]["flag"] == "both_empty"
+    assert rows[("eroded", "Posterior")]["dice"] == rows[("eroded", "Posterior")]["iou"] == ""
+    assert rows[("stray", "Posterior")]["dice"] == "0"  # a false positive is still scored
+    # the report says which convention its means follow
+    assert "count as Dice 1" in _both_empty_note(one) and "3 case/class pair(s)" in _both_empty_note(one)
+    assert "left out of the Dice means" in _both_empty_note(skip) and "1 case(s) had no class left" in (
+        _both_empty_note(skip)
+    )
+    assert _both_empty_note({"classes": {"a": {"flags": {"both_empty": 0}}}}) == ""
+
+
 def test_overlay_without_image_draws_the_labels(tmp_path: Path, sample_hippo: Path) -> None:
     vol = load_volume(sorted((sample_hippo / "labelsTr").glob("*.nii.gz"))[0])
     gt = np.asarray(vol.array)

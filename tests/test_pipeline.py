@@ -155,6 +155,12 @@ def test_evaluate_stage_alone_rescores_the_predictions(quickstart_run: tuple) ->
     again = run_cli(QUICKSTART, "--stage", "evaluate", "--output", out)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((out / "evaluation" / "summary.json").read_text())["mean_dice"] == pytest.approx(before)
+    # evaluation.both_empty reaches the report; both hippocampus parts are in every case, so nothing is left out.
+    skip = run_cli(QUICKSTART, "--stage", "evaluate", "--output", out, "--set", "evaluation.both_empty=skip")
+    assert skip.returncode == 0, skip.stderr[-3000:]
+    summary = json.loads((out / "evaluation" / "summary.json").read_text())
+    assert summary["both_empty"] == "skip" and summary["mean_dice"] == pytest.approx(before)
+    assert run_cli(QUICKSTART, "--stage", "evaluate", "--output", out).returncode == 0  # as the fixture left it
 
 
 @pytest.mark.slow

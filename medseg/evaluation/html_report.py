@@ -465,6 +465,24 @@ def _dice_plot(per_case: dict[str, dict[str, float]], class_names: list[str]) ->
     return _png(fig), caption
 
 
+def _both_empty_note(summary: dict[str, Any]) -> str:
+    """How the Dice means treat classes absent from both masks, where there are any (``evaluation.both_empty``)."""
+    pairs = sum((m.get("flags") or {}).get("both_empty", 0) for m in (summary.get("classes") or {}).values())
+    if not pairs:
+        return ""
+    if summary.get("both_empty") == "skip":
+        how = "are left out of the Dice means (evaluation.both_empty: skip)"
+        left_out = summary.get("n_evaluated", 0) - summary.get("n_in_mean_dice", summary.get("n_evaluated", 0))
+        if left_out:
+            how += f"; {left_out} case(s) had no class left and are not in the mean Dice"
+    else:
+        how = (
+            "count as Dice 1 (evaluation.both_empty: one); where many structures lie outside many scans, "
+            "evaluation.both_empty: skip leaves them out of the means"
+        )
+    return f"<p class='muted'>{pairs} case/class pair(s) absent from both masks {_e(how)}.</p>"
+
+
 def _section_evaluation(root: Path) -> str:
     folder = root / "evaluation"
     summary = _read_json(folder / "summary.json")
@@ -482,6 +500,7 @@ def _section_evaluation(root: Path) -> str:
                 ]
             )
         )
+        parts.append(_both_empty_note(summary))
         # One row per class (sortable by any column): with dozens of structures, a row per class and metric
         # made the table four times as long and hid which class is worst.
         stats_rows = []

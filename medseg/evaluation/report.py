@@ -258,6 +258,7 @@ def evaluate(
     overlays: int = 3,
     *,
     labels: LabelReading | None = None,
+    skip_both_empty: bool = False,
 ) -> dict[str, Any]:
     """Scores predictions against ground truth and writes the report.
 
@@ -267,7 +268,9 @@ def evaluate(
       (undefined values are empty cells; a failed case is one row with its ``error``).
     - ``summary.json``: ``n_cases``, ``n_evaluated``, ``n_failed``, ``failed_cases`` (case, error),
       ``mean_dice`` (mean over evaluated cases of the case's mean Dice over foreground classes; a class empty in
-      both masks counts as Dice 1), and per class the ``mean``/``median``/``std`` (sample SD)/``n`` of each of
+      both masks counts as Dice 1, or is left out with ``skip_both_empty``, and a case with no class left is
+      then left out too), ``n_in_mean_dice`` (the cases that mean is over), ``both_empty`` (``"one"`` or
+      ``"skip"``), and per class the ``mean``/``median``/``std`` (sample SD)/``n`` of each of
       :data:`SUMMARY_METRICS` over the cases where it is defined, plus the count of each flag; ``overlays``
       lists the PNGs relative to ``out_dir``.
     - ``overlays/{best,worst}_NN_<case>.png`` for the ``overlays`` best and worst cases by mean Dice
@@ -281,6 +284,8 @@ def evaluate(
         labels: How mask files are read (``LabelReading``: the value each class is stored as, e.g. ``[0, 255]``;
             unlisted values; a ground truth cut to its extent); ``None`` = class k as k, others refused. DICOM SEG /
             RTSTRUCT files are matched by segment instead; a ground truth in another axis order is always placed.
+        skip_both_empty: Leave a class absent from both masks out of the Dice and IoU means (nnU-Net's
+            convention; partial-field-of-view multi-organ sets) instead of counting it as 1 (BraTS, MSD).
 
     Returns:
         The summary written to ``summary.json``.
@@ -299,12 +304,15 @@ def evaluate(
 
     rows: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
+    evaluated: list[str] = []
     case_dice: dict[str, float] = {}
     class_dice: dict[str, dict[str, float]] = {}
     for pair in cases:
         try:
             pred, gt, gt_vol = _load_pair(pair, classes, reading)
-            case_rows = case_metrics(pred, gt, gt_vol.spacing, classes, voxel_mm3=gt_vol.voxel_volume)
+            case_rows = case_metrics(
+                pred, gt, gt_vol.spacing, classes, voxel_mm3=gt_vol.voxel_volume, skip_both_empty=skip_both_empty
+            )
         except Exception as err:  # per-case isolation: one bad file must not stop the report
             if not isinstance(err, MedsegError):
                 log.exception("Unexpected error evaluating case '%s'", pair.case_id)
@@ -315,7 +323,10 @@ def evaluate(
             continue
         for row in case_rows:
             rows.append({"case": pair.case_id, **row, "error": ""})
-        case_dice[pair.case_id] = float(np.mean([r["dice"] for r in case_rows]))
+        evaluated.append(pair.case_id)
+        scored = _finite([r["dice"] for r in case_rows])
+        if scored.size:  # with skip_both_empty, a case whose classes are all absent from both masks has no Dice
+            case_dice[pair.case_id] = float(scored.mean())
         class_dice[pair.case_id] = {r["class"]: r["dice"] for r in case_rows}
 
     buf = _stdio.StringIO()
@@ -364,10 +375,12 @@ def evaluate(
 
     summary: dict[str, Any] = {
         "n_cases": len(cases),
-        "n_evaluated": len(case_dice),
+        "n_evaluated": len(evaluated),
         "n_failed": len(failed),
         "failed_cases": failed,
         "mean_dice": float(np.mean(list(case_dice.values()))) if case_dice else None,
+        "n_in_mean_dice": len(case_dice),
+        "both_empty": "skip" if skip_both_empty else "one",
         "classes": per_class,
         "overlays": written,
     }
