@@ -27,6 +27,15 @@ class MultipleSeriesError(UnreadableScanError):
     """A DICOM folder holds several series and none was chosen with ``series=``."""
 
 
+class MultiChannelScanError(UnreadableScanError):
+    """A scan has several channels (a 4th axis, or vector pixels) and none was chosen with ``channel=``."""
+
+    def __init__(self, path: str | Path, reason: str, *, n_channels: int, shape: tuple[int, ...]) -> None:
+        self.n_channels = n_channels
+        self.shape = shape
+        super().__init__(path, reason)
+
+
 class MissingDecoderError(UnreadableScanError):
     """A DICOM series uses a compressed transfer syntax no installed decoder can read."""
 

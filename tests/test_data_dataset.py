@@ -30,9 +30,9 @@ class CountingReader:
     def __init__(self) -> None:
         self.reads: Counter[Path] = Counter()
 
-    def __call__(self, path: Path) -> Volume:
+    def __call__(self, path: Path, *, label: bool = False) -> Volume:
         self.reads[Path(path)] += 1
-        return load_volume(path)
+        return load_volume(path, label=label)
 
 
 def test_each_file_is_read_once_per_run(sample_hippo: Path) -> None:

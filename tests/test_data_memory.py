@@ -125,9 +125,9 @@ def test_trainer_stops_before_reading_any_file_when_data_must_stay_in_memory(
 
     read: list[Path] = []
 
-    def reader(path: Path):  # type: ignore[no-untyped-def]
+    def reader(path: Path, *, label: bool = False):  # type: ignore[no-untyped-def]
         read.append(Path(path))
-        return load_volume(path)
+        return load_volume(path, label=label)
 
     monkeypatch.setattr(trainer_module, "available_memory_bytes", lambda: 64 * 2**10)  # 64 KiB
     cfg = make_cfg(sample_hippo, tmp_path, data={"max_cases": 4, "cache_dir": None})

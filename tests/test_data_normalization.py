@@ -37,8 +37,8 @@ def test_zscore_every_hippocampus_volume(hippo_dir: Path) -> None:
     spec = discover_cases(DataConfig(root=hippo_dir))
     maxima: dict[str, float] = {}
 
-    def reader(path: Path) -> Volume:
-        volume = load_volume(path)
+    def reader(path: Path, *, label: bool = False) -> Volume:
+        volume = load_volume(path, label=label)
         if "imagesTr" in str(path):
             maxima[path.name[: -len(".nii.gz")]] = float(volume.array.max())
         return volume

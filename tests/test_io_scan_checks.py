@@ -16,7 +16,14 @@ import numpy as np
 import pytest
 
 from medseg.config import Config
-from medseg.errors import ColourImageError, DegenerateGeometryError, MultipleSeriesError, UnreadableScanError
+from medseg.errors import (
+    BadCaseError,
+    ColourImageError,
+    DegenerateGeometryError,
+    MultiChannelScanError,
+    MultipleSeriesError,
+    UnreadableScanError,
+)
 from medseg.evaluation.report import evaluate
 from medseg.inference.batch import predict_folder
 from medseg.inference.predictor import Predictor
@@ -167,6 +174,49 @@ def test_channel_hint_names_the_config_key_and_the_key_works(image: nib.Nifti1Im
     # A default channel applies only to scans that have channels: a 3D scan still reads.
     single = _save(data, image.affine, tmp_path / "single.nii.gz")
     np.testing.assert_array_equal(load_volume(single).array, data)
+
+
+def test_a_label_file_with_channels_is_refused_even_with_data_channel_set(sample_hippo: Path, tmp_path: Path) -> None:
+    """A one-hot (or per-class mask stack) label file: refused as a label, in training, in evaluation and from an
+    NRRD with vector pixels, and data.channel, which picks an image's channel, does not pick one of a label's
+    (channel 1 of a one-hot stack would train class 1 alone, the others as background)."""
+    import SimpleITK as sitk
+
+    from medseg.config import DataConfig, PreprocessingConfig
+    from medseg.data.cases import discover_cases
+    from medseg.data.prepare import prepare_training_data
+
+    root = tmp_path / "onehot"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    label = nib.load(sample_hippo / "labelsTr" / f"{CASE}.nii.gz")
+    classes = np.asarray(label.dataobj).astype(np.uint8)
+    onehot = np.stack([classes == k for k in range(3)], axis=-1).astype(np.uint8)
+    shutil.copy(sample_hippo / "imagesTr" / f"{CASE}.nii.gz", root / "images" / f"{CASE}.nii.gz")
+    stack = _save(onehot, label.affine, root / "labels" / f"{CASE}.nii.gz")
+    spec = discover_cases(DataConfig(root=root, layout="glob", classes=["background", "Anterior", "Posterior"]))
+    reason = r"it is a label file with 3 channels \(shape \(\d+, \d+, \d+, 3\)\), e\.g\. one-hot"
+    for options in (ReadOptions(), ReadOptions(channel=1)):
+        set_read_options(options)
+        with pytest.raises(BadCaseError, match=reason) as err:
+            prepare_training_data(spec.cases, [], 3, PreprocessingConfig(), reader=load_volume)
+        assert str(stack) in str(err.value) and "np.argmax(data, axis=3)" in str(err.value)
+        with pytest.raises(MultiChannelScanError, match=reason):
+            load_volume(stack, label=True)
+        # as ground truth in evaluation: the case fails with the same reason, the others are scored
+        plain = _save(classes, label.affine, tmp_path / "plain.nii.gz")
+        summary = evaluate([("stack", plain, stack), ("ok", plain, plain)], spec.classes, tmp_path / "ev", overlays=0)
+        assert [f["case"] for f in summary["failed_cases"]] == ["stack"] and summary["n_evaluated"] == 1
+        assert "label file with 3 channels" in summary["failed_cases"][0]["error"]
+    # An image keeps its reading: data.channel picks its channel, as before.
+    assert np.array_equal(load_volume(stack).array, onehot[..., 1])
+
+    # NRRD with vector pixels (per-class components), through SimpleITK
+    nrrd = tmp_path / "stack.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.moveaxis(onehot, 3, 0).T.copy(), isVector=True), str(nrrd))
+    set_read_options(ReadOptions())
+    with pytest.raises(MultiChannelScanError, match=r"label file with 3 channels .*which channel is which class"):
+        load_volume(nrrd, label=True)
 
 
 def test_series_hint_names_the_config_key_and_the_key_works(hippocrop_dir: Path, tmp_path: Path) -> None:

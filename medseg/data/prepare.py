@@ -42,10 +42,11 @@ class Reader(Protocol):
     """Reads a scan (file or DICOM folder) into a :class:`Volume`; ``medseg.io.load_volume`` by default.
 
     ``channel`` is passed only for a 4D file that holds a case's channels (the MSD multi-modal layout), to read
-    one of them; a 3D scan is read with the path alone.
+    one of them; a 3D scan is read with the path alone. ``label=True`` is passed for a label map: a label file
+    with several channels must be refused, not read through the configured ``data.channel``.
     """
 
-    def __call__(self, path: Path, /, *, channel: int | None = ...) -> Volume: ...
+    def __call__(self, path: Path, /, *, channel: int | None = ..., label: bool = ...) -> Volume: ...
 
 
 def default_reader() -> Reader:
@@ -277,7 +278,7 @@ class _CaseReader:
         from medseg.io.segmentation import load_label
 
         if kind == "map":
-            return self.reader(path)
+            return self.reader(path, label=True)
         return load_label(path, image, self.classes, ignore_unlisted=self.labels.unlisted_background)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.errors import UnreadableScanError
+from medseg.errors import MultiChannelScanError, UnreadableScanError
 from medseg.io.read_options import CHANNEL_HINT, NAN_HINT
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,8 @@ def to_3d(array: np.ndarray, path: Path, channel: int | None, *, default_channel
         default_channel: The configured channel (``data.channel``), used only for scans that have channels.
 
     Raises:
-        UnreadableScanError: More than one channel and none chosen, a channel out of range, or more than 4D.
+        MultiChannelScanError: More than one channel and none chosen.
+        UnreadableScanError: A channel out of range, or more than 4D.
     """
     if array.ndim == 2:
         array = array[:, :, np.newaxis]
@@ -42,10 +43,12 @@ def to_3d(array: np.ndarray, path: Path, channel: int | None, *, default_channel
         if channel is None:
             channel = default_channel
         if channel is None:
-            raise UnreadableScanError(
+            raise MultiChannelScanError(
                 path,
                 f"it is a 4D volume with {n} channels/time points (shape {array.shape}); "
                 f"choose one (0..{n - 1}) with {CHANNEL_HINT}",
+                n_channels=n,
+                shape=array.shape,
             )
         if not 0 <= channel < n:
             raise UnreadableScanError(path, f"channel={channel} is out of range: the volume has {n} channels")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from medseg.errors import UnreadableScanError
+from medseg.errors import MultiChannelScanError, UnreadableScanError
 from medseg.io._arrays import check_finite, to_3d
 from medseg.io.geometry import array_to_sitk, sitk_affine, sitk_to_array
 from medseg.io.read_options import CHANNEL_HINT
@@ -46,15 +46,19 @@ def volume_from_sitk(
         nan_as_zero: Read NaN voxels as 0 instead of refusing the image.
 
     Raises:
-        UnreadableScanError: Several channels and none chosen, or a channel out of range.
+        MultiChannelScanError: Several channels and none chosen.
+        UnreadableScanError: A channel out of range.
     """
     n_comp = image.GetNumberOfComponentsPerPixel()
     if channel is None and (n_comp > 1 or image.GetDimension() == 4):
         channel = default_channel
     if n_comp > 1:
         if channel is None:
-            raise UnreadableScanError(
-                path, f"pixels have {n_comp} components (channels); choose one (0..{n_comp - 1}) with {CHANNEL_HINT}"
+            raise MultiChannelScanError(
+                path,
+                f"pixels have {n_comp} components (channels); choose one (0..{n_comp - 1}) with {CHANNEL_HINT}",
+                n_channels=n_comp,
+                shape=(*image.GetSize(), n_comp),
             )
         if not 0 <= channel < n_comp:
             raise UnreadableScanError(path, f"channel={channel} is out of range: pixels have {n_comp} components")
@@ -67,8 +71,11 @@ def volume_from_sitk(
         size = list(image.GetSize())
         n = size[3]
         if n > 1 and channel is None:
-            raise UnreadableScanError(
-                path, f"it is a 4D volume with {n} channels/time points; choose one (0..{n - 1}) with {CHANNEL_HINT}"
+            raise MultiChannelScanError(
+                path,
+                f"it is a 4D volume with {n} channels/time points; choose one (0..{n - 1}) with {CHANNEL_HINT}",
+                n_channels=n,
+                shape=tuple(size),
             )
         index = 0 if channel is None else channel
         if not 0 <= index < n:

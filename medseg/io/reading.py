@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medseg.errors import UnreadableScanError
+from medseg.errors import MultiChannelScanError, UnreadableScanError
 from medseg.io.dicom import load_dicom, series_uid_of_file
 from medseg.io.grid_checks import check_grid
 from medseg.io.itk import ITK_SUFFIXES, load_itk
@@ -21,6 +21,7 @@ def load_volume(
     series: str | None = None,
     channel: int | None = None,
     nan_as_zero: bool | None = None,
+    label: bool = False,
 ) -> Volume:
     """Reads a scan into a :class:`~medseg.volume.Volume` (array ``(I, J, K)``, affine voxel -> RAS mm).
 
@@ -40,6 +41,9 @@ def load_volume(
         channel: Which channel/time point of a 4D volume to read. A 4th dimension of size 1 is dropped
             without asking.
         nan_as_zero: Read NaN voxels of NIfTI/NRRD/MHA files as 0 (with a warning) instead of refusing them.
+        label: The file is a label map: the configured default channel does not apply to it, and a file with
+            several channels (a one-hot or per-class mask stack) is refused: which channel is which class is not
+            recorded in the file, so medseg does not guess.
 
     Returns:
         The volume; ``source`` is ``path``.
@@ -52,6 +56,26 @@ def load_volume(
             DegenerateGeometryError (an affine that cannot place voxels in space).
     """
     path = Path(path)
+    if label:
+        try:
+            return _load(path, series=series, channel=channel, nan_as_zero=nan_as_zero, default_channel=None)
+        except MultiChannelScanError as err:
+            raise MultiChannelScanError(
+                path,
+                f"it is a label file with {err.n_channels} channels (shape {err.shape}), e.g. one-hot or one mask "
+                "per class; medseg reads labels as one class value per voxel, and the file does not say which "
+                "channel is which class. Save one label map instead (with nibabel and numpy, e.g. "
+                "np.argmax(data, axis=3) if channel k is class k and every voxel has one), or one mask file per "
+                "class in a folder named after the classes (a structure folder, see README 'Label files')",
+                n_channels=err.n_channels,
+                shape=err.shape,
+            ) from None
+    return _load(path, series=series, channel=channel, nan_as_zero=nan_as_zero, default_channel=read_options().channel)
+
+
+def _load(
+    path: Path, *, series: str | None, channel: int | None, nan_as_zero: bool | None, default_channel: int | None
+) -> Volume:
     defaults = read_options()
     nan_zero = defaults.nan_as_zero if nan_as_zero is None else nan_as_zero
     if not path.exists():
@@ -61,11 +85,11 @@ def load_volume(
     else:
         suffix = image_suffix(path)
         if suffix in NIFTI_SUFFIXES:
-            volume = load_nifti(path, channel=channel, default_channel=defaults.channel, nan_as_zero=nan_zero)
+            volume = load_nifti(path, channel=channel, default_channel=default_channel, nan_as_zero=nan_zero)
             check_grid(volume.affine, path)
             return volume
         if suffix in ITK_SUFFIXES:
-            volume = load_itk(path, channel=channel, default_channel=defaults.channel, nan_as_zero=nan_zero)
+            volume = load_itk(path, channel=channel, default_channel=default_channel, nan_as_zero=nan_zero)
             check_grid(volume.affine, path)
             return volume
         if is_dicom_label_file(path):

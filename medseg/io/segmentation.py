@@ -118,7 +118,7 @@ def load_label(
     if kind == "slicer":
         return load_slicer_segmentation(path, classes, ignore_unlisted=ignore_unlisted)
     if kind == "map":
-        return load_volume(path)
+        return load_volume(path, label=True)
     if image is None:
         raise UnreadableScanError(path, "a DICOM SEG / RTSTRUCT is read onto its image series, and none was given")
     reference = image if isinstance(image, Volume) else load_volume(image)

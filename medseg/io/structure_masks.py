@@ -114,7 +114,7 @@ def load_structure_folder(path: str | Path, classes: Sequence[str] | None, *, ig
     per_class: list[tuple[int, np.ndarray]] = []
     grid: Volume | None = None
     for (file, _), cls in zip(named, class_of, strict=True):
-        mask = load_volume(file)
+        mask = load_volume(file, label=True)
         if grid is None:
             grid = mask
         elif not grid.same_grid(mask):  # written together, the files share one header's grid

@@ -60,8 +60,11 @@ class RecordingReader:
         """Says which paths are label files (their class volumes are recorded instead of intensities)."""
         self._label_paths = {Path(c.label) for c in cases if c.label is not None}
 
-    def __call__(self, path: Path, /, *, channel: int | None = None) -> Volume:
-        volume = self.reader(path) if channel is None else self.reader(path, channel=channel)
+    def __call__(self, path: Path, /, *, channel: int | None = None, label: bool = False) -> Volume:
+        if label:
+            volume = self.reader(path, label=True)
+        else:
+            volume = self.reader(path) if channel is None else self.reader(path, channel=channel)
         key = Path(path)
         if key in self._label_paths:
             labels = np.rint(np.asarray(volume.array))
