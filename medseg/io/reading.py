@@ -50,7 +50,8 @@ def load_volume(
 
     Raises:
         UnreadableScanError: Missing path, unsupported or corrupt file, 4D without ``channel``, non-finite
-            voxels, an irregular DICOM stack (e.g. a missing slice). Subclasses: MultipleSeriesError (several
+            voxels, an irregular DICOM stack (e.g. a missing slice). Subclasses: MultiChannelScanError (several
+            channels and none chosen, or a label file with channels), MultipleSeriesError (several
             DICOM series, none chosen), MultipleVolumesError (one file or series holding several volumes),
             MissingDecoderError (compressed DICOM without a decoder), ColourImageError (RGB voxels),
             DegenerateGeometryError (an affine that cannot place voxels in space).
