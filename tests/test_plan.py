@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -80,6 +81,41 @@ def test_spleen_ct_plan_is_anisotropic_with_ct_percentiles() -> None:
     assert plan.normalization[0]["scheme"] == "ct" and "CT" in plan.reasons["normalization"]
     hu = plan.fingerprint["intensities"][0]["percentiles"]  # type: ignore[index]
     assert -200 < hu["0.5"] < hu["50"] < hu["99.5"] < 400  # spleen foreground HU, not air
+
+
+def test_ct_intensities_without_a_recorded_modality_get_a_hint_not_a_decision(totalseg_dir: Path) -> None:
+    """NIfTI records no modality, so auto decides not-CT; where every training scan reaches air in Hounsfield units
+    (TotalSegmentator's CT, -1100) the plan says so and names data.modality: ct. Its MR example (min -47), the
+    hippocampus MRI (min 0) and an explicit normalisation get no hint; with data.modality: ct there is nothing
+    to hint."""
+    from medseg.data.modality import HOUNSFIELD_AIR_AT_MOST, hounsfield_hint
+
+    def plan_of(image: str, label: str, n_classes: int, preprocessing: PreprocessingConfig, **kw: Any) -> Plan:
+        case = Case(image, totalseg_dir / f"{image}.nii.gz", totalseg_dir / f"{label}.nii.gz")
+        data = prepare_training_data([case], [], n_classes, preprocessing, **kw)
+        assert data.plan is not None
+        return data.plan
+
+    ct = plan_of("example_ct_sm", "example_seg", 118, preprocessing=PreprocessingConfig())
+    assert ct.normalization[0]["scheme"] == "zscore"  # the decision stays what the files record
+    assert "look like CT in Hounsfield units (every training scan reaches -1100 or lower" in ct.reasons["normalization"]
+    assert "set data.modality: ct" in ct.reasons["normalization"]
+    assert ct.fingerprint["cases"][0]["scan_min"] == [-1100.0]  # type: ignore[index]
+    mr = plan_of("example_mr_sm", "example_seg_mr", 50, preprocessing=PreprocessingConfig())
+    assert "Hounsfield" not in mr.reasons["normalization"]
+    explicit = plan_of("example_ct_sm", "example_seg", 118, preprocessing=PreprocessingConfig(normalization="zscore"))
+    assert "Hounsfield" not in explicit.reasons["normalization"]
+    as_ct = plan_of("example_ct_sm", "example_seg", 118, preprocessing=PreprocessingConfig(), modality="ct")
+    assert as_ct.normalization[0]["scheme"] == "ct" and "Hounsfield" not in as_ct.reasons["normalization"]
+    # one scan that does not reach air is enough to say nothing
+    assert hounsfield_hint([-1024.0, -3024.0]) is not None
+    assert hounsfield_hint([-1024.0, HOUNSFIELD_AIR_AT_MOST + 1]) is None and hounsfield_hint([]) is None
+
+
+def test_hippocampus_mri_gets_no_hounsfield_hint(sample_hippo: Path) -> None:
+    plan, _ = _plan_for(sample_hippo, 4)
+    assert "Hounsfield" not in plan.reasons["normalization"]
+    assert all(c["scan_min"][0] >= 0 for c in plan.fingerprint["cases"])  # type: ignore[index]
 
 
 def test_auto_target_spacing_takes_low_percentile_on_coarse_axis_only_with_few_voxels() -> None:

@@ -31,12 +31,15 @@ class CaseFingerprint:
         shape: Voxel grid ``(I, J, K)`` in closest-RAS order.
         spacing: Voxel size (mm) along i, j, k.
         class_voxels: Voxels per class (background first).
+        scan_min: Per channel, the lowest raw intensity of the whole scan (CT: air, about -1000 HU, or the
+            scanner's padding value below it).
     """
 
     id: str
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
     class_voxels: tuple[int, ...]
+    scan_min: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -45,6 +48,7 @@ class CaseFingerprint:
             "shape": list(self.shape),
             "spacing": [round(float(s), 6) for s in self.spacing],
             "class_voxels": list(self.class_voxels),
+            "scan_min": [float(v) for v in self.scan_min],
         }
 
 
@@ -106,6 +110,7 @@ class FingerprintAccumulator:
                 shape=tuple(int(s) for s in chans.shape[1:]),  # type: ignore[arg-type]
                 spacing=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
                 class_voxels=tuple(int(v) for v in counts),
+                scan_min=tuple(float(np.min(chans[c])) for c in range(chans.shape[0])),
             )
         )
 
@@ -157,6 +162,10 @@ class Fingerprint:
     def shapes(self) -> np.ndarray:
         """``(n_cases, 3)`` voxel grid shapes."""
         return np.array([c.shape for c in self.cases], dtype=np.int64)
+
+    def scan_minima(self, channel: int = 0) -> np.ndarray:
+        """``(n_cases,)`` lowest raw intensity of each training scan in ``channel``."""
+        return np.array([c.scan_min[channel] for c in self.cases], dtype=np.float64)
 
     def class_frequencies(self) -> list[float]:
         """Share of all training voxels held by each class."""

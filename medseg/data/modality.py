@@ -15,6 +15,10 @@ their meaning; any other modality (MRI, PET, ...) has arbitrary units per scan a
   so a CT dataset in those layouts needs ``data.modality: ct``.
 
 A modality set in the config always wins.
+
+Where ``auto`` decides "not CT" but the training scans' intensities look like Hounsfield units
+(:func:`hounsfield_hint`: every scan reaches air, -1000 HU, or the padding value CT scanners write below it), the
+plan's reason and the log say so and name the key: a hint, not a decision, as no file records the modality.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ if TYPE_CHECKING:
     from medseg.data.cases import DatasetSpec
 
 Modality = Literal["mri", "ct"]
+
+#: A scan whose lowest intensity is at or below this reaches air in Hounsfield units (-1000 HU; padding is -1024,
+#: -2048 or -3024). Raw MRI and PET intensities are not negative, and z-scored ones stay within a few tens.
+HOUNSFIELD_AIR_AT_MOST = -900.0
 
 
 @dataclass(frozen=True)
@@ -129,3 +137,21 @@ def dataset_modality(setting: str, spec: DatasetSpec) -> tuple[Modality, str]:
 
         recorded = from_dicom_modalities({c.id: series_modality(c.image) for c in spec.cases})
     return resolve_modality(setting, recorded)
+
+
+def hounsfield_hint(scan_minima: Sequence[float]) -> str | None:
+    """A hint when a dataset decided not-CT has CT-like intensities: every training scan's lowest intensity is at
+    or below :data:`HOUNSFIELD_AIR_AT_MOST` (air in Hounsfield units).
+
+    Args:
+        scan_minima: Each training scan's lowest raw intensity (one channel).
+
+    Returns:
+        The hint (for the plan's normalisation reason and the log), or ``None``.
+    """
+    if not len(scan_minima) or max(scan_minima) > HOUNSFIELD_AIR_AT_MOST:
+        return None
+    return (
+        f"the intensities look like CT in Hounsfield units (every training scan reaches {max(scan_minima):g} or "
+        "lower, as air does): if this is CT, set data.modality: ct for CT normalisation"
+    )

@@ -24,6 +24,7 @@ from medseg.data.checks import GEOMETRY_TOLERANCE, check_image_finite, check_pai
 from medseg.data.fingerprint import FingerprintAccumulator
 from medseg.data.label_grid import label_on_image_grid
 from medseg.data.label_reading import LabelReading
+from medseg.data.modality import hounsfield_hint
 from medseg.data.normalization import CTStatsAccumulator, NormalizationParams, normalize, resolve_scheme
 from medseg.data.plan import Plan, make_plan
 from medseg.data.resample import plan_grid, resample_image, resample_label
@@ -521,8 +522,15 @@ def prepare_training_data(
         raise ValueError("No usable training case (all were skipped)")
 
     # One plan for the whole dataset, from the training cases' fingerprint (after reading, before slicing).
+    measured = fingerprint.result()
+    reason = _normalization_reason(preprocessing.normalization, scheme, modality_reason)
+    auto_not_ct = preprocessing.normalization == "auto" and scheme != "ct" and len(channels) == 1
+    hint = hounsfield_hint(measured.scan_minima().tolist()) if auto_not_ct else None
+    if hint:
+        log.warning("Normalisation: %s", hint)
+        reason = f"{reason}; {hint}"
     plan = make_plan(
-        fingerprint.result(),
+        measured,
         slice_axis=preprocessing.slice_axis,
         target_spacing=preprocessing.target_spacing,
         patch_size=preprocessing.patch_size,
@@ -530,7 +538,7 @@ def prepare_training_data(
         pad_multiple=pad_multiple or preprocessing.pad_multiple,
         channels=list(channels),
         normalization=[params.to_dict() for _ in channels],
-        normalization_reason=_normalization_reason(preprocessing.normalization, scheme, modality_reason),
+        normalization_reason=reason,
     )
     axis = plan.slice_axis
     median_spacing = np.median(np.array([item.spacing for item in train]), axis=0)
