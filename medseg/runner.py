@@ -472,14 +472,15 @@ def evaluation_pairs(cfg: Config) -> tuple[list[Any], list[str], list[int] | Non
     cases, spec = discover_labelled_cases(cfg)
     by_id = {c.id: c for c in cases}
     pairs = []
-    for cid, (mask, scan) in sorted(masks.items()):
+    for cid, (mask, _scan) in sorted(masks.items()):
         case = by_id.get(cid)
         if case is None or case.label is None:
             log.warning(
                 "Mask '%s' has no labelled case '%s' in data.root '%s'; not evaluated", mask, cid, cfg.data.root
             )
             continue
-        pairs.append(EvalPair(cid, mask, case.label, scan or case.image))
+        # The case's own image under its label (a folders-layout prediction input is the case folder, not a scan).
+        pairs.append(EvalPair(cid, mask, case.label, case.image))
     return pairs, list(spec.classes), spec.label_values
 
 
