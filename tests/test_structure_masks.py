@@ -17,7 +17,7 @@ from medseg.config import DataConfig
 from medseg.data.cases import Case, discover_cases
 from medseg.data.label_reading import LabelReading
 from medseg.data.prepare import _CaseReader
-from medseg.errors import BadCaseError, GeometryMismatchError, MedsegError, SegmentNameError
+from medseg.errors import BadCaseError, ConfigError, GeometryMismatchError, MedsegError, SegmentNameError
 from medseg.evaluation import evaluate, match_predictions
 from medseg.io import load_volume
 from medseg.io.segmentation import label_kind, load_label
@@ -169,3 +169,42 @@ def test_a_run_on_structure_folders_trains_as_on_label_maps(sample_hippo: Path, 
     scored = [run.evaluate for run in (maps, folders)]  # type: ignore[attr-defined]
     assert scored[0]["n_evaluated"] == scored[1]["n_evaluated"] == 1
     assert scored[1]["classes"] == scored[0]["classes"]  # the structure folders scored as the label maps
+
+    # Without data.classes the structure folders name the classes (file-name order: Anterior, Posterior), and the
+    # run is the same, bit for bit. Its evaluation draws overlays on the case's image (ct file), not on the case
+    # folder that prediction was given.
+    unnamed = {"layout": "folders", "channel_patterns": ["image*"], "label_pattern": "segmentations"}
+    named = run_tiny(tmp_path / "run_unnamed", epochs=3, root=str(tmp_path / "folders"), **unnamed)
+    c = torch.load(tmp_path / "run_unnamed" / "checkpoints" / "best.pt", weights_only=True)["model_state"]
+    for key, value in a.items():
+        assert torch.equal(value, c[key]), key
+    assert named.evaluate["classes"] == scored[0]["classes"]
+    from medseg.config import config_from_dict
+    from medseg.runner import evaluation_pairs
+
+    data = {"root": str(tmp_path / "folders"), **unnamed}
+    cfg = config_from_dict({"data": data, "output": {"dir": str(tmp_path / "run_unnamed")}}, base_dir=tmp_path)
+    (pair,), classes, _ = evaluation_pairs(cfg)
+    assert classes == ["background", "Anterior", "Posterior"]
+    assert pair.image == tmp_path / "folders" / pair.case_id / "image.nii.gz"
+
+
+def test_structure_folders_that_name_different_structures_need_data_classes(sample_hippo: Path, tmp_path: Path) -> None:
+    _as_folders(sample_hippo, tmp_path, 3)
+    data = DataConfig(root=tmp_path, layout="folders", channel_patterns=["image*"], label_pattern="segmentations")
+    assert discover_cases(data).classes == ["background", "Anterior", "Posterior"]
+    second, third = sorted(p for p in tmp_path.iterdir())[1:]
+    (second / "segmentations" / "Posterior.nii.gz").unlink()
+    shutil.copy(third / "segmentations" / "Posterior.nii.gz", third / "segmentations" / "tail.nii.gz")
+    with pytest.raises(ConfigError, match=rf"case '{second.name}' lacks Posterior against case '.*'\. List the"):
+        discover_cases(data)
+    (second / "segmentations" / "Posterior.nii.gz").write_bytes(
+        (third / "segmentations" / "Posterior.nii.gz").read_bytes()
+    )
+    with pytest.raises(ConfigError, match=rf"case '{third.name}' adds tail against"):
+        discover_cases(data)
+    # data.classes, as always, decides; the extra file is then refused or left out as for any structure folder
+    assert discover_cases(data.model_copy(update={"classes": ["background", "Anterior"]})).classes == [
+        "background",
+        "Anterior",
+    ]

@@ -164,6 +164,8 @@ def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSp
     if cfg.classes is not None:
         classes = list(cfg.classes)
     if not classes:
+        classes = classes_from_structure_folders(cases)
+    if not classes:
         raise ConfigError(
             f"data.classes is required for layout '{layout}' (class names with background first, "
             "e.g. [background, tumour])"
@@ -187,6 +189,47 @@ def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSp
         layout=layout,
         label_values=label_values,
     )
+
+
+def classes_from_structure_folders(cases: list[Case]) -> list[str] | None:
+    """The classes a dataset's structure folders name, for a run without ``data.classes``: background, then the
+    structures in file-name order (:func:`medseg.io.structure_masks.structure_files`), exactly as the files name
+    them; ``None`` when some labelled case has no structure folder.
+
+    Raises:
+        ConfigError: Two cases' folders name different structures (the first such case and the difference).
+    """
+    labelled = [c for c in cases if c.label is not None]
+    if not labelled:
+        return None
+    names: dict[str, list[str]] = {}
+    for case in labelled:
+        files = structure_files(case.label)  # type: ignore[arg-type]
+        if files is None:
+            return None
+        names[case.id] = [strip_scan_ending(f.name) for f in files]
+    first_id, first = labelled[0].id, names[labelled[0].id]
+    reference = {n.casefold(): n for n in first}
+    for case_id, own in names.items():
+        mine = {n.casefold(): n for n in own}
+        if mine.keys() != reference.keys():
+            lacks = [reference[k] for k in sorted(reference.keys() - mine.keys())]
+            adds = [mine[k] for k in sorted(mine.keys() - reference.keys())]
+            diff = "; ".join(
+                part
+                for part in (f"lacks {', '.join(lacks)}" if lacks else "", f"adds {', '.join(adds)}" if adds else "")
+                if part
+            )
+            raise ConfigError(
+                f"data.classes is not set and the structure folders name different structures: case '{case_id}' "
+                f"{diff} against case '{first_id}'. List the classes to train in data.classes (background first); "
+                "data.unlisted_labels: background leaves the other files out"
+            )
+    log.info(
+        "Classes from the structure folders (data.classes not set): background + %d structures in file-name order",
+        len(first),
+    )
+    return ["background", *first]
 
 
 def _label_values(cfg: DataConfig, declared: list[int] | None, classes: list[str], root: Path) -> list[int] | None:
