@@ -123,13 +123,13 @@ TARGETS: tuple[Target, ...] = (
     Target(
         15,
         f"training loop / bare step >= {B_OVER_A_MIN} (fp32), CPU with native bf16",
-        ("speed_native_bf16_batch_cut_b2801ff.json",),
+        ("speed_native_bf16_14e88c3.json",),
         _train_ratio("fp32", "b_over_a", B_OVER_A_MIN),
     ),
     Target(
         15,
         f"training loop / bare step >= {B_OVER_A_MIN} (bf16 + channels_last), CPU with native bf16",
-        ("speed_native_bf16_batch_cut_b2801ff.json",),
+        ("speed_native_bf16_14e88c3.json",),
         _train_ratio("bf16_cl", "b_over_a", B_OVER_A_MIN),
     ),
     Target(
@@ -141,7 +141,7 @@ TARGETS: tuple[Target, ...] = (
     Target(
         15,
         f"training loop / plain MONAI feed >= {B_OVER_C_MIN} (bf16 + channels_last)",
-        ("speed_native_bf16_batch_cut_b2801ff.json",),
+        ("speed_native_bf16_14e88c3.json",),
         _train_ratio("bf16_cl", "b_over_c", B_OVER_C_MIN),
     ),
     Target(
