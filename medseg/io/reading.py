@@ -67,7 +67,8 @@ def load_volume(
                 "per class; medseg reads labels as one class value per voxel, and the file does not say which "
                 "channel is which class. Save one label map instead (with nibabel and numpy, e.g. "
                 "np.argmax(data, axis=3) if channel k is class k and every voxel has one), or one mask file per "
-                "class in a folder named after the classes (a structure folder, see README 'Label files')",
+                "class in a folder named after the classes (a structure folder, see README 'Label files'); labels "
+                "of several time points go in one 3D file each, paired with a 3D image of that time point",
                 n_channels=err.n_channels,
                 shape=err.shape,
             ) from None
