@@ -199,16 +199,17 @@ def classes_from_structure_folders(cases: list[Case]) -> list[str] | None:
     Raises:
         ConfigError: Two cases' folders name different structures (the first such case and the difference).
     """
-    labelled = [c for c in cases if c.label is not None]
-    if not labelled:
-        return None
     names: dict[str, list[str]] = {}
-    for case in labelled:
-        files = structure_files(case.label)  # type: ignore[arg-type]
+    for case in cases:
+        if case.label is None:
+            continue
+        files = structure_files(case.label)
         if files is None:
             return None
         names[case.id] = [strip_scan_ending(f.name) for f in files]
-    first_id, first = labelled[0].id, names[labelled[0].id]
+    if not names:
+        return None
+    first_id, first = next(iter(names.items()))
     reference = {n.casefold(): n for n in first}
     for case_id, own in names.items():
         mine = {n.casefold(): n for n in own}
