@@ -83,9 +83,9 @@ class DataConfig(_Section):
     """``dicom`` layout: name pattern (fnmatch, case-insensitive) of the mask: a DICOM series folder or a
     NIfTI/NRRD/MHA file next to the image series."""
     classes: list[str] | None = None
-    """Class names including background at index 0. ``None`` = from ``dataset.json`` (msd), or from structure
-    folders' file names (background, then the structures in file-name order; every case must name the same
-    ones), else required."""
+    """Class names including background at index 0. ``None`` = from ``dataset.json`` (msd), or from the names
+    labels give their structures (structure folders' file names, 3D Slicer segment names: background, then the
+    names sorted; every case must name the same ones), else required."""
     label_values: list[int] | None = None
     """The value each class is stored as in the label files, in class order (background first), e.g. ``[0, 255]``
     for binary masks saved as 0/255 or ``[0, 1, 2, 4]`` for BraTS. Label files are read through it (any other value

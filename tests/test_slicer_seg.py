@@ -78,6 +78,39 @@ def test_another_case_with_other_label_values_reads_the_same(tmp_path: Path) -> 
     np.testing.assert_array_equal(label.array, np.select([raw == 6, raw == 5], [1, 2], 0))
 
 
+def test_without_data_classes_the_segment_names_are_the_classes(tmp_path: Path) -> None:
+    """Two cases whose segments were drawn in different orders: the classes are the names sorted, the same for
+    both, and each case reads its lungs by name; a case that names other segments stops with the difference."""
+    from medseg.config import DataConfig
+    from medseg.data.cases import discover_cases
+    from medseg.errors import ConfigError
+
+    for d in ("images", "labels"):
+        (tmp_path / d).mkdir()
+    _image_like(ONE_LAYER, tmp_path / "images" / "a.nrrd")
+    _image_like(ONE_LAYER, tmp_path / "images" / "b.nrrd")
+    (tmp_path / "labels" / "a.seg.nrrd").write_bytes(ONE_LAYER.read_bytes())
+    swap = {
+        b"Segment4_Name:=right lung": b"Segment4_Name:=left lung",
+        b"Segment5_Name:=left lung": b"Segment5_Name:=right lung",
+    }
+    _copy(ONE_LAYER, tmp_path / "labels" / "b.seg.nrrd", swap)
+    data = DataConfig(root=tmp_path, layout="glob", image_glob="images/*.nrrd", label_glob="labels/*.seg.nrrd")
+    spec = discover_cases(data)
+    names = ["cervical vertebral column", "left lung", "lumbar vertebral column", "ribs", "right lung"]
+    assert spec.classes == ["background", *names, "thoracic vertebral column", "tissue"]
+    raw = {c: _values(tmp_path / "labels" / f"{c}.seg.nrrd") for c in "ab"}
+    for case in spec.cases:
+        label = _CaseReader(load_volume, len(spec.classes), classes=spec.classes).read(case)[1]
+        left, right = (5, 6) if case.id == "b" else (6, 5)  # b's lungs swapped their label values
+        assert label is not None
+        np.testing.assert_array_equal(label == 2, raw[case.id] == left)  # left lung: class 2 in both cases
+        np.testing.assert_array_equal(label == 5, raw[case.id] == right)
+    _copy(ONE_LAYER, tmp_path / "labels" / "b.seg.nrrd", {b"Segment6_Name:=tissue": b"Segment6_Name:=fat"})
+    with pytest.raises(ConfigError, match=r"case 'b' lacks tissue; adds fat against case 'a'"):
+        discover_cases(data)
+
+
 def test_overlapping_segments_on_two_layers(caplog: pytest.LogCaptureFixture) -> None:
     raw0 = _values(TWO_LAYERS)
     raw1 = np.asarray(load_volume(TWO_LAYERS, channel=1).array)

@@ -39,6 +39,7 @@ from medseg.io.scans import (
     nnunet_channel_files,
     strip_scan_ending,
 )
+from medseg.io.slicer_seg import slicer_segment_names
 from medseg.io.structure_masks import structure_files
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSp
     if cfg.classes is not None:
         classes = list(cfg.classes)
     if not classes:
-        classes = classes_from_structure_folders(cases)
+        classes = classes_from_label_names(cases)
     if not classes:
         raise ConfigError(
             f"data.classes is required for layout '{layout}' (class names with background first, "
@@ -191,22 +192,24 @@ def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSp
     )
 
 
-def classes_from_structure_folders(cases: list[Case]) -> list[str] | None:
-    """The classes a dataset's structure folders name, for a run without ``data.classes``: background, then the
-    structures in file-name order (:func:`medseg.io.structure_masks.structure_files`), exactly as the files name
-    them; ``None`` when some labelled case has no structure folder.
+def classes_from_label_names(cases: list[Case]) -> list[str] | None:
+    """The classes a dataset's labels name, for a run without ``data.classes``: background, then the structures
+    in name order, exactly as the labels name them. Labels that name their structures are structure folders (one
+    file per structure, :func:`medseg.io.structure_masks.structure_files`) and 3D Slicer segmentations (segment
+    names; sorted, as Slicer numbers segments in drawing order). ``None`` when some labelled case has neither.
 
     Raises:
-        ConfigError: Two cases' folders name different structures (the first such case and the difference).
+        ConfigError: Two cases' labels name different structures (the first such case and the difference).
     """
     names: dict[str, list[str]] = {}
     for case in cases:
         if case.label is None:
             continue
         files = structure_files(case.label)
-        if files is None:
+        own = [strip_scan_ending(f.name) for f in files] if files is not None else slicer_segment_names(case.label)
+        if own is None:
             return None
-        names[case.id] = [strip_scan_ending(f.name) for f in files]
+        names[case.id] = sorted(own)
     if not names:
         return None
     first_id, first = next(iter(names.items()))
@@ -222,12 +225,12 @@ def classes_from_structure_folders(cases: list[Case]) -> list[str] | None:
                 if part
             )
             raise ConfigError(
-                f"data.classes is not set and the structure folders name different structures: case '{case_id}' "
+                f"data.classes is not set and the labels name different structures: case '{case_id}' "
                 f"{diff} against case '{first_id}'. List the classes to train in data.classes (background first); "
                 "data.unlisted_labels: background leaves the other files out"
             )
     log.info(
-        "Classes from the structure folders (data.classes not set): background + %d structures in file-name order",
+        "Classes from the labels' structure names (data.classes not set): background + %d structures in name order",
         len(first),
     )
     return ["background", *first]

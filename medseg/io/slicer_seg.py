@@ -53,6 +53,20 @@ def is_slicer_segmentation(path: str | Path) -> bool:
     return reader is not None and reader.HasMetaDataKey("Segment0_Name")
 
 
+def slicer_segment_names(path: str | Path) -> list[str] | None:
+    """The segment names in a 3D Slicer segmentation's header, in header (drawing) order; ``None`` when ``path``
+    is no Slicer segmentation."""
+    reader = _header(Path(path))
+    if reader is None or not reader.HasMetaDataKey("Segment0_Name"):
+        return None
+    names: dict[int, str] = {}
+    for key in reader.GetMetaDataKeys():
+        match = _SEGMENT_KEY.match(key)
+        if match and match.group(2) == "Name":
+            names[int(match.group(1))] = reader.GetMetaData(key).strip()
+    return [name for _, name in sorted(names.items())]
+
+
 def load_slicer_segmentation(
     path: str | Path, classes: Sequence[str] | None, *, ignore_unlisted: bool = False
 ) -> Volume:
