@@ -53,18 +53,24 @@ def is_slicer_segmentation(path: str | Path) -> bool:
     return reader is not None and reader.HasMetaDataKey("Segment0_Name")
 
 
+def _named_segments(reader: sitk.ImageFileReader) -> list[tuple[int, dict[str, str]]]:
+    """The header's segment entries (``Name``, ``LabelValue``, ``Layer``) by segment index, in header (drawing)
+    order; segments without a name are left out."""
+    segments: dict[int, dict[str, str]] = {}
+    for key in reader.GetMetaDataKeys():
+        match = _SEGMENT_KEY.match(key)
+        if match:
+            segments.setdefault(int(match.group(1)), {})[match.group(2)] = reader.GetMetaData(key).strip()
+    return [(i, s) for i, s in sorted(segments.items()) if "Name" in s]
+
+
 def slicer_segment_names(path: str | Path) -> list[str] | None:
     """The segment names in a 3D Slicer segmentation's header, in header (drawing) order; ``None`` when ``path``
     is no Slicer segmentation."""
     reader = _header(Path(path))
     if reader is None or not reader.HasMetaDataKey("Segment0_Name"):
         return None
-    names: dict[int, str] = {}
-    for key in reader.GetMetaDataKeys():
-        match = _SEGMENT_KEY.match(key)
-        if match and match.group(2) == "Name":
-            names[int(match.group(1))] = reader.GetMetaData(key).strip()
-    return [name for _, name in sorted(names.items())]
+    return [s["Name"] for _, s in _named_segments(reader)]
 
 
 def load_slicer_segmentation(
@@ -90,12 +96,7 @@ def load_slicer_segmentation(
     reader = _header(path)
     if reader is None or not reader.HasMetaDataKey("Segment0_Name"):
         raise UnreadableScanError(path, "not a 3D Slicer segmentation (no Segment0_Name in the NRRD header)")
-    segments: dict[int, dict[str, str]] = {}
-    for key in reader.GetMetaDataKeys():
-        match = _SEGMENT_KEY.match(key)
-        if match:
-            segments.setdefault(int(match.group(1)), {})[match.group(2)] = reader.GetMetaData(key).strip()
-    named = [(i, s) for i, s in sorted(segments.items()) if "Name" in s]
+    named = _named_segments(reader)
     if ignore_unlisted and classes is not None:
         wanted = {c.casefold() for c in classes[1:]}
         named = [(i, s) for i, s in named if s["Name"].casefold() in wanted]
