@@ -84,8 +84,8 @@ class DataConfig(_Section):
     NIfTI/NRRD/MHA file next to the image series."""
     classes: list[str] | None = None
     """Class names including background at index 0. ``None`` = from ``dataset.json`` (msd), or from the names
-    labels give their structures (structure folders' file names, 3D Slicer segment names: background, then the
-    names sorted; every case must name the same ones), else required."""
+    labels give their structures (structure folders' file names, 3D Slicer segment names, DICOM SEG segment labels,
+    RTSTRUCT ROI names: background, then the names sorted; every case must name the same ones), else required."""
     label_values: list[int] | None = None
     """The value each class is stored as in the label files, in class order (background first), e.g. ``[0, 255]``
     for binary masks saved as 0/255 or ``[0, 1, 2, 4]`` for BraTS. Label files are read through it (any other value
@@ -97,8 +97,9 @@ class DataConfig(_Section):
     """Label values that are not a class's (not in ``label_values``, or ``>= len(classes)``): ``refuse`` names the
     file and the values; ``background`` reads them as background, to train a subset of a multi-label set (e.g.
     ``classes: [background, liver, aorta]`` with ``label_values: [0, 5, 52]`` from TotalSegmentator masks). For
-    labels that name their segments (structure folders, 3D Slicer segmentations), segments that are no class's are
-    refused or left out the same way."""
+    labels that name their segments (structure folders, 3D Slicer segmentations, DICOM SEG, RTSTRUCT), segments
+    that are no class's are refused or left out the same way: an RTSTRUCT's body outline, couch or planning
+    volumes are then not read at all."""
     place_cut_labels: bool = False
     """Place a label map saved cut to its extent on its image's grid by its position, when its voxels are exactly
     the image's. Off by default: where headers carry no position (origin 0, spacing 1) a truncated label, or one of

@@ -39,7 +39,7 @@ from medseg.io.scans import (
     nnunet_channel_files,
     strip_scan_ending,
 )
-from medseg.io.slicer_seg import slicer_segment_names
+from medseg.io.segmentation import label_names
 from medseg.io.structure_masks import structure_files
 
 log = logging.getLogger(__name__)
@@ -194,9 +194,9 @@ def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSp
 
 def classes_from_label_names(cases: list[Case]) -> list[str] | None:
     """The classes a dataset's labels name, for a run without ``data.classes``: background, then the structures
-    in name order, exactly as the labels name them. Labels that name their structures are structure folders (one
-    file per structure, :func:`medseg.io.structure_masks.structure_files`) and 3D Slicer segmentations (segment
-    names; sorted, as Slicer numbers segments in drawing order). ``None`` when some labelled case has neither.
+    in name order, exactly as the labels name them (:func:`medseg.io.segmentation.label_names`: structure folders'
+    file names, 3D Slicer segment names, DICOM SEG segment labels, RTSTRUCT ROI names; sorted, as Slicer and most
+    planning systems number them in drawing order). ``None`` when some labelled case is a label map.
 
     Raises:
         ConfigError: Two cases' labels name different structures (the first such case and the difference).
@@ -205,8 +205,7 @@ def classes_from_label_names(cases: list[Case]) -> list[str] | None:
     for case in cases:
         if case.label is None:
             continue
-        files = structure_files(case.label)
-        own = [strip_scan_ending(f.name) for f in files] if files is not None else slicer_segment_names(case.label)
+        own = label_names(case.label)
         if own is None:
             return None
         names[case.id] = sorted(own)
@@ -227,7 +226,7 @@ def classes_from_label_names(cases: list[Case]) -> list[str] | None:
             raise ConfigError(
                 f"data.classes is not set and the labels name different structures: case '{case_id}' "
                 f"{diff} against case '{first_id}'. List the classes to train in data.classes (background first); "
-                "data.unlisted_labels: background leaves the other files out"
+                "data.unlisted_labels: background leaves the other structures out"
             )
     log.info(
         "Classes from the labels' structure names (data.classes not set): background + %d structures in name order",

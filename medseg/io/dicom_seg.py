@@ -258,7 +258,9 @@ def _segmentation(hd, src, pixels, seg_type, descriptions, options):
     )
 
 
-def load_dicom_seg(path: str | Path, reference: Volume, classes: Sequence[str] | None = None) -> Volume:
+def load_dicom_seg(
+    path: str | Path, reference: Volume, classes: Sequence[str] | None = None, *, ignore_unlisted: bool = False
+) -> Volume:
     """Reads a DICOM SEG onto the grid of the image series it segments.
 
     Args:
@@ -266,6 +268,8 @@ def load_dicom_seg(path: str | Path, reference: Volume, classes: Sequence[str] |
         reference: The image, read from its DICOM series folder (``medseg.io.load_volume``).
         classes: Class names (background first): segments map to them by label (case-insensitive). ``None``:
             segment number = label value.
+        ignore_unlisted: Leave out segments that are no class's (``data.unlisted_labels: background``) instead
+            of refusing them.
 
     Returns:
         Label volume on ``reference``'s grid (FRACTIONAL segments thresholded at 0.5); ``source`` is ``path``.
@@ -273,7 +277,7 @@ def load_dicom_seg(path: str | Path, reference: Volume, classes: Sequence[str] |
     Raises:
         ForeignReferenceError: Another frame of reference or series, frames referencing instances the series
             does not hold, frames of another size, or frames without a ReferencedSOPInstanceUID.
-        SegmentNameError: Unknown or missing segment names.
+        SegmentNameError: Unknown (unless ``ignore_unlisted``) or missing segment names.
     """
     import highdicom as hd
 
@@ -308,9 +312,10 @@ def load_dicom_seg(path: str | Path, reference: Volume, classes: Sequence[str] |
     rows, cols = int(src.datasets[0].Rows), int(src.datasets[0].Columns)
     if (int(seg.Rows), int(seg.Columns)) != (rows, cols):
         raise ForeignReferenceError(f"{where}: frames are {seg.Rows}x{seg.Columns}, the series' slices {rows}x{cols}")
-    numbers = [int(s.SegmentNumber) for s in seg.SegmentSequence]
     labels = [str(s.SegmentLabel) for s in seg.SegmentSequence]
-    class_of = segment_classes(labels, classes, path, "segment(s)")
+    classes_of = segment_classes(labels, classes, path, "segment(s)", ignore_unlisted=ignore_unlisted)
+    kept = [(int(s.SegmentNumber), c) for s, c in zip(seg.SegmentSequence, classes_of, strict=True) if c]
+    numbers, class_of = [n for n, _ in kept], [c for _, c in kept]
     present = [u for u in uids if u in set(referenced)]
     # (instances, rows, columns, segments); fractional values rescaled to 0..1.
     pixels = seg.get_pixels_by_source_instance(

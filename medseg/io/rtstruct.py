@@ -268,7 +268,9 @@ def _slice_of_contour(
     return n, local
 
 
-def load_rtstruct(path: str | Path, reference: Volume, classes: Sequence[str] | None = None) -> Volume:
+def load_rtstruct(
+    path: str | Path, reference: Volume, classes: Sequence[str] | None = None, *, ignore_unlisted: bool = False
+) -> Volume:
     """Rasterises an RTSTRUCT onto the grid of its image series (even-odd rule per slice, module docs).
 
     Args:
@@ -276,6 +278,9 @@ def load_rtstruct(path: str | Path, reference: Volume, classes: Sequence[str] | 
         reference: The image, read from its DICOM series folder.
         classes: Class names (background first): ROIs map to them by name (case-insensitive). ``None``: ROI
             order = label value.
+        ignore_unlisted: Leave out ROIs that are no class's (``data.unlisted_labels: background``: the body
+            outline, the couch, planning volumes) instead of refusing them; their contours are not read, so a
+            couch reaching beyond the image is no error.
 
     Returns:
         Label volume on ``reference``'s grid; ``source`` is ``path``.
@@ -283,7 +288,7 @@ def load_rtstruct(path: str | Path, reference: Volume, classes: Sequence[str] | 
     Raises:
         ForeignReferenceError: Another frame of reference, or contours on instances the series does not hold.
         ContourOutsideImageError: A contour off the image's slices or outside their pixel area.
-        SegmentNameError: Unknown or missing ROI names.
+        SegmentNameError: Unknown (unless ``ignore_unlisted``) or missing ROI names.
     """
     from skimage.draw import polygon
 
@@ -302,13 +307,16 @@ def load_rtstruct(path: str | Path, reference: Volume, classes: Sequence[str] | 
                 f"has FrameOfReferenceUID {frame_uid}, the image {src.frame_of_reference_uid}"
             )
     names = [str(r.ROIName) for r in rois]
-    class_of = dict(zip((int(r.ROINumber) for r in rois), segment_classes(names, classes, path, "ROI(s)"), strict=True))
+    classes_of = segment_classes(names, classes, path, "ROI(s)", ignore_unlisted=ignore_unlisted)
+    class_of = dict(zip((int(r.ROINumber) for r in rois), classes_of, strict=True))
     name_of = {int(r.ROINumber): str(r.ROIName) for r in rois}
     per_class = []
     for roi_contour in ds.get("ROIContourSequence", []):
         number = int(roi_contour.ReferencedROINumber)
         if number not in class_of:
             raise MedsegError(f"RTSTRUCT '{path}': ROIContourSequence refers to ROI {number}, which is not defined")
+        if class_of[number] == 0:  # no class's (data.unlisted_labels: background)
+            continue
         frames: dict[int, np.ndarray] = {}
         for m, item in enumerate(roi_contour.get("ContourSequence", []), start=1):
             if str(item.get("ContourGeometricType", "CLOSED_PLANAR")) == "POINT":

@@ -6,9 +6,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+import pydicom
+
 from medseg.errors import UnreadableScanError
 from medseg.io.dicom_source import dicom_object_kind
-from medseg.io.slicer_seg import is_slicer_segmentation, load_slicer_segmentation
+from medseg.io.scans import strip_scan_ending
+from medseg.io.slicer_seg import is_slicer_segmentation, load_slicer_segmentation, slicer_segment_names
 from medseg.io.structure_masks import load_structure_folder, structure_files
 from medseg.volume import Volume
 
@@ -17,6 +20,7 @@ __all__ = [
     "dicom_label_file",
     "is_dicom_label_file",
     "label_kind",
+    "label_names",
     "load_label",
     "load_segmentation",
 ]
@@ -27,7 +31,9 @@ def is_dicom_label_file(path: str | Path) -> bool:
     return dicom_object_kind(path) is not None
 
 
-def load_segmentation(path: str | Path, reference: Volume, classes: Sequence[str] | None = None) -> Volume:
+def load_segmentation(
+    path: str | Path, reference: Volume, classes: Sequence[str] | None = None, *, ignore_unlisted: bool = False
+) -> Volume:
     """Reads a DICOM SEG or RTSTRUCT file as a label volume on the grid of ``reference``.
 
     SEG frames map to the reference series' slices by ReferencedSOPInstanceUID; RTSTRUCT contours are
@@ -37,6 +43,8 @@ def load_segmentation(path: str | Path, reference: Volume, classes: Sequence[str
         path: SEG or RTSTRUCT file.
         reference: The image the labels belong to, read from its DICOM series folder with ``load_volume``.
         classes: Class names, background first (``data.classes``); ``None``: segment / ROI ``n`` -> label ``n``.
+        ignore_unlisted: Leave out segments / ROIs that are no class's (``data.unlisted_labels: background``)
+            instead of refusing them.
 
     Returns:
         A label Volume on ``reference``'s grid (uint8), ``source`` = ``path``.
@@ -44,7 +52,7 @@ def load_segmentation(path: str | Path, reference: Volume, classes: Sequence[str
     Raises:
         UnreadableScanError: ``path`` is neither a SEG nor an RTSTRUCT file.
         ForeignReferenceError: The object belongs to another series or frame of reference.
-        SegmentNameError: A segment / ROI name is not a class, or a class has none.
+        SegmentNameError: A segment / ROI name is not a class (unless ``ignore_unlisted``), or a class has none.
         ContourOutsideImageError: RTSTRUCT contours outside the image.
     """
     path = Path(path)
@@ -52,11 +60,11 @@ def load_segmentation(path: str | Path, reference: Volume, classes: Sequence[str
     if kind == "seg":
         from medseg.io.dicom_seg import load_dicom_seg
 
-        return load_dicom_seg(path, reference, classes)
+        return load_dicom_seg(path, reference, classes, ignore_unlisted=ignore_unlisted)
     if kind == "rtstruct":
         from medseg.io.rtstruct import load_rtstruct
 
-        return load_rtstruct(path, reference, classes)
+        return load_rtstruct(path, reference, classes, ignore_unlisted=ignore_unlisted)
     raise UnreadableScanError(path, "not a DICOM SEG or RTSTRUCT file")
 
 
@@ -85,6 +93,34 @@ def label_kind(path: str | Path) -> LabelKind:
     return "dicom" if dicom_label_file(path) is not None else "map"
 
 
+def label_names(path: str | Path) -> list[str] | None:
+    """The structure names a label gives, in its own order, read from names and headers only: a structure
+    folder's file names, a 3D Slicer segmentation's segment names, a DICOM SEG's segment labels or an RTSTRUCT's
+    ROI names. ``None`` for a label map, which names nothing.
+
+    Raises:
+        UnreadableScanError: A SEG / RTSTRUCT whose header pydicom cannot read.
+    """
+    kind = label_kind(path)
+    if kind == "structures":
+        files = structure_files(path)
+        assert files is not None  # label_kind said so
+        return [strip_scan_ending(f.name) for f in files]
+    if kind == "slicer":
+        return slicer_segment_names(path)
+    if kind == "map":
+        return None
+    label_file = dicom_label_file(path)
+    assert label_file is not None  # label_kind said so
+    seg = dicom_object_kind(label_file) == "seg"
+    sequence, name = ("SegmentSequence", "SegmentLabel") if seg else ("StructureSetROISequence", "ROIName")
+    try:
+        ds = pydicom.dcmread(label_file, stop_before_pixels=True, specific_tags=[sequence])
+    except Exception as exc:
+        raise UnreadableScanError(label_file, f"pydicom could not read its header ({exc})") from exc
+    return [str(item.get(name, "")) for item in ds.get(sequence, [])]
+
+
 def load_label(
     path: str | Path,
     image: Volume | str | Path | None,
@@ -104,7 +140,8 @@ def load_label(
         image: The image the labels belong to (a Volume, or its path to be read); needed for SEG / RTSTRUCT.
         classes: Class names for SEG / RTSTRUCT / structure-folder / Slicer name matching (see
             :func:`load_segmentation`).
-        ignore_unlisted: Structure files or Slicer segments that are no class's are left out instead of refused.
+        ignore_unlisted: Structure files, Slicer or SEG segments and RTSTRUCT ROIs that are no class's are left out
+            instead of refused.
 
     Raises:
         UnreadableScanError: As ``load_volume``; or a SEG / RTSTRUCT without ``image``.
@@ -124,4 +161,4 @@ def load_label(
     reference = image if isinstance(image, Volume) else load_volume(image)
     label_file = dicom_label_file(path)
     assert label_file is not None  # label_kind said so
-    return load_segmentation(label_file, reference, classes)
+    return load_segmentation(label_file, reference, classes, ignore_unlisted=ignore_unlisted)

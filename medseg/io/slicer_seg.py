@@ -97,10 +97,9 @@ def load_slicer_segmentation(
     if reader is None or not reader.HasMetaDataKey("Segment0_Name"):
         raise UnreadableScanError(path, "not a 3D Slicer segmentation (no Segment0_Name in the NRRD header)")
     named = _named_segments(reader)
-    if ignore_unlisted and classes is not None:
-        wanted = {c.casefold() for c in classes[1:]}
-        named = [(i, s) for i, s in named if s["Name"].casefold() in wanted]
-    class_of = segment_classes([s["Name"] for _, s in named], classes, path, "segment(s)")
+    names = [s["Name"] for _, s in named]
+    class_of = segment_classes(names, classes, path, "segment(s)", ignore_unlisted=ignore_unlisted)
+    named, class_of = [n for n, c in zip(named, class_of, strict=True) if c], [c for c in class_of if c]
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:

@@ -20,7 +20,9 @@ from medseg.volume import Volume
 log = logging.getLogger(__name__)
 
 
-def segment_classes(labels: Sequence[str], classes: Sequence[str] | None, path: Path, what: str) -> list[int]:
+def segment_classes(
+    labels: Sequence[str], classes: Sequence[str] | None, path: Path, what: str, *, ignore_unlisted: bool = False
+) -> list[int]:
     """The class index of each segment / ROI / structure name (``classes=None``: 1, 2, ... in order).
 
     Args:
@@ -28,19 +30,23 @@ def segment_classes(labels: Sequence[str], classes: Sequence[str] | None, path: 
         classes: Class names, background first; names are compared case-insensitively.
         path: The object (named in errors).
         what: What the names are (``"segment(s)"``, ``"ROI(s)"``, ``"structure file(s)"``), for errors.
+        ignore_unlisted: A name that is no class's gets 0 (the caller leaves it out) instead of being refused
+            (``data.unlisted_labels: background``: an RTSTRUCT's body or couch contours, a structure folder's
+            other organs).
 
     Raises:
-        SegmentNameError: A name matches no foreground class, or a foreground class has none.
+        SegmentNameError: A name matches no foreground class (unless ``ignore_unlisted``), or a foreground class
+            has none.
     """
     if classes is None:
         return list(range(1, len(labels) + 1))
     wanted = {c.casefold(): i for i, c in enumerate(classes) if i > 0}
     unknown = [name for name in labels if name.casefold() not in wanted]
-    if unknown:
+    if unknown and not ignore_unlisted:
         raise SegmentNameError(
             f"'{path}': {what} {', '.join(repr(n) for n in unknown)} match(es) none of the classes "
-            f"{list(classes[1:])} (data.classes; names are compared case-insensitively"
-            + ("; data.unlisted_labels: background leaves the others out)" if what.startswith("structure") else ")")
+            f"{list(classes[1:])} (data.classes; names are compared case-insensitively; "
+            "data.unlisted_labels: background leaves the others out)"
         )
     present = {name.casefold() for name in labels}
     missing = [c for c in classes[1:] if c.casefold() not in present]
@@ -48,7 +54,7 @@ def segment_classes(labels: Sequence[str], classes: Sequence[str] | None, path: 
         raise SegmentNameError(
             f"'{path}': no {what} for class(es) {missing}; it holds {list(labels)} (data.classes: {list(classes)})"
         )
-    return [wanted[name.casefold()] for name in labels]
+    return [wanted.get(name.casefold(), 0) for name in labels]
 
 
 def combine_masks(per_class: list[tuple[int, np.ndarray]], shape: tuple[int, ...], path: Path, what: str) -> np.ndarray:
@@ -106,14 +112,13 @@ def load_structure_folder(path: str | Path, classes: Sequence[str] | None, *, ig
     files = structure_files(path)
     if files is None:
         raise UnreadableScanError(path, "not a folder of mask files (one NIfTI / NRRD / MHA file per structure)")
-    named = [(f, strip_scan_ending(f.name)) for f in files]
-    if ignore_unlisted and classes is not None:
-        wanted = {c.casefold() for c in classes[1:]}
-        named = [(f, n) for f, n in named if n.casefold() in wanted]
-    class_of = segment_classes([n for _, n in named], classes, path, "structure file(s)")
+    names = [strip_scan_ending(f.name) for f in files]
+    class_of = segment_classes(names, classes, path, "structure file(s)", ignore_unlisted=ignore_unlisted)
     per_class: list[tuple[int, np.ndarray]] = []
     grid: Volume | None = None
-    for (file, _), cls in zip(named, class_of, strict=True):
+    for file, cls in zip(files, class_of, strict=True):
+        if cls == 0:  # no class's (data.unlisted_labels: background): not even read
+            continue
         mask = load_volume(file, label=True)
         if grid is None:
             grid = mask

@@ -1,0 +1,124 @@
+"""DICOM SEG / RTSTRUCT labels as clinical exports hold them: more structures than the classes to train (body
+outline, couch, planning volumes), read with ``data.unlisted_labels: background``; and, without ``data.classes``,
+the classes named by the segments / ROIs themselves."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from medseg.config import DataConfig
+from medseg.data.cases import discover_cases
+from medseg.data.label_reading import LabelReading
+from medseg.data.prepare import _CaseReader
+from medseg.errors import ConfigError, ContourOutsideImageError, SegmentNameError
+from medseg.io import load_segmentation, load_volume
+from medseg.io.rtstruct import save_rtstruct
+from medseg.io.segmentation import label_names
+from tests.conftest import SAMPLE_DATA
+
+SERIES = SAMPLE_DATA / "dicom" / "HippoCrop_Study1"
+
+
+def _labels(shape: tuple[int, ...], body: bool) -> np.ndarray:
+    """Two small structures ``a`` (1) and ``b`` (2) on a few slices, and optionally a body outline (3) around
+    them, as a planning system exports it (the body ROI holds everything; as a label map it is what is left)."""
+    labels = np.zeros(shape, np.uint8)
+    if body:
+        labels[1:-1, 1:-1, 2:-2] = 3
+    labels[5:20, 8:30, 6:12] = 1
+    labels[22:30, 10:25, 8:14] = 2
+    return labels
+
+
+def _add_couch(path: Path) -> None:
+    """Adds a "Couch" ROI whose one contour lies 500 mm beside the image, as a treatment couch often does."""
+    ds = pydicom.dcmread(path)
+    roi = pydicom.Dataset()
+    roi.ROINumber = 99
+    roi.ReferencedFrameOfReferenceUID = ds.StructureSetROISequence[0].ReferencedFrameOfReferenceUID
+    roi.ROIName = "Couch"
+    roi.ROIGenerationAlgorithm = "MANUAL"
+    ds.StructureSetROISequence.append(roi)
+    first = ds.ROIContourSequence[0]
+    contour = pydicom.Dataset()
+    contour.ReferencedROINumber = 99
+    contour.ROIDisplayColor = [128, 128, 128]
+    item = pydicom.Dataset()
+    item.ContourGeometricType = "CLOSED_PLANAR"
+    points = np.asarray(first.ContourSequence[0].ContourData, float).reshape(-1, 3) + np.array([500.0, 0.0, 0.0])
+    item.NumberOfContourPoints = len(points)
+    item.ContourData = [f"{v:.4f}" for v in points.ravel()]
+    contour.ContourSequence = pydicom.Sequence([item])
+    ds.ROIContourSequence.append(contour)
+    ds.save_as(path)
+
+
+def test_rtstruct_body_and_couch_rois_are_left_out_on_request(tmp_path: Path) -> None:
+    image = load_volume(SERIES)
+    labels = _labels(image.shape, body=True)
+    path = save_rtstruct(labels, image, tmp_path / "rt.dcm", ["background", "a", "b", "BODY"])
+    _add_couch(path)
+    assert label_names(path) == ["a", "b", "BODY", "Couch"]
+
+    with pytest.raises(SegmentNameError, match=r"ROI\(s\) 'BODY', 'Couch' match\(es\) none.*unlisted_labels: bac"):
+        load_segmentation(path, image, ["background", "a", "b"])
+    read = load_segmentation(path, image, ["background", "a", "b"], ignore_unlisted=True)
+    np.testing.assert_array_equal(read.array, np.where(labels == 3, 0, labels))  # a and b exactly, body gone
+    # The couch's contour is not read when it is left out; asked for, it is refused as outside the image.
+    with pytest.raises(ContourOutsideImageError, match="Couch"):
+        load_segmentation(path, image, ["background", "a", "b", "Couch"], ignore_unlisted=True)
+    # Leaving out does not excuse a class with no ROI.
+    with pytest.raises(SegmentNameError, match=r"no ROI\(s\) for class\(es\) \['c'\]"):
+        load_segmentation(path, image, ["background", "a", "c"], ignore_unlisted=True)
+
+
+def test_seg_segments_not_listed_are_left_out_on_request(tmp_path: Path) -> None:
+    pytest.importorskip("highdicom", reason="highdicom is in the dicom / dev extras")
+    from medseg.io.dicom_seg import save_dicom_seg
+
+    image = load_volume(SERIES)
+    labels = _labels(image.shape, body=True)
+    path = save_dicom_seg(labels, image, tmp_path / "seg.dcm", ["background", "a", "b", "body"])
+    assert label_names(path) == ["a", "b", "body"]
+    with pytest.raises(SegmentNameError, match=r"segment\(s\) 'body' match\(es\) none"):
+        load_segmentation(path, image, ["background", "b", "a"])
+    read = load_segmentation(path, image, ["background", "b", "a"], ignore_unlisted=True)
+    np.testing.assert_array_equal(read.array, np.select([labels == 1, labels == 2], [2, 1], 0))  # by name
+
+
+def _dicom_case(root: Path, case: str, labels: np.ndarray, classes: list[str]) -> None:
+    folder = root / case
+    folder.mkdir(parents=True)
+    shutil.copytree(SERIES, folder / SERIES.name)
+    save_rtstruct(labels, load_volume(folder / SERIES.name), folder / "mask_rt.dcm", classes)
+
+
+def test_dicom_layout_without_classes_names_them_from_the_rois(tmp_path: Path) -> None:
+    image = load_volume(SERIES)
+    labels = _labels(image.shape, body=False)
+    root = tmp_path / "set"
+    _dicom_case(root, "p1", labels, ["background", "a", "b"])
+    # another planning system drew b first: ROI 1 is b there
+    _dicom_case(root, "p2", np.select([labels == 1, labels == 2], [2, 1], 0).astype(np.uint8), ["background", "b", "a"])
+    data = DataConfig(root=root, layout="dicom")
+    spec = discover_cases(data)
+    assert spec.classes == ["background", "a", "b"]
+    reader = _CaseReader(load_volume, len(spec.classes), classes=spec.classes)
+    read = {case.id: reader.read(case)[1] for case in spec.cases}
+    np.testing.assert_array_equal(read["p1"], read["p2"])  # a is class 1 in both, whatever the ROI order
+
+    # A case with a body outline names one more structure: refused with the difference, until the classes are
+    # listed and the rest left out.
+    shutil.rmtree(root / "p2")
+    _dicom_case(root, "p2", _labels(image.shape, body=True), ["background", "a", "b", "BODY"])
+    with pytest.raises(ConfigError, match=r"case 'p2' adds BODY against case 'p1'.*data.unlisted_labels"):
+        discover_cases(data)
+    listed = data.model_copy(update={"classes": ["background", "a", "b"], "unlisted_labels": "background"})
+    spec = discover_cases(listed)
+    reader = _CaseReader(load_volume, 3, classes=spec.classes, labels=LabelReading.of(listed, None))
+    np.testing.assert_array_equal(reader.read(spec.cases[1])[1], read["p1"])
