@@ -105,6 +105,11 @@ class DataConfig(_Section):
     the image's. Off by default: where headers carry no position (origin 0, spacing 1) a truncated label, or one of
     another case, would fit as well, and is refused instead. A label in another voxel axis order (the same voxels
     in space) and a 3D Slicer ``.seg.nrrd`` (its header places it) are always placed."""
+    class_aliases: dict[str, list[str]] = {}
+    """Other names a class's segments, ROIs or structure files go by in some cases, compared case-insensitively as
+    the class names are, e.g. ``{bladder: [Bladder_O, Vessie]}``: RTSTRUCTs from several planning systems or
+    institutions name one structure differently. Keys are class names (``data.classes`` must be set); a name may
+    stand for one class only, and a label that names one class twice (by two of its names) is refused."""
     class_codes: dict[str, ClassCodeConfig] = {}
     """Coded meaning per class name for DICOM SEG / RTSTRUCT outputs, e.g. ``{hippocampus: {code: "5300000",
     meaning: "Hippocampus", category_code: "91723000", category_meaning: "Anatomical Structure"}}``. A class
@@ -153,6 +158,24 @@ class DataConfig(_Section):
             raise ValueError(
                 f"label_values {self.label_values} must give one value per class of classes {self.classes}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _aliases_name_classes(self) -> DataConfig:
+        if not self.class_aliases:
+            return self
+        if self.classes is None:
+            raise ValueError("class_aliases needs classes: list the classes the aliases stand for")
+        foreground = {c.casefold() for c in self.classes[1:]}
+        unknown = [k for k in self.class_aliases if k.casefold() not in foreground]
+        if unknown:
+            raise ValueError(f"class_aliases names {unknown}, which are not foreground classes of {self.classes}")
+        owner = {c.casefold(): c for c in self.classes[1:]}
+        for cls, names in self.class_aliases.items():
+            for name in names:
+                other = owner.setdefault(name.casefold(), cls)
+                if other.casefold() != cls.casefold():
+                    raise ValueError(f"class_aliases: '{name}' cannot stand for both '{other}' and '{cls}'")
         return self
 
     @model_validator(mode="after")

@@ -15,7 +15,7 @@ from medseg.config import DataConfig
 from medseg.data.cases import discover_cases
 from medseg.data.label_reading import LabelReading
 from medseg.data.prepare import _CaseReader
-from medseg.errors import ConfigError, ContourOutsideImageError, SegmentNameError
+from medseg.errors import BadCaseError, ConfigError, ContourOutsideImageError, SegmentNameError
 from medseg.io import load_segmentation, load_volume
 from medseg.io.rtstruct import save_rtstruct
 from medseg.io.segmentation import label_names
@@ -122,3 +122,70 @@ def test_dicom_layout_without_classes_names_them_from_the_rois(tmp_path: Path) -
     spec = discover_cases(listed)
     reader = _CaseReader(load_volume, 3, classes=spec.classes, labels=LabelReading.of(listed, None))
     np.testing.assert_array_equal(reader.read(spec.cases[1])[1], read["p1"])
+
+
+def _rt_case(root: Path, case: str, labels: np.ndarray, rois: list[str]) -> None:
+    """A case folder whose RTSTRUCT draws ``labels`` value k as ROI ``rois[k - 1]``."""
+    _dicom_case(root, case, labels, ["background", *rois])
+
+
+def test_class_aliases_match_the_names_other_planning_systems_give(tmp_path: Path) -> None:
+    image = load_volume(SERIES)
+    labels = _labels(image.shape, body=True)
+    root = tmp_path / "set"
+    _rt_case(root, "p1", np.where(labels == 3, 0, labels).astype(np.uint8), ["Bladder", "Rectum"])
+    # the other institution: another name for the bladder, upper case, rectum drawn first, a body outline
+    swapped = np.select([labels == 1, labels == 2, labels == 3], [2, 1, 3], 0).astype(np.uint8)
+    _rt_case(root, "p2", swapped, ["RECTUM", "Bladder_O", "BODY"])
+    classes = ["background", "bladder", "rectum"]
+    data = DataConfig(root=root, layout="dicom", classes=classes, unlisted_labels="background")
+    spec = discover_cases(data)
+    with pytest.raises(BadCaseError, match=r"no ROI\(s\) for class\(es\) \['bladder'\].*Bladder_O.*class_aliases"):
+        _CaseReader(load_volume, 3, classes=classes, labels=LabelReading.of(data, None)).read(spec.cases[1])
+
+    aliased = data.model_copy(update={"class_aliases": {"bladder": ["bladder_o", "Vessie"]}})
+    reader = _CaseReader(load_volume, 3, classes=classes, labels=LabelReading.of(aliased, None))
+    first, second = (reader.read(case)[1] for case in spec.cases)
+    np.testing.assert_array_equal(first, second)
+    assert set(np.unique(first)) == {0, 1, 2}
+
+    # One file naming the bladder twice (by its name and an alias) cannot be read: which one is the bladder?
+    shutil.rmtree(root / "p2")
+    _rt_case(root, "p2", swapped, ["Rectum", "Bladder", "bladder_O"])
+    with pytest.raises(BadCaseError, match=r"'Bladder', 'bladder_O' all name class 'bladder'"):
+        reader.read(discover_cases(aliased).cases[1])
+
+
+def test_class_aliases_are_checked_against_the_classes() -> None:
+    from pydantic import ValidationError
+
+    base = {"root": ".", "classes": ["background", "bladder", "rectum"]}
+    DataConfig(**base, class_aliases={"Bladder": ["bladder_o"]})  # keys compare case-insensitively too
+    for aliases, message in (
+        ({"prostate": ["p"]}, r"names \['prostate'\], which are not foreground classes"),
+        ({"bladder": ["rectum"]}, "'rectum' cannot stand for both 'rectum' and 'bladder'"),
+        ({"bladder": ["x"], "rectum": ["X"]}, "'X' cannot stand for both 'bladder' and 'rectum'"),
+    ):
+        with pytest.raises(ValidationError, match=message):
+            DataConfig(**base, class_aliases=aliases)
+    with pytest.raises(ValidationError, match="class_aliases needs classes"):
+        DataConfig(root=".", class_aliases={"bladder": ["b"]})
+
+
+def test_evaluation_reads_an_rtstruct_ground_truth_by_roi_name(tmp_path: Path) -> None:
+    from medseg.evaluation.report import EvalPair, evaluate
+    from medseg.io import save_mask
+
+    image = load_volume(SERIES)
+    labels = _labels(image.shape, body=True)
+    prediction = save_mask(np.where(labels == 3, 0, labels).astype(np.uint8), image, tmp_path / "pred.nii.gz")
+    # the ground truth's ROI 1 is b, ROI 2 is a, ROI 3 the body: by number, a and b would swap
+    swapped = np.select([labels == 1, labels == 2, labels == 3], [2, 1, 3], 0).astype(np.uint8)
+    truth = save_rtstruct(swapped, image, tmp_path / "rt.dcm", ["background", "b", "a", "BODY"])
+    pair = EvalPair("p1", prediction, truth, SERIES)
+    summary = evaluate(
+        [pair], ["background", "a", "b"], tmp_path / "eval", overlays=0, labels=LabelReading(unlisted_background=True)
+    )
+    assert summary["mean_dice"] == pytest.approx(1.0)
+    refused = evaluate([pair], ["background", "a", "b"], tmp_path / "eval2", overlays=0)  # not left out unasked
+    assert refused["n_evaluated"] == 0 and "ROI(s) 'BODY' match(es) none" in refused["failed_cases"][0]["error"]

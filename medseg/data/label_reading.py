@@ -4,7 +4,9 @@
 - what any other value means (``data.unlisted_labels``): refused by default; ``background`` reads it as 0, so a
   subset of a multi-label set (three of TotalSegmentator's 100+ structures, say) trains without rewriting files;
 - whether a label saved cut to its extent is placed on its image's grid (``data.place_cut_labels``;
-  ``medseg.data.label_grid``).
+  ``medseg.data.label_grid``);
+- for labels that name their segments (DICOM SEG / RTSTRUCT, structure folders, Slicer), which other names a class
+  goes by (``data.class_aliases``), and whether segments that are no class's are left out (``unlisted_labels``).
 
 Training (``medseg.data.prepare``) and evaluation (ground truth and predictions) read labels through it.
 """
@@ -33,11 +35,13 @@ class LabelReading:
         values: The value each class is stored as, in class order; ``None`` = class k as k.
         unlisted_background: Values not among the classes' are read as background instead of refused.
         place_cut: Place a label saved cut to its extent on its image's grid by its position.
+        aliases: Other names of some classes, as (class, names) pairs (``data.class_aliases``).
     """
 
     values: tuple[int, ...] | None = None
     unlisted_background: bool = False
     place_cut: bool = False
+    aliases: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @classmethod
     def of(cls, data: DataConfig, values: Sequence[int] | None) -> LabelReading:
@@ -46,7 +50,12 @@ class LabelReading:
             values=None if values is None or is_identity(values) else tuple(int(v) for v in values),
             unlisted_background=data.unlisted_labels == "background",
             place_cut=data.place_cut_labels,
+            aliases=tuple((cls, tuple(names)) for cls, names in data.class_aliases.items()),
         )
+
+    def alias_map(self) -> dict[str, list[str]] | None:
+        """``aliases`` as the readers take them (class name -> other names); ``None`` when there are none."""
+        return {cls: list(names) for cls, names in self.aliases} or None
 
     def for_kind(self, kind: LabelKind) -> LabelReading:
         """How a label of this kind (``medseg.io.segmentation.label_kind``) is read. One that names its segments

@@ -280,7 +280,13 @@ class _CaseReader:
 
         if kind == "map":
             return self.reader(path, label=True)
-        return load_label(path, image, self.classes, ignore_unlisted=self.labels.unlisted_background)
+        return load_label(
+            path,
+            image,
+            self.classes,
+            ignore_unlisted=self.labels.unlisted_background,
+            aliases=self.labels.alias_map(),
+        )
 
 
 def _on_image_grid(case: Case, label: Volume, image: Volume, place_cut: bool) -> Volume:

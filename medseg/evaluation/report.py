@@ -135,14 +135,16 @@ def _labels(volume: Volume, path: Path, n_classes: int, labels: LabelReading) ->
 
 
 def _load_pair(pair: EvalPair, classes: Sequence[str], labels: LabelReading) -> tuple[np.ndarray, np.ndarray, Volume]:
-    # A DICOM SEG / RTSTRUCT (prediction or ground truth) is read onto the scan's grid, segments by number; a
-    # structure folder's files and a Slicer segmentation's segments are matched to the classes by name.
+    # A DICOM SEG / RTSTRUCT (prediction or ground truth) is read onto the scan's grid; its segments / ROIs, a
+    # structure folder's files and a Slicer segmentation's segments are matched to the classes by name, as in
+    # training (a planning system's ROI order is not the class order, and it adds body or couch outlines).
     n_classes = len(classes)
     pred_kind, gt_kind = label_kind(pair.pred), label_kind(pair.gt)
 
     def read(path: Path, kind: LabelKind) -> Volume:
-        names = classes if kind in ("structures", "slicer") else None
-        return load_label(path, pair.image, names, ignore_unlisted=labels.unlisted_background)
+        names = None if kind == "map" else classes
+        unlisted, aliases = labels.unlisted_background, labels.alias_map()
+        return load_label(path, pair.image, names, ignore_unlisted=unlisted, aliases=aliases)
 
     pred_vol, gt_vol = read(pair.pred, pred_kind), read(pair.gt, gt_kind)
     pred_reading, gt_reading = labels.for_kind(pred_kind), labels.for_kind(gt_kind)

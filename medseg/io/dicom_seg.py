@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -259,7 +259,12 @@ def _segmentation(hd, src, pixels, seg_type, descriptions, options):
 
 
 def load_dicom_seg(
-    path: str | Path, reference: Volume, classes: Sequence[str] | None = None, *, ignore_unlisted: bool = False
+    path: str | Path,
+    reference: Volume,
+    classes: Sequence[str] | None = None,
+    *,
+    ignore_unlisted: bool = False,
+    aliases: Mapping[str, Sequence[str]] | None = None,
 ) -> Volume:
     """Reads a DICOM SEG onto the grid of the image series it segments.
 
@@ -270,6 +275,7 @@ def load_dicom_seg(
             segment number = label value.
         ignore_unlisted: Leave out segments that are no class's (``data.unlisted_labels: background``) instead
             of refusing them.
+        aliases: Other names of some classes (``data.class_aliases``), matched like the class names.
 
     Returns:
         Label volume on ``reference``'s grid (FRACTIONAL segments thresholded at 0.5); ``source`` is ``path``.
@@ -313,7 +319,7 @@ def load_dicom_seg(
     if (int(seg.Rows), int(seg.Columns)) != (rows, cols):
         raise ForeignReferenceError(f"{where}: frames are {seg.Rows}x{seg.Columns}, the series' slices {rows}x{cols}")
     labels = [str(s.SegmentLabel) for s in seg.SegmentSequence]
-    classes_of = segment_classes(labels, classes, path, "segment(s)", ignore_unlisted=ignore_unlisted)
+    classes_of = segment_classes(labels, classes, path, "segment(s)", ignore_unlisted=ignore_unlisted, aliases=aliases)
     kept = [(int(s.SegmentNumber), c) for s, c in zip(seg.SegmentSequence, classes_of, strict=True) if c]
     numbers, class_of = [n for n, _ in kept], [c for _, c in kept]
     present = [u for u in uids if u in set(referenced)]

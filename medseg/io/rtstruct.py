@@ -25,7 +25,7 @@ slice's pixel area, is a :class:`~medseg.errors.ContourOutsideImageError`.
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -269,7 +269,12 @@ def _slice_of_contour(
 
 
 def load_rtstruct(
-    path: str | Path, reference: Volume, classes: Sequence[str] | None = None, *, ignore_unlisted: bool = False
+    path: str | Path,
+    reference: Volume,
+    classes: Sequence[str] | None = None,
+    *,
+    ignore_unlisted: bool = False,
+    aliases: Mapping[str, Sequence[str]] | None = None,
 ) -> Volume:
     """Rasterises an RTSTRUCT onto the grid of its image series (even-odd rule per slice, module docs).
 
@@ -281,6 +286,7 @@ def load_rtstruct(
         ignore_unlisted: Leave out ROIs that are no class's (``data.unlisted_labels: background``: the body
             outline, the couch, planning volumes) instead of refusing them; their contours are not read, so a
             couch reaching beyond the image is no error.
+        aliases: Other names of some classes (``data.class_aliases``), matched like the class names.
 
     Returns:
         Label volume on ``reference``'s grid; ``source`` is ``path``.
@@ -307,7 +313,7 @@ def load_rtstruct(
                 f"has FrameOfReferenceUID {frame_uid}, the image {src.frame_of_reference_uid}"
             )
     names = [str(r.ROIName) for r in rois]
-    classes_of = segment_classes(names, classes, path, "ROI(s)", ignore_unlisted=ignore_unlisted)
+    classes_of = segment_classes(names, classes, path, "ROI(s)", ignore_unlisted=ignore_unlisted, aliases=aliases)
     class_of = dict(zip((int(r.ROINumber) for r in rois), classes_of, strict=True))
     name_of = {int(r.ROINumber): str(r.ROIName) for r in rois}
     per_class = []

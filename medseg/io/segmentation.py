@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -32,7 +32,12 @@ def is_dicom_label_file(path: str | Path) -> bool:
 
 
 def load_segmentation(
-    path: str | Path, reference: Volume, classes: Sequence[str] | None = None, *, ignore_unlisted: bool = False
+    path: str | Path,
+    reference: Volume,
+    classes: Sequence[str] | None = None,
+    *,
+    ignore_unlisted: bool = False,
+    aliases: Mapping[str, Sequence[str]] | None = None,
 ) -> Volume:
     """Reads a DICOM SEG or RTSTRUCT file as a label volume on the grid of ``reference``.
 
@@ -45,6 +50,8 @@ def load_segmentation(
         classes: Class names, background first (``data.classes``); ``None``: segment / ROI ``n`` -> label ``n``.
         ignore_unlisted: Leave out segments / ROIs that are no class's (``data.unlisted_labels: background``)
             instead of refusing them.
+        aliases: Other names of some classes (``data.class_aliases``: class name -> names), matched like the class
+            names: segments / ROIs named differently by other planning systems.
 
     Returns:
         A label Volume on ``reference``'s grid (uint8), ``source`` = ``path``.
@@ -60,11 +67,11 @@ def load_segmentation(
     if kind == "seg":
         from medseg.io.dicom_seg import load_dicom_seg
 
-        return load_dicom_seg(path, reference, classes, ignore_unlisted=ignore_unlisted)
+        return load_dicom_seg(path, reference, classes, ignore_unlisted=ignore_unlisted, aliases=aliases)
     if kind == "rtstruct":
         from medseg.io.rtstruct import load_rtstruct
 
-        return load_rtstruct(path, reference, classes, ignore_unlisted=ignore_unlisted)
+        return load_rtstruct(path, reference, classes, ignore_unlisted=ignore_unlisted, aliases=aliases)
     raise UnreadableScanError(path, "not a DICOM SEG or RTSTRUCT file")
 
 
@@ -127,6 +134,7 @@ def load_label(
     classes: Sequence[str] | None = None,
     *,
     ignore_unlisted: bool = False,
+    aliases: Mapping[str, Sequence[str]] | None = None,
 ) -> Volume:
     """Reads a label of any kind medseg accepts (:func:`label_kind`): a label map (``load_volume``), a DICOM SEG /
     RTSTRUCT rasterised onto ``image``'s grid (``load_segmentation``), a structure folder (one mask file per
@@ -142,6 +150,7 @@ def load_label(
             :func:`load_segmentation`).
         ignore_unlisted: Structure files, Slicer or SEG segments and RTSTRUCT ROIs that are no class's are left out
             instead of refused.
+        aliases: Other names of some classes (``data.class_aliases``), matched like the class names.
 
     Raises:
         UnreadableScanError: As ``load_volume``; or a SEG / RTSTRUCT without ``image``.
@@ -151,9 +160,9 @@ def load_label(
 
     kind = label_kind(path)
     if kind == "structures":
-        return load_structure_folder(path, classes, ignore_unlisted=ignore_unlisted)
+        return load_structure_folder(path, classes, ignore_unlisted=ignore_unlisted, aliases=aliases)
     if kind == "slicer":
-        return load_slicer_segmentation(path, classes, ignore_unlisted=ignore_unlisted)
+        return load_slicer_segmentation(path, classes, ignore_unlisted=ignore_unlisted, aliases=aliases)
     if kind == "map":
         return load_volume(path, label=True)
     if image is None:
@@ -161,4 +170,4 @@ def load_label(
     reference = image if isinstance(image, Volume) else load_volume(image)
     label_file = dicom_label_file(path)
     assert label_file is not None  # label_kind said so
-    return load_segmentation(label_file, reference, classes, ignore_unlisted=ignore_unlisted)
+    return load_segmentation(label_file, reference, classes, ignore_unlisted=ignore_unlisted, aliases=aliases)

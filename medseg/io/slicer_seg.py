@@ -74,7 +74,11 @@ def slicer_segment_names(path: str | Path) -> list[str] | None:
 
 
 def load_slicer_segmentation(
-    path: str | Path, classes: Sequence[str] | None, *, ignore_unlisted: bool = False
+    path: str | Path,
+    classes: Sequence[str] | None,
+    *,
+    ignore_unlisted: bool = False,
+    aliases: Mapping[str, Sequence[str]] | None = None,
 ) -> Volume:
     """Reads a 3D Slicer ``.seg.nrrd`` as a label map on the file's own grid, segments matched to classes by name.
 
@@ -84,6 +88,7 @@ def load_slicer_segmentation(
             segments in header order are classes 1, 2, ...
         ignore_unlisted: Leave out segments that are no class's (``data.unlisted_labels: background``) instead
             of refusing them.
+        aliases: Other names of some classes (``data.class_aliases``), matched like the class names.
 
     Returns:
         A label Volume (uint8) on the file's grid, ``source`` = ``path``.
@@ -98,7 +103,7 @@ def load_slicer_segmentation(
         raise UnreadableScanError(path, "not a 3D Slicer segmentation (no Segment0_Name in the NRRD header)")
     named = _named_segments(reader)
     names = [s["Name"] for _, s in named]
-    class_of = segment_classes(names, classes, path, "segment(s)", ignore_unlisted=ignore_unlisted)
+    class_of = segment_classes(names, classes, path, "segment(s)", ignore_unlisted=ignore_unlisted, aliases=aliases)
     named, class_of = [n for n, c in zip(named, class_of, strict=True) if c], [c for c in class_of if c]
     try:
         image = sitk.ReadImage(str(path))

@@ -8,7 +8,7 @@ segments so) all become one label map here: each mask is matched to a class by n
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,13 @@ log = logging.getLogger(__name__)
 
 
 def segment_classes(
-    labels: Sequence[str], classes: Sequence[str] | None, path: Path, what: str, *, ignore_unlisted: bool = False
+    labels: Sequence[str],
+    classes: Sequence[str] | None,
+    path: Path,
+    what: str,
+    *,
+    ignore_unlisted: bool = False,
+    aliases: Mapping[str, Sequence[str]] | None = None,
 ) -> list[int]:
     """The class index of each segment / ROI / structure name (``classes=None``: 1, 2, ... in order).
 
@@ -33,26 +39,45 @@ def segment_classes(
         ignore_unlisted: A name that is no class's gets 0 (the caller leaves it out) instead of being refused
             (``data.unlisted_labels: background``: an RTSTRUCT's body or couch contours, a structure folder's
             other organs).
+        aliases: Other names of some classes (``data.class_aliases``: class name -> names), compared
+            case-insensitively too.
 
     Raises:
-        SegmentNameError: A name matches no foreground class (unless ``ignore_unlisted``), or a foreground class
-            has none.
+        SegmentNameError: A name matches no foreground class (unless ``ignore_unlisted``), a foreground class has
+            none, or two different names match one class.
+        ValueError: An alias key is not a foreground class.
     """
     if classes is None:
         return list(range(1, len(labels) + 1))
     wanted = {c.casefold(): i for i, c in enumerate(classes) if i > 0}
+    for cls, names in (aliases or {}).items():
+        if cls.casefold() not in wanted:
+            raise ValueError(f"alias key '{cls}' is not a foreground class of {list(classes)}")
+        index = wanted[cls.casefold()]
+        wanted.update({name.casefold(): index for name in names})
     unknown = [name for name in labels if name.casefold() not in wanted]
     if unknown and not ignore_unlisted:
         raise SegmentNameError(
             f"'{path}': {what} {', '.join(repr(n) for n in unknown)} match(es) none of the classes "
-            f"{list(classes[1:])} (data.classes; names are compared case-insensitively; "
-            "data.unlisted_labels: background leaves the others out)"
+            f"{list(classes[1:])} (data.classes; names are compared case-insensitively; data.class_aliases gives a "
+            "class other names; data.unlisted_labels: background leaves the others out)"
         )
-    present = {name.casefold() for name in labels}
-    missing = [c for c in classes[1:] if c.casefold() not in present]
+    named: dict[int, dict[str, str]] = {}
+    for name in labels:
+        if name.casefold() in wanted:
+            named.setdefault(wanted[name.casefold()], {})[name.casefold()] = name
+    twice = [(classes[i], list(names.values())) for i, names in sorted(named.items()) if len(names) > 1]
+    if twice:
+        cls, names = twice[0]
+        raise SegmentNameError(
+            f"'{path}': {what} {', '.join(repr(n) for n in names)} all name class '{cls}' (data.class_aliases): "
+            "which one is the structure cannot be told; remove the other from the file or from the aliases"
+        )
+    missing = [c for i, c in enumerate(classes) if i > 0 and i not in named]
     if missing:
         raise SegmentNameError(
-            f"'{path}': no {what} for class(es) {missing}; it holds {list(labels)} (data.classes: {list(classes)})"
+            f"'{path}': no {what} for class(es) {missing}; it holds {list(labels)} (data.classes: {list(classes)}; "
+            + (f"data.class_aliases: {dict(aliases)})" if aliases else "data.class_aliases gives a class other names)")
         )
     return [wanted.get(name.casefold(), 0) for name in labels]
 
@@ -83,7 +108,13 @@ def structure_files(path: str | Path) -> list[Path] | None:
     return sorted(entries)
 
 
-def load_structure_folder(path: str | Path, classes: Sequence[str] | None, *, ignore_unlisted: bool = False) -> Volume:
+def load_structure_folder(
+    path: str | Path,
+    classes: Sequence[str] | None,
+    *,
+    ignore_unlisted: bool = False,
+    aliases: Mapping[str, Sequence[str]] | None = None,
+) -> Volume:
     """Reads a structure folder (one binary mask file per structure) as one label map, on the files' own grid.
 
     Each file's name without its ending is its structure's name; it is matched to a class by name
@@ -96,6 +127,7 @@ def load_structure_folder(path: str | Path, classes: Sequence[str] | None, *, ig
         classes: Class names, background first; ``None``: the files in name order are classes 1, 2, ...
         ignore_unlisted: Leave out files whose structure is no class (TotalSegmentator writes 100+; train on a
             few) instead of refusing them (``data.unlisted_labels: background``).
+        aliases: Other names of some classes (``data.class_aliases``), matched like the class names.
 
     Returns:
         A label Volume (uint8) on the files' grid, ``source`` = ``path``.
@@ -113,7 +145,9 @@ def load_structure_folder(path: str | Path, classes: Sequence[str] | None, *, ig
     if files is None:
         raise UnreadableScanError(path, "not a folder of mask files (one NIfTI / NRRD / MHA file per structure)")
     names = [strip_scan_ending(f.name) for f in files]
-    class_of = segment_classes(names, classes, path, "structure file(s)", ignore_unlisted=ignore_unlisted)
+    class_of = segment_classes(
+        names, classes, path, "structure file(s)", ignore_unlisted=ignore_unlisted, aliases=aliases
+    )
     per_class: list[tuple[int, np.ndarray]] = []
     grid: Volume | None = None
     for file, cls in zip(files, class_of, strict=True):

@@ -34,6 +34,7 @@ RESUME_MUST_MATCH: tuple[str, ...] = (
     "data.classes",
     "data.label_values",
     "data.unlisted_labels",
+    "data.class_aliases",
     "data.seed",
     "data.val_fraction",
     "data.folds",
@@ -43,8 +44,9 @@ RESUME_MUST_MATCH: tuple[str, ...] = (
     "training.scheduler",
 )
 
-#: What a key absent from an older checkpoint's config meant then (configs before ``model.architecture``).
-_ABSENT_MEANT: dict[str, Any] = {"model.architecture": "unet", "model.depth": 4}
+#: What a key absent from an older checkpoint's config meant then (configs before ``model.architecture`` or
+#: ``data.class_aliases``).
+_ABSENT_MEANT: dict[str, Any] = {"model.architecture": "unet", "model.depth": 4, "data.class_aliases": {}}
 
 
 def capture_rng_state() -> dict[str, Any]:
