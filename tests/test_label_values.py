@@ -228,6 +228,6 @@ def test_a_subset_of_totalsegmentator_labels_reads_the_rest_as_background(totals
     assert summary["n_evaluated"] == 1 and summary["mean_dice"] == pytest.approx(1.0)
     assert DataConfig(unlisted_labels="background").unlisted_labels == "background"
     assert LabelReading.of(DataConfig(unlisted_labels="background"), [0, 5, 52]).describe(classes) == (
-        "Label files: classes stored as background=0, liver=5, aorta=52; values other than [0, 5, 52] read as "
-        "background"
+        "Label files: classes stored as background=0, liver=5, aorta=52 (predicted masks are written so too); values "
+        "other than [0, 5, 52], and segments / ROIs / structures no class names, read as background"
     )

@@ -226,7 +226,8 @@ def classes_from_label_names(cases: list[Case]) -> list[str] | None:
             raise ConfigError(
                 f"data.classes is not set and the labels name different structures: case '{case_id}' "
                 f"{diff} against case '{first_id}'. List the classes to train in data.classes (background first); "
-                "data.unlisted_labels: background leaves the other structures out"
+                "data.class_aliases gives a class the other names it goes by; data.unlisted_labels: background "
+                "leaves the other structures out"
             )
     log.info(
         "Classes from the labels' structure names (data.classes not set): background + %d structures in name order",

@@ -79,13 +79,18 @@ class LabelReading:
         return to_classes(label, list(values), dtype, unlisted=0 if self.unlisted_background else None)
 
     def describe(self, classes: Sequence[str]) -> str | None:
-        """One log line on what is not the default (stored values, unlisted values), or ``None``."""
+        """One log line on what is not the default (stored values, unlisted values, aliases), or ``None``."""
         parts = []
         if self.values is not None:
             parts.append(
-                "classes stored as " + ", ".join(f"{n}={v}" for n, v in zip(classes, self.values, strict=True))
+                "classes stored as "
+                + ", ".join(f"{n}={v}" for n, v in zip(classes, self.values, strict=True))
+                + " (predicted masks are written so too)"
             )
         if self.unlisted_background:
             listed = list(self.values) if self.values is not None else list(range(len(classes)))
-            parts.append(f"values other than {listed} read as background")
+            parts.append(
+                f"values other than {listed}, and segments / ROIs / structures no class names, read as background"
+            )
+        parts += [f"{cls} also named {', '.join(names)}" for cls, names in self.aliases]
         return "Label files: " + "; ".join(parts) if parts else None

@@ -468,7 +468,7 @@ class Trainer:
         log.info("Loss: %s, %s; class weights: %s", self.mode, self.mode_reason, weights)
         described = self.label_reading.describe(self.classes)
         if described:
-            log.info("%s (predicted masks are written with the classes' stored values)", described)
+            log.info("%s", described)
         log.info(
             "Training on %s (%s%s), %d worker(s); %d training slices from %d cases (patch %s), %d validation cases",
             self.device,
