@@ -80,8 +80,10 @@ class DataConfig(_Section):
     """``dicom`` layout: folder-name pattern (fnmatch, case-insensitive) of the image series in each case folder,
     e.g. ``"*T1post*"``. ``None`` = the one DICOM series folder whose name does not match the mask pattern."""
     dicom_mask_pattern: str = "*mask*"
-    """``dicom`` layout: name pattern (fnmatch, case-insensitive) of the mask: a DICOM series folder or a
-    NIfTI/NRRD/MHA file next to the image series."""
+    """``dicom`` layout: name pattern (fnmatch, case-insensitive) of the mask: a DICOM series folder, a SEG /
+    RTSTRUCT file or a NIfTI/NRRD/MHA file next to the image series. A series folder holding a SEG / RTSTRUCT
+    among its slices (a planning system's export) is a case by itself with that file as label; the pattern picks
+    one where it holds several."""
     classes: list[str] | None = None
     """Class names including background at index 0. ``None`` = from ``dataset.json`` (msd), or from the names
     labels give their structures (structure folders' file names, 3D Slicer segment names, DICOM SEG segment labels,

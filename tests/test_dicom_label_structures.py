@@ -189,3 +189,38 @@ def test_evaluation_reads_an_rtstruct_ground_truth_by_roi_name(tmp_path: Path) -
     assert summary["mean_dice"] == pytest.approx(1.0)
     refused = evaluate([pair], ["background", "a", "b"], tmp_path / "eval2", overlays=0)  # not left out unasked
     assert refused["n_evaluated"] == 0 and "ROI(s) 'BODY' match(es) none" in refused["failed_cases"][0]["error"]
+
+
+def test_a_series_folder_holding_its_rtstruct_is_a_case(tmp_path: Path) -> None:
+    """A planning system's patient export: the slices and the RTSTRUCT (``RS.*.dcm``) in one folder per patient."""
+    image = load_volume(SERIES)
+    labels = _labels(image.shape, body=False)
+    root = tmp_path / "export"
+    for patient in ("p1", "p2"):
+        shutil.copytree(SERIES, root / patient)
+        save_rtstruct(labels, image, root / patient / "RS.1.2.3.dcm", ["background", "a", "b"])
+    data = DataConfig(root=root, layout="dicom")
+    spec = discover_cases(data)
+    assert [(c.id, c.image, c.label) for c in spec.cases] == [
+        (p, root / p, root / p / "RS.1.2.3.dcm") for p in ("p1", "p2")
+    ]
+    assert spec.classes == ["background", "a", "b"]  # from the ROI names
+    # read as the same series and RTSTRUCT in the usual layout (series folder and mask side by side) are read
+    _dicom_case(tmp_path / "usual", "p1", labels, ["background", "a", "b"])
+    reader = _CaseReader(load_volume, 3, classes=spec.classes)
+    flat, usual = (
+        reader.read(spec.cases[0]),
+        reader.read(discover_cases(DataConfig(root=tmp_path / "usual", layout="dicom")).cases[0]),
+    )
+    np.testing.assert_array_equal(flat[0].array, usual[0].array)  # the RTSTRUCT among the slices is no slice
+    np.testing.assert_array_equal(flat[1], usual[1])
+    assert flat[1] is not None and int(flat[1].sum()) == int(labels.sum())
+
+    # Two structure sets in one folder (another physician's): the mask pattern picks one, or the case is named.
+    save_rtstruct(labels, image, root / "p2" / "RS.review.dcm", ["background", "a", "b"])
+    with pytest.raises(BadCaseError, match=r"Case 'p2': the series folder .* holds 2 SEG / RTSTRUCT files \(RS.1.2"):
+        discover_cases(data)
+    skipped = discover_cases(data.model_copy(update={"skip_bad_cases": True}))
+    assert [c.id for c in skipped.cases] == ["p1"] and [s.id for s in skipped.skipped] == ["p2"]
+    picked = discover_cases(data.model_copy(update={"dicom_mask_pattern": "*review*"}))
+    assert [c.label.name for c in picked.cases] == ["RS.1.2.3.dcm", "RS.review.dcm"]

@@ -532,9 +532,31 @@ def dicom_label_files(case_folder: Path, pattern: str) -> list[Path]:
     return sorted(p for p in case_folder.iterdir() if _matches(p.name, pattern) and dicom_label_file(p) is not None)
 
 
+def labels_inside_series(folder: Path) -> list[Path]:
+    """The DICOM SEG / RTSTRUCT files directly in a series folder, among its slices (a planning system's patient
+    export: ``CT.*.dcm`` and ``RS.*.dcm`` in one folder), by name."""
+    from medseg.io.segmentation import is_dicom_label_file
+
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_dicom_label_file(p))
+
+
+def _label_inside(case_id: str, folder: Path, inside: list[Path], pattern: str) -> Path:
+    """The one label of a series folder holding its own: the only one, or the only one matching the pattern."""
+    matching = [p for p in inside if _matches(p.name, pattern)]
+    if len(inside) == 1 or len(matching) == 1:
+        return inside[0] if len(inside) == 1 else matching[0]
+    raise BadCaseError(
+        f"Case '{case_id}': the series folder '{folder}' holds {len(inside)} SEG / RTSTRUCT files "
+        f"({', '.join(p.name for p in inside)}) and {len(matching) or 'none'} of them match(es) "
+        f"data.dicom_mask_pattern '{pattern}': set the pattern to pick one"
+    )
+
+
 def _discover_dicom(root: Path, cfg: DataConfig, collector: BadCaseCollector, require_labels: bool) -> list[Case]:
-    # A case folder is the parent of one or more DICOM series folders.
+    # A case folder is the parent of one or more DICOM series folders, or a series folder that holds its own
+    # SEG / RTSTRUCT among its slices (a planning system's patient export).
     case_folders: dict[Path, list[Path]] = {}
+    pairs: list[tuple[str, Path, Path | None]] = []
     visited: set[str] = set()
     for dirpath, dirnames, _ in os.walk(root, followlinks=True):
         dirnames.sort()
@@ -544,16 +566,21 @@ def _discover_dicom(root: Path, cfg: DataConfig, collector: BadCaseCollector, re
             dirnames[:] = []
             continue
         visited.add(real)
-        if folder != root and is_dicom_folder(folder):
+        if is_dicom_folder(folder) and (inside := labels_inside_series(folder)):
+            case_id = _dicom_case_id(root, folder)
+            try:
+                pairs.append((case_id, folder, _label_inside(case_id, folder, inside, cfg.dicom_mask_pattern)))
+            except BadCaseError as err:
+                collector.report(case_id, err)
+            dirnames[:] = []
+        elif folder != root and is_dicom_folder(folder):
             case_folders.setdefault(folder.parent, []).append(folder)
             dirnames[:] = []  # a series folder holds no further series
-    if not case_folders:
+    if not case_folders and not pairs and not collector.skipped:
         raise ConfigError(f"data.layout dicom: no folders of DICOM files under data.root '{root}': {layout_hint(root)}")
 
-    pairs: list[tuple[str, Path, Path | None]] = []
     for case_folder, series in sorted(case_folders.items()):
-        rel = case_folder.relative_to(root)
-        case_id = re.sub(r"\s+", "_", "_".join(rel.parts) if rel.parts else root.name)
+        case_id = _dicom_case_id(root, case_folder)
         masks = [s for s in series if _matches(s.name, cfg.dicom_mask_pattern)]
         masks += sorted(
             p
@@ -598,3 +625,9 @@ def _discover_dicom(root: Path, cfg: DataConfig, collector: BadCaseCollector, re
             continue
         pairs.append((case_id, images[0], masks[0] if masks else None))
     return _pairs_to_cases(pairs, collector, require_labels)
+
+
+def _dicom_case_id(root: Path, case_folder: Path) -> str:
+    """A ``dicom``-layout case's id: its folder's path under the root, parts joined by ``_``, spaces as ``_``."""
+    rel = case_folder.relative_to(root)
+    return re.sub(r"\s+", "_", "_".join(rel.parts) if rel.parts else root.name)
