@@ -246,3 +246,35 @@ def test_list_dicom_series_on_sample(tmp_path: Path) -> None:
     assert infos.description == "HippoCrop"
     assert len(infos.files) == 32
     assert list_dicom_series(tmp_path) == []
+
+
+def test_a_planning_export_reads_the_scan_not_the_dose_beside_it(tmp_path: Path) -> None:
+    """A planning system exports the CT, its RT dose grid, the plan and the structures into one folder: the scan is
+    the series that is not an RT dose (recorded in its Modality); the dose stays readable on request."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from medseg.io.dicom import folder_voxels, series_modality
+
+    sample = Path(__file__).resolve().parents[1] / "sample_data" / "dicom" / "HippoCrop_Study1"
+    export = tmp_path / "export"
+    shutil.copytree(sample, export)
+    # named to sort first, so no rule by file order can pass this test
+    shutil.copy(get_testdata_file("rtdose.dcm"), export / "0_RD.dose.dcm")
+    shutil.copy(get_testdata_file("rtplan.dcm"), export / "0_RP.plan.dcm")
+    expected = load_volume(sample)
+    volume = load_volume(export)
+    np.testing.assert_array_equal(volume.array, expected.array)
+    np.testing.assert_array_equal(volume.affine, expected.affine)
+    assert series_modality(export) == series_modality(sample) == "MR"
+    assert folder_voxels(export) == 34 * int(np.prod(expected.shape[:2]))  # 34 files x one MR slice's voxels
+    dose = next(i for i in list_dicom_series(export) if i.modality == "RTDOSE")
+    assert load_volume(export, series=dose.uid).shape != expected.shape  # the dose grid, asked for by its UID
+
+    # Two scans beside a dose still need a choice.
+    for f in sample.glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+        ds.save_as(export / f"again_{f.name}")
+    with pytest.raises(MultipleSeriesError):
+        load_volume(export)

@@ -11,6 +11,7 @@ pass); the pixels of the chosen series are decoded by :mod:`medseg.io.dicom_pixe
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from medseg.io.scans import find_scans, is_dicom_file
 from medseg.io.segmentation import is_dicom_label_file
 from medseg.volume import Volume
 
+log = logging.getLogger(__name__)
+
 __all__ = ["DicomSeriesInfo", "list_dicom_series", "load_dicom", "series_uid_of_file", "transfer_syntax"]
 
 # DICOM tags as SimpleITK's metadata keys.
@@ -40,6 +43,7 @@ _SLOPE = "0028|1053"
 _INTERCEPT = "0028|1052"
 _IMAGE_TYPE = "0008|0008"
 _MODALITY = "0008|0060"
+_RTDOSE = "RTDOSE"
 
 #: Slices closer than this (mm) along the normal are "at the same position".
 _DUPLICATE_MM = 1e-3
@@ -62,12 +66,14 @@ class DicomSeriesInfo:
         description: SeriesDescription (``""`` when absent).
         n_slices: Number of files in the series.
         files: The series' files.
+        modality: Modality (0008,0060) of its first file (``""`` when absent).
     """
 
     uid: str
     description: str
     n_slices: int
     files: tuple[Path, ...]
+    modality: str = ""
 
     def __str__(self) -> str:
         uid = self.uid or "(no SeriesInstanceUID)"
@@ -93,7 +99,7 @@ class _Slice:
     @property
     def needs_own_reader(self) -> bool:
         """Multi-frame, Siemens mosaic or RT dose: read by :mod:`medseg.io.dicom_frames`, not as a slice."""
-        return self.size[2] > 1 or "MOSAIC" in self.image_type.upper() or self.modality.upper() == "RTDOSE"
+        return self.size[2] > 1 or "MOSAIC" in self.image_type.upper() or self.modality.upper() == _RTDOSE
 
 
 def _file_reader(path: Path, folder: Path) -> sitk.ImageFileReader:
@@ -127,10 +133,26 @@ def series_modality(folder: str | Path) -> str:
         UnreadableScanError: The first DICOM image file cannot be read.
     """
     folder = Path(folder)
+    first = _first_scan_header(folder)
+    return _meta(first, _MODALITY) if first is not None else ""
+
+
+def _first_scan_header(folder: Path) -> sitk.ImageFileReader | None:
+    """The header of the first DICOM image file in ``folder`` by name, an RT dose grid only where nothing else is
+    (a planning system exports the dose beside the CT it was planned on; the CT is the scan); ``None`` when no file
+    is an image GDCM reads. SEG / RTSTRUCT files are passed over."""
+    dose = None
     for path in _dicom_files(folder):
-        if not is_dicom_label_file(path):
-            return _meta(_file_reader(path, folder), _MODALITY)
-    return ""
+        if is_dicom_label_file(path):
+            continue
+        try:
+            reader = _file_reader(path, folder)
+        except UnreadableScanError:
+            continue  # not an image GDCM reads (a report, a plan, a corrupt file): the next one may be
+        if _meta(reader, _MODALITY).upper() != _RTDOSE:
+            return reader
+        dose = dose or reader
+    return dose
 
 
 def folder_voxels(folder: str | Path) -> int | None:
@@ -144,16 +166,10 @@ def folder_voxels(folder: str | Path) -> int | None:
         The count, or ``None`` when the folder holds no DICOM file whose header GDCM reads as an image.
     """
     folder = Path(folder)
-    files = list(_dicom_files(folder))
-    for path in files:
-        if is_dicom_label_file(path):
-            continue
-        try:
-            reader = _file_reader(path, folder)
-        except UnreadableScanError:
-            continue  # not an image GDCM reads (a report, a corrupt file): the next one may be
-        return len(files) * int(np.prod(reader.GetSize())) * int(reader.GetNumberOfComponents())
-    return None
+    reader = _first_scan_header(folder)
+    if reader is None:
+        return None
+    return len(list(_dicom_files(folder))) * int(np.prod(reader.GetSize())) * int(reader.GetNumberOfComponents())
 
 
 def _dicom_files(folder: Path) -> Iterator[Path]:
@@ -233,6 +249,7 @@ def _info(slices: list[_Slice]) -> DicomSeriesInfo:
         description=slices[0].description,
         n_slices=len(slices),
         files=tuple(s.path for s in ordered),
+        modality=slices[0].modality,
     )
 
 
@@ -263,6 +280,11 @@ def _choose_series(
         return infos[0]
     if series is None:
         series = default_series  # the configured series (data.series) only decides between several
+    scans = [i for i in infos if i.modality.upper() != _RTDOSE]
+    if series is None and len(scans) == 1:
+        # A planning export: the CT, and the dose grids computed on it (recorded as such, not guessed).
+        log.info("'%s': reading series %s; the RT dose grid(s) beside it are no scan", folder, scans[0].uid)
+        return scans[0]
     if series is None:
         raise MultipleSeriesError(
             folder,
