@@ -83,7 +83,8 @@ def layout_hint(root: Path) -> str:
         hints.append(
             f"it holds {len(folders)} folder(s) with DICOM files (e.g. '{folders[0].name}'): for one folder per case "
             "with its image series and mask set data.layout: dicom, data.dicom_image_pattern / "
-            "data.dicom_mask_pattern (folder-name patterns) and data.classes (background first)"
+            "data.dicom_mask_pattern (folder-name patterns) and data.classes (background first, unless SEG / "
+            "RTSTRUCT labels name them)"
         )
     if loose:
         hints.append(
