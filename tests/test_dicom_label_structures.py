@@ -111,6 +111,14 @@ def test_dicom_layout_without_classes_names_them_from_the_rois(tmp_path: Path) -
     reader = _CaseReader(load_volume, len(spec.classes), classes=spec.classes)
     read = {case.id: reader.read(case)[1] for case in spec.cases}
     np.testing.assert_array_equal(read["p1"], read["p2"])  # a is class 1 in both, whatever the ROI order
+    # a structure drawn as two ROIs of one name (here 'a' and 'A') is one structure, read as their union
+    split = labels.copy()
+    split[labels == 1] = np.where(np.arange(int((labels == 1).sum())) % 2 == 0, 1, 3)
+    _dicom_case(root, "p0", split, ["background", "a", "b", "A"])
+    spec = discover_cases(data)
+    assert spec.classes == ["background", "a", "b"]
+    np.testing.assert_array_equal(reader.read(spec.cases[0])[1], read["p1"])
+    shutil.rmtree(root / "p0")
 
     # A case with a body outline names one more structure: refused with the difference, until the classes are
     # listed and the rest left out.

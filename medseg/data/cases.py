@@ -208,7 +208,10 @@ def classes_from_label_names(cases: list[Case]) -> list[str] | None:
         own = label_names(case.label)
         if own is None:
             return None
-        names[case.id] = sorted(own)
+        unique: dict[str, str] = {}
+        for name in own:  # two ROIs of one name (any case) are one structure, spelt as first given
+            unique.setdefault(name.casefold(), name)
+        names[case.id] = sorted(unique.values())
     if not names:
         return None
     first_id, first = next(iter(names.items()))
