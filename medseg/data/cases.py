@@ -233,8 +233,10 @@ def classes_from_label_names(cases: list[Case]) -> list[str] | None:
                 "leaves the other structures out"
             )
     log.info(
-        "Classes from the labels' structure names (data.classes not set): background + %d structures in name order",
+        "Classes from the labels' structure names (data.classes not set): background + %d structures in name order "
+        "(%s); data.classes and data.unlisted_labels: background train fewer",
         len(first),
+        ", ".join(first[:12]) + (f", ... {len(first) - 12} more" if len(first) > 12 else ""),
     )
     return ["background", *first]
 
