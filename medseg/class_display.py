@@ -94,6 +94,24 @@ def per_class_values_text(names: Sequence[str], values: Sequence[float]) -> str:
     return f"{len(pairs)} classes, {low[1]:.3g} ({low[0]}) to {high[1]:.3g} ({high[0]})"
 
 
+def class_weights_text(classes: Sequence[str], weights: Sequence[float] | None, mode: str) -> str:
+    """The loss's class weights for the log, as they act: a sigmoid loss has no background output and weighs the
+    foreground classes against each other only, so one foreground class's weight does nothing.
+
+    Returns:
+        ``"none"``, ``"background=0.2, a=1.63"`` (softmax), ``"a=1.2, b=0.8 (sigmoid: foreground classes only)"``
+        or ``"la=1.83 (no effect: one foreground class)"``.
+    """
+    if weights is None:
+        return "none"
+    values = [float(w) for w in weights]
+    if mode != "sigmoid":
+        return per_class_values_text(classes, values)
+    if len(classes) == 2:
+        return f"{classes[1]}={values[1]:.3g} (no effect: one foreground class)"
+    return f"{per_class_values_text(classes[1:], values[1:])} (sigmoid: foreground classes only)"
+
+
 def plot_class_curves(ax: Any, x: Sequence[float], curves: Mapping[str, Sequence[float | None]]) -> None:
     """Draws per-class curves (e.g. validation Dice per epoch) on a matplotlib axes.
 

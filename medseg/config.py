@@ -385,7 +385,9 @@ class LossConfig(_Section):
     dice_weight: float = Field(default=1.0, ge=0.0)
     """Weight of the soft Dice term."""
     class_weights: Literal["auto", "none"] | list[float] = "auto"
-    """``auto`` = inverse voxel frequency of the training labels, normalised and clipped."""
+    """``auto`` = inverse voxel frequency of the training labels, normalised and clipped. A sigmoid loss uses the
+    foreground weights only, relative to each other (the background has no output): with one foreground class
+    they have no effect (beyond float rounding)."""
     class_weight_range: tuple[float, float] = (0.2, 5.0)
     """``auto`` class weights are clipped to this range."""
 

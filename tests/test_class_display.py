@@ -17,7 +17,14 @@ from matplotlib.figure import Figure
 from matplotlib.image import imread
 from scipy import ndimage
 
-from medseg.class_display import MAX_LISTED, class_palette, per_class_text, per_class_values_text, plot_class_curves
+from medseg.class_display import (
+    MAX_LISTED,
+    class_palette,
+    class_weights_text,
+    per_class_text,
+    per_class_values_text,
+    plot_class_curves,
+)
 from medseg.evaluation import draw_overlay
 from medseg.evaluation.html_report import render_report
 from medseg.evaluation.overlays import PAIRED_CLASSES, class_colours, overlay_axis, pick_slice
@@ -46,6 +53,14 @@ def test_per_class_settings_are_named_or_given_as_their_range() -> None:
     names = ["background", *(f"organ_{k}" for k in range(1, 42))]
     weights = [0.2] * 12 + [5.0] + [1.0] * 29
     assert per_class_values_text(names, weights) == "42 classes, 0.2 (background) to 5 (organ_12)"
+
+
+def test_class_weights_are_logged_as_they_act() -> None:
+    three = ["background", "a", "b"]
+    assert class_weights_text(three, [0.2, 1.634, 0.8], "softmax") == "background=0.2, a=1.63, b=0.8"
+    assert class_weights_text(three, [0.2, 1.634, 0.8], "sigmoid") == "a=1.63, b=0.8 (sigmoid: foreground classes only)"
+    assert class_weights_text(three[:2], [0.2, 1.83], "sigmoid") == "a=1.83 (no effect: one foreground class)"
+    assert class_weights_text(three, None, "sigmoid") == "none"
 
 
 @pytest.mark.parametrize("n", [1, 5, 10, 13, 20, 41, 60, 117])

@@ -123,6 +123,13 @@ def test_weights_are_a_normalised_mean() -> None:
         torch.testing.assert_close(
             SegLoss(mode, 3, torch.full((3,), 2.5))(logits, target), SegLoss(mode, 3)(logits, target)
         )
+    # A sigmoid loss has no background output, and one foreground class has nothing to be weighed against: its
+    # weights do not act (what the trainer's log says), where softmax's background weight does.
+    binary = (target > 0).long()
+    for mode, acts in (("sigmoid", False), ("softmax", True)):
+        logits = _noisy_logits(binary, mode, 2)
+        weighted, plain = SegLoss(mode, 2, torch.tensor([0.2, 1.83]))(logits, binary), SegLoss(mode, 2)(logits, binary)
+        assert bool(torch.isclose(weighted, plain, rtol=1e-6, atol=0)) is not acts
 
 
 # --- empty classes, precision, behaviour ----------------------------------------------------------------------

@@ -49,7 +49,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from medseg.allocator import keep_freed_buffers
-from medseg.class_display import per_class_text, per_class_values_text
+from medseg.class_display import class_weights_text, per_class_text
 from medseg.config import Config
 from medseg.data.cases import Case, discover_cases
 from medseg.data.class_weights import resolve_class_weights
@@ -462,9 +462,8 @@ class Trainer:
     def _log_setup(self) -> None:
         if not self.main:
             return
-        weights = (
-            "none" if self.class_weights is None else per_class_values_text(self.classes, self.class_weights.tolist())
-        )
+        listed = None if self.class_weights is None else self.class_weights.tolist()
+        weights = class_weights_text(self.classes, listed, self.mode)
         log.info("Loss: %s, %s; class weights: %s", self.mode, self.mode_reason, weights)
         described = self.label_reading.describe(self.classes)
         if described:
