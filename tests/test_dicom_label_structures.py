@@ -124,7 +124,8 @@ def test_dicom_layout_without_classes_names_them_from_the_rois(tmp_path: Path) -
     # listed and the rest left out.
     shutil.rmtree(root / "p2")
     _dicom_case(root, "p2", _labels(image.shape, body=True), ["background", "a", "b", "BODY"])
-    with pytest.raises(ConfigError, match=r"case 'p2' adds BODY against case 'p1'.*data.unlisted_labels"):
+    census = r"Of the 2 labelled cases, all name a, b; some name BODY \(1\) \(cases naming each\)"
+    with pytest.raises(ConfigError, match=rf"case 'p2' adds BODY against case 'p1'\. {census}.*data.unlisted_labels"):
         discover_cases(data)
     listed = data.model_copy(update={"classes": ["background", "a", "b"], "unlisted_labels": "background"})
     spec = discover_cases(listed)

@@ -196,7 +196,11 @@ def test_structure_folders_that_name_different_structures_need_data_classes(samp
     second, third = sorted(p for p in tmp_path.iterdir())[1:]
     (second / "segmentations" / "Posterior.nii.gz").unlink()
     shutil.copy(third / "segmentations" / "Posterior.nii.gz", third / "segmentations" / "tail.nii.gz")
-    with pytest.raises(ConfigError, match=rf"case '{second.name}' lacks Posterior against case '.*'\. List the"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"case '{second.name}' lacks Posterior against case '.*'\. Of the 3 labelled cases, all name "
+        r"Anterior; some name Posterior \(2\)",
+    ):
         discover_cases(data)
     (second / "segmentations" / "Posterior.nii.gz").write_bytes(
         (third / "segmentations" / "Posterior.nii.gz").read_bytes()

@@ -228,9 +228,9 @@ def classes_from_label_names(cases: list[Case]) -> list[str] | None:
             )
             raise ConfigError(
                 f"data.classes is not set and the labels name different structures: case '{case_id}' "
-                f"{diff} against case '{first_id}'. List the classes to train in data.classes (background first); "
-                "data.class_aliases gives a class the other names it goes by; data.unlisted_labels: background "
-                "leaves the other structures out"
+                f"{diff} against case '{first_id}'. {_name_census(names)}. List the classes to train in "
+                "data.classes (background first); data.class_aliases gives a class the other names it goes by; "
+                "data.unlisted_labels: background leaves the other structures out"
             )
     log.info(
         "Classes from the labels' structure names (data.classes not set): background + %d structures in name order "
@@ -239,6 +239,27 @@ def classes_from_label_names(cases: list[Case]) -> list[str] | None:
         ", ".join(first[:12]) + (f", ... {len(first) - 12} more" if len(first) > 12 else ""),
     )
     return ["background", *first]
+
+
+def _name_census(names: dict[str, list[str]], shown: int = 20) -> str:
+    """Which structure names the labels give, and in how many cases: what ``data.classes`` and
+    ``data.class_aliases`` are written from (case-insensitive; each spelt as first met)."""
+    spelling: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    for own in names.values():
+        for name in own:
+            key = name.casefold()
+            spelling.setdefault(key, name)
+            counts[key] = counts.get(key, 0) + 1
+    every = sorted(spelling[k] for k, n in counts.items() if n == len(names))
+    some = sorted((k for k, n in counts.items() if n < len(names)), key=lambda k: (-counts[k], k))
+    listed = [f"{spelling[k]} ({counts[k]})" for k in some[:shown]]
+    if len(some) > shown:
+        listed.append(f"... {len(some) - shown} more")
+    return (
+        f"Of the {len(names)} labelled cases, all name {', '.join(every) if every else 'no structure'}; "
+        f"some name {', '.join(listed)} (cases naming each)"
+    )
 
 
 def _label_values(cfg: DataConfig, declared: list[int] | None, classes: list[str], root: Path) -> list[int] | None:
