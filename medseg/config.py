@@ -141,7 +141,8 @@ class DataConfig(_Section):
     """Channel / time point read from 4D or multi-component scans (training and prediction); ``None`` = refuse them."""
     series: str | None = None
     """DICOM folders holding several series: which one (SeriesInstanceUID, unique description or UID prefix). One
-    scan beside RT dose grids (a planning export) needs none: the scan is read."""
+    scan beside RT dose grids (a planning export) needs none: the scan is read; nor does a folder whose SEG /
+    RTSTRUCT names the series it was drawn on."""
     nan_as_zero: bool = False
     """Read NaN voxels as 0 (with a warning naming the file and the count) instead of refusing the scan."""
 

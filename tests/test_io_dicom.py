@@ -278,3 +278,47 @@ def test_a_planning_export_reads_the_scan_not_the_dose_beside_it(tmp_path: Path)
         ds.save_as(export / f"again_{f.name}")
     with pytest.raises(MultipleSeriesError):
         load_volume(export)
+
+
+def test_a_folder_of_two_scans_reads_the_one_its_structure_set_was_drawn_on(tmp_path: Path) -> None:
+    """A planning export with a CT and a registered second scan: the RTSTRUCT (or SEG) among the files names the
+    series it was drawn on, and that one is read; two label files naming different series leave the choice open."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from medseg.io.dicom import series_modality
+    from medseg.io.rtstruct import save_rtstruct
+
+    sample = Path(__file__).resolve().parents[1] / "sample_data" / "dicom" / "HippoCrop_Study1"
+    second = tmp_path / "second"
+    second.mkdir()
+    for f in sorted(sample.glob("*.dcm")):  # another series: own UIDs, other pixel values
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = generate_uid(entropy_srcs=["second series"])
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[f.name])
+        ds.PixelData = (ds.pixel_array // 2).astype(ds.pixel_array.dtype).tobytes()
+        ds.Modality = "CT"
+        ds.save_as(second / f.name)
+    first_vol, second_vol = load_volume(sample), load_volume(second)
+    assert not np.array_equal(first_vol.array, second_vol.array)
+    labels = np.zeros(first_vol.shape, np.uint8)
+    labels[5:20, 8:30, 6:12] = 1
+    rs_first = save_rtstruct(labels, first_vol, tmp_path / "rs_first.dcm", ["background", "a"])
+    rs_second = save_rtstruct(labels, second_vol, tmp_path / "rs_second.dcm", ["background", "a"])
+
+    export = tmp_path / "export"
+    shutil.copytree(sample, export)
+    for f in second.iterdir():
+        shutil.copy(f, export / f"MR_{f.name}")
+    with pytest.raises(MultipleSeriesError):
+        load_volume(export)
+    assert series_modality(export) == "MR"  # the first file by name
+    for structures, expected, modality in ((rs_first, first_vol, "MR"), (rs_second, second_vol, "CT")):
+        shutil.copy(structures, export / "RS.dcm")
+        np.testing.assert_array_equal(load_volume(export).array, expected.array)
+        assert series_modality(export) == modality  # what data.modality: auto decides from
+    shutil.copy(rs_first, export / "RS_other.dcm")  # two structure sets, drawn on different series
+    with pytest.raises(MultipleSeriesError):
+        load_volume(export)
+    (second_info,) = list_dicom_series(second)
+    np.testing.assert_array_equal(load_volume(export, series=second_info.uid).array, second_vol.array)

@@ -14,7 +14,7 @@ import pydicom
 import pytest
 
 from medseg.errors import ConfigError, ForeignReferenceError, SegmentNameError, UnreadableScanError
-from medseg.io import load_label, load_segmentation, load_volume, save_mask
+from medseg.io import list_dicom_series, load_label, load_segmentation, load_volume, save_mask
 from medseg.io.dicom_seg import ClassCode, DicomWriteOptions, load_dicom_seg, save_dicom_seg
 from medseg.io.dicom_source import SEG_SOP_CLASS, source_series
 from tests.conftest import PGBM, SAMPLE_DATA, SHARED_DATA
@@ -394,3 +394,15 @@ def test_jpeg2000_ct_whose_uids_are_only_in_the_file_meta(tmp_path: Path) -> Non
     for c in (1, 2):
         d = 2 * np.sum((back == c) & (labels == c)) / (np.sum(back == c) + np.sum(labels == c))
         assert d >= 0.98, (c, d)
+
+
+def test_a_seg_names_the_series_it_was_drawn_on(tmp_path: Path) -> None:
+    from medseg.io.dicom_source import referenced_series_uids
+    from medseg.io.rtstruct import save_rtstruct
+
+    image, labels = _hippo()
+    (info,) = list_dicom_series(SAMPLE_DATA / "dicom" / "HippoCrop_Study1")
+    seg = save_dicom_seg(labels, image, tmp_path / "seg.dcm", ["background", "a", "b"])
+    rt = save_rtstruct(labels, image, tmp_path / "rt.dcm", ["background", "a", "b"])
+    assert referenced_series_uids(seg) == referenced_series_uids(rt) == {info.uid}
+    assert referenced_series_uids(SAMPLE_DATA / "dicom" / "HippoCrop_Study1" / "1.dcm") == set()

@@ -12,7 +12,7 @@ pass); the pixels of the chosen series are decoded by :mod:`medseg.io.dicom_pixe
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from medseg.errors import MultipleSeriesError, MultipleVolumesError, UnreadableS
 from medseg.io import dicom_frames
 from medseg.io.dicom_frames import SPLIT_HINT
 from medseg.io.dicom_pixels import read_pixels, transfer_syntax
+from medseg.io.dicom_source import referenced_series_uids
 from medseg.io.geometry import affine_from_itk
 from medseg.io.itk import sitk_message
 from medseg.io.read_options import SERIES_HINT
@@ -124,24 +125,26 @@ def series_uid_of_file(path: str | Path) -> str:
 
 
 def series_modality(folder: str | Path) -> str:
-    """The Modality (0008,0060) of the first DICOM image file in ``folder``, by name (``""`` if none has one).
+    """The Modality (0008,0060) of the scan in ``folder`` that :func:`load_dicom` reads by default, from one header
+    where it can (``""`` if none has one): the first DICOM image file by name that is no RT dose grid, or, where
+    SEG / RTSTRUCT files among the files name the series they were drawn on, the first file of that series.
 
-    One header is read, so discovery can ask every case cheaply; SEG / RTSTRUCT files beside the series are
-    passed over (their Modality is SEG / RTSTRUCT, not the scan's).
-
-    Raises:
-        UnreadableScanError: The first DICOM image file cannot be read.
+    Discovery asks every case this, so it reads as few headers as it can; SEG / RTSTRUCT files are passed over
+    (their Modality is SEG / RTSTRUCT, not the scan's).
     """
     folder = Path(folder)
-    first = _first_scan_header(folder)
+    labels = [p for p in _dicom_files(folder) if is_dicom_label_file(p)]
+    drawn_on: set[str] = set().union(*(referenced_series_uids(p) for p in labels))
+    first = _first_scan_header(folder, drawn_on)
     return _meta(first, _MODALITY) if first is not None else ""
 
 
-def _first_scan_header(folder: Path) -> sitk.ImageFileReader | None:
+def _first_scan_header(folder: Path, series_uids: Collection[str] = ()) -> sitk.ImageFileReader | None:
     """The header of the first DICOM image file in ``folder`` by name, an RT dose grid only where nothing else is
-    (a planning system exports the dose beside the CT it was planned on; the CT is the scan); ``None`` when no file
-    is an image GDCM reads. SEG / RTSTRUCT files are passed over."""
-    dose = None
+    (a planning system exports the dose beside the CT it was planned on; the CT is the scan); with ``series_uids``
+    the first of those series where there is one. ``None`` when no file is an image GDCM reads. SEG / RTSTRUCT
+    files are passed over."""
+    first_scan = first_dose = None
     for path in _dicom_files(folder):
         if is_dicom_label_file(path):
             continue
@@ -149,10 +152,15 @@ def _first_scan_header(folder: Path) -> sitk.ImageFileReader | None:
             reader = _file_reader(path, folder)
         except UnreadableScanError:
             continue  # not an image GDCM reads (a report, a plan, a corrupt file): the next one may be
-        if _meta(reader, _MODALITY).upper() != _RTDOSE:
+        if series_uids and _meta(reader, _SERIES_UID) in series_uids:
             return reader
-        dose = dose or reader
-    return dose
+        if _meta(reader, _MODALITY).upper() == _RTDOSE:
+            first_dose = first_dose or reader
+        elif not series_uids:
+            return reader
+        else:
+            first_scan = first_scan or reader
+    return first_scan or first_dose
 
 
 def folder_voxels(folder: str | Path) -> int | None:
@@ -204,12 +212,13 @@ def _read_slice(path: Path, folder: Path) -> _Slice:
     )
 
 
-def _scan_folder(folder: Path) -> tuple[dict[str, list[_Slice]], list[str]]:
+def _scan_folder(folder: Path) -> tuple[dict[str, list[_Slice]], list[str], list[Path]]:
     """Reads the header of every DICOM image file directly in ``folder`` once, grouped by SeriesInstanceUID.
 
     Files GDCM cannot read as an image (a DICOMDIR, a structured report, a corrupt file) are skipped, as
     SimpleITK's own series scanner skips them, and returned by name so errors can mention them; if nothing
-    readable is left, the first reason is reported.
+    readable is left, the first reason is reported. SEG / RTSTRUCT files among the slices are returned too: they
+    say which series they were drawn on.
     """
     if not folder.exists():
         raise UnreadableScanError(folder, "no such folder")
@@ -218,10 +227,10 @@ def _scan_folder(folder: Path) -> tuple[dict[str, list[_Slice]], list[str]]:
     groups: dict[str, list[_Slice]] = {}
     skipped: list[str] = []
     first_error: UnreadableScanError | None = None
-    labels: list[str] = []
+    labels: list[Path] = []
     for path in _dicom_files(folder):
         if is_dicom_label_file(path):  # SEG / RTSTRUCT: labels that reference a series, not slices of one
-            labels.append(path.name)
+            labels.append(path)
             continue
         try:
             header = _read_slice(path, folder)
@@ -235,10 +244,10 @@ def _scan_folder(folder: Path) -> tuple[dict[str, list[_Slice]], list[str]]:
     if not groups and labels:
         raise UnreadableScanError(
             folder,
-            f"it holds only DICOM SEG / RTSTRUCT files ('{labels[0]}'{' ...' if len(labels) > 1 else ''}), labels "
+            f"it holds only DICOM SEG / RTSTRUCT files ('{labels[0].name}'{' ...' if len(labels) > 1 else ''}), labels "
             "that reference an image series; read them with medseg.io.load_segmentation(path, reference=...)",
         )
-    return groups, skipped
+    return groups, skipped, labels
 
 
 def _info(slices: list[_Slice]) -> DicomSeriesInfo:
@@ -266,13 +275,20 @@ def list_dicom_series(folder: str | Path) -> list[DicomSeriesInfo]:
     Raises:
         UnreadableScanError: ``folder`` does not exist or is not a folder, or none of its DICOM files is readable.
     """
-    groups, _ = _scan_folder(Path(folder))
+    groups, _, _ = _scan_folder(Path(folder))
     return [_info(groups[uid]) for uid in sorted(groups)]
 
 
 def _choose_series(
-    infos: list[DicomSeriesInfo], series: str | None, folder: Path, default_series: str | None = None
+    infos: list[DicomSeriesInfo],
+    series: str | None,
+    folder: Path,
+    default_series: str | None = None,
+    referenced: Collection[str] = (),
 ) -> DicomSeriesInfo:
+    """The series ``series`` (else ``default_series``) names; without either, the only one, the one the folder's
+    SEG / RTSTRUCT files were drawn on (``referenced``: their referenced SeriesInstanceUIDs, when that is exactly
+    one of the folder's), or the only one that is no RT dose grid. Anything else is refused."""
     listing = "\n  ".join(str(info) for info in infos[:_MAX_LISTED])
     if len(infos) > _MAX_LISTED:
         listing += f"\n  ... and {len(infos) - _MAX_LISTED} more (see medseg.io.list_dicom_series)"
@@ -280,6 +296,11 @@ def _choose_series(
         return infos[0]
     if series is None:
         series = default_series  # the configured series (data.series) only decides between several
+    drawn_on = [i for i in infos if i.uid in referenced]
+    if series is None and len(drawn_on) == 1:
+        # A planning export with several scans (CT and a registered MR or PET): the structure set names its own.
+        log.info("'%s': reading series %s, which its SEG / RTSTRUCT was drawn on", folder, drawn_on[0].uid)
+        return drawn_on[0]
     scans = [i for i in infos if i.modality.upper() != _RTDOSE]
     if series is None and len(scans) == 1:
         # A planning export: the CT, and the dose grids computed on it (recorded as such, not guessed).
@@ -428,10 +449,14 @@ def load_dicom(folder: str | Path, *, series: str | None = None, default_series:
         MissingDecoderError: Compressed pixel data no installed decoder can read.
     """
     folder = Path(folder)
-    groups, skipped = _scan_folder(folder)
+    groups, skipped, labels = _scan_folder(folder)
     if not groups:
         raise UnreadableScanError(folder, _no_dicom_reason(folder))
-    info = _choose_series([_info(groups[uid]) for uid in sorted(groups)], series, folder, default_series)
+    infos = [_info(groups[uid]) for uid in sorted(groups)]
+    referenced: set[str] = set()
+    if series is None and default_series is None and len(infos) > 1:
+        referenced = set().union(*(referenced_series_uids(p) for p in labels))
+    info = _choose_series(infos, series, folder, default_series, referenced)
     slices = groups[info.uid]
     if len(slices) == 1 and slices[0].needs_own_reader:
         return _load_single_file(slices[0], folder)

@@ -22,7 +22,14 @@ from medseg.errors import ForeignReferenceError
 from medseg.io.scans import is_dicom_file
 from medseg.volume import RAS_TO_LPS, Volume
 
-__all__ = ["RTSTRUCT_SOP_CLASS", "SEG_SOP_CLASS", "SourceSeries", "dicom_object_kind", "source_series"]
+__all__ = [
+    "RTSTRUCT_SOP_CLASS",
+    "SEG_SOP_CLASS",
+    "SourceSeries",
+    "dicom_object_kind",
+    "referenced_series_uids",
+    "source_series",
+]
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -58,6 +65,25 @@ def dicom_object_kind(path: str | Path) -> Literal["seg", "rtstruct"] | None:
     if sop == RTSTRUCT_SOP_CLASS or modality == "RTSTRUCT":
         return "rtstruct"
     return None
+
+
+def referenced_series_uids(path: str | Path) -> set[str]:
+    """The SeriesInstanceUIDs a SEG (ReferencedSeriesSequence) or RTSTRUCT (ReferencedFrameOfReferenceSequence >
+    RTReferencedStudySequence > RTReferencedSeriesSequence) says it was drawn on; empty when it names none or
+    cannot be read (the series is then checked instance by instance when the labels are read)."""
+    try:
+        ds = pydicom.dcmread(
+            path,
+            stop_before_pixels=True,
+            specific_tags=["ReferencedSeriesSequence", "ReferencedFrameOfReferenceSequence"],
+        )
+    except Exception:
+        return set()
+    uids = {str(item.get("SeriesInstanceUID", "")) for item in ds.get("ReferencedSeriesSequence", [])}
+    for frame in ds.get("ReferencedFrameOfReferenceSequence", []):
+        for study in frame.get("RTReferencedStudySequence", []):
+            uids |= {str(item.get("SeriesInstanceUID", "")) for item in study.get("RTReferencedSeriesSequence", [])}
+    return uids - {""}
 
 
 @dataclass(frozen=True)
