@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from medseg.errors import ConfigError
 
-Stage = Literal["train", "predict", "evaluate", "summary"]
+Stage = Literal["train", "predict", "evaluate", "summary", "plan"]
 
 
 def _device_name(value: str) -> str:
@@ -615,7 +615,8 @@ class Config(_Section):
     evaluation: EvaluationConfig = EvaluationConfig()
     output: OutputConfig = OutputConfig()
     stages: list[Stage] = ["train", "predict", "evaluate"]
-    """Stages to run, in this order; ``--stage`` on the command line replaces it."""
+    """Stages to run, in this order; ``--stage`` on the command line replaces it. ``plan`` reads and checks every
+    case and writes ``plan.json`` without training (left out when ``train`` runs, which does that first)."""
 
 
 _PATH_KEYS = (

@@ -4,6 +4,8 @@
 stage      calls
 =========  =====================================================================================================
 summary    :func:`medseg.training.summary.run_summary` (layer table, parameters, memory; writes ``summary.txt``)
+plan       :func:`medseg.training.check_and_plan` (reads and checks every case, writes ``plan.json``; left out when
+           ``train`` runs, which does the same first)
 train      :func:`medseg.training.train` (writes ``checkpoints/{best,last}.pt`` and ``train/``)
 predict    :meth:`medseg.inference.Predictor.from_checkpoint` (``inference.checkpoint``, else
            ``checkpoints/best.pt``), then :func:`medseg.inference.batch.predict_folder` over ``inference.input``,
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Stages in the order they always run (``--stage predict train`` still trains first).
-STAGE_ORDER: tuple[Stage, ...] = ("summary", "train", "predict", "evaluate")
+STAGE_ORDER: tuple[Stage, ...] = ("summary", "plan", "train", "predict", "evaluate")
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class RunResult:
 
     stages: list[Stage] = field(default_factory=list)
     summary: Any = None
+    plan: Any = None
     train: Any = None
     predict: Any = None
     evaluate: dict[str, Any] | None = None
@@ -100,7 +103,8 @@ class RunResult:
 
 
 def order_stages(stages: Sequence[str]) -> list[Stage]:
-    """Deduplicates and orders stages as summary -> train -> predict -> evaluate.
+    """Deduplicates and orders stages as summary -> plan -> train -> predict -> evaluate (``plan`` left out
+    when ``train`` runs: training plans first).
 
     Raises:
         ConfigError: If no stage is given or one is unknown.
@@ -109,6 +113,8 @@ def order_stages(stages: Sequence[str]) -> list[Stage]:
     if unknown:
         raise ConfigError(f"Unknown stage(s) {unknown}; accepted stages: {', '.join(STAGE_ORDER)}")
     ordered = [s for s in STAGE_ORDER if s in stages]
+    if "plan" in ordered and "train" in ordered:
+        ordered.remove("plan")  # the train stage reads, checks and plans first: the same work, not done twice
     if not ordered:
         raise ConfigError(f"No stage to run: 'stages' is empty; accepted stages: {', '.join(STAGE_ORDER)}")
     return ordered
@@ -119,8 +125,8 @@ def order_stages(stages: Sequence[str]) -> list[Stage]:
 
 def _why_data(cfg: Config, stages: Sequence[Stage]) -> str | None:
     """Why the stages read ``data.root`` (for error messages), or ``None`` when they do not."""
-    if "train" in stages:
-        return "the train stage reads the cases of the dataset"
+    if "train" in stages or "plan" in stages:
+        return f"the {'train' if 'train' in stages else 'plan'} stage reads the cases of the dataset"
     if "predict" in stages and cfg.inference.input is None:
         return "without inference.input (--input FOLDER), predict segments the validation cases of data.root"
     if "evaluate" in stages and cfg.evaluation.ground_truth is None:
@@ -312,6 +318,13 @@ def validation_cases(cfg: Config) -> list[Case]:
         log.warning("data.val_fraction is 0: predicting the training cases (their Dice is not a held-out estimate)")
         return list(train)
     return list(val)
+
+
+def run_plan(cfg: Config) -> Any:
+    """The ``plan`` stage: :func:`medseg.training.check_and_plan`; returns its ``PlanResult``."""
+    from medseg.training import check_and_plan
+
+    return check_and_plan(cfg)
 
 
 def run_train(cfg: Config) -> Any:
@@ -570,6 +583,8 @@ def run_stages(cfg: Config, stages: Sequence[Stage]) -> RunResult:
             from medseg.training.summary import run_summary
 
             result.summary = run_summary(cfg) if is_main_process() else None
+        elif stage == "plan":
+            result.plan = run_plan(cfg)
         elif stage == "train":
             result.train = run_train(cfg)
             val_cases = getattr(result.train, "val_cases", None)

@@ -34,6 +34,10 @@ stages (in this order; the config's 'stages' list, or --stage):
   summary   no training: the network's layer table for the configured patch and input channels, its parameter
             count, an analytic memory estimate for training.batch_size and the measured peak memory of one
             training step on training.device; printed and written to OUTPUT/summary.txt
+  plan      no training: reads and checks every case of data.root as the train stage would (images, labels,
+            channels, grids), fits the normalisation and decides the plan; writes OUTPUT/plan.json and logs it.
+            Bad cases stop it with their reason (or, with data.skip_bad_cases, are listed). Left out when train
+            runs too (training plans first)
   train     trains on data.root; writes OUTPUT/checkpoints/{best,last}.pt and OUTPUT/train/{metrics.csv,curves.png}
   predict   loads inference.checkpoint (default OUTPUT/checkpoints/best.pt) and writes one mask per scan,
             OUTPUT/predictions/<case_id>.nii.gz, plus OUTPUT/predictions/predictions.csv. Scans: inference.input
@@ -68,9 +72,14 @@ examples:
 
 def _stage_list(text: str) -> list[str]:
     stages = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in stages if s not in ("summary", "train", "predict", "evaluate")]
+    from typing import get_args
+
+    from medseg.config import Stage
+
+    known = get_args(Stage)
+    bad = [s for s in stages if s not in known]
     if bad or not stages:
-        raise argparse.ArgumentTypeError(f"invalid stage {text!r}; choose from summary, train, predict, evaluate")
+        raise argparse.ArgumentTypeError(f"invalid stage {text!r}; choose from {', '.join(known)}")
     return stages
 
 
@@ -89,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=_stage_list,
         metavar="STAGE",
-        help="stage(s) to run instead of the config's 'stages': summary, train, predict or evaluate; repeat the option "
-        "or separate with commas (--stage train,predict)",
+        help="stage(s) to run instead of the config's 'stages': summary, plan, train, predict or evaluate; repeat "
+        "the option or separate with commas (--stage train,predict)",
     )
     parser.add_argument(
         "--set",

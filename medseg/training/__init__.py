@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 from medseg.models.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
-    from medseg.training.trainer import TrainResult, train
+    from medseg.training.trainer import PlanResult, TrainResult, check_and_plan, train
 
-_LAZY = {"train": "medseg.training.trainer", "TrainResult": "medseg.training.trainer"}
+_LAZY = {name: "medseg.training.trainer" for name in ("train", "TrainResult", "check_and_plan", "PlanResult")}
 
 
 def __getattr__(name: str) -> Any:
@@ -25,4 +25,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'medseg.training' has no attribute {name!r}")
 
 
-__all__ = ["CHECKPOINT_FORMAT", "TrainResult", "load_checkpoint", "save_checkpoint", "train"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "PlanResult",
+    "TrainResult",
+    "check_and_plan",
+    "load_checkpoint",
+    "save_checkpoint",
+    "train",
+]

@@ -51,14 +51,14 @@ from tqdm.auto import tqdm
 from medseg.allocator import keep_freed_buffers
 from medseg.class_display import class_weights_text, per_class_text
 from medseg.config import Config
-from medseg.data.cases import Case, discover_cases
+from medseg.data.cases import Case, SkippedCase, discover_cases
 from medseg.data.class_weights import resolve_class_weights
 from medseg.data.dataset import SliceDataset
 from medseg.data.foreground import check_foreground
 from medseg.data.label_reading import LabelReading
 from medseg.data.memory import choose_cache_dir
 from medseg.data.modality import dataset_modality
-from medseg.data.plan import write_plan
+from medseg.data.plan import Plan, write_plan
 from medseg.data.prepare import PreparedData, Reader, default_reader, prepare_training_data
 from medseg.data.sampling import foreground_sampler
 from medseg.data.splits import split_cases
@@ -140,6 +140,54 @@ class TrainResult:
     postprocessing: dict[str, list[int]] = field(default_factory=lambda: {"largest_component": [], "fill_holes": []})
 
 
+@dataclass
+class PlanResult:
+    """What the ``plan`` stage found (:func:`check_and_plan`).
+
+    Attributes:
+        plan: The plan, as written to ``plan.json``.
+        classes: Class names, background first.
+        train_cases: The training cases, every one read and checked.
+        val_cases: The validation cases, read and checked too.
+        skipped: Cases left out with ``data.skip_bad_cases`` (in discovery or on reading), with the reason.
+    """
+
+    plan: Plan
+    classes: list[str]
+    train_cases: list[Case]
+    val_cases: list[Case]
+    skipped: list[SkippedCase]
+
+
+def check_and_plan(cfg: Config, *, reader: Reader | None = None) -> PlanResult:
+    """The ``plan`` stage: everything the train stage does before its first step, and nothing after.
+
+    Discovers the cases, splits them, reads every case (images, labels, channels: each on its own grid, each
+    label's values or segment names checked, as training reads them), fits the normalisation and decides the plan;
+    writes ``plan.json`` and logs the plan. A data set's problems and the plan in minutes, before a long run.
+    No model is built and nothing of a training run is written.
+
+    Raises:
+        ConfigError, BadCaseError, EmptyLabelsError: As :func:`train` raises them before training.
+    """
+    trainer = Trainer(cfg, reader=reader, plan_only=True)
+    result = PlanResult(
+        plan=trainer.plan,
+        classes=trainer.classes,
+        train_cases=trainer.train_cases,
+        val_cases=trainer.val_cases,
+        skipped=trainer.skipped,
+    )
+    log.info(
+        "Plan stage: %d training and %d validation case(s) read and checked%s; plan in '%s'",
+        len(result.train_cases),
+        len(result.val_cases),
+        f", {len(result.skipped)} skipped ({', '.join(s.id for s in result.skipped)})" if result.skipped else "",
+        Path(cfg.output.dir) / "plan.json",
+    )
+    return result
+
+
 def train(
     cfg: Config,
     *,
@@ -198,7 +246,14 @@ class Trainer:
             default. Throughput figures (seconds per epoch, slices/s) always use ``time.perf_counter``.
     """
 
-    def __init__(self, cfg: Config, *, reader: Reader | None = None, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        reader: Reader | None = None,
+        clock: Callable[[], float] | None = None,
+        plan_only: bool = False,
+    ) -> None:
         self.cfg = cfg
         self.clock: Callable[[], float] = clock if clock is not None else time.perf_counter
         tc = cfg.training
@@ -214,8 +269,10 @@ class Trainer:
         self.channels_last = resolve_channels_last(tc.channels_last, self.device)
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
 
-        resume = self._load_resume_checkpoint()
+        resume = None if plan_only else self._load_resume_checkpoint()
         self._setup_data(reader, resume)
+        if plan_only:  # the plan stage (check_and_plan): data read and checked, plan.json written
+            return
         # From here on every step allocates the same activations: keep freed buffers for reuse (medseg.allocator).
         # Not before the data setup, whose one-off temporaries would then stay in the heap.
         keep_freed_buffers()
@@ -321,6 +378,7 @@ class Trainer:
         )
         check_foreground(data.train, data.val)  # all-empty labels: refused before the first step
         self.data = data
+        self.skipped = [*spec.skipped, *data.skipped]
         assert data.plan is not None
         self.plan = data.plan
         if self.main:
