@@ -233,3 +233,51 @@ def test_a_series_folder_holding_its_rtstruct_is_a_case(tmp_path: Path) -> None:
     assert [c.id for c in skipped.cases] == ["p1"] and [s.id for s in skipped.skipped] == ["p2"]
     picked = discover_cases(data.model_copy(update={"dicom_mask_pattern": "*review*"}))
     assert [c.label.name for c in picked.cases] == ["RS.1.2.3.dcm", "RS.review.dcm"]
+
+
+def _tcia_tree(root: Path) -> np.ndarray:
+    """Two patients laid out as a TCIA RT collection: one folder per series (the scan, its RTSTRUCT, an RT dose
+    grid and an RT plan, pydicom's test files), none named after a mask pattern."""
+    from pydicom.data import get_testdata_file
+
+    image = load_volume(SERIES)
+    labels = _labels(image.shape, body=False)
+    for patient in ("pat1", "pat2"):
+        shutil.copytree(SERIES, root / patient / "1.000000-MR-1234")
+        (root / patient / "1.000000-RTSTRUCT-5678").mkdir()
+        save_rtstruct(labels, image, root / patient / "1.000000-RTSTRUCT-5678" / "1-1.dcm", ["background", "a", "b"])
+        for kind, name in (("RTDOSE", "rtdose.dcm"), ("RTPLAN", "rtplan.dcm")):
+            (root / patient / f"1.000000-{kind}-9").mkdir()
+            shutil.copy(get_testdata_file(name), root / patient / f"1.000000-{kind}-9" / "1-1.dcm")
+    return labels
+
+
+def test_a_tcia_rt_tree_trains_without_patterns_and_predicts_only_its_scans(tmp_path: Path) -> None:
+    from medseg.io import find_scans
+
+    labels = _tcia_tree(tmp_path / "rt")
+    # Training: the one scan folder is the image, the one RTSTRUCT beside it the label, whatever their names; the
+    # dose and plan folders are no series.
+    spec = discover_cases(DataConfig(root=tmp_path / "rt", layout="dicom"))
+    assert [(c.id, c.image.name, c.label.name) for c in spec.cases] == [
+        (p, "1.000000-MR-1234", "1.000000-RTSTRUCT-5678") for p in ("pat1", "pat2")
+    ]
+    assert spec.classes == ["background", "a", "b"]
+    reader = _CaseReader(load_volume, 3, classes=spec.classes)
+    _dicom_case(tmp_path / "usual", "p1", labels, ["background", "a", "b"])
+    usual = reader.read(discover_cases(DataConfig(root=tmp_path / "usual", layout="dicom")).cases[0])[1]
+    np.testing.assert_array_equal(reader.read(spec.cases[0])[1], usual)
+
+    # Prediction over the tree: the scans, and nothing else, neither as a mask of a dose grid nor as a failure.
+    not_scans: list[Path] = []
+    assert find_scans(tmp_path / "rt", not_scans=not_scans) == [
+        tmp_path / "rt" / p / "1.000000-MR-1234" for p in ("pat1", "pat2")
+    ]
+    kinds = ["1.000000-RTDOSE-9", "1.000000-RTPLAN-9", "1.000000-RTSTRUCT-5678"]
+    assert sorted(p.name for p in not_scans) == sorted(kinds * 2)
+    from medseg.inference.batch import discover
+
+    jobs = discover(tmp_path / "rt", tmp_path / "out", "nii.gz")
+    assert [(j.case_id, j.problem) for j in jobs] == [("pat1_1.000000-MR-1234", None), ("pat2_1.000000-MR-1234", None)]
+    # A dose grid asked for by itself is still read (it is an image; only the search passes it over).
+    assert load_volume(tmp_path / "rt" / "pat1" / "1.000000-RTDOSE-9").shape[0] > 1

@@ -34,7 +34,7 @@ from medseg.errors import BadCaseError, ConfigError
 from medseg.io.scans import (
     CHANNEL_SUFFIX,
     case_id_from_path,
-    is_dicom_file,
+    holds_dicom_scan,
     is_supported_file,
     nnunet_channel_files,
     strip_scan_ending,
@@ -526,24 +526,10 @@ def _discover_glob(root: Path, cfg: DataConfig, collector: BadCaseCollector, req
 
 
 def is_dicom_folder(folder: Path) -> bool:
-    """Whether ``folder`` directly holds DICOM files (by ``.dcm`` ending or the ``DICM`` preamble marker)."""
-    try:
-        entries = sorted((e for e in os.scandir(folder) if e.is_file()), key=lambda e: e.name)
-    except OSError:
-        return False
-    from medseg.io.segmentation import is_dicom_label_file
-
-    looked = 0  # non-DICOM files looked at; three of them end the search, as before
-    for entry in entries:
-        if not is_dicom_file(entry.path):
-            looked += 1
-            if looked == 3:
-                return False
-            continue
-        # SEG / RTSTRUCT files are labels beside series, not slices: a folder of only those is no series.
-        if not is_dicom_label_file(entry.path):
-            return True
-    return False
+    """Whether ``folder`` directly holds the DICOM files of a scan (:func:`medseg.io.scans.holds_dicom_scan`):
+    SEG / RTSTRUCT files are labels beside series, and RT plans or dose grids no scan to segment, so a folder of
+    only those is no series."""
+    return holds_dicom_scan(folder)
 
 
 def _matches(name: str, pattern: str) -> bool:
@@ -615,6 +601,10 @@ def _discover_dicom(root: Path, cfg: DataConfig, collector: BadCaseCollector, re
             and _matches(p.name, cfg.dicom_mask_pattern)
         )
         masks += dicom_label_files(case_folder, cfg.dicom_mask_pattern)
+        if not masks and len(lone := dicom_label_files(case_folder, "*")) == 1:
+            # The one SEG / RTSTRUCT beside the series (a TCIA RT collection's "RTSTRUCT" folder): it names the
+            # series it was drawn on, and reading it checks that it is this one.
+            masks = lone
         images = [s for s in series if not _matches(s.name, cfg.dicom_mask_pattern)]
         if cfg.dicom_image_pattern is not None:
             images = [s for s in images if _matches(s.name, cfg.dicom_image_pattern)]

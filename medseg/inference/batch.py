@@ -246,9 +246,19 @@ def discover(inputs: ScanInputs, out_dir: Path, output_format: str) -> list[Scan
             raise ConfigError(f"Input '{root}' does not exist")
         if _is_within(out_dir, root) and root.is_dir():
             raise ConfigError(f"Output folder '{out_dir}' lies inside the input folder '{root}'; inputs are read-only")
-        scans = find_scans(root) if root.is_dir() else [root]
+        not_scans: list[Path] = []
+        scans = find_scans(root, not_scans=not_scans) if root.is_dir() else [root]
+        if not_scans:
+            shown = ", ".join(str(p.relative_to(root)) for p in not_scans[:5])
+            log.info(
+                "Not predicted: %d DICOM folder(s) holding no scan, only structure sets, segmentations, RT plans or "
+                "dose grids (%s%s)",
+                len(not_scans),
+                shown,
+                ", ..." if len(not_scans) > 5 else "",
+            )
         if root.is_dir() and scans != [root]:
-            for d in _empty_leaf_folders(root, scans, out_dir):
+            for d in _empty_leaf_folders(root, [*scans, *not_scans], out_dir):
                 problems[d] = "folder holds no readable scan (no NIfTI/NRRD/MHA file and no DICOM series)"
         if not scans and (not problems or list(problems) == [root]):
             raise ConfigError(f"Input folder '{root}' holds no scans (NIfTI/NRRD/MHA files or DICOM series folders)")

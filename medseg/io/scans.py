@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from medseg.errors import UnreadableScanError
@@ -24,6 +24,11 @@ from medseg.errors import UnreadableScanError
 SEGMENTATION_SUFFIX = ".seg.nrrd"
 #: ``.seg.nrrd`` comes before ``.nrrd``: ``case_01.seg.nrrd`` is case ``case_01``.
 SUPPORTED_SUFFIXES = (".nii.gz", ".nii", SEGMENTATION_SUFFIX, ".nrrd", ".nhdr", ".mha", ".mhd")
+
+#: Modalities of DICOM objects that are no scan to segment: segmentations and structure sets (labels), RT plans,
+#: dose grids and treatment records, registrations, reports, key-object selections, presentation states. A
+#: planning export or a TCIA RT collection keeps them beside the scans, often in folders of their own.
+NOT_SCAN_MODALITIES = frozenset({"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "REG", "SR", "KO", "PR"})
 
 #: The nnU-Net suffix of a scan's first (for medseg: only) channel: ``case_0000.nii.gz`` is case ``case``.
 CHANNEL_SUFFIX = "_0000"
@@ -89,6 +94,44 @@ def is_dicom_file(path: str | Path) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
+def holds_dicom_scan(folder: str | Path, names: Sequence[str] | None = None, *, give_up_after: int | None = 3) -> bool:
+    """Whether ``folder`` directly holds a DICOM file of a scan: one whose Modality is not among
+    :data:`NOT_SCAN_MODALITIES` (a file whose Modality cannot be read counts: reading the series says why).
+
+    Files are looked at in name order until one decides, so a scan's folder costs one small header read.
+
+    Args:
+        folder: The folder.
+        names: Its file names, when the caller has listed them already (hidden files left out).
+        give_up_after: This many non-DICOM files end the search (a folder of other files is no series);
+            ``None`` looks at every file.
+    """
+    import pydicom
+
+    folder = Path(folder)
+    if names is None:
+        try:
+            names = sorted(e.name for e in os.scandir(folder) if e.is_file() and not is_hidden(e.name))
+        except OSError:
+            return False
+    others = 0
+    for name in names:
+        path = folder / name
+        if not is_dicom_file(path):
+            others += 1
+            if others == give_up_after:
+                return False
+            continue
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
+            modality = str(header.get("Modality", ""))
+        except Exception:
+            return True
+        if modality.strip().upper() not in NOT_SCAN_MODALITIES:
+            return True
+    return False
+
+
 def is_hidden(name: str) -> bool:
     """Whether scan discovery skips an entry of this name (hidden; includes medseg's own in-progress atomic
     writes, ".case.xxxx.nii.gz", which are not scans)."""
@@ -106,12 +149,14 @@ def walk_scan_tree(folder: str | Path) -> Iterator[tuple[str, list[str], list[st
         yield root, dirs, sorted(f for f in files if not is_hidden(f))
 
 
-def find_scans(folder: str | Path) -> list[Path]:
+def find_scans(folder: str | Path, *, not_scans: list[Path] | None = None) -> list[Path]:
     """Lists the scans under ``folder``, recursively and sorted.
 
     A scan is an image file with a supported extension (not a 3D Slicer ``.seg.nrrd`` segmentation), or a folder
-    holding DICOM files (listed once, as the folder; its files are not listed separately). Hidden files and
-    folders are skipped. Symbolic links are followed (a link to a file or to a DICOM folder is a scan, named by
+    holding DICOM files of a scan (listed once, as the folder; its files are not listed separately). A folder
+    holding only DICOM objects that are no scan (:func:`holds_dicom_scan`: structure sets, segmentations, RT plans
+    or dose grids) is not listed; with ``not_scans`` given, it is appended there. Hidden files and folders are
+    skipped. Symbolic links are followed (a link to a file or to a DICOM folder is a scan, named by
     the link) and listed under the link's path, not its target's; a link that leads back into the tree is not
     followed twice.
 
@@ -146,8 +191,11 @@ def find_scans(folder: str | Path) -> list[Path]:
                 found.append(root_path / name)
             elif not has_dicom and is_dicom_file(root_path / name):
                 has_dicom = True
-        if has_dicom:
+        others = [n for n in files if not is_supported_file(n)]
+        if has_dicom and holds_dicom_scan(root_path, others, give_up_after=None):
             found.append(root_path)
+        elif has_dicom and not_scans is not None:
+            not_scans.append(root_path)
     return sorted(found)
 
 
