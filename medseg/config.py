@@ -78,7 +78,8 @@ class DataConfig(_Section):
     case id used everywhere else: the name without its scan ending and without a ``_0000`` channel suffix."""
     dicom_image_pattern: str | None = None
     """``dicom`` layout: folder-name pattern (fnmatch, case-insensitive) of the image series in each case folder,
-    e.g. ``"*T1post*"``. ``None`` = the one DICOM series folder whose name does not match the mask pattern."""
+    e.g. ``"*T1post*"``. ``None`` = the one DICOM series folder whose name does not match the mask pattern, or of
+    several, the one the case's SEG / RTSTRUCT names as the series it was drawn on."""
     dicom_mask_pattern: str = "*mask*"
     """``dicom`` layout: name pattern (fnmatch, case-insensitive) of the mask: a DICOM series folder, a SEG /
     RTSTRUCT file or a NIfTI/NRRD/MHA file next to the image series. A series folder holding a SEG / RTSTRUCT

@@ -281,3 +281,36 @@ def test_a_tcia_rt_tree_trains_without_patterns_and_predicts_only_its_scans(tmp_
     assert [(j.case_id, j.problem) for j in jobs] == [("pat1_1.000000-MR-1234", None), ("pat2_1.000000-MR-1234", None)]
     # A dose grid asked for by itself is still read (it is an image; only the search passes it over).
     assert load_volume(tmp_path / "rt" / "pat1" / "1.000000-RTDOSE-9").shape[0] > 1
+
+
+def _another_series(dst: Path, modality: str) -> None:
+    """The sample series as another scan of the same study: own series and instance UIDs, another Modality."""
+    from pydicom.uid import generate_uid
+
+    dst.mkdir(parents=True)
+    for f in sorted(SERIES.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = generate_uid(entropy_srcs=[str(dst)])
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(dst), f.name])
+        ds.Modality = modality
+        ds.save_as(dst / f.name)
+
+
+def test_a_study_of_several_scans_trains_on_the_one_its_structure_set_was_drawn_on(tmp_path: Path) -> None:
+    _tcia_tree(tmp_path / "rt")
+    pet = tmp_path / "rt" / "pat1" / "1.000000-PET-4321"
+    _another_series(pet, "PT")
+    spec = discover_cases(DataConfig(root=tmp_path / "rt", layout="dicom"))
+    assert [c.image.name for c in spec.cases] == ["1.000000-MR-1234"] * 2  # the RTSTRUCT references the MR
+
+    # drawn on the PET instead: the PET is the image
+    structures = tmp_path / "rt" / "pat1" / "1.000000-RTSTRUCT-5678" / "1-1.dcm"
+    image = load_volume(pet)
+    save_rtstruct(_labels(image.shape, body=False), image, structures, ["background", "a", "b"], overwrite=True)
+    spec = discover_cases(DataConfig(root=tmp_path / "rt", layout="dicom"))
+    assert [c.image.name for c in spec.cases] == ["1.000000-PET-4321", "1.000000-MR-1234"]
+    # with a pattern, the pattern decides (and reading the RTSTRUCT onto the MR is then refused as foreign)
+    spec = discover_cases(DataConfig(root=tmp_path / "rt", layout="dicom", dicom_image_pattern="*MR*"))
+    assert [c.image.name for c in spec.cases] == ["1.000000-MR-1234"] * 2
+    with pytest.raises(BadCaseError, match=r"does not belong to the series|not in the image series"):
+        _CaseReader(load_volume, 3, classes=["background", "a", "b"]).read(spec.cases[0])

@@ -608,6 +608,8 @@ def _discover_dicom(root: Path, cfg: DataConfig, collector: BadCaseCollector, re
         images = [s for s in series if not _matches(s.name, cfg.dicom_mask_pattern)]
         if cfg.dicom_image_pattern is not None:
             images = [s for s in images if _matches(s.name, cfg.dicom_image_pattern)]
+        elif len(images) > 1 and len(masks) == 1:
+            images = _drawn_on(images, masks[0])
         if len(images) != 1:
             what = "no" if not images else f"{len(images)} ({', '.join(s.name for s in images)})"
             pattern = cfg.dicom_image_pattern or f"not matching data.dicom_mask_pattern '{cfg.dicom_mask_pattern}'"
@@ -641,6 +643,36 @@ def _discover_dicom(root: Path, cfg: DataConfig, collector: BadCaseCollector, re
             continue
         pairs.append((case_id, images[0], masks[0] if masks else None))
     return _pairs_to_cases(pairs, collector, require_labels)
+
+
+def _drawn_on(images: list[Path], mask: Path) -> list[Path]:
+    """Of several image series folders, the one a SEG / RTSTRUCT mask names as the series it was drawn on (a
+    PET/CT or multi-sequence study with one structure set); all of them when the mask is no such file or names
+    none of them (the pattern must then pick one)."""
+    from medseg.io.dicom_source import referenced_series_uids
+    from medseg.io.segmentation import dicom_label_file
+
+    label = dicom_label_file(mask)
+    drawn_on = referenced_series_uids(label) if label is not None else set()
+    picked = [folder for folder in images if _series_uid_of_folder(folder) in drawn_on]
+    return picked if len(picked) == 1 else images
+
+
+def _series_uid_of_folder(folder: Path) -> str:
+    """The SeriesInstanceUID of the first DICOM scan file in ``folder`` by name (one small header read; ``""``
+    when none is readable): which series a series folder holds."""
+    import pydicom
+
+    from medseg.io.scans import NOT_SCAN_MODALITIES, is_dicom_file
+
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and is_dicom_file(p)):
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "Modality"])
+        except Exception:
+            continue
+        if str(header.get("Modality", "")).upper() not in NOT_SCAN_MODALITIES:
+            return str(header.get("SeriesInstanceUID", ""))
+    return ""
 
 
 def _dicom_case_id(root: Path, case_folder: Path) -> str:
