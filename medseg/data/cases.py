@@ -649,30 +649,14 @@ def _drawn_on(images: list[Path], mask: Path) -> list[Path]:
     """Of several image series folders, the one a SEG / RTSTRUCT mask names as the series it was drawn on (a
     PET/CT or multi-sequence study with one structure set); all of them when the mask is no such file or names
     none of them (the pattern must then pick one)."""
+    from medseg.io.dicom import series_uid_of_folder
     from medseg.io.dicom_source import referenced_series_uids
     from medseg.io.segmentation import dicom_label_file
 
     label = dicom_label_file(mask)
     drawn_on = referenced_series_uids(label) if label is not None else set()
-    picked = [folder for folder in images if _series_uid_of_folder(folder) in drawn_on]
+    picked = [folder for folder in images if series_uid_of_folder(folder) in drawn_on]
     return picked if len(picked) == 1 else images
-
-
-def _series_uid_of_folder(folder: Path) -> str:
-    """The SeriesInstanceUID of the first DICOM scan file in ``folder`` by name (one small header read; ``""``
-    when none is readable): which series a series folder holds."""
-    import pydicom
-
-    from medseg.io.scans import NOT_SCAN_MODALITIES, is_dicom_file
-
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and is_dicom_file(p)):
-        try:
-            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "Modality"])
-        except Exception:
-            continue
-        if str(header.get("Modality", "")).upper() not in NOT_SCAN_MODALITIES:
-            return str(header.get("SeriesInstanceUID", ""))
-    return ""
 
 
 def _dicom_case_id(root: Path, case_folder: Path) -> str:

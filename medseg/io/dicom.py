@@ -124,6 +124,13 @@ def series_uid_of_file(path: str | Path) -> str:
     return _meta(_file_reader(path, path.parent), _SERIES_UID)
 
 
+def series_uid_of_folder(folder: str | Path) -> str:
+    """The SeriesInstanceUID of the first DICOM image file in ``folder`` by name that is no RT dose grid (one
+    header read; ``""`` if none has one): which series a series folder holds."""
+    first = _first_scan_header(Path(folder))
+    return _meta(first, _SERIES_UID) if first is not None else ""
+
+
 def series_modality(folder: str | Path) -> str:
     """The Modality (0008,0060) of the scan in ``folder`` that :func:`load_dicom` reads by default, from one header
     where it can (``""`` if none has one): the first DICOM image file by name that is no RT dose grid, or, where
