@@ -578,14 +578,15 @@ def _discover_dicom(root: Path, cfg: DataConfig, collector: BadCaseCollector, re
             dirnames[:] = []
             continue
         visited.add(real)
-        if is_dicom_folder(folder) and (inside := labels_inside_series(folder)):
+        scan_folder = is_dicom_folder(folder)  # one header read; asked once per folder
+        if scan_folder and (inside := labels_inside_series(folder)):
             case_id = _dicom_case_id(root, folder)
             try:
                 pairs.append((case_id, folder, _label_inside(case_id, folder, inside, cfg.dicom_mask_pattern)))
             except BadCaseError as err:
                 collector.report(case_id, err)
             dirnames[:] = []
-        elif folder != root and is_dicom_folder(folder):
+        elif scan_folder and folder != root:
             case_folders.setdefault(folder.parent, []).append(folder)
             dirnames[:] = []  # a series folder holds no further series
     if not case_folders and not pairs and not collector.skipped:

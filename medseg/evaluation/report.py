@@ -285,7 +285,7 @@ def evaluate(
         overlays: How many best and how many worst cases to draw (0 = none).
         labels: How mask files are read (``LabelReading``: the value each class is stored as, e.g. ``[0, 255]``;
             unlisted values; a ground truth cut to its extent); ``None`` = class k as k, others refused. DICOM SEG /
-            RTSTRUCT files are matched by segment instead; a ground truth in another axis order is always placed.
+            RTSTRUCT files are matched by segment name instead; a ground truth in another axis order is always placed.
         skip_both_empty: Leave a class absent from both masks out of the Dice and IoU means (nnU-Net's
             convention; partial-field-of-view multi-organ sets) instead of counting it as 1 (BraTS, MSD).
 

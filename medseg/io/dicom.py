@@ -27,7 +27,7 @@ from medseg.io.dicom_source import referenced_series_uids
 from medseg.io.geometry import affine_from_itk
 from medseg.io.itk import sitk_message
 from medseg.io.read_options import SERIES_HINT
-from medseg.io.scans import find_scans, is_dicom_file
+from medseg.io.scans import NOT_SCAN_MODALITIES, find_scans, is_dicom_file
 from medseg.io.segmentation import is_dicom_label_file
 from medseg.volume import Volume
 
@@ -147,11 +147,12 @@ def series_modality(folder: str | Path) -> str:
 
 
 def _first_scan_header(folder: Path, series_uids: Collection[str] = ()) -> sitk.ImageFileReader | None:
-    """The header of the first DICOM image file in ``folder`` by name, an RT dose grid only where nothing else is
-    (a planning system exports the dose beside the CT it was planned on; the CT is the scan); with ``series_uids``
+    """The header of the first DICOM image file in ``folder`` by name, an RT dose grid (or another object of
+    :data:`~medseg.io.scans.NOT_SCAN_MODALITIES`) only where nothing else is (a planning system exports the dose
+    beside the CT it was planned on; the CT is the scan); with ``series_uids``
     the first of those series where there is one. ``None`` when no file is an image GDCM reads. SEG / RTSTRUCT
     files are passed over."""
-    first_scan = first_dose = None
+    first_scan = first_not_scan = None
     for path in _dicom_files(folder):
         if is_dicom_label_file(path):
             continue
@@ -161,13 +162,13 @@ def _first_scan_header(folder: Path, series_uids: Collection[str] = ()) -> sitk.
             continue  # not an image GDCM reads (a report, a plan, a corrupt file): the next one may be
         if series_uids and _meta(reader, _SERIES_UID) in series_uids:
             return reader
-        if _meta(reader, _MODALITY).upper() == _RTDOSE:
-            first_dose = first_dose or reader
+        if _meta(reader, _MODALITY).upper() in NOT_SCAN_MODALITIES:
+            first_not_scan = first_not_scan or reader
         elif not series_uids:
             return reader
         else:
             first_scan = first_scan or reader
-    return first_scan or first_dose
+    return first_scan or first_not_scan
 
 
 def folder_voxels(folder: str | Path) -> int | None:
@@ -308,9 +309,9 @@ def _choose_series(
         # A planning export with several scans (CT and a registered MR or PET): the structure set names its own.
         log.info("'%s': reading series %s, which its SEG / RTSTRUCT was drawn on", folder, drawn_on[0].uid)
         return drawn_on[0]
-    scans = [i for i in infos if i.modality.upper() != _RTDOSE]
+    scans = [i for i in infos if i.modality.upper() not in NOT_SCAN_MODALITIES]
     if series is None and len(scans) == 1:
-        # A planning export: the CT, and the dose grids computed on it (recorded as such, not guessed).
+        # A planning export: the CT, and the dose grids computed on it (their Modality says so: not guessed).
         log.info("'%s': reading series %s; the RT dose grid(s) beside it are no scan", folder, scans[0].uid)
         return scans[0]
     if series is None:
