@@ -103,6 +103,13 @@ class DataConfig(_Section):
     labels that name their segments (structure folders, 3D Slicer segmentations, DICOM SEG, RTSTRUCT), segments
     that are no class's are refused or left out the same way: an RTSTRUCT's body outline, couch or planning
     volumes are then not read at all."""
+    ignore_label: int | None = Field(default=None, ge=0, le=65535)
+    """The value label files store for unannotated voxels (sparse annotation: some slices, or scribbles;
+    nnU-Net v2's ``ignore`` label, which an msd / nnU-Net ``dataset.json`` declares by that name). Such voxels have
+    no class: the loss leaves them out, slices without an annotated voxel are not trained on, class statistics
+    count annotated voxels only, and validation and evaluation score Dice on annotated voxels only (the surface
+    distances and the true volume of a partly annotated case are not reported). ``None`` = every voxel is
+    annotated."""
     place_cut_labels: bool = False
     """Place a label map saved cut to its extent on its image's grid by its position, when its voxels are exactly
     the image's. Off by default: where headers carry no position (origin 0, spacing 1) a truncated label, or one of
@@ -163,6 +170,15 @@ class DataConfig(_Section):
             raise ValueError(
                 f"label_values {self.label_values} must give one value per class of classes {self.classes}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _ignore_is_no_class(self) -> DataConfig:
+        if self.ignore_label is None:
+            return self
+        stored = self.label_values if self.label_values is not None else range(len(self.classes or []))
+        if self.ignore_label in stored:
+            raise ValueError(f"ignore_label {self.ignore_label} is the stored value of a class ({list(stored)})")
         return self
 
     @model_validator(mode="after")

@@ -25,6 +25,8 @@ Conventions (matching MONAI's ``DiceLoss``/``DiceCELoss`` so results are compara
   foreground weights are used, so with a single foreground class they cancel out.
 - Logits are cast to float32 first: under bf16/fp16 autocast, sums over a whole batch of pixels would lose
   the small classes.
+- Unannotated pixels (``unannotated=True``: target ``n_classes``, ``medseg.data.unannotated``) are left out of
+  both terms: BCE / cross-entropy average over annotated pixels only, and the Dice sums skip them.
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ class SegLoss(nn.Module):
             ``w[1:]`` for both terms; softmax uses all of ``w`` for cross-entropy and ``w[1:]`` for Dice.
         bce_weight: Weight of the BCE (sigmoid) or cross-entropy (softmax) term.
         dice_weight: Weight of the ``1 - Dice`` term.
+        unannotated: Targets may hold ``n_classes`` for unannotated pixels (``data.ignore_label``), which are left
+            out of the loss; ``False`` keeps the loss free of the masking.
 
     Raises:
         ConfigError: Unknown mode, fewer than 2 classes, weights of the wrong length, negative weights,
@@ -86,8 +90,10 @@ class SegLoss(nn.Module):
         class_weights: torch.Tensor | None = None,
         bce_weight: float = 1.0,
         dice_weight: float = 1.0,
+        unannotated: bool = False,
     ) -> None:
         super().__init__()
+        self.unannotated = bool(unannotated)
         self.n_outputs = n_outputs(mode, n_classes)
         self.mode = mode
         self.n_classes = n_classes
@@ -116,7 +122,8 @@ class SegLoss(nn.Module):
 
         Args:
             logits: ``(B, n_outputs, H, W)`` raw model outputs (any float dtype; computed in float32).
-            target: ``(B, H, W)`` (or ``(B, 1, H, W)``) integer labels in ``[0, n_classes)``.
+            target: ``(B, H, W)`` (or ``(B, 1, H, W)``) integer labels in ``[0, n_classes)``, or ``n_classes`` for
+                unannotated pixels when the loss was built with ``unannotated=True``.
 
         Returns:
             A float32 scalar.
@@ -133,6 +140,8 @@ class SegLoss(nn.Module):
             )
         logits = logits.float()
         target = target.long()
+        if self.unannotated:
+            return self._partly_annotated(logits, target)
         one_hot = F.one_hot(target, self.n_classes).movedim(-1, 1).float()
         fg_weights = self.class_weights[1:]
         if self.mode == "sigmoid":
@@ -145,6 +154,29 @@ class SegLoss(nn.Module):
             # torch's weighted cross-entropy already is a weighted mean (divides by the summed pixel weights).
             pixel_term = F.cross_entropy(logits, target, weight=self.class_weights)
             dice = soft_dice_per_class(torch.softmax(logits, dim=1)[:, 1:], one_hot[:, 1:])
+        dice_loss = (fg_weights * (1.0 - dice)).sum() / fg_weights.sum()
+        return self.bce_weight * pixel_term + self.dice_weight * dice_loss
+
+    def _partly_annotated(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # The loss above over annotated pixels only: the same means, taken over them.
+        valid = target < self.n_classes
+        # The one-hot of an unannotated pixel is all zero (its extra channel is dropped); its class is read as 0.
+        one_hot = F.one_hot(target, self.n_classes + 1).movedim(-1, 1)[:, : self.n_classes].float()
+        known = torch.where(valid, target, 0)
+        mask = valid.unsqueeze(1).float()
+        fg_weights = self.class_weights[1:]
+        if self.mode == "sigmoid":
+            fg_target = one_hot[:, 1:]
+            bce = F.binary_cross_entropy_with_logits(logits, fg_target, reduction="none") * mask
+            per_class = bce.sum(dim=[0, *range(2, logits.ndim)]) / mask.sum().clamp_min(1.0)
+            pixel_term = (fg_weights * per_class).sum() / fg_weights.sum()
+            dice = soft_dice_per_class(torch.sigmoid(logits) * mask, fg_target)
+        else:
+            # Weighted cross-entropy as torch computes it (a weighted mean), over the annotated pixels.
+            ce = F.cross_entropy(logits, known, weight=self.class_weights, reduction="none")
+            pixel_weights = self.class_weights[known] * valid
+            pixel_term = (ce * valid).sum() / pixel_weights.sum().clamp_min(1e-12)
+            dice = soft_dice_per_class(torch.softmax(logits, dim=1)[:, 1:] * mask, one_hot[:, 1:])
         dice_loss = (fg_weights * (1.0 - dice)).sum() / fg_weights.sum()
         return self.bce_weight * pixel_term + self.dice_weight * dice_loss
 

@@ -25,13 +25,14 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from medseg.data.unannotated import annotated, annotated_voxels
 from medseg.errors import GeometryMismatchError
 
 #: Columns of a :func:`case_metrics` row, in the order the report writes them (after ``case``).
 METRIC_COLUMNS = ("class", "dice", "iou", "hd95_mm", "assd_mm", "vol_pred_ml", "vol_gt_ml", "vol_diff_ml", "flag")
 
 #: Flag values of a :func:`case_metrics` row.
-FLAGS = ("both_empty", "pred_empty", "gt_empty")
+FLAGS = ("both_empty", "pred_empty", "gt_empty", "partly_annotated")
 
 SpacingLike = Sequence[float] | np.ndarray | float | None
 
@@ -242,6 +243,11 @@ def case_metrics(
         skip_both_empty: Dice and IoU of a class absent from both masks are NaN, left out of means as nnU-Net
             does, instead of a perfect 1 (the BraTS / MSD convention, and this module's ``dice``).
 
+    A ground truth holding ``len(classes)`` marks those voxels unannotated (``data.ignore_label``,
+    ``medseg.data.unannotated``): Dice, IoU and the empty flags are then taken over its annotated voxels, and the
+    surface distances and the true volume, which need the whole structure, are NaN (flag ``partly_annotated``
+    where no empty flag applies); the predicted volume is the whole prediction's.
+
     Returns:
         Rows ``{"class", "dice", "iou", "hd95_mm", "assd_mm", "vol_pred_ml", "vol_gt_ml", "vol_diff_ml",
         "flag"}`` for classes 1..n-1. ``vol_diff_ml`` is predicted minus true volume. ``flag`` is ``""``,
@@ -261,26 +267,34 @@ def case_metrics(
     if len(classes) < 2:
         raise ValueError(f"classes must list background and at least one foreground class, got {list(classes)}")
     sp = _spacing(spacing, gt_labels.ndim)
+    partial = annotated(gt_labels, len(classes)) is not None
+    scored_pred, scored_gt = annotated_voxels(pred_labels, gt_labels, len(classes))
+    nan = float("nan")
     rows = []
     for index, name in enumerate(classes):
         if index == 0:
             continue
-        p = pred_labels == index
-        g = gt_labels == index
+        p = scored_pred == index
+        g = scored_gt == index
         p_any, g_any = bool(p.any()), bool(g.any())
         flag = (
             "" if p_any and g_any else "both_empty" if not (p_any or g_any) else "pred_empty" if g_any else "gt_empty"
         )
-        distances = surface_distances(p, g, sp)
-        vol_p, vol_g = volume_ml(p, sp, voxel_mm3=voxel_mm3), volume_ml(g, sp, voxel_mm3=voxel_mm3)
         undefined = skip_both_empty and flag == "both_empty"
+        vol_p = volume_ml(pred_labels == index if partial else p, sp, voxel_mm3=voxel_mm3)
+        if partial:
+            hd, mean_distance, vol_g, flag = nan, nan, nan, flag or "partly_annotated"
+        else:
+            distances = surface_distances(p, g, sp)
+            hd, mean_distance = _hd_from(distances, 95.0), _assd_from(distances)
+            vol_g = volume_ml(g, sp, voxel_mm3=voxel_mm3)
         rows.append(
             {
                 "class": name,
-                "dice": float("nan") if undefined else dice(p, g),
-                "iou": float("nan") if undefined else iou(p, g),
-                "hd95_mm": _hd_from(distances, 95.0),
-                "assd_mm": _assd_from(distances),
+                "dice": nan if undefined else dice(p, g),
+                "iou": nan if undefined else iou(p, g),
+                "hd95_mm": hd,
+                "assd_mm": mean_distance,
                 "vol_pred_ml": vol_p,
                 "vol_gt_ml": vol_g,
                 "vol_diff_ml": vol_p - vol_g,

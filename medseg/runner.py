@@ -463,9 +463,9 @@ def _predicted_masks(layout: RunLayout) -> dict[str, tuple[Path, Path | None]]:
     return out
 
 
-def evaluation_pairs(cfg: Config) -> tuple[list[Any], list[str], list[int] | None]:
-    """The (case, prediction, ground truth, image) pairs to score, the class names and the value each class is
-    stored as in the mask files (``None`` = class k as k).
+def evaluation_pairs(cfg: Config) -> tuple[list[Any], list[str], list[int] | None, int | None]:
+    """The (case, prediction, ground truth, image) pairs to score, the class names, the value each class is
+    stored as in the mask files (``None`` = class k as k) and the value of unannotated voxels (``None``: none).
 
     The predictions are the masks listed in ``predictions/predictions.csv`` (so stale files and probability maps
     in the folder are not scored). With ``evaluation.ground_truth`` they are matched to its files by case id;
@@ -494,23 +494,24 @@ def evaluation_pairs(cfg: Config) -> tuple[list[Any], list[str], list[int] | Non
             continue
         # The case's own image under its label (a folders-layout prediction input is the case folder, not a scan).
         pairs.append(EvalPair(cid, mask, case.label, case.image))
-    return pairs, list(spec.classes), spec.label_values
+    return pairs, list(spec.classes), spec.label_values, spec.ignore_label
 
 
-def _classes_for_evaluation(cfg: Config) -> tuple[list[str], list[int] | None]:
-    # Class names (and the values they are stored as) come from the model that made the predictions; failing
-    # that, from the config or the data.
+def _classes_for_evaluation(cfg: Config) -> tuple[list[str], list[int] | None, int | None]:
+    # Class names (and the values they and unannotated voxels are stored as) come from the model that made the
+    # predictions; failing that, from the config or the data.
     from medseg.training.checkpoint import load_checkpoint
 
     ckpt = cfg.inference.checkpoint or RunLayout(cfg.output.dir).best_checkpoint
     if ckpt.is_file():
         stored = load_checkpoint(ckpt)
-        return list(stored["classes"]), stored.get("label_values")
+        ignore = cfg.data.ignore_label if cfg.data.ignore_label is not None else stored.get("ignore_label")
+        return list(stored["classes"]), stored.get("label_values"), ignore
     if cfg.data.classes:
-        return list(cfg.data.classes), cfg.data.label_values
+        return list(cfg.data.classes), cfg.data.label_values, cfg.data.ignore_label
     if cfg.data.root is not None and cfg.data.root.is_dir():
         spec = discover_labelled_cases(cfg)[1]
-        return list(spec.classes), spec.label_values
+        return list(spec.classes), spec.label_values, spec.ignore_label
     raise ConfigError(
         "The evaluate stage needs the class names: set data.classes (background first), or keep the checkpoint "
         "(inference.checkpoint) that made the predictions."
@@ -523,7 +524,7 @@ def run_evaluate(cfg: Config) -> dict[str, Any]:
     from medseg.evaluation import evaluate
 
     layout = RunLayout(cfg.output.dir)
-    pairs, classes, label_values = evaluation_pairs(cfg)
+    pairs, classes, label_values, ignore_label = evaluation_pairs(cfg)
     if not pairs:
         raise MedsegError(
             f"Nothing to evaluate: no mask in '{layout.predictions}' has a ground truth with the same case id "
@@ -535,7 +536,7 @@ def run_evaluate(cfg: Config) -> dict[str, Any]:
         classes,
         layout.evaluation,
         overlays=cfg.evaluation.overlays,
-        labels=LabelReading.of(cfg.data, label_values),
+        labels=LabelReading.of(cfg.data, label_values, ignore_label),
         skip_both_empty=cfg.evaluation.both_empty == "skip",
     )
     mean = summary.get("mean_dice")

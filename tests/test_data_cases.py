@@ -97,9 +97,8 @@ def test_label_dict_styles_and_gaps(tmp_path: Path) -> None:
         classes_from_labels({"0": "bg", "70000": "a"}, src)
     with pytest.raises(ConfigError, match="region"):
         classes_from_labels({"background": 0, "whole": [1, 2]}, src)
-    # nnU-Net v2's ignore label marks unannotated voxels, not a structure: refused, never trained as a class.
-    with pytest.raises(ConfigError, match=r"dataset\.json': label 'ignore' \(value 3\) is nnU-Net v2's marker"):
-        classes_from_labels({"background": 0, "liver": 1, "tumour": 2, "ignore": 3}, src)
+    # nnU-Net v2's ignore label marks unannotated voxels, not a structure (tests/test_unannotated.py).
+    assert classes_from_labels({"background": 0, "liver": 1, "ignore": 2}, src) == (["background", "liver"], None)
 
 
 def _visits(sample_hippo: Path, root: Path, image_dir: str, label_dir: str, channel: str = "") -> list[str]:

@@ -73,7 +73,9 @@ def test_class_weights_inverse_frequency() -> None:
     absent = compute_class_weights([np.array([0, 0, 1])], 3, clip=(0.2, 5.0))
     assert absent[2] == 5.0  # a class never seen is as rare as allowed
     with pytest.raises(ValueError, match="outside"):
-        compute_class_weights([np.array([0, 3])], 3)
+        compute_class_weights([np.array([0, 4])], 3)
+    # Index 3 of 3 classes marks unannotated voxels (medseg.data.unannotated): not counted.
+    np.testing.assert_allclose(compute_class_weights([np.array([0, 3, 3, 1, 2])], 3), [1.0, 1.0, 1.0])
 
 
 def test_class_weights_on_hippocampus(sample_hippo: Path) -> None:

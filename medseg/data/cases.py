@@ -44,6 +44,9 @@ from medseg.io.structure_masks import structure_files
 
 log = logging.getLogger(__name__)
 
+#: The name nnU-Net v2's ``dataset.json`` gives the label of unannotated voxels (``medseg.data.unannotated``).
+IGNORE_NAME = "ignore"
+
 
 @dataclass(frozen=True)
 class Case:
@@ -90,6 +93,8 @@ class DatasetSpec:
         layout: The layout the cases were found in (``auto`` resolved).
         label_values: The value each class is stored as in the label files (``data.label_values`` or
             ``dataset.json``); ``None`` when class k is stored as k.
+        ignore_label: The value label files store for unannotated voxels (``data.ignore_label``, or the
+            ``ignore`` label of ``dataset.json``); ``None`` = every voxel is annotated.
     """
 
     cases: list[Case]
@@ -99,6 +104,7 @@ class DatasetSpec:
     recorded_modality: RecordedModality | None = None
     layout: str = "msd"
     label_values: list[int] | None = None
+    ignore_label: int | None = None
 
 
 class BadCaseCollector:
@@ -145,9 +151,11 @@ def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSp
 
     recorded: RecordedModality | None = None
     declared: list[int] | None = None  # label values dataset.json declares
+    declared_ignore: int | None = None
     if layout == "msd":
         cases, classes, declared = _discover_msd(root, collector, require_labels)
         ds = read_dataset_json(root)
+        declared_ignore = ignore_from_labels(ds.get("labels"))
         channels = msd_channel_names(ds)
         recorded = from_channel_names(_raw_channel_names(ds))
     elif layout == "folders":
@@ -174,6 +182,7 @@ def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSp
     if len(classes) < 2:
         raise ConfigError(f"data.classes needs background and at least one class, got {classes}")
     label_values = _label_values(cfg, declared, classes, root)
+    ignore_label = _ignore_label(cfg, declared_ignore, label_values, classes, root)
     if not cases:
         raise ConfigError(f"No usable cases found under data.root '{root}' (layout '{layout}')")
 
@@ -189,6 +198,7 @@ def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSp
         recorded_modality=recorded,
         layout=layout,
         label_values=label_values,
+        ignore_label=ignore_label,
     )
 
 
@@ -281,6 +291,24 @@ def _label_values(cfg: DataConfig, declared: list[int] | None, classes: list[str
     return None if is_identity(values) else list(values)
 
 
+def _ignore_label(
+    cfg: DataConfig, declared: int | None, values: list[int] | None, classes: list[str], root: Path
+) -> int | None:
+    """``data.ignore_label``, else the ``ignore`` label ``dataset.json`` declares; refused where it is a class's
+    stored value."""
+    ignore = cfg.ignore_label if cfg.ignore_label is not None else declared
+    if cfg.ignore_label is not None and declared is not None and cfg.ignore_label != declared:
+        source = root / "dataset.json"
+        log.warning("data.ignore_label %d replaces the ignore label %d of '%s'", ignore, declared, source)
+    stored = values if values is not None else list(range(len(classes)))
+    if ignore is not None and ignore in stored:
+        raise ConfigError(
+            f"data.ignore_label {ignore} is the stored value of class '{classes[stored.index(ignore)]}' "
+            f"(classes {classes} stored as {stored}): unannotated voxels need a value of their own"
+        )
+    return ignore
+
+
 def _reject_duplicates(cases: list[Case]) -> None:
     seen: dict[str, Case] = {}
     for case in cases:
@@ -319,13 +347,15 @@ def classes_from_labels(labels: Any, source: Path) -> tuple[list[str], list[int]
 
     Classes are ordered by stored value, background (value 0) first. Values with gaps (BraTS's 0, 1, 2, 4; a
     binary mask stored as 0/255) are read as declared: class k is whatever is stored as the k-th smallest value.
+    nnU-Net v2's ``ignore`` label marks unannotated voxels, not a class: it is left out here and read by
+    :func:`ignore_from_labels`.
 
     Returns:
         ``(classes, label_values)``; ``label_values`` is ``None`` when class k is stored as k.
 
     Raises:
         ConfigError: No background (value 0), values that are not integers in 0..65535 (e.g. nnU-Net region
-            labels), two names for one value, or nnU-Net v2's ``ignore`` label.
+            labels), or two names for one value.
     """
     if not isinstance(labels, dict) or not labels:
         raise ConfigError(f"'{source}': 'labels' must be a non-empty mapping, got {labels!r}")
@@ -342,15 +372,7 @@ def classes_from_labels(labels: Any, source: Path) -> tuple[list[str], list[int]
             if value in by_value:
                 raise ConfigError(f"'{source}': labels '{by_value[value]}' and '{name}' share the value {value}")
             by_value[value] = str(name)
-    ignore = [v for v, name in by_value.items() if name == "ignore"]
-    if ignore:
-        # nnU-Net v2's sparse-annotation label: its voxels carry no class and are left out of the loss. medseg
-        # would train and score it as a structure, so such a set is refused rather than read wrongly.
-        raise ConfigError(
-            f"'{source}': label 'ignore' (value {ignore[0]}) is nnU-Net v2's marker for unannotated voxels; medseg "
-            "has no ignore label and would train it as a class. Use fully annotated label files (or, in copies, "
-            "set those voxels to the class they belong to)"
-        )
+    by_value = {v: name for v, name in by_value.items() if name != IGNORE_NAME}
     values = sorted(by_value)
     if not values or values[0] != 0:
         raise ConfigError(f"'{source}': labels must declare the background as value 0, got values {values}")
@@ -358,6 +380,20 @@ def classes_from_labels(labels: Any, source: Path) -> tuple[list[str], list[int]
     if problem:
         raise ConfigError(f"'{source}': {problem}")
     return [by_value[v] for v in values], None if is_identity(values) else values
+
+
+def ignore_from_labels(labels: Any) -> int | None:
+    """The value a ``dataset.json`` ``labels`` entry declares for unannotated voxels (nnU-Net v2's ``ignore``
+    label: ``{"background": 0, "tumour": 1, "ignore": 2}``), or ``None``. Call after :func:`classes_from_labels`,
+    which checks the entry."""
+    if not isinstance(labels, dict):
+        return None
+    for key, value in labels.items():
+        if key == IGNORE_NAME and isinstance(value, int) and not isinstance(value, bool):  # nnU-Net v2
+            return value
+        if value == IGNORE_NAME and isinstance(key, str) and key.strip().isdigit():  # MSD style {"3": "ignore"}
+            return int(key)
+    return None
 
 
 def _raw_channel_names(ds: dict[str, Any]) -> list[str]:

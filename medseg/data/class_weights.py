@@ -16,8 +16,10 @@ log = logging.getLogger(__name__)
 def summed_class_voxel_counts(labels: Iterable[np.ndarray], n_classes: int) -> np.ndarray:
     """Voxels per class summed over ``labels`` (int64, ``(n_classes,)``; each by :func:`class_voxel_counts`).
 
+    Unannotated voxels (index ``n_classes``, ``medseg.data.unannotated``) are not counted.
+
     Raises:
-        ValueError: If a label holds values outside ``0..n_classes-1``.
+        ValueError: If a label holds values outside ``0..n_classes``.
     """
     counts = np.zeros(n_classes, dtype=np.int64)
     for label in labels:
@@ -25,8 +27,8 @@ def summed_class_voxel_counts(labels: Iterable[np.ndarray], n_classes: int) -> n
         if flat.size == 0:
             continue
         lo, hi = int(flat.min()), int(flat.max())
-        if lo < 0 or hi >= n_classes:
-            raise ValueError(f"label values {lo}..{hi} are outside 0..{n_classes - 1}")
+        if lo < 0 or hi > n_classes:
+            raise ValueError(f"label values {lo}..{hi} are outside 0..{n_classes - 1} (and {n_classes}: unannotated)")
         counts += class_voxel_counts(flat, n_classes)
     return counts
 

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset, get_worker_info
 from medseg.data.prepare import PreparedCase, PreparedData, prepare_cases, prepare_training_data
 from medseg.data.sampling import ForegroundSampler, foreground_sampler
 from medseg.data.slicing import context_indices, padded_size
+from medseg.data.unannotated import foreground as foreground_mask
 from medseg.threads import single_thread
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
     Attributes:
         patch_hw: The size of the items (``crop_hw`` if given).
         foreground: ``(len,)`` bool, whether each slice holds a label > 0 (for :func:`foreground_sampler`).
+        annotated: ``(len,)`` bool, whether each slice holds an annotated voxel (all True unless the dataset marks
+            unannotated voxels, ``medseg.data.unannotated``): the sampler draws only these.
         case_index: ``(len,)`` index into ``prepared`` of each slice's case.
     """
 
@@ -113,6 +116,7 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
         case_index = np.empty(n_total, dtype=np.int64)
         boxes = np.empty((n_total, 4), dtype=np.int64)  # top, left, h, w of the real slice in the virtual array
         foreground = np.empty(n_total, dtype=bool)
+        annotated = np.empty(n_total, dtype=bool)
         neighbours = np.empty((n_total, 2 * self.context + 1), dtype=np.int64)  # within the slice's case
         for ci, case in enumerate(prepared):
             n, h, w = case.n_slices, case.image.shape[-2], case.image.shape[-1]
@@ -121,11 +125,13 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
             neighbours[start : start + n] = context_indices(n, self.context)
             boxes[start : start + n] = ((ph - h) // 2, (pw - w) // 2, h, w)
             assert case.label is not None
-            foreground[start : start + n] = np.asarray(case.label).reshape(n, -1).max(axis=1) > 0
+            foreground[start : start + n] = case.foreground
+            annotated[start : start + n] = case.annotated
         self.case_index = case_index
         self._neighbours = neighbours
         self.case_ids = [p.id for p in prepared]
         self.foreground = foreground
+        self.annotated = annotated
         self._boxes = boxes
         self.stored_hw = self.patch_hw
         self.crop_hw = tuple(int(s) for s in crop_hw) if crop_hw is not None else self.patch_hw
@@ -136,12 +142,13 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
         self.foreground_fraction = float(foreground_fraction)
         self._rng = np.random.default_rng(seed)
         log.info(
-            "SliceDataset: %d slices from %d cases, patch %s, %d channels, %.0f%% with foreground",
+            "SliceDataset: %d slices from %d cases, patch %s, %d channels, %.0f%% with foreground%s",
             n_total,
             len(prepared),
             self.patch_hw,
             self.channels,
             100 * self.foreground.mean(),
+            "" if self.annotated.all() else f", {int(self.annotated.sum())} with annotated voxels (drawn alone)",
         )
 
     def __len__(self) -> int:
@@ -160,7 +167,8 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
         centre: tuple[int, int] | None = None
         if self.foreground[index] and self.foreground_fraction > 0 and self._rng.random() < self.foreground_fraction:
             label = self._case_label(index)
-            fg = np.flatnonzero(label.reshape(-1) > 0)  # row-major, as over the padded slice
+            unannotated = self._cases[int(self.case_index[index])].unannotated
+            fg = np.flatnonzero(foreground_mask(label, unannotated).reshape(-1))  # row-major, as over the padded slice
             r, c = divmod(int(fg[self._rng.integers(fg.size)]), w)
             centre = (r + top, c + left)
         out = []

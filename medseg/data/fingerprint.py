@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg.data.unannotated import foreground
 from medseg.metrics import class_voxel_counts
 
 #: Raw intensity samples kept per case and channel for the percentiles (nnU-Net keeps 10,000 per case).
@@ -94,7 +95,8 @@ class FingerprintAccumulator:
         n_classes = len(self.classes)
         if label is not None:
             counts = class_voxel_counts(label, n_classes)
-            fg = np.asarray(label).reshape(-1) > 0
+            # Unannotated voxels (index n_classes, ``medseg.data.unannotated``) are neither counted nor foreground.
+            fg = foreground(label, n_classes).reshape(-1)
         else:
             counts = np.zeros(n_classes, dtype=np.int64)
             fg = None

@@ -3,6 +3,8 @@
 - which value each class is stored as (``data.label_values`` or ``dataset.json``; ``medseg.data.label_values``);
 - what any other value means (``data.unlisted_labels``): refused by default; ``background`` reads it as 0, so a
   subset of a multi-label set (three of TotalSegmentator's 100+ structures, say) trains without rewriting files;
+- which value marks unannotated voxels (``data.ignore_label``; sparse annotation): read as index ``n_classes``
+  (``medseg.data.unannotated``);
 - whether a label saved cut to its extent is placed on its image's grid (``data.place_cut_labels``;
   ``medseg.data.label_grid``);
 - for labels that name their segments (DICOM SEG / RTSTRUCT, structure folders, Slicer), which other names a class
@@ -36,21 +38,26 @@ class LabelReading:
         unlisted_background: Values not among the classes' are read as background instead of refused.
         place_cut: Place a label saved cut to its extent on its image's grid by its position.
         aliases: Other names of some classes, as (class, names) pairs (``data.class_aliases``).
+        ignore: The value stored for unannotated voxels (``data.ignore_label``), read as index ``n_classes``;
+            ``None`` = every voxel is annotated.
     """
 
     values: tuple[int, ...] | None = None
     unlisted_background: bool = False
     place_cut: bool = False
     aliases: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    ignore: int | None = None
 
     @classmethod
-    def of(cls, data: DataConfig, values: Sequence[int] | None) -> LabelReading:
-        """From the ``data`` config and the stored values discovery settled on (``DatasetSpec.label_values``)."""
+    def of(cls, data: DataConfig, values: Sequence[int] | None, ignore: int | None = None) -> LabelReading:
+        """From the ``data`` config and what discovery settled on (``DatasetSpec.label_values`` and
+        ``DatasetSpec.ignore_label``)."""
         return cls(
             values=None if values is None or is_identity(values) else tuple(int(v) for v in values),
             unlisted_background=data.unlisted_labels == "background",
             place_cut=data.place_cut_labels,
             aliases=tuple((cls, tuple(names)) for cls, names in data.class_aliases.items()),
+            ignore=ignore,
         )
 
     def alias_map(self) -> dict[str, list[str]] | None:
@@ -65,17 +72,26 @@ class LabelReading:
             return self
         return LabelReading(place_cut=self.place_cut or kind == "slicer")
 
+    def _stored(self, n_classes: int) -> list[int] | None:
+        # The stored value of each index: the classes', then the unannotated voxels' (index n_classes).
+        if self.ignore is None:
+            return None if self.values is None else list(self.values)
+        return [*(self.values if self.values is not None else range(n_classes)), self.ignore]
+
     def problem(self, label: np.ndarray, n_classes: int) -> str | None:
         """Why ``label`` cannot be read as a label map of ``n_classes`` classes, or ``None``."""
         if self.unlisted_background:
             return value_problem(np.asarray(label))
-        return label_problem(label, n_classes, self.values)
+        stored = self._stored(n_classes)
+        return label_problem(label, n_classes + (self.ignore is not None), stored)
 
     def indices(self, label: np.ndarray, n_classes: int, dtype: type[np.integer] = np.uint8) -> np.ndarray:
-        """Class indices of a label volume that passed :meth:`problem` (stored values mapped, unlisted ones 0)."""
-        if not self.unlisted_background and self.values is None:
+        """Class indices of a label volume that passed :meth:`problem` (stored values mapped, unlisted ones 0,
+        unannotated voxels ``n_classes``)."""
+        stored = self._stored(n_classes)
+        if not self.unlisted_background and is_identity(stored):
             return np.asarray(label).astype(dtype)
-        values = self.values if self.values is not None else range(n_classes)
+        values = stored if stored is not None else range(n_classes)
         return to_classes(label, list(values), dtype, unlisted=0 if self.unlisted_background else None)
 
     def describe(self, classes: Sequence[str]) -> str | None:
@@ -92,5 +108,7 @@ class LabelReading:
             parts.append(
                 f"values other than {listed}, and segments / ROIs / structures no class names, read as background"
             )
+        if self.ignore is not None:
+            parts.append(f"{self.ignore} marks unannotated voxels (left out of the loss and the scores)")
         parts += [f"{cls} also named {', '.join(names)}" for cls, names in self.aliases]
         return "Label files: " + "; ".join(parts) if parts else None

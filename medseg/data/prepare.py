@@ -29,6 +29,7 @@ from medseg.data.normalization import CTStatsAccumulator, NormalizationParams, n
 from medseg.data.plan import Plan, make_plan
 from medseg.data.resample import plan_grid, resample_image, resample_label
 from medseg.data.slicing import channels_to_slices, context_indices, label_to_slices, slices_to_volume
+from medseg.data.unannotated import foreground, label_count, without_unannotated
 from medseg.errors import BadCaseError, ConfigError, MedsegError, RunFailedError
 from medseg.io.orientation import to_canonical
 from medseg.volume import Volume
@@ -79,6 +80,8 @@ class PreparedCase:
         affine: Voxel-to-RAS affine of the image (4x4), if known.
         case: The source case (files), if known.
         context: 2.5D context slices on each side that :meth:`network_input` adds.
+        unannotated: The label index of unannotated voxels (``n_classes``) when the dataset marks some
+            (``data.ignore_label``, ``medseg.data.unannotated``); ``None`` = every voxel is annotated.
     """
 
     id: str
@@ -90,6 +93,7 @@ class PreparedCase:
     affine: np.ndarray | None = None
     case: Case | None = None
     context: int = 0
+    unannotated: int | None = None
 
     @property
     def n_input_channels(self) -> int:
@@ -131,10 +135,21 @@ class PreparedCase:
 
     @property
     def foreground(self) -> np.ndarray:
-        """Per slice, whether it holds any label > 0 (all False when unlabelled)."""
+        """Per slice, whether it holds any label > 0 other than unannotated voxels (all False when unlabelled)."""
         if self.label is None:
             return np.zeros(self.n_slices, dtype=bool)
-        return np.asarray(self.label.reshape(self.n_slices, -1).max(axis=1) > 0)
+        if self.unannotated is None:
+            return np.asarray(self.label.reshape(self.n_slices, -1).max(axis=1) > 0)
+        return np.asarray(foreground(self.label, self.unannotated).reshape(self.n_slices, -1).any(axis=1))
+
+    @property
+    def annotated(self) -> np.ndarray:
+        """Per slice, whether it holds any annotated voxel (all True when every voxel is; all False unlabelled)."""
+        if self.label is None:
+            return np.zeros(self.n_slices, dtype=bool)
+        if self.unannotated is None:
+            return np.ones(self.n_slices, dtype=bool)
+        return np.asarray(self.label.reshape(self.n_slices, -1).min(axis=1) != self.unannotated)
 
 
 @dataclass
@@ -270,7 +285,8 @@ class _CaseReader:
         check_pair(case, image, label, self.n_classes, labels=labels)
         image, reorientation = to_canonical(image)
         multi = reorientation.apply(stacked) if stacked is not None else None
-        indices = labels.indices(label.array, self.n_classes, label_dtype(self.n_classes))
+        n_labels = label_count(self.n_classes, labels.ignore)
+        indices = labels.indices(label.array, self.n_classes, label_dtype(n_labels))
         return image, reorientation.apply(indices), multi
 
     def _read_label(self, path: Path, image: Volume, kind: LabelKind) -> Volume:
@@ -325,8 +341,9 @@ def _load_all(
         raw = multi if multi is not None else image.array
         if fingerprint is not None:  # raw intensities, closest-RAS geometry: what the plan is decided from
             fingerprint.add(case.id, raw, label, image.spacing)
-        if ct_acc is not None:
-            ct_acc.add(image.array, label, source=case.image)
+        if ct_acc is not None:  # fitted on the annotated foreground: unannotated voxels are no class's
+            fitted_on = without_unannotated(label, case_reader.n_classes or 2) if label is not None else None
+            ct_acc.add(image.array, fitted_on, source=case.image)
         if params is not None and multi is not None:  # each channel normalised on its own
             array = np.stack([normalize(multi[c], params, source=case.image) for c in range(multi.shape[0])])
         elif params is not None:
@@ -354,6 +371,7 @@ def _slice_loaded(
     stash: _Stash,
     target_spacing: Sequence[float] | None = None,
     n_classes: int = 2,
+    unannotated: int | None = None,
 ) -> PreparedCase:
     array = normalize(item.array, params, source=item.case.image) if params is not None else item.array
     # In-plane resampling to the plan's target spacing (after normalisation, as the predictor does it).
@@ -363,7 +381,8 @@ def _slice_loaded(
     if not grid.is_identity:
         stacked = np.stack([resample_image(a, grid) for a in (array if array.ndim == 4 else array[None])])
         array = stacked if array.ndim == 4 else stacked[0]
-        label_volume = resample_label(label_volume, grid, n_classes) if label_volume is not None else None
+        n_labels = label_count(n_classes, unannotated)
+        label_volume = resample_label(label_volume, grid, n_labels) if label_volume is not None else None
         spacing, affine = grid.target_spacing(item.spacing), grid.target_affine(item.affine)
     image = stash.keep(channels_to_slices(array if array.ndim == 4 else array[None], axis), f"{item.case.id}.image")
     label = (
@@ -379,6 +398,7 @@ def _slice_loaded(
         affine=affine,
         case=item.case,
         context=context,
+        unannotated=unannotated if label is not None else None,
     )
 
 
@@ -390,11 +410,12 @@ def _slice_all(
     stash: _Stash,
     target_spacing: Sequence[float] | None = None,
     n_classes: int = 2,
+    unannotated: int | None = None,
 ) -> list[PreparedCase]:
     # Consumes ``items`` so each volume is freed once its slices exist (peak memory ~ data + one case).
     out = []
     for i in range(len(items)):
-        out.append(_slice_loaded(items[i], axis, context, params, stash, target_spacing, n_classes))
+        out.append(_slice_loaded(items[i], axis, context, params, stash, target_spacing, n_classes, unannotated))
         # With a cache_dir, dropping the volume's map also frees its disk space (its file is already unlinked).
         items[i] = None  # type: ignore[call-overload]
     return out
@@ -446,7 +467,9 @@ def prepare_cases(
     loaded = _load_all(cases, case_reader, collector, params, None, stash)
     if skipped is not None:
         skipped.extend(collector.skipped)
-    return _slice_all(loaded, axis, context, None, stash, target_spacing, n_classes or 2)
+    reading = labels or LabelReading()
+    unannotated = (n_classes or 2) if reading.ignore is not None else None
+    return _slice_all(loaded, axis, context, None, stash, target_spacing, n_classes or 2, unannotated)
 
 
 def prepare_training_data(
@@ -558,9 +581,10 @@ def prepare_training_data(
     )
     for line in plan.summary_lines():
         log.info("%s", line)
+    unannotated = n_classes if case_reader.labels.ignore is not None else None
     return PreparedData(
-        train=_slice_all(train, axis, context, pending, stash, plan.target_spacing, n_classes),
-        val=_slice_all(val, axis, context, pending, stash, plan.target_spacing, n_classes),
+        train=_slice_all(train, axis, context, pending, stash, plan.target_spacing, n_classes, unannotated),
+        val=_slice_all(val, axis, context, pending, stash, plan.target_spacing, n_classes, unannotated),
         params=params,
         axis=axis,
         context=context,

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -171,7 +172,8 @@ def _load_pair(pair: EvalPair, classes: Sequence[str], labels: LabelReading) -> 
                 else ""
             )
         )
-    pred = _labels(pred_vol, pair.pred, n_classes, pred_reading)
+    # A prediction marks no voxel unannotated: only the ground truth's ignore label is read as such.
+    pred = _labels(pred_vol, pair.pred, n_classes, replace(pred_reading, ignore=None))
     return pred, _labels(gt_vol, pair.gt, n_classes, gt_reading), gt_vol
 
 

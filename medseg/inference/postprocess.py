@@ -25,6 +25,8 @@ from typing import TypedDict
 import numpy as np
 from scipy import ndimage
 
+from medseg.data.unannotated import annotated_voxels
+
 
 class PostprocessingPlan(TypedDict):
     """Which classes (indices into the checkpoint's ``classes``) each step is applied to."""
@@ -179,8 +181,10 @@ def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
     return 2.0 * int(np.logical_and(pred, gt).sum()) / total
 
 
-def _mean_dice(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray], c: int) -> float:
-    return float(np.mean([_dice(p == c, g == c) for p, g in zip(preds, gts, strict=True)]))
+def _mean_dice(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray], c: int, n_classes: int) -> float:
+    # Over the annotated voxels of each ground truth (all of them unless it marks some unannotated).
+    pairs = (annotated_voxels(p, g, n_classes) for p, g in zip(preds, gts, strict=True))
+    return float(np.mean([_dice(p == c, g == c) for p, g in pairs]))
 
 
 def decide_postprocessing(
@@ -197,7 +201,8 @@ def decide_postprocessing(
 
     Args:
         pred_label_volumes: Predicted ``(I, J, K)`` label volumes of the validation cases.
-        gt_label_volumes: Ground-truth label volumes, same order and shapes.
+        gt_label_volumes: Ground-truth label volumes, same order and shapes (``n_classes`` marks unannotated
+            voxels, which are left out).
         n_classes: Number of classes including background.
         axis: Slice axis used for hole filling (must match the one used at prediction time; ``None`` = 3D).
 
@@ -219,12 +224,14 @@ def decide_postprocessing(
     # Largest component of class c changes only class-c voxels (to background), so classes are judged apart.
     for c in range(1, n_classes):
         lcc = [keep_largest_component(p, [c]) for p in pred_label_volumes]
-        if _mean_dice(lcc, gt_label_volumes, c) > _mean_dice(pred_label_volumes, gt_label_volumes, c):
+        if _mean_dice(lcc, gt_label_volumes, c, n_classes) > _mean_dice(
+            pred_label_volumes, gt_label_volumes, c, n_classes
+        ):
             plan["largest_component"].append(c)
     # Hole filling is judged on the predictions as they will be after the chosen largest-component step.
     base = [apply_postprocessing(p, largest_component=plan["largest_component"]) for p in pred_label_volumes]
     for c in range(1, n_classes):
         filled = [fill_holes(p, [c], axis) for p in base]
-        if _mean_dice(filled, gt_label_volumes, c) > _mean_dice(base, gt_label_volumes, c):
+        if _mean_dice(filled, gt_label_volumes, c, n_classes) > _mean_dice(base, gt_label_volumes, c, n_classes):
             plan["fill_holes"].append(c)
     return plan

@@ -34,6 +34,7 @@ RESUME_MUST_MATCH: tuple[str, ...] = (
     "data.classes",
     "data.label_values",
     "data.unlisted_labels",
+    "data.ignore_label",
     "data.class_aliases",
     "data.seed",
     "data.val_fraction",
@@ -45,8 +46,13 @@ RESUME_MUST_MATCH: tuple[str, ...] = (
 )
 
 #: What a key absent from an older checkpoint's config meant then (configs before ``model.architecture`` or
-#: ``data.class_aliases``).
-_ABSENT_MEANT: dict[str, Any] = {"model.architecture": "unet", "model.depth": 4, "data.class_aliases": {}}
+#: ``data.class_aliases``, or ``data.ignore_label``: every voxel annotated).
+_ABSENT_MEANT: dict[str, Any] = {
+    "model.architecture": "unet",
+    "model.depth": 4,
+    "data.class_aliases": {},
+    "data.ignore_label": None,
+}
 
 
 def capture_rng_state() -> dict[str, Any]:

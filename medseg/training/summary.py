@@ -87,7 +87,7 @@ def _training_patch(cfg: Config, spec: DatasetSpec, pad_multiple: int) -> tuple[
         classes=list(spec.classes),
         channels=list(spec.channels),
         pad_multiple=pad_multiple,
-        labels=LabelReading.of(cfg.data, spec.label_values),
+        labels=LabelReading.of(cfg.data, spec.label_values, spec.ignore_label),
     )
     assert data.plan is not None
     h, w = data.plan.patch_size

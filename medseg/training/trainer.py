@@ -312,7 +312,7 @@ class Trainer:
         self.n_classes = len(self.classes)
         self.mode, self.mode_reason = resolve_mode(cfg.loss.mode, self.n_classes)
         self.label_values = spec.label_values  # how the label files store the classes; masks are written so
-        self.label_reading = LabelReading.of(cfg.data, spec.label_values)
+        self.label_reading = LabelReading.of(cfg.data, spec.label_values, spec.ignore_label)
         self.channels = list(spec.channels)
         train_cases, val_cases = split_cases(
             spec.cases, cfg.data.val_fraction, cfg.data.seed, folds=cfg.data.folds, fold=cfg.data.fold
@@ -350,6 +350,11 @@ class Trainer:
                 raise CheckpointError(
                     f"Cannot resume from '{self.last_path}': the labels' stored values "
                     f"{resume.get('label_values')} != {self.label_values} (data.label_values or dataset.json)"
+                )
+            if resume.get("ignore_label") != spec.ignore_label:
+                raise CheckpointError(
+                    f"Cannot resume from '{self.last_path}': the value of unannotated voxels "
+                    f"{resume.get('ignore_label')} != {spec.ignore_label} (data.ignore_label or dataset.json)"
                 )
         # The QC reference's training statistics are noted while the data stage reads each file (no second read).
         self.qc_recorder = RecordingReader(reader or default_reader(), self.classes, self.label_reading)
@@ -416,8 +421,9 @@ class Trainer:
                 cfg.loss.class_weight_range,
             )
         # The sampler hook: rank/world_size shard each epoch's sequence (DDP needs nothing else here).
+        # An epoch is one draw per slice that holds annotated voxels (every slice, unless some are unannotated).
         base = foreground_sampler(
-            self.dataset, tc.foreground_fraction, len(self.dataset), tc.seed, rank=self.rank, world_size=self.world_size
+            self.dataset, tc.foreground_fraction, None, tc.seed, rank=self.rank, world_size=self.world_size
         )
         self.sampler = SeededSampler(base, tc.seed, self.batch_size)
         self.num_workers = resolve_num_workers(tc.num_workers, self.device)
@@ -447,7 +453,14 @@ class Trainer:
         """The loss ``loss(logits, labels) -> scalar``; default: :class:`medseg.losses.SegLoss` from ``loss``."""
         weights = None if self.class_weights is None else torch.from_numpy(self.class_weights)
         lc = self.cfg.loss
-        return SegLoss(self.mode, self.n_classes, weights, bce_weight=lc.bce_weight, dice_weight=lc.dice_weight)
+        return SegLoss(
+            self.mode,
+            self.n_classes,
+            weights,
+            bce_weight=lc.bce_weight,
+            dice_weight=lc.dice_weight,
+            unannotated=self.label_reading.ignore is not None,
+        )
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         """The optimiser of ``model``'s parameters; default: AdamW with ``training.lr`` / ``weight_decay``."""
@@ -821,6 +834,7 @@ class Trainer:
             "mode": self.mode,
             "classes": list(self.classes),
             "label_values": None if self.label_values is None else list(self.label_values),
+            "ignore_label": self.label_reading.ignore,
             "class_weights": None if self.class_weights is None else [float(w) for w in self.class_weights],
             "normalization": self.data.params.to_dict(),
             "slice_axis": int(self.data.axis),

@@ -16,6 +16,7 @@ from torch import nn
 
 from medseg.data.prepare import PreparedCase, label_dtype
 from medseg.data.slicing import slices_to_volume
+from medseg.data.unannotated import annotated_voxels
 from medseg.inference.budget import BatchSizeOption, settings_for_slices
 from medseg.inference.settings import InferenceSettings
 from medseg.inference.slabs import forward_labels
@@ -89,7 +90,8 @@ def validate_volumes(
             labels[start:stop] = forward_labels(model, case.network_input(start, stop), case_settings)
         pred = slices_to_volume(labels, axis)
         gt = slices_to_volume(np.asarray(case.label), axis)
-        per_case[str(case.id)] = [dice(pred == c, gt == c) for c in range(1, n_classes)]
+        scored_pred, scored_gt = annotated_voxels(pred, gt, n_classes)  # unannotated voxels are left out
+        per_case[str(case.id)] = [dice(scored_pred == c, scored_gt == c) for c in range(1, n_classes)]
         if keep_volumes:
             preds.append(pred)
             gts.append(gt)
