@@ -82,6 +82,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="where the fold runs (checkpoints, masks) go")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep each fold's checkpoints/ (large)")
     parser.add_argument("--no-last", action="store_true", help="medseg: do not also score last.pt")
+    parser.add_argument(
+        "--ground-truth",
+        type=Path,
+        default=None,
+        help="medseg: score against the label file named <case id>.<ending> in this folder instead of the data's "
+        "own labels (e.g. the complete labels of a sparsely annotated copy: benchmarks/sparse_labels.py)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     if args.folds < 2:
@@ -164,8 +171,26 @@ def score(pairs: Sequence[Any], classes: Sequence[str], out_dir: Path) -> dict[s
     }
 
 
-def predict_and_score(cfg: Any, checkpoint: Path, cases: Sequence[Any], classes: Sequence[str], out: Path) -> dict:
-    """Predicts ``cases`` with ``checkpoint`` as ``pipelines.run`` would, writes the masks, scores them."""
+def ground_truth_file(folder: Path, case_id: str) -> Path:
+    """The one label file of ``case_id`` in ``folder`` (any scan ending), for ``--ground-truth``."""
+    from medseg.io.scans import case_id_from_path
+
+    found = [p for p in folder.iterdir() if case_id_from_path(p) == case_id]
+    if len(found) != 1:
+        raise SystemExit(f"--ground-truth: {len(found)} files for case '{case_id}' in '{folder}', expected 1")
+    return found[0]
+
+
+def predict_and_score(
+    cfg: Any,
+    checkpoint: Path,
+    cases: Sequence[Any],
+    classes: Sequence[str],
+    out: Path,
+    ground_truth: Path | None = None,
+) -> dict:
+    """Predicts ``cases`` with ``checkpoint`` as ``pipelines.run`` would, writes the masks, scores them (against
+    the cases' labels, or their files in ``ground_truth``)."""
     from medseg.evaluation import EvalPair
     from medseg.inference import Predictor, predict_folder
 
@@ -193,7 +218,8 @@ def predict_and_score(cfg: Any, checkpoint: Path, cases: Sequence[Any], classes:
         if row is None or row["status"] != "ok":
             failed.append({"case": c.id, "error": (row or {}).get("error", "not predicted")})
             continue
-        pairs.append(EvalPair(c.id, Path(row["output"]), c.label, c.image))
+        label = c.label if ground_truth is None else ground_truth_file(ground_truth, c.id)
+        pairs.append(EvalPair(c.id, Path(row["output"]), label, c.image))
     scored = score(pairs, classes, out / "evaluation")
     scored["failed_predictions"] = failed
     scored["predict_seconds"] = predict_seconds
@@ -236,9 +262,10 @@ def run_medseg_fold(args: argparse.Namespace, fold: int, run_dir: Path) -> dict[
         plan = dict(last.get("plan") or {})
         if isinstance(plan.get("fingerprint"), dict):  # the per-case table is in the run's plan.json
             plan["fingerprint"] = {k: v for k, v in plan["fingerprint"].items() if k != "cases"}
-        evaluations = {"best": predict_and_score(cfg, result.best, cases, result.classes, run_dir / "eval_best")}
+        gt = args.ground_truth
+        evaluations = {"best": predict_and_score(cfg, result.best, cases, result.classes, run_dir / "eval_best", gt)}
         if not args.no_last:
-            evaluations["last"] = predict_and_score(cfg, result.last, cases, result.classes, run_dir / "eval_last")
+            evaluations["last"] = predict_and_score(cfg, result.last, cases, result.classes, run_dir / "eval_last", gt)
     if not args.keep_checkpoints:
         shutil.rmtree(RunLayout(run_dir).checkpoints, ignore_errors=True)
     return {
@@ -365,6 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config_file": str(args.config),
         "overrides": list(args.overrides),
         "data_root": str(args.data_root),
+        "ground_truth": str(args.ground_truth) if args.ground_truth else None,
         "n_folds": args.folds,
         "fold_subset": args.fold_list,
         "minutes": args.minutes,
