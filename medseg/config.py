@@ -214,7 +214,9 @@ class PreprocessingConfig(_Section):
     nonzero: bool = False
     """``zscore``: compute mean/std over non-zero voxels only (skull-stripped MRI)."""
     slice_axis: Literal["auto", 0, 1, 2] = "auto"
-    """``auto`` = the axis with the largest spacing (ties: the last axis)."""
+    """``auto`` = the axis with the largest spacing (ties: the last axis). Axes count in closest-RAS voxel order,
+    the order every scan is permuted to when read (0: right-left, 1: posterior-anterior, 2: inferior-superior,
+    nearest), not the order a file stores: 2 slices axially whatever the acquisition."""
     context_slices: int = Field(default=0, ge=0, le=5)
     """2.5D: k neighbouring slices on each side become extra input channels."""
     pad_multiple: int = Field(default=16, ge=1)

@@ -23,6 +23,7 @@ images, no checkpoint) and raises :class:`~medseg.errors.ConfigError` naming the
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -100,6 +101,7 @@ class RunResult:
     predict: Any = None
     evaluate: dict[str, Any] | None = None
     failed_predictions: int = 0
+    failed_evaluations: int = 0
 
 
 def order_stages(stages: Sequence[str]) -> list[Stage]:
@@ -147,15 +149,31 @@ def _require_dir(path: Path | None, key: str, why: str) -> Path:
     return path
 
 
-def _label_source(cfg: Config) -> str:
+def _label_source(cfg: Config) -> tuple[str, str]:
+    """Where a layout looks for labels, and how to make it find them (for the pairing error)."""
     root, layout = cfg.data.root, cfg.data.layout
     if layout == "auto":
         layout = "msd" if root is not None and (root / "dataset.json").is_file() else "glob"
     if layout == "msd":
-        return f"'{root}/labelsTr' (as listed in dataset.json)"
+        listed = root is not None and _lists_training(root / "dataset.json")
+        where = f"'{root}/labelsTr'" + (" (as listed in dataset.json)" if listed else "")
+        return where, "add the missing label files, or fix the 'training' list of dataset.json" if listed else (
+            "add the missing labelsTr/<case><file_ending> files"
+        )
     if layout == "dicom":
-        return f"the case folders (data.dicom_mask_pattern '{cfg.data.dicom_mask_pattern}')"
-    return f"'{root}' with data.label_glob '{cfg.data.label_glob}'"
+        return f"the case folders (data.dicom_mask_pattern '{cfg.data.dicom_mask_pattern}')", (
+            "fix data.dicom_mask_pattern"
+        )
+    if layout == "folders":
+        return f"the case folders (data.label_pattern '{cfg.data.label_pattern}')", "fix data.label_pattern"
+    return f"'{root}' with data.label_glob '{cfg.data.label_glob}'", "fix data.label_glob / data.case_pattern"
+
+
+def _lists_training(dataset_json: Path) -> bool:
+    try:
+        return isinstance(json.loads(dataset_json.read_text()).get("training"), list)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _id_list(ids: Sequence[str], limit: int = 5) -> str:
@@ -201,11 +219,12 @@ def discover_labelled_cases(
         spec = discover_cases(cfg.data, require_labels=False)
     unlabelled = [c.id for c in spec.cases if c.label is None]
     if unlabelled and (not cfg.data.skip_bad_cases or len(unlabelled) == len(spec.cases)):
+        where, fix = _label_source(cfg)
         raise ConfigError(
             f"The label folder does not match the images: {len(unlabelled)} of {len(spec.cases)} images under "
-            f"'{root}' have no label with the same case id in {_label_source(cfg)} (e.g. {_id_list(unlabelled)}). "
+            f"'{root}' have no label with the same case id in {where} (e.g. {_id_list(unlabelled)}). "
             "Labels pair with images by case id (the file name without extension and without a _0000 channel "
-            "suffix): rename the files, or fix data.label_glob / data.case_pattern"
+            f"suffix): rename the files, or {fix}"
             + ("." if cfg.data.skip_bad_cases else ", or set data.skip_bad_cases: true to train without them.")
         )
     return [c for c in spec.cases if c.label is not None], spec
@@ -315,7 +334,8 @@ def validation_cases(cfg: Config) -> list[Case]:
     cases, _ = discover_labelled_cases(cfg)
     train, val = split_cases(cases, cfg.data.val_fraction, cfg.data.seed, folds=cfg.data.folds, fold=cfg.data.fold)
     if not val:
-        log.warning("data.val_fraction is 0: predicting the training cases (their Dice is not a held-out estimate)")
+        why = "data.val_fraction is 0" if cfg.data.val_fraction == 0 else f"{len(train)} case(s): none held out"
+        log.warning("%s: predicting the training cases (their Dice is not a held-out estimate)", why)
         return list(train)
     return list(val)
 
@@ -539,6 +559,12 @@ def run_evaluate(cfg: Config) -> dict[str, Any]:
         labels=LabelReading.of(cfg.data, label_values, ignore_label),
         skip_both_empty=cfg.evaluation.both_empty == "skip",
     )
+    if summary.get("n_failed") and not summary.get("n_evaluated"):
+        log.warning(
+            "None of the %d case(s) could be evaluated; the first: %s",
+            summary["n_failed"],
+            summary["failed_cases"][0]["error"] if summary.get("failed_cases") else "see metrics.csv",
+        )
     mean = summary.get("mean_dice")
     log.info(
         "Mean Dice %s over %d case(s)%s; details in '%s'",
@@ -595,6 +621,7 @@ def run_stages(cfg: Config, stages: Sequence[Stage]) -> RunResult:
             result.failed_predictions = int(getattr(result.predict, "n_failed", 0))
         elif is_main_process():
             result.evaluate = run_evaluate(cfg)  # cheap, and it writes files: rank 0 only under torchrun
+            result.failed_evaluations = int(result.evaluate.get("n_failed", 0))
         log.info("== stage %s done in %.1f s", stage, time.perf_counter() - start)
         if is_main_process():  # report.html grows stage by stage (medseg.evaluation.html_report)
             record_stage(cfg.output.dir, stage, time.perf_counter() - start, command=command_line())

@@ -225,6 +225,13 @@ def _run(args: argparse.Namespace) -> int:
                 layout.predictions_csv,
             )
             return EXIT_FAILED_CASES
+        if result.failed_evaluations:
+            log.warning(
+                "%d case(s) could not be evaluated; each is a row with its error in '%s'",
+                result.failed_evaluations,
+                layout.evaluation / "metrics.csv",
+            )
+            return EXIT_FAILED_CASES
         log.info("Done: outputs in '%s'", layout.root)
     return EXIT_OK
 

@@ -11,6 +11,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 from medseg.config import DataConfig, PreprocessingConfig
@@ -21,6 +22,7 @@ from medseg.data.slicing import channels_to_slices, slices_to_volume
 from medseg.errors import BadCaseError, ConfigError
 from medseg.inference.batch import predict_folder
 from medseg.inference.predictor import ModelSpec, Predictor
+from medseg.io import save_mask
 from medseg.io.channels import ChannelMismatchError, MissingChannelError, load_channels
 from medseg.models.unet import UNet
 from tests.conftest import SHARED_DATA
@@ -327,3 +329,20 @@ def test_qc_recording_reader_measures_the_first_channel_of_a_4d_file(folders_roo
     assert flair != t1c
     recorded = {k: v for k, v in recorder.images[path].items() if k in flair}
     assert recorded == flair
+
+
+def test_simpleitk_vector_nifti_holds_its_channels_on_the_fifth_axis(folders_root: Path, tmp_path: Path) -> None:
+    # SimpleITK writes a vector image (sitk.Compose) as NIfTI shape (X, Y, Z, 1, C): one time point, C components.
+    case = sorted(folders_root.iterdir())[0]
+    flair, t1c = (sitk.ReadImage(str(case / n)) for n in ("Flair_subtrMeanDivStd.nii.gz", "T1c_subtrMeanDivStd.nii.gz"))
+    vector = tmp_path / "case_vector.nii.gz"
+    sitk.WriteImage(sitk.Compose(flair, t1c), str(vector))
+    assert nib.load(vector).shape[3:] == (1, 2)
+    stack = load_channels([vector], ["FLAIR", "T1c"])
+    for i, name in enumerate(("Flair_subtrMeanDivStd.nii.gz", "T1c_subtrMeanDivStd.nii.gz")):
+        np.testing.assert_array_equal(stack.volumes[i].array, np.asarray(nib.load(case / name).dataobj))
+    assert np.allclose(stack.reference.affine, nib.load(case / "Flair_subtrMeanDivStd.nii.gz").affine, atol=1e-4)
+    # A mask written "like" the case (a research script's save_mask(..., like=case)) lies on its first channel.
+    out = save_mask(np.zeros(stack.shape, np.uint8), like=stack, path=tmp_path / "mask.nii.gz")
+    assert sitk.ReadImage(str(out)).GetSize() == flair.GetSize()
+    np.testing.assert_allclose(nib.load(out).affine, stack.reference.affine, atol=1e-5)

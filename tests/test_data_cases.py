@@ -13,7 +13,7 @@ from medseg.config import DataConfig
 from medseg.data.cases import classes_from_labels, discover_cases
 from medseg.data.normalization import NormalizationParams
 from medseg.data.prepare import prepare_cases
-from medseg.errors import ConfigError
+from medseg.errors import BadCaseError, ConfigError
 from medseg.io import load_volume, save_mask
 from medseg.io.orientation import to_canonical
 
@@ -215,3 +215,79 @@ def test_dicom_series_with_nifti_mask(tmp_path: Path) -> None:
     assert reorientation.flip[:2] == (True, True)
     np.testing.assert_array_equal(prepared[0].label_volume, reorientation.apply(mask))
     assert nib.load(case.label).shape == image.shape
+
+
+def _hippo_pairs(sample_hippo: Path, root: Path, n: int, image: str, label: str) -> list[str]:
+    """Symlinks ``n`` sample cases as ``root/<image.format(id)>`` and ``root/<label.format(id)>``."""
+    ids = _sample_ids(sample_hippo, n)
+    for cid in ids:
+        for pattern, sub in ((image, "imagesTr"), (label, "labelsTr")):
+            dst = root / pattern.format(cid)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.symlink_to(sample_hippo / sub / f"{cid}.nii.gz")
+    return ids
+
+
+def test_macos_appledouble_files_are_not_cases(sample_hippo: Path, tmp_path: Path) -> None:
+    # Archives packed on a Mac carry '._<name>' resource forks beside every file: not scans, never cases.
+    v2 = tmp_path / "v2"
+    ids = _hippo_pairs(sample_hippo, v2, 3, "imagesTr/{}_0000.nii.gz", "labelsTr/{}.nii.gz")
+    (v2 / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1}}))
+    flat = tmp_path / "flat"
+    _hippo_pairs(sample_hippo, flat, 3, "images/{}.nii.gz", "labels/{}.nii.gz")
+    for folder in (v2 / "imagesTr", v2 / "labelsTr", flat / "images", flat / "labels"):
+        for f in list(folder.iterdir()):
+            (folder / f"._{f.name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    assert [c.id for c in discover_cases(DataConfig(root=v2)).cases] == ids
+    glob = DataConfig(root=flat, layout="glob", image_glob="images/*", label_glob="labels/*", classes=["bg", "a"])
+    assert [c.id for c in discover_cases(glob).cases] == ids
+
+
+def test_image_and_label_names_differing_by_a_tag_get_the_case_pattern(sample_hippo: Path, tmp_path: Path) -> None:
+    # As MSD_Spleen_crop ships its case: spleen_2_img.nii.gz beside spleen_2_label.nii.gz.
+    ids = _hippo_pairs(sample_hippo, tmp_path, 2, "{}_img.nii.gz", "{}_label.nii.gz")
+    cfg = {"root": tmp_path, "layout": "glob", "classes": ["bg", "a", "b"]}
+    globs = {"image_glob": "*_img.nii.gz", "label_glob": "*_label.nii.gz"}
+    with pytest.raises(
+        ConfigError, match=r"differ by a tag: set data\.case_pattern: '\(\?P<case>\.\+\)\[_\.-\]\(img\|label\)"
+    ):
+        discover_cases(DataConfig(**cfg, **globs))  # type: ignore[arg-type]
+    suggested = r"(?P<case>.+)[_.-](img|label)\."
+    spec = discover_cases(DataConfig(**cfg, **globs, case_pattern=suggested))  # type: ignore[arg-type]
+    assert [(c.id, c.image.name, c.label.name if c.label else None) for c in spec.cases] == [
+        (i, f"{i}_img.nii.gz", f"{i}_label.nii.gz") for i in ids
+    ]
+
+
+def test_an_image_folder_beside_a_label_folder_is_read_as_the_glob_layout(sample_hippo: Path, tmp_path: Path) -> None:
+    _hippo_pairs(sample_hippo, tmp_path, 2, "images/{}.nii.gz", "labels/{}.nii.gz")
+    # A copy of configs/hippocampus.yaml (layout msd) pointed at it says which keys read it, and they do.
+    with pytest.raises(ConfigError, match=r"set data\.layout: glob with data\.image_glob: 'images/\*\.nii\.gz' and "):
+        discover_cases(DataConfig(root=tmp_path, layout="msd"))
+    cfg = DataConfig(
+        root=tmp_path, layout="glob", image_glob="images/*.nii.gz", label_glob="labels/*.nii.gz", classes=["b", "a"]
+    )
+    assert len(discover_cases(cfg).cases) == 2
+
+
+def test_every_bad_case_is_named_at_once(sample_hippo: Path, tmp_path: Path) -> None:
+    ids = _hippo_pairs(sample_hippo, tmp_path, 4, "images/{}.nii.gz", "labels/{}.nii.gz")
+    for cid in (ids[1], ids[3]):  # two labels half a voxel off their images
+        path = tmp_path / "labels" / f"{cid}.nii.gz"
+        img = nib.load(path.resolve())
+        affine = img.affine.copy()
+        affine[0, 3] += 0.5
+        path.unlink()
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), affine), path)
+    cfg = DataConfig(
+        root=tmp_path, layout="glob", image_glob="images/*", label_glob="labels/*", classes=["b", "a", "c"]
+    )
+    spec = discover_cases(cfg)
+    params = NormalizationParams(scheme="zscore")
+    with pytest.raises(BadCaseError, match=r"2 of 4 cases fail their checks; set data\.skip_bad_cases: true") as err:
+        prepare_cases(spec.cases, params, axis=2, n_classes=3)
+    assert all(f"Case '{cid}'" in str(err.value) for cid in (ids[1], ids[3]))
+    assert str(err.value).count("grid corners are up to 0.5 mm apart") == 2
+    skipped: list = []
+    kept = prepare_cases(spec.cases, params, axis=2, n_classes=3, skip_bad_cases=True, skipped=skipped)
+    assert [p.id for p in kept] == [ids[0], ids[2]] and [s.id for s in skipped] == [ids[1], ids[3]]

@@ -174,3 +174,18 @@ def test_changed_affine_is_not_hidden_by_the_old_header(sample_hippo: Path, tmp_
     shifted = Volume(array=source.array, affine=shifted_affine, source=source.source, header=source.header)
     out = save_mask(np.zeros(source.shape, np.uint8), shifted, tmp_path / "m.nii.gz")
     np.testing.assert_allclose(nib.load(out).affine, shifted_affine, atol=1e-6)
+
+
+def test_the_mask_of_a_2d_nifti_is_2d(sample_hippo: Path, tmp_path: Path) -> None:
+    # A 2D file is read as one slice (K = 1); its mask gets the file's own two dimensions back.
+    src = nib.load(next((sample_hippo / "imagesTr").glob("*.nii.gz")))
+    plane = np.asarray(src.dataobj)[:, :, 10]
+    path = tmp_path / "slice2d.nii.gz"
+    nib.save(nib.Nifti1Image(plane, src.affine), path)
+    scan = load_volume(path)
+    assert scan.shape == (*plane.shape, 1)
+    out = save_mask((scan.array > scan.array.mean()).astype(np.uint8), like=scan, path=tmp_path / "mask.nii.gz")
+    written, ref = sitk.ReadImage(str(out)), sitk.ReadImage(str(path))
+    assert written.GetDimension() == ref.GetDimension() == 2 and written.GetSize() == ref.GetSize()
+    assert written.GetSpacing() == ref.GetSpacing() and written.GetOrigin() == ref.GetOrigin()
+    assert nib.load(out).shape == plane.shape

@@ -34,6 +34,7 @@ def test_plan_stage_writes_the_plan_training_writes_and_trains_nothing(sample_hi
     assert [c.id for c in planned.val_cases] == [c.id for c in trained.val_cases]  # the same split
     plan, train_plan = (json.loads((tmp_path / d / "plan.json").read_text()) for d in ("plan", "train"))
     assert plan == train_plan  # the same reading, normalisation and decisions
+    assert plan["axes"].startswith("slice_axis, spacings, shapes and target_spacing are in closest-RAS voxel order")
     assert order_stages(["train", "plan", "predict"]) == ["train", "predict"]  # training plans first anyway
 
 
@@ -47,4 +48,6 @@ def test_plan_stage_names_a_bad_case_or_lists_it(sample_hippo: Path, tmp_path: P
     result = run_stages(_cfg(root, tmp_path / "out", skip_bad_cases=True), ["plan"]).plan
     assert [s.id for s in result.skipped] == [broken.name.removesuffix(".nii.gz")]
     assert broken.name in result.skipped[0].reason
+    listed = json.loads((tmp_path / "out" / "plan.json").read_text())["skipped_cases"]  # shown in report.html
+    assert listed == [{"id": result.skipped[0].id, "reason": result.skipped[0].reason}]
     assert len(result.train_cases) + len(result.val_cases) == len(list(sample_hippo.glob("imagesTr/*"))) - 1

@@ -495,3 +495,42 @@ def test_every_exit_status_is_documented() -> None:
     section = section[: section.index("\n## ", 1)]
     assert {int(c) for c in re.findall(r"^\| (\d+) \|", section, re.M)} == codes
     assert {int(c) for c in re.findall(r"^  (\d+)  ", cli.EPILOG, re.M)} == codes
+
+
+def test_cases_that_cannot_be_evaluated_give_exit_status_1_with_the_grids_difference(
+    sample_hippo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Masks of oblique copies of the scans against axis-aligned ground truth: same shape, spacing and origin, so
+    # only the corners' distance and the directions can say why they are refused.
+    from pipelines.run import EXIT_FAILED_CASES
+
+    labels = sorted((sample_hippo / "labelsTr").glob("*.nii.gz"))[:2]
+    out, gt = tmp_path / "run", tmp_path / "gt"
+    (out / "predictions").mkdir(parents=True)
+    gt.mkdir()
+    rows = ["case,input,output,status,error,seconds"]
+    angle = np.deg2rad(20)
+    rotation = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
+    for label in labels:
+        img = nib.load(label)
+        shutil.copy(label, gt / label.name)
+        affine = img.affine.copy()
+        affine[:3, :3] = rotation @ affine[:3, :3]
+        mask = out / "predictions" / label.name
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), affine), mask)
+        rows.append(f"{label.name.removesuffix('.nii.gz')},{label},{mask},ok,,0.1")
+    (out / "predictions" / "predictions.csv").write_text("\n".join(rows) + "\n")
+    config = tmp_path / "evaluate.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"classes": ["background", "Anterior", "Posterior"]},
+                "evaluation": {"ground_truth": str(gt), "overlays": 0},
+                "stages": ["evaluate"],
+            }
+        )
+    )
+    assert main([str(config), "--output", str(out)]) == EXIT_FAILED_CASES
+    errors = [r["error"] for r in _rows(out / "evaluation" / "metrics.csv")]
+    assert len(errors) == 2
+    assert all("grid corners are up to" in e and "directions [[1.0, 0.0, 0.0], [0.0, 0.9397" in e for e in errors)

@@ -35,6 +35,7 @@ from medseg.io.scans import (
     CHANNEL_SUFFIX,
     case_id_from_path,
     holds_dicom_scan,
+    is_hidden,
     is_supported_file,
     nnunet_channel_files,
     strip_scan_ending,
@@ -107,19 +108,53 @@ class DatasetSpec:
     ignore_label: int | None = None
 
 
-class BadCaseCollector:
-    """Raises or records bad cases depending on ``skip_bad_cases``; shared by discovery and preparation."""
+#: Bad cases an error message lists in full before it says how many more there are.
+LISTED_BAD_CASES = 10
 
-    def __init__(self, skip_bad_cases: bool) -> None:
+
+class BadCaseCollector:
+    """Raises or records bad cases depending on ``skip_bad_cases``; shared by discovery and preparation.
+
+    Args:
+        skip_bad_cases: Record each bad case as skipped (with a warning) and go on.
+        gather: Without ``skip_bad_cases``, go on reading and raise once for all bad cases
+            (:meth:`raise_gathered`) instead of at the first: reading a dataset then names every file to fix.
+    """
+
+    def __init__(self, skip_bad_cases: bool, *, gather: bool = False) -> None:
         self.skip_bad_cases = skip_bad_cases
+        self.gather = gather
         self.skipped: list[SkippedCase] = []
+        self.gathered: list[BadCaseError] = []
 
     def report(self, case_id: str, error: BadCaseError) -> None:
-        """Re-raises ``error``, or logs it as a warning and records the case as skipped."""
+        """Re-raises ``error`` (gathers it, with ``gather``), or logs it as a warning and records the case as
+        skipped."""
         if not self.skip_bad_cases:
-            raise error
+            if not self.gather:
+                raise error
+            self.gathered.append(error)
+            return
         log.warning("Skipping case '%s': %s", case_id, error)
         self.skipped.append(SkippedCase(case_id, str(error)))
+
+    def raise_gathered(self, n_cases: int) -> None:
+        """Raises one :class:`BadCaseError` naming every gathered bad case, or returns when there is none.
+
+        Args:
+            n_cases: How many cases were read (for "2 of 16 cases").
+        """
+        if not self.gathered:
+            return
+        hint = "set data.skip_bad_cases: true to go on without them (plan.json then lists them with the reason)"
+        if len(self.gathered) == 1:
+            raise BadCaseError(f"{self.gathered[0]} ({hint})") from self.gathered[0]
+        shown = "\n".join(f"  - {err}" for err in self.gathered[:LISTED_BAD_CASES])
+        more = len(self.gathered) - LISTED_BAD_CASES
+        raise BadCaseError(
+            f"{len(self.gathered)} of {n_cases} cases fail their checks; {hint}:\n{shown}"
+            + (f"\n  ... and {more} more" if more > 0 else "")
+        )
 
 
 def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSpec:
@@ -435,6 +470,8 @@ def _discover_msd(
     else:  # nnU-Net v2: no training list, files found by name
         ending = str(ds.get("file_ending", ".nii.gz"))
         for image in sorted((root / "imagesTr").glob(f"*{CHANNEL_SUFFIX}{ending}")):
+            if is_hidden(image.name):  # macOS '._<name>' resource forks ride along in many archives
+                continue
             case_id = image.name[: -len(f"{CHANNEL_SUFFIX}{ending}")]
             pairs.append((case_id, image, root / "labelsTr" / f"{case_id}{ending}"))
     if not pairs:
@@ -520,6 +557,29 @@ def _case_namer(case_pattern: str | None) -> Callable[[Path], str | None]:
     return from_pattern
 
 
+def _shown_ids(by_case: dict[str, Path], limit: int = 3) -> str:
+    ids = sorted(by_case)
+    return ", ".join(f"'{i}'" for i in ids[:limit]) + (", ..." if len(ids) > limit else "")
+
+
+def _case_pattern_hint(image_ids: list[str], label_ids: list[str]) -> str | None:
+    """How to pair images and labels whose case ids differ by a last tag (``spleen_2_img`` / ``spleen_2_label``):
+    the ``data.case_pattern`` that pairs them, when one tag per side does; ``None`` otherwise."""
+
+    def split(ids: list[str]) -> tuple[set[str], set[str]]:
+        parts = [re.split(r"[_\-.]", i)[-1] for i in ids]
+        return {i[: -len(t) - 1] for i, t in zip(ids, parts, strict=True) if len(i) > len(t)}, set(parts)
+
+    (img_stems, img_tags), (lab_stems, lab_tags) = split(image_ids), split(label_ids)
+    if len(img_tags) == 1 and len(lab_tags) == 1 and img_stems & lab_stems:
+        tags = f"{img_tags.pop()}|{lab_tags.pop()}"
+        return (
+            f"they differ by a tag: set data.case_pattern: '(?P<case>.+)[_.-]({tags})\\.' (a regex on the file name; "
+            "its case group is the case id)"
+        )
+    return None
+
+
 def _discover_glob(root: Path, cfg: DataConfig, collector: BadCaseCollector, require_labels: bool) -> list[Case]:
     case_of = _case_namer(cfg.case_pattern)
     why = "does not match data.case_pattern" if cfg.case_pattern is not None else "is not a supported scan file"
@@ -527,6 +587,8 @@ def _discover_glob(root: Path, cfg: DataConfig, collector: BadCaseCollector, req
     def by_case(glob: str, what: str) -> dict[str, Path]:
         found: dict[str, Path] = {}
         for path in sorted(root.glob(glob)):
+            if any(is_hidden(part) for part in path.relative_to(root).parts):  # '._<name>', '.Trash/'...
+                continue
             case_id = case_of(path)
             if case_id is None:
                 log.warning("Ignoring %s '%s': its name %s", what, path, why)
@@ -544,6 +606,12 @@ def _discover_glob(root: Path, cfg: DataConfig, collector: BadCaseCollector, req
         log.warning("Label '%s' has no image matching data.image_glob; ignored", labels[orphan])
     pairs: list[tuple[str, Path, Path | None]] = [(cid, img, labels.get(cid)) for cid, img in images.items()]
     missing = [(cid, img) for cid, img, lab in pairs if lab is None]
+    tagged = _case_pattern_hint(list(images), list(labels)) if labels and len(missing) == len(pairs) else None
+    if tagged and cfg.case_pattern is None:  # not one pair, and the names differ by a tag (case_2_img, case_2_label)
+        raise ConfigError(
+            f"No image under '{root}' has a label with its case id (images {_shown_ids(images)}, labels "
+            f"{_shown_ids(labels)}); {tagged}"
+        )
     if missing and require_labels:
         # Name where the label was looked for, so a wrong label_glob is easy to spot.
         for cid, img in missing:

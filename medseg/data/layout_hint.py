@@ -19,6 +19,9 @@ _SHOWN = 6
 _PROBE = 20
 #: Sub-folder levels searched for DICOM below a case folder (TCIA: case / study / series).
 _DICOM_DEPTH = 3
+#: Folder names that hold the labels of an image folder beside them (``images/`` + ``labels/``, ``imagesTr/`` +
+#: ``labelsTr/`` without a dataset.json, ``img/`` + ``masks/``), compared case-insensitively.
+_LABEL_FOLDER_WORDS = ("label", "mask", "seg", "gt", "ground_truth", "annotation")
 
 
 def _visible(folder: Path) -> list[Path]:
@@ -61,7 +64,19 @@ def layout_hint(root: Path) -> str:
     # Every reading that fits, folders first: a folder can hold both (TotalSegmentator's examples: a DICOM series
     # folder beside NIfTI files), and the user knows which of them are the cases.
     hints: list[str] = []
-    for folder in folders:
+    with_scans = [(f, _scan_files(_visible(f))) for f in folders]
+    with_scans = [(f, files) for f, files in with_scans if files]
+    labels = [(f, files) for f, files in with_scans if any(w in f.name.lower() for w in _LABEL_FOLDER_WORDS)]
+    images = [(f, files) for f, files in with_scans if (f, files) not in labels]
+    if labels and images:  # an image folder and a label folder beside it: the glob layout's own shape
+        (img, img_files), (lab, lab_files) = images[0], labels[0]
+        hints.append(
+            f"it holds an image folder and a label folder ('{img.name}' has {_names(img_files)}; '{lab.name}' has "
+            f"{_names(lab_files)}): set data.layout: glob with data.image_glob: '{img.name}/*"
+            f"{image_suffix(img_files[0])}' and data.label_glob: '{lab.name}/*{image_suffix(lab_files[0])}' "
+            "(paired by file name) and data.classes (background first)"
+        )
+    for folder in folders if not hints else []:
         inside = _visible(folder)
         files = _scan_files(inside)
         if files:
@@ -90,7 +105,8 @@ def layout_hint(root: Path) -> str:
         hints.append(
             f"{'it also' if hints else 'it'} holds {len(loose)} scan file(s) ({_names(loose)}): set data.layout: "
             "glob with data.image_glob and data.label_glob (file patterns relative to data.root, e.g. "
-            "'*_img.nii.gz' and '*_label.nii.gz') and data.classes (background first)"
+            "'*_img.nii.gz' and '*_label.nii.gz'), data.case_pattern where image and label names differ (e.g. "
+            "'(?P<case>.+)_(img|label)'), and data.classes (background first)"
         )
     if hints:
         return "; ".join(hints)

@@ -291,11 +291,28 @@ def make_plan(
     )
 
 
-def write_plan(plan: Plan, path: str | Path) -> Path:
-    """Writes ``plan.json`` atomically and returns its path."""
+#: How to read the axes of a plan (written at the top of ``plan.json``).
+AXES_NOTE = (
+    "slice_axis, spacings, shapes and target_spacing are in closest-RAS voxel order: each scan's voxel axes are "
+    "permuted (and flipped) to the order nearest to right-left, posterior-anterior, inferior-superior before "
+    "anything else, so axis 2 is the one closest to inferior-superior whatever order a file stores; for most "
+    "NIfTI files that is the file's own order"
+)
+
+
+def write_plan(plan: Plan, path: str | Path, skipped: Sequence[Any] = ()) -> Path:
+    """Writes ``plan.json`` atomically and returns its path.
+
+    Args:
+        plan: The plan.
+        path: ``<output.dir>/plan.json``.
+        skipped: Cases left out with ``data.skip_bad_cases`` (``SkippedCase``), listed with their reasons (the run
+            report shows the file).
+    """
     from medseg.io.atomic import atomic_write_text
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(plan.to_dict(), indent=2) + "\n")
+    listed = {"skipped_cases": [case.to_dict() for case in skipped]} if skipped else {}
+    atomic_write_text(path, json.dumps({"axes": AXES_NOTE, **plan.to_dict(), **listed}, indent=2) + "\n")
     return path

@@ -461,10 +461,11 @@ def prepare_cases(
     Raises:
         BadCaseError: A case is unreadable or fails :func:`check_pair` (unless ``skip_bad_cases``).
     """
-    collector = BadCaseCollector(skip_bad_cases)
+    collector = BadCaseCollector(skip_bad_cases, gather=True)
     stash = _Stash(cache_dir)
     case_reader = _CaseReader(reader or default_reader(), n_classes, channels, classes, labels or LabelReading())
     loaded = _load_all(cases, case_reader, collector, params, None, stash)
+    collector.raise_gathered(len(cases))
     if skipped is not None:
         skipped.extend(collector.skipped)
     reading = labels or LabelReading()
@@ -522,7 +523,7 @@ def prepare_training_data(
     """
     reader = reader or default_reader()
     scheme = resolve_scheme(preprocessing.normalization, modality)
-    collector = BadCaseCollector(skip_bad_cases)
+    collector = BadCaseCollector(skip_bad_cases, gather=True)  # every bad case named at once
     stash = _Stash(cache_dir)
     context = preprocessing.context_slices
     names = list(classes) if classes is not None else [f"class{i}" for i in range(n_classes)]
@@ -537,15 +538,18 @@ def prepare_training_data(
     if scheme == "ct":
         acc = CTStatsAccumulator(seed=seed)
         train = _load_all(train_cases, case_reader, collector, None, acc, stash, fingerprint)
+        collector.raise_gathered(len(train_cases))
         if not train:
             raise ValueError("No usable training case left to fit the normalisation on")
         params = acc.params()
         val = _load_all(val_cases, case_reader, collector, None, None, stash)
+        collector.raise_gathered(len(train_cases) + len(val_cases))
         pending: NormalizationParams | None = params
     else:
         params = NormalizationParams(scheme=scheme, nonzero=preprocessing.nonzero)
         train = _load_all(train_cases, case_reader, collector, params, None, stash, fingerprint)
         val = _load_all(val_cases, case_reader, collector, params, None, stash)
+        collector.raise_gathered(len(train_cases) + len(val_cases))
         pending = None
     if not train:
         raise ValueError("No usable training case (all were skipped)")

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from medseg.data.checks import GEOMETRY_TOLERANCE
+from medseg.data.checks import GEOMETRY_TOLERANCE, grid_corners
 from medseg.data.label_grid import place_on_grid
 from medseg.data.label_reading import LabelReading
 from medseg.errors import BadCaseError, GeometryMismatchError, MedsegError
@@ -165,6 +165,7 @@ def _load_pair(pair: EvalPair, classes: Sequence[str], labels: LabelReading) -> 
             f"origin {np.round(pred_vol.origin, 3).tolist()}) is not on the grid of ground truth '{pair.gt}' "
             f"(shape {gt_vol.shape}, spacing {np.round(gt_vol.spacing, 4).tolist()}, "
             f"origin {np.round(gt_vol.origin, 3).tolist()})"
+            + _grid_difference(pred_vol, gt_vol)
             + (
                 "; the ground truth's voxels are the prediction's, shifted by whole voxels: if it was saved cut to "
                 "its extent, set data.place_cut_labels: true"
@@ -175,6 +176,21 @@ def _load_pair(pair: EvalPair, classes: Sequence[str], labels: LabelReading) -> 
     # A prediction marks no voxel unannotated: only the ground truth's ignore label is read as such.
     pred = _labels(pred_vol, pair.pred, n_classes, replace(pred_reading, ignore=None))
     return pred, _labels(gt_vol, pair.gt, n_classes, gt_reading), gt_vol
+
+
+def _grid_difference(pred: Volume, gt: Volume) -> str:
+    """What the message above cannot show: how far apart the grids' corners are, and their directions when those
+    differ (an oblique scan against an axis-aligned ground truth has the same shape, spacing and origin)."""
+    if pred.shape != gt.shape:
+        return ""
+    shift = np.linalg.norm(grid_corners(pred.shape, pred.affine) - grid_corners(gt.shape, gt.affine), axis=1)
+    text = f"; their grid corners are up to {shift.max():.4g} mm apart"
+    if not np.allclose(pred.direction, gt.direction, atol=1e-4):
+        text += (
+            f", directions {np.round(pred.direction, 4).tolist()} (prediction) and "
+            f"{np.round(gt.direction, 4).tolist()} (ground truth)"
+        )
+    return text
 
 
 def _finite(values: list[float]) -> np.ndarray:

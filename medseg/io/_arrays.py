@@ -13,6 +13,14 @@ from medseg.io.read_options import CHANNEL_HINT, NAN_HINT
 log = logging.getLogger(__name__)
 
 
+def channel_count(shape: tuple[int, ...]) -> int:
+    """How many channels a reader's array of this shape holds, as :func:`to_3d` reads it: the size of the one
+    non-singleton dimension after the third (1 when there is none; SimpleITK writes a vector NIfTI's channels on
+    the 5th axis, after a singleton 4th)."""
+    extra = [int(s) for s in shape[3:] if s != 1]
+    return int(np.prod(extra)) if extra else 1
+
+
 def to_3d(array: np.ndarray, path: Path, channel: int | None, *, default_channel: int | None = None) -> np.ndarray:
     """Reduces a reader's ``(I, J[, K[, ...]])`` array to the ``(I, J, K)`` volume that was asked for.
 

@@ -22,6 +22,7 @@ import nibabel as nib
 import numpy as np
 
 from medseg.errors import BadCaseError, GeometryMismatchError, UnreadableScanError
+from medseg.io._arrays import channel_count
 from medseg.volume import Volume
 
 #: Allowed displacement of the grid corners between channels, as a fraction of the smallest voxel size.
@@ -92,7 +93,8 @@ def grid_difference(reference: Volume, other: Volume) -> str | None:
 
 
 def n_channels_in_file(path: Path) -> int:
-    """Channels of a NIfTI file: the size of its 4th axis (1 for 3D files and non-NIfTI scans)."""
+    """Channels of a NIfTI file, as the reader reads them (:func:`medseg.io._arrays.channel_count`: its 4th axis,
+    or the 5th after a singleton 4th); 1 for 3D files and non-NIfTI scans."""
     name = path.name.lower()
     if not (name.endswith(".nii") or name.endswith(".nii.gz")):
         return 1
@@ -100,7 +102,7 @@ def n_channels_in_file(path: Path) -> int:
         shape = nib.load(str(path)).shape  # type: ignore[attr-defined]
     except Exception as exc:  # nibabel raises many types for bad headers
         raise UnreadableScanError(path, f"not a valid NIfTI file ({type(exc).__name__})") from exc
-    return int(shape[3]) if len(shape) >= 4 else 1
+    return channel_count(tuple(shape))
 
 
 def load_channels(

@@ -100,11 +100,14 @@ def write_nifti(array: np.ndarray, like: Volume, path: Path, *, kind: Literal["m
     """Writes ``array`` to ``path`` as NIfTI with ``like``'s geometry (non-atomic; callers wrap it).
 
     Args:
-        array: ``(I, J, K)`` array already in its output dtype.
+        array: ``(I, J, K)`` array already in its output dtype (``K = 1`` for a 2D NIfTI ``like``: written 2D).
         like: Volume whose grid (and NIfTI header, if any) the file takes.
         path: Destination (``.nii`` or ``.nii.gz``).
         kind: ``"mask"`` marks the file as a label map (NIfTI intent ``label``); ``"volume"`` clears the intent.
     """
+    src = like.header
+    if isinstance(src, nib.Nifti1Header) and len(src.get_data_shape()) == 2 and array.shape[2:] == (1,):
+        array = array[:, :, 0]  # a 2D scan (read as one slice) gets a 2D mask: the file's own shape
     hdr = _header_for(like, array)
     # The source's display window and statistical intent describe the scan's values, not ours.
     hdr["cal_min"] = 0

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 
 __all__ = ["CHANNEL_HINT", "NAN_HINT", "SERIES_HINT", "ReadOptions", "read_options", "set_read_options"]
 
-CHANNEL_HINT = "channel=N in Python, or the config key data.channel (on the command line: --set data.channel=N)"
+CHANNEL_HINT = (
+    "channel=N in Python, or the config key data.channel (on the command line: --set data.channel=N); a model "
+    "trained on several channels reads them all with Predictor.read_input"
+)
 SERIES_HINT = (
     "series=... in Python, or the config key data.series (on the command line: --set data.series=UID-or-description)"
 )

@@ -9,6 +9,7 @@ import numpy as np
 
 from medseg.errors import GeometryMismatchError, MedsegError
 from medseg.io.atomic import atomic_path
+from medseg.io.channels import ChannelStack
 from medseg.io.itk import ITK_WRITE_SUFFIXES, write_itk
 from medseg.io.nifti import NIFTI_SUFFIXES, write_nifti
 from medseg.io.scans import image_suffix
@@ -82,7 +83,9 @@ def _write(
     return path
 
 
-def save_mask(mask: np.ndarray | Volume, like: Volume, path: str | Path, *, overwrite: bool = False) -> Path:
+def save_mask(
+    mask: np.ndarray | Volume, like: Volume | ChannelStack, path: str | Path, *, overwrite: bool = False
+) -> Path:
     """Writes a label map with the exact geometry of ``like``.
 
     NIfTI output from a NIfTI ``like`` copies its header: same affine, same qform/sform and codes. From a DICOM
@@ -93,7 +96,7 @@ def save_mask(mask: np.ndarray | Volume, like: Volume, path: str | Path, *, over
     Args:
         mask: Integer labels, shape ``like.shape`` (a Volume on ``like``'s grid is accepted too). Written as
             uint8, or uint16 when a label exceeds 255.
-        like: The scan whose grid the mask is on.
+        like: The scan whose grid the mask is on (a case's channels: their first channel's, the case's grid).
         path: Output file: ``.nii.gz`` (used when ``path`` has no extension), ``.nii``, ``.nrrd`` or ``.mha``.
         overwrite: Replace an existing file.
 
@@ -106,18 +109,21 @@ def save_mask(mask: np.ndarray | Volume, like: Volume, path: str | Path, *, over
         MedsegError: Unsupported extension, or values that are not labels (negative, non-integer, > 65535).
     """
     path, suffix = _output_path(path)
+    like = like.reference if isinstance(like, ChannelStack) else like
     labels = _label_array(_array_on_grid(mask, like, path, "mask"), path)
     return _write(labels, like, path, suffix, overwrite, "mask")
 
 
-def save_volume(array: np.ndarray | Volume, like: Volume, path: str | Path, *, overwrite: bool = False) -> Path:
+def save_volume(
+    array: np.ndarray | Volume, like: Volume | ChannelStack, path: str | Path, *, overwrite: bool = False
+) -> Path:
     """Writes a 3D float map (e.g. a class probability) as float32 with the exact geometry of ``like``.
 
     Same geometry rules, formats and atomic write as :func:`save_mask`.
 
     Args:
         array: Values of shape ``like.shape``; must be finite.
-        like: The scan whose grid the map is on.
+        like: The scan whose grid the map is on (a case's channels: their first channel's).
         path: Output file (``.nii.gz``, ``.nii``, ``.nrrd`` or ``.mha``).
         overwrite: Replace an existing file.
 
@@ -130,6 +136,7 @@ def save_volume(array: np.ndarray | Volume, like: Volume, path: str | Path, *, o
         MedsegError: Unsupported extension or non-finite values.
     """
     path, suffix = _output_path(path)
+    like = like.reference if isinstance(like, ChannelStack) else like
     values = _array_on_grid(array, like, path, "volume").astype(np.float32)
     if not np.all(np.isfinite(values)):
         raise MedsegError(f"Cannot write volume '{path}': it holds NaN or infinite values (or exceeds float32)")

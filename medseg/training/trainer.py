@@ -229,6 +229,13 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _no_validation_reason(val_fraction: float, n_train: int) -> str:
+    # Why no case was held out: the setting, or a dataset too small to spare one.
+    if val_fraction == 0:
+        return "data.val_fraction is 0"
+    return f"with {n_train} case(s) none can be held out for validation (data.val_fraction {val_fraction:g})"
+
+
 def _empty_plan() -> dict[str, list[int]]:
     return {"largest_component": [], "fill_holes": []}
 
@@ -387,13 +394,14 @@ class Trainer:
         assert data.plan is not None
         self.plan = data.plan
         if self.main:
-            write_plan(self.plan, Path(cfg.output.dir) / "plan.json")
+            write_plan(self.plan, Path(cfg.output.dir) / "plan.json", self.skipped)
         self.train_cases = [p.case for p in data.train if p.case is not None]
         self.val_prepared = data.val if not self.validate_on_train else data.train
         self.val_cases = [p.case for p in self.val_prepared if p.case is not None]
         if self.validate_on_train:
             log.warning(
-                "data.val_fraction is 0: validating on the %d training case(s); the Dice is not a held-out estimate",
+                "%s: validating on the %d training case(s); the Dice is not a held-out estimate",
+                _no_validation_reason(cfg.data.val_fraction, len(data.train)),
                 len(data.train),
             )
 
