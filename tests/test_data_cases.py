@@ -97,6 +97,8 @@ def test_label_dict_styles_and_gaps(tmp_path: Path) -> None:
         classes_from_labels({"0": "bg", "70000": "a"}, src)
     with pytest.raises(ConfigError, match="region"):
         classes_from_labels({"background": 0, "whole": [1, 2]}, src)
+    with pytest.raises(ConfigError, match=r"label 'a' maps to the string '1'; write the value as a JSON number \(1\)"):
+        classes_from_labels({"background": 0, "a": "1"}, src)
     # nnU-Net v2's ignore label marks unannotated voxels, not a structure (tests/test_unannotated.py).
     assert classes_from_labels({"background": 0, "liver": 1, "ignore": 2}, src) == (["background", "liver"], None)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -100,3 +101,16 @@ def test_nifti_of_an_nrrd_source_gets_scanner_codes(tmp_path: Path) -> None:
     header = nib.load(out).header
     assert (int(header["qform_code"]), int(header["sform_code"])) == (1, 1)
     np.testing.assert_allclose(nib.load(out).affine, source.affine, atol=1e-6)
+
+
+@pytest.mark.parametrize("header", ["scan.nhdr", "scan.mhd"])
+def test_a_detached_header_without_its_voxel_file_names_that_file(
+    sample_hippo: Path, tmp_path: Path, header: str
+) -> None:
+    image = sitk.ReadImage(str(next((sample_hippo / "imagesTr").glob("*.nii.gz"))))
+    sitk.WriteImage(image, str(tmp_path / header))
+    data = next(p for p in tmp_path.iterdir() if p.name != header)  # the voxel file SimpleITK wrote beside it
+    assert load_volume(tmp_path / header).shape == image.GetSize()
+    data.unlink()  # a copy that left the voxels behind
+    with pytest.raises(UnreadableScanError, match=re.escape(f"its voxels are kept in '{data}'")):
+        load_volume(tmp_path / header)

@@ -399,6 +399,11 @@ def classes_from_labels(labels: Any, source: Path) -> tuple[list[str], list[int]
         by_value = {int(k): str(v) for k, v in labels.items()}
     else:  # nnU-Net v2: {"background": 0, ...}
         for name, value in labels.items():
+            if isinstance(value, str) and value.strip().isdigit():
+                raise ConfigError(
+                    f"'{source}': label '{name}' maps to the string {value!r}; write the value as a JSON number "
+                    f"({value.strip()})"
+                )
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(
                     f"'{source}': label '{name}' maps to {value!r}; only integer labels are supported "

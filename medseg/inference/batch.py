@@ -167,11 +167,14 @@ def unique_case_ids(scans: Sequence[Path]) -> list[str]:
     """
     base = [case_id_from_path(p) for p in scans]
     names = list(base)
+    # Same folder, same stem, different endings (a.nii.gz + a.nrrd): the ending tells them apart; folders cannot.
+    for idx in _groups(names).values():
+        if len(idx) > 1 and len({os.path.abspath(scans[i].parent) for i in idx}) == 1:
+            for i in idx:
+                names[i] = f"{names[i]}_{_sanitize(scans[i].name[len(base[i]) :]) or i}"
+    base = list(names)
     for depth in range(1, 64):
-        groups: dict[str, list[int]] = {}
-        for i, n in enumerate(names):
-            groups.setdefault(n.lower(), []).append(i)
-        clashes = [idx for idx in groups.values() if len(idx) > 1]
+        clashes = [idx for idx in _groups(names).values() if len(idx) > 1]
         if not clashes:
             return names
         for idx in clashes:
@@ -179,15 +182,19 @@ def unique_case_ids(scans: Sequence[Path]) -> list[str]:
                 # absolute(), not resolve(): names come from the folders the user sees, not symlink targets.
                 parents = [p.name for p in Path(os.path.abspath(scans[i])).parents][:depth][::-1]
                 names[i] = "_".join([*(q for q in parents if q), base[i]])
-    # Same folder, same stem, different extensions (a.nii.gz + a.nrrd): the extension tells them apart.
-    groups = {}
+    # Names that still clash (case-insensitively): their position in the list tells them apart.
+    for idx in _groups(names).values():
+        for k, i in enumerate(idx[1:], start=2):
+            names[i] = f"{names[i]}_{k}"
+    return names
+
+
+def _groups(names: Sequence[str]) -> dict[str, list[int]]:
+    """Positions of each name, compared case-insensitively (as on macOS and Windows file systems)."""
+    groups: dict[str, list[int]] = {}
     for i, n in enumerate(names):
         groups.setdefault(n.lower(), []).append(i)
-    for idx in groups.values():
-        if len(idx) > 1:
-            for i in idx:
-                names[i] = f"{names[i]}_{_sanitize(scans[i].name[len(base[i]) :]) or i}"
-    return names
+    return groups
 
 
 def _is_within(path: Path, folder: Path) -> bool:

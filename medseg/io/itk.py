@@ -102,8 +102,35 @@ def load_itk(
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
+        data = detached_data_file(path)
+        if data is not None and not data.exists():
+            raise UnreadableScanError(
+                path, f"its voxels are kept in '{data}' (named in its header), which does not exist"
+            ) from exc
         raise UnreadableScanError(path, f"SimpleITK could not read it ({sitk_message(exc)})") from exc
     return volume_from_sitk(image, path, channel=channel, default_channel=default_channel, nan_as_zero=nan_as_zero)
+
+
+def detached_data_file(path: Path) -> Path | None:
+    """The voxel file a detached header names (``.nhdr``: ``data file:``, ``.mhd``: ``ElementDataFile =``), or
+    ``None`` (an attached file, a list or pattern of files, or an unreadable header)."""
+    keys = {".nhdr": ("data file:", "datafile:"), ".mhd": ("elementdatafile",)}.get(path.suffix.lower())
+    if keys is None:
+        return None
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(16384).decode("latin-1")
+    except OSError:
+        return None
+    for line in head.splitlines():
+        lowered = line.strip().lower()
+        for key in keys:
+            if lowered.startswith(key):
+                value = line.strip()[len(key) :].lstrip(" =:").strip()
+                if not value or value.upper() in ("LIST", "LOCAL") or "%" in value or " " in value:
+                    return None
+                return path.parent / value
+    return None
 
 
 def write_itk(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
