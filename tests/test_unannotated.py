@@ -181,3 +181,14 @@ def test_sparse_nnunet_set_trains_predicts_and_evaluates(sample_hippo: Path, tmp
         assert row["hd95_mm"] in ("", "nan") and row["vol_gt_ml"] in ("", "nan")
     for mask in (run / "predictions").glob("*.nii.gz"):
         assert np.asarray(nib.load(mask).dataobj).max() < IGNORE  # never predicted
+
+
+def test_overlays_show_a_sparse_ground_truth_on_an_annotated_slice(sample_hippo: Path) -> None:
+    from medseg.evaluation.overlays import pick_slice
+
+    gt_full = np.asarray(nib.load(sorted((sample_hippo / "labelsTr").glob("*.nii.gz"))[0]).dataobj)
+    gt = _sparse(gt_full)
+    index = pick_slice(gt, np.zeros_like(gt), 2, n_classes=3)
+    assert index % EVERY == 0  # an annotated slice, the one with the most hippocampus among them
+    annotated_counts = [(gt_full[..., k] > 0).sum() if k % EVERY == 0 else -1 for k in range(gt.shape[2])]
+    assert index == int(np.argmax(annotated_counts))

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from medseg.class_display import class_palette
+from medseg.data.unannotated import foreground
 from medseg.errors import GeometryMismatchError
 from medseg.io.atomic import atomic_path
 
@@ -59,15 +60,16 @@ def overlay_axis(spacing: Sequence[float] | np.ndarray) -> int:
     return int(len(sp) - 1 - np.argmax(sp[::-1]))
 
 
-def pick_slice(gt: np.ndarray, pred: np.ndarray, axis: int) -> int:
+def pick_slice(gt: np.ndarray, pred: np.ndarray, axis: int, n_classes: int | None = None) -> int:
     """Index along ``axis`` of the slice with the most ground-truth foreground.
 
     Falls back to the prediction's foreground when the ground truth is empty, and to the middle slice when both
-    are empty.
+    are empty. With ``n_classes``, ground-truth voxels marked unannotated (index ``n_classes``,
+    ``medseg.data.unannotated``) are no foreground: a sparse ground truth is shown on an annotated slice.
     """
     for labels in (gt, pred):
         other_axes = tuple(a for a in range(labels.ndim) if a != axis)
-        counts = np.count_nonzero(labels, axis=other_axes)
+        counts = np.count_nonzero(labels if n_classes is None else foreground(labels, n_classes), axis=other_axes)
         if counts.any():
             return int(np.argmax(counts))
     return gt.shape[axis] // 2
@@ -129,7 +131,7 @@ def draw_overlay(
     sp = np.asarray(spacing, dtype=float)
     if gt.ndim == 3:
         axis = overlay_axis(sp)
-        index = pick_slice(gt, pred, axis)
+        index = pick_slice(gt, pred, axis, len(classes))
         gt2, pred2 = np.take(gt, index, axis=axis), np.take(pred, index, axis=axis)
         img2 = np.take(np.asarray(image), index, axis=axis) if image is not None else None
         sp2 = np.delete(sp, axis)
