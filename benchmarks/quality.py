@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 import shutil
 import sys
@@ -379,6 +380,12 @@ def print_tables(result: dict[str, Any]) -> None:
         )
 
 
+def _sparse_labels(data_root: Path) -> dict[str, Any]:
+    """What ``benchmarks/sparse_labels.py`` kept, when ``data_root`` is such a copy (``{}`` otherwise)."""
+    record = data_root.expanduser() / "sparse_labels.json"
+    return {"sparse_labels": json.loads(record.read_text())} if record.is_file() else {}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s")
@@ -393,6 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "overrides": list(args.overrides),
         "data_root": str(args.data_root),
         "ground_truth": str(args.ground_truth) if args.ground_truth else None,
+        **_sparse_labels(args.data_root),
         "n_folds": args.folds,
         "fold_subset": args.fold_list,
         "minutes": args.minutes,

@@ -186,6 +186,59 @@ def _quality_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]
     return lines
 
 
+#: Tags ending so are the complete-label reference of a sparse-annotation study (``benchmarks/sparse_labels.py``).
+SPARSE_PAIR_SUFFIX = "_sparse_pair"
+
+
+def _is_sparse_study(name: str, r: dict[str, Any]) -> bool:
+    return "sparse_labels" in r or str(r.get("tag", "")).endswith(SPARSE_PAIR_SUFFIX)
+
+
+def _listed(values: Sequence[Any]) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+def _sparse_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    if not results:
+        return []
+    lines = [
+        "## Sparse annotation: every k-th slice drawn",
+        "",
+        "What drawing fewer slices costs. `benchmarks/sparse_labels.py` keeps the label of every k-th slice of each "
+        "training case; the other slices hold the `ignore` label (medseg leaves them out of training: "
+        "`data.ignore_label`), or 0 (what a user without an ignore label would do: the unannotated structure is "
+        "taught as background). Every run is scored on the held-out cases' complete labels "
+        "(`quality.py --ground-truth`). Epoch-bounded so the figures do not depend on the machine: with every "
+        "k-th slice, an epoch draws one k-th of the slices, so the ignore runs train k times the epochs for the "
+        "same number of steps.",
+        "",
+    ]
+    ordered = sorted(results, key=lambda nr: (nr[1].get("sparse_labels", {}).get("every", 1), nr[0]))
+    classes = ordered[0][1].get("classes", [])[1:]
+    headers = ["run", "labels", "annotated slices", "epochs", "folds", *[f"Dice {c}" for c in classes]]
+    headers += ["mean Dice", "command"]
+    rows = []
+    for name, r in ordered:
+        sp = r.get("sparse_labels")
+        labels = "complete" if sp is None else f"every {sp['every']}th slice, the rest {sp['unannotated']}"
+        s = r.get("summary", {}).get(r.get("primary_evaluation", "best"), {})
+        md = s.get("mean_dice", {})
+        epochs = sorted({f["train"].get("epochs") for f in r.get("folds", [])})
+        rows.append(
+            [
+                f"`{name.removeprefix('quality_').removesuffix('.json')}`",
+                labels,
+                "100 %" if sp is None else f"{100 * sp['annotated_slice_share']:.1f} %",
+                ", ".join(str(e) for e in epochs),
+                f"{len(r.get('folds_done', []))}/{r.get('n_folds', '?')} (folds {_listed(r.get('fold_subset', []))})",
+                *[fmt_mean_std(s["per_class"][c]["mean"], s["per_class"][c]["std"]) for c in classes],
+                f"**{fmt_mean_std(md.get('mean'), md.get('std'))}**",
+                f"`{r.get('command', '')}`",
+            ]
+        )
+    return [*lines, markdown_table(headers, rows), ""]
+
+
 def _quality_dataset(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     lines: list[str] = []
     ordered = sorted(results, key=lambda nr: (nr[1].get("method") != "monai", float(nr[1].get("minutes", 0)), nr[0]))
@@ -1055,7 +1108,9 @@ def render(out_dir: Path, choices: Path | None = CHOICES) -> str:
     ]
     lines += target_status_section(out_dir)
     lines += _machine_section([*quality, *speed])
-    lines += _quality_section(quality)
+    sparse = [(n, r) for n, r in quality if _is_sparse_study(n, r)]
+    lines += _quality_section([(n, r) for n, r in quality if not _is_sparse_study(n, r)])
+    lines += _sparse_section(sparse)
     lines += _architecture_section(quality)
     lines += _inference_choices_section(_load(out_dir, "inference_choices_*.json"))
     lines += _loss_mode_section(_load(out_dir, "loss_mode_*.json"))

@@ -88,7 +88,7 @@ def test_sparse_labels_are_read_with_their_own_index(sample_hippo: Path, tmp_pat
         np.testing.assert_array_equal(case.annotated, expected)
         has_class = (full > 0).reshape(-1, full.shape[2]).any(axis=0)
         np.testing.assert_array_equal(case.foreground, has_class & expected)
-    # Class statistics count annotated voxels only.
+    # Class statistics count annotated voxels only, and the plan's fingerprint says so.
     counts = summed_class_voxel_counts([p.label for p in prepared if p.label is not None], 3)
     annotated_total = sum(int((p.label != 3).sum()) for p in prepared if p.label is not None)
     assert counts.sum() == annotated_total
@@ -172,6 +172,8 @@ def test_sparse_nnunet_set_trains_predicts_and_evaluates(sample_hippo: Path, tmp
     assert ckpt["classes"] == ["background", "Anterior", "Posterior"] and ckpt["ignore_label"] == IGNORE
     # QC has no volume reference from labels that hold only part of each structure.
     assert not any(ckpt["qc_reference"].get("label_volume_ml", {}).get(name) for name in ("Anterior", "Posterior"))
+    fingerprint = json.loads((run / "plan.json").read_text())["fingerprint"]
+    assert 0.2 < fingerprint["annotated_share"] < 0.3 and "annotated voxels only" in fingerprint["note"]
     rows = (run / "evaluation" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     assert len(rows) > 1

@@ -196,5 +196,17 @@ class Fingerprint:
             "class_frequencies": dict(zip(self.classes, self.class_frequencies(), strict=True)),
             "class_volumes_ml": self.class_volumes_ml(),
             "intensities": self.intensities,
+            **self._annotated(),
             "cases": [c.to_dict() for c in self.cases],
+        }
+
+    def _annotated(self) -> dict[str, Any]:
+        # Sparse annotation (medseg.data.unannotated): the class statistics above count annotated voxels only.
+        total = float(np.prod(self.shapes, axis=1).sum())
+        annotated = float(np.array([c.class_voxels for c in self.cases], dtype=np.float64).sum())
+        if total == 0 or annotated >= total:
+            return {}
+        return {
+            "annotated_share": annotated / total,
+            "note": "some voxels are unannotated: class frequencies and volumes count annotated voxels only",
         }
