@@ -174,11 +174,9 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _ignore_is_no_class(self) -> DataConfig:
-        if self.ignore_label is None:
-            return self
-        stored = self.label_values if self.label_values is not None else range(len(self.classes or []))
-        if self.ignore_label in stored:
-            raise ValueError(f"ignore_label {self.ignore_label} is the stored value of a class ({list(stored)})")
+        # Without label_values, the values come from dataset.json or default to 0..n-1: discovery checks those.
+        if self.ignore_label is not None and self.label_values is not None and self.ignore_label in self.label_values:
+            raise ValueError(f"ignore_label {self.ignore_label} is the stored value of a class ({self.label_values})")
         return self
 
     @model_validator(mode="after")

@@ -32,7 +32,7 @@ from medseg.errors import GeometryMismatchError
 METRIC_COLUMNS = ("class", "dice", "iou", "hd95_mm", "assd_mm", "vol_pred_ml", "vol_gt_ml", "vol_diff_ml", "flag")
 
 #: Flag values of a :func:`case_metrics` row.
-FLAGS = ("both_empty", "pred_empty", "gt_empty", "partly_annotated")
+FLAGS = ("both_empty", "pred_empty", "gt_empty", "partly_annotated", "unannotated")
 
 SpacingLike = Sequence[float] | np.ndarray | float | None
 
@@ -245,8 +245,9 @@ def case_metrics(
 
     A ground truth holding ``len(classes)`` marks those voxels unannotated (``data.ignore_label``,
     ``medseg.data.unannotated``): Dice, IoU and the empty flags are then taken over its annotated voxels, and the
-    surface distances and the true volume, which need the whole structure, are NaN (flag ``partly_annotated``
-    where no empty flag applies); the predicted volume is the whole prediction's.
+    surface distances and the true volume, which need the whole structure, are NaN (flag ``partly_annotated``,
+    after any empty flag: ``pred_empty;partly_annotated``); the predicted volume is the whole prediction's. One
+    that annotates no voxel is not scored at all (Dice and IoU NaN too, flag ``unannotated``).
 
     Returns:
         Rows ``{"class", "dice", "iou", "hd95_mm", "assd_mm", "vol_pred_ml", "vol_gt_ml", "vol_diff_ml",
@@ -268,7 +269,9 @@ def case_metrics(
         raise ValueError(f"classes must list background and at least one foreground class, got {list(classes)}")
     sp = _spacing(spacing, gt_labels.ndim)
     partial = annotated(gt_labels, len(classes)) is not None
-    scored_pred, scored_gt = annotated_voxels(pred_labels, gt_labels, len(classes))
+    scored = annotated_voxels(pred_labels, gt_labels, len(classes))
+    nothing = scored is None  # no annotated voxel: nothing to score
+    scored_pred, scored_gt = scored if scored is not None else (pred_labels[:0], gt_labels[:0])
     nan = float("nan")
     rows = []
     for index, name in enumerate(classes):
@@ -280,10 +283,13 @@ def case_metrics(
         flag = (
             "" if p_any and g_any else "both_empty" if not (p_any or g_any) else "pred_empty" if g_any else "gt_empty"
         )
-        undefined = skip_both_empty and flag == "both_empty"
+        undefined = nothing or (skip_both_empty and flag == "both_empty")
         vol_p = volume_ml(pred_labels == index if partial else p, sp, voxel_mm3=voxel_mm3)
-        if partial:
-            hd, mean_distance, vol_g, flag = nan, nan, nan, flag or "partly_annotated"
+        if nothing:
+            hd, mean_distance, vol_g, flag = nan, nan, nan, "unannotated"
+        elif partial:
+            hd, mean_distance, vol_g = nan, nan, nan
+            flag = ";".join(f for f in (flag, "partly_annotated") if f)
         else:
             distances = surface_distances(p, g, sp)
             hd, mean_distance = _hd_from(distances, 95.0), _assd_from(distances)

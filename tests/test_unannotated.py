@@ -62,11 +62,13 @@ def test_dataset_json_ignore_label_is_no_class() -> None:
 
 
 def test_ignore_label_that_is_a_class_value_is_refused(sample_hippo: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="ignore_label 2 is the stored value of a class"):
-        DataConfig(root=sample_hippo, classes=["background", "a", "b"], ignore_label=2)
-    # Without data.classes the clash shows once dataset.json's classes are known.
+    with pytest.raises(ValueError, match=r"ignore_label 255 is the stored value of a class \(\[0, 255\]\)"):
+        DataConfig(root=sample_hippo, classes=["background", "a"], label_values=[0, 255], ignore_label=255)
+    # Otherwise the clash shows once the stored values are known (dataset.json, or 0..n-1).
     with pytest.raises(ConfigError, match=r"data\.ignore_label 1 is the stored value of class 'Anterior'"):
         discover_cases(DataConfig(root=sample_hippo, ignore_label=1))
+    with pytest.raises(ConfigError, match=r"data\.ignore_label 2 is the stored value of class 'b'"):
+        discover_cases(DataConfig(root=sample_hippo, classes=["background", "a", "b"], ignore_label=2))
 
 
 def test_sparse_labels_are_read_with_their_own_index(sample_hippo: Path, tmp_path: Path) -> None:
@@ -179,7 +181,7 @@ def test_sparse_nnunet_set_trains_predicts_and_evaluates(sample_hippo: Path, tmp
     assert len(rows) > 1
     for line in rows[1:]:
         row = dict(zip(header, line.split(","), strict=True))
-        assert row["error"] == "" and row["flag"] in ("partly_annotated", "pred_empty", "gt_empty", "both_empty")
+        assert row["error"] == "" and row["flag"].endswith("partly_annotated")  # after any empty flag
         assert row["hd95_mm"] in ("", "nan") and row["vol_gt_ml"] in ("", "nan")
     for mask in (run / "predictions").glob("*.nii.gz"):
         assert np.asarray(nib.load(mask).dataobj).max() < IGNORE  # never predicted
@@ -194,3 +196,51 @@ def test_overlays_show_a_sparse_ground_truth_on_an_annotated_slice(sample_hippo:
     assert index % EVERY == 0  # an annotated slice, the one with the most hippocampus among them
     annotated_counts = [(gt_full[..., k] > 0).sum() if k % EVERY == 0 else -1 for k in range(gt.shape[2])]
     assert index == int(np.argmax(annotated_counts))
+
+
+def test_a_ground_truth_with_nothing_annotated_is_not_scored(sample_hippo: Path) -> None:
+    gt_full = np.asarray(nib.load(sorted((sample_hippo / "labelsTr").glob("*.nii.gz"))[0]).dataobj).astype(np.int64)
+    classes = ["background", "Anterior", "Posterior"]
+    nothing = np.full_like(gt_full, IGNORE)
+    for pred in (np.zeros_like(gt_full), gt_full):  # empty or not, a prediction cannot be scored against nothing
+        rows = case_metrics(pred, nothing, (1.0, 1.0, 1.0), classes)
+        assert all(np.isnan(r["dice"]) and np.isnan(r["iou"]) and r["flag"] == "unannotated" for r in rows)
+    # A partly annotated case whose annotated slices hold no structure: empty there, and partly annotated.
+    empty_slices = gt_full.copy()
+    empty_slices[gt_full > 0] = IGNORE
+    rows = case_metrics(np.zeros_like(gt_full), empty_slices, (1.0, 1.0, 1.0), classes)
+    assert all(r["flag"] == "both_empty;partly_annotated" and r["dice"] == 1.0 for r in rows)
+
+
+def test_label_value_errors_name_the_ignore_label(caplog: pytest.LogCaptureFixture) -> None:
+    from medseg.data.checks import label_problem
+
+    problem = LabelReading(ignore=5).problem(np.array([[0, 1], [3, 5]]), 3)
+    assert problem == (
+        "label values [3] are neither the classes' stored values [0, 1, 2] nor the value of unannotated voxels, "
+        "5 (data.ignore_label)"
+    )
+    assert LabelReading(ignore=5).problem(np.array([[0, 2], [1, 5]]), 3) is None
+    # An undeclared value above the classes hints at the key for unannotated voxels.
+    assert "say so with data.ignore_label: 255" in str(label_problem(np.array([0, 1, 2, 255]), 3))
+    with caplog.at_level("WARNING"):
+        assert ignore_from_labels({"background": 0, "a": 1, "Ignore": 2}) is None
+    assert "'Ignore' is trained as a class: only 'ignore' (lower case" in caplog.text
+
+
+def test_labels_that_annotate_nothing_are_refused_or_left_out(sample_hippo: Path, tmp_path: Path) -> None:
+    from medseg.data.foreground import check_foreground
+    from medseg.errors import EmptyLabelsError
+
+    root = tmp_path / "sparse"
+    _nnunet_v2_sparse(sample_hippo, root, n=3)
+    first = sorted((root / "labelsTr").iterdir())[0]
+    blank = np.full(nib.load(first).shape, IGNORE, np.uint8)
+    nib.save(nib.Nifti1Image(blank, nib.load(first).affine), first)
+    spec = discover_cases(DataConfig(root=root))
+    reading = LabelReading.of(DataConfig(root=root), None, spec.ignore_label)
+    prepared = prepare_cases(spec.cases, NormalizationParams(scheme="zscore"), axis=2, n_classes=3, labels=reading)
+    assert not prepared[0].annotated.any() and prepared[1].annotated.any()
+    check_foreground(prepared[1:], prepared[:1])  # one blank validation case: a warning, no error
+    with pytest.raises(EmptyLabelsError, match="No training label annotates any voxel"):
+        check_foreground(prepared[:1], prepared[1:])

@@ -148,7 +148,10 @@ class BadCaseCollector:
             return
         hint = "set data.skip_bad_cases: true to go on without them (plan.json then lists them with the reason)"
         if len(self.gathered) == 1:
-            raise BadCaseError(f"{self.gathered[0]} ({hint})") from self.gathered[0]
+            raise BadCaseError(
+                f"{self.gathered[0]}. To go on without it, set data.skip_bad_cases: true (plan.json then lists it "
+                "with the reason)"
+            ) from self.gathered[0]
         shown = "\n".join(f"  - {err}" for err in self.gathered[:LISTED_BAD_CASES])
         more = len(self.gathered) - LISTED_BAD_CASES
         raise BadCaseError(
@@ -433,6 +436,13 @@ def ignore_from_labels(labels: Any) -> int | None:
             return value
         if value == IGNORE_NAME and isinstance(key, str) and key.strip().isdigit():  # MSD style {"3": "ignore"}
             return int(key)
+        name = key if isinstance(value, int) else value
+        if isinstance(name, str) and name.strip().casefold() == IGNORE_NAME and name != IGNORE_NAME:
+            log.warning(
+                "dataset.json label '%s' is trained as a class: only 'ignore' (lower case, as nnU-Net spells it) "
+                "marks unannotated voxels",
+                name,
+            )
     return None
 
 

@@ -76,6 +76,12 @@ def label_problem(label: np.ndarray, n_classes: int, values: Sequence[int] | Non
                 f"; a binary mask stored as 0/{bad[0]:g}? Say so with data.label_values: [0, {bad[0]:g}] "
                 "(medseg then reads it as stored and writes its masks the same way)"
             )
+        elif len(bad) == 1 and bad[0] == found[-1] and found.size > 2:
+            # One extra value above the classes: often the mark of voxels nobody annotated (255 in many sets).
+            problem += (
+                f"; if {bad[0]:g} marks voxels nobody annotated (sparse annotation), say so with "
+                f"data.ignore_label: {bad[0]:g}"
+            )
         return problem
     return None
 

@@ -147,8 +147,8 @@ class SliceDataset(Dataset[dict[str, torch.Tensor]]):
             len(prepared),
             self.patch_hw,
             self.channels,
-            100 * self.foreground.mean(),
-            "" if self.annotated.all() else f", {int(self.annotated.sum())} with annotated voxels (drawn alone)",
+            100 * self.foreground[self.annotated].mean() if self.annotated.any() else 0.0,
+            "" if self.annotated.all() else f" of the {int(self.annotated.sum())} with annotated voxels (drawn alone)",
         )
 
     def __len__(self) -> int:

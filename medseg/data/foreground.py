@@ -28,8 +28,14 @@ def _describe(cases: Sequence[PreparedCase]) -> str:
 
 
 def empty_label_cases(cases: Sequence[PreparedCase]) -> list[PreparedCase]:
-    """The labelled cases whose label holds no voxel > 0."""
+    """The labelled cases whose label holds no voxel > 0 (unannotated voxels, ``medseg.data.unannotated``, are
+    none)."""
     return [p for p in cases if p.label is not None and not p.foreground.any()]
+
+
+def unannotated_cases(cases: Sequence[PreparedCase]) -> list[PreparedCase]:
+    """The labelled cases whose label annotates no voxel at all (every voxel holds ``data.ignore_label``)."""
+    return [p for p in cases if p.label is not None and not p.annotated.any()]
 
 
 def check_foreground(train: Sequence[PreparedCase], val: Sequence[PreparedCase]) -> None:
@@ -44,6 +50,13 @@ def check_foreground(train: Sequence[PreparedCase], val: Sequence[PreparedCase])
     """
     labelled = [p for p in train if p.label is not None]
     empty_train = empty_label_cases(labelled)
+    blank = unannotated_cases([*labelled, *val])
+    if labelled and all(p in blank for p in labelled):
+        raise EmptyLabelsError(
+            f"No training label annotates any voxel: every voxel of {_describe(labelled)} holds data.ignore_label "
+            "(unannotated). Check data.ignore_label (or the 'ignore' label of dataset.json): it must be the value "
+            "of the voxels nobody drew, not of the background"
+        )
     if labelled and len(empty_train) == len(labelled):
         raise EmptyLabelsError(
             f"All {len(labelled)} training labels are empty (no voxel > 0): {_describe(empty_train)}. "
@@ -51,7 +64,14 @@ def check_foreground(train: Sequence[PreparedCase], val: Sequence[PreparedCase])
             "Check that data.root (or data.label_glob / data.dicom_mask_pattern) points at the label files and "
             "that their values are the class indices (1, 2, ...), not all 0"
         )
-    for p in [*empty_train, *empty_label_cases(val)]:
+    for p in blank:
+        label = p.case.label if p.case is not None else None
+        log.warning(
+            "Case '%s': label%s annotates no voxel (all data.ignore_label); it is neither trained on nor scored",
+            p.id,
+            f" '{label}'" if label is not None else "",
+        )
+    for p in [q for q in [*empty_train, *empty_label_cases(val)] if q not in blank]:
         label = p.case.label if p.case is not None else None
         log.warning(
             "Case '%s': label%s holds no foreground (background only); it counts as Dice 1.0 when the "

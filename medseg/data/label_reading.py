@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from medseg.data.checks import label_problem, value_problem
-from medseg.data.label_values import is_identity, to_classes
+from medseg.data.label_values import is_identity, to_classes, unexpected_values
 
 if TYPE_CHECKING:
     from medseg.config import DataConfig
@@ -82,8 +82,19 @@ class LabelReading:
         """Why ``label`` cannot be read as a label map of ``n_classes`` classes, or ``None``."""
         if self.unlisted_background:
             return value_problem(np.asarray(label))
-        stored = self._stored(n_classes)
-        return label_problem(label, n_classes + (self.ignore is not None), stored)
+        if self.ignore is None:
+            return label_problem(label, n_classes, self.values)
+        problem = value_problem(np.asarray(label))
+        if problem:
+            return problem
+        classes = list(self.values) if self.values is not None else list(range(n_classes))
+        bad = unexpected_values(np.asarray(label), [*classes, self.ignore])
+        if bad.size:
+            return (
+                f"label values {bad[:10].tolist()} are neither the classes' stored values {classes} nor the value "
+                f"of unannotated voxels, {self.ignore} (data.ignore_label)"
+            )
+        return None
 
     def indices(self, label: np.ndarray, n_classes: int, dtype: type[np.integer] = np.uint8) -> np.ndarray:
         """Class indices of a label volume that passed :meth:`problem` (stored values mapped, unlisted ones 0,

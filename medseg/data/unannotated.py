@@ -9,7 +9,8 @@ leaves those voxels out:
   drawn; ``medseg.data.dataset``);
 - class frequencies, class weights, the output-bias prior and the fingerprint count annotated voxels only;
 - validation Dice and evaluation Dice / IoU are computed over annotated voxels only; the surface distances and
-  the true volume of a partly annotated case cannot be measured and are not reported (NaN);
+  the true volume of a partly annotated case cannot be measured and are not reported (NaN); a case with no
+  annotated voxel at all has no Dice either (NaN, left out of every mean, not the 1.0 of two empty masks);
 - predictions never hold it (the network has no output for it).
 
 Label resampling (one-hot, bilinear, argmax) carries the index as one more channel, so an annotated region keeps
@@ -55,10 +56,13 @@ def without_unannotated(label: np.ndarray, n_classes: int) -> np.ndarray:
     return label if keep is None else np.where(keep, label, 0).astype(label.dtype, copy=False)
 
 
-def annotated_voxels(pred: np.ndarray, gt: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def annotated_voxels(pred: np.ndarray, gt: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray] | None:
     """``pred`` and ``gt`` at the voxels ``gt`` annotates (flattened), or both unchanged when it annotates all:
-    what Dice and IoU of a partly annotated case are computed over."""
+    what Dice and IoU of a partly annotated case are computed over. ``None`` when ``gt`` annotates no voxel:
+    such a case cannot be scored (two empty arrays would give Dice 1.0)."""
     keep = annotated(gt, n_classes)
     if keep is None:
         return np.asarray(pred), np.asarray(gt)
+    if not keep.any():
+        return None
     return np.asarray(pred)[keep], np.asarray(gt)[keep]

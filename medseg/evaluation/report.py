@@ -365,7 +365,7 @@ def evaluate(
                 stats[metric] = _stats([abs(r["vol_diff_ml"]) for r in crow])
             else:
                 stats[metric] = _stats([r[metric] for r in crow])
-        stats["flags"] = {flag: sum(r["flag"] == flag for r in crow) for flag in FLAGS}
+        stats["flags"] = {flag: sum(flag in r["flag"].split(";") for r in crow) for flag in FLAGS}
         per_class[name] = stats
 
     written: list[str] = []

@@ -182,9 +182,11 @@ def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
 
 
 def _mean_dice(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray], c: int, n_classes: int) -> float:
-    # Over the annotated voxels of each ground truth (all of them unless it marks some unannotated).
-    pairs = (annotated_voxels(p, g, n_classes) for p, g in zip(preds, gts, strict=True))
-    return float(np.mean([_dice(p == c, g == c) for p, g in pairs]))
+    # Over the annotated voxels of each ground truth (all of them unless it marks some unannotated); a ground
+    # truth with none is no evidence either way.
+    pairs = [annotated_voxels(p, g, n_classes) for p, g in zip(preds, gts, strict=True)]
+    scores = [_dice(pair[0] == c, pair[1] == c) for pair in pairs if pair is not None]
+    return float(np.mean(scores)) if scores else 0.0
 
 
 def decide_postprocessing(

@@ -34,7 +34,6 @@ RESUME_MUST_MATCH: tuple[str, ...] = (
     "data.classes",
     "data.label_values",
     "data.unlisted_labels",
-    "data.ignore_label",
     "data.class_aliases",
     "data.seed",
     "data.val_fraction",
@@ -46,12 +45,12 @@ RESUME_MUST_MATCH: tuple[str, ...] = (
 )
 
 #: What a key absent from an older checkpoint's config meant then (configs before ``model.architecture`` or
-#: ``data.class_aliases``, or ``data.ignore_label``: every voxel annotated).
+#: ``data.class_aliases``). The value of unannotated voxels is compared as discovered (``data.ignore_label`` or
+#: dataset.json), by the trainer.
 _ABSENT_MEANT: dict[str, Any] = {
     "model.architecture": "unet",
     "model.depth": 4,
     "data.class_aliases": {},
-    "data.ignore_label": None,
 }
 
 

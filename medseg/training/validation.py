@@ -90,8 +90,10 @@ def validate_volumes(
             labels[start:stop] = forward_labels(model, case.network_input(start, stop), case_settings)
         pred = slices_to_volume(labels, axis)
         gt = slices_to_volume(np.asarray(case.label), axis)
-        scored_pred, scored_gt = annotated_voxels(pred, gt, n_classes)  # unannotated voxels are left out
-        per_case[str(case.id)] = [dice(scored_pred == c, scored_gt == c) for c in range(1, n_classes)]
+        scored = annotated_voxels(pred, gt, n_classes)  # unannotated voxels are left out
+        if scored is None:  # nothing annotated: no score (two empty masks would count as Dice 1.0)
+            continue
+        per_case[str(case.id)] = [dice(scored[0] == c, scored[1] == c) for c in range(1, n_classes)]
         if keep_volumes:
             preds.append(pred)
             gts.append(gt)
