@@ -94,6 +94,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.folds < 2:
         parser.error("--folds must be at least 2")
+    if (args.data_root.expanduser() / "sparse_labels.json").is_file() and args.ground_truth is None:
+        parser.error(
+            "--data-root is a sparsely annotated copy (sparse_labels.py): pass --ground-truth <the complete labels> "
+            "to score its held-out cases"
+        )
     if args.minutes <= 0:
         parser.error("--minutes must be > 0")
     if args.fold_subset:

@@ -220,10 +220,10 @@ def _sparse_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     rows = []
     for name, r in ordered:
         sp = r.get("sparse_labels")
-        labels = "complete" if sp is None else f"every {sp['every']}th slice, the rest {sp['unannotated']}"
+        labels = "complete" if sp is None else f"1 slice in {sp['every']} kept, the rest {sp['unannotated']}"
         s = r.get("summary", {}).get(r.get("primary_evaluation", "best"), {})
         md = s.get("mean_dice", {})
-        epochs = sorted({f["train"].get("epochs") for f in r.get("folds", [])})
+        epochs = sorted({int(f["train"]["epochs"]) for f in r.get("folds", []) if f["train"].get("epochs")})
         rows.append(
             [
                 f"`{name.removeprefix('quality_').removesuffix('.json')}`",

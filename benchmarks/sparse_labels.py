@@ -42,7 +42,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA, help="MSD-layout dataset (dataset.json)")
     parser.add_argument("--out", type=Path, required=True, help="folder of the copy (must not exist)")
     parser.add_argument("--every", type=int, default=4, help="keep the label of every k-th slice")
-    parser.add_argument("--axis", type=int, default=2, choices=[0, 1, 2], help="voxel axis of the slices")
+    parser.add_argument(
+        "--axis",
+        type=int,
+        default=2,
+        choices=[0, 1, 2],
+        help="voxel axis of the slices, in the files' own order (medseg slices in closest-RAS order: the same axis "
+        "for RAS-stored files such as Task04 Hippocampus, not necessarily for others)",
+    )
     parser.add_argument("--offset", type=int, default=None, help="first kept slice (default: every // 2)")
     parser.add_argument("--unannotated", choices=["ignore", "background"], default="ignore")
     args = parser.parse_args(argv)

@@ -25,13 +25,14 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from medseg.data.unannotated import annotated, annotated_voxels
+from medseg.data.unannotated import annotated_mask, annotated_voxels
 from medseg.errors import GeometryMismatchError
 
 #: Columns of a :func:`case_metrics` row, in the order the report writes them (after ``case``).
 METRIC_COLUMNS = ("class", "dice", "iou", "hd95_mm", "assd_mm", "vol_pred_ml", "vol_gt_ml", "vol_diff_ml", "flag")
 
 #: Flag values of a :func:`case_metrics` row.
+#: The last two only where a ground truth marks unannotated voxels (``case_metrics(unannotated=True)``).
 FLAGS = ("both_empty", "pred_empty", "gt_empty", "partly_annotated", "unannotated")
 
 SpacingLike = Sequence[float] | np.ndarray | float | None
@@ -230,6 +231,7 @@ def case_metrics(
     *,
     voxel_mm3: float | None = None,
     skip_both_empty: bool = False,
+    unannotated: bool = False,
 ) -> list[dict[str, Any]]:
     """All metrics of one case, one row per foreground class.
 
@@ -243,11 +245,12 @@ def case_metrics(
         skip_both_empty: Dice and IoU of a class absent from both masks are NaN, left out of means as nnU-Net
             does, instead of a perfect 1 (the BraTS / MSD convention, and this module's ``dice``).
 
-    A ground truth holding ``len(classes)`` marks those voxels unannotated (``data.ignore_label``,
-    ``medseg.data.unannotated``): Dice, IoU and the empty flags are then taken over its annotated voxels, and the
-    surface distances and the true volume, which need the whole structure, are NaN (flag ``partly_annotated``,
-    after any empty flag: ``pred_empty;partly_annotated``); the predicted volume is the whole prediction's. One
-    that annotates no voxel is not scored at all (Dice and IoU NaN too, flag ``unannotated``).
+    With ``unannotated``, a ground truth holding ``len(classes)`` marks those voxels unannotated
+    (``data.ignore_label``, ``medseg.data.unannotated``): Dice, IoU and the empty flags are then taken over its
+    annotated voxels, and the surface distances and the true volume, which need the whole structure, are NaN
+    (flag ``partly_annotated``, after any empty flag: ``pred_empty;partly_annotated``); the predicted volume is
+    the whole prediction's. One that annotates no voxel is not scored at all (Dice and IoU NaN too, flag
+    ``unannotated``).
 
     Returns:
         Rows ``{"class", "dice", "iou", "hd95_mm", "assd_mm", "vol_pred_ml", "vol_gt_ml", "vol_diff_ml",
@@ -268,8 +271,8 @@ def case_metrics(
     if len(classes) < 2:
         raise ValueError(f"classes must list background and at least one foreground class, got {list(classes)}")
     sp = _spacing(spacing, gt_labels.ndim)
-    partial = annotated(gt_labels, len(classes)) is not None
-    scored = annotated_voxels(pred_labels, gt_labels, len(classes))
+    partial = unannotated and annotated_mask(gt_labels, len(classes)) is not None
+    scored = annotated_voxels(pred_labels, gt_labels, len(classes)) if unannotated else (pred_labels, gt_labels)
     nothing = scored is None  # no annotated voxel: nothing to score
     scored_pred, scored_gt = scored if scored is not None else (pred_labels[:0], gt_labels[:0])
     nan = float("nan")

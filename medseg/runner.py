@@ -23,7 +23,6 @@ images, no checkpoint) and raises :class:`~medseg.errors.ConfigError` naming the
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -155,7 +154,7 @@ def _label_source(cfg: Config) -> tuple[str, str]:
     if layout == "auto":
         layout = "msd" if root is not None and (root / "dataset.json").is_file() else "glob"
     if layout == "msd":
-        listed = root is not None and _lists_training(root / "dataset.json")
+        listed = root is not None and _lists_training(root)
         where = f"'{root}/labelsTr'" + (" (as listed in dataset.json)" if listed else "")
         return where, "add the missing label files, or fix the 'training' list of dataset.json" if listed else (
             "add the missing labelsTr/<case><file_ending> files"
@@ -169,10 +168,14 @@ def _label_source(cfg: Config) -> tuple[str, str]:
     return f"'{root}' with data.label_glob '{cfg.data.label_glob}'", "fix data.label_glob / data.case_pattern"
 
 
-def _lists_training(dataset_json: Path) -> bool:
+def _lists_training(root: Path) -> bool:
+    """Whether ``root/dataset.json`` lists its training cases (MSD, nnU-Net v1) or leaves them to file names
+    (nnU-Net v2)."""
+    from medseg.data.cases import read_dataset_json
+
     try:
-        return isinstance(json.loads(dataset_json.read_text()).get("training"), list)
-    except (OSError, ValueError, AttributeError):
+        return isinstance(read_dataset_json(root).get("training"), list)
+    except ConfigError:
         return False
 
 

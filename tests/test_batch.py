@@ -155,6 +155,10 @@ def test_unique_names_for_colliding_cases(tmp_path: Path) -> None:
     assert ids[:2] == ["siteA_T1post", "siteB_T1post"]
     assert len({i.lower() for i in ids}) == 6 and ids[5] == "other"
     assert ids[2:5] == ["case1_nii_gz", "case1_nrrd", "CASE1_mha"]  # one folder: the endings, not the path
+    # Two endings in one folder and the same name in another: the endings, then that folder's name.
+    f, g, h = tmp_path / "x" / "a.nii.gz", tmp_path / "x" / "a.nrrd", tmp_path / "y" / "a.nii.gz"
+    assert unique_case_ids([f, g, h]) == ["a_nii_gz", "a_nrrd", "a"]
+    assert unique_case_ids([tmp_path / "x" / "a.nii.gz", tmp_path / "x" / "A.nii.gz"]) == ["a", "A_2"]
 
 
 def test_output_inside_input_is_refused(predictor: Predictor, scan_folder: Path) -> None:

@@ -73,9 +73,12 @@ def test_class_weights_inverse_frequency() -> None:
     absent = compute_class_weights([np.array([0, 0, 1])], 3, clip=(0.2, 5.0))
     assert absent[2] == 5.0  # a class never seen is as rare as allowed
     with pytest.raises(ValueError, match="outside"):
-        compute_class_weights([np.array([0, 4])], 3)
-    # Index 3 of 3 classes marks unannotated voxels (medseg.data.unannotated): not counted.
-    np.testing.assert_allclose(compute_class_weights([np.array([0, 3, 3, 1, 2])], 3), [1.0, 1.0, 1.0])
+        compute_class_weights([np.array([0, 3])], 3)
+    # With unannotated voxels declared, index 3 of 3 classes marks them (medseg.data.unannotated): not counted.
+    marked = [np.array([0, 3, 3, 1, 2])]
+    np.testing.assert_allclose(compute_class_weights(marked, 3, unannotated=True), [1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="outside"):
+        compute_class_weights([np.array([0, 4])], 3, unannotated=True)
 
 
 def test_class_weights_on_hippocampus(sample_hippo: Path) -> None:

@@ -139,13 +139,7 @@ def test_evaluate_end_to_end_on_real_labels(
         assert stats["mean"] == pytest.approx(np.mean(dices), abs=1e-5)
         assert stats["median"] == pytest.approx(np.median(dices), abs=1e-5)
         assert stats["std"] == pytest.approx(np.std(dices, ddof=1), abs=1e-5)
-        assert summary["classes"][name]["flags"] == {
-            "both_empty": 0,
-            "pred_empty": 0,
-            "gt_empty": 0,
-            "partly_annotated": 0,
-            "unannotated": 0,
-        }
+        assert summary["classes"][name]["flags"] == {"both_empty": 0, "pred_empty": 0, "gt_empty": 0}
 
     # Overlays: the best (perfect) and the worst case by mean Dice, drawn on the real image.
     worst = ids[int(np.argmin(case_means))]
@@ -267,7 +261,7 @@ def test_both_empty_skip_leaves_absent_classes_out_of_the_means(tmp_path: Path, 
     assert skip["mean_dice"] == pytest.approx((d_eroded + (1 + 0) / 2) / 2)
     assert skip["classes"]["Posterior"]["dice"] == {"mean": 0.0, "median": 0.0, "std": None, "n": 1}
     assert skip["classes"]["Anterior"]["dice"]["n"] == 2
-    flags = {"both_empty": 2, "pred_empty": 0, "gt_empty": 1, "partly_annotated": 0, "unannotated": 0}
+    flags = {"both_empty": 2, "pred_empty": 0, "gt_empty": 1}
     assert skip["classes"]["Posterior"]["flags"] == one["classes"]["Posterior"]["flags"] == flags
     rows = {(r["case"], r["class"]): r for r in _read_csv(tmp_path / "skip" / "metrics.csv")}
     assert rows[("eroded", "Posterior")]["flag"] == "both_empty"

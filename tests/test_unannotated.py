@@ -91,7 +91,7 @@ def test_sparse_labels_are_read_with_their_own_index(sample_hippo: Path, tmp_pat
         has_class = (full > 0).reshape(-1, full.shape[2]).any(axis=0)
         np.testing.assert_array_equal(case.foreground, has_class & expected)
     # Class statistics count annotated voxels only, and the plan's fingerprint says so.
-    counts = summed_class_voxel_counts([p.label for p in prepared if p.label is not None], 3)
+    counts = summed_class_voxel_counts([p.label for p in prepared if p.label is not None], 3, unannotated=True)
     annotated_total = sum(int((p.label != 3).sum()) for p in prepared if p.label is not None)
     assert counts.sum() == annotated_total
 
@@ -151,7 +151,7 @@ def test_metrics_of_a_partly_annotated_case_use_its_annotated_voxels(sample_hipp
     gt_full = np.asarray(nib.load(path).dataobj).astype(np.int64)
     pred = np.roll(gt_full, 1, axis=0)  # a prediction one voxel off
     gt = _sparse(gt_full)
-    rows = case_metrics(pred, gt, (1.0, 1.0, 1.0), ["background", "Anterior", "Posterior"])
+    rows = case_metrics(pred, gt, (1.0, 1.0, 1.0), ["background", "Anterior", "Posterior"], unannotated=True)
     keep = gt != IGNORE
     for row, c in zip(rows, (1, 2), strict=True):
         assert row["dice"] == pytest.approx(dice(pred[keep] == c, gt_full[keep] == c))
@@ -203,12 +203,12 @@ def test_a_ground_truth_with_nothing_annotated_is_not_scored(sample_hippo: Path)
     classes = ["background", "Anterior", "Posterior"]
     nothing = np.full_like(gt_full, IGNORE)
     for pred in (np.zeros_like(gt_full), gt_full):  # empty or not, a prediction cannot be scored against nothing
-        rows = case_metrics(pred, nothing, (1.0, 1.0, 1.0), classes)
+        rows = case_metrics(pred, nothing, (1.0, 1.0, 1.0), classes, unannotated=True)
         assert all(np.isnan(r["dice"]) and np.isnan(r["iou"]) and r["flag"] == "unannotated" for r in rows)
     # A partly annotated case whose annotated slices hold no structure: empty there, and partly annotated.
     empty_slices = gt_full.copy()
     empty_slices[gt_full > 0] = IGNORE
-    rows = case_metrics(np.zeros_like(gt_full), empty_slices, (1.0, 1.0, 1.0), classes)
+    rows = case_metrics(np.zeros_like(gt_full), empty_slices, (1.0, 1.0, 1.0), classes, unannotated=True)
     assert all(r["flag"] == "both_empty;partly_annotated" and r["dice"] == 1.0 for r in rows)
 
 

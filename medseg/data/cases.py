@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.config import DataConfig
-from medseg.data.label_values import is_identity, label_values_problem
+from medseg.data.label_values import MAX_LABEL_VALUE, is_identity, label_values_problem
 from medseg.data.layout_hint import layout_hint
 from medseg.data.modality import RecordedModality, from_channel_names
 from medseg.errors import BadCaseError, ConfigError
@@ -149,8 +149,8 @@ class BadCaseCollector:
         hint = "set data.skip_bad_cases: true to go on without them (plan.json then lists them with the reason)"
         if len(self.gathered) == 1:
             raise BadCaseError(
-                f"{self.gathered[0]}. To go on without it, set data.skip_bad_cases: true (plan.json then lists it "
-                "with the reason)"
+                f"{str(self.gathered[0]).rstrip('.')}. To go on without it, set data.skip_bad_cases: true (plan.json "
+                "then lists it with the reason)"
             ) from self.gathered[0]
         shown = "\n".join(f"  - {err}" for err in self.gathered[:LISTED_BAD_CASES])
         more = len(self.gathered) - LISTED_BAD_CASES
@@ -338,6 +338,8 @@ def _ignore_label(
     if cfg.ignore_label is not None and declared is not None and cfg.ignore_label != declared:
         source = root / "dataset.json"
         log.warning("data.ignore_label %d replaces the ignore label %d of '%s'", ignore, declared, source)
+    if ignore is not None and not 0 <= ignore <= MAX_LABEL_VALUE:
+        raise ConfigError(f"'{root / 'dataset.json'}': the ignore label {ignore} is outside 0..{MAX_LABEL_VALUE}")
     stored = values if values is not None else list(range(len(classes)))
     if ignore is not None and ignore in stored:
         raise ConfigError(

@@ -13,28 +13,33 @@ from medseg.metrics import class_voxel_counts
 log = logging.getLogger(__name__)
 
 
-def summed_class_voxel_counts(labels: Iterable[np.ndarray], n_classes: int) -> np.ndarray:
+def summed_class_voxel_counts(labels: Iterable[np.ndarray], n_classes: int, *, unannotated: bool = False) -> np.ndarray:
     """Voxels per class summed over ``labels`` (int64, ``(n_classes,)``; each by :func:`class_voxel_counts`).
 
-    Unannotated voxels (index ``n_classes``, ``medseg.data.unannotated``) are not counted.
+    Args:
+        labels: Class indices ``0..n_classes-1``.
+        n_classes: Number of classes including background.
+        unannotated: Labels may hold ``n_classes`` for unannotated voxels (``medseg.data.unannotated``), which are
+            not counted.
 
     Raises:
-        ValueError: If a label holds values outside ``0..n_classes``.
+        ValueError: If a label holds values outside ``0..n_classes-1`` (``0..n_classes`` with ``unannotated``).
     """
+    top = n_classes if unannotated else n_classes - 1
     counts = np.zeros(n_classes, dtype=np.int64)
     for label in labels:
         flat = np.asarray(label).reshape(-1)
         if flat.size == 0:
             continue
         lo, hi = int(flat.min()), int(flat.max())
-        if lo < 0 or hi > n_classes:
-            raise ValueError(f"label values {lo}..{hi} are outside 0..{n_classes - 1} (and {n_classes}: unannotated)")
+        if lo < 0 or hi > top:
+            raise ValueError(f"label values {lo}..{hi} are outside 0..{top}")
         counts += class_voxel_counts(flat, n_classes)
     return counts
 
 
 def compute_class_weights(
-    labels: Iterable[np.ndarray], n_classes: int, clip: Sequence[float] = (0.2, 5.0)
+    labels: Iterable[np.ndarray], n_classes: int, clip: Sequence[float] = (0.2, 5.0), *, unannotated: bool = False
 ) -> np.ndarray:
     """Inverse voxel frequency, normalised to mean 1 over classes, then clipped.
 
@@ -44,6 +49,7 @@ def compute_class_weights(
         labels: Training label arrays (volumes or slices), values ``0..n_classes-1``.
         n_classes: Number of classes including background.
         clip: ``(low, high)`` range of the final weights (``loss.class_weight_range``).
+        unannotated: Labels may mark unannotated voxels (:func:`summed_class_voxel_counts`); they are not counted.
 
     Returns:
         float32 ``(n_classes,)`` weights, background first.
@@ -51,7 +57,7 @@ def compute_class_weights(
     low, high = float(clip[0]), float(clip[1])
     if not 0 < low <= high:
         raise ValueError(f"class weight range must satisfy 0 < low <= high, got {tuple(clip)}")
-    counts = summed_class_voxel_counts(labels, n_classes).astype(np.float64)
+    counts = summed_class_voxel_counts(labels, n_classes, unannotated=unannotated).astype(np.float64)
     present = counts > 0
     weights = np.full(n_classes, high, dtype=np.float64)
     if present.any():
@@ -66,8 +72,11 @@ def resolve_class_weights(
     labels: Iterable[np.ndarray],
     n_classes: int,
     clip: Sequence[float] = (0.2, 5.0),
+    *,
+    unannotated: bool = False,
 ) -> np.ndarray | None:
-    """Turns ``loss.class_weights`` into weights: ``auto`` (computed), ``none`` (``None``) or an explicit list.
+    """Turns ``loss.class_weights`` into weights: ``auto`` (computed, unannotated voxels not counted), ``none``
+    (``None``) or an explicit list.
 
     Raises:
         ConfigError: If an explicit list does not have one positive weight per class (incl. background).
@@ -77,7 +86,7 @@ def resolve_class_weights(
             return None
         if option != "auto":
             raise ConfigError(f"loss.class_weights: expected auto, none or a list, got {option!r}")
-        weights = compute_class_weights(labels, n_classes, clip)
+        weights = compute_class_weights(labels, n_classes, clip, unannotated=unannotated)
         log.debug("Class weights (auto): %s", [round(float(w), 3) for w in weights])
         return weights
     weights = np.asarray(list(option), dtype=np.float32)

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, get_worker_info
 from medseg.data.prepare import PreparedCase, PreparedData, prepare_cases, prepare_training_data
 from medseg.data.sampling import ForegroundSampler, foreground_sampler
 from medseg.data.slicing import context_indices, padded_size
-from medseg.data.unannotated import foreground as foreground_mask
+from medseg.data.unannotated import foreground_mask
 from medseg.threads import single_thread
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.data.unannotated import foreground
+from medseg.data.unannotated import foreground_mask
 from medseg.metrics import class_voxel_counts
 
 #: Raw intensity samples kept per case and channel for the percentiles (nnU-Net keeps 10,000 per case).
@@ -96,7 +96,7 @@ class FingerprintAccumulator:
         if label is not None:
             counts = class_voxel_counts(label, n_classes)
             # Unannotated voxels (index n_classes, ``medseg.data.unannotated``) are neither counted nor foreground.
-            fg = foreground(label, n_classes).reshape(-1)
+            fg = foreground_mask(label, n_classes).reshape(-1)
         else:
             counts = np.zeros(n_classes, dtype=np.int64)
             fg = None

@@ -51,7 +51,8 @@ def check_foreground(train: Sequence[PreparedCase], val: Sequence[PreparedCase])
     labelled = [p for p in train if p.label is not None]
     empty_train = empty_label_cases(labelled)
     blank = unannotated_cases([*labelled, *val])
-    if labelled and all(p in blank for p in labelled):
+    blank_ids = {p.id for p in blank}
+    if labelled and all(p.id in blank_ids for p in labelled):
         raise EmptyLabelsError(
             f"No training label annotates any voxel: every voxel of {_describe(labelled)} holds data.ignore_label "
             "(unannotated). Check data.ignore_label (or the 'ignore' label of dataset.json): it must be the value "
@@ -71,7 +72,7 @@ def check_foreground(train: Sequence[PreparedCase], val: Sequence[PreparedCase])
             p.id,
             f" '{label}'" if label is not None else "",
         )
-    for p in [q for q in [*empty_train, *empty_label_cases(val)] if q not in blank]:
+    for p in [q for q in [*empty_train, *empty_label_cases(val)] if q.id not in blank_ids]:
         label = p.case.label if p.case is not None else None
         log.warning(
             "Case '%s': label%s holds no foreground (background only); it counts as Dice 1.0 when the "

@@ -46,12 +46,13 @@ class Placement:
         )
 
 
-def place_on_grid(label: Volume, image: Volume, tolerance: float) -> Placement | None:
+def place_on_grid(label: Volume, image: Volume, tolerance: float, *, fill: int = 0) -> Placement | None:
     """``label`` on ``image``'s voxel grid, when each of its voxels is exactly a voxel of that grid.
 
     That holds when label index -> image index is a signed permutation of the axes plus a whole-voxel shift:
     a label stored in another axis order, or cut to its extent. Label voxels off the image grid's extent are
-    dropped (counted in ``outside``); image voxels the label does not cover are background.
+    dropped (counted in ``outside``); image voxels the label does not cover get ``fill``: background, or the
+    value of unannotated voxels (``data.ignore_label``) where the dataset has one (nobody drew there).
 
     Args:
         label: The label as read.
@@ -88,18 +89,25 @@ def place_on_grid(label: Volume, image: Volume, tolerance: float) -> Placement |
         else:
             start[a] = int(shift[a])
     box = [[int(start[a]), int(start[a] + array.shape[a] - 1)] for a in range(3)]
-    out = np.zeros(image.shape, dtype=array.dtype)
+    out = np.full(image.shape, fill, dtype=array.dtype)
     dst = tuple(slice(max(0, start[a]), min(image.shape[a], start[a] + array.shape[a])) for a in range(3))
     src_sl = tuple(slice(dst[a].start - start[a], dst[a].stop - start[a]) for a in range(3))
     inside = array[src_sl] if all(s.stop > s.start for s in dst) else array[0:0]
-    outside = int(np.count_nonzero(array)) - int(np.count_nonzero(inside))
+    outside = _labelled(array, fill) - _labelled(inside, fill)
     if inside.size:
         out[dst] = inside
     volume = Volume(array=out, affine=image.affine, source=label.source, header=image.header)
     return Placement(volume, box, whole=box == [[0, s - 1] for s in image.shape], outside=outside)
 
 
-def label_on_image_grid(label: Volume, image: Volume, tolerance: float, *, place_cut: bool) -> Volume | None:
+def _labelled(array: np.ndarray, fill: int) -> int:
+    # Voxels holding a class other than background (and other than the unannotated value, where it is the fill).
+    return int(np.count_nonzero((array != 0) & (array != fill))) if fill else int(np.count_nonzero(array))
+
+
+def label_on_image_grid(
+    label: Volume, image: Volume, tolerance: float, *, place_cut: bool, fill: int = 0
+) -> Volume | None:
     """The label on its image's grid, or ``None`` when its voxels are not the image's (the caller refuses it).
 
     Args:
@@ -107,12 +115,13 @@ def label_on_image_grid(label: Volume, image: Volume, tolerance: float, *, place
         image: Its image.
         tolerance: As :func:`place_on_grid`.
         place_cut: Place a label cut to its extent (``data.place_cut_labels``); another axis order is always placed.
+        fill: As :func:`place_on_grid`.
 
     Raises:
         ValueError: A cut label without ``place_cut`` (the message says how to place it), or labelled voxels
             beyond the image.
     """
-    placement = place_on_grid(label, image, tolerance)
+    placement = place_on_grid(label, image, tolerance, fill=fill)
     if placement is None:
         return None
     if not placement.whole and not place_cut:

@@ -51,7 +51,8 @@ class LabelReading:
     @classmethod
     def of(cls, data: DataConfig, values: Sequence[int] | None, ignore: int | None = None) -> LabelReading:
         """From the ``data`` config and what discovery settled on (``DatasetSpec.label_values`` and
-        ``DatasetSpec.ignore_label``)."""
+        ``DatasetSpec.ignore_label``; without the latter, ``data.ignore_label``)."""
+        ignore = ignore if ignore is not None else data.ignore_label
         return cls(
             values=None if values is None or is_identity(values) else tuple(int(v) for v in values),
             unlisted_background=data.unlisted_labels == "background",

@@ -8,6 +8,7 @@ it, with the file names it saw, so the next try can work.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from medseg.io.scans import SUPPORTED_SUFFIXES, image_suffix, is_dicom_file, is_hidden
@@ -21,7 +22,13 @@ _PROBE = 20
 _DICOM_DEPTH = 3
 #: Folder names that hold the labels of an image folder beside them (``images/`` + ``labels/``, ``imagesTr/`` +
 #: ``labelsTr/`` without a dataset.json, ``img/`` + ``masks/``), compared case-insensitively.
-_LABEL_FOLDER_WORDS = ("label", "mask", "seg", "gt", "ground_truth", "annotation")
+_LABEL_FOLDER_WORDS = ("label", "mask", "seg", "gt", "ground", "annotation", "truth")
+
+
+def _is_label_folder(name: str) -> bool:
+    # By word, not substring ('gt' is no word of 'length'): labels, labelsTr, masks, seg, ground_truth ...
+    words = [w for w in re.split(r"[_\-. ]+|(?<=[a-z])(?=[A-Z])", name) if w]
+    return any(w.lower().rstrip("s").startswith(_LABEL_FOLDER_WORDS) for w in words)
 
 
 def _visible(folder: Path) -> list[Path]:
@@ -66,7 +73,7 @@ def layout_hint(root: Path) -> str:
     hints: list[str] = []
     with_scans = [(f, _scan_files(_visible(f))) for f in folders]
     with_scans = [(f, files) for f, files in with_scans if files]
-    labels = [(f, files) for f, files in with_scans if any(w in f.name.lower() for w in _LABEL_FOLDER_WORDS)]
+    labels = [(f, files) for f, files in with_scans if _is_label_folder(f.name)]
     images = [(f, files) for f, files in with_scans if (f, files) not in labels]
     if labels and images:  # an image folder and a label folder beside it: the glob layout's own shape
         (img, img_files), (lab, lab_files) = images[0], labels[0]

@@ -29,7 +29,7 @@ from medseg.data.normalization import CTStatsAccumulator, NormalizationParams, n
 from medseg.data.plan import Plan, make_plan
 from medseg.data.resample import plan_grid, resample_image, resample_label
 from medseg.data.slicing import channels_to_slices, context_indices, label_to_slices, slices_to_volume
-from medseg.data.unannotated import foreground, label_count, without_unannotated
+from medseg.data.unannotated import foreground_mask, label_count, without_unannotated
 from medseg.errors import BadCaseError, ConfigError, MedsegError, RunFailedError
 from medseg.io.orientation import to_canonical
 from medseg.volume import Volume
@@ -140,7 +140,7 @@ class PreparedCase:
             return np.zeros(self.n_slices, dtype=bool)
         if self.unannotated is None:
             return np.asarray(self.label.reshape(self.n_slices, -1).max(axis=1) > 0)
-        return np.asarray(foreground(self.label, self.unannotated).reshape(self.n_slices, -1).any(axis=1))
+        return np.asarray(foreground_mask(self.label, self.unannotated).reshape(self.n_slices, -1).any(axis=1))
 
     @property
     def annotated(self) -> np.ndarray:
@@ -281,7 +281,7 @@ class _CaseReader:
         if self.n_classes is None:
             raise ValueError("n_classes is needed to check labelled cases")
         labels = self.labels.for_kind(kind)
-        label = _on_image_grid(case, label, image, labels.place_cut)
+        label = _on_image_grid(case, label, image, labels.place_cut, labels.ignore or 0)
         check_pair(case, image, label, self.n_classes, labels=labels)
         image, reorientation = to_canonical(image)
         multi = reorientation.apply(stacked) if stacked is not None else None
@@ -305,13 +305,14 @@ class _CaseReader:
         )
 
 
-def _on_image_grid(case: Case, label: Volume, image: Volume, place_cut: bool) -> Volume:
+def _on_image_grid(case: Case, label: Volume, image: Volume, place_cut: bool, fill: int = 0) -> Volume:
     """The label on its image's grid when it was saved in another axis order or (``place_cut``) cut to its extent:
-    exact, its voxels are the image's. Otherwise as read, for :func:`check_pair` to refuse."""
+    exact, its voxels are the image's (those it does not cover get ``fill``). Otherwise as read, for
+    :func:`check_pair` to refuse."""
     if geometry_mismatch(image, label) is None:
         return label
     try:
-        placed = label_on_image_grid(label, image, GEOMETRY_TOLERANCE, place_cut=place_cut)
+        placed = label_on_image_grid(label, image, GEOMETRY_TOLERANCE, place_cut=place_cut, fill=fill)
     except ValueError as err:
         raise BadCaseError(f"Case '{case.id}' (image '{case.image}', label '{case.label}'): {err}") from None
     if placed is None:
@@ -452,8 +453,8 @@ def prepare_cases(
         target_spacing: The plan's target spacing: in-plane axes are resampled to it (``None``: not at all).
         channels: Input channel names (several: each case's channels are read, checked and stacked).
         classes: Class names (background first): DICOM SEG / RTSTRUCT labels map their segments to them by name.
-        labels: How label files are read (``LabelReading.of(cfg.data, spec.label_values)``); ``None`` = class k
-            stored as k, other values refused, labels on their image's grid.
+        labels: How label files are read (``LabelReading.of(cfg.data, spec.label_values, spec.ignore_label)``);
+            ``None`` = class k stored as k, other values refused, labels on their image's grid.
 
     Returns:
         One :class:`PreparedCase` per usable case, in input order.
@@ -511,8 +512,8 @@ def prepare_training_data(
         channels: Input channel names in input order; with several, each is normalised on its own.
         pad_multiple: Planned patches are multiples of this (``None`` = ``preprocessing.pad_multiple``; the
             trainer passes the network's, which a deeper network raises).
-        labels: How label files are read (``LabelReading.of(cfg.data, spec.label_values)``); ``None`` = class k
-            stored as k, other values refused, labels on their image's grid.
+        labels: How label files are read (``LabelReading.of(cfg.data, spec.label_values, spec.ignore_label)``);
+            ``None`` = class k stored as k, other values refused, labels on their image's grid.
 
     Returns:
         :class:`PreparedData` with the prepared cases, normalisation parameters, axis, plan and skipped cases.

@@ -27,7 +27,7 @@ def label_count(n_classes: int, unannotated: int | None) -> int:
     return n_classes + (unannotated is not None)
 
 
-def foreground(label: np.ndarray, unannotated: int | None) -> np.ndarray:
+def foreground_mask(label: np.ndarray, unannotated: int | None) -> np.ndarray:
     """Where ``label`` holds a class other than background (unannotated voxels excluded), as bool."""
     label = np.asarray(label)
     fg = label > 0
@@ -36,7 +36,7 @@ def foreground(label: np.ndarray, unannotated: int | None) -> np.ndarray:
     return fg
 
 
-def annotated(label: np.ndarray, n_classes: int) -> np.ndarray | None:
+def annotated_mask(label: np.ndarray, n_classes: int) -> np.ndarray | None:
     """Where ``label`` is annotated (bool), or ``None`` when every voxel is (nothing to leave out).
 
     Args:
@@ -52,7 +52,7 @@ def annotated(label: np.ndarray, n_classes: int) -> np.ndarray | None:
 def without_unannotated(label: np.ndarray, n_classes: int) -> np.ndarray:
     """``label`` with unannotated voxels read as background, for statistics of the annotated foreground (the
     intensity percentiles of the fingerprint and of CT normalisation); ``label`` itself when all is annotated."""
-    keep = annotated(label, n_classes)
+    keep = annotated_mask(label, n_classes)
     return label if keep is None else np.where(keep, label, 0).astype(label.dtype, copy=False)
 
 
@@ -60,7 +60,7 @@ def annotated_voxels(pred: np.ndarray, gt: np.ndarray, n_classes: int) -> tuple[
     """``pred`` and ``gt`` at the voxels ``gt`` annotates (flattened), or both unchanged when it annotates all:
     what Dice and IoU of a partly annotated case are computed over. ``None`` when ``gt`` annotates no voxel:
     such a case cannot be scored (two empty arrays would give Dice 1.0)."""
-    keep = annotated(gt, n_classes)
+    keep = annotated_mask(gt, n_classes)
     if keep is None:
         return np.asarray(pred), np.asarray(gt)
     if not keep.any():

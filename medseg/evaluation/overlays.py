@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from medseg.class_display import class_palette
-from medseg.data.unannotated import foreground
+from medseg.data.unannotated import foreground_mask
 from medseg.errors import GeometryMismatchError
 from medseg.io.atomic import atomic_path
 
@@ -69,7 +69,7 @@ def pick_slice(gt: np.ndarray, pred: np.ndarray, axis: int, n_classes: int | Non
     """
     for labels in (gt, pred):
         other_axes = tuple(a for a in range(labels.ndim) if a != axis)
-        counts = np.count_nonzero(labels if n_classes is None else foreground(labels, n_classes), axis=other_axes)
+        counts = np.count_nonzero(labels if n_classes is None else foreground_mask(labels, n_classes), axis=other_axes)
         if counts.any():
             return int(np.argmax(counts))
     return gt.shape[axis] // 2

@@ -152,7 +152,7 @@ def _load_pair(pair: EvalPair, classes: Sequence[str], labels: LabelReading) -> 
     placement = None
     if not pred_vol.same_grid(gt_vol, atol=GRID_ATOL_MM):
         # A ground truth saved in another axis order (or, if allowed, cut to its extent): placed as in training.
-        placement = place_on_grid(gt_vol, pred_vol, GEOMETRY_TOLERANCE)
+        placement = place_on_grid(gt_vol, pred_vol, GEOMETRY_TOLERANCE, fill=gt_reading.ignore or 0)
         if placement is not None and (placement.whole or gt_reading.place_cut):
             problem = placement.problem(pred_vol.shape)
             if problem:
@@ -331,7 +331,13 @@ def evaluate(
         try:
             pred, gt, gt_vol = _load_pair(pair, classes, reading)
             case_rows = case_metrics(
-                pred, gt, gt_vol.spacing, classes, voxel_mm3=gt_vol.voxel_volume, skip_both_empty=skip_both_empty
+                pred,
+                gt,
+                gt_vol.spacing,
+                classes,
+                voxel_mm3=gt_vol.voxel_volume,
+                skip_both_empty=skip_both_empty,
+                unannotated=reading.ignore is not None,
             )
         except Exception as err:  # per-case isolation: one bad file must not stop the report
             if not isinstance(err, MedsegError):
@@ -365,7 +371,9 @@ def evaluate(
                 stats[metric] = _stats([abs(r["vol_diff_ml"]) for r in crow])
             else:
                 stats[metric] = _stats([r[metric] for r in crow])
-        stats["flags"] = {flag: sum(flag in r["flag"].split(";") for r in crow) for flag in FLAGS}
+        # The sparse-annotation flags only where there is an ignore label: summary.json stays as it was otherwise.
+        flags = FLAGS if reading.ignore is not None else FLAGS[:3]
+        stats["flags"] = {flag: sum(flag in r["flag"].split(";") for r in crow) for flag in flags}
         per_class[name] = stats
 
     written: list[str] = []

@@ -167,12 +167,21 @@ def unique_case_ids(scans: Sequence[Path]) -> list[str]:
     """
     base = [case_id_from_path(p) for p in scans]
     names = list(base)
-    # Same folder, same stem, different endings (a.nii.gz + a.nrrd): the ending tells them apart; folders cannot.
+    # Within one folder folders cannot tell names apart: the endings do (a.nii.gz + a.nrrd), else the position
+    # (A.nii.gz + a.nii.gz on a case-sensitive file system).
     for idx in _groups(names).values():
-        if len(idx) > 1 and len({os.path.abspath(scans[i].parent) for i in idx}) == 1:
-            for i in idx:
-                names[i] = f"{names[i]}_{_sanitize(scans[i].name[len(base[i]) :]) or i}"
-    base = list(names)
+        by_folder: dict[str, list[int]] = {}
+        for i in idx:
+            by_folder.setdefault(os.path.abspath(scans[i].parent), []).append(i)
+        for members in (m for m in by_folder.values() if len(m) > 1):
+            endings = [scans[i].name[len(base[i]) :] for i in members]
+            if len({e.lower() for e in endings}) == len(members):
+                for i, ending in zip(members, endings, strict=True):
+                    names[i] = f"{names[i]}_{_sanitize(ending) or i}"
+            else:
+                for k, i in enumerate(members[1:], start=2):
+                    names[i] = f"{names[i]}_{k}"
+    base = list(names)  # across folders: parent folders are prepended until the names differ
     for depth in range(1, 64):
         clashes = [idx for idx in _groups(names).values() if len(idx) > 1]
         if not clashes:

@@ -181,10 +181,11 @@ def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
     return 2.0 * int(np.logical_and(pred, gt).sum()) / total
 
 
-def _mean_dice(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray], c: int, n_classes: int) -> float:
-    # Over the annotated voxels of each ground truth (all of them unless it marks some unannotated); a ground
-    # truth with none is no evidence either way.
-    pairs = [annotated_voxels(p, g, n_classes) for p, g in zip(preds, gts, strict=True)]
+def _mean_dice(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray], c: int, n_classes: int | None = None) -> float:
+    # With n_classes (ground truths marking unannotated voxels as n_classes): over each one's annotated voxels;
+    # a ground truth with none is no evidence either way.
+    zipped = zip(preds, gts, strict=True)
+    pairs = [annotated_voxels(p, g, n_classes) if n_classes is not None else (p, g) for p, g in zipped]
     scores = [_dice(pair[0] == c, pair[1] == c) for pair in pairs if pair is not None]
     return float(np.mean(scores)) if scores else 0.0
 
@@ -195,6 +196,7 @@ def decide_postprocessing(
     n_classes: int,
     *,
     axis: int | None = None,
+    unannotated: bool = False,
 ) -> PostprocessingPlan:
     """Decides, per class, whether each postprocessing step improves mean validation Dice.
 
@@ -203,10 +205,10 @@ def decide_postprocessing(
 
     Args:
         pred_label_volumes: Predicted ``(I, J, K)`` label volumes of the validation cases.
-        gt_label_volumes: Ground-truth label volumes, same order and shapes (``n_classes`` marks unannotated
-            voxels, which are left out).
+        gt_label_volumes: Ground-truth label volumes, same order and shapes.
         n_classes: Number of classes including background.
         axis: Slice axis used for hole filling (must match the one used at prediction time; ``None`` = 3D).
+        unannotated: Ground truths may mark unannotated voxels (index ``n_classes``); Dice leaves them out.
 
     Returns:
         ``{"largest_component": [class idx], "fill_holes": [class idx]}``: the classes where the step strictly
@@ -223,17 +225,16 @@ def decide_postprocessing(
     plan: PostprocessingPlan = {"largest_component": [], "fill_holes": []}
     if not pred_label_volumes:
         return plan
+    masked = n_classes if unannotated else None
     # Largest component of class c changes only class-c voxels (to background), so classes are judged apart.
     for c in range(1, n_classes):
         lcc = [keep_largest_component(p, [c]) for p in pred_label_volumes]
-        if _mean_dice(lcc, gt_label_volumes, c, n_classes) > _mean_dice(
-            pred_label_volumes, gt_label_volumes, c, n_classes
-        ):
+        if _mean_dice(lcc, gt_label_volumes, c, masked) > _mean_dice(pred_label_volumes, gt_label_volumes, c, masked):
             plan["largest_component"].append(c)
     # Hole filling is judged on the predictions as they will be after the chosen largest-component step.
     base = [apply_postprocessing(p, largest_component=plan["largest_component"]) for p in pred_label_volumes]
     for c in range(1, n_classes):
         filled = [fill_holes(p, [c], axis) for p in base]
-        if _mean_dice(filled, gt_label_volumes, c, n_classes) > _mean_dice(base, gt_label_volumes, c, n_classes):
+        if _mean_dice(filled, gt_label_volumes, c, masked) > _mean_dice(base, gt_label_volumes, c, masked):
             plan["fill_holes"].append(c)
     return plan

@@ -15,8 +15,8 @@ log = logging.getLogger(__name__)
 
 def channel_count(shape: tuple[int, ...]) -> int:
     """How many channels a reader's array of this shape holds, as :func:`to_3d` reads it: the size of the one
-    non-singleton dimension after the third (1 when there is none; SimpleITK writes a vector NIfTI's channels on
-    the 5th axis, after a singleton 4th)."""
+    non-singleton dimension after the third (SimpleITK writes a vector NIfTI's channels on the 5th axis, after a
+    singleton 4th); 1 when there is none; with several, their product (such a file is refused when read)."""
     extra = [int(s) for s in shape[3:] if s != 1]
     return int(np.prod(extra)) if extra else 1
 

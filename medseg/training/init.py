@@ -28,13 +28,14 @@ log = logging.getLogger(__name__)
 _FREQ_RANGE = (1e-4, 0.5)
 
 
-def class_frequencies(labels: Iterable[np.ndarray], n_classes: int) -> np.ndarray:
-    """Voxel share of each class over ``labels`` (float64, sums to 1; uniform if there are no voxels).
+def class_frequencies(labels: Iterable[np.ndarray], n_classes: int, *, unannotated: bool = False) -> np.ndarray:
+    """Voxel share of each class over ``labels`` (float64, sums to 1; uniform if there are no voxels); with
+    ``unannotated``, voxels marked so (index ``n_classes``) are not counted.
 
     Raises:
         ValueError: If a label holds values outside ``0..n_classes-1`` (training labels are checked before).
     """
-    counts = summed_class_voxel_counts(labels, n_classes).astype(np.float64)
+    counts = summed_class_voxel_counts(labels, n_classes, unannotated=unannotated).astype(np.float64)
     total = counts.sum()
     return counts / total if total > 0 else np.full(n_classes, 1.0 / n_classes)
 
@@ -54,7 +55,9 @@ def prior_bias(frequencies: np.ndarray, mode: str) -> np.ndarray:
     return np.log(p)
 
 
-def init_output_bias(model: nn.Module, labels: Iterable[np.ndarray], n_classes: int, mode: str) -> bool:
+def init_output_bias(
+    model: nn.Module, labels: Iterable[np.ndarray], n_classes: int, mode: str, *, unannotated: bool = False
+) -> bool:
     """Sets the bias of the model's output conv (:attr:`SegmentationNet.output_conv`) to the class prior.
 
     Args:
@@ -62,13 +65,14 @@ def init_output_bias(model: nn.Module, labels: Iterable[np.ndarray], n_classes: 
         labels: Training label arrays.
         n_classes: Classes including background.
         mode: ``sigmoid`` or ``softmax``.
+        unannotated: Labels may mark unannotated voxels (index ``n_classes``); they are not counted.
 
     Returns:
         Whether a bias was set (False for models without a biased output conv of the right width).
     """
     net = getattr(model, "module", model)
     conv = net.output_conv if isinstance(net, SegmentationNet) else None
-    bias = prior_bias(class_frequencies(labels, n_classes), mode)
+    bias = prior_bias(class_frequencies(labels, n_classes, unannotated=unannotated), mode)
     if conv is None or conv.bias is None or conv.bias.shape != (bias.size,):
         log.debug("No biased output conv with %d channels; output bias left at its default", bias.size)
         return False

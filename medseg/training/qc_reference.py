@@ -23,7 +23,7 @@ from medseg.config import InferenceConfig
 from medseg.data.cases import Case
 from medseg.data.label_reading import LabelReading
 from medseg.data.prepare import Reader
-from medseg.data.unannotated import annotated
+from medseg.data.unannotated import annotated_mask
 from medseg.inference.predictor import Predictor
 from medseg.inference.qc import (
     assess,
@@ -73,7 +73,7 @@ class RecordingReader:
                 labels = self.label_reading.indices(labels, len(self.classes), np.uint16)
             except ValueError:  # refused by the data checks, which name the file and the values
                 return volume
-            if annotated(labels, len(self.classes)) is None:  # a partly annotated label's volumes are not true
+            if annotated_mask(labels, len(self.classes)) is None:  # a partly annotated label's volumes are not true
                 self.labels[key] = label_volumes_ml(labels, volume.spacing, self.classes)
         elif not channel:  # a 4D file's first channel: the one QC measures at prediction (a case's reference)
             canon, _ = to_canonical(volume)

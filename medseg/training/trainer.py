@@ -229,8 +229,11 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _no_validation_reason(val_fraction: float, n_train: int) -> str:
-    # Why no case was held out: the setting, or a dataset too small to spare one.
+def _no_validation_reason(val_fraction: float, n_train: int, held_out: bool = False) -> str:
+    # Why no case was held out: the setting, a dataset too small to spare one, or held-out labels with no
+    # annotated voxel.
+    if held_out:
+        return "the held-out cases annotate no voxel"
     if val_fraction == 0:
         return "data.val_fraction is 0"
     return f"with {n_train} case(s) none can be held out for validation (data.val_fraction {val_fraction:g})"
@@ -396,12 +399,15 @@ class Trainer:
         if self.main:
             write_plan(self.plan, Path(cfg.output.dir) / "plan.json", self.skipped)
         self.train_cases = [p.case for p in data.train if p.case is not None]
+        if data.val and not any(p.annotated.any() for p in data.val if p.label is not None):
+            # Validation cases that annotate no voxel give no Dice: no best.pt would ever be written.
+            self.validate_on_train = True
         self.val_prepared = data.val if not self.validate_on_train else data.train
         self.val_cases = [p.case for p in self.val_prepared if p.case is not None]
         if self.validate_on_train:
             log.warning(
                 "%s: validating on the %d training case(s); the Dice is not a held-out estimate",
-                _no_validation_reason(cfg.data.val_fraction, len(data.train)),
+                _no_validation_reason(cfg.data.val_fraction, len(data.train), bool(data.val)),
                 len(data.train),
             )
 
@@ -427,6 +433,7 @@ class Trainer:
                 (p.label for p in data.train if p.label is not None),
                 self.n_classes,
                 cfg.loss.class_weight_range,
+                unannotated=self.label_reading.ignore is not None,
             )
         # The sampler hook: rank/world_size shard each epoch's sequence (DDP needs nothing else here).
         # An epoch is one draw per slice that holds annotated voxels (every slice, unless some are unannotated).
@@ -496,7 +503,11 @@ class Trainer:
             model.load_state_dict(resume["model_state"])
         else:
             init_output_bias(
-                model, (p.label for p in self.data.train if p.label is not None), self.n_classes, self.mode
+                model,
+                (p.label for p in self.data.train if p.label is not None),
+                self.n_classes,
+                self.mode,
+                unannotated=self.label_reading.ignore is not None,
             )
         self.model = model.to(self.device).to(memory_format=self.memory_format)  # type: ignore[call-overload]
         self.train_model = wrap_model(self.model)
@@ -553,7 +564,7 @@ class Trainer:
             _PRECISION_NAMES[self.amp_dtype],
             ", channels_last" if self.channels_last else "",
             self.num_workers,
-            len(self.dataset),
+            int(self.dataset.annotated.sum()),  # the slices an epoch draws (those with annotated voxels)
             len(self.data.train),
             tuple(self.patch_hw),
             len(self.val_prepared),
@@ -886,7 +897,13 @@ class Trainer:
         self.model.load_state_dict(best["model_state"])
         result = self._validate(keep_volumes=True)
         self.model.load_state_dict(current)
-        plan = decide_postprocessing(result.predictions, result.ground_truths, self.n_classes, axis=self.data.axis)
+        plan = decide_postprocessing(
+            result.predictions,
+            result.ground_truths,
+            self.n_classes,
+            axis=self.data.axis,
+            unannotated=self.label_reading.ignore is not None,
+        )
         plan_dict = {k: [int(c) for c in plan[k]] for k in ("largest_component", "fill_holes")}
         plan_dict = broadcast_object(plan_dict)  # rank 0's decision, the one its checkpoint stores
         if self.main:

@@ -58,7 +58,8 @@ def validate_volumes(
     Args:
         model: The network; it is not changed (validation runs a folded copy, ``medseg.models.fusion``).
         cases: Prepared validation cases (``id``, ``network_input(start, stop)``: normalised 2.5D slices
-            (n, C, H, W), ``label`` (N, H, W)), all sliced along ``axis``.
+            (n, C, H, W), ``label`` (N, H, W), optionally ``unannotated``: the label index of unannotated voxels),
+            all sliced along ``axis``.
         settings: The forward pass (classes, mode, device, precision, padding as in training, batch size).
         axis: The slice axis (to reassemble the volumes).
         keep_volumes: Also return the predicted and true label volumes (for the postprocessing decision).
@@ -90,7 +91,9 @@ def validate_volumes(
             labels[start:stop] = forward_labels(model, case.network_input(start, stop), case_settings)
         pred = slices_to_volume(labels, axis)
         gt = slices_to_volume(np.asarray(case.label), axis)
-        scored = annotated_voxels(pred, gt, n_classes)  # unannotated voxels are left out
+        # Unannotated voxels (data.ignore_label) are left out.
+        marked = getattr(case, "unannotated", None) is not None  # optional: PreparedCase has it
+        scored = annotated_voxels(pred, gt, n_classes) if marked else (pred, gt)
         if scored is None:  # nothing annotated: no score (two empty masks would count as Dice 1.0)
             continue
         per_case[str(case.id)] = [dice(scored[0] == c, scored[1] == c) for c in range(1, n_classes)]
