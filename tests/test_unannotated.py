@@ -244,3 +244,32 @@ def test_labels_that_annotate_nothing_are_refused_or_left_out(sample_hippo: Path
     check_foreground(prepared[1:], prepared[:1])  # one blank validation case: a warning, no error
     with pytest.raises(EmptyLabelsError, match="No training label annotates any voxel"):
         check_foreground(prepared[:1], prepared[1:])
+
+
+def test_sampler_shards_draw_only_annotated_slices() -> None:
+    from medseg.data.sampling import ForegroundSampler
+
+    annotated = np.zeros(40, dtype=bool)
+    annotated[::4] = True
+    foreground = annotated & (np.arange(40) % 8 == 0)
+    shards = [
+        ForegroundSampler(foreground, 0.5, None, seed=3, rank=r, world_size=2, eligible=annotated) for r in (0, 1)
+    ]
+    drawn = [np.asarray(list(iter(s))) for s in shards]
+    assert all(len(d) == 5 for d in drawn)  # one epoch: 10 annotated slices over 2 ranks
+    assert all(annotated[d].all() for d in drawn)
+    assert set(np.concatenate(drawn)) <= set(np.flatnonzero(annotated))
+
+
+def test_postprocessing_is_decided_on_annotated_voxels(sample_hippo: Path) -> None:
+    from medseg.inference.postprocess import decide_postprocessing
+
+    gt_full = np.asarray(nib.load(sorted((sample_hippo / "labelsTr").glob("*.nii.gz"))[0]).dataobj).astype(np.int64)
+    pred = gt_full.copy()
+    # A stray blob of class 1 on unannotated slices only: removing it changes no annotated voxel.
+    pred[:3, :3, 1:3] = 1
+    gt = _sparse(gt_full)
+    plan = decide_postprocessing([pred], [gt], 3, axis=2, unannotated=True)
+    assert 1 not in plan["largest_component"]  # no Dice gain where nothing is annotated
+    plan_full = decide_postprocessing([pred], [gt_full], 3, axis=2)
+    assert 1 in plan_full["largest_component"]  # on complete labels the blob costs Dice, and is removed
