@@ -51,7 +51,7 @@ def annotated_mask(label: np.ndarray, n_classes: int) -> np.ndarray | None:
 
 def without_unannotated(label: np.ndarray, n_classes: int) -> np.ndarray:
     """``label`` with unannotated voxels read as background, for statistics of the annotated foreground (the
-    intensity percentiles of the fingerprint and of CT normalisation); ``label`` itself when all is annotated."""
+    intensity percentiles CT normalisation is fitted on); ``label`` itself when all is annotated."""
     keep = annotated_mask(label, n_classes)
     return label if keep is None else np.where(keep, label, 0).astype(label.dtype, copy=False)
 
