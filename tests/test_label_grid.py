@@ -128,3 +128,17 @@ def test_a_cut_label_of_an_oblique_dicom_series_is_placed_exactly(pgbm_dir: Path
     full = save_mask((load_volume(mask_series).array > 0).astype(np.uint8), image, tmp_path / "full.nii.gz")
     cut = _cut_to_extent(full, tmp_path / "cut.seg.nrrd")  # float64 DICOM geometry against a NRRD header
     np.testing.assert_array_equal(_read(series, cut, place_cut=True), _read(series, full))
+
+
+def test_a_cut_sparse_label_leaves_the_uncovered_voxels_unannotated(sample_hippo: Path, tmp_path: Path) -> None:
+    # With an ignore label, voxels a cut label does not cover were never drawn: unannotated, not background.
+    image, label = _first_case(sample_hippo)
+    cut = _cut_to_extent(label, tmp_path / "cut.nii.gz")
+    reader = _CaseReader(load_volume, 3, labels=LabelReading(place_cut=True, ignore=255))
+    _, placed, _ = reader.read(Case("case", image, cut))
+    full = _read(image, label)
+    assert placed is not None
+    covered = placed != 3  # index n_classes: unannotated
+    assert 0 < covered.sum() < covered.size
+    np.testing.assert_array_equal(placed[covered], full[covered])  # the drawn box, voxel for voxel
+    assert (full[~covered] == 0).all()  # outside the box the complete label is background: nothing lost
