@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from medseg.data.unannotated import annotated_mask, annotated_voxels
+from medseg.data.unannotated import annotated_mask
 from medseg.errors import GeometryMismatchError
 
 #: Columns of a :func:`case_metrics` row, in the order the report writes them (after ``case``).
@@ -271,10 +271,10 @@ def case_metrics(
     if len(classes) < 2:
         raise ValueError(f"classes must list background and at least one foreground class, got {list(classes)}")
     sp = _spacing(spacing, gt_labels.ndim)
-    partial = unannotated and annotated_mask(gt_labels, len(classes)) is not None
-    scored = annotated_voxels(pred_labels, gt_labels, len(classes)) if unannotated else (pred_labels, gt_labels)
-    nothing = scored is None  # no annotated voxel: nothing to score
-    scored_pred, scored_gt = scored if scored is not None else (pred_labels[:0], gt_labels[:0])
+    keep = annotated_mask(gt_labels, len(classes)) if unannotated else None  # None: every voxel annotated
+    partial = keep is not None
+    nothing = keep is not None and not keep.any()  # no annotated voxel: nothing to score
+    scored_pred, scored_gt = (pred_labels[keep], gt_labels[keep]) if keep is not None else (pred_labels, gt_labels)
     nan = float("nan")
     rows = []
     for index, name in enumerate(classes):

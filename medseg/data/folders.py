@@ -21,6 +21,7 @@ from pathlib import Path
 from medseg.config import DataConfig
 from medseg.errors import BadCaseError, ConfigError
 from medseg.io.channels import match_channel_files
+from medseg.io.scans import is_hidden
 from medseg.io.structure_masks import structure_files
 
 
@@ -47,7 +48,7 @@ def _patterns(cfg: DataConfig) -> list[str]:
 
 def case_folders(root: Path) -> list[Path]:
     """The case folders under ``root`` (its non-hidden sub-folders), sorted by name."""
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in root.iterdir() if p.is_dir() and not is_hidden(p.name))
 
 
 def discover_folders(root: Path, cfg: DataConfig, collector: object, require_labels: bool) -> list:

@@ -88,12 +88,13 @@ class LabelReading:
         problem = value_problem(np.asarray(label))
         if problem:
             return problem
-        classes = list(self.values) if self.values is not None else list(range(n_classes))
-        bad = unexpected_values(np.asarray(label), [*classes, self.ignore])
+        stored = self._stored(n_classes)
+        assert stored is not None  # with an ignore value there is always a list
+        bad = unexpected_values(np.asarray(label), stored)
         if bad.size:
             return (
-                f"label values {bad[:10].tolist()} are neither the classes' stored values {classes} nor the value "
-                f"of unannotated voxels, {self.ignore} (data.ignore_label)"
+                f"label values {bad[:10].tolist()} are neither the classes' stored values {stored[:-1]} nor the "
+                f"value of unannotated voxels, {self.ignore} (data.ignore_label)"
             )
         return None
 

@@ -469,8 +469,7 @@ def prepare_cases(
     collector.raise_gathered(len(cases))
     if skipped is not None:
         skipped.extend(collector.skipped)
-    reading = labels or LabelReading()
-    unannotated = (n_classes or 2) if reading.ignore is not None else None
+    unannotated = (n_classes or 2) if case_reader.labels.ignore is not None else None
     return _slice_all(loaded, axis, context, None, stash, target_spacing, n_classes or 2, unannotated)
 
 
