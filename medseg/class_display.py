@@ -105,11 +105,11 @@ def class_weights_text(classes: Sequence[str], weights: Sequence[float] | None, 
     if weights is None:
         return "none"
     values = [float(w) for w in weights]
-    if mode != "sigmoid":
+    if mode == "softmax":
         return per_class_values_text(classes, values)
     if len(classes) == 2:
         return f"{classes[1]}={values[1]:.3g} (no effect: one foreground class)"
-    return f"{per_class_values_text(classes[1:], values[1:])} (sigmoid: foreground classes only)"
+    return f"{per_class_values_text(classes[1:], values[1:])} ({mode}: foreground classes only)"
 
 
 def plot_class_curves(ax: Any, x: Sequence[float], curves: Mapping[str, Sequence[float | None]]) -> None:

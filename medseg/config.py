@@ -96,6 +96,16 @@ class DataConfig(_Section):
     ``dataset.json``'s ``labels`` declare (msd layout, e.g. ``{"0": "background", "255": "lesion"}``).
     Labels that name their segments (DICOM SEG / RTSTRUCT, structure folders, 3D Slicer ``.seg.nrrd``) are
     matched to the classes by name and ignore it."""
+    regions: dict[str, list[int]] | None = None
+    """Overlapping regions to train instead of classes (nnU-Net's region-based training), each a name and the
+    stored label values it holds, in painting order, e.g. BraTS ``{whole_tumor: [1, 2, 3, 4], tumor_core: [1, 3,
+    4], enhancing: [4]}``. Each region gets one sigmoid output whose target is "the voxel holds one of the region's
+    values"; predicted masks are painted region by region with ``regions_class_order`` and every region is scored
+    as its own mask. The classes are then background and the regions (``classes`` and ``label_values`` stay
+    unset). ``None`` = what ``dataset.json`` declares (labels with lists of values), else plain classes."""
+    regions_class_order: list[int] | None = None
+    """With ``regions``: the value each region is written as in predicted masks, in the regions' order (nnU-Net
+    v2's key); each must be one of its region's values and belong to no later region."""
     unlisted_labels: Literal["refuse", "background"] = "refuse"
     """Label values that are not a class's (not in ``label_values``, or ``>= len(classes)``): ``refuse`` names the
     file and the values; ``background`` reads them as background, to train a subset of a multi-label set (e.g.
@@ -170,6 +180,28 @@ class DataConfig(_Section):
             raise ValueError(
                 f"label_values {self.label_values} must give one value per class of classes {self.classes}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _regions_valid(self) -> DataConfig:
+        from medseg.data.regions import Regions
+
+        if self.regions is None:
+            if self.regions_class_order is not None:
+                raise ValueError("regions_class_order needs regions: the regions whose values it gives")
+            return self
+        if self.regions_class_order is None:
+            raise ValueError("regions needs regions_class_order: the value each region is written as, in order")
+        if self.classes is not None or self.label_values is not None:
+            raise ValueError(
+                "regions replace classes and label_values (the classes are background and the regions, written "
+                "with regions_class_order): leave those unset"
+            )
+        if self.ignore_label is not None:
+            raise ValueError("ignore_label together with regions is not supported")
+        problem = Regions.of(self.regions, self.regions_class_order).problem()
+        if problem:
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")

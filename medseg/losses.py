@@ -10,6 +10,8 @@
   foreground classes only (background excluded, as in nnU-Net: its Dice is ~1 from the first epoch and would
   only dilute the signal from the small structures). ``auto`` takes it for more than 4 foreground classes
   (``medseg.models.head.resolve_mode``), where independent sigmoids learn far slower.
+- ``"regions"`` (``data.regions``): as ``"sigmoid"``, one channel per region, but a region's target is every
+  pixel whose painted class lies inside it (``membership``, ``medseg.data.regions``), so targets overlap.
 
 Conventions (matching MONAI's ``DiceLoss``/``DiceCELoss`` so results are comparable; the tests check it):
 
@@ -31,6 +33,7 @@ Conventions (matching MONAI's ``DiceLoss``/``DiceCELoss`` so results are compara
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -75,13 +78,16 @@ class SegLoss(nn.Module):
         dice_weight: Weight of the ``1 - Dice`` term.
         unannotated: Targets may hold ``n_classes`` for unannotated pixels (``data.ignore_label``), which are left
             out of the loss; ``False`` keeps the loss free of the masking.
+        membership: ``regions`` mode: ``(n_classes, n_classes)`` bool, entry ``[r, k]`` true when painted class
+            ``k`` lies in region ``r`` (``Regions.membership``); required there, refused elsewhere.
 
     Raises:
         ConfigError: Unknown mode, fewer than 2 classes, weights of the wrong length, negative weights,
-            foreground weights summing to 0, or (softmax) a zero weight.
+            foreground weights summing to 0, (softmax) a zero weight, or a missing or misshapen membership.
     """
 
     class_weights: torch.Tensor
+    region_targets: torch.Tensor | None
 
     def __init__(
         self,
@@ -91,6 +97,7 @@ class SegLoss(nn.Module):
         bce_weight: float = 1.0,
         dice_weight: float = 1.0,
         unannotated: bool = False,
+        membership: torch.Tensor | np.ndarray | None = None,
     ) -> None:
         super().__init__()
         self.unannotated = bool(unannotated)
@@ -116,6 +123,25 @@ class SegLoss(nn.Module):
             raise ConfigError(f"loss.class_weights: softmax mode needs every weight > 0, got {w.tolist()}")
         # A buffer so .to(device) moves it and it is saved with the loss if anyone saves it.
         self.register_buffer("class_weights", w)
+        self.register_buffer("region_targets", self._region_targets(mode, n_classes, membership, unannotated))
+
+    @staticmethod
+    def _region_targets(
+        mode: str, n_classes: int, membership: torch.Tensor | np.ndarray | None, unannotated: bool
+    ) -> torch.Tensor | None:
+        # Row k: the regions a pixel of painted class k lies in, one float per output channel.
+        if mode != "regions":
+            if membership is not None:
+                raise ConfigError(f"SegLoss: a region membership was given to a {mode} loss")
+            return None
+        if membership is None:
+            raise ConfigError("SegLoss: regions mode needs the regions' membership (Regions.membership)")
+        if unannotated:
+            raise ConfigError("SegLoss: unannotated pixels together with regions are not supported")
+        table = torch.as_tensor(np.asarray(membership), dtype=torch.bool)
+        if table.shape != (n_classes, n_classes):
+            raise ConfigError(f"SegLoss: membership must be {n_classes} x {n_classes}, got {tuple(table.shape)}")
+        return table[1:].T.float().contiguous()
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Compute the loss.
@@ -142,6 +168,8 @@ class SegLoss(nn.Module):
         target = target.long()
         if self.unannotated:
             return self._partly_annotated(logits, target)
+        if self.region_targets is not None:
+            return self._regions(logits, target, self.region_targets)
         one_hot = F.one_hot(target, self.n_classes).movedim(-1, 1).float()
         fg_weights = self.class_weights[1:]
         if self.mode == "sigmoid":
@@ -154,6 +182,17 @@ class SegLoss(nn.Module):
             # torch's weighted cross-entropy already is a weighted mean (divides by the summed pixel weights).
             pixel_term = F.cross_entropy(logits, target, weight=self.class_weights)
             dice = soft_dice_per_class(torch.softmax(logits, dim=1)[:, 1:], one_hot[:, 1:])
+        dice_loss = (fg_weights * (1.0 - dice)).sum() / fg_weights.sum()
+        return self.bce_weight * pixel_term + self.dice_weight * dice_loss
+
+    def _regions(self, logits: torch.Tensor, target: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        # The sigmoid loss with each region's target read from the painted class: regions overlap.
+        region_target = table[target].movedim(-1, 1)
+        fg_weights = self.class_weights[1:]
+        per_region = F.binary_cross_entropy_with_logits(logits, region_target, reduction="none")
+        per_region = per_region.mean(dim=[0, *range(2, logits.ndim)])
+        pixel_term = (fg_weights * per_region).sum() / fg_weights.sum()
+        dice = soft_dice_per_class(torch.sigmoid(logits), region_target)
         dice_loss = (fg_weights * (1.0 - dice)).sum() / fg_weights.sum()
         return self.bce_weight * pixel_term + self.dice_weight * dice_loss
 

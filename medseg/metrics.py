@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from medseg.data.regions import class_mask
 from medseg.data.unannotated import annotated_mask
 from medseg.errors import GeometryMismatchError
 
@@ -232,8 +233,9 @@ def case_metrics(
     voxel_mm3: float | None = None,
     skip_both_empty: bool = False,
     unannotated: bool = False,
+    membership: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """All metrics of one case, one row per foreground class.
+    """All metrics of one case, one row per foreground class (or region).
 
     Args:
         pred_labels: Predicted label map (integer class index per voxel, 0 = background).
@@ -244,6 +246,8 @@ def case_metrics(
             ``None`` = the product of ``spacing`` (the same on an orthogonal grid).
         skip_both_empty: Dice and IoU of a class absent from both masks are NaN, left out of means as nnU-Net
             does, instead of a perfect 1 (the BraTS / MSD convention, and this module's ``dice``).
+        membership: With overlapping regions (``data.regions``; ``Regions.membership``), each region is scored as
+            its own mask: every voxel whose painted class lies inside it.
 
     With ``unannotated``, a ground truth holding ``len(classes)`` marks those voxels unannotated
     (``data.ignore_label``, ``medseg.data.unannotated``): Dice, IoU and the empty flags are then taken over its
@@ -280,14 +284,14 @@ def case_metrics(
     for index, name in enumerate(classes):
         if index == 0:
             continue
-        p = scored_pred == index
-        g = scored_gt == index
+        p = class_mask(scored_pred, index, membership)
+        g = class_mask(scored_gt, index, membership)
         p_any, g_any = bool(p.any()), bool(g.any())
         flag = (
             "" if p_any and g_any else "both_empty" if not (p_any or g_any) else "pred_empty" if g_any else "gt_empty"
         )
         undefined = nothing or (skip_both_empty and flag == "both_empty")
-        vol_p = volume_ml(pred_labels == index if partial else p, sp, voxel_mm3=voxel_mm3)
+        vol_p = volume_ml(class_mask(pred_labels, index, membership) if partial else p, sp, voxel_mm3=voxel_mm3)
         if nothing:
             hd, mean_distance, vol_g, flag = nan, nan, nan, "unannotated"
         elif partial:

@@ -37,6 +37,7 @@ from medseg.logfile import SafeFileHandler
 
 if TYPE_CHECKING:
     from medseg.data.cases import Case, DatasetSpec
+    from medseg.data.label_reading import LabelReading
 
 log = logging.getLogger(__name__)
 
@@ -486,14 +487,15 @@ def _predicted_masks(layout: RunLayout) -> dict[str, tuple[Path, Path | None]]:
     return out
 
 
-def evaluation_pairs(cfg: Config) -> tuple[list[Any], list[str], list[int] | None, int | None]:
-    """The (case, prediction, ground truth, image) pairs to score, the class names, the value each class is
-    stored as in the mask files (``None`` = class k as k) and the value of unannotated voxels (``None``: none).
+def evaluation_pairs(cfg: Config) -> tuple[list[Any], list[str], LabelReading]:
+    """The (case, prediction, ground truth, image) pairs to score, the class names, and how the mask files are
+    read (``LabelReading``: the value each class is stored as, the value of unannotated voxels, the regions).
 
     The predictions are the masks listed in ``predictions/predictions.csv`` (so stale files and probability maps
     in the folder are not scored). With ``evaluation.ground_truth`` they are matched to its files by case id;
     otherwise to the labels of the cases of ``data`` with the same id.
     """
+    from medseg.data.label_reading import LabelReading
     from medseg.evaluation import EvalPair, match_predictions
 
     layout = RunLayout(cfg.output.dir)
@@ -517,24 +519,32 @@ def evaluation_pairs(cfg: Config) -> tuple[list[Any], list[str], list[int] | Non
             continue
         # The case's own image under its label (a folders-layout prediction input is the case folder, not a scan).
         pairs.append(EvalPair(cid, mask, case.label, case.image))
-    return pairs, list(spec.classes), spec.label_values, spec.ignore_label
+    reading = LabelReading.of(cfg.data, spec.label_values, spec.ignore_label, spec.regions)
+    return pairs, list(spec.classes), reading
 
 
-def _classes_for_evaluation(cfg: Config) -> tuple[list[str], list[int] | None, int | None]:
-    # Class names (and the values they and unannotated voxels are stored as) come from the model that made the
-    # predictions; failing that, from the config or the data.
+def _classes_for_evaluation(cfg: Config) -> tuple[list[str], LabelReading]:
+    # Class names (and the values they and unannotated voxels are stored as, and the regions they are) come from
+    # the model that made the predictions; failing that, from the config or the data.
+    from medseg.data.label_reading import LabelReading
+    from medseg.data.regions import Regions
     from medseg.training.checkpoint import load_checkpoint
 
     ckpt = cfg.inference.checkpoint or RunLayout(cfg.output.dir).best_checkpoint
     if ckpt.is_file():
         stored = load_checkpoint(ckpt)
         ignore = cfg.data.ignore_label if cfg.data.ignore_label is not None else stored.get("ignore_label")
-        return list(stored["classes"]), stored.get("label_values"), ignore
+        regions = Regions.from_stored(stored.get("regions"))
+        reading = LabelReading.of(cfg.data, stored.get("label_values"), ignore, regions)
+        return list(stored["classes"]), reading
+    if cfg.data.regions is not None:
+        regions = Regions.of(cfg.data.regions, cfg.data.regions_class_order or [])
+        return regions.classes, LabelReading.of(cfg.data, regions.label_values, None, regions)
     if cfg.data.classes:
-        return list(cfg.data.classes), cfg.data.label_values, cfg.data.ignore_label
+        return list(cfg.data.classes), LabelReading.of(cfg.data, cfg.data.label_values, cfg.data.ignore_label)
     if cfg.data.root is not None and cfg.data.root.is_dir():
         spec = discover_labelled_cases(cfg)[1]
-        return list(spec.classes), spec.label_values, spec.ignore_label
+        return list(spec.classes), LabelReading.of(cfg.data, spec.label_values, spec.ignore_label, spec.regions)
     raise ConfigError(
         "The evaluate stage needs the class names: set data.classes (background first), or keep the checkpoint "
         "(inference.checkpoint) that made the predictions."
@@ -543,11 +553,10 @@ def _classes_for_evaluation(cfg: Config) -> tuple[list[str], list[int] | None, i
 
 def run_evaluate(cfg: Config) -> dict[str, Any]:
     """The ``evaluate`` stage: scores ``predictions/`` and writes ``evaluation/``; returns the summary."""
-    from medseg.data.label_reading import LabelReading
     from medseg.evaluation import evaluate
 
     layout = RunLayout(cfg.output.dir)
-    pairs, classes, label_values, ignore_label = evaluation_pairs(cfg)
+    pairs, classes, reading = evaluation_pairs(cfg)
     if not pairs:
         raise MedsegError(
             f"Nothing to evaluate: no mask in '{layout.predictions}' has a ground truth with the same case id "
@@ -559,7 +568,7 @@ def run_evaluate(cfg: Config) -> dict[str, Any]:
         classes,
         layout.evaluation,
         overlays=cfg.evaluation.overlays,
-        labels=LabelReading.of(cfg.data, label_values, ignore_label),
+        labels=reading,
         skip_both_empty=cfg.evaluation.both_empty == "skip",
     )
     if summary.get("n_failed") and not summary.get("n_evaluated"):

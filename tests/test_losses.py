@@ -262,7 +262,7 @@ def test_auto_mode_takes_sigmoid_for_few_classes_and_softmax_for_many() -> None:
     mode, reason = resolve_mode("auto", SIGMOID_UP_TO + 2)
     assert mode == "softmax" and reason.startswith(f"{SIGMOID_UP_TO + 1} classes that exclude each other")
     assert resolve_mode("sigmoid", 42) == ("sigmoid", "set in the config (loss.mode)")  # the config wins
-    with pytest.raises(ConfigError, match=r"loss\.mode: expected one of sigmoid, softmax, got 'tanh'"):
+    with pytest.raises(ConfigError, match=r"loss\.mode: expected one of sigmoid, softmax, regions, got 'tanh'"):
         resolve_mode("tanh", 3)
 
 

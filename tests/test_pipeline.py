@@ -252,10 +252,11 @@ def test_evaluation_uses_only_the_masks_listed_in_predictions_csv(sample_hippo: 
         "case,input,output,status,error,seconds\n"
         f"{cid},{sample_hippo / 'imagesTr' / listed.name},{layout.predictions / listed.name},ok,,0.1\n"
     )
-    pairs, classes, label_values, ignore_label = evaluation_pairs(cfg)
+    pairs, classes, reading = evaluation_pairs(cfg)
     assert classes == ["background", "Anterior", "Posterior"]
-    assert label_values is None  # stored as 0, 1, 2
-    assert ignore_label is None
+    assert reading.values is None  # stored as 0, 1, 2
+    assert reading.ignore is None
+    assert reading.regions is None
     assert [(p.case_id, p.gt, p.image) for p in pairs] == [(cid, listed, sample_hippo / "imagesTr" / listed.name)]
 
 

@@ -184,7 +184,7 @@ def test_a_run_on_structure_folders_trains_as_on_label_maps(sample_hippo: Path, 
 
     data = {"root": str(tmp_path / "folders"), **unnamed}
     cfg = config_from_dict({"data": data, "output": {"dir": str(tmp_path / "run_unnamed")}}, base_dir=tmp_path)
-    (pair,), classes, _, _ = evaluation_pairs(cfg)
+    (pair,), classes, _ = evaluation_pairs(cfg)
     assert classes == ["background", "Anterior", "Posterior"]
     assert pair.image == tmp_path / "folders" / pair.case_id / "image.nii.gz"
 

@@ -30,6 +30,7 @@ from medseg.config import DataConfig
 from medseg.data.label_values import MAX_LABEL_VALUE, is_identity, label_values_problem
 from medseg.data.layout_hint import layout_hint
 from medseg.data.modality import RecordedModality, from_channel_names
+from medseg.data.regions import Regions, regions_from_labels
 from medseg.errors import BadCaseError, ConfigError
 from medseg.io.scans import (
     CHANNEL_SUFFIX,
@@ -96,6 +97,9 @@ class DatasetSpec:
             ``dataset.json``); ``None`` when class k is stored as k.
         ignore_label: The value label files store for unannotated voxels (``data.ignore_label``, or the
             ``ignore`` label of ``dataset.json``); ``None`` = every voxel is annotated.
+        regions: Overlapping regions trained instead of classes (``data.regions`` or ``dataset.json``;
+            ``medseg.data.regions``): ``classes`` are then background and the regions, ``label_values`` their
+            painted values. ``None`` = plain classes.
     """
 
     cases: list[Case]
@@ -106,6 +110,7 @@ class DatasetSpec:
     layout: str = "msd"
     label_values: list[int] | None = None
     ignore_label: int | None = None
+    regions: Regions | None = None
 
 
 #: Bad cases an error message lists in full before it says how many more there are.
@@ -190,8 +195,9 @@ def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSp
     recorded: RecordedModality | None = None
     declared: list[int] | None = None  # label values dataset.json declares
     declared_ignore: int | None = None
+    regions: Regions | None = None
     if layout == "msd":
-        cases, classes, declared = _discover_msd(root, collector, require_labels)
+        cases, classes, declared, regions = _discover_msd(root, collector, require_labels)
         ds = read_dataset_json(root)
         declared_ignore = ignore_from_labels(ds.get("labels"))
         channels = msd_channel_names(ds)
@@ -208,6 +214,15 @@ def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSp
 
     if not cases and not collector.skipped and layout != "msd":  # nothing matched: say what the folder holds
         raise ConfigError(f"No cases found under data.root '{root}' with layout '{layout}': {layout_hint(root)}")
+    if cfg.regions is not None:  # the config wins, as data.classes does over dataset.json
+        regions = Regions.of(cfg.regions, cfg.regions_class_order or [])
+    if regions is not None:
+        if cfg.classes is not None or cfg.label_values is not None:
+            raise ConfigError(
+                f"'{root / 'dataset.json'}' declares regions {list(regions.names)}: they replace data.classes and "
+                "data.label_values (the classes are background and the regions); leave those unset"
+            )
+        classes, declared = regions.classes, regions.label_values
     if cfg.classes is not None:
         classes = list(cfg.classes)
     if not classes:
@@ -221,6 +236,8 @@ def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSp
         raise ConfigError(f"data.classes needs background and at least one class, got {classes}")
     label_values = _label_values(cfg, declared, classes, root)
     ignore_label = _ignore_label(cfg, declared_ignore, label_values, classes, root)
+    if regions is not None and ignore_label is not None:
+        raise ConfigError(f"data.regions: an ignore label ({ignore_label}) together with regions is not supported")
     if not cases:
         raise ConfigError(f"No usable cases found under data.root '{root}' (layout '{layout}')")
 
@@ -237,6 +254,7 @@ def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSp
         layout=layout,
         label_values=label_values,
         ignore_label=ignore_label,
+        regions=regions,
     )
 
 
@@ -394,8 +412,9 @@ def classes_from_labels(labels: Any, source: Path) -> tuple[list[str], list[int]
         ``(classes, label_values)``; ``label_values`` is ``None`` when class k is stored as k.
 
     Raises:
-        ConfigError: No background (value 0), values that are not integers in 0..65535 (e.g. nnU-Net region
-            labels), or two names for one value.
+        ConfigError: No background (value 0), values that are not integers in 0..65535, or two names for one
+            value. (nnU-Net region labels, lists of values, are read by :func:`medseg.data.regions.regions_from_labels`
+            first.)
     """
     if not isinstance(labels, dict) or not labels:
         raise ConfigError(f"'{source}': 'labels' must be a non-empty mapping, got {labels!r}")
@@ -410,10 +429,7 @@ def classes_from_labels(labels: Any, source: Path) -> tuple[list[str], list[int]
                     f"({value.strip()})"
                 )
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(
-                    f"'{source}': label '{name}' maps to {value!r}; only integer labels are supported "
-                    "(no nnU-Net region labels)"
-                )
+                raise ConfigError(f"'{source}': label '{name}' maps to {value!r}; labels must be integers")
             if value in by_value:
                 raise ConfigError(f"'{source}': labels '{by_value[value]}' and '{name}' share the value {value}")
             by_value[value] = str(name)
@@ -468,10 +484,18 @@ def msd_channel_names(ds: dict[str, Any]) -> list[str]:
 
 def _discover_msd(
     root: Path, collector: BadCaseCollector, require_labels: bool
-) -> tuple[list[Case], list[str], list[int] | None]:
+) -> tuple[list[Case], list[str], list[int] | None, Regions | None]:
     ds = read_dataset_json(root)
     source = root / "dataset.json"
-    classes, values = classes_from_labels(ds.get("labels"), source)
+    try:
+        regions = regions_from_labels(ds.get("labels"), ds.get("regions_class_order"), str(source))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    values: list[int] | None
+    if regions is not None:
+        classes, values = regions.classes, regions.label_values
+    else:
+        classes, values = classes_from_labels(ds.get("labels"), source)
     n_channels = len(msd_channel_names(ds))
 
     pairs: list[tuple[str, Path, Path | None]] = []
@@ -496,7 +520,7 @@ def _discover_msd(
     cases = _pairs_to_cases(pairs, collector, require_labels)
     if n_channels > 1:
         cases = _with_channel_files(cases, n_channels, collector)
-    return cases, classes, values
+    return cases, classes, values, regions
 
 
 def _with_channel_files(cases: list[Case], n_channels: int, collector: BadCaseCollector) -> list[Case]:

@@ -38,8 +38,21 @@ def summed_class_voxel_counts(labels: Iterable[np.ndarray], n_classes: int, *, u
     return counts
 
 
+def per_region(counts: np.ndarray, membership: np.ndarray | None) -> np.ndarray:
+    """Voxel counts per painted class turned into counts per region (``medseg.data.regions``: row ``r`` of
+    ``membership`` marks the classes inside region ``r``); ``counts`` itself without regions."""
+    if membership is None:
+        return counts
+    return np.asarray(membership, dtype=np.int64) @ np.asarray(counts, dtype=np.int64)
+
+
 def compute_class_weights(
-    labels: Iterable[np.ndarray], n_classes: int, clip: Sequence[float] = (0.2, 5.0), *, unannotated: bool = False
+    labels: Iterable[np.ndarray],
+    n_classes: int,
+    clip: Sequence[float] = (0.2, 5.0),
+    *,
+    unannotated: bool = False,
+    membership: np.ndarray | None = None,
 ) -> np.ndarray:
     """Inverse voxel frequency, normalised to mean 1 over classes, then clipped.
 
@@ -50,6 +63,8 @@ def compute_class_weights(
         n_classes: Number of classes including background.
         clip: ``(low, high)`` range of the final weights (``loss.class_weight_range``).
         unannotated: Labels may mark unannotated voxels (:func:`summed_class_voxel_counts`); they are not counted.
+        membership: With overlapping regions (``data.regions``), which painted classes each region holds
+            (``Regions.membership``): each region's weight then follows its own voxels.
 
     Returns:
         float32 ``(n_classes,)`` weights, background first.
@@ -57,7 +72,8 @@ def compute_class_weights(
     low, high = float(clip[0]), float(clip[1])
     if not 0 < low <= high:
         raise ValueError(f"class weight range must satisfy 0 < low <= high, got {tuple(clip)}")
-    counts = summed_class_voxel_counts(labels, n_classes, unannotated=unannotated).astype(np.float64)
+    counts = summed_class_voxel_counts(labels, n_classes, unannotated=unannotated)
+    counts = per_region(counts, membership).astype(np.float64)
     present = counts > 0
     weights = np.full(n_classes, high, dtype=np.float64)
     if present.any():
@@ -74,9 +90,10 @@ def resolve_class_weights(
     clip: Sequence[float] = (0.2, 5.0),
     *,
     unannotated: bool = False,
+    membership: np.ndarray | None = None,
 ) -> np.ndarray | None:
-    """Turns ``loss.class_weights`` into weights: ``auto`` (computed, unannotated voxels not counted), ``none``
-    (``None``) or an explicit list.
+    """Turns ``loss.class_weights`` into weights: ``auto`` (computed, unannotated voxels not counted, regions by
+    their own voxels: ``membership``, see :func:`compute_class_weights`), ``none`` (``None``) or an explicit list.
 
     Raises:
         ConfigError: If an explicit list does not have one positive weight per class (incl. background).
@@ -86,7 +103,7 @@ def resolve_class_weights(
             return None
         if option != "auto":
             raise ConfigError(f"loss.class_weights: expected auto, none or a list, got {option!r}")
-        weights = compute_class_weights(labels, n_classes, clip, unannotated=unannotated)
+        weights = compute_class_weights(labels, n_classes, clip, unannotated=unannotated, membership=membership)
         log.debug("Class weights (auto): %s", [round(float(w), 3) for w in weights])
         return weights
     weights = np.asarray(list(option), dtype=np.float32)

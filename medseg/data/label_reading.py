@@ -5,6 +5,8 @@
   subset of a multi-label set (three of TotalSegmentator's 100+ structures, say) trains without rewriting files;
 - which value marks unannotated voxels (``data.ignore_label``; sparse annotation): read as index ``n_classes``
   (``medseg.data.unannotated``);
+- which overlapping regions the classes are (``data.regions``; ``medseg.data.regions``): each stored value is read
+  as the last region holding it;
 - whether a label saved cut to its extent is placed on its image's grid (``data.place_cut_labels``;
   ``medseg.data.label_grid``);
 - for labels that name their segments (DICOM SEG / RTSTRUCT, structure folders, Slicer), which other names a class
@@ -23,9 +25,11 @@ import numpy as np
 
 from medseg.data.checks import label_problem, value_problem
 from medseg.data.label_values import is_identity, to_classes, unexpected_values
+from medseg.errors import ConfigError
 
 if TYPE_CHECKING:
     from medseg.config import DataConfig
+    from medseg.data.regions import Regions
     from medseg.io.segmentation import LabelKind
 
 
@@ -40,6 +44,8 @@ class LabelReading:
         aliases: Other names of some classes, as (class, names) pairs (``data.class_aliases``).
         ignore: The value stored for unannotated voxels (``data.ignore_label``), read as index ``n_classes``;
             ``None`` = every voxel is annotated.
+        regions: The regions the classes are (``data.regions``); label maps then hold any of the regions'
+            values, each read as its painted class. ``None`` = plain classes.
     """
 
     values: tuple[int, ...] | None = None
@@ -47,18 +53,30 @@ class LabelReading:
     place_cut: bool = False
     aliases: tuple[tuple[str, tuple[str, ...]], ...] = ()
     ignore: int | None = None
+    regions: Regions | None = None
 
     @classmethod
-    def of(cls, data: DataConfig, values: Sequence[int] | None, ignore: int | None = None) -> LabelReading:
-        """From the ``data`` config and what discovery settled on (``DatasetSpec.label_values`` and
-        ``DatasetSpec.ignore_label``; without the latter, ``data.ignore_label``)."""
+    def of(
+        cls,
+        data: DataConfig,
+        values: Sequence[int] | None,
+        ignore: int | None = None,
+        regions: Regions | None = None,
+    ) -> LabelReading:
+        """From the ``data`` config and what discovery settled on (``DatasetSpec.label_values``,
+        ``DatasetSpec.ignore_label`` and ``DatasetSpec.regions``; without the latter two, the config's)."""
         ignore = ignore if ignore is not None else data.ignore_label
+        if regions is None and data.regions is not None:
+            from medseg.data.regions import Regions
+
+            regions = Regions.of(data.regions, data.regions_class_order or [])
         return cls(
             values=None if values is None or is_identity(values) else tuple(int(v) for v in values),
             unlisted_background=data.unlisted_labels == "background",
             place_cut=data.place_cut_labels,
             aliases=tuple((cls, tuple(names)) for cls, names in data.class_aliases.items()),
             ignore=ignore,
+            regions=regions,
         )
 
     def alias_map(self) -> dict[str, list[str]] | None:
@@ -71,6 +89,11 @@ class LabelReading:
         saved cut to its segments' extent is placed by its header: it is a segmentation of that image by design."""
         if kind == "map":
             return self
+        if self.regions is not None:
+            raise ConfigError(
+                f"data.regions: regions are read from label maps (values); this label is a {kind} that names its "
+                "segments"
+            )
         return LabelReading(place_cut=self.place_cut or kind == "slicer")
 
     def _stored(self, n_classes: int) -> list[int] | None:
@@ -83,6 +106,14 @@ class LabelReading:
         """Why ``label`` cannot be read as a label map of ``n_classes`` classes, or ``None``."""
         if self.unlisted_background:
             return value_problem(np.asarray(label))
+        if self.regions is not None:
+            problem = value_problem(np.asarray(label))
+            if problem:
+                return problem
+            bad = unexpected_values(np.asarray(label), self.regions.values)
+            if bad.size:
+                return f"label values {bad[:10].tolist()} belong to no region (data.regions: {self.regions.describe()})"
+            return None
         if self.ignore is None:
             return label_problem(label, n_classes, self.values)
         problem = value_problem(np.asarray(label))
@@ -100,7 +131,12 @@ class LabelReading:
 
     def indices(self, label: np.ndarray, n_classes: int, dtype: type[np.integer] = np.uint8) -> np.ndarray:
         """Class indices of a label volume that passed :meth:`problem` (stored values mapped, unlisted ones 0,
-        unannotated voxels ``n_classes``)."""
+        unannotated voxels ``n_classes``; with regions, each value the last region holding it)."""
+        if self.regions is not None:
+            index = self.regions.painted_index()
+            known = self.regions.values
+            positions = to_classes(label, known, np.int64)  # of each voxel's value in ``known``
+            return np.asarray([index[v] for v in known], dtype=dtype)[positions]
         stored = self._stored(n_classes)
         if not self.unlisted_background and is_identity(stored):
             return np.asarray(label).astype(dtype)
@@ -121,6 +157,8 @@ class LabelReading:
             parts.append(
                 f"values other than {listed}, and segments / ROIs / structures no class names, read as background"
             )
+        if self.regions is not None:
+            return self.regions.describe() + " (predicted masks are written with the painted values)"
         if self.ignore is not None:
             parts.append(f"{self.ignore} marks unannotated voxels (left out of the loss and the scores)")
         parts += [f"{cls} also named {', '.join(names)}" for cls, names in self.aliases]

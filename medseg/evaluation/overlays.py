@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from medseg.class_display import class_palette
+from medseg.data.regions import class_mask
 from medseg.data.unannotated import foreground_mask
 from medseg.errors import GeometryMismatchError
 from medseg.io.atomic import atomic_path
@@ -96,6 +97,7 @@ def draw_overlay(
     image: np.ndarray | None = None,
     dice_by_class: Mapping[str, float] | None = None,
     title: str | None = None,
+    membership: np.ndarray | None = None,
 ) -> Path:
     """Draws one overlay PNG and writes it atomically.
 
@@ -114,6 +116,8 @@ def draw_overlay(
         image: Intensity image on the same grid, or ``None``.
         dice_by_class: Dice per class name, shown in the legend.
         title: First title line; default ``case_id``.
+        membership: Overlapping regions (``Regions.membership``): each region's outline is drawn, not its
+            painted class's.
 
     Returns:
         The written path.
@@ -183,7 +187,7 @@ def draw_overlay(
         )
         drawn = False
         for labels, colour, style, who in sources:
-            mask = (labels == index_c).T.astype(float)
+            mask = class_mask(labels, index_c, membership).T.astype(float)
             # contour() warns on a constant field; an absent class on this slice simply draws nothing.
             if 0.0 < mask.mean() < 1.0:
                 ax.contour(x, y, mask, levels=[0.5], colors=[colour], linestyles=style, linewidths=1.6)

@@ -327,6 +327,7 @@ def evaluate(
     evaluated: list[str] = []
     case_dice: dict[str, float] = {}
     class_dice: dict[str, dict[str, float]] = {}
+    membership = None if reading.regions is None else reading.regions.membership()
     for pair in cases:
         try:
             pred, gt, gt_vol = _load_pair(pair, classes, reading)
@@ -338,6 +339,7 @@ def evaluate(
                 voxel_mm3=gt_vol.voxel_volume,
                 skip_both_empty=skip_both_empty,
                 unannotated=reading.ignore is not None,
+                membership=membership,
             )
         except Exception as err:  # per-case isolation: one bad file must not stop the report
             if not isinstance(err, MedsegError):
@@ -394,6 +396,7 @@ def evaluate(
                     image=_overlay_image(pair, gt_vol),
                     dice_by_class=class_dice[cid],
                     title=f"{cid} - {rank} #{number}, mean Dice {case_dice[cid]:.3f}",
+                    membership=membership,
                 )
             except Exception as err:  # an overlay is a convenience; its failure must not lose the metrics
                 log.warning("Overlay of case '%s' not drawn: %s", cid, err)

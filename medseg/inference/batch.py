@@ -579,6 +579,13 @@ def predict_folder(
             at the first such case; the message names the folder, the reason, what was kept and the table.
     """
     out_dir = Path(out_dir)
+    if (output_format in DICOM_FORMATS or output_format == SLICER_FORMAT) and predictor.spec.mode == "regions":
+        # A segment (SEG, Slicer) or an ROI (RTSTRUCT) per painted class would label "tumour core minus
+        # enhancing" as the tumour core; overlapping segments per region are not written yet.
+        raise ConfigError(
+            f"inference.output_format {output_format}: the model predicts overlapping regions (data.regions), "
+            "written as one painted label map; use nii.gz, nrrd or mha"
+        )
     if predictor.spec.channel_patterns and isinstance(inputs, (str, Path)) and Path(inputs).is_dir():
         jobs = discover_case_folders(Path(inputs), out_dir, output_format)  # a folder of case folders
     else:

@@ -243,6 +243,13 @@ class Predictor:
         self.largest_component, self.fill_holes = _resolve_postprocessing(
             postprocessing, spec.postprocessing, len(spec.classes)
         )
+        if spec.mode == "regions" and (self.largest_component or self.fill_holes):
+            # Both steps act on one class's voxels of the painted map; a region's removed island would become
+            # background instead of the region it lies in.
+            raise ConfigError(
+                "postprocessing: largest_component and fill_holes act on classes, not on overlapping regions "
+                "(data.regions); set them to auto or false"
+            )
         # A folded copy (medseg.models.fusion): the caller's model is left as it is.
         model = fold_batchnorm(model.to(self.device))
         if self.channels_last:

@@ -1,10 +1,12 @@
 """The output head: how many logit channels a loss mode needs, and logits -> probabilities -> labels.
 
-Two modes (``loss.mode``):
+Three modes (``loss.mode``; the third is chosen by ``data.regions``):
 
 - ``"sigmoid"``: one logit channel per foreground class (``n_classes - 1``), an independent sigmoid each;
   background is "no foreground channel fires".
 - ``"softmax"``: ``n_classes`` channels incl. background, a softmax over them.
+- ``"regions"``: overlapping regions (``medseg.data.regions``), one sigmoid each as in ``"sigmoid"``, whose
+  labels are *painted*: a voxel takes the last region (in class order) whose probability is > 0.5.
 
 Every architecture ends in this head, so the trainer (loss, validation) and the predictor turn logits into
 masks with the same three functions, whatever the network in front of them.
@@ -19,14 +21,14 @@ import torch
 
 from medseg.errors import ConfigError
 
-LossMode = Literal["sigmoid", "softmax"]
-MODES: tuple[str, ...] = ("sigmoid", "softmax")
+LossMode = Literal["sigmoid", "softmax", "regions"]
+MODES: tuple[str, ...] = ("sigmoid", "softmax", "regions")
 
 _Array = TypeVar("_Array", torch.Tensor, np.ndarray)
 
 
 def check_mode(mode: str) -> None:
-    """Raises :class:`ConfigError` unless ``mode`` is ``"sigmoid"`` or ``"softmax"``."""
+    """Raises :class:`ConfigError` unless ``mode`` is ``"sigmoid"``, ``"softmax"`` or ``"regions"``."""
     if mode not in MODES:
         raise ConfigError(f"loss.mode: expected one of {', '.join(MODES)}, got {mode!r}")
 
@@ -37,7 +39,7 @@ SIGMOID_UP_TO = 4
 """``loss.mode: auto`` takes sigmoid for at most this many foreground classes, softmax for more."""
 
 
-def resolve_mode(option: str, n_classes: int) -> tuple[LossMode, str]:
+def resolve_mode(option: str, n_classes: int, regions: bool = False) -> tuple[LossMode, str]:
     """The loss mode ``loss.mode`` asks for, with ``auto`` decided from the number of classes, and why.
 
     ``auto``: sigmoid up to :data:`SIGMOID_UP_TO` foreground classes (the seed's head, with which medseg's
@@ -50,10 +52,18 @@ def resolve_mode(option: str, n_classes: int) -> tuple[LossMode, str]:
     Args:
         option: ``auto``, ``sigmoid`` or ``softmax``.
         n_classes: Number of classes including background.
+        regions: The classes are overlapping regions (``data.regions``): ``"regions"``, which only ``auto`` gives.
 
     Raises:
-        ConfigError: Unknown option.
+        ConfigError: Unknown option, or ``sigmoid`` / ``softmax`` with regions.
     """
+    if regions:
+        if option != "auto":
+            raise ConfigError(
+                f"loss.mode: {option} cannot train overlapping regions (data.regions), which take one sigmoid each "
+                "and are painted in order; set loss.mode: auto"
+            )
+        return "regions", f"{n_classes - 1} overlapping regions (data.regions): a sigmoid output each, painted in order"
     if option != "auto":
         check_mode(option)
         return option, "set in the config (loss.mode)"  # type: ignore[return-value]
@@ -69,11 +79,12 @@ def n_outputs(mode: str, n_classes: int) -> int:
     """Number of logit channels the model needs.
 
     Args:
-        mode: ``"sigmoid"`` or ``"softmax"``.
+        mode: ``"sigmoid"``, ``"softmax"`` or ``"regions"``.
         n_classes: Number of classes including background (at least 2).
 
     Returns:
-        ``n_classes - 1`` for sigmoid (one channel per foreground class), ``n_classes`` for softmax.
+        ``n_classes - 1`` for sigmoid and regions (one channel per foreground class or region), ``n_classes`` for
+        softmax.
 
     Raises:
         ConfigError: Unknown mode or fewer than 2 classes.
@@ -81,7 +92,7 @@ def n_outputs(mode: str, n_classes: int) -> int:
     check_mode(mode)
     if n_classes < 2:
         raise ConfigError(f"data.classes: need background and at least one foreground class, got {n_classes}")
-    return n_classes - 1 if mode == "sigmoid" else n_classes
+    return n_classes if mode == "softmax" else n_classes - 1
 
 
 #: Softmax models with at least this many classes take the softmax over the innermost axis of channels_last logits.
@@ -98,12 +109,13 @@ def logits_to_probs(logits: torch.Tensor, mode: str) -> torch.Tensor:
 
     Args:
         logits: ``(B, n_outputs, ...)`` model output.
-        mode: ``"sigmoid"`` or ``"softmax"``.
+        mode: ``"sigmoid"``, ``"softmax"`` or ``"regions"``.
 
     Returns:
-        ``(B, n_classes, ...)`` float32. Softmax: the softmax. Sigmoid: channels ``1..`` are the per-class
-        sigmoids and channel 0 is ``1 - max`` of them, so that :func:`probs_to_labels` and a plain argmax agree
-        (up to ties) and the background map reads as "probability that no class fires".
+        ``(B, n_classes, ...)`` float32. Softmax: the softmax. Sigmoid and regions: channels ``1..`` are the
+        per-class (per-region) sigmoids and channel 0 is ``1 - max`` of them, so that for sigmoid
+        :func:`probs_to_labels` and a plain argmax agree (up to ties) and the background map reads as
+        "probability that no class fires".
     """
     check_mode(mode)
     logits = logits.float()
@@ -131,7 +143,8 @@ def probs_to_labels(probs: _Array, mode: str, *, channel_dim: int = 1) -> _Array
             ``channel_dim=0``. A tensor or a numpy array.
         mode: ``"sigmoid"``: the most probable foreground class where its probability is > 0.5, else 0
             (the background channel is ignored, so averaged probabilities, e.g. from test-time flips, are
-            thresholded consistently). ``"softmax"``: the argmax over all channels.
+            thresholded consistently). ``"softmax"``: the argmax over all channels. ``"regions"``: the last
+            region whose probability is > 0.5, else 0 (nnU-Net's painting in ``regions_class_order``).
         channel_dim: The class axis.
 
     Returns:
@@ -145,6 +158,11 @@ def probs_to_labels(probs: _Array, mode: str, *, channel_dim: int = 1) -> _Array
         # over a short class axis is 7-20x slower (pytorch/pytorch#140000; 340 ms against 50 ms for a 64-slice
         # slab of 5 classes at 240 x 240 with torch 2.13), which made it a fifth of a BraTS prediction.
         labels = p.max(dim=channel_dim).indices
+    elif mode == "regions":
+        # Painted in class order: each region over the ones before it, so a voxel ends as the innermost region.
+        labels = torch.zeros_like(p.select(channel_dim, 0), dtype=torch.long)
+        for r in range(1, p.shape[channel_dim]):
+            labels.masked_fill_(p.select(channel_dim, r) > 0.5, r)
     else:
         best, idx = p.narrow(channel_dim, 1, p.shape[channel_dim] - 1).max(dim=channel_dim)
         labels = torch.where(best > 0.5, idx + 1, torch.zeros_like(idx))

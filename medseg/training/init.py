@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from medseg.class_display import listed
-from medseg.data.class_weights import summed_class_voxel_counts
+from medseg.data.class_weights import per_region, summed_class_voxel_counts
 from medseg.models.base import SegmentationNet
 
 log = logging.getLogger(__name__)
@@ -28,16 +28,20 @@ log = logging.getLogger(__name__)
 _FREQ_RANGE = (1e-4, 0.5)
 
 
-def class_frequencies(labels: Iterable[np.ndarray], n_classes: int, *, unannotated: bool = False) -> np.ndarray:
+def class_frequencies(
+    labels: Iterable[np.ndarray], n_classes: int, *, unannotated: bool = False, membership: np.ndarray | None = None
+) -> np.ndarray:
     """Voxel share of each class over ``labels`` (float64, sums to 1; uniform if there are no voxels); with
-    ``unannotated``, voxels marked so (index ``n_classes``) are not counted.
+    ``unannotated``, voxels marked so (index ``n_classes``) are not counted. With ``membership`` (overlapping
+    regions, ``Regions.membership``), each region's share of all voxels (the shares then overlap).
 
     Raises:
         ValueError: If a label holds values outside ``0..n_classes-1`` (training labels are checked before).
     """
-    counts = summed_class_voxel_counts(labels, n_classes, unannotated=unannotated).astype(np.float64)
-    total = counts.sum()
-    return counts / total if total > 0 else np.full(n_classes, 1.0 / n_classes)
+    counts = summed_class_voxel_counts(labels, n_classes, unannotated=unannotated)
+    total = float(counts.sum())
+    shares = per_region(counts, membership).astype(np.float64)
+    return shares / total if total > 0 else np.full(n_classes, 1.0 / n_classes)
 
 
 def prior_bias(frequencies: np.ndarray, mode: str) -> np.ndarray:
@@ -45,18 +49,24 @@ def prior_bias(frequencies: np.ndarray, mode: str) -> np.ndarray:
 
     Args:
         frequencies: ``(n_classes,)`` voxel shares, background first.
-        mode: ``sigmoid`` (one output per foreground class: ``log(p / (1 - p))``) or ``softmax``
-            (``log p`` for every class incl. background).
+        mode: ``sigmoid`` or ``regions`` (one output per foreground class or region: ``log(p / (1 - p))``) or
+            ``softmax`` (``log p`` for every class incl. background).
     """
     p = np.clip(np.asarray(frequencies, dtype=np.float64), *_FREQ_RANGE)
-    if mode == "sigmoid":
+    if mode != "softmax":
         fg = p[1:]
         return np.log(fg / (1.0 - fg))
     return np.log(p)
 
 
 def init_output_bias(
-    model: nn.Module, labels: Iterable[np.ndarray], n_classes: int, mode: str, *, unannotated: bool = False
+    model: nn.Module,
+    labels: Iterable[np.ndarray],
+    n_classes: int,
+    mode: str,
+    *,
+    unannotated: bool = False,
+    membership: np.ndarray | None = None,
 ) -> bool:
     """Sets the bias of the model's output conv (:attr:`SegmentationNet.output_conv`) to the class prior.
 
@@ -64,15 +74,16 @@ def init_output_bias(
         model: A :class:`~medseg.models.base.SegmentationNet` (or a wrapper of one, e.g. DDP's ``module``).
         labels: Training label arrays.
         n_classes: Classes including background.
-        mode: ``sigmoid`` or ``softmax``.
+        mode: ``sigmoid``, ``softmax`` or ``regions``.
         unannotated: Labels may mark unannotated voxels (index ``n_classes``); they are not counted.
+        membership: The regions' classes (``Regions.membership``): each region's output starts at its own share.
 
     Returns:
         Whether a bias was set (False for models without a biased output conv of the right width).
     """
     net = getattr(model, "module", model)
     conv = net.output_conv if isinstance(net, SegmentationNet) else None
-    bias = prior_bias(class_frequencies(labels, n_classes, unannotated=unannotated), mode)
+    bias = prior_bias(class_frequencies(labels, n_classes, unannotated=unannotated, membership=membership), mode)
     if conv is None or conv.bias is None or conv.bias.shape != (bias.size,):
         log.debug("No biased output conv with %d channels; output bias left at its default", bias.size)
         return False

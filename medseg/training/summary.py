@@ -87,7 +87,7 @@ def _training_patch(cfg: Config, spec: DatasetSpec, pad_multiple: int) -> tuple[
         classes=list(spec.classes),
         channels=list(spec.channels),
         pad_multiple=pad_multiple,
-        labels=LabelReading.of(cfg.data, spec.label_values, spec.ignore_label),
+        labels=LabelReading.of(cfg.data, spec.label_values, spec.ignore_label, spec.regions),
     )
     assert data.plan is not None
     h, w = data.plan.patch_size
@@ -117,7 +117,7 @@ def run_summary(cfg: Config) -> SummaryReport:
     data_spec = discover_cases(cfg.data)
     classes, channels = list(data_spec.classes), list(data_spec.channels)
     in_channels = len(channels) * (2 * cfg.preprocessing.context_slices + 1)
-    mode = resolve_mode(cfg.loss.mode, len(classes))[0]
+    mode = resolve_mode(cfg.loss.mode, len(classes), regions=data_spec.regions is not None)[0]
     spec = spec_from_config(cfg.model, in_channels, n_outputs(mode, len(classes)))
     pad_multiple = math.lcm(int(cfg.preprocessing.pad_multiple), spec.pad_multiple)
     patch = _training_patch(cfg, data_spec, pad_multiple)

@@ -320,9 +320,11 @@ class Trainer:
         modality, modality_reason = dataset_modality(cfg.data.modality, spec)
         self.classes = list(spec.classes)
         self.n_classes = len(self.classes)
-        self.mode, self.mode_reason = resolve_mode(cfg.loss.mode, self.n_classes)
+        self.mode, self.mode_reason = resolve_mode(cfg.loss.mode, self.n_classes, regions=spec.regions is not None)
         self.label_values = spec.label_values  # how the label files store the classes; masks are written so
-        self.label_reading = LabelReading.of(cfg.data, spec.label_values, spec.ignore_label)
+        self.label_reading = LabelReading.of(cfg.data, spec.label_values, spec.ignore_label, spec.regions)
+        # Overlapping regions (data.regions): which painted classes each region holds; None for plain classes.
+        self.membership = None if spec.regions is None else spec.regions.membership()
         self.channels = list(spec.channels)
         train_cases, val_cases = split_cases(
             spec.cases, cfg.data.val_fraction, cfg.data.seed, folds=cfg.data.folds, fold=cfg.data.fold
@@ -365,6 +367,12 @@ class Trainer:
                 raise CheckpointError(
                     f"Cannot resume from '{self.last_path}': the value of unannotated voxels "
                     f"{resume.get('ignore_label')} != {spec.ignore_label} (data.ignore_label or dataset.json)"
+                )
+            regions = None if spec.regions is None else spec.regions.to_stored()
+            if resume.get("regions") != regions:
+                raise CheckpointError(
+                    f"Cannot resume from '{self.last_path}': the regions {resume.get('regions')} != {regions} "
+                    "(data.regions or dataset.json)"
                 )
         # The QC reference's training statistics are noted while the data stage reads each file (no second read).
         self.qc_recorder = RecordingReader(reader or default_reader(), self.classes, self.label_reading)
@@ -434,6 +442,7 @@ class Trainer:
                 self.n_classes,
                 cfg.loss.class_weight_range,
                 unannotated=self.label_reading.ignore is not None,
+                membership=self.membership,
             )
         # The sampler hook: rank/world_size shard each epoch's sequence (DDP needs nothing else here).
         # An epoch is one draw per slice that holds annotated voxels (every slice, unless some are unannotated).
@@ -475,6 +484,7 @@ class Trainer:
             bce_weight=lc.bce_weight,
             dice_weight=lc.dice_weight,
             unannotated=self.label_reading.ignore is not None,
+            membership=self.membership,
         )
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
@@ -508,6 +518,7 @@ class Trainer:
                 self.n_classes,
                 self.mode,
                 unannotated=self.label_reading.ignore is not None,
+                membership=self.membership,
             )
         self.model = model.to(self.device).to(memory_format=self.memory_format)  # type: ignore[call-overload]
         self.train_model = wrap_model(self.model)
@@ -781,6 +792,7 @@ class Trainer:
             keep_volumes=keep_volumes,
             batch_size=self.cfg.inference.batch_size,
             memory_gb=self.cfg.inference.memory_gb,
+            membership=self.membership,
         )
         if get_world_size() > 1:
             result.mean, result.per_class = broadcast_object((result.mean, result.per_class))
@@ -854,6 +866,7 @@ class Trainer:
             "classes": list(self.classes),
             "label_values": None if self.label_values is None else list(self.label_values),
             "ignore_label": self.label_reading.ignore,
+            "regions": None if self.label_reading.regions is None else self.label_reading.regions.to_stored(),
             "class_weights": None if self.class_weights is None else [float(w) for w in self.class_weights],
             "normalization": self.data.params.to_dict(),
             "slice_axis": int(self.data.axis),
@@ -889,6 +902,10 @@ class Trainer:
         """Loads the best weights, predicts the validation volumes and keeps the steps that raise their Dice."""
         if not self.best_path.exists():
             log.warning("No best checkpoint (no validation ran); postprocessing stays off")
+            return _empty_plan()
+        if self.membership is not None:
+            # Its steps remove or fill one class's voxels of a label map; nested regions need them per region.
+            log.info("Postprocessing is not decided for overlapping regions (data.regions); it stays off")
             return _empty_plan()
         best = load_checkpoint(self.best_path)
         if best.get("postprocessing_decided"):

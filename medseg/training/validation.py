@@ -15,6 +15,7 @@ import numpy as np
 from torch import nn
 
 from medseg.data.prepare import PreparedCase, label_dtype
+from medseg.data.regions import class_mask
 from medseg.data.slicing import slices_to_volume
 from medseg.data.unannotated import annotated_voxels
 from medseg.inference.budget import BatchSizeOption, settings_for_slices
@@ -52,6 +53,7 @@ def validate_volumes(
     keep_volumes: bool = False,
     batch_size: BatchSizeOption | None = None,
     memory_gb: float | None = None,
+    membership: np.ndarray | None = None,
 ) -> ValidationResult:
     """Predicts every validation case and scores it against its label volume.
 
@@ -66,6 +68,7 @@ def validate_volumes(
         batch_size: ``"auto"`` sizes the batch per case from its slice size and ``memory_gb``, as the predictor
             does (``medseg.inference.budget``); an int replaces ``settings.batch_size``; ``None`` keeps it.
         memory_gb: Budget of one forward batch for ``"auto"``; ``None`` = from the machine.
+        membership: Overlapping regions (``Regions.membership``): each region is scored as its own mask.
 
     Returns:
         A :class:`ValidationResult`; with no cases, ``mean`` is NaN.
@@ -96,7 +99,10 @@ def validate_volumes(
         scored = annotated_voxels(pred, gt, n_classes) if marked else (pred, gt)
         if scored is None:  # nothing annotated: no score (two empty masks would count as Dice 1.0)
             continue
-        per_case[str(case.id)] = [dice(scored[0] == c, scored[1] == c) for c in range(1, n_classes)]
+        pred_c, gt_c = scored
+        per_case[str(case.id)] = [
+            dice(class_mask(pred_c, c, membership), class_mask(gt_c, c, membership)) for c in range(1, n_classes)
+        ]
         if keep_volumes:
             preds.append(pred)
             gts.append(gt)

@@ -1,0 +1,279 @@
+"""Overlapping label regions (nnU-Net's region-based training, ``data.regions``) on real files: BraTS labels read
+into painted classes that give every region back exactly, a sigmoid loss per region, painted predictions, and
+metrics per region checked against numpy on the raw label values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medseg.config import DataConfig, PostprocessingConfig, config_from_dict
+from medseg.data.cases import discover_cases
+from medseg.data.label_reading import LabelReading
+from medseg.data.regions import Regions, class_mask, regions_from_labels
+from medseg.errors import ConfigError
+from medseg.losses import SegLoss, soft_dice_per_class
+from medseg.metrics import case_metrics
+from medseg.models.head import logits_to_probs, probs_to_labels, resolve_mode
+
+from .conftest import SHARED_DATA, run_tiny
+
+BRATS = SHARED_DATA / "BraTS2015_DeepMedic_examples"
+# BraTS 2015 values: 1 necrosis, 2 oedema, 3 non-enhancing, 4 enhancing tumour.
+BRATS_REGIONS = {"whole_tumor": [1, 2, 3, 4], "tumor_core": [1, 3, 4], "enhancing": [4]}
+BRATS_ORDER = [2, 1, 4]
+# The hippocampus sample as nested regions: the whole hippocampus (anterior + posterior) and the posterior part.
+HIPPO_LABELS = {"background": 0, "hippocampus": [1, 2], "posterior": [2]}
+HIPPO_ORDER = [1, 2]
+
+
+def _brats_label() -> np.ndarray:
+    if not BRATS.exists():
+        pytest.skip(f"needs real data at {BRATS} (../shared/data is not part of a fresh clone)")
+    path = sorted(BRATS.glob("*/OTMultiClass.nii.gz"))[0]
+    return np.asarray(nib.load(path).dataobj)  # float32, values 0..4
+
+
+def test_region_definitions_that_paint_back_are_accepted() -> None:
+    brats = Regions.of(BRATS_REGIONS, BRATS_ORDER)
+    assert brats.problem() is None
+    assert brats.classes == ["background", "whole_tumor", "tumor_core", "enhancing"]
+    assert brats.label_values == [0, 2, 1, 4]
+    assert brats.painted_index() == {0: 0, 1: 2, 2: 1, 3: 2, 4: 3}
+    # nnU-Net v2's own BraTS 2021 example (labels converted to 1 oedema, 2 non-enhancing, 3 enhancing).
+    v2 = {"whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]}
+    assert Regions.of(v2, [1, 2, 3]).problem() is None
+    # Regions that do not overlap are plain classes written with their values.
+    assert Regions.of({"a": [1], "b": [2, 3]}, [1, 3]).problem() is None
+
+
+@pytest.mark.parametrize(
+    ("regions", "order", "message"),
+    [
+        (BRATS_REGIONS, [2, 1], r"gives 2 values for 3 regions"),
+        (BRATS_REGIONS, [2, 1, 3], r"region 'enhancing' is written as 3, which is not one of its values \[4\]"),
+        (BRATS_REGIONS, [4, 1, 4], r"region 'whole_tumor' is written as 4, which region 'enhancing'"),
+        ({"a": [1, 2], "b": [2, 3]}, [1, 3], r"label value 2 belongs to regions \['a', 'b'\] but is painted as 3"),
+        ({"a": [0, 1]}, [1], r"region 'a' must hold distinct label values in 1\.\.65535"),
+        ({"background": [1]}, [1], r"must differ from each other and from 'background'"),
+    ],
+)
+def test_region_definitions_that_cannot_paint_back_are_refused(
+    regions: dict[str, list[int]], order: list[int], message: str
+) -> None:
+    assert Regions.of(regions, order).problem() is not None
+    with pytest.raises(ValueError, match=message):
+        DataConfig(regions=regions, regions_class_order=order)
+
+
+def test_config_regions_replace_classes_and_exclude_ignore_label() -> None:
+    with pytest.raises(ValueError, match=r"regions needs regions_class_order"):
+        DataConfig(regions=BRATS_REGIONS)
+    with pytest.raises(ValueError, match=r"regions_class_order needs regions"):
+        DataConfig(regions_class_order=[1])
+    with pytest.raises(ValueError, match=r"regions replace classes and label_values"):
+        DataConfig(regions=BRATS_REGIONS, regions_class_order=BRATS_ORDER, classes=["background", "a", "b", "c"])
+    with pytest.raises(ValueError, match=r"ignore_label together with regions is not supported"):
+        DataConfig(regions=BRATS_REGIONS, regions_class_order=BRATS_ORDER, ignore_label=255)
+    with pytest.raises(ConfigError, match=r"loss\.mode: softmax cannot train overlapping regions"):
+        resolve_mode("softmax", 4, regions=True)
+    assert resolve_mode("auto", 4, regions=True)[0] == "regions"
+
+
+def test_dataset_json_regions_are_read_as_nnunet_v2_declares_them() -> None:
+    found = regions_from_labels(HIPPO_LABELS, HIPPO_ORDER, "dataset.json")
+    assert found == Regions(names=("hippocampus", "posterior"), members=((1, 2), (2,)), paint=(1, 2))
+    assert regions_from_labels({"background": 0, "a": 1}, None, "dataset.json") is None
+    with pytest.raises(ValueError, match=r"'dataset.json': labels \['hippocampus', 'posterior'\] are regions"):
+        regions_from_labels(HIPPO_LABELS, None, "dataset.json")
+    with pytest.raises(ValueError, match=r"an 'ignore' label together with regions is not supported"):
+        regions_from_labels({**HIPPO_LABELS, "ignore": 3}, HIPPO_ORDER, "dataset.json")
+    with pytest.raises(ValueError, match=r"regions_class_order must be a list of integers"):
+        regions_from_labels(HIPPO_LABELS, "1,2", "dataset.json")
+
+
+def test_painted_classes_give_every_region_back_exactly_on_brats_labels() -> None:
+    raw = _brats_label()
+    regions = Regions.of(BRATS_REGIONS, BRATS_ORDER)
+    reading = LabelReading(regions=regions)
+    assert reading.problem(raw, 4) is None
+    painted = reading.indices(raw, 4)
+    membership = regions.membership()
+    for r, values in enumerate(BRATS_REGIONS.values(), start=1):
+        np.testing.assert_array_equal(class_mask(painted, r, membership), np.isin(raw, values))
+        assert np.isin(raw, values).any()  # every region is present in this case: the check is not vacuous
+    # A value in no region is refused by name.
+    stray = raw.copy()
+    stray[0, 0, 0] = 5
+    assert "label values [5] belong to no region" in (reading.problem(stray, 4) or "")
+
+
+def test_region_loss_is_the_sigmoid_loss_on_each_regions_own_target() -> None:
+    raw = _brats_label()
+    regions = Regions.of(BRATS_REGIONS, BRATS_ORDER)
+    k = int(np.argmax(np.isin(raw, [4]).sum(axis=(0, 1))))  # the slice with the most enhancing tumour
+    raw_slices = torch.from_numpy(np.stack([raw[..., k], raw[..., k + 2]])).long()
+    target = torch.from_numpy(LabelReading(regions=regions).indices(raw_slices.numpy(), 4)).long()
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, *target.shape[1:], generator=generator, requires_grad=True)
+    weights = torch.tensor([0.3, 0.5, 1.1, 2.4])
+    loss = SegLoss("regions", 4, weights, membership=regions.membership())(logits, target)
+    # By hand: the region targets from the raw values, BCE and batch soft Dice per region, weighted means.
+    region_target = torch.stack([torch.isin(raw_slices, torch.tensor(v)) for v in BRATS_REGIONS.values()], 1).float()
+    bce = F.binary_cross_entropy_with_logits(logits, region_target, reduction="none").mean(dim=(0, 2, 3))
+    dice = soft_dice_per_class(torch.sigmoid(logits), region_target)
+    w = weights[1:]
+    expected = (w * bce).sum() / w.sum() + (w * (1 - dice)).sum() / w.sum()
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+    # Regions that do not overlap give the plain sigmoid loss.
+    plain = torch.randint(0, 3, (2, 16, 16), generator=generator)
+    logits2 = torch.randn(2, 2, 16, 16, generator=generator)
+    identity = Regions.of({"a": [1], "b": [2]}, [1, 2]).membership()
+    torch.testing.assert_close(
+        SegLoss("regions", 3, membership=identity)(logits2, plain), SegLoss("sigmoid", 3)(logits2, plain)
+    )
+    with pytest.raises(ConfigError, match=r"regions mode needs the regions' membership"):
+        SegLoss("regions", 4)
+
+
+def test_region_probabilities_are_painted_in_order() -> None:
+    # Three regions, four pixels: none fires; the outer one; the outer and the inner (skipping the middle); all.
+    fg = torch.tensor([[0.2, 0.9, 0.9, 0.8], [0.1, 0.3, 0.4, 0.7], [0.0, 0.2, 0.6, 0.9]])
+    probs = torch.cat([1 - fg.amax(0, keepdim=True), fg])
+    assert probs_to_labels(probs, "regions", channel_dim=0).tolist() == [0, 1, 3, 3]
+    assert probs_to_labels(probs.numpy(), "regions", channel_dim=0).tolist() == [0, 1, 3, 3]
+    logits = torch.logit(fg.clamp(1e-4, 1 - 1e-4)).unsqueeze(0)
+    torch.testing.assert_close(logits_to_probs(logits, "regions")[0], probs, atol=1e-4, rtol=0)
+
+
+def test_metrics_score_each_region_as_its_own_mask() -> None:
+    raw = _brats_label()
+    regions = Regions.of(BRATS_REGIONS, BRATS_ORDER)
+    reading = LabelReading(regions=regions)
+    # A prediction that misses the enhancing rim's outer layer and calls part of the oedema necrosis.
+    from scipy import ndimage
+
+    pred_raw = raw.copy()
+    pred_raw[(raw == 4) & ~ndimage.binary_erosion(raw == 4)] = 1
+    pred_raw[(raw == 2) & (np.indices(raw.shape)[0] % 3 == 0)] = 1
+    gt, pred = reading.indices(raw, 4), reading.indices(pred_raw, 4)
+    rows = case_metrics(pred, gt, (1.0, 1.0, 1.0), regions.classes, membership=regions.membership())
+    assert [r["class"] for r in rows] == list(BRATS_REGIONS)
+    for row, values in zip(rows, BRATS_REGIONS.values(), strict=True):
+        p, g = np.isin(pred_raw, values), np.isin(raw, values)
+        assert row["dice"] == pytest.approx(2 * (p & g).sum() / (p.sum() + g.sum()))
+        assert row["vol_gt_ml"] == pytest.approx(g.sum() / 1000.0)
+    assert rows[0]["dice"] == pytest.approx(1.0)  # the whole tumour is unchanged
+    assert rows[1]["dice"] < 1.0 and rows[2]["dice"] < 1.0
+
+
+def _nnunet_v2_regions(sample_hippo: Path, root: Path, n: int = 9) -> list[str]:
+    """An nnU-Net v2 raw folder of ``n`` sample hippocampus cases whose dataset.json declares nested regions."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    ids = sorted(p.name[: -len(".nii.gz")] for p in (sample_hippo / "imagesTr").glob("*.nii.gz"))[:n]
+    for cid in ids:
+        (root / "imagesTr" / f"{cid}_0000.nii.gz").symlink_to(sample_hippo / "imagesTr" / f"{cid}.nii.gz")
+        (root / "labelsTr" / f"{cid}.nii.gz").symlink_to(sample_hippo / "labelsTr" / f"{cid}.nii.gz")
+    dataset = {
+        "channel_names": {"0": "MRI"},
+        "labels": HIPPO_LABELS,
+        "regions_class_order": HIPPO_ORDER,
+        "numTraining": n,
+        "file_ending": ".nii.gz",
+    }
+    (root / "dataset.json").write_text(json.dumps(dataset))
+    return ids
+
+
+def test_dataset_json_regions_are_discovered_and_clash_with_classes(sample_hippo: Path, tmp_path: Path) -> None:
+    root = tmp_path / "Dataset002_Regions"
+    _nnunet_v2_regions(sample_hippo, root, n=3)
+    spec = discover_cases(DataConfig(root=root))
+    assert spec.classes == ["background", "hippocampus", "posterior"]
+    assert spec.label_values is None  # painted as 1 and 2: class k written as k
+    assert spec.regions == Regions(names=("hippocampus", "posterior"), members=((1, 2), (2,)), paint=(1, 2))
+    with pytest.raises(ConfigError, match=r"declares regions \['hippocampus', 'posterior'\]: they replace"):
+        discover_cases(DataConfig(root=root, classes=["background", "a", "b"]))
+
+
+def test_region_set_trains_predicts_and_evaluates_per_region(sample_hippo: Path, tmp_path: Path) -> None:
+    root = tmp_path / "Dataset002_Regions"
+    _nnunet_v2_regions(sample_hippo, root)
+    result = run_tiny(tmp_path / "run", epochs=2, root=str(root))
+    assert result is not None
+    run = tmp_path / "run"
+    ckpt = torch.load(run / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+    assert ckpt["mode"] == "regions" and ckpt["classes"] == ["background", "hippocampus", "posterior"]
+    assert ckpt["regions"] == {"names": ["hippocampus", "posterior"], "members": [[1, 2], [2]], "paint": [1, 2]}
+    assert ckpt["model"]["out_channels"] == 2
+    lines = (run / "evaluation" / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    rows = [dict(zip(header, line.split(","), strict=True)) for line in lines[1:]]
+    assert rows and {r["class"] for r in rows} == {"hippocampus", "posterior"}
+    masks = sorted((run / "predictions").glob("*.nii.gz"))
+    assert masks
+    for mask in masks:
+        pred = np.asarray(nib.load(mask).dataobj)
+        assert set(np.unique(pred).tolist()) <= {0, 1, 2}
+        gt = np.asarray(nib.load(sample_hippo / "labelsTr" / mask.name).dataobj)
+        for name, values in (("hippocampus", [1, 2]), ("posterior", [2])):
+            p, g = np.isin(pred, values), np.isin(gt, values)
+            (row,) = [r for r in rows if r["case"] == mask.name[: -len(".nii.gz")] and r["class"] == name]
+            assert float(row["dice"]) == pytest.approx(2 * (p & g).sum() / (p.sum() + g.sum()), abs=1e-6)
+
+
+def test_region_models_refuse_outputs_and_steps_that_act_on_classes(sample_hippo: Path, tmp_path: Path) -> None:
+    from medseg.inference import Predictor
+    from medseg.inference.batch import predict_folder
+    from medseg.runner import evaluation_pairs
+
+    root = tmp_path / "Dataset002_Regions"
+    _nnunet_v2_regions(sample_hippo, root, n=4)
+    run_tiny(tmp_path / "run", epochs=1, root=str(root))
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    with pytest.raises(ConfigError, match=r"act on classes, not on overlapping regions"):
+        Predictor.from_checkpoint(best, device="cpu", postprocessing=PostprocessingConfig(largest_component=True))
+    predictor = Predictor.from_checkpoint(best, device="cpu")
+    with pytest.raises(ConfigError, match=r"output_format dicom-seg: the model predicts overlapping regions"):
+        predict_folder(predictor, root / "imagesTr", tmp_path / "seg", output_format="dicom-seg")
+    # Evaluation from the checkpoint alone (evaluation.ground_truth) reads the regions the model was trained on.
+    cfg = config_from_dict(
+        {"output": {"dir": str(tmp_path / "run")}, "evaluation": {"ground_truth": str(root / "labelsTr")}},
+        base_dir=tmp_path,
+    )
+    _, classes, reading = evaluation_pairs(cfg)
+    assert classes == ["background", "hippocampus", "posterior"] and reading.regions is not None
+
+
+def test_resume_refuses_other_regions(sample_hippo: Path, tmp_path: Path) -> None:
+    from medseg.errors import CheckpointError
+
+    root = tmp_path / "Dataset002_Regions"
+    _nnunet_v2_regions(sample_hippo, root, n=4)
+    run_tiny(tmp_path / "run", epochs=1, root=str(root))
+    # The same names and written values, other members: the checkpoint's regions are not these.
+    dataset = json.loads((root / "dataset.json").read_text())
+    dataset["labels"] = {"background": 0, "hippocampus": [1], "posterior": [2]}
+    (root / "dataset.json").write_text(json.dumps(dataset))
+    from medseg.runner import run_stages
+
+    cfg = config_from_dict(
+        {
+            "data": {"root": str(root), "val_fraction": 0.34},
+            "model": {"base_features": 4},
+            "training": {"epochs": 2, "resume": True, "device": "cpu", "precision": "fp32", "num_workers": 0},
+            "output": {"dir": str(tmp_path / "run")},
+        },
+        base_dir=tmp_path,
+    )
+    with pytest.raises(CheckpointError, match=r"Cannot resume from .*: the regions \{'names'"):
+        run_stages(cfg, ["train"])
