@@ -90,6 +90,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="medseg: score against the label file named <case id>.<ending> in this folder instead of the data's "
         "own labels (e.g. the complete labels of a sparsely annotated copy: benchmarks/sparse_labels.py)",
     )
+    parser.add_argument(
+        "--score-regions",
+        type=Path,
+        default=None,
+        metavar="CONFIG",
+        help="medseg: score every model by the overlapping regions that CONFIG's data.regions declares (e.g. a "
+        "model of BraTS's classes by whole tumour / core / enhancing, as configs/brats_regions.yaml trains them)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     if args.folds < 2:
@@ -145,12 +153,13 @@ def _float(text: str) -> float | None:
         return None
 
 
-def score(pairs: Sequence[Any], classes: Sequence[str], out_dir: Path) -> dict[str, Any]:
-    """Runs :func:`medseg.evaluation.evaluate` and condenses its ``metrics.csv`` per case and per class."""
+def score(pairs: Sequence[Any], classes: Sequence[str], out_dir: Path, labels: Any = None) -> dict[str, Any]:
+    """Runs :func:`medseg.evaluation.evaluate` (mask files read through ``labels``, a ``LabelReading``) and
+    condenses its ``metrics.csv`` per case and per class."""
     from medseg.evaluation import evaluate
 
     start = time.perf_counter()
-    summary = evaluate(pairs, classes, out_dir, overlays=0)
+    summary = evaluate(pairs, classes, out_dir, overlays=0, labels=labels)
     per_case: dict[str, dict[str, dict[str, float | None]]] = {}
     with (out_dir / "metrics.csv").open(newline="") as fh:
         for row in csv.DictReader(fh):
@@ -187,6 +196,24 @@ def ground_truth_file(folder: Path, case_id: str) -> Path:
     return found[0]
 
 
+def scoring(cfg: Any, score_regions: Path | None) -> tuple[list[str], Any]:
+    """The classes masks are scored by and how their files are read: the run's own (its stored values, ignore
+    label and regions), or the regions ``score_regions``'s ``data.regions`` declares."""
+    from medseg.config import load_config
+    from medseg.data.cases import discover_cases
+    from medseg.data.label_reading import LabelReading
+    from medseg.data.regions import Regions
+
+    if score_regions is not None:
+        data = load_config(score_regions).data
+        if data.regions is None:
+            raise SystemExit(f"--score-regions: '{score_regions}' sets no data.regions")
+        regions = Regions.of(data.regions, data.regions_class_order or [])
+        return regions.classes, LabelReading(regions=regions)
+    spec = discover_cases(cfg.data)
+    return list(spec.classes), LabelReading.of(cfg.data, spec.label_values, spec.ignore_label, spec.regions)
+
+
 def predict_and_score(
     cfg: Any,
     checkpoint: Path,
@@ -194,9 +221,10 @@ def predict_and_score(
     classes: Sequence[str],
     out: Path,
     ground_truth: Path | None = None,
+    labels: Any = None,
 ) -> dict:
     """Predicts ``cases`` with ``checkpoint`` as ``pipelines.run`` would, writes the masks, scores them (against
-    the cases' labels, or their files in ``ground_truth``)."""
+    the cases' labels, or their files in ``ground_truth``; read through ``labels``, a ``LabelReading``)."""
     from medseg.evaluation import EvalPair
     from medseg.inference import Predictor, predict_folder
 
@@ -226,7 +254,7 @@ def predict_and_score(
             continue
         label = c.label if ground_truth is None else ground_truth_file(ground_truth, c.id)
         pairs.append(EvalPair(c.id, Path(row["output"]), label, c.image))
-    scored = score(pairs, classes, out / "evaluation")
+    scored = score(pairs, classes, out / "evaluation", labels)
     scored["failed_predictions"] = failed
     scored["predict_seconds"] = predict_seconds
     scored["volumes_per_s"] = len(pairs) / predict_seconds if predict_seconds > 0 else None
@@ -269,9 +297,12 @@ def run_medseg_fold(args: argparse.Namespace, fold: int, run_dir: Path) -> dict[
         if isinstance(plan.get("fingerprint"), dict):  # the per-case table is in the run's plan.json
             plan["fingerprint"] = {k: v for k, v in plan["fingerprint"].items() if k != "cases"}
         gt = args.ground_truth
-        evaluations = {"best": predict_and_score(cfg, result.best, cases, result.classes, run_dir / "eval_best", gt)}
+        classes, reading = scoring(cfg, args.score_regions)
+        evaluations = {"best": predict_and_score(cfg, result.best, cases, classes, run_dir / "eval_best", gt, reading)}
         if not args.no_last:
-            evaluations["last"] = predict_and_score(cfg, result.last, cases, result.classes, run_dir / "eval_last", gt)
+            evaluations["last"] = predict_and_score(
+                cfg, result.last, cases, classes, run_dir / "eval_last", gt, reading
+            )
     if not args.keep_checkpoints:
         shutil.rmtree(RunLayout(run_dir).checkpoints, ignore_errors=True)
     return {
@@ -282,7 +313,8 @@ def run_medseg_fold(args: argparse.Namespace, fold: int, run_dir: Path) -> dict[
         "plan": plan,
         "evaluations": evaluations,
         "config": cfg.model_dump(mode="json"),
-        "classes": list(result.classes),
+        "classes": classes,
+        "trained_classes": list(result.classes),
     }
 
 
@@ -405,6 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "overrides": list(args.overrides),
         "data_root": str(args.data_root),
         "ground_truth": str(args.ground_truth) if args.ground_truth else None,
+        "score_regions": str(args.score_regions) if args.score_regions else None,
         **_sparse_labels(args.data_root),
         "n_folds": args.folds,
         "fold_subset": args.fold_list,
