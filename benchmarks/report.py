@@ -178,11 +178,16 @@ def _quality_section(results: Sequence[tuple[str, dict[str, Any]]]) -> list[str]
         "with 30; LA2018 target (issue 17): >= 0.90 with 10 minutes. One table per data set.",
         "",
     ]
-    datasets: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    # One table per data set and per set of scored classes: a data set scored by its classes and by overlapping
+    # regions (quality.py --score-regions, or a region run) gives two tables.
+    datasets: dict[tuple[str, tuple[str, ...]], list[tuple[str, dict[str, Any]]]] = {}
     for name, r in results:
-        datasets.setdefault(Path(str(r.get("data_root", "?"))).name, []).append((name, r))
-    for dataset, group in datasets.items():
-        lines += [f"### {dataset}", "", *_quality_dataset(group)]
+        key = (Path(str(r.get("data_root", "?"))).name, tuple(r.get("classes", [])))
+        datasets.setdefault(key, []).append((name, r))
+    for (dataset, classes), group in datasets.items():
+        several = sum(1 for d, _ in datasets if d == dataset) > 1
+        title = f"{dataset}, scored by {', '.join(classes[1:])}" if several else dataset
+        lines += [f"### {title}", "", *_quality_dataset(group)]
     return lines
 
 

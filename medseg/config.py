@@ -105,7 +105,9 @@ class DataConfig(_Section):
     unset). ``None`` = what ``dataset.json`` declares (labels with lists of values), else plain classes."""
     regions_class_order: list[int] | None = None
     """With ``regions``: the value each region is written as in predicted masks, in the regions' order (nnU-Net
-    v2's key); each must be one of its region's values and belong to no later region."""
+    v2's key); each must be one of its region's values and belong to no later region, and every value must belong
+    to the same regions as the value it is painted as (so a painted mask gives each region back exactly: nested
+    regions such as BraTS's do; ``{a: [1, 2], b: [2, 3]}`` cannot)."""
     unlisted_labels: Literal["refuse", "background"] = "refuse"
     """Label values that are not a class's (not in ``label_values``, or ``>= len(classes)``): ``refuse`` names the
     file and the values; ``background`` reads them as background, to train a subset of a multi-label set (e.g.
@@ -429,7 +431,9 @@ class LossConfig(_Section):
     mode: Literal["auto", "sigmoid", "softmax"] = "auto"
     """``sigmoid``: one output per foreground class (BCE); ``softmax``: one per class incl. background (CE);
     ``auto``: sigmoid up to 4 foreground classes, softmax for more (``medseg.models.head.resolve_mode``: with
-    many structures, e.g. multi-organ CT, independent sigmoids learn far slower; benchmarks/loss_mode.py)."""
+    many structures, e.g. multi-organ CT, independent sigmoids learn far slower; benchmarks/loss_mode.py).
+    Overlapping regions (``data.regions`` or ``dataset.json``) take ``auto``, which trains one sigmoid per region
+    (mode ``regions``); ``sigmoid`` and ``softmax`` are refused for them."""
     bce_weight: float = Field(default=1.0, ge=0.0)
     """Weight of the cross-entropy term."""
     dice_weight: float = Field(default=1.0, ge=0.0)

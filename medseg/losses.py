@@ -69,8 +69,9 @@ class SegLoss(nn.Module):
     """``bce_weight * BCE + dice_weight * (1 - soft Dice)``, class-weighted (see the module docstring).
 
     Args:
-        mode: ``"sigmoid"`` (one-hot over foreground classes, a sigmoid per class, BCE-with-logits) or
-            ``"softmax"`` (cross-entropy + softmax Dice over the foreground classes).
+        mode: ``"sigmoid"`` (one-hot over foreground classes, a sigmoid per class, BCE-with-logits),
+            ``"softmax"`` (cross-entropy + softmax Dice over the foreground classes) or ``"regions"`` (a sigmoid per
+            overlapping region, targets from ``membership``).
         n_classes: Number of classes including background.
         class_weights: ``(n_classes,)`` weights incl. background, or ``None`` for equal weights. Sigmoid uses
             ``w[1:]`` for both terms; softmax uses all of ``w`` for cross-entropy and ``w[1:]`` for Dice.

@@ -248,7 +248,9 @@ def check_setup(cfg: Config, stages: Sequence[Stage]) -> None:
         raise ConfigError(f"'output.dir' points to '{cfg.output.dir}', which is a file, not a folder.")
     why = _why_data(cfg, stages)
     if why is not None:
-        discover_labelled_cases(cfg, quiet=True, why=why)
+        spec = discover_labelled_cases(cfg, quiet=True, why=why)[1]
+        if spec.regions is not None:
+            _check_region_settings(cfg, stages)
     if "predict" in stages:
         if cfg.inference.input is not None:
             path = cfg.inference.input
@@ -273,6 +275,20 @@ def check_setup(cfg: Config, stages: Sequence[Stage]) -> None:
                 f"The evaluate stage scores the masks listed in '{layout.predictions_csv}', which does not exist: "
                 "run the predict stage first (same output.dir)."
             )
+
+
+def _check_region_settings(cfg: Config, stages: Sequence[Stage]) -> None:
+    # What a region model refuses at prediction, refused before training spends its time (the train stage builds
+    # a predictor for its QC reference).
+    from medseg.inference.batch import region_output_problem
+    from medseg.inference.predictor import REGION_POSTPROCESSING
+
+    pp = cfg.inference.postprocessing
+    if (pp.largest_component is True or pp.fill_holes is True) and ("train" in stages or "predict" in stages):
+        raise ConfigError(REGION_POSTPROCESSING)
+    problem = region_output_problem(cfg.inference.output_format) if "predict" in stages else None
+    if problem:
+        raise ConfigError(problem)
 
 
 # --------------------------------------------------------------------------------------------------------- logging
@@ -546,8 +562,8 @@ def _classes_for_evaluation(cfg: Config) -> tuple[list[str], LabelReading]:
         spec = discover_labelled_cases(cfg)[1]
         return list(spec.classes), LabelReading.of(cfg.data, spec.label_values, spec.ignore_label, spec.regions)
     raise ConfigError(
-        "The evaluate stage needs the class names: set data.classes (background first), or keep the checkpoint "
-        "(inference.checkpoint) that made the predictions."
+        "The evaluate stage needs the class names: set data.classes (background first) or data.regions, or keep the "
+        "checkpoint (inference.checkpoint) that made the predictions."
     )
 
 

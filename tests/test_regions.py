@@ -112,6 +112,11 @@ def test_painted_classes_give_every_region_back_exactly_on_brats_labels() -> Non
     stray = raw.copy()
     stray[0, 0, 0] = 5
     assert "label values [5] belong to no region" in (reading.problem(stray, 4) or "")
+    # ... or read as background where data.unlisted_labels says so.
+    lenient = LabelReading(regions=regions, unlisted_background=True)
+    assert lenient.problem(stray, 4) is None
+    assert lenient.indices(stray, 4)[0, 0, 0] == 0
+    np.testing.assert_array_equal(lenient.indices(stray, 4)[1:], painted[1:])
 
 
 def test_region_loss_is_the_sigmoid_loss_on_each_regions_own_target() -> None:
@@ -194,15 +199,16 @@ def _nnunet_v2_regions(sample_hippo: Path, root: Path, n: int = 9) -> list[str]:
     return ids
 
 
-def test_dataset_json_regions_are_discovered_and_clash_with_classes(sample_hippo: Path, tmp_path: Path) -> None:
+def test_dataset_json_regions_are_discovered_and_clash_with_label_values(sample_hippo: Path, tmp_path: Path) -> None:
     root = tmp_path / "Dataset002_Regions"
     _nnunet_v2_regions(sample_hippo, root, n=3)
     spec = discover_cases(DataConfig(root=root))
     assert spec.classes == ["background", "hippocampus", "posterior"]
     assert spec.label_values is None  # painted as 1 and 2: class k written as k
     assert spec.regions == Regions(names=("hippocampus", "posterior"), members=((1, 2), (2,)), paint=(1, 2))
+    # Stored values for classes the regions replace are refused (data.classes instead replaces the regions).
     with pytest.raises(ConfigError, match=r"declares regions \['hippocampus', 'posterior'\]: they replace"):
-        discover_cases(DataConfig(root=root, classes=["background", "a", "b"]))
+        discover_cases(DataConfig(root=root, label_values=[0, 1, 2]))
 
 
 def test_region_set_trains_predicts_and_evaluates_per_region(sample_hippo: Path, tmp_path: Path) -> None:
@@ -221,14 +227,30 @@ def test_region_set_trains_predicts_and_evaluates_per_region(sample_hippo: Path,
     assert rows and {r["class"] for r in rows} == {"hippocampus", "posterior"}
     masks = sorted((run / "predictions").glob("*.nii.gz"))
     assert masks
+    table = (run / "predictions" / "predictions.csv").read_text().splitlines()
+    predicted = {r["case"]: r for r in (dict(zip(table[0].split(","), t.split(","), strict=True)) for t in table[1:])}
     for mask in masks:
         pred = np.asarray(nib.load(mask).dataobj)
         assert set(np.unique(pred).tolist()) <= {0, 1, 2}
+        cid = mask.name[: -len(".nii.gz")]
         gt = np.asarray(nib.load(sample_hippo / "labelsTr" / mask.name).dataobj)
+        voxel_ml = float(np.prod(nib.load(mask).header.get_zooms()[:3])) / 1000.0
         for name, values in (("hippocampus", [1, 2]), ("posterior", [2])):
             p, g = np.isin(pred, values), np.isin(gt, values)
-            (row,) = [r for r in rows if r["case"] == mask.name[: -len(".nii.gz")] and r["class"] == name]
+            (row,) = [r for r in rows if r["case"] == cid and r["class"] == name]
             assert float(row["dice"]) == pytest.approx(2 * (p & g).sum() / (p.sum() + g.sum()), abs=1e-6)
+            # Volumes are each region's: the whole hippocampus, not its painted anterior part.
+            assert int(predicted[cid][f"voxels_{name}"]) == int(p.sum())
+            assert float(row["vol_gt_ml"]) == pytest.approx(g.sum() * voxel_ml)
+    # The plan's statistics and the QC reference count each region's voxels too.
+    fingerprint = json.loads((run / "plan.json").read_text())["fingerprint"]
+    frequencies = fingerprint["class_frequencies"]
+    assert frequencies["hippocampus"] > frequencies["posterior"] > 0
+    assert frequencies["background"] + frequencies["hippocampus"] == pytest.approx(1.0)  # they split the voxels
+    report = (run / "report.html").read_text()
+    assert "hippocampus = {1, 2} written as 1; posterior = {2} written as 2" in report
+    volumes = ckpt["qc_reference"]["label_volume_ml"]
+    assert all(h > p for h, p in zip(volumes["hippocampus"], volumes["posterior"], strict=True))
 
 
 def test_region_models_refuse_outputs_and_steps_that_act_on_classes(sample_hippo: Path, tmp_path: Path) -> None:
@@ -277,3 +299,70 @@ def test_resume_refuses_other_regions(sample_hippo: Path, tmp_path: Path) -> Non
     )
     with pytest.raises(CheckpointError, match=r"Cannot resume from .*: the regions \{'names'"):
         run_stages(cfg, ["train"])
+
+
+def test_config_replaces_the_regions_a_dataset_json_declares(
+    sample_hippo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "Dataset002_Regions"
+    _nnunet_v2_regions(sample_hippo, root, n=3)
+    # Plain classes from the same files ...
+    spec = discover_cases(DataConfig(root=root, classes=["background", "Anterior", "Posterior"]))
+    assert spec.regions is None and spec.classes == ["background", "Anterior", "Posterior"]
+    assert spec.label_values is None
+    assert "data.classes replaces the regions" in caplog.text
+    # ... or other regions, even where dataset.json's could not be read (no regions_class_order).
+    dataset = json.loads((root / "dataset.json").read_text())
+    del dataset["regions_class_order"]
+    (root / "dataset.json").write_text(json.dumps(dataset))
+    with pytest.raises(ConfigError, match=r"'regions_class_order' is missing"):
+        discover_cases(DataConfig(root=root))
+    own = DataConfig(root=root, regions={"whole": [1, 2], "front": [1]}, regions_class_order=[2, 1])
+    spec = discover_cases(own)
+    assert spec.classes == ["background", "whole", "front"] and spec.label_values == [0, 2, 1]
+
+
+def test_region_settings_that_would_fail_after_training_are_refused_before(sample_hippo: Path, tmp_path: Path) -> None:
+    from medseg.runner import check_setup
+
+    root = tmp_path / "Dataset002_Regions"
+    _nnunet_v2_regions(sample_hippo, root, n=3)
+
+    def cfg(**inference: object) -> object:
+        return config_from_dict(
+            {"data": {"root": str(root)}, "inference": inference, "output": {"dir": str(tmp_path / "run")}},
+            base_dir=tmp_path,
+        )
+
+    with pytest.raises(ConfigError, match=r"largest_component and fill_holes act on classes"):
+        check_setup(cfg(postprocessing={"fill_holes": True}), ["train"])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"output_format rtstruct: the model predicts overlapping regions"):
+        check_setup(cfg(output_format="rtstruct"), ["train", "predict"])  # type: ignore[arg-type]
+    check_setup(cfg(output_format="nrrd"), ["train", "predict"])  # type: ignore[arg-type]
+
+
+def test_summary_stage_builds_the_region_loss(sample_hippo: Path, tmp_path: Path) -> None:
+    from medseg.runner import run_stages
+
+    root = tmp_path / "Dataset002_Regions"
+    _nnunet_v2_regions(sample_hippo, root, n=3)
+    cfg = config_from_dict(
+        {"data": {"root": str(root)}, "model": {"base_features": 4}, "output": {"dir": str(tmp_path / "run")}},
+        base_dir=tmp_path,
+    )
+    report = run_stages(cfg, ["summary"]).summary
+    assert report is not None and report.spec.out_channels == 2  # one output per region
+    assert report.path is not None and report.path.is_file()
+
+
+def test_qc_confidence_of_a_region_model_reads_each_region_on_its_own() -> None:
+    from medseg.inference.qc import voxel_confidence
+
+    # An enhancing voxel every nested region claims, an oedema voxel only the whole tumour claims, an unsure one.
+    fg = np.array([[0.99, 0.99, 0.5], [0.99, 0.01, 0.5], [0.99, 0.01, 0.5]], dtype=np.float32)
+    probs = np.concatenate([1 - fg.max(axis=0, keepdims=True), fg])
+    confidence, entropy = voxel_confidence(probs, regions=True)
+    np.testing.assert_allclose(confidence, [0.99, 0.99, 0.5], atol=1e-6)
+    assert entropy[0] == pytest.approx(entropy[1]) and entropy[0] < 0.1 and entropy[2] == pytest.approx(1.0)
+    # Normalised across channels, as for classes, the sure enhancing voxel would read as a third confident.
+    assert voxel_confidence(probs)[0][0] < 0.34

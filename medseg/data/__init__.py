@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from medseg.data.label_reading import LabelReading
     from medseg.data.normalization import NormalizationParams, fit_normalization, normalize, resolve_scheme
     from medseg.data.prepare import PreparedCase, PreparedData, prepare_cases, prepare_training_data
+    from medseg.data.regions import Regions, class_mask
     from medseg.data.sampling import ForegroundSampler, foreground_sampler
     from medseg.data.slicing import (
         Padding,
@@ -51,6 +52,8 @@ _LAZY = {
     "PreparedData": "prepare",
     "prepare_cases": "prepare",
     "prepare_training_data": "prepare",
+    "Regions": "regions",
+    "class_mask": "regions",
     "ForegroundSampler": "sampling",
     "foreground_sampler": "sampling",
     "Padding": "slicing",
@@ -81,9 +84,11 @@ __all__ = [
     "Padding",
     "PreparedCase",
     "PreparedData",
+    "Regions",
     "SkippedCase",
     "SliceDataset",
     "check_pair",
+    "class_mask",
     "compute_class_weights",
     "discover_cases",
     "fit_normalization",

@@ -197,7 +197,8 @@ def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSp
     declared_ignore: int | None = None
     regions: Regions | None = None
     if layout == "msd":
-        cases, classes, declared, regions = _discover_msd(root, collector, require_labels)
+        own = "data.regions" if cfg.regions is not None else "data.classes" if cfg.classes is not None else None
+        cases, classes, declared, regions = _discover_msd(root, collector, require_labels, own)
         ds = read_dataset_json(root)
         declared_ignore = ignore_from_labels(ds.get("labels"))
         channels = msd_channel_names(ds)
@@ -237,7 +238,10 @@ def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSp
     label_values = _label_values(cfg, declared, classes, root)
     ignore_label = _ignore_label(cfg, declared_ignore, label_values, classes, root)
     if regions is not None and ignore_label is not None:
-        raise ConfigError(f"data.regions: an ignore label ({ignore_label}) together with regions is not supported")
+        source = (
+            "data.ignore_label" if cfg.ignore_label is not None else f"the ignore label of '{root / 'dataset.json'}'"
+        )
+        raise ConfigError(f"{source} ({ignore_label}) together with overlapping regions is not supported")
     if not cases:
         raise ConfigError(f"No usable cases found under data.root '{root}' (layout '{layout}')")
 
@@ -483,19 +487,29 @@ def msd_channel_names(ds: dict[str, Any]) -> list[str]:
 
 
 def _discover_msd(
-    root: Path, collector: BadCaseCollector, require_labels: bool
-) -> tuple[list[Case], list[str], list[int] | None, Regions | None]:
+    root: Path, collector: BadCaseCollector, require_labels: bool, own: str | None = None
+) -> tuple[list[Case], list[str] | None, list[int] | None, Regions | None]:
+    # ``own``: the config key that gives the classes or regions instead of dataset.json, if any. Regions declared
+    # there are then not read at all: the config is how a user corrects (or trains plain classes from) a set.
     ds = read_dataset_json(root)
     source = root / "dataset.json"
-    try:
-        regions = regions_from_labels(ds.get("labels"), ds.get("regions_class_order"), str(source))
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    labels = ds.get("labels")
+    declares_regions = isinstance(labels, dict) and any(isinstance(v, list) for v in labels.values())
+    regions: Regions | None = None
+    classes: list[str] | None
     values: list[int] | None
-    if regions is not None:
+    if declares_regions and own is not None:
+        log.warning("%s replaces the regions that '%s' declares", own, source)
+        classes, values = None, None
+    elif declares_regions:
+        try:
+            regions = regions_from_labels(labels, ds.get("regions_class_order"), str(source))
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        assert regions is not None  # labels with lists of values are regions
         classes, values = regions.classes, regions.label_values
     else:
-        classes, values = classes_from_labels(ds.get("labels"), source)
+        classes, values = classes_from_labels(labels, source)
     n_channels = len(msd_channel_names(ds))
 
     pairs: list[tuple[str, Path, Path | None]] = []

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg.data.class_weights import per_region
 from medseg.data.unannotated import foreground_mask
 from medseg.metrics import class_voxel_counts
 
@@ -61,11 +62,14 @@ class FingerprintAccumulator:
         classes: Class names, background first.
         channels: Input channel names, in input order.
         seed: Seed of the intensity subsample.
+        membership: Overlapping regions (``Regions.membership``): each region's voxels are counted (so the
+            frequencies overlap), not each painted class's.
     """
 
     classes: Sequence[str]
     channels: Sequence[str] = ("image",)
     seed: int = 0
+    membership: np.ndarray | None = None
     cases: list[CaseFingerprint] = field(default_factory=list)
     _samples: list[list[np.ndarray]] = field(default_factory=list)
 
@@ -94,7 +98,7 @@ class FingerprintAccumulator:
             raise ValueError(f"case '{case_id}': {chans.shape[0]} channels, expected {len(self.channels)}")
         n_classes = len(self.classes)
         if label is not None:
-            counts = class_voxel_counts(label, n_classes)
+            counts = per_region(class_voxel_counts(label, n_classes), self.membership)
             # Unannotated voxels (index n_classes, ``medseg.data.unannotated``) are neither counted nor foreground.
             fg = foreground_mask(label, n_classes).reshape(-1)
         else:
@@ -138,7 +142,8 @@ class FingerprintAccumulator:
                     "percentiles": {f"{p:g}": float(v) for p, v in zip(PERCENTILES, pct, strict=True)},
                 }
             )
-        return Fingerprint(cases=list(self.cases), classes=list(self.classes), intensities=intensities)
+        overlapping = self.membership is not None
+        return Fingerprint(list(self.cases), list(self.classes), intensities, overlapping=overlapping)
 
 
 @dataclass
@@ -149,11 +154,14 @@ class Fingerprint:
         cases: One :class:`CaseFingerprint` per training case.
         classes: Class names, background first.
         intensities: Per channel: mean, std, min, max and :data:`PERCENTILES` of foreground raw intensities.
+        overlapping: The classes are overlapping regions (``medseg.data.regions``): ``class_voxels`` count each
+            region's voxels, so they overlap and add up to more than the voxels.
     """
 
     cases: list[CaseFingerprint]
     classes: list[str]
     intensities: list[dict[str, Any]]
+    overlapping: bool = False
 
     @property
     def spacings(self) -> np.ndarray:
@@ -170,9 +178,10 @@ class Fingerprint:
         return np.array([c.scan_min[channel] for c in self.cases], dtype=np.float64)
 
     def class_frequencies(self) -> list[float]:
-        """Share of all training voxels held by each class."""
+        """Share of all training voxels held by each class (by each region: shares that overlap)."""
         counts = np.array([c.class_voxels for c in self.cases], dtype=np.float64).sum(axis=0)
-        total = counts.sum()
+        # Regions are never sparse (medseg refuses an ignore label with them): every voxel counts.
+        total = float(np.prod(self.shapes, axis=1).sum()) if self.overlapping else counts.sum()
         return [float(v / total) if total else 0.0 for v in counts]
 
     def class_volumes_ml(self) -> dict[str, dict[str, float]]:
@@ -204,7 +213,7 @@ class Fingerprint:
         # Sparse annotation (medseg.data.unannotated): the class statistics above count annotated voxels only.
         total = float(np.prod(self.shapes, axis=1).sum())
         annotated = float(np.array([c.class_voxels for c in self.cases], dtype=np.float64).sum())
-        if total == 0 or annotated >= total:
+        if total == 0 or annotated >= total or self.overlapping:
             return {}
         return {
             "annotated_share": annotated / total,

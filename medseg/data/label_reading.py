@@ -64,12 +64,9 @@ class LabelReading:
         regions: Regions | None = None,
     ) -> LabelReading:
         """From the ``data`` config and what discovery settled on (``DatasetSpec.label_values``,
-        ``DatasetSpec.ignore_label`` and ``DatasetSpec.regions``; without the latter two, the config's)."""
+        ``DatasetSpec.ignore_label``, without which ``data.ignore_label``, and ``DatasetSpec.regions``: regions are
+        taken only as given, since a checkpoint's classes may not be the config's regions)."""
         ignore = ignore if ignore is not None else data.ignore_label
-        if regions is None and data.regions is not None:
-            from medseg.data.regions import Regions
-
-            regions = Regions.of(data.regions, data.regions_class_order or [])
         return cls(
             values=None if values is None or is_identity(values) else tuple(int(v) for v in values),
             unlisted_background=data.unlisted_labels == "background",
@@ -91,8 +88,8 @@ class LabelReading:
             return self
         if self.regions is not None:
             raise ConfigError(
-                f"data.regions: regions are read from label maps (values); this label is a {kind} that names its "
-                "segments"
+                f"overlapping regions (data.regions or dataset.json) are read from label maps (values); this label is "
+                f"a {kind} that names its segments"
             )
         return LabelReading(place_cut=self.place_cut or kind == "slicer")
 
@@ -104,16 +101,16 @@ class LabelReading:
 
     def problem(self, label: np.ndarray, n_classes: int) -> str | None:
         """Why ``label`` cannot be read as a label map of ``n_classes`` classes, or ``None``."""
-        if self.unlisted_background:
-            return value_problem(np.asarray(label))
         if self.regions is not None:
             problem = value_problem(np.asarray(label))
-            if problem:
+            if problem or self.unlisted_background:
                 return problem
             bad = unexpected_values(np.asarray(label), self.regions.values)
             if bad.size:
-                return f"label values {bad[:10].tolist()} belong to no region (data.regions: {self.regions.describe()})"
+                return f"label values {bad[:10].tolist()} belong to no region ({self.regions.describe()})"
             return None
+        if self.unlisted_background:
+            return value_problem(np.asarray(label))
         if self.ignore is None:
             return label_problem(label, n_classes, self.values)
         problem = value_problem(np.asarray(label))
@@ -135,7 +132,8 @@ class LabelReading:
         if self.regions is not None:
             index = self.regions.painted_index()
             known = self.regions.values
-            positions = to_classes(label, known, np.int64)  # of each voxel's value in ``known``
+            # The position of each voxel's value in ``known`` (0, background, for an unlisted one).
+            positions = to_classes(label, known, np.int64, unlisted=0 if self.unlisted_background else None)
             return np.asarray([index[v] for v in known], dtype=dtype)[positions]
         stored = self._stored(n_classes)
         if not self.unlisted_background and is_identity(stored):
@@ -145,6 +143,8 @@ class LabelReading:
 
     def describe(self, classes: Sequence[str]) -> str | None:
         """One log line on what is not the default (stored values, unlisted values, aliases), or ``None``."""
+        if self.regions is not None:  # the painted values and the regions' values say it all
+            return "Label files: " + self.regions.describe() + " (predicted masks are written with the painted values)"
         parts = []
         if self.values is not None:
             parts.append(
@@ -157,8 +157,6 @@ class LabelReading:
             parts.append(
                 f"values other than {listed}, and segments / ROIs / structures no class names, read as background"
             )
-        if self.regions is not None:
-            return self.regions.describe() + " (predicted masks are written with the painted values)"
         if self.ignore is not None:
             parts.append(f"{self.ignore} marks unannotated voxels (left out of the loss and the scores)")
         parts += [f"{cls} also named {', '.join(names)}" for cls, names in self.aliases]

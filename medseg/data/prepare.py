@@ -269,6 +269,7 @@ class _CaseReader:
         try:
             image, stacked = _read_image(case, self.reader, self.channels)
             kind = label_kind(case.label) if case.label is not None else "map"
+            labels = self.labels.for_kind(kind)  # refuses a kind the dataset's labels cannot be: named with the case
             label = self._read_label(case.label, image, kind) if case.label is not None else None
         except BadCaseError:
             raise
@@ -280,7 +281,6 @@ class _CaseReader:
             return canon, None, reorientation.apply(stacked) if stacked is not None else None
         if self.n_classes is None:
             raise ValueError("n_classes is needed to check labelled cases")
-        labels = self.labels.for_kind(kind)
         label = _on_image_grid(case, label, image, labels.place_cut, labels.ignore or 0)
         check_pair(case, image, label, self.n_classes, labels=labels)
         image, reorientation = to_canonical(image)
@@ -527,7 +527,9 @@ def prepare_training_data(
     stash = _Stash(cache_dir)
     context = preprocessing.context_slices
     names = list(classes) if classes is not None else [f"class{i}" for i in range(n_classes)]
-    fingerprint = FingerprintAccumulator(names, channels=tuple(channels), seed=seed)
+    regions = labels.regions if labels is not None else None
+    membership = None if regions is None else regions.membership()
+    fingerprint = FingerprintAccumulator(names, channels=tuple(channels), seed=seed, membership=membership)
     if scheme == "ct" and len(channels) > 1:
         raise ConfigError(
             f"preprocessing.normalization ct is fitted on one channel; the data has {len(channels)} "

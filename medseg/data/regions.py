@@ -62,7 +62,7 @@ class Regions:
         return cls.of(dict(zip(stored["names"], stored["members"], strict=True)), stored["paint"])
 
     def to_stored(self) -> dict[str, list[Any]]:
-        """Plain lists for a checkpoint or ``plan.json``."""
+        """Plain lists, as a checkpoint stores them."""
         return {"names": list(self.names), "members": [list(m) for m in self.members], "paint": list(self.paint)}
 
     # ------------------------------------------------------------------ checks

@@ -311,6 +311,20 @@ def discover_case_folders(root: Path, out_dir: Path, output_format: str) -> list
     return [ScanJob(case_id=f.name, input=f, output=out_dir / f"{f.name}.{output_format}") for f in folders]
 
 
+def region_output_problem(output_format: str) -> str | None:
+    """Why a region model (``medseg.data.regions``) cannot write ``output_format``, or ``None``.
+
+    A segment (SEG, Slicer) or an ROI (RTSTRUCT) per painted class would call "tumour core minus enhancing" the
+    tumour core; overlapping segments per region are not written.
+    """
+    if output_format in DICOM_FORMATS or output_format == SLICER_FORMAT:
+        return (
+            f"inference.output_format {output_format}: the model predicts overlapping regions (data.regions or "
+            "dataset.json), written as one painted label map; use nii.gz, nrrd or mha"
+        )
+    return None
+
+
 def shard_jobs(jobs: Sequence[ScanJob], rank: int, world_size: int) -> list[ScanJob]:
     """This rank's share of ``jobs`` (round-robin: no job done twice, none missed, sizes differ by at most one)."""
     if world_size < 1 or not 0 <= rank < world_size:
@@ -579,13 +593,9 @@ def predict_folder(
             at the first such case; the message names the folder, the reason, what was kept and the table.
     """
     out_dir = Path(out_dir)
-    if (output_format in DICOM_FORMATS or output_format == SLICER_FORMAT) and predictor.spec.mode == "regions":
-        # A segment (SEG, Slicer) or an ROI (RTSTRUCT) per painted class would label "tumour core minus
-        # enhancing" as the tumour core; overlapping segments per region are not written yet.
-        raise ConfigError(
-            f"inference.output_format {output_format}: the model predicts overlapping regions (data.regions), "
-            "written as one painted label map; use nii.gz, nrrd or mha"
-        )
+    problem = region_output_problem(output_format) if predictor.spec.regions is not None else None
+    if problem:
+        raise ConfigError(problem)
     if predictor.spec.channel_patterns and isinstance(inputs, (str, Path)) and Path(inputs).is_dir():
         jobs = discover_case_folders(Path(inputs), out_dir, output_format)  # a folder of case folders
     else:

@@ -25,8 +25,10 @@ from torch import nn
 
 from medseg.allocator import keep_freed_buffers
 from medseg.config import InferenceConfig, PostprocessingConfig, QCConfig, tta_scales_problem
+from medseg.data.class_weights import per_region
 from medseg.data.label_values import is_identity, label_values_problem, to_stored
 from medseg.data.normalization import NormalizationParams, normalize
+from medseg.data.regions import Regions
 from medseg.data.resample import (
     InPlaneGrid,
     plan_grid,
@@ -76,7 +78,7 @@ class ModelSpec:
 
     Attributes:
         classes: Class names including background at index 0.
-        mode: ``"sigmoid"`` or ``"softmax"``.
+        mode: ``"sigmoid"``, ``"softmax"`` or ``"regions"``.
         normalization: Intensity normalisation fitted in training.
         slice_axis: Voxel axis (0, 1, 2) the 2D model slices along.
         context_slices: Neighbouring slices on each side fed as extra channels.
@@ -90,6 +92,8 @@ class ModelSpec:
             matched to the channels at prediction.
         label_values: The value each class was stored as in the training labels; written masks use them.
             ``None`` (and checkpoints from before ``data.label_values``) = class k as k.
+        regions: The overlapping regions the classes are (mode ``"regions"``; ``medseg.data.regions``), else
+            ``None``.
     """
 
     classes: tuple[str, ...]
@@ -104,6 +108,7 @@ class ModelSpec:
     channels: tuple[str, ...] = ("image",)
     channel_patterns: tuple[str, ...] = ()
     label_values: tuple[int, ...] | None = None
+    regions: Regions | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,28 @@ def _label_values(ckpt: dict[str, Any], path: Path, n_classes: int) -> tuple[int
     if problem:
         raise CheckpointError(f"Checkpoint '{path}': {problem}")
     return None if is_identity(values) else tuple(int(v) for v in values)
+
+
+#: Why a region model refuses postprocessing steps: both act on one class's voxels of the painted map, so a removed
+#: island of a region would become background instead of the region it lies in.
+REGION_POSTPROCESSING = (
+    "inference.postprocessing: largest_component and fill_holes act on classes, not on overlapping regions "
+    "(data.regions or dataset.json); set them to auto or false"
+)
+
+
+def _regions(ckpt: dict[str, Any], path: Path, n_classes: int) -> Regions | None:
+    try:
+        regions = Regions.from_stored(ckpt.get("regions"))
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"Checkpoint '{path}': unreadable regions {ckpt.get('regions')!r}: {err}") from None
+    problem = None if regions is None else regions.problem()
+    if regions is not None and (problem or len(regions.classes) != n_classes):
+        why = problem or f"they give {len(regions.classes)} classes, the checkpoint has {n_classes}"
+        raise CheckpointError(f"Checkpoint '{path}': regions {ckpt.get('regions')} do not fit: {why}")
+    if (regions is not None) != (ckpt.get("mode") == "regions"):
+        raise CheckpointError(f"Checkpoint '{path}': loss mode {ckpt.get('mode')!r} with regions {ckpt.get('regions')}")
+    return regions
 
 
 def _resolve_postprocessing(
@@ -243,13 +270,8 @@ class Predictor:
         self.largest_component, self.fill_holes = _resolve_postprocessing(
             postprocessing, spec.postprocessing, len(spec.classes)
         )
-        if spec.mode == "regions" and (self.largest_component or self.fill_holes):
-            # Both steps act on one class's voxels of the painted map; a region's removed island would become
-            # background instead of the region it lies in.
-            raise ConfigError(
-                "postprocessing: largest_component and fill_holes act on classes, not on overlapping regions "
-                "(data.regions); set them to auto or false"
-            )
+        if spec.regions is not None and (self.largest_component or self.fill_holes):
+            raise ConfigError(REGION_POSTPROCESSING)
         # A folded copy (medseg.models.fusion): the caller's model is left as it is.
         model = fold_batchnorm(model.to(self.device))
         if self.channels_last:
@@ -328,6 +350,7 @@ class Predictor:
             channels=channels,
             channel_patterns=tuple(str(p) for p in (ckpt.get("channel_patterns") or [])),
             label_values=_label_values(ckpt, path, len(classes)),
+            regions=_regions(ckpt, path, len(classes)),
         )
         flip_prob = (((ckpt.get("config") or {}).get("augmentation") or {}).get("flip") or {}).get("prob", 0.0)
         if options.get("tta_flips") and not flip_prob:
@@ -349,6 +372,11 @@ class Predictor:
     def n_classes(self) -> int:
         """Number of classes including background."""
         return len(self.spec.classes)
+
+    @property
+    def membership(self) -> np.ndarray | None:
+        """Which painted classes each region holds (``Regions.membership``) for a region model, else ``None``."""
+        return None if self.spec.regions is None else self.spec.regions.membership()
 
     def settings_for(self, shape: Sequence[int]) -> InferenceSettings:
         """The forward settings for a canonical ``(I, J, K)`` volume: ``batch_size: auto`` resolved for its slices."""
@@ -540,7 +568,7 @@ class Predictor:
         """
         if isinstance(volume, ChannelStack) or len(self.spec.channels) > 1:
             mask, probs = self.predict_with_proba(volume)
-            return mask, ConfidenceMaps.from_probs(probs)
+            return mask, ConfidenceMaps.from_probs(probs, regions=self.spec.regions is not None)
         mask, maps = self._predict_slabwise(volume, confidence=True)
         assert maps is not None
         return mask, maps
@@ -559,7 +587,8 @@ class Predictor:
         # One slab size for every scale (the finest scale's batch), so a slab is the same slices in each.
         settings = min((self.settings_for(n.image.shape) for n in inputs), key=lambda s: s.batch_size)
         del inputs
-        maps = ConfidenceMaps.empty(grid.source_shape) if confidence else None  # the canonical shape
+        regions = self.spec.regions is not None
+        maps = ConfidenceMaps.empty(grid.source_shape, regions=regions) if confidence else None  # canonical shape
         axis = self.spec.slice_axis
         labels = predict_volume_labels(
             self.model,
@@ -576,12 +605,12 @@ class Predictor:
     def class_volumes(
         self, labels: np.ndarray, spacing: Sequence[float] | np.ndarray, *, voxel_mm3: float | None = None
     ) -> dict[str, tuple[int, float]]:
-        """Voxel count and volume in mL of each foreground class in ``labels``.
+        """Voxel count and volume in mL of each foreground class (or region) in ``labels``.
 
         ``voxel_mm3`` (``|det(affine)|``, :attr:`Volume.voxel_volume`) is the voxel volume when given; the
         product of ``spacing`` is only right on an orthogonal grid (it over-counts on a sheared one).
         """
-        counts = class_voxel_counts(labels, self.n_classes)
+        counts = per_region(class_voxel_counts(labels, self.n_classes), self.membership)
         voxel = float(np.prod(np.asarray(spacing, dtype=np.float64))) if voxel_mm3 is None else float(voxel_mm3)
         voxel_ml = voxel / 1000.0
         return {name: (int(counts[i]), int(counts[i]) * voxel_ml) for i, name in enumerate(self.classes) if i > 0}
@@ -616,7 +645,14 @@ class Predictor:
             return assess({}, self.qc_reference, self.qc_settings)
         canon, _ = to_canonical(volume)  # geometry is compared in the closest-RAS order training used
         features = scan_features(
-            np.asarray(volume.array), canon.spacing, canon.shape, labels, probs, self.classes, confidence=confidence
+            np.asarray(volume.array),
+            canon.spacing,
+            canon.shape,
+            labels,
+            probs,
+            self.classes,
+            confidence=confidence,
+            membership=self.membership,
         )
         return assess(features, self.qc_reference, self.qc_settings)
 

@@ -40,6 +40,8 @@ import numpy as np
 import torch
 
 from medseg.config import QCConfig
+from medseg.data.class_weights import per_region
+from medseg.data.regions import class_mask
 from medseg.inference.postprocess import component_counts
 from medseg.metrics import class_voxel_counts
 
@@ -150,20 +152,28 @@ def geometry_features(spacing: Sequence[float] | np.ndarray, shape: Sequence[int
 
 
 def label_volumes_ml(
-    labels: np.ndarray, spacing: Sequence[float] | np.ndarray, classes: Sequence[str]
+    labels: np.ndarray,
+    spacing: Sequence[float] | np.ndarray,
+    classes: Sequence[str],
+    membership: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Volume in mL of each foreground class of a label volume."""
-    counts = class_voxel_counts(labels, len(classes))
+    """Volume in mL of each foreground class of a label volume (of each region, with ``membership``:
+    ``Regions.membership``)."""
+    counts = per_region(class_voxel_counts(labels, len(classes)), membership)
     voxel_ml = float(np.prod(np.asarray(spacing, dtype=np.float64))) / 1000.0
     return {name: float(counts[i]) * voxel_ml for i, name in enumerate(classes) if i > 0}
 
 
 @overload
-def voxel_confidence(probs: np.ndarray, *, channel_dim: int = 0) -> tuple[np.ndarray, np.ndarray]: ...
-@overload
-def voxel_confidence(probs: torch.Tensor, *, channel_dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]: ...
 def voxel_confidence(
-    probs: np.ndarray | torch.Tensor, *, channel_dim: int = 0
+    probs: np.ndarray, *, channel_dim: int = 0, regions: bool = False
+) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def voxel_confidence(
+    probs: torch.Tensor, *, channel_dim: int = 0, regions: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+def voxel_confidence(
+    probs: np.ndarray | torch.Tensor, *, channel_dim: int = 0, regions: bool = False
 ) -> tuple[np.ndarray, np.ndarray] | tuple[torch.Tensor, torch.Tensor]:
     """Per voxel of class probabilities: the largest class probability and the entropy (0..1).
 
@@ -171,9 +181,15 @@ def voxel_confidence(
     ``log(n_classes)`` (at least ``log 2``). Computed in torch (both cores, fewer temporaries than numpy: a
     third of the time on a 64-slice LA2018 slab).
 
+    With ``regions`` (a region model: channels ``1..`` are overlapping regions' sigmoids, channel 0 ``1 - max``)
+    each region is a yes/no question of its own: the confidence is the mean over regions of ``max(p, 1 - p)`` and
+    the entropy the mean binary entropy (divided by ``log 2``). Normalised across channels instead, a voxel that
+    every nested region claims with 0.99 would read as 0.33 confident.
+
     Args:
         probs: Probabilities with the classes on ``channel_dim``: a numpy array or a tensor.
         channel_dim: The class axis.
+        regions: The channels after the first are overlapping regions' probabilities.
 
     Returns:
         ``(confidence, entropy)``, float32, shaped like ``probs`` without the class axis; numpy arrays for an
@@ -183,6 +199,12 @@ def voxel_confidence(
     # ascontiguousarray: torch.from_numpy refuses negative strides.
     p = torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32)) if as_numpy else torch.as_tensor(probs).float()
     with torch.inference_mode():
+        if regions:
+            q = p.narrow(channel_dim, 1, p.shape[channel_dim] - 1).clamp(0.0, 1.0)
+            confidence = torch.maximum(q, 1.0 - q).mean(dim=channel_dim)
+            binary = q * q.clamp_min(1e-8).log() + (1.0 - q) * (1.0 - q).clamp_min(1e-8).log()
+            entropy = binary.mean(dim=channel_dim).div_(-math.log(2.0))
+            return (confidence.numpy(), entropy.numpy()) if as_numpy else (confidence, entropy)
         p = p / p.sum(dim=channel_dim, keepdim=True).clamp_min(1e-8)
         entropy = (p * p.clamp_min(1e-8).log()).sum(dim=channel_dim).div_(-math.log(max(2, p.shape[channel_dim])))
         confidence = p.amax(dim=channel_dim)
@@ -203,27 +225,29 @@ class ConfidenceMaps:
     Attributes:
         confidence: ``(I, J, K)`` largest normalised class probability per voxel.
         entropy: ``(I, J, K)`` normalised entropy per voxel.
+        regions: The probabilities are a region model's (:func:`voxel_confidence`).
     """
 
     confidence: np.ndarray
     entropy: np.ndarray
+    regions: bool = False
 
     @classmethod
-    def empty(cls, shape: Sequence[int]) -> ConfidenceMaps:
+    def empty(cls, shape: Sequence[int], *, regions: bool = False) -> ConfidenceMaps:
         """Maps of ``shape``, all NaN, to be filled with :meth:`fill` or :meth:`fill_slices`."""
         shape = tuple(int(n) for n in shape)
-        return cls(np.full(shape, np.nan, dtype=np.float16), np.full(shape, np.nan, dtype=np.float16))
+        return cls(np.full(shape, np.nan, dtype=np.float16), np.full(shape, np.nan, dtype=np.float16), regions)
 
     @classmethod
-    def from_probs(cls, probs: np.ndarray) -> ConfidenceMaps:
+    def from_probs(cls, probs: np.ndarray, *, regions: bool = False) -> ConfidenceMaps:
         """Maps of a whole ``(n_classes, I, J, K)`` probability volume."""
-        maps = cls.empty(probs.shape[1:])
+        maps = cls.empty(probs.shape[1:], regions=regions)
         maps.fill((slice(None),) * 3, probs)
         return maps
 
     def fill(self, index: tuple[slice, ...], probs: np.ndarray) -> None:
         """Writes the maps of ``probs`` (``(n_classes, ...)``, the shape of ``self.confidence[index]``) at ``index``."""
-        confidence, entropy = voxel_confidence(probs)
+        confidence, entropy = voxel_confidence(probs, regions=self.regions)
         self.confidence[index] = confidence
         self.entropy[index] = entropy
 
@@ -253,7 +277,7 @@ class ConfidenceMaps:
             probs = probs[:, :, r0:r1, c0:c1]
             in_plane = iter((slice(r0, r1), slice(c0, c1)))  # H, W: the two axes other than ``axis``, in order
             index = tuple(part if a == axis else next(in_plane) for a, part in enumerate(index))
-        confidence, entropy = voxel_confidence(probs, channel_dim=1)
+        confidence, entropy = voxel_confidence(probs, channel_dim=1, regions=self.regions)
         self.confidence[index] = np.moveaxis(confidence.to(torch.float16).numpy(), 0, axis)
         self.entropy[index] = np.moveaxis(entropy.to(torch.float16).numpy(), 0, axis)
 
@@ -269,6 +293,7 @@ def output_features(
     classes: Sequence[str],
     *,
     confidence: ConfidenceMaps | None = None,
+    membership: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Numbers measured on a predicted mask and its probabilities.
 
@@ -278,17 +303,24 @@ def output_features(
         spacing: Voxel size in mm.
         classes: Class names, background first.
         confidence: Instead of ``probs``: their :class:`ConfidenceMaps` on the same grid.
+        membership: Overlapping regions (``Regions.membership``): volumes and components are each region's, and
+            the confidence is read per region (:func:`voxel_confidence`).
 
     Returns:
-        ``volume_ml_<class>``, ``components_<class>`` per foreground class, ``foreground_voxels`` and, with
+        ``volume_ml_<class>``, ``components_<class>`` per foreground class (or region), ``foreground_voxels`` and, with
         ``probs`` or ``confidence``, ``mean_confidence`` and ``mean_entropy`` over the predicted foreground (NaN
         when it is empty).
     """
     labels = np.asarray(labels)
     out: dict[str, float] = {}
-    for name, ml in label_volumes_ml(labels, spacing, classes).items():
+    for name, ml in label_volumes_ml(labels, spacing, classes, membership).items():
         out[f"volume_ml_{name}"] = ml
-    counts = component_counts(labels, range(1, len(classes)))
+    if membership is None:
+        counts = component_counts(labels, range(1, len(classes)))
+    else:
+        counts = [
+            component_counts(class_mask(labels, r, membership).astype(np.uint8), [1])[0] for r in range(1, len(classes))
+        ]
     for name, n in zip(classes[1:], counts, strict=True):
         out[f"components_{name}"] = float(n)
     fg = labels > 0
@@ -297,7 +329,8 @@ def output_features(
         if not fg.any():
             out["mean_confidence"] = out["mean_entropy"] = float("nan")
         elif probs is not None:
-            conf, entropy = voxel_confidence(np.asarray(probs)[:, fg])  # only the foreground's (C, n_fg)
+            regions = membership is not None
+            conf, entropy = voxel_confidence(np.asarray(probs)[:, fg], regions=regions)  # the foreground's (C, n_fg)
             out["mean_confidence"], out["mean_entropy"] = float(conf.mean()), float(entropy.mean())
         else:
             assert confidence is not None
@@ -500,9 +533,11 @@ def scan_features(
     classes: Sequence[str],
     *,
     confidence: ConfidenceMaps | None = None,
+    membership: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """All QC numbers of one scan: intensity, geometry (pass closest-RAS ``spacing``/``shape``) and output."""
+    """All QC numbers of one scan: intensity, geometry (pass closest-RAS ``spacing``/``shape``) and output
+    (per region with ``membership``)."""
     out = intensity_features(image)
     out.update(geometry_features(spacing, shape))
-    out.update(output_features(labels, probs, spacing, classes, confidence=confidence))
+    out.update(output_features(labels, probs, spacing, classes, confidence=confidence, membership=membership))
     return out

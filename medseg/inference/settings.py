@@ -33,7 +33,8 @@ class InferenceSettings:
 
     Attributes:
         n_classes: Classes including background (the width of the returned probabilities).
-        mode: ``"sigmoid"`` or ``"softmax"`` (how logits become probabilities; ``medseg.models.head``).
+        mode: ``"sigmoid"``, ``"softmax"`` or ``"regions"`` (how logits become probabilities and labels;
+            ``medseg.models.head``).
         device: Where the model lives.
         precision: Autocast dtype (``None`` = float32).
         channels_last: Run convolutions in NHWC memory format.

@@ -19,8 +19,12 @@ written before the model registry, still loads: its ``model`` field is the seed-
 - ``config``: the resolved config (``Config.model_dump(mode="json")``)
 - ``model``: :meth:`medseg.models.registry.NetworkSpec.to_dict`: ``{"architecture", "in_channels",
   "out_channels", "options": {"bilinear", "base_features", "depth"}}``
-- ``mode``: ``"sigmoid"`` | ``"softmax"``
-- ``classes``: class names, background first
+- ``mode``: ``"sigmoid"`` | ``"softmax"`` | ``"regions"``
+- ``classes``: class names, background first (with regions: background, then the regions in painting order)
+- ``label_values``: the value each class is stored as (and written as) in mask files, or ``None`` (class k as k)
+- ``ignore_label``: the value of unannotated voxels in the training labels, or ``None``
+- ``regions``: ``medseg.data.regions.Regions.to_stored()`` (``{"names", "members", "paint"}``) for a region
+  model, else ``None`` (absent in checkpoints written before regions: ``None``)
 - ``class_weights``: the loss weights used, one per class incl. background (list of float) or ``None``
 - ``normalization``: ``NormalizationParams.to_dict()``
 - ``slice_axis``: resolved slicing axis (0, 1, 2)

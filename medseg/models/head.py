@@ -60,10 +60,10 @@ def resolve_mode(option: str, n_classes: int, regions: bool = False) -> tuple[Lo
     if regions:
         if option != "auto":
             raise ConfigError(
-                f"loss.mode: {option} cannot train overlapping regions (data.regions), which take one sigmoid each "
-                "and are painted in order; set loss.mode: auto"
+                f"loss.mode: {option} cannot train overlapping regions (data.regions or dataset.json), which take one "
+                "sigmoid each and are painted in order; set loss.mode: auto"
             )
-        return "regions", f"{n_classes - 1} overlapping regions (data.regions): a sigmoid output each, painted in order"
+        return "regions", f"{n_classes - 1} overlapping regions: a sigmoid output each, painted in order"
     if option != "auto":
         check_mode(option)
         return option, "set in the config (loss.mode)"  # type: ignore[return-value]

@@ -74,7 +74,9 @@ class RecordingReader:
             except ValueError:  # refused by the data checks, which name the file and the values
                 return volume
             if annotated_mask(labels, len(self.classes)) is None:  # a partly annotated label's volumes are not true
-                self.labels[key] = label_volumes_ml(labels, volume.spacing, self.classes)
+                regions = self.label_reading.regions
+                membership = None if regions is None else regions.membership()
+                self.labels[key] = label_volumes_ml(labels, volume.spacing, self.classes, membership)
         elif not channel:  # a 4D file's first channel: the one QC measures at prediction (a case's reference)
             canon, _ = to_canonical(volume)
             feats = intensity_features(np.asarray(volume.array))
@@ -123,7 +125,9 @@ def validation_outputs(
             read = reader(case.image)
         mask, maps = predictor.predict_with_confidence(read)
         spacing = read.reference.spacing if isinstance(read, ChannelStack) else read.spacing
-        out.append(output_features(np.asarray(mask.array), None, spacing, predictor.classes, confidence=maps))
+        labels = np.asarray(mask.array)
+        membership = predictor.membership
+        out.append(output_features(labels, None, spacing, predictor.classes, confidence=maps, membership=membership))
     return out
 
 

@@ -133,7 +133,10 @@ def run_summary(cfg: Config) -> SummaryReport:
     probe = copy.deepcopy(model).to(device)
     if channels_last:
         probe = probe.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    loss = SegLoss(mode, len(classes), bce_weight=cfg.loss.bce_weight, dice_weight=cfg.loss.dice_weight)
+    membership = None if data_spec.regions is None else data_spec.regions.membership()
+    loss = SegLoss(
+        mode, len(classes), bce_weight=cfg.loss.bce_weight, dice_weight=cfg.loss.dice_weight, membership=membership
+    )
     measured = measure_step_memory(
         probe,
         loss.to(device),

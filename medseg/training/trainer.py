@@ -905,7 +905,7 @@ class Trainer:
             return _empty_plan()
         if self.membership is not None:
             # Its steps remove or fill one class's voxels of a label map; nested regions need them per region.
-            log.info("Postprocessing is not decided for overlapping regions (data.regions); it stays off")
+            log.info("Postprocessing is not decided for overlapping regions; it stays off")
             return _empty_plan()
         best = load_checkpoint(self.best_path)
         if best.get("postprocessing_decided"):
