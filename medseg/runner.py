@@ -278,14 +278,9 @@ def check_setup(cfg: Config, stages: Sequence[Stage]) -> None:
 
 
 def _check_region_settings(cfg: Config, stages: Sequence[Stage]) -> None:
-    # What a region model refuses at prediction, refused before training spends its time (the train stage builds
-    # a predictor for its QC reference).
+    # What a region model refuses at prediction, refused before training spends its time.
     from medseg.inference.batch import region_output_problem
-    from medseg.inference.predictor import REGION_POSTPROCESSING
 
-    pp = cfg.inference.postprocessing
-    if (pp.largest_component is True or pp.fill_holes is True) and ("train" in stages or "predict" in stages):
-        raise ConfigError(REGION_POSTPROCESSING)
     problem = region_output_problem(cfg.inference.output_format) if "predict" in stages else None
     if problem:
         raise ConfigError(problem)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medseg.config import DataConfig, PostprocessingConfig, config_from_dict
+from medseg.config import DataConfig, config_from_dict
 from medseg.data.cases import discover_cases
 from medseg.data.label_reading import LabelReading
 from medseg.data.regions import Regions, class_mask, regions_from_labels
@@ -253,7 +253,7 @@ def test_region_set_trains_predicts_and_evaluates_per_region(sample_hippo: Path,
     assert all(h > p for h, p in zip(volumes["hippocampus"], volumes["posterior"], strict=True))
 
 
-def test_region_models_refuse_outputs_and_steps_that_act_on_classes(sample_hippo: Path, tmp_path: Path) -> None:
+def test_region_models_refuse_outputs_that_name_segments(sample_hippo: Path, tmp_path: Path) -> None:
     from medseg.inference import Predictor
     from medseg.inference.batch import predict_folder
     from medseg.runner import evaluation_pairs
@@ -262,8 +262,6 @@ def test_region_models_refuse_outputs_and_steps_that_act_on_classes(sample_hippo
     _nnunet_v2_regions(sample_hippo, root, n=4)
     run_tiny(tmp_path / "run", epochs=1, root=str(root))
     best = tmp_path / "run" / "checkpoints" / "best.pt"
-    with pytest.raises(ConfigError, match=r"act on classes, not on overlapping regions"):
-        Predictor.from_checkpoint(best, device="cpu", postprocessing=PostprocessingConfig(largest_component=True))
     predictor = Predictor.from_checkpoint(best, device="cpu")
     with pytest.raises(ConfigError, match=r"output_format dicom-seg: the model predicts overlapping regions"):
         predict_folder(predictor, root / "imagesTr", tmp_path / "seg", output_format="dicom-seg")
@@ -334,8 +332,6 @@ def test_region_settings_that_would_fail_after_training_are_refused_before(sampl
             base_dir=tmp_path,
         )
 
-    with pytest.raises(ConfigError, match=r"largest_component and fill_holes act on classes"):
-        check_setup(cfg(postprocessing={"fill_holes": True}), ["train"])  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"output_format rtstruct: the model predicts overlapping regions"):
         check_setup(cfg(output_format="rtstruct"), ["train", "predict"])  # type: ignore[arg-type]
     check_setup(cfg(output_format="nrrd"), ["train", "predict"])  # type: ignore[arg-type]
@@ -366,3 +362,51 @@ def test_qc_confidence_of_a_region_model_reads_each_region_on_its_own() -> None:
     assert entropy[0] == pytest.approx(entropy[1]) and entropy[0] < 0.1 and entropy[2] == pytest.approx(1.0)
     # Normalised across channels, as for classes, the sure enhancing voxel would read as a third confident.
     assert voxel_confidence(probs)[0][0] < 0.34
+
+
+def test_postprocessing_acts_on_each_regions_mask() -> None:
+    from medseg.inference.postprocess import apply_postprocessing, decide_postprocessing, fill_holes
+
+    raw = _brats_label()
+    regions = Regions.of(BRATS_REGIONS, BRATS_ORDER)
+    membership = regions.membership()
+    gt = LabelReading(regions=regions).indices(raw, 4)
+    tumour = np.argwhere(gt > 0)
+    far = tuple(int(v) for v in np.where(tumour.mean(axis=0) < np.array(gt.shape) / 2, np.array(gt.shape) - 12, 4))
+    # An enhancing island far from the tumour: outside the largest component of every region.
+    island = gt.copy()
+    island[far[0] : far[0] + 3, far[1] : far[1] + 3, far[2] : far[2] + 3] = 3
+    assert not gt[far[0] : far[0] + 3, far[1] : far[1] + 3, far[2] : far[2] + 3].any()
+    box = (slice(far[0], far[0] + 3), slice(far[1], far[1] + 3), slice(far[2], far[2] + 3))
+    for region in (3, 1):  # the enhancing region's step, and the whole tumour's, whatever the island is painted as
+        cleaned = apply_postprocessing(island, largest_component=[region], membership=membership)
+        assert not cleaned[box].any()  # the island became background (nnU-Net's semantics)
+        # Elsewhere the step does what it does to the ground truth alone (the tumour's own small pieces go too).
+        expected = apply_postprocessing(gt, largest_component=[region], membership=membership)
+        outside = np.ones(gt.shape, dtype=bool)
+        outside[box] = False
+        np.testing.assert_array_equal(cleaned[outside], expected[outside])
+    # A hole punched into the tumour core on one slice is filled as the core.
+    k = int(np.argmax((gt == 2).sum(axis=(0, 1))))
+    holed = gt.copy()
+    core = np.argwhere(gt[..., k] == 2)
+    i, j = (int(v) for v in core[len(core) // 2])
+    inner = ndimage_interior(gt[..., k] == 2)
+    assert inner[i, j], "the chosen voxel lies inside the core"
+    holed[i, j, k] = 0
+    filled = fill_holes(holed, [2], axis=2, membership=membership)
+    assert filled[i, j, k] == 2
+    np.testing.assert_array_equal(
+        np.delete(filled.reshape(-1), np.ravel_multi_index((i, j, k), gt.shape)),
+        np.delete(gt.reshape(-1), np.ravel_multi_index((i, j, k), gt.shape)),
+    )
+    # Decided on validation volumes by the mean Dice over all regions: the first region's step removes the island.
+    plan = decide_postprocessing([island], [gt], 4, axis=2, membership=membership)
+    assert plan == {"largest_component": [1], "fill_holes": []}
+
+
+def ndimage_interior(mask: np.ndarray) -> np.ndarray:
+    """Pixels of a 2D mask whose 4 neighbours are in it too."""
+    from scipy import ndimage
+
+    return ndimage.binary_erosion(mask)

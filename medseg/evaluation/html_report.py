@@ -291,19 +291,18 @@ def _section_training(root: Path, checkpoint: dict[str, Any] | None) -> str:
         if regions is not None:
             parts.append(
                 f"<p>{_e(regions.describe())}. Each region is scored as its own mask; predicted masks are written "
-                "with the painted values, without postprocessing.</p>"
+                "with the painted values.</p>"
             )
         elif stored and len(stored) == len(classes):
             shown = ", ".join(f"{name} = {value}" for name, value in zip(classes, stored, strict=True))
             parts.append(f"<p>Label files store the classes as {_e(shown)}; predicted masks are written so.</p>")
-        if regions is None:
-            parts.append(
-                "<p>Postprocessing decided on the validation cases: largest component "
-                f"<b>{_e(names('largest_component'))}</b>, "
-                f"fill holes <b>{_e(names('fill_holes'))}</b>"
-                + ("" if checkpoint.get("postprocessing_decided") else " (not decided yet)")
-                + ".</p>"
-            )
+        parts.append(
+            "<p>Postprocessing decided on the validation cases: largest component "
+            f"<b>{_e(names('largest_component'))}</b>, "
+            f"fill holes <b>{_e(names('fill_holes'))}</b>"
+            + ("" if checkpoint.get("postprocessing_decided") else " (not decided yet)")
+            + ".</p>"
+        )
         if qc_ref:
             parts.append(
                 f"<p>QC reference: {_e(qc_ref.get('n_train'))} training scans, {_e(qc_ref.get('n_val'))} validation "

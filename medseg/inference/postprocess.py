@@ -12,6 +12,12 @@ Two steps, each applied per foreground class:
 
 The order is fixed: largest component first, then fill holes (holes of removed islands are not filled).
 
+With overlapping regions (``membership``, ``medseg.data.regions``) a step acts on a region's mask (every voxel
+whose painted class lies inside it), as nnU-Net's region postprocessing does: voxels of a region outside its
+largest component become background (whatever region they were painted as), and background holes enclosed by
+a region are painted as that region. Steps on one region then change the others' masks too, so
+:func:`decide_postprocessing` judges each region's step by the mean Dice over all regions.
+
 :func:`decide_postprocessing` compares mean validation Dice per class with and without each step and enables a
 step for a class only where it strictly improves that class's mean Dice (each step changes only its own class's
 voxels and background, so per-class Dice decides exactly what the mean Dice over classes would).
@@ -25,6 +31,7 @@ from typing import TypedDict
 import numpy as np
 from scipy import ndimage
 
+from medseg.data.regions import class_mask
 from medseg.data.unannotated import annotated_voxels
 
 
@@ -56,8 +63,16 @@ def _class_boxes(labels: np.ndarray) -> list[tuple[slice, ...] | None]:
     return list(ndimage.find_objects(arr if arr.dtype.kind == "u" else arr.astype(np.int64, copy=False)))
 
 
-def _box_of(boxes: Sequence[tuple[slice, ...] | None], c: int) -> tuple[slice, ...] | None:
-    return boxes[c - 1] if c - 1 < len(boxes) else None
+def _box_of(
+    boxes: Sequence[tuple[slice, ...] | None], c: int, membership: np.ndarray | None = None
+) -> tuple[slice, ...] | None:
+    if membership is None:
+        return boxes[c - 1] if c - 1 < len(boxes) else None
+    # A region's box: the union of the boxes of the painted classes inside it.
+    inside = [box for k in np.flatnonzero(membership[c]) if 0 < k <= len(boxes) and (box := boxes[k - 1]) is not None]
+    if not inside:
+        return None
+    return tuple(slice(min(b[a].start for b in inside), max(b[a].stop for b in inside)) for a in range(len(inside[0])))
 
 
 def _grown(box: tuple[slice, ...], margin: int, shape: Sequence[int]) -> tuple[slice, ...]:
@@ -66,43 +81,49 @@ def _grown(box: tuple[slice, ...], margin: int, shape: Sequence[int]) -> tuple[s
 
 
 def _class_components(
-    labels: np.ndarray, c: int, box: tuple[slice, ...] | None
+    labels: np.ndarray, c: int, box: tuple[slice, ...] | None, membership: np.ndarray | None = None
 ) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray, int] | None:
-    """Class ``c``'s box, its mask and 3D components there (full connectivity), their number; ``None`` if the
-    class is absent. Full (26-neighbour) connectivity: parts touching only at an edge or corner are one piece."""
+    """Class (or region) ``c``'s box, its mask and 3D components there (full connectivity), their number; ``None``
+    if it is absent. Full (26-neighbour) connectivity: parts touching only at an edge or corner are one piece."""
     if box is None:
         return None
-    mask = np.asarray(labels)[box] == c
+    mask = class_mask(np.asarray(labels)[box], c, membership)
     components, n = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 3))
     return box, mask, components, int(n)
 
 
-def component_counts(labels: np.ndarray, classes: Sequence[int]) -> list[int]:
-    """Number of 3D connected components of each class in ``classes`` (the connectivity of
-    :func:`keep_largest_component`); 0 for an absent class."""
+def component_counts(labels: np.ndarray, classes: Sequence[int], membership: np.ndarray | None = None) -> list[int]:
+    """Number of 3D connected components of each class (or region, with ``membership``) in ``classes`` (the
+    connectivity of :func:`keep_largest_component`); 0 for an absent class."""
     boxes = _class_boxes(labels)
     counts = []
     for c in classes:
-        found = _class_components(labels, int(c), _box_of(boxes, int(c)))
+        found = _class_components(labels, int(c), _box_of(boxes, int(c), membership), membership)
         counts.append(0 if found is None else found[3])
     return counts
 
 
-def keep_largest_component(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+def keep_largest_component(
+    labels: np.ndarray, classes: Sequence[int], membership: np.ndarray | None = None
+) -> np.ndarray:
     """Keeps only the largest 3D connected component of each class in ``classes``; the rest becomes background.
 
     Args:
         labels: ``(I, J, K)`` integer label volume (not modified).
         classes: Foreground class indices to process; classes absent from ``labels`` are left alone.
+        membership: Overlapping regions (``Regions.membership``): ``classes`` are regions, each taken as its mask.
 
     Returns:
         A new label volume of the same dtype.
     """
     out = labels.copy()
     classes = _check_classes(labels, classes)
-    boxes = _class_boxes(labels)
+    source, boxes = labels, _class_boxes(labels)
     for c in classes:
-        found = _class_components(labels, c, _box_of(boxes, c))
+        if membership is not None:
+            # Regions overlap: an earlier region's step may have changed this one's voxels, so each reads ``out``.
+            source, boxes = out, _class_boxes(out)
+        found = _class_components(source, c, _box_of(boxes, c, membership), membership)
         if found is None or found[3] <= 1:
             continue
         box, mask, components, _ = found
@@ -113,28 +134,34 @@ def keep_largest_component(labels: np.ndarray, classes: Sequence[int]) -> np.nda
     return out
 
 
-def fill_holes(labels: np.ndarray, classes: Sequence[int], axis: int | None = None) -> np.ndarray:
+def fill_holes(
+    labels: np.ndarray, classes: Sequence[int], axis: int | None = None, membership: np.ndarray | None = None
+) -> np.ndarray:
     """Fills background holes enclosed by each class in ``classes``.
 
     Args:
         labels: ``(I, J, K)`` integer label volume (not modified).
         classes: Foreground class indices to process.
         axis: Fill per 2D slice along this axis (the model's slice axis), or in 3D when ``None``.
+        membership: Overlapping regions (``Regions.membership``): ``classes`` are regions; background enclosed by
+            a region's mask is painted as that region.
 
     Returns:
         A new label volume of the same dtype; only former background voxels change.
     """
     out = labels.copy()
     classes = _check_classes(labels, classes)
-    boxes = _class_boxes(labels)
+    source, boxes = labels, _class_boxes(labels)
     for c in classes:
-        tight = _box_of(boxes, c)
+        if membership is not None:
+            source, boxes = out, _class_boxes(out)  # as in keep_largest_component
+        tight = _box_of(boxes, c, membership)
         if tight is None:
             continue
         # A one-voxel margin of background around the box stands for everything outside it (that background is
         # connected to the array's border, so a region touching the margin is not a hole).
         box = _grown(tight, 1, labels.shape)
-        mask = labels[box] == c
+        mask = class_mask(source[box], c, membership)
         if axis is None:
             filled = ndimage.binary_fill_holes(mask)
         else:
@@ -155,6 +182,7 @@ def apply_postprocessing(
     largest_component: Sequence[int] = (),
     fill_holes_classes: Sequence[int] = (),
     axis: int | None = None,
+    membership: np.ndarray | None = None,
 ) -> np.ndarray:
     """Applies largest-component then hole filling to the given classes (returns ``labels`` itself if nothing to do).
 
@@ -163,12 +191,13 @@ def apply_postprocessing(
         largest_component: Classes to reduce to their largest connected component.
         fill_holes_classes: Classes whose holes are filled.
         axis: Slice axis for per-slice hole filling, ``None`` for 3D (see :func:`fill_holes`).
+        membership: Overlapping regions (``Regions.membership``): the classes are regions (module docstring).
     """
     out = labels
     if largest_component:
-        out = keep_largest_component(out, largest_component)
+        out = keep_largest_component(out, largest_component, membership)
     if fill_holes_classes:
-        out = fill_holes(out, fill_holes_classes, axis)
+        out = fill_holes(out, fill_holes_classes, axis, membership)
     return out
 
 
@@ -197,6 +226,7 @@ def decide_postprocessing(
     *,
     axis: int | None = None,
     unannotated: bool = False,
+    membership: np.ndarray | None = None,
 ) -> PostprocessingPlan:
     """Decides, per class, whether each postprocessing step improves mean validation Dice.
 
@@ -209,6 +239,9 @@ def decide_postprocessing(
         n_classes: Number of classes including background.
         axis: Slice axis used for hole filling (must match the one used at prediction time; ``None`` = 3D).
         unannotated: Ground truths may mark unannotated voxels (index ``n_classes``); Dice leaves them out.
+        membership: Overlapping regions (``Regions.membership``): each region's step is kept where it strictly
+            improves the mean Dice over all regions and cases (a step on one region changes the others), taken
+            region by region in order on the predictions as the steps kept so far left them.
 
     Returns:
         ``{"largest_component": [class idx], "fill_holes": [class idx]}``: the classes where the step strictly
@@ -225,6 +258,8 @@ def decide_postprocessing(
     plan: PostprocessingPlan = {"largest_component": [], "fill_holes": []}
     if not pred_label_volumes:
         return plan
+    if membership is not None:
+        return _decide_for_regions(pred_label_volumes, gt_label_volumes, n_classes, axis, membership)
     masked = n_classes if unannotated else None
     # Largest component of class c changes only class-c voxels (to background), so classes are judged apart.
     for c in range(1, n_classes):
@@ -237,4 +272,40 @@ def decide_postprocessing(
         filled = [fill_holes(p, [c], axis) for p in base]
         if _mean_dice(filled, gt_label_volumes, c, masked) > _mean_dice(base, gt_label_volumes, c, masked):
             plan["fill_holes"].append(c)
+    return plan
+
+
+def _regions_mean_dice(
+    preds: Sequence[np.ndarray], gts: Sequence[np.ndarray], n_classes: int, membership: np.ndarray
+) -> float:
+    """Mean over cases and regions of each region's Dice."""
+    scores = [
+        _dice(class_mask(p, r, membership), class_mask(g, r, membership))
+        for p, g in zip(preds, gts, strict=True)
+        for r in range(1, n_classes)
+    ]
+    return float(np.mean(scores))
+
+
+def _decide_for_regions(
+    preds: Sequence[np.ndarray],
+    gts: Sequence[np.ndarray],
+    n_classes: int,
+    axis: int | None,
+    membership: np.ndarray,
+) -> PostprocessingPlan:
+    # Greedy in the order apply_postprocessing runs the steps: largest component region by region, then holes.
+    plan: PostprocessingPlan = {"largest_component": [], "fill_holes": []}
+    current = list(preds)
+    best = _regions_mean_dice(current, gts, n_classes, membership)
+    for key in ("largest_component", "fill_holes"):
+        for c in range(1, n_classes):
+            if key == "largest_component":
+                trial = [keep_largest_component(p, [c], membership) for p in current]
+            else:
+                trial = [fill_holes(p, [c], axis, membership) for p in current]
+            score = _regions_mean_dice(trial, gts, n_classes, membership)
+            if score > best:
+                plan[key].append(c)
+                current, best = trial, score
     return plan

@@ -137,14 +137,6 @@ def _label_values(ckpt: dict[str, Any], path: Path, n_classes: int) -> tuple[int
     return None if is_identity(values) else tuple(int(v) for v in values)
 
 
-#: Why a region model refuses postprocessing steps: both act on one class's voxels of the painted map, so a removed
-#: island of a region would become background instead of the region it lies in.
-REGION_POSTPROCESSING = (
-    "inference.postprocessing: largest_component and fill_holes act on classes, not on overlapping regions "
-    "(data.regions or dataset.json); set them to auto or false"
-)
-
-
 def _regions(ckpt: dict[str, Any], path: Path, n_classes: int) -> Regions | None:
     try:
         regions = Regions.from_stored(ckpt.get("regions"))
@@ -270,8 +262,6 @@ class Predictor:
         self.largest_component, self.fill_holes = _resolve_postprocessing(
             postprocessing, spec.postprocessing, len(spec.classes)
         )
-        if spec.regions is not None and (self.largest_component or self.fill_holes):
-            raise ConfigError(REGION_POSTPROCESSING)
         # A folded copy (medseg.models.fusion): the caller's model is left as it is.
         model = fold_batchnorm(model.to(self.device))
         if self.channels_last:
@@ -530,6 +520,7 @@ class Predictor:
             largest_component=self.largest_component,
             fill_holes_classes=self.fill_holes,
             axis=self.spec.slice_axis if slice_axis is None else slice_axis,
+            membership=self.membership,
         )
 
     def predict_with_proba(self, volume: Volume | ChannelStack) -> tuple[Volume, np.ndarray]:

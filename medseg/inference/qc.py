@@ -41,7 +41,6 @@ import torch
 
 from medseg.config import QCConfig
 from medseg.data.class_weights import per_region
-from medseg.data.regions import class_mask
 from medseg.inference.postprocess import component_counts
 from medseg.metrics import class_voxel_counts
 
@@ -315,12 +314,7 @@ def output_features(
     out: dict[str, float] = {}
     for name, ml in label_volumes_ml(labels, spacing, classes, membership).items():
         out[f"volume_ml_{name}"] = ml
-    if membership is None:
-        counts = component_counts(labels, range(1, len(classes)))
-    else:
-        counts = [
-            component_counts(class_mask(labels, r, membership).astype(np.uint8), [1])[0] for r in range(1, len(classes))
-        ]
+    counts = component_counts(labels, range(1, len(classes)), membership)
     for name, n in zip(classes[1:], counts, strict=True):
         out[f"components_{name}"] = float(n)
     fg = labels > 0

@@ -903,10 +903,6 @@ class Trainer:
         if not self.best_path.exists():
             log.warning("No best checkpoint (no validation ran); postprocessing stays off")
             return _empty_plan()
-        if self.membership is not None:
-            # Its steps remove or fill one class's voxels of a label map; nested regions need them per region.
-            log.info("Postprocessing is not decided for overlapping regions; it stays off")
-            return _empty_plan()
         best = load_checkpoint(self.best_path)
         if best.get("postprocessing_decided"):
             return {k: list(v) for k, v in best["postprocessing"].items()}
@@ -920,6 +916,7 @@ class Trainer:
             self.n_classes,
             axis=self.data.axis,
             unannotated=self.label_reading.ignore is not None,
+            membership=self.membership,
         )
         plan_dict = {k: [int(c) for c in plan[k]] for k in ("largest_component", "fill_holes")}
         plan_dict = broadcast_object(plan_dict)  # rank 0's decision, the one its checkpoint stores
