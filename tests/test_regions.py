@@ -263,8 +263,8 @@ def test_region_models_refuse_outputs_that_name_segments(sample_hippo: Path, tmp
     run_tiny(tmp_path / "run", epochs=1, root=str(root))
     best = tmp_path / "run" / "checkpoints" / "best.pt"
     predictor = Predictor.from_checkpoint(best, device="cpu")
-    with pytest.raises(ConfigError, match=r"output_format dicom-seg: the model predicts overlapping regions"):
-        predict_folder(predictor, root / "imagesTr", tmp_path / "seg", output_format="dicom-seg")
+    with pytest.raises(ConfigError, match=r"output_format seg.nrrd: the model predicts overlapping regions"):
+        predict_folder(predictor, root / "imagesTr", tmp_path / "seg", output_format="seg.nrrd")
     # Evaluation from the checkpoint alone (evaluation.ground_truth) reads the regions the model was trained on.
     cfg = config_from_dict(
         {"output": {"dir": str(tmp_path / "run")}, "evaluation": {"ground_truth": str(root / "labelsTr")}},
@@ -320,7 +320,7 @@ def test_config_replaces_the_regions_a_dataset_json_declares(
     assert spec.classes == ["background", "whole", "front"] and spec.label_values == [0, 2, 1]
 
 
-def test_region_settings_that_would_fail_after_training_are_refused_before(sample_hippo: Path, tmp_path: Path) -> None:
+def test_region_outputs_that_would_fail_after_training_are_refused_before(sample_hippo: Path, tmp_path: Path) -> None:
     from medseg.runner import check_setup
 
     root = tmp_path / "Dataset002_Regions"
@@ -332,9 +332,10 @@ def test_region_settings_that_would_fail_after_training_are_refused_before(sampl
             base_dir=tmp_path,
         )
 
-    with pytest.raises(ConfigError, match=r"output_format rtstruct: the model predicts overlapping regions"):
-        check_setup(cfg(output_format="rtstruct"), ["train", "predict"])  # type: ignore[arg-type]
-    check_setup(cfg(output_format="nrrd"), ["train", "predict"])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"output_format seg.nrrd: the model predicts overlapping regions"):
+        check_setup(cfg(output_format="seg.nrrd"), ["train", "predict"])  # type: ignore[arg-type]
+    for allowed in ("nrrd", "rtstruct"):  # SEG segments and RTSTRUCT ROIs hold each region's whole mask
+        check_setup(cfg(output_format=allowed), ["train", "predict"])  # type: ignore[arg-type]
 
 
 def test_summary_stage_builds_the_region_loss(sample_hippo: Path, tmp_path: Path) -> None:
@@ -410,3 +411,54 @@ def ndimage_interior(mask: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
     return ndimage.binary_erosion(mask)
+
+
+def test_dicom_outputs_hold_each_regions_whole_mask(tmp_path: Path) -> None:
+    import highdicom as hd
+
+    from medseg.inference.dicom_output import write_dicom_mask
+    from medseg.io import load_segmentation, load_volume
+    from medseg.io.dicom_seg import DicomWriteOptions
+    from medseg.io.dicom_source import source_series
+
+    from .conftest import SAMPLE_DATA
+
+    image = load_volume(SAMPLE_DATA / "dicom" / "HippoCrop_Study1")
+    regions = Regions.of({"hippocampus": [1, 2], "posterior": [2]}, [1, 2])
+    membership = regions.membership()
+    painted = np.zeros(image.shape, np.uint8)
+    painted[5:30, 5:45, 8:12] = 1  # the whole hippocampus only
+    painted[10:20, 12:30, 9:11] = 2  # the posterior part, inside it
+    whole, posterior = painted > 0, painted == 2
+    options = DicomWriteOptions()
+    seg_path = write_dicom_mask(
+        "dicom-seg",
+        painted,
+        image,
+        tmp_path / "s.dcm",
+        regions.classes,
+        probabilities=None,
+        options=options,
+        overwrite=False,
+        membership=membership,
+    )
+    seg = hd.seg.segread(seg_path)
+    src = source_series(image)
+    for number, expected in ((1, whole), (2, posterior)):
+        got = seg.get_pixels_by_source_instance(source_sop_instance_uids=src.sop_uids, segment_numbers=[number])
+        frames = np.stack([src.frame(expected, n) for n in range(len(src.datasets))])
+        np.testing.assert_array_equal(got[..., 0].astype(bool), frames)  # segment 1 holds segment 2's voxels too
+    rt_path = write_dicom_mask(
+        "rtstruct",
+        painted,
+        image,
+        tmp_path / "rt.dcm",
+        regions.classes,
+        probabilities=None,
+        options=options,
+        overwrite=False,
+        membership=membership,
+    )
+    for name, expected in (("hippocampus", whole), ("posterior", posterior)):
+        roi = load_segmentation(rt_path, image, ["background", name], ignore_unlisted=True).array
+        np.testing.assert_array_equal(roi > 0, expected)

@@ -314,10 +314,11 @@ def discover_case_folders(root: Path, out_dir: Path, output_format: str) -> list
 def region_output_problem(output_format: str) -> str | None:
     """Why a region model (``medseg.data.regions``) cannot write ``output_format``, or ``None``.
 
-    A segment (SEG, Slicer) or an ROI (RTSTRUCT) per painted class would call "tumour core minus enhancing" the
-    tumour core; overlapping segments per region are not written.
+    DICOM SEG segments and RTSTRUCT ROIs may overlap, so each is a region's whole mask
+    (:func:`medseg.inference.dicom_output.write_dicom_mask`). A Slicer segment per painted class would call
+    "tumour core minus enhancing" the tumour core; overlapping Slicer segments (layers) are not written.
     """
-    if output_format in DICOM_FORMATS or output_format == SLICER_FORMAT:
+    if output_format == SLICER_FORMAT:
         return (
             f"inference.output_format {output_format}: the model predicts overlapping regions (data.regions or "
             "dataset.json), written as one painted label map; use nii.gz, nrrd or mha"
@@ -474,6 +475,7 @@ def _run_case(
                     probabilities=probs if dicom.fractional else None,
                     options=dicom,
                     overwrite=overwrite,
+                    membership=predictor.membership,
                 )
             elif output_format == SLICER_FORMAT:
                 save_slicer_segmentation(

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medseg.data.regions import class_mask
 from medseg.io.dicom_seg import ClassCode, DicomWriteOptions
 from medseg.io.scans import image_suffix
 from medseg.volume import Volume
@@ -70,14 +71,30 @@ def write_dicom_mask(
     probabilities: np.ndarray | None,
     options: DicomWriteOptions,
     overwrite: bool,
+    membership: np.ndarray | None = None,
 ) -> Path:
-    """Writes ``mask`` as a DICOM SEG (``dicom-seg``) or RTSTRUCT (``rtstruct``) on ``like``'s series."""
+    """Writes ``mask`` as a DICOM SEG (``dicom-seg``) or RTSTRUCT (``rtstruct``) on ``like``'s series.
+
+    With ``membership`` (a region model: ``Regions.membership``) each segment / ROI is a region's whole mask, so
+    they overlap as the regions do (the whole tumour holds the core), where a label map's painted classes would
+    call "core minus enhancing" the core.
+    """
+    segments = None
+    if membership is not None:
+        segments = np.stack([class_mask(mask, c, membership) for c in range(1, len(classes))])
     if output_format == "dicom-seg":
         from medseg.io.dicom_seg import save_dicom_seg
 
         return save_dicom_seg(
-            mask, like, path, classes, probabilities=probabilities, options=options, overwrite=overwrite
+            mask,
+            like,
+            path,
+            classes,
+            probabilities=probabilities,
+            options=options,
+            overwrite=overwrite,
+            segments=segments,
         )
     from medseg.io.rtstruct import save_rtstruct
 
-    return save_rtstruct(mask, like, path, classes, options=options, overwrite=overwrite)
+    return save_rtstruct(mask, like, path, classes, options=options, overwrite=overwrite, segments=segments)

@@ -163,6 +163,7 @@ def save_dicom_seg(
     probabilities: np.ndarray | None = None,
     options: DicomWriteOptions | None = None,
     overwrite: bool = False,
+    segments: np.ndarray | None = None,
 ) -> Path:
     """Writes a DICOM SEG of ``mask`` that references the series ``like`` was read from.
 
@@ -173,6 +174,9 @@ def save_dicom_seg(
         classes: Class names, background first; one segment per foreground class.
         probabilities: ``(C, I, J, K)`` class probabilities on ``like``'s grid; required when
             ``options.fractional``.
+        segments: ``(len(classes) - 1, I, J, K)`` boolean masks, one per segment, written as BINARY segments
+            instead of ``mask``'s labels: segments that overlap (a region model's regions: the whole tumour holds
+            the core), which a SEG allows and a label map cannot hold.
         options: Codes and header fields; defaults documented on :class:`DicomWriteOptions`.
         overwrite: Replace an existing file.
 
@@ -225,6 +229,15 @@ def save_dicom_seg(
         pixels = np.stack([_frames(probabilities[c], src) for c in range(1, len(classes))], axis=-1)
         pixels = np.clip(pixels, 0.0, 1.0).astype(np.float32)
         seg_type = hd.seg.SegmentationTypeValues.FRACTIONAL
+    elif segments is not None:
+        if segments.shape != (len(classes) - 1, *like.shape):
+            raise MedsegError(
+                f"Cannot write SEG '{path}': segments of shape {segments.shape}, expected "
+                f"{(len(classes) - 1, *like.shape)}"
+            )
+        # One boolean plane per segment (highdicom's (frames, rows, columns, segments) form), overlaps allowed.
+        pixels = np.stack([_frames(s, src) for s in np.asarray(segments, dtype=bool)], axis=-1)
+        seg_type = hd.seg.SegmentationTypeValues.BINARY
     else:
         # A label map: highdicom turns each value into the segment of that number.
         pixels = _frames(mask, src).astype(np.uint8 if len(classes) <= 256 else np.uint16)

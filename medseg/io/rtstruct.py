@@ -92,6 +92,7 @@ def save_rtstruct(
     *,
     options: DicomWriteOptions | None = None,
     overwrite: bool = False,
+    segments: np.ndarray | None = None,
 ) -> Path:
     """Writes an RTSTRUCT with one ROI per foreground class, contoured on the series ``like`` was read from.
 
@@ -103,6 +104,8 @@ def save_rtstruct(
         options: Codes and header fields (:class:`~medseg.io.dicom_seg.DicomWriteOptions`; ``fractional`` and
             ``omit_empty_frames`` do not apply).
         overwrite: Replace an existing file.
+        segments: ``(len(classes) - 1, I, J, K)`` boolean masks, one per ROI, contoured instead of ``mask``'s
+            labels: ROIs that overlap (a region model's regions: the whole tumour holds the core).
 
     Returns:
         The path written.
@@ -112,6 +115,11 @@ def save_rtstruct(
         GeometryMismatchError: ``mask`` is not on ``like``'s grid.
     """
     options = options or DicomWriteOptions()
+    if segments is not None and np.shape(segments) != (len(classes) - 1, *like.shape):
+        raise MedsegError(
+            f"Cannot write RTSTRUCT '{path}': segments of shape {np.shape(segments)}, expected "
+            f"{(len(classes) - 1, *like.shape)}"
+        )
     path = Path(path)
     mask = np.asarray(mask)
     if mask.shape != like.shape:
@@ -191,7 +199,7 @@ def save_rtstruct(
             )
         )
         items = []
-        binary = mask == number
+        binary = mask == number if segments is None else np.asarray(segments[number - 1], dtype=bool)
         for n, d in enumerate(src.datasets):
             to_lps = pixel_to_lps(d)
             for c in _slice_contours(src.frame(binary, n)):
