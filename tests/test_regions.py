@@ -397,6 +397,9 @@ def test_postprocessing_acts_on_each_regions_mask() -> None:
     holed[i, j, k] = 0
     filled = fill_holes(holed, [2], axis=2, membership=membership)
     assert filled[i, j, k] == 2
+    # The hole lies in the whole tumour too: filling both regions gives it to the innermost, in any order asked.
+    for order in ([1, 2], [2, 1]):
+        assert fill_holes(holed, order, axis=2, membership=membership)[i, j, k] == 2
     np.testing.assert_array_equal(
         np.delete(filled.reshape(-1), np.ravel_multi_index((i, j, k), gt.shape)),
         np.delete(gt.reshape(-1), np.ravel_multi_index((i, j, k), gt.shape)),
@@ -462,3 +465,42 @@ def test_dicom_outputs_hold_each_regions_whole_mask(tmp_path: Path) -> None:
     for name, expected in (("hippocampus", whole), ("posterior", posterior)):
         roi = load_segmentation(rt_path, image, ["background", name], ignore_unlisted=True).array
         np.testing.assert_array_equal(roi > 0, expected)
+
+
+def test_a_region_models_seg_is_read_back_as_painted_classes_and_evaluated(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from medseg.evaluation import EvalPair, evaluate
+    from medseg.inference.dicom_output import write_dicom_mask
+    from medseg.io import load_volume, save_mask
+    from medseg.io.dicom_seg import DicomWriteOptions
+
+    from .conftest import SAMPLE_DATA
+
+    series = SAMPLE_DATA / "dicom" / "HippoCrop_Study1"
+    image = load_volume(series)
+    regions = Regions.of({"hippocampus": [1, 2], "posterior": [2]}, [1, 2])
+    painted = np.zeros(image.shape, np.uint8)
+    painted[5:30, 5:45, 8:12] = 1
+    painted[10:20, 12:30, 9:11] = 2
+    seg = write_dicom_mask(
+        "dicom-seg",
+        painted,
+        image,
+        tmp_path / "case.dcm",
+        regions.classes,
+        probabilities=None,
+        options=DicomWriteOptions(),
+        overwrite=False,
+        membership=regions.membership(),
+    )
+    truth = save_mask(painted, like=image, path=tmp_path / "truth" / "case.nii.gz")
+    summary = evaluate(
+        [EvalPair("case", seg, truth, series)],
+        regions.classes,
+        tmp_path / "eval",
+        overlays=0,
+        labels=LabelReading(regions=regions),
+    )
+    assert summary["n_evaluated"] == 1 and summary["mean_dice"] == pytest.approx(1.0)
+    assert "belong to several" not in caplog.text  # the segments overlap by design: no overlap warning

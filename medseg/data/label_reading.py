@@ -25,7 +25,6 @@ import numpy as np
 
 from medseg.data.checks import label_problem, value_problem
 from medseg.data.label_values import is_identity, to_classes, unexpected_values
-from medseg.errors import ConfigError
 
 if TYPE_CHECKING:
     from medseg.config import DataConfig
@@ -82,15 +81,13 @@ class LabelReading:
 
     def for_kind(self, kind: LabelKind) -> LabelReading:
         """How a label of this kind (``medseg.io.segmentation.label_kind``) is read. One that names its segments
-        holds class indices already: stored and unlisted values concern label maps only. A 3D Slicer segmentation
-        saved cut to its segments' extent is placed by its header: it is a segmentation of that image by design."""
+        holds class indices already: stored and unlisted values concern label maps only. With regions its segments
+        are the regions, read with ``nested=True`` (``medseg.io.segmentation.load_label``) into painted classes. A
+        3D Slicer segmentation saved cut to its segments' extent is placed by its header: it is a segmentation of
+        that image by design."""
         if kind == "map":
             return self
-        if self.regions is not None:
-            raise ConfigError(
-                f"overlapping regions (data.regions or dataset.json) are read from label maps (values); this label is "
-                f"a {kind} that names its segments"
-            )
+        # Segments named after the regions, read with ``nested`` (the innermost wins), hold painted classes already.
         return LabelReading(place_cut=self.place_cut or kind == "slicer")
 
     def _stored(self, n_classes: int) -> list[int] | None:

@@ -302,6 +302,7 @@ class _CaseReader:
             self.classes,
             ignore_unlisted=self.labels.unlisted_background,
             aliases=self.labels.alias_map(),
+            nested=self.labels.regions is not None,  # segments named after the regions: the innermost wins
         )
 
 

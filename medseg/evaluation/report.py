@@ -145,7 +145,8 @@ def _load_pair(pair: EvalPair, classes: Sequence[str], labels: LabelReading) -> 
     def read(path: Path, kind: LabelKind) -> Volume:
         names = None if kind == "map" else classes
         unlisted, aliases = labels.unlisted_background, labels.alias_map()
-        return load_label(path, pair.image, names, ignore_unlisted=unlisted, aliases=aliases)
+        nested = labels.regions is not None  # a region model's SEG / RTSTRUCT holds each region's whole mask
+        return load_label(path, pair.image, names, ignore_unlisted=unlisted, aliases=aliases, nested=nested)
 
     pred_vol, gt_vol = read(pair.pred, pred_kind), read(pair.gt, gt_kind)
     pred_reading, gt_reading = labels.for_kind(pred_kind), labels.for_kind(gt_kind)

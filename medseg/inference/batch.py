@@ -321,7 +321,8 @@ def region_output_problem(output_format: str) -> str | None:
     if output_format == SLICER_FORMAT:
         return (
             f"inference.output_format {output_format}: the model predicts overlapping regions (data.regions or "
-            "dataset.json), written as one painted label map; use nii.gz, nrrd or mha"
+            "dataset.json), whose Slicer segments would be painted classes; use dicom-seg or rtstruct (a segment "
+            "per region) or nii.gz, nrrd or mha (the painted label map)"
         )
     return None
 

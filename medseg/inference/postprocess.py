@@ -15,7 +15,7 @@ The order is fixed: largest component first, then fill holes (holes of removed i
 With overlapping regions (``membership``, ``medseg.data.regions``) a step acts on a region's mask (every voxel
 whose painted class lies inside it), as nnU-Net's region postprocessing does: voxels of a region outside its
 largest component become background (whatever region they were painted as), and background holes enclosed by
-a region are painted as that region. Steps on one region then change the others' masks too, so
+a region are painted as the innermost region enclosing them. Steps on one region then change the others' masks too, so
 :func:`decide_postprocessing` judges each region's step by the mean Dice over all regions.
 
 :func:`decide_postprocessing` compares mean validation Dice per class with and without each step and enables a
@@ -143,14 +143,18 @@ def fill_holes(
         labels: ``(I, J, K)`` integer label volume (not modified).
         classes: Foreground class indices to process.
         axis: Fill per 2D slice along this axis (the model's slice axis), or in 3D when ``None``.
-        membership: Overlapping regions (``Regions.membership``): ``classes`` are regions; background enclosed by
-            a region's mask is painted as that region.
+        membership: Overlapping regions (``Regions.membership``): ``classes`` are regions, innermost (highest
+            index) first; background enclosed by a region's mask is painted as that region, so a hole in the core
+            is the core's, not the whole tumour's.
 
     Returns:
         A new label volume of the same dtype; only former background voxels change.
     """
     out = labels.copy()
     classes = _check_classes(labels, classes)
+    if membership is not None:
+        # Innermost region first: a hole in the core lies in the whole tumour too, and is the core's.
+        classes = sorted(classes, reverse=True)
     source, boxes = labels, _class_boxes(labels)
     for c in classes:
         if membership is not None:
@@ -299,7 +303,8 @@ def _decide_for_regions(
     current = list(preds)
     best = _regions_mean_dice(current, gts, n_classes, membership)
     for key in ("largest_component", "fill_holes"):
-        for c in range(1, n_classes):
+        # The order apply_postprocessing runs them in: fill_holes takes the innermost region first.
+        for c in range(1, n_classes) if key == "largest_component" else range(n_classes - 1, 0, -1):
             if key == "largest_component":
                 trial = [keep_largest_component(p, [c], membership) for p in current]
             else:
@@ -308,4 +313,5 @@ def _decide_for_regions(
             if score > best:
                 plan[key].append(c)
                 current, best = trial, score
+    plan["fill_holes"].sort()  # stored ascending, like every plan; fill_holes orders them itself
     return plan

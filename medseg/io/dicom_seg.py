@@ -278,6 +278,7 @@ def load_dicom_seg(
     *,
     ignore_unlisted: bool = False,
     aliases: Mapping[str, Sequence[str]] | None = None,
+    nested: bool = False,
 ) -> Volume:
     """Reads a DICOM SEG onto the grid of the image series it segments.
 
@@ -289,6 +290,8 @@ def load_dicom_seg(
         ignore_unlisted: Leave out segments that are no class's (``data.unlisted_labels: background``) instead
             of refusing them.
         aliases: Other names of some classes (``data.class_aliases``), matched like the class names.
+        nested: Segments may contain each other (overlapping regions, ``data.regions``): where they overlap the
+            higher class index is kept, which is the painted region, without the overlap warning.
 
     Returns:
         Label volume on ``reference``'s grid (FRACTIONAL segments thresholded at 0.5); ``source`` is ``path``.
@@ -347,5 +350,7 @@ def load_dicom_seg(
             src.put(volume, uids.index(uid), np.asarray(pixels[m, ..., s]) >= 0.5)
         per_class.append((cls, volume))
     return Volume(
-        array=combine_masks(per_class, reference.shape, path, "segment"), affine=reference.affine, source=path
+        array=combine_masks(per_class, reference.shape, path, "segment", nested),
+        affine=reference.affine,
+        source=path,
     )

@@ -283,6 +283,7 @@ def load_rtstruct(
     *,
     ignore_unlisted: bool = False,
     aliases: Mapping[str, Sequence[str]] | None = None,
+    nested: bool = False,
 ) -> Volume:
     """Rasterises an RTSTRUCT onto the grid of its image series (even-odd rule per slice, module docs).
 
@@ -295,6 +296,8 @@ def load_rtstruct(
             outline, the couch, planning volumes) instead of refusing them; their contours are not read, so a
             couch reaching beyond the image is no error.
         aliases: Other names of some classes (``data.class_aliases``), matched like the class names.
+        nested: Segments may contain each other (overlapping regions, ``data.regions``): where they overlap the
+            higher class index is kept, which is the painted region, without the overlap warning.
 
     Returns:
         Label volume on ``reference``'s grid; ``source`` is ``path``.
@@ -347,4 +350,5 @@ def load_rtstruct(
         for n, frame in frames.items():
             src.put(volume, n, frame)
         per_class.append((class_of[number], volume))
-    return Volume(array=combine_masks(per_class, reference.shape, path, "ROI"), affine=reference.affine, source=path)
+    label_map = combine_masks(per_class, reference.shape, path, "ROI", nested)
+    return Volume(array=label_map, affine=reference.affine, source=path)

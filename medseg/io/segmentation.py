@@ -38,6 +38,7 @@ def load_segmentation(
     *,
     ignore_unlisted: bool = False,
     aliases: Mapping[str, Sequence[str]] | None = None,
+    nested: bool = False,
 ) -> Volume:
     """Reads a DICOM SEG or RTSTRUCT file as a label volume on the grid of ``reference``.
 
@@ -52,6 +53,8 @@ def load_segmentation(
             instead of refusing them.
         aliases: Other names of some classes (``data.class_aliases``: class name -> names), matched like the class
             names: segments / ROIs named differently by other planning systems.
+        nested: Segments may contain each other (overlapping regions, ``data.regions``): where they overlap the
+            higher class index is kept, which is the painted region, without the overlap warning.
 
     Returns:
         A label Volume on ``reference``'s grid (uint8), ``source`` = ``path``.
@@ -67,11 +70,11 @@ def load_segmentation(
     if kind == "seg":
         from medseg.io.dicom_seg import load_dicom_seg
 
-        return load_dicom_seg(path, reference, classes, ignore_unlisted=ignore_unlisted, aliases=aliases)
+        return load_dicom_seg(path, reference, classes, ignore_unlisted=ignore_unlisted, aliases=aliases, nested=nested)
     if kind == "rtstruct":
         from medseg.io.rtstruct import load_rtstruct
 
-        return load_rtstruct(path, reference, classes, ignore_unlisted=ignore_unlisted, aliases=aliases)
+        return load_rtstruct(path, reference, classes, ignore_unlisted=ignore_unlisted, aliases=aliases, nested=nested)
     raise UnreadableScanError(path, "not a DICOM SEG or RTSTRUCT file")
 
 
@@ -135,6 +138,7 @@ def load_label(
     *,
     ignore_unlisted: bool = False,
     aliases: Mapping[str, Sequence[str]] | None = None,
+    nested: bool = False,
 ) -> Volume:
     """Reads a label of any kind medseg accepts (:func:`label_kind`): a label map (``load_volume``), a DICOM SEG /
     RTSTRUCT rasterised onto ``image``'s grid (``load_segmentation``), a structure folder (one mask file per
@@ -151,6 +155,8 @@ def load_label(
         ignore_unlisted: Structure files, Slicer or SEG segments and RTSTRUCT ROIs that are no class's are left out
             instead of refused.
         aliases: Other names of some classes (``data.class_aliases``), matched like the class names.
+        nested: Segments may contain each other (overlapping regions, ``data.regions``): where they overlap the
+            higher class index is kept, which is the painted region, without the overlap warning.
 
     Raises:
         UnreadableScanError: As ``load_volume``; or a SEG / RTSTRUCT without ``image``.
@@ -160,9 +166,9 @@ def load_label(
 
     kind = label_kind(path)
     if kind == "structures":
-        return load_structure_folder(path, classes, ignore_unlisted=ignore_unlisted, aliases=aliases)
+        return load_structure_folder(path, classes, ignore_unlisted=ignore_unlisted, aliases=aliases, nested=nested)
     if kind == "slicer":
-        return load_slicer_segmentation(path, classes, ignore_unlisted=ignore_unlisted, aliases=aliases)
+        return load_slicer_segmentation(path, classes, ignore_unlisted=ignore_unlisted, aliases=aliases, nested=nested)
     if kind == "map":
         return load_volume(path, label=True)
     if image is None:
@@ -170,4 +176,6 @@ def load_label(
     reference = image if isinstance(image, Volume) else load_volume(image)
     label_file = dicom_label_file(path)
     assert label_file is not None  # label_kind said so
-    return load_segmentation(label_file, reference, classes, ignore_unlisted=ignore_unlisted, aliases=aliases)
+    return load_segmentation(
+        label_file, reference, classes, ignore_unlisted=ignore_unlisted, aliases=aliases, nested=nested
+    )

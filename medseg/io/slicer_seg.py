@@ -79,6 +79,7 @@ def load_slicer_segmentation(
     *,
     ignore_unlisted: bool = False,
     aliases: Mapping[str, Sequence[str]] | None = None,
+    nested: bool = False,
 ) -> Volume:
     """Reads a 3D Slicer ``.seg.nrrd`` as a label map on the file's own grid, segments matched to classes by name.
 
@@ -89,6 +90,8 @@ def load_slicer_segmentation(
         ignore_unlisted: Leave out segments that are no class's (``data.unlisted_labels: background``) instead
             of refusing them.
         aliases: Other names of some classes (``data.class_aliases``), matched like the class names.
+        nested: Segments may contain each other (overlapping regions, ``data.regions``): where they overlap the
+            higher class index is kept, which is the painted region, without the overlap warning.
 
     Returns:
         A label Volume (uint8) on the file's grid, ``source`` = ``path``.
@@ -124,7 +127,7 @@ def load_slicer_segmentation(
             layers[layer] = volume_from_sitk(image, path, channel=layer if n_layers > 1 else None)
         per_class.append((cls, np.asarray(layers[layer].array) == value))
     grid = next(iter(layers.values())) if layers else volume_from_sitk(image, path, channel=0 if n_layers > 1 else None)
-    return Volume(array=combine_masks(per_class, grid.shape, path, "segment"), affine=grid.affine, source=path)
+    return Volume(array=combine_masks(per_class, grid.shape, path, "segment", nested), affine=grid.affine, source=path)
 
 
 #: Segment colours (RGB, 0..1), one per foreground class in turn: Slicer shows them as the segments' colours.

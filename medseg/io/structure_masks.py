@@ -82,8 +82,11 @@ def segment_classes(
     return [wanted.get(name.casefold(), 0) for name in labels]
 
 
-def combine_masks(per_class: list[tuple[int, np.ndarray]], shape: tuple[int, ...], path: Path, what: str) -> np.ndarray:
-    """Label map from binary masks; where classes overlap, the higher class index wins (with a warning)."""
+def combine_masks(
+    per_class: list[tuple[int, np.ndarray]], shape: tuple[int, ...], path: Path, what: str, nested: bool = False
+) -> np.ndarray:
+    """Label map from binary masks; where classes overlap, the higher class index wins (with a warning, unless
+    ``nested``: overlapping regions, whose innermost one is the painted class)."""
     out = np.zeros(shape, dtype=np.uint8 if max((c for c, _ in per_class), default=0) < 256 else np.uint16)
     seen = np.zeros(shape, dtype=bool)
     overlap = 0
@@ -91,7 +94,7 @@ def combine_masks(per_class: list[tuple[int, np.ndarray]], shape: tuple[int, ...
         overlap += int(np.count_nonzero(seen & m))
         out[m] = cls
         seen |= m
-    if overlap:
+    if overlap and not nested:
         log.warning("'%s': %d voxel(s) belong to several %ss; the higher class index is kept", path, overlap, what)
     return out
 
@@ -114,6 +117,7 @@ def load_structure_folder(
     *,
     ignore_unlisted: bool = False,
     aliases: Mapping[str, Sequence[str]] | None = None,
+    nested: bool = False,
 ) -> Volume:
     """Reads a structure folder (one binary mask file per structure) as one label map, on the files' own grid.
 
@@ -128,6 +132,8 @@ def load_structure_folder(
         ignore_unlisted: Leave out files whose structure is no class (TotalSegmentator writes 100+; train on a
             few) instead of refusing them (``data.unlisted_labels: background``).
         aliases: Other names of some classes (``data.class_aliases``), matched like the class names.
+        nested: Segments may contain each other (overlapping regions, ``data.regions``): where they overlap the
+            higher class index is kept, which is the painted region, without the overlap warning.
 
     Returns:
         A label Volume (uint8) on the files' grid, ``source`` = ``path``.
@@ -164,7 +170,7 @@ def load_structure_folder(
             )
         per_class.append((cls, _binary(mask.array, file)))
     assert grid is not None  # segment_classes refuses a folder without a file for every class
-    label_map = combine_masks(per_class, grid.shape, path, "structure")
+    label_map = combine_masks(per_class, grid.shape, path, "structure", nested)
     return Volume(array=label_map, affine=grid.affine, source=path)
 
 
