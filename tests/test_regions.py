@@ -207,8 +207,11 @@ def test_dataset_json_regions_are_discovered_and_clash_with_label_values(sample_
     assert spec.label_values is None  # painted as 1 and 2: class k written as k
     assert spec.regions == Regions(names=("hippocampus", "posterior"), members=((1, 2), (2,)), paint=(1, 2))
     # Stored values for classes the regions replace are refused (data.classes instead replaces the regions).
-    with pytest.raises(ConfigError, match=r"declares regions \['hippocampus', 'posterior'\]: they replace"):
+    with pytest.raises(ConfigError, match=r"declares regions \['hippocampus', 'posterior'\], written with its "):
         discover_cases(DataConfig(root=root, label_values=[0, 1, 2]))
+    # data.classes that repeat the regions' names (as a copied config may) keep the regions.
+    same = discover_cases(DataConfig(root=root, classes=["background", "Hippocampus", "posterior"]))
+    assert same.regions == spec.regions and same.classes == spec.classes
 
 
 def test_region_set_trains_predicts_and_evaluates_per_region(sample_hippo: Path, tmp_path: Path) -> None:
@@ -249,6 +252,14 @@ def test_region_set_trains_predicts_and_evaluates_per_region(sample_hippo: Path,
     assert frequencies["background"] + frequencies["hippocampus"] == pytest.approx(1.0)  # they split the voxels
     report = (run / "report.html").read_text()
     assert "hippocampus = {1, 2} written as 1; posterior = {2} written as 2" in report
+    # The report's run state is the run's (last.pt), not that of the best epoch, which may be an earlier one.
+    from medseg.evaluation.html_report import render_report
+
+    earlier = {**ckpt, "epoch": 1, "stop_reason": ""}
+    torch.save(earlier, run / "checkpoints" / "best.pt")
+    rendered = render_report(run)
+    assert "<b>2</b>epochs run" in rendered and "<b>epochs</b>stopped by" in rendered
+    torch.save(ckpt, run / "checkpoints" / "best.pt")
     volumes = ckpt["qc_reference"]["label_volume_ml"]
     assert all(h > p for h, p in zip(volumes["hippocampus"], volumes["posterior"], strict=True))
 

@@ -197,8 +197,7 @@ def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSp
     declared_ignore: int | None = None
     regions: Regions | None = None
     if layout == "msd":
-        own = "data.regions" if cfg.regions is not None else "data.classes" if cfg.classes is not None else None
-        cases, classes, declared, regions = _discover_msd(root, collector, require_labels, own)
+        cases, classes, declared, regions = _discover_msd(root, collector, require_labels, cfg)
         ds = read_dataset_json(root)
         declared_ignore = ignore_from_labels(ds.get("labels"))
         channels = msd_channel_names(ds)
@@ -218,12 +217,15 @@ def discover_cases(cfg: DataConfig, *, require_labels: bool = True) -> DatasetSp
     if cfg.regions is not None:  # the config wins, as data.classes does over dataset.json
         regions = Regions.of(cfg.regions, cfg.regions_class_order or [])
     if regions is not None:
-        if cfg.classes is not None or cfg.label_values is not None:
+        if cfg.label_values is not None:
             raise ConfigError(
-                f"'{root / 'dataset.json'}' declares regions {list(regions.names)}: they replace data.classes and "
-                "data.label_values (the classes are background and the regions); leave those unset"
+                f"'{root / 'dataset.json'}' declares regions {list(regions.names)}, written with its "
+                "regions_class_order: data.label_values cannot go with them; leave it unset, or set data.classes too "
+                "to train plain classes from these files"
             )
         classes, declared = regions.classes, regions.label_values
+        if cfg.classes is not None:  # the regions' names again (_own_labels): the regions are kept
+            cfg = cfg.model_copy(update={"classes": None})
     if cfg.classes is not None:
         classes = list(cfg.classes)
     if not classes:
@@ -487,19 +489,25 @@ def msd_channel_names(ds: dict[str, Any]) -> list[str]:
 
 
 def _discover_msd(
-    root: Path, collector: BadCaseCollector, require_labels: bool, own: str | None = None
+    root: Path, collector: BadCaseCollector, require_labels: bool, cfg: DataConfig | None = None
 ) -> tuple[list[Case], list[str] | None, list[int] | None, Regions | None]:
-    # ``own``: the config key that gives the classes or regions instead of dataset.json, if any. Regions declared
-    # there are then not read at all: the config is how a user corrects (or trains plain classes from) a set.
     ds = read_dataset_json(root)
     source = root / "dataset.json"
     labels = ds.get("labels")
-    declares_regions = isinstance(labels, dict) and any(isinstance(v, list) for v in labels.values())
+    as_dict: dict[str, Any] = labels if isinstance(labels, dict) else {}
+    declares_regions = any(isinstance(v, list) for v in as_dict.values())
+    own = _own_labels(cfg, as_dict) if cfg is not None and declares_regions else None
     regions: Regions | None = None
     classes: list[str] | None
     values: list[int] | None
     if declares_regions and own is not None:
-        log.warning("%s replaces the regions that '%s' declares", own, source)
+        log.warning(
+            "%s replaces the regions %s that '%s' declares%s",
+            own,
+            [n for n, v in as_dict.items() if v not in (0, [0])],
+            source,
+            "" if own == "data.regions" else ": plain classes are trained (to keep the regions, leave it unset)",
+        )
         classes, values = None, None
     elif declares_regions:
         try:
@@ -535,6 +543,18 @@ def _discover_msd(
     if n_channels > 1:
         cases = _with_channel_files(cases, n_channels, collector)
     return cases, classes, values, regions
+
+
+def _own_labels(cfg: DataConfig, labels: dict[str, Any]) -> str | None:
+    """The config key that replaces the regions ``dataset.json`` declares (``labels``), or ``None``: the config is
+    how a user corrects a set's regions (``data.regions``) or trains plain classes from its files
+    (``data.classes``). ``data.classes`` that only repeat the regions' names (background first) keep them."""
+    if cfg.regions is not None:
+        return "data.regions"
+    names = [str(n) for n, v in labels.items() if v not in (0, [0])]
+    if cfg.classes is not None and [c.casefold() for c in cfg.classes[1:]] != [n.casefold() for n in names]:
+        return "data.classes"
+    return None
 
 
 def _with_channel_files(cases: list[Case], n_channels: int, collector: BadCaseCollector) -> list[Case]:

@@ -206,6 +206,14 @@ class Fingerprint:
             "class_volumes_ml": self.class_volumes_ml(),
             "intensities": self.intensities,
             **self._annotated(),
+            **(
+                {
+                    "note": "the classes are overlapping regions: each frequency and volume is the region's own, so "
+                    "the frequencies add up to more than 1"
+                }
+                if self.overlapping
+                else {}
+            ),
             "cases": [c.to_dict() for c in self.cases],
         }
 

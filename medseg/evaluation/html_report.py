@@ -250,8 +250,8 @@ def _section_run(root: Path, checkpoint: dict[str, Any] | None) -> str:
     return "".join(parts) + "</section>"
 
 
-def _load_checkpoint(root: Path) -> dict[str, Any] | None:
-    path = root / "checkpoints" / "best.pt"
+def _load_checkpoint(root: Path, name: str = "best.pt") -> dict[str, Any] | None:
+    path = root / "checkpoints" / name
     if not path.is_file():
         return None
     try:
@@ -269,6 +269,7 @@ def _section_training(root: Path, checkpoint: dict[str, Any] | None) -> str:
         return ""
     parts = ['<section id="training"><h2>Training</h2>']
     if checkpoint is not None:
+        last = _load_checkpoint(root, "last.pt")
         classes = list(checkpoint.get("classes") or [])
         plan = checkpoint.get("postprocessing") or {}
 
@@ -281,8 +282,9 @@ def _section_training(root: Path, checkpoint: dict[str, Any] | None) -> str:
                 [
                     ("best epoch", checkpoint.get("best_epoch", "")),
                     ("best mean val Dice", _fmt(checkpoint.get("best_dice"), 4)),
-                    ("epochs run", checkpoint.get("epoch", "")),
-                    ("stopped by", checkpoint.get("stop_reason") or "running"),
+                    # best.pt holds the state at the best epoch; the run went on to last.pt's.
+                    ("epochs run", (last or checkpoint).get("epoch", "")),
+                    ("stopped by", (last or checkpoint).get("stop_reason") or "running"),
                 ]
             )
         )

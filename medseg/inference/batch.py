@@ -290,7 +290,7 @@ def discover(inputs: ScanInputs, out_dir: Path, output_format: str) -> list[Scan
     if output_format in DICOM_FORMATS:
         refused = {p: r for p in scans if (r := non_dicom_reason(p, output_format)) is not None}
         if refused and len(refused) == len(scans):
-            raise ConfigError(f"inference.output_format {output_format}: {next(iter(refused.values()))}")
+            raise ConfigError(f"inference.{next(iter(refused.values()))}")  # the reason names the key's value
         problems.update(refused)
     all_inputs = sorted({*scans, *problems})
     ids = [named[p] for p in all_inputs] if isinstance(inputs, Mapping) else unique_case_ids(all_inputs)
