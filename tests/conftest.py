@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,38 @@ def msd_ct_case(totalseg_dir: Path, root: Path, **dataset: object) -> Path:
     training = [{"image": "./imagesTr/ct.nii.gz", "label": "./labelsTr/ct.nii.gz"}]
     (root / "dataset.json").write_text(json.dumps({**dataset, "labels": labels, "training": training}))
     return root
+
+
+def nnunet_v2_copy(
+    sample_hippo: Path,
+    root: Path,
+    labels: dict[str, Any],
+    *,
+    n: int = 9,
+    label: Callable[[np.ndarray], np.ndarray] | None = None,
+    **dataset: Any,
+) -> list[str]:
+    """An nnU-Net v2 raw folder of the first ``n`` sample hippocampus cases: images linked as ``<case>_0000``,
+    labels linked, or written through ``label`` (uint8 in, same grid out); ``dataset.json`` declares ``labels`` and
+    any other ``dataset`` keys. Returns the case ids."""
+    import json
+
+    import nibabel as nib
+
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    ids = sorted(p.name[: -len(".nii.gz")] for p in (sample_hippo / "imagesTr").glob("*.nii.gz"))[:n]
+    for cid in ids:
+        (root / "imagesTr" / f"{cid}_0000.nii.gz").symlink_to(sample_hippo / "imagesTr" / f"{cid}.nii.gz")
+        source, target = sample_hippo / "labelsTr" / f"{cid}.nii.gz", root / "labelsTr" / f"{cid}.nii.gz"
+        if label is None:
+            target.symlink_to(source)
+        else:
+            img = nib.load(source)
+            nib.save(nib.Nifti1Image(label(np.asarray(img.dataobj).astype(np.uint8)), img.affine, img.header), target)
+    meta = {"channel_names": {"0": "MRI"}, "labels": labels, "numTraining": n, "file_ending": ".nii.gz", **dataset}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return ids
 
 
 def run_tiny(out: Path, *, epochs: int = 1, **data: Any) -> Any:

@@ -22,7 +22,7 @@ from medseg.losses import SegLoss, soft_dice_per_class
 from medseg.metrics import case_metrics
 from medseg.models.head import logits_to_probs, probs_to_labels, resolve_mode
 
-from .conftest import SHARED_DATA, run_tiny
+from .conftest import SHARED_DATA, nnunet_v2_copy, run_tiny
 
 BRATS = SHARED_DATA / "BraTS2015_DeepMedic_examples"
 # BraTS 2015 values: 1 necrosis, 2 oedema, 3 non-enhancing, 4 enhancing tumour.
@@ -182,21 +182,7 @@ def test_metrics_score_each_region_as_its_own_mask() -> None:
 
 def _nnunet_v2_regions(sample_hippo: Path, root: Path, n: int = 9) -> list[str]:
     """An nnU-Net v2 raw folder of ``n`` sample hippocampus cases whose dataset.json declares nested regions."""
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    ids = sorted(p.name[: -len(".nii.gz")] for p in (sample_hippo / "imagesTr").glob("*.nii.gz"))[:n]
-    for cid in ids:
-        (root / "imagesTr" / f"{cid}_0000.nii.gz").symlink_to(sample_hippo / "imagesTr" / f"{cid}.nii.gz")
-        (root / "labelsTr" / f"{cid}.nii.gz").symlink_to(sample_hippo / "labelsTr" / f"{cid}.nii.gz")
-    dataset = {
-        "channel_names": {"0": "MRI"},
-        "labels": HIPPO_LABELS,
-        "regions_class_order": HIPPO_ORDER,
-        "numTraining": n,
-        "file_ending": ".nii.gz",
-    }
-    (root / "dataset.json").write_text(json.dumps(dataset))
-    return ids
+    return nnunet_v2_copy(sample_hippo, root, HIPPO_LABELS, n=n, regions_class_order=HIPPO_ORDER)
 
 
 def test_dataset_json_regions_are_discovered_and_clash_with_label_values(sample_hippo: Path, tmp_path: Path) -> None:

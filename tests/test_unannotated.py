@@ -25,7 +25,7 @@ from medseg.errors import ConfigError
 from medseg.losses import SegLoss
 from medseg.metrics import case_metrics, dice
 
-from .conftest import run_tiny
+from .conftest import nnunet_v2_copy, run_tiny
 
 IGNORE = 3
 EVERY = 4  # every 4th slice along the last axis is annotated, as a researcher drawing every 4th slice would
@@ -39,18 +39,8 @@ def _sparse(label: np.ndarray) -> np.ndarray:
 
 def _nnunet_v2_sparse(sample_hippo: Path, root: Path, n: int = 9) -> list[str]:
     """An nnU-Net v2 raw folder of ``n`` sample cases whose labels annotate every 4th slice (``ignore`` = 3)."""
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    ids = sorted(p.name[: -len(".nii.gz")] for p in (sample_hippo / "imagesTr").glob("*.nii.gz"))[:n]
-    for cid in ids:
-        (root / "imagesTr" / f"{cid}_0000.nii.gz").symlink_to(sample_hippo / "imagesTr" / f"{cid}.nii.gz")
-        img = nib.load(sample_hippo / "labelsTr" / f"{cid}.nii.gz")
-        label = np.asarray(img.dataobj).astype(np.uint8)
-        nib.save(nib.Nifti1Image(_sparse(label), img.affine, img.header), root / "labelsTr" / f"{cid}.nii.gz")
     labels = {"background": 0, "Anterior": 1, "Posterior": 2, "ignore": IGNORE}
-    dataset = {"channel_names": {"0": "MRI"}, "labels": labels, "numTraining": n, "file_ending": ".nii.gz"}
-    (root / "dataset.json").write_text(json.dumps(dataset))
-    return ids
+    return nnunet_v2_copy(sample_hippo, root, labels, n=n, label=_sparse)
 
 
 def test_dataset_json_ignore_label_is_no_class() -> None:

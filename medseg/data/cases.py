@@ -496,7 +496,8 @@ def _discover_msd(
     labels = ds.get("labels")
     as_dict: dict[str, Any] = labels if isinstance(labels, dict) else {}
     declares_regions = any(isinstance(v, list) for v in as_dict.values())
-    own = _own_labels(cfg, as_dict) if cfg is not None and declares_regions else None
+    region_names = [str(n) for n, v in as_dict.items() if v not in (0, [0])]  # all but background
+    own = _own_labels(cfg, region_names) if cfg is not None and declares_regions else None
     regions: Regions | None = None
     classes: list[str] | None
     values: list[int] | None
@@ -504,7 +505,7 @@ def _discover_msd(
         log.warning(
             "%s replaces the regions %s that '%s' declares%s",
             own,
-            [n for n, v in as_dict.items() if v not in (0, [0])],
+            region_names,
             source,
             "" if own == "data.regions" else ": plain classes are trained (to keep the regions, leave it unset)",
         )
@@ -545,13 +546,12 @@ def _discover_msd(
     return cases, classes, values, regions
 
 
-def _own_labels(cfg: DataConfig, labels: dict[str, Any]) -> str | None:
-    """The config key that replaces the regions ``dataset.json`` declares (``labels``), or ``None``: the config is
-    how a user corrects a set's regions (``data.regions``) or trains plain classes from its files
+def _own_labels(cfg: DataConfig, names: list[str]) -> str | None:
+    """The config key that replaces the regions ``dataset.json`` declares (named ``names``), or ``None``: the config
+    is how a user corrects a set's regions (``data.regions``) or trains plain classes from its files
     (``data.classes``). ``data.classes`` that only repeat the regions' names (background first) keep them."""
     if cfg.regions is not None:
         return "data.regions"
-    names = [str(n) for n, v in labels.items() if v not in (0, [0])]
     if cfg.classes is not None and [c.casefold() for c in cfg.classes[1:]] != [n.casefold() for n in names]:
         return "data.classes"
     return None

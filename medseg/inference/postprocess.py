@@ -15,8 +15,8 @@ The order is fixed: largest component first, then fill holes (holes of removed i
 With overlapping regions (``membership``, ``medseg.data.regions``) a step acts on a region's mask (every voxel
 whose painted class lies inside it), as nnU-Net's region postprocessing does: voxels of a region outside its
 largest component become background (whatever region they were painted as), and background holes enclosed by
-a region are painted as the innermost region enclosing them. Steps on one region then change the others' masks too, so
-:func:`decide_postprocessing` judges each region's step by the mean Dice over all regions.
+a region are painted as the innermost region enclosing them. Steps on one region then change the others' masks
+too, so :func:`decide_postprocessing` judges each region's step by the mean Dice over all regions.
 
 :func:`decide_postprocessing` compares mean validation Dice per class with and without each step and enables a
 step for a class only where it strictly improves that class's mean Dice (each step changes only its own class's
