@@ -6,6 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 from medseg.config import config_from_dict
@@ -34,6 +36,19 @@ def test_plan_stage_writes_the_plan_training_writes_and_trains_nothing(sample_hi
     assert [c.id for c in planned.val_cases] == [c.id for c in trained.val_cases]  # the same split
     plan, train_plan = (json.loads((tmp_path / d / "plan.json").read_text()) for d in ("plan", "train"))
     assert plan == train_plan  # the same reading, normalisation and decisions
+    # What the network predicts is part of the plan: classes as stored, the loss mode and the class weights,
+    # the weights equal to inverse voxel frequency over the training labels (mean 1, clipped), recomputed here.
+    labels = plan["labels"]
+    assert labels["classes"] == ["background", "Anterior", "Posterior"] and labels["stored_values"] == [0, 1, 2]
+    assert labels["regions"] is None and labels["ignore_label"] is None and labels["loss_mode"] == "sigmoid"
+    counts = np.zeros(3)
+    for case in planned.train_cases:
+        counts += np.bincount(np.asarray(nib.load(case.label).dataobj).astype(int).ravel(), minlength=3)
+    inverse = counts.sum() / counts
+    expected = np.clip(inverse / inverse.mean(), 0.2, 5.0)
+    assert list(labels["class_weights"].values()) == pytest.approx(expected.tolist(), abs=1e-4)
+    assert plan["reasons"]["loss_mode"] == "2 classes (up to 4): a sigmoid output each (loss.mode: auto)"
+    assert plan["reasons"]["class_weights"].startswith("inverse voxel frequency (the training labels' voxels")
     assert plan["axes"].startswith("slice_axis, spacings, shapes and target_spacing are in closest-RAS voxel order")
     assert order_stages(["train", "plan", "predict"]) == ["train", "predict"]  # training plans first anyway
 

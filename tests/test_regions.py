@@ -232,7 +232,11 @@ def test_region_set_trains_predicts_and_evaluates_per_region(sample_hippo: Path,
             assert int(predicted[cid][f"voxels_{name}"]) == int(p.sum())
             assert float(row["vol_gt_ml"]) == pytest.approx(g.sum() * voxel_ml)
     # The plan's statistics and the QC reference count each region's voxels too.
-    fingerprint = json.loads((run / "plan.json").read_text())["fingerprint"]
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["labels"]["regions"] == {"hippocampus": [1, 2], "posterior": [2]}
+    assert plan["labels"]["regions_class_order"] == [1, 2] and plan["labels"]["loss_mode"] == "regions"
+    assert "each region's own voxels" in plan["reasons"]["class_weights"]
+    fingerprint = plan["fingerprint"]
     frequencies = fingerprint["class_frequencies"]
     assert frequencies["hippocampus"] > frequencies["posterior"] > 0
     assert frequencies["background"] + frequencies["hippocampus"] == pytest.approx(1.0)  # they split the voxels

@@ -72,6 +72,9 @@ class Plan:
         normalization: Per channel, the normalisation parameters (``NormalizationParams.to_dict()``).
         reasons: Per decision, why it was taken.
         fingerprint: ``Fingerprint.to_dict()`` of the training cases.
+        labels: What the network predicts and how it is trained for it (:func:`label_plan`): classes, the values
+            label files store them as, regions, the ignore label, the loss mode and the class weights. ``None`` in
+            plans written before it was recorded.
     """
 
     slice_axis: int
@@ -82,6 +85,7 @@ class Plan:
     normalization: list[dict[str, Any]] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)
     fingerprint: dict[str, Any] | None = None
+    labels: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (``plan.json`` and the checkpoint's ``plan``)."""
@@ -93,6 +97,7 @@ class Plan:
             "channels": list(self.channels),
             "normalization": [dict(n) for n in self.normalization],
             "reasons": dict(self.reasons),
+            "labels": self.labels,
             "fingerprint": self.fingerprint,
         }
 
@@ -114,6 +119,7 @@ class Plan:
                 normalization=list(data.get("normalization", [])),
                 reasons=dict(data.get("reasons", {})),
                 fingerprint=data.get("fingerprint"),
+                labels=data.get("labels"),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"{source}: bad 'plan' entry: {err!r}") from None
@@ -289,6 +295,62 @@ def make_plan(
         reasons=reasons,
         fingerprint=fingerprint.to_dict(),
     )
+
+
+def label_plan(
+    classes: Sequence[str],
+    *,
+    label_values: Sequence[int] | None,
+    regions: dict[str, list[Any]] | None,
+    ignore_label: int | None,
+    loss_mode: str,
+    loss_mode_reason: str,
+    class_weights: Sequence[float] | None,
+    class_weights_setting: str | Sequence[float],
+    class_weight_range: Sequence[float],
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The plan's ``labels`` entry and the reasons for its two decisions (loss mode, class weights).
+
+    Args:
+        classes: Class names, background first (background and the regions with ``regions``).
+        label_values: The value each class is stored as in the label files; ``None`` = class k is stored as k.
+        regions: ``Regions.to_stored()``, or ``None`` for plain classes.
+        ignore_label: The value of unannotated voxels, or ``None``.
+        loss_mode: ``loss.mode`` as decided.
+        loss_mode_reason: Why (``medseg.models.head.resolve_mode``).
+        class_weights: The weights the loss uses (background first), or ``None``.
+        class_weights_setting: ``loss.class_weights`` as configured.
+        class_weight_range: ``loss.class_weight_range``.
+
+    Returns:
+        ``(labels, reasons)``: the entry, and ``{"loss_mode": ..., "class_weights": ...}``.
+    """
+    stored = list(range(len(classes))) if label_values is None else [int(v) for v in label_values]
+    labels: dict[str, Any] = {
+        "classes": list(classes),
+        "stored_values": stored,
+        "regions": None
+        if regions is None
+        else {name: list(members) for name, members in zip(regions["names"], regions["members"], strict=True)},
+        "regions_class_order": None if regions is None else list(regions["paint"]),
+        "ignore_label": ignore_label,
+        "loss_mode": loss_mode,
+        "class_weights": None
+        if class_weights is None
+        else {name: round(float(w), 4) for name, w in zip(classes, class_weights, strict=True)},
+    }
+    if isinstance(class_weights_setting, str) and class_weights_setting == "auto":
+        low, high = (float(v) for v in class_weight_range)
+        counted = "each region's own voxels" if regions is not None else "the training labels' voxels per class"
+        weights_reason = (
+            f"inverse voxel frequency ({counted}{', annotated voxels only' if ignore_label is not None else ''}), "
+            f"normalised to mean 1 and clipped to [{low:g}, {high:g}] (loss.class_weights: auto)"
+        )
+    elif class_weights is None:
+        weights_reason = "none: every class weighs the same (loss.class_weights: none)"
+    else:
+        weights_reason = "set in the config (loss.class_weights)"
+    return labels, {"loss_mode": loss_mode_reason, "class_weights": weights_reason}
 
 
 #: How to read the axes of a plan (written at the top of ``plan.json``).

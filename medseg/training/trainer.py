@@ -58,7 +58,7 @@ from medseg.data.foreground import check_foreground
 from medseg.data.label_reading import LabelReading
 from medseg.data.memory import choose_cache_dir
 from medseg.data.modality import dataset_modality
-from medseg.data.plan import Plan, write_plan
+from medseg.data.plan import Plan, label_plan, write_plan
 from medseg.data.prepare import PreparedData, Reader, default_reader, prepare_training_data
 from medseg.data.sampling import foreground_sampler
 from medseg.data.splits import split_cases
@@ -404,8 +404,6 @@ class Trainer:
         self.skipped = [*spec.skipped, *data.skipped]
         assert data.plan is not None
         self.plan = data.plan
-        if self.main:
-            write_plan(self.plan, Path(cfg.output.dir) / "plan.json", self.skipped)
         self.train_cases = [p.case for p in data.train if p.case is not None]
         if data.val and not any(p.annotated.any() for p in data.val if p.label is not None):
             # Validation cases that annotate no voxel give no Dice: no best.pt would ever be written.
@@ -444,6 +442,27 @@ class Trainer:
                 unannotated=self.label_reading.ignore is not None,
                 membership=self.membership,
             )
+        # What the network predicts and how it is trained for it joins the plan; plan.json is written only now.
+        self.plan.labels, reasons = label_plan(
+            self.classes,
+            label_values=self.label_values,
+            regions=None if spec.regions is None else spec.regions.to_stored(),
+            ignore_label=spec.ignore_label,
+            loss_mode=self.mode,
+            loss_mode_reason=self.mode_reason,
+            class_weights=None if self.class_weights is None else self.class_weights.tolist(),
+            class_weights_setting=cfg.loss.class_weights,
+            class_weight_range=cfg.loss.class_weight_range,
+        )
+        self.plan.reasons.update(reasons)
+        if self.main:
+            write_plan(self.plan, Path(cfg.output.dir) / "plan.json", self.skipped)
+            listed = None if self.class_weights is None else self.class_weights.tolist()
+            weights = class_weights_text(self.classes, listed, self.mode)
+            log.info("Loss: %s, %s; class weights: %s", self.mode, self.mode_reason, weights)
+            described = self.label_reading.describe(self.classes)
+            if described:
+                log.info("%s", described)
         # The sampler hook: rank/world_size shard each epoch's sequence (DDP needs nothing else here).
         # An epoch is one draw per slice that holds annotated voxels (every slice, unless some are unannotated).
         base = foreground_sampler(
@@ -563,12 +582,6 @@ class Trainer:
     def _log_setup(self) -> None:
         if not self.main:
             return
-        listed = None if self.class_weights is None else self.class_weights.tolist()
-        weights = class_weights_text(self.classes, listed, self.mode)
-        log.info("Loss: %s, %s; class weights: %s", self.mode, self.mode_reason, weights)
-        described = self.label_reading.describe(self.classes)
-        if described:
-            log.info("%s", described)
         log.info(
             "Training on %s (%s%s), %d worker(s); %d training slices from %d cases (patch %s), %d validation cases",
             self.device,
