@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from medseg.config import Config
+from medseg.data.fingerprint import FingerprintAccumulator
 from medseg.errors import (
     BadCaseError,
     ColourImageError,
@@ -115,6 +116,12 @@ def test_sheared_scan_warns_and_volumes_use_det(
     assert counted, "the untrained model should label some voxels"
     for name in counted:
         assert float(row[f"volume_ml_{name}"]) == pytest.approx(int(row[f"voxels_{name}"]) * det / 1000, abs=1e-4)
+    # QC measures the same volumes (its flags quote them beside the table's).
+    mask = load_volume(out / f"{CASE}.nii.gz", label=True)
+    predictor.qc_reference = {"classes": list(predictor.classes)}  # QC on; no reference numbers are needed here
+    qc = predictor.assess_quality(volume, np.asarray(mask.array), None)
+    for name in counted:
+        assert qc.features[f"volume_ml_{name}"] == pytest.approx(float(row[f"volume_ml_{name}"]), abs=1e-4)
 
     # Evaluation of a label on the sheared grid: volume from |det| too.
     labels = np.asanyarray(nib.load(sample_hippo / "labelsTr" / f"{CASE}.nii.gz").dataobj).astype(np.uint8)
@@ -125,6 +132,12 @@ def test_sheared_scan_warns_and_volumes_use_det(
     for r in rows:
         n = int((labels == ["background", "anterior", "posterior"].index(r["class"])).sum())
         assert float(r["vol_gt_ml"]) == pytest.approx(n * det / 1000, rel=1e-6)
+
+    # The plan's per-class volumes of training labels on a sheared grid: |det| too.
+    fingerprint = FingerprintAccumulator(["background", "anterior", "posterior"])
+    fingerprint.add(CASE, np.asarray(volume.array), labels, volume.spacing, volume.voxel_volume)
+    volumes = fingerprint.result().class_volumes_ml()
+    assert volumes["anterior"]["median"] == pytest.approx(int((labels == 1).sum()) * det / 1000, rel=1e-6)
 
 
 def test_case_metrics_volume_uses_given_voxel_volume() -> None:

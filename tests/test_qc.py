@@ -40,8 +40,8 @@ def _reference_from_labels(cases: list[tuple[Path, Path]]) -> dict:
         v, lab = load_volume(image), load_volume(label)
         imgs.append(intensity_features(np.asarray(v.array)))
         geom.append(geometry_features(v.spacing, v.shape))
-        vols.append(label_volumes_ml(np.asarray(lab.array), lab.spacing, CLASSES))
-        out = output_features(np.asarray(lab.array), None, lab.spacing, CLASSES)
+        vols.append(label_volumes_ml(np.asarray(lab.array), lab.voxel_volume, CLASSES))
+        out = output_features(np.asarray(lab.array), None, lab.voxel_volume, CLASSES)
         out.update(mean_confidence=0.90 + 0.005 * (i % 3), mean_entropy=0.30 + 0.01 * (i % 3))
         outs.append(out)
     return build_reference(CLASSES, imgs, geom, vols, outs)
@@ -56,7 +56,7 @@ def _features(image: Path, labels: np.ndarray, confidence: float = 0.9, entropy:
     v = load_volume(image)
     feats = intensity_features(np.asarray(v.array))
     feats.update(geometry_features(v.spacing, v.shape))
-    feats.update(output_features(labels, None, v.spacing, CLASSES))
+    feats.update(output_features(labels, None, v.voxel_volume, CLASSES))
     feats.update(mean_confidence=confidence, mean_entropy=entropy)
     return feats
 
@@ -215,8 +215,8 @@ def test_confidence_maps_give_the_features_of_the_probabilities(rng: np.random.G
     conf, entropy = voxel_confidence(probs)
     assert float(conf.min()) >= 1 / 3 - 1e-6 and float(conf.max()) <= 1 + 1e-6
     assert float(entropy.min()) >= 0 and float(entropy.max()) <= 1 + 1e-6
-    exact = output_features(labels, probs, (1.0, 1.0, 1.0), CLASSES)
-    approx = output_features(labels, None, (1.0, 1.0, 1.0), CLASSES, confidence=maps)
+    exact = output_features(labels, probs, 1.0, CLASSES)
+    approx = output_features(labels, None, 1.0, CLASSES, confidence=maps)
     assert set(exact) == set(approx)
     for key in ("mean_confidence", "mean_entropy"):
         assert approx[key] == pytest.approx(exact[key], abs=1e-3), key
@@ -288,8 +288,8 @@ def test_slab_maps_are_computed_over_the_foreground_box_of_each_piece(axis: int,
         post = fill_holes(keep_largest_component(labels, [1]), [1], hole_axis)
         assert not np.array_equal(post, labels)
         assert computed[post > 0].all()
-        fast = output_features(post, None, (1.0, 1.0, 1.0), ("background", "fg"), confidence=maps)
-        full = output_features(post, None, (1.0, 1.0, 1.0), ("background", "fg"), confidence=whole)
+        fast = output_features(post, None, 1.0, ("background", "fg"), confidence=maps)
+        full = output_features(post, None, 1.0, ("background", "fg"), confidence=whole)
         assert fast == full
 
 
@@ -319,7 +319,7 @@ def test_confidence_maps_cover_the_foreground_postprocessing_leaves() -> None:
     holes_3d = fill_holes(keep_largest_component(raw, fg_classes), fg_classes, None)
     assert computed[holes_3d > 0].all()
     whole = ConfidenceMaps.from_probs(predictor.predict_proba(volume))
-    fast = output_features(labels, None, volume.spacing, predictor.classes, confidence=maps)
-    full = output_features(labels, None, volume.spacing, predictor.classes, confidence=whole)
+    fast = output_features(labels, None, volume.voxel_volume, predictor.classes, confidence=maps)
+    full = output_features(labels, None, volume.voxel_volume, predictor.classes, confidence=whole)
     assert np.isfinite(fast["mean_confidence"]) and np.isfinite(fast["mean_entropy"])
     assert fast == pytest.approx(full, abs=1e-6)

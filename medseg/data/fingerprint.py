@@ -35,6 +35,8 @@ class CaseFingerprint:
         class_voxels: Voxels per class (background first).
         scan_min: Per channel, the lowest raw intensity of the whole scan (CT: air, about -1000 HU, or the
             scanner's padding value below it).
+        voxel_mm3: Volume of one voxel (``Volume.voxel_volume``, ``|det|``: less than the product of the spacing
+            on a sheared grid); ``None`` = that product.
     """
 
     id: str
@@ -42,6 +44,13 @@ class CaseFingerprint:
     spacing: tuple[float, float, float]
     class_voxels: tuple[int, ...]
     scan_min: tuple[float, ...] = ()
+    voxel_mm3: float | None = None
+
+    @property
+    def voxel_ml(self) -> float:
+        """Volume of one voxel in mL."""
+        mm3 = float(np.prod(self.spacing)) if self.voxel_mm3 is None else float(self.voxel_mm3)
+        return mm3 / 1000.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -83,6 +92,7 @@ class FingerprintAccumulator:
         image: np.ndarray,
         label: np.ndarray | None,
         spacing: Sequence[float] | np.ndarray,
+        voxel_mm3: float | None = None,
     ) -> None:
         """Adds one case.
 
@@ -91,6 +101,7 @@ class FingerprintAccumulator:
             image: Raw intensities ``(I, J, K)`` (one channel) or ``(C, I, J, K)``.
             label: Labels ``(I, J, K)`` or ``None``.
             spacing: Voxel size in mm.
+            voxel_mm3: Volume of one voxel (``Volume.voxel_volume``); ``None`` = the product of ``spacing``.
         """
         arr = np.asarray(image)
         chans = arr[None] if arr.ndim == 3 else arr
@@ -117,6 +128,7 @@ class FingerprintAccumulator:
                 spacing=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
                 class_voxels=tuple(int(v) for v in counts),
                 scan_min=tuple(float(np.min(chans[c])) for c in range(chans.shape[0])),
+                voxel_mm3=None if voxel_mm3 is None else float(voxel_mm3),
             )
         )
 
@@ -187,7 +199,7 @@ class Fingerprint:
     def class_volumes_ml(self) -> dict[str, dict[str, float]]:
         """Per foreground class: median, min and max volume in mL over the training cases."""
         out: dict[str, dict[str, float]] = {}
-        voxel_ml = np.prod(self.spacings, axis=1) / 1000.0
+        voxel_ml = np.array([c.voxel_ml for c in self.cases])  # |det| per case: right on sheared grids too
         counts = np.array([c.class_voxels for c in self.cases], dtype=np.float64)
         for i, name in enumerate(self.classes):
             if i == 0:

@@ -236,7 +236,7 @@ def _read_image(case: Case, reader: Reader, channels: Sequence[str]) -> tuple[Vo
 
     paths = list(case.channel_files) or [case.image]
     stack = load_channels(paths, channels, reader, case_id=case.id)
-    return stack.reference, stack.array()
+    return stack.reference, stack.stacked()
 
 
 @dataclass(frozen=True)
@@ -342,7 +342,7 @@ def _load_all(
             continue
         raw = multi if multi is not None else image.array
         if fingerprint is not None:  # raw intensities, closest-RAS geometry: what the plan is decided from
-            fingerprint.add(case.id, raw, label, image.spacing)
+            fingerprint.add(case.id, raw, label, image.spacing, image.voxel_volume)
         if ct_acc is not None:  # fitted on the annotated foreground: unannotated voxels are no class's
             fitted_on = without_unannotated(label, case_reader.n_classes or 2) if label is not None else None
             ct_acc.add(image.array, fitted_on, source=case.image)

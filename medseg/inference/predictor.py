@@ -642,6 +642,7 @@ class Predictor:
             labels,
             probs,
             self.classes,
+            voxel_mm3=volume.voxel_volume,
             confidence=confidence,
             membership=self.membership,
         )

@@ -152,14 +152,14 @@ def geometry_features(spacing: Sequence[float] | np.ndarray, shape: Sequence[int
 
 def label_volumes_ml(
     labels: np.ndarray,
-    spacing: Sequence[float] | np.ndarray,
+    voxel_mm3: float,
     classes: Sequence[str],
     membership: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Volume in mL of each foreground class of a label volume (of each region, with ``membership``:
-    ``Regions.membership``)."""
+    ``Regions.membership``); ``voxel_mm3`` is ``Volume.voxel_volume`` (``|det|``, as ``predictions.csv`` counts)."""
     counts = per_region(class_voxel_counts(labels, len(classes)), membership)
-    voxel_ml = float(np.prod(np.asarray(spacing, dtype=np.float64))) / 1000.0
+    voxel_ml = float(voxel_mm3) / 1000.0
     return {name: float(counts[i]) * voxel_ml for i, name in enumerate(classes) if i > 0}
 
 
@@ -288,7 +288,7 @@ class ConfidenceMaps:
 def output_features(
     labels: np.ndarray,
     probs: np.ndarray | None,
-    spacing: Sequence[float] | np.ndarray,
+    voxel_mm3: float,
     classes: Sequence[str],
     *,
     confidence: ConfidenceMaps | None = None,
@@ -299,7 +299,7 @@ def output_features(
     Args:
         labels: ``(I, J, K)`` predicted labels.
         probs: ``(n_classes, I, J, K)`` probabilities on the same grid, or ``None``.
-        spacing: Voxel size in mm.
+        voxel_mm3: Volume of one voxel in mm³ (``Volume.voxel_volume``).
         classes: Class names, background first.
         confidence: Instead of ``probs``: their :class:`ConfidenceMaps` on the same grid.
         membership: Overlapping regions (``Regions.membership``): volumes and components are each region's, and
@@ -312,7 +312,7 @@ def output_features(
     """
     labels = np.asarray(labels)
     out: dict[str, float] = {}
-    for name, ml in label_volumes_ml(labels, spacing, classes, membership).items():
+    for name, ml in label_volumes_ml(labels, voxel_mm3, classes, membership).items():
         out[f"volume_ml_{name}"] = ml
     counts = component_counts(labels, range(1, len(classes)), membership)
     for name, n in zip(classes[1:], counts, strict=True):
@@ -526,12 +526,13 @@ def scan_features(
     probs: np.ndarray | None,
     classes: Sequence[str],
     *,
+    voxel_mm3: float,
     confidence: ConfidenceMaps | None = None,
     membership: np.ndarray | None = None,
 ) -> dict[str, float]:
     """All QC numbers of one scan: intensity, geometry (pass closest-RAS ``spacing``/``shape``) and output
-    (per region with ``membership``)."""
+    (per region with ``membership``; volumes from ``voxel_mm3``, ``Volume.voxel_volume``)."""
     out = intensity_features(image)
     out.update(geometry_features(spacing, shape))
-    out.update(output_features(labels, probs, spacing, classes, confidence=confidence, membership=membership))
+    out.update(output_features(labels, probs, voxel_mm3, classes, confidence=confidence, membership=membership))
     return out

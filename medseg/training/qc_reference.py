@@ -76,7 +76,7 @@ class RecordingReader:
             if annotated_mask(labels, len(self.classes)) is None:  # a partly annotated label's volumes are not true
                 regions = self.label_reading.regions
                 membership = None if regions is None else regions.membership()
-                self.labels[key] = label_volumes_ml(labels, volume.spacing, self.classes, membership)
+                self.labels[key] = label_volumes_ml(labels, volume.voxel_volume, self.classes, membership)
         elif not channel:  # a 4D file's first channel: the one QC measures at prediction (a case's reference)
             canon, _ = to_canonical(volume)
             feats = intensity_features(np.asarray(volume.array))
@@ -124,10 +124,10 @@ def validation_outputs(
         else:
             read = reader(case.image)
         mask, maps = predictor.predict_with_confidence(read)
-        spacing = read.reference.spacing if isinstance(read, ChannelStack) else read.spacing
         labels = np.asarray(mask.array)
         membership = predictor.membership
-        out.append(output_features(labels, None, spacing, predictor.classes, confidence=maps, membership=membership))
+        voxel = mask.voxel_volume  # the scan's grid: |det|, as predictions.csv counts volumes
+        out.append(output_features(labels, None, voxel, predictor.classes, confidence=maps, membership=membership))
     return out
 
 
