@@ -169,7 +169,8 @@ def test_report_and_curves_of_a_run_with_many_classes(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     history = TrainingLog(tmp_path / "train", classes, tensorboard=False)
     for epoch in range(1, 4):
-        row: dict[str, object] = {"epoch": epoch, "lr": 1e-3, "train_loss": 1.0 / epoch, "val_dice_mean": 0.4}
+        lr = 1e-3 * 0.1 ** (epoch - 1)  # 1e-3, 1e-4, 1e-5: the report must not print 0.000 for them
+        row: dict[str, object] = {"epoch": epoch, "lr": lr, "train_loss": 1.0 / epoch, "val_dice_mean": 0.4}
         row.update({f"val_dice_{c}": float(rng.random()) for c in classes[1:]})
         row.update({"seconds": 1.0, "slices_per_s": 10.0, "data_wait_share": 0.0, "steps": 3})
         with warnings.catch_warnings():
@@ -196,6 +197,9 @@ def test_report_and_curves_of_a_run_with_many_classes(tmp_path: Path) -> None:
         warnings.simplefilter("error")
         page = render_report(tmp_path)
     assert "41 classes sorted by mean Dice: the structures that fail sit at the left" in page
+    epochs = page[page.index("Per-epoch table") :].split("</table>")[0]
+    for lr in ("0.001", "0.0001", "1e-05"):
+        assert f'<td class="num" data-v="{float(lr):.6g}">{lr}</td>' in epochs
     per_class = page[page.index("<h3>Per class</h3>") :].split("</table>")[0]
     assert per_class.count("<tr>") == 1 + 41  # the header and one row per class, not one per class and metric
     assert per_class.count("pred_empty 1") == 41

@@ -152,7 +152,9 @@ def _fmt(value: Any, digits: int = 3) -> str:
         return html.escape(str(value or ""))
     if float(number).is_integer() and abs(number) < 1e9:
         return str(int(number))
-    return f"{number:.{digits}g}" if abs(number) >= 1000 else f"{number:.{digits}f}"
+    # Significant digits for large and for small numbers: a learning rate of 1e-4 is not 0.000.
+    tiny = 0 < abs(number) < 0.01
+    return f"{number:.{digits}g}" if abs(number) >= 1000 or tiny else f"{number:.{digits}f}"
 
 
 def _e(text: Any) -> str:

@@ -69,8 +69,8 @@ class ChannelStack:
         """The first channel's file."""
         return self.reference.source
 
-    def array(self) -> np.ndarray:
-        """``(C, I, J, K)`` stacked voxel values (a new array)."""
+    def stacked(self) -> np.ndarray:
+        """``(C, I, J, K)`` stacked voxel values (a new array; a method, unlike ``Volume.array``, since it copies)."""
         return np.stack([np.asarray(v.array) for v in self.volumes])
 
 
