@@ -151,7 +151,7 @@ def _with_type2(datasets: Sequence[Dataset]) -> list[Dataset]:
 
 
 def _frames(array: np.ndarray, src: SourceSeries) -> np.ndarray:
-    return np.stack([src.frame(array, n) for n in range(len(src.datasets))])
+    return np.stack([src.frame(array, n) for n in src.writing_order()])
 
 
 def save_dicom_seg(
@@ -254,7 +254,7 @@ def save_dicom_seg(
 
 def _segmentation(hd, src, pixels, seg_type, descriptions, options):
     return hd.seg.Segmentation(
-        source_images=_with_type2(src.datasets),
+        source_images=_with_type2(src.instances),
         pixel_array=pixels,
         segmentation_type=seg_type,
         segment_descriptions=descriptions,
@@ -297,8 +297,9 @@ def load_dicom_seg(
         Label volume on ``reference``'s grid (FRACTIONAL segments thresholded at 0.5); ``source`` is ``path``.
 
     Raises:
-        ForeignReferenceError: Another frame of reference or series, frames referencing instances the series
-            does not hold, frames of another size, or frames without a ReferencedSOPInstanceUID.
+        ForeignReferenceError: Another frame of reference or series, frames referencing instances (or frames of
+            a multi-frame image) the series does not hold, frames of another size, or frames without a
+            ReferencedSOPInstanceUID (and, on a multi-frame image, a ReferencedFrameNumber).
         SegmentNameError: Unknown (unless ``ignore_unlisted``) or missing segment names.
     """
     import highdicom as hd
@@ -317,37 +318,58 @@ def load_dicom_seg(
     ref_series = [str(s.SeriesInstanceUID) for s in seg.get("ReferencedSeriesSequence", [])]
     if ref_series and src.series_uid not in ref_series:
         raise ForeignReferenceError(f"{where}: it references series {ref_series}, the image is {src.series_uid}")
-    uids = src.sop_uids
-    referenced: list[str] = []
+    referenced: list[tuple[str, int | None]] = []
     for n, item in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
         try:
-            referenced.append(str(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID))
+            source = item.DerivationImageSequence[0].SourceImageSequence[0]
+            uid = str(source.ReferencedSOPInstanceUID)
         except (AttributeError, IndexError) as exc:
             raise ForeignReferenceError(
                 f"{where}: frame {n} has no ReferencedSOPInstanceUID, so it cannot be placed on a source slice"
             ) from exc
-    foreign = sorted(set(referenced) - set(uids))
+        # A frame of a multi-frame source is named by its number as well; a single-frame source's by none.
+        number = source.get("ReferencedFrameNumber") if src.multi_frame else None
+        if src.multi_frame and number in (None, ""):
+            raise ForeignReferenceError(
+                f"{where}: frame {n} references the multi-frame image {uid} without a ReferencedFrameNumber, so it "
+                "cannot be placed on one of its frames"
+            )
+        referenced.append((uid, None if number is None else int(number)))
+    planes = {ref: src.plane_index(*ref) for ref in set(referenced)}
+    foreign = sorted((uid, frame or 0) for (uid, frame), plane in planes.items() if plane is None)
     if foreign:
+        frame = f" frame {foreign[0][1]}" if src.multi_frame else ""  # frame numbers only exist there
         raise ForeignReferenceError(
-            f"{where}: {len(foreign)} referenced instance(s) are not in the series, e.g. {foreign[0]}"
+            f"{where}: {len(foreign)} referenced instance(s) or frame(s) are not in the series, e.g. "
+            f"{foreign[0][0]}{frame}"
         )
-    rows, cols = int(src.datasets[0].Rows), int(src.datasets[0].Columns)
+    rows, cols = src.rows_columns(0)
     if (int(seg.Rows), int(seg.Columns)) != (rows, cols):
         raise ForeignReferenceError(f"{where}: frames are {seg.Rows}x{seg.Columns}, the series' slices {rows}x{cols}")
     labels = [str(s.SegmentLabel) for s in seg.SegmentSequence]
     classes_of = segment_classes(labels, classes, path, "segment(s)", ignore_unlisted=ignore_unlisted, aliases=aliases)
     kept = [(int(s.SegmentNumber), c) for s, c in zip(seg.SegmentSequence, classes_of, strict=True) if c]
     numbers, class_of = [n for n, _ in kept], [c for _, c in kept]
-    present = [u for u in uids if u in set(referenced)]
-    # (instances, rows, columns, segments); fractional values rescaled to 0..1.
-    pixels = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=present, segment_numbers=numbers, skip_overlap_checks=True
-    )
+    present = sorted({plane for plane in planes.values() if plane is not None})  # plane indices, in order
+    # (planes, rows, columns, segments); fractional values rescaled to 0..1.
+    if src.multi_frame:
+        pixels = seg.get_pixels_by_source_frame(
+            source_sop_instance_uid=src.sop_uids[0],
+            source_frame_numbers=[int(src.frame_numbers[n] or 0) for n in present],
+            segment_numbers=numbers,
+            skip_overlap_checks=True,
+        )
+    else:
+        pixels = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=[src.sop_uids[n] for n in present],
+            segment_numbers=numbers,
+            skip_overlap_checks=True,
+        )
     per_class = []
     for s, cls in enumerate(class_of):
         volume = np.zeros(reference.shape, dtype=bool)
-        for m, uid in enumerate(present):
-            src.put(volume, uids.index(uid), np.asarray(pixels[m, ..., s]) >= 0.5)
+        for m, plane in enumerate(present):
+            src.put(volume, plane, np.asarray(pixels[m, ..., s]) >= 0.5)
         per_class.append((cls, volume))
     return Volume(
         array=combine_masks(per_class, reference.shape, path, "segment", nested),

@@ -38,7 +38,7 @@ from medseg.errors import ContourOutsideImageError, ForeignReferenceError, Geome
 from medseg.io.atomic import atomic_path
 from medseg.io.dicom_seg import SEGMENT_COLOURS as _COLOURS
 from medseg.io.dicom_seg import DicomWriteOptions, _version, fit_lo
-from medseg.io.dicom_source import RTSTRUCT_SOP_CLASS, SourceSeries, pixel_to_lps, source_series
+from medseg.io.dicom_source import RTSTRUCT_SOP_CLASS, SourceSeries, source_series
 from medseg.io.structure_masks import combine_masks, segment_classes
 from medseg.volume import Volume
 
@@ -168,13 +168,7 @@ def save_rtstruct(
                                     _item(
                                         SeriesInstanceUID=src.series_uid,
                                         ContourImageSequence=DicomSequence(
-                                            [
-                                                _item(
-                                                    ReferencedSOPClassUID=d.SOPClassUID,
-                                                    ReferencedSOPInstanceUID=d.SOPInstanceUID,
-                                                )
-                                                for d in src.datasets
-                                            ]
+                                            [_image_reference(src, n) for n in range(len(src.datasets))]
                                         ),
                                     )
                                 ]
@@ -200,15 +194,13 @@ def save_rtstruct(
         )
         items = []
         binary = mask == number if segments is None else np.asarray(segments[number - 1], dtype=bool)
-        for n, d in enumerate(src.datasets):
-            to_lps = pixel_to_lps(d)
+        for n in range(len(src.datasets)):
+            to_lps = src.matrices[n]
             for c in _slice_contours(src.frame(binary, n)):
                 points = (to_lps @ np.c_[c, np.zeros(len(c)), np.ones(len(c))].T)[:3].T
                 items.append(
                     _item(
-                        ContourImageSequence=DicomSequence(
-                            [_item(ReferencedSOPClassUID=d.SOPClassUID, ReferencedSOPInstanceUID=d.SOPInstanceUID)]
-                        ),
+                        ContourImageSequence=DicomSequence([_image_reference(src, n)]),
                         ContourGeometricType="CLOSED_PLANAR",
                         NumberOfContourPoints=len(points),
                         ContourData=[f"{v:.4f}" for v in points.ravel()],
@@ -235,12 +227,22 @@ def save_rtstruct(
     return path
 
 
+def _image_reference(src: SourceSeries, n: int) -> Dataset:
+    """A ContourImageSequence item naming plane ``n``: its instance, and its frame in a multi-frame one."""
+    d = src.datasets[n]
+    item = _item(ReferencedSOPClassUID=d.SOPClassUID, ReferencedSOPInstanceUID=d.SOPInstanceUID)
+    number = src.frame_numbers[n]
+    if number is not None:
+        item.ReferencedFrameNumber = number
+    return item
+
+
 def _slice_of_contour(
     points: np.ndarray, item: Dataset, src: SourceSeries, path: Path, what: str
 ) -> tuple[int, np.ndarray]:
-    """The source instance a contour lies on, and its points as (column, row) pixel coordinates there."""
+    """The source plane a contour lies on, and its points as (column, row) pixel coordinates there."""
     uids = src.sop_uids
-    candidates = range(len(uids))
+    candidates: Sequence[int] = range(len(uids))
     ref = item.get("ContourImageSequence")
     if ref:
         uid = str(ref[0].ReferencedSOPInstanceUID)
@@ -248,13 +250,25 @@ def _slice_of_contour(
             raise ForeignReferenceError(
                 f"RTSTRUCT '{path}': {what} references instance {uid}, which is not in the image series"
             )
-        candidates = range(uids.index(uid), uids.index(uid) + 1)
+        number = ref[0].get("ReferencedFrameNumber") if src.multi_frame else None
+        if number in (None, ""):
+            # A single-frame instance is one plane; a multi-frame one without a frame number: the plane that the
+            # contour's points lie on, among its frames (the geometry decides, as without any reference).
+            candidates = [n for n, own in enumerate(uids) if own == uid]
+        else:
+            plane = src.plane_index(uid, int(number))
+            if plane is None:
+                raise ForeignReferenceError(
+                    f"RTSTRUCT '{path}': {what} references frame {number} of instance {uid}, which the image "
+                    f"does not have ({len(uids)} frames)"
+                )
+            candidates = [plane]
     spacing = 1.0
     if len(src.datasets) > 1:
-        spacing = float(np.linalg.norm(pixel_to_lps(src.datasets[1])[:3, 3] - pixel_to_lps(src.datasets[0])[:3, 3]))
+        spacing = float(np.linalg.norm(src.matrices[1][:3, 3] - src.matrices[0][:3, 3]))
     best: tuple[float, int, np.ndarray] | None = None
     for n in candidates:
-        local = (np.linalg.inv(pixel_to_lps(src.datasets[n])) @ np.c_[points, np.ones(len(points))].T)[:3].T
+        local = (np.linalg.inv(src.matrices[n]) @ np.c_[points, np.ones(len(points))].T)[:3].T
         off = float(np.abs(local[:, 2]).max())
         if best is None or off < best[0]:
             best = (off, n, local[:, :2])
@@ -265,7 +279,7 @@ def _slice_of_contour(
             f"RTSTRUCT '{path}': {what} lies {off:.2f} mm off the nearest slice plane of the image series "
             f"(slice spacing {spacing:.2f} mm): it is outside the image"
         )
-    rows, cols = int(src.datasets[n].Rows), int(src.datasets[n].Columns)
+    rows, cols = src.rows_columns(n)
     lo = local.min(axis=0)
     hi = local.max(axis=0)
     if lo.min() < -_EDGE_TOLERANCE_PX or hi[0] > cols - 1 + _EDGE_TOLERANCE_PX or hi[1] > rows - 1 + _EDGE_TOLERANCE_PX:
@@ -341,7 +355,7 @@ def load_rtstruct(
             points = np.asarray(item.ContourData, dtype=np.float64).reshape(-1, 3)
             what = f"contour {m} of ROI '{name_of[number]}'"
             n, local = _slice_of_contour(points, item, src, path, what)
-            shape = (int(src.datasets[n].Rows), int(src.datasets[n].Columns))
+            shape = src.rows_columns(n)
             frame = frames.setdefault(n, np.zeros(shape, dtype=bool))
             # pixel centres inside the polygon (computed in its bounding box), XOR-ed in: the even-odd rule
             rr, cc = polygon(local[:, 1], local[:, 0], shape)
