@@ -492,7 +492,7 @@ def _run_case(
                 save_mask(predictor.stored_labels(mask.array), like=volume, path=job.output, overwrite=overwrite)
     del probs
     row: dict[str, Any] = {}
-    volumes = predictor.class_volumes(mask.array, volume.spacing, voxel_mm3=volume.voxel_volume)  # |det|: shear
+    volumes = predictor.class_volumes(mask.array, voxel_mm3=volume.voxel_volume)  # |det|: right on a sheared grid
     for name, (voxels, ml) in volumes.items():
         row[f"voxels_{name}"] = voxels
         row[f"volume_ml_{name}"] = f"{ml:.4f}"

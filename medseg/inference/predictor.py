@@ -25,7 +25,6 @@ from torch import nn
 
 from medseg.allocator import keep_freed_buffers
 from medseg.config import InferenceConfig, PostprocessingConfig, QCConfig, tta_scales_problem
-from medseg.data.class_weights import per_region
 from medseg.data.label_values import is_identity, label_values_problem, to_stored
 from medseg.data.normalization import NormalizationParams, normalize
 from medseg.data.regions import Regions
@@ -42,12 +41,11 @@ from medseg.errors import CheckpointError, ConfigError
 from medseg.inference.budget import AUTO, BatchSizeOption, check_batch_size, settings_for_slices
 from medseg.inference.forward import forward_slices, predict_volume_probs
 from medseg.inference.postprocess import apply_postprocessing
-from medseg.inference.qc import ConfidenceMaps, QCResult, assess, scan_features
+from medseg.inference.qc import ConfidenceMaps, QCResult, assess, class_volumes, scan_features
 from medseg.inference.settings import InferenceSettings
 from medseg.inference.slabs import View, predict_volume_labels
 from medseg.io.channels import ChannelStack
 from medseg.io.orientation import Reorientation, to_canonical
-from medseg.metrics import class_voxel_counts
 from medseg.models.checkpoint import load_checkpoint, model_from_checkpoint
 from medseg.models.fusion import fold_batchnorm
 from medseg.models.head import probs_to_labels
@@ -594,17 +592,19 @@ class Predictor:
         return mask, None if maps is None else maps.transformed(reo.invert)
 
     def class_volumes(
-        self, labels: np.ndarray, spacing: Sequence[float] | np.ndarray, *, voxel_mm3: float | None = None
+        self, labels: np.ndarray, spacing: Sequence[float] | np.ndarray | None = None, *, voxel_mm3: float | None = None
     ) -> dict[str, tuple[int, float]]:
         """Voxel count and volume in mL of each foreground class (or region) in ``labels``.
 
-        ``voxel_mm3`` (``|det(affine)|``, :attr:`Volume.voxel_volume`) is the voxel volume when given; the
-        product of ``spacing`` is only right on an orthogonal grid (it over-counts on a sheared one).
+        ``voxel_mm3`` (the scan's :attr:`Volume.voxel_volume`, ``|det(affine)|``) is the voxel volume; without it,
+        the product of ``spacing``, which is only right on an orthogonal grid (it over-counts on a sheared one).
+        One rule with QC's volumes: :func:`medseg.inference.qc.class_volumes`.
         """
-        counts = per_region(class_voxel_counts(labels, self.n_classes), self.membership)
-        voxel = float(np.prod(np.asarray(spacing, dtype=np.float64))) if voxel_mm3 is None else float(voxel_mm3)
-        voxel_ml = voxel / 1000.0
-        return {name: (int(counts[i]), int(counts[i]) * voxel_ml) for i, name in enumerate(self.classes) if i > 0}
+        if voxel_mm3 is None:
+            if spacing is None:
+                raise TypeError("class_volumes needs voxel_mm3 (Volume.voxel_volume) or spacing")
+            voxel_mm3 = float(np.prod(np.asarray(spacing, dtype=np.float64)))
+        return class_volumes(labels, voxel_mm3, self.classes, self.membership)
 
     @property
     def qc_active(self) -> bool:

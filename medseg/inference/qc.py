@@ -150,17 +150,29 @@ def geometry_features(spacing: Sequence[float] | np.ndarray, shape: Sequence[int
     return out
 
 
+def class_volumes(
+    labels: np.ndarray,
+    voxel_mm3: float,
+    classes: Sequence[str],
+    membership: np.ndarray | None = None,
+) -> dict[str, tuple[int, float]]:
+    """Voxel count and volume in mL of each foreground class of a label volume (of each region, with
+    ``membership``: ``Regions.membership``). ``voxel_mm3`` is ``Volume.voxel_volume`` (``|det|``: the product of
+    the spacing over-counts on a sheared grid). The one rule for volumes in ``predictions.csv``, QC and its
+    reference."""
+    counts = per_region(class_voxel_counts(labels, len(classes)), membership)
+    voxel_ml = float(voxel_mm3) / 1000.0
+    return {name: (int(counts[i]), int(counts[i]) * voxel_ml) for i, name in enumerate(classes) if i > 0}
+
+
 def label_volumes_ml(
     labels: np.ndarray,
     voxel_mm3: float,
     classes: Sequence[str],
     membership: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Volume in mL of each foreground class of a label volume (of each region, with ``membership``:
-    ``Regions.membership``); ``voxel_mm3`` is ``Volume.voxel_volume`` (``|det|``, as ``predictions.csv`` counts)."""
-    counts = per_region(class_voxel_counts(labels, len(classes)), membership)
-    voxel_ml = float(voxel_mm3) / 1000.0
-    return {name: float(counts[i]) * voxel_ml for i, name in enumerate(classes) if i > 0}
+    """Volume in mL of each foreground class (or region) of a label volume (:func:`class_volumes`)."""
+    return {name: ml for name, (_, ml) in class_volumes(labels, voxel_mm3, classes, membership).items()}
 
 
 @overload
