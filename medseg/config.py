@@ -634,7 +634,7 @@ def tta_scales_problem(scales: Any) -> str | None:
 
 
 class EvaluationConfig(_Section):
-    """Comparison of predicted masks with ground truth: Dice, IoU, HD95, ASSD, volumes, PNG overlays."""
+    """Comparison of predicted masks with ground truth: Dice, IoU, HD95, ASSD, surface Dice, volumes, overlays."""
 
     ground_truth: Path | None = None
     """Folder of ground-truth masks named like the predictions; ``None`` = the labels of the predicted cases."""
@@ -645,6 +645,10 @@ class EvaluationConfig(_Section):
     (the BraTS and MSD convention); ``skip`` leaves it out of every mean, as nnU-Net does, for sets where many
     structures lie outside many scans (partial-field-of-view multi-organ CT), which 1s would lift. The ``flag``
     column says ``both_empty`` either way; validation Dice in training always counts 1."""
+    surface_tolerance_mm: float = Field(default=1.0, ge=0.0)
+    """Tolerance (mm) of the normalised surface Dice (``nsd`` in ``metrics.csv``): the share of both masks'
+    surface voxels within this distance of the other's surface. Set it to the structure's inter-rater border
+    variability where known (Metrics Reloaded); 1 mm is about one voxel of a typical MRI."""
 
 
 class OutputConfig(_Section):

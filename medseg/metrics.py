@@ -30,7 +30,21 @@ from medseg.data.unannotated import annotated_mask
 from medseg.errors import GeometryMismatchError
 
 #: Columns of a :func:`case_metrics` row, in the order the report writes them (after ``case``).
-METRIC_COLUMNS = ("class", "dice", "iou", "hd95_mm", "assd_mm", "vol_pred_ml", "vol_gt_ml", "vol_diff_ml", "flag")
+METRIC_COLUMNS = (
+    "class",
+    "dice",
+    "iou",
+    "hd95_mm",
+    "assd_mm",
+    "nsd",
+    "vol_pred_ml",
+    "vol_gt_ml",
+    "vol_diff_ml",
+    "flag",
+)
+#: Default tolerance (mm) of the normalised surface Dice: the default of ``evaluation.surface_tolerance_mm``
+#: (``medseg.config`` does not import this module; a test keeps the two equal).
+NSD_TOLERANCE_MM = 1.0
 
 #: Flag values of a :func:`case_metrics` row.
 #: The last two only where a ground truth marks unannotated voxels (``case_metrics(unannotated=True)``).
@@ -186,6 +200,37 @@ def _assd_from(distances: tuple[np.ndarray, np.ndarray]) -> float:
     return float(np.concatenate([a, b]).mean())
 
 
+def _nsd_from(distances: tuple[np.ndarray, np.ndarray], tolerance_mm: float) -> float:
+    a, b = distances
+    if a.size == 0 or b.size == 0:
+        return float("nan")
+    return float(((a <= tolerance_mm).sum() + (b <= tolerance_mm).sum()) / (a.size + b.size))
+
+
+def surface_dice(pred: np.ndarray, gt: np.ndarray, spacing: SpacingLike = None, *, tolerance_mm: float) -> float:
+    """Normalised surface Dice (NSD) at a tolerance: the share of both masks' surface voxels that lie within
+    ``tolerance_mm`` of the other mask's surface (MONAI's ``compute_surface_dice``, ``use_subvoxels=False``;
+    Nikolov et al. 2021, recommended by Metrics Reloaded for boundary quality).
+
+    Args:
+        pred: Predicted binary mask.
+        gt: Ground-truth binary mask, same shape.
+        spacing: Voxel size in mm along each axis (``None`` = 1 mm).
+        tolerance_mm: Distance (mm) still counted as agreement: the inter-rater variability of the structure's
+            border, where it is known.
+
+    Returns:
+        NSD in [0, 1]; ``NaN`` if either mask is empty.
+
+    Raises:
+        GeometryMismatchError: If the shapes differ.
+        ValueError: If ``tolerance_mm`` is negative.
+    """
+    if not tolerance_mm >= 0.0:
+        raise ValueError(f"tolerance_mm must be >= 0, got {tolerance_mm}")
+    return _nsd_from(surface_distances(pred, gt, spacing), float(tolerance_mm))
+
+
 def hd95(pred: np.ndarray, gt: np.ndarray, spacing: SpacingLike = None, *, percentile: float = 95.0) -> float:
     """Symmetric 95th-percentile Hausdorff distance in mm (MONAI's ``HausdorffDistanceMetric(percentile=95)``).
 
@@ -234,6 +279,7 @@ def case_metrics(
     skip_both_empty: bool = False,
     unannotated: bool = False,
     membership: np.ndarray | None = None,
+    nsd_tolerance_mm: float = NSD_TOLERANCE_MM,
 ) -> list[dict[str, Any]]:
     """All metrics of one case, one row per foreground class (or region).
 
@@ -248,6 +294,7 @@ def case_metrics(
             does, instead of a perfect 1 (the BraTS / MSD convention, and this module's ``dice``).
         membership: With overlapping regions (``data.regions``; ``Regions.membership``), each region is scored as
             its own mask: every voxel whose painted class lies inside it.
+        nsd_tolerance_mm: Tolerance of the normalised surface Dice (:func:`surface_dice`).
 
     With ``unannotated``, a ground truth holding ``len(classes)`` marks those voxels unannotated
     (``data.ignore_label``, ``medseg.data.unannotated``): Dice, IoU and the empty flags are then taken over its
@@ -257,10 +304,10 @@ def case_metrics(
     ``unannotated``).
 
     Returns:
-        Rows ``{"class", "dice", "iou", "hd95_mm", "assd_mm", "vol_pred_ml", "vol_gt_ml", "vol_diff_ml",
+        Rows ``{"class", "dice", "iou", "hd95_mm", "assd_mm", "nsd", "vol_pred_ml", "vol_gt_ml", "vol_diff_ml",
         "flag"}`` for classes 1..n-1. ``vol_diff_ml`` is predicted minus true volume. ``flag`` is ``""``,
-        ``"both_empty"`` (Dice/IoU 1, or NaN with ``skip_both_empty``; distances NaN), ``"pred_empty"`` or
-        ``"gt_empty"`` (Dice/IoU 0, distances NaN).
+        ``"both_empty"`` (Dice/IoU/NSD 1, or NaN with ``skip_both_empty``; distances NaN), ``"pred_empty"`` or
+        ``"gt_empty"`` (Dice/IoU/NSD 0, distances NaN).
 
     Raises:
         GeometryMismatchError: If the shapes differ.
@@ -293,13 +340,16 @@ def case_metrics(
         undefined = nothing or (skip_both_empty and flag == "both_empty")
         vol_p = volume_ml(class_mask(pred_labels, index, membership) if partial else p, sp, voxel_mm3=voxel_mm3)
         if nothing:
-            hd, mean_distance, vol_g, flag = nan, nan, nan, "unannotated"
+            hd, mean_distance, nsd, vol_g, flag = nan, nan, nan, nan, "unannotated"
         elif partial:
-            hd, mean_distance, vol_g = nan, nan, nan
+            hd, mean_distance, nsd, vol_g = nan, nan, nan, nan
             flag = ";".join(f for f in (flag, "partly_annotated") if f)
         else:
             distances = surface_distances(p, g, sp)
             hd, mean_distance = _hd_from(distances, 95.0), _assd_from(distances)
+            # Like Dice: two empty masks agree (1, or undefined with skip_both_empty), one empty mask is 0.
+            nsd = _nsd_from(distances, nsd_tolerance_mm) if p_any and g_any else 0.0 if p_any or g_any else 1.0
+            nsd = nan if undefined else nsd
             vol_g = volume_ml(g, sp, voxel_mm3=voxel_mm3)
         rows.append(
             {
@@ -308,6 +358,7 @@ def case_metrics(
                 "iou": nan if undefined else iou(p, g),
                 "hd95_mm": hd,
                 "assd_mm": mean_distance,
+                "nsd": nsd,
                 "vol_pred_ml": vol_p,
                 "vol_gt_ml": vol_g,
                 "vol_diff_ml": vol_p - vol_g,

@@ -581,6 +581,7 @@ def run_evaluate(cfg: Config) -> dict[str, Any]:
         overlays=cfg.evaluation.overlays,
         labels=reading,
         skip_both_empty=cfg.evaluation.both_empty == "skip",
+        nsd_tolerance_mm=cfg.evaluation.surface_tolerance_mm,
     )
     if summary.get("n_failed") and not summary.get("n_evaluated"):
         log.warning(

@@ -120,7 +120,7 @@ def test_evaluate_end_to_end_on_real_labels(
         got = [r for r in rows if r["case"] == cid]
         assert [r["class"] for r in got] == CLASSES[1:]
         for e, g in zip(expected, got, strict=True):
-            for col in ("dice", "iou", "hd95_mm", "assd_mm", "vol_pred_ml", "vol_gt_ml", "vol_diff_ml"):
+            for col in ("dice", "iou", "hd95_mm", "assd_mm", "nsd", "vol_pred_ml", "vol_gt_ml", "vol_diff_ml"):
                 assert float(g[col]) == pytest.approx(e[col], rel=1e-5, abs=1e-9), (cid, col)
     perfect = [r for r in rows if r["case"] == ids[0]]
     assert all(float(r["dice"]) == 1.0 and float(r["hd95_mm"]) == 0.0 for r in perfect)
@@ -128,6 +128,16 @@ def test_evaluate_end_to_end_on_real_labels(
     # summary.json: what the function returned, counts, per-class stats over the three scored cases.
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk == summary
+    assert summary["nsd_tolerance_mm"] == 1.0 and "nsd" in summary["classes"][CLASSES[1]]
+    # A wider surface tolerance (evaluation.surface_tolerance_mm) is what the nsd column is scored at.
+    wide = evaluate(pairs, CLASSES, tmp_path / "report_3mm", overlays=0, nsd_tolerance_mm=3.0)
+    assert wide["nsd_tolerance_mm"] == 3.0
+    for cid in ids[:3]:
+        gt_vol = load_volume(dirs["gt"] / f"{cid}.nii.gz")
+        pred = np.asarray(load_volume(dirs["pred"] / f"{cid}.nii.gz").array)
+        expected = case_metrics(pred, np.asarray(gt_vol.array), gt_vol.spacing, CLASSES, nsd_tolerance_mm=3.0)
+        got = [r for r in _read_csv(tmp_path / "report_3mm" / "metrics.csv") if r["case"] == cid]
+        assert [float(r["nsd"]) for r in got] == pytest.approx([e["nsd"] for e in expected], rel=1e-5)
     assert (summary["n_cases"], summary["n_evaluated"], summary["n_failed"]) == (4, 3, 1)
     assert summary["failed_cases"][0]["case"] == ids[3]
     case_means = [np.mean([float(r["dice"]) for r in rows if r["case"] == c]) for c in ids[:3]]

@@ -21,6 +21,7 @@ from medseg.metrics import (
     dice,
     hd95,
     iou,
+    surface_dice,
     surface_distances,
     volume_ml,
 )
@@ -79,7 +80,7 @@ def _onehot(labels: np.ndarray, n: int) -> torch.Tensor:
 
 
 def _monai(pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, ...]) -> dict[str, np.ndarray]:
-    from monai.metrics import DiceMetric, HausdorffDistanceMetric, SurfaceDistanceMetric
+    from monai.metrics import DiceMetric, HausdorffDistanceMetric, SurfaceDistanceMetric, compute_surface_dice
 
     p, g = _onehot(pred, len(CLASSES)), _onehot(gt, len(CLASSES))
     sp = [float(s) for s in spacing]
@@ -93,6 +94,11 @@ def _monai(pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, ...]) -> dict
             "assd_mm": SurfaceDistanceMetric(include_background=False, symmetric=True, reduction="none")(
                 p, g, spacing=sp
             )[0].numpy(),
+            # Normalised surface Dice at medseg's default 1 mm and at 2 mm (a tolerance per class).
+            **{
+                f"nsd_{t:g}": compute_surface_dice(p, g, [t] * (len(CLASSES) - 1), spacing=sp)[0].numpy()
+                for t in (1.0, 2.0)
+            },
         }
 
 
@@ -107,6 +113,7 @@ def test_metrics_equal_monai_on_real_label_pairs(label_files: list[Path]) -> Non
         for spacing in (tuple(vol.spacing), (0.8, 1.2, 3.0)):
             for name, pred in _perturbations(gt, other).items():
                 rows = case_metrics(pred, gt, spacing, CLASSES)
+                rows_2mm = case_metrics(pred, gt, spacing, CLASSES, nsd_tolerance_mm=2.0)
                 ref = _monai(pred, gt, spacing)
                 for c, row in enumerate(rows):
                     where = f"{label_files[n].name} {name} spacing={spacing} class={row['class']}"
@@ -114,6 +121,9 @@ def test_metrics_equal_monai_on_real_label_pairs(label_files: list[Path]) -> Non
                     assert row["dice"] == pytest.approx(ref["dice"][c], abs=1e-4), where
                     assert row["hd95_mm"] == pytest.approx(ref["hd95_mm"][c], abs=1e-3), where
                     assert row["assd_mm"] == pytest.approx(ref["assd_mm"][c], abs=1e-3), where
+                    assert row["nsd"] == pytest.approx(ref["nsd_1"][c], abs=1e-6), where
+                    assert rows_2mm[c]["nsd"] == pytest.approx(ref["nsd_2"][c], abs=1e-6), where
+                    assert rows_2mm[c]["nsd"] >= row["nsd"], where  # a wider tolerance accepts more
                     compared += 1
                 # The perturbations are real disagreements, not near-identities that any formula would pass.
                 assert min(r["dice"] for r in rows) < 0.99
@@ -131,6 +141,7 @@ def test_single_mask_functions_agree_with_case_metrics(label_files: list[Path]) 
     assert row["iou"] == iou(pred, gt)
     assert row["hd95_mm"] == hd95(pred, gt, sp)
     assert row["assd_mm"] == assd(pred, gt, sp)
+    assert row["nsd"] == surface_dice(pred, gt, sp, tolerance_mm=1.0)
     # Dice and IoU are tied by J = D / (2 - D) for any pair of masks.
     assert row["iou"] == pytest.approx(row["dice"] / (2 - row["dice"]), abs=1e-12)
     assert row["vol_gt_ml"] == pytest.approx(gt.sum() * np.prod(sp) / 1000)
@@ -191,6 +202,10 @@ def test_empty_masks_are_flagged_with_documented_values() -> None:
         assert rows[name]["dice"] == 0.0 and rows[name]["iou"] == 0.0
     for row in rows.values():
         assert math.isnan(row["hd95_mm"]) and math.isnan(row["assd_mm"])
+    # The surface Dice follows the Dice: 1 where both masks are empty, 0 where one is.
+    assert rows["b"]["nsd"] == 1.0 and rows["a"]["nsd"] == 0.0 and rows["c"]["nsd"] == 0.0
+    skipped = {r["class"]: r for r in case_metrics(pred, gt, (1, 1, 2), ["bg", "a", "b", "c"], skip_both_empty=True)}
+    assert math.isnan(skipped["b"]["nsd"]) and skipped["a"]["nsd"] == 0.0
     assert rows["a"]["vol_gt_ml"] == pytest.approx(27 * 2 / 1000)
     assert rows["a"]["vol_diff_ml"] == pytest.approx(-27 * 2 / 1000)
     assert rows["c"]["vol_pred_ml"] == pytest.approx(27 * 2 / 1000)
@@ -206,8 +221,30 @@ def test_overlapping_masks_with_full_agreement() -> None:
     gt[1:7, 2:8, 0:10] = 1  # touches the array border along the 3rd axis: border voxels are surface
     row = case_metrics(gt, gt, (0.5, 0.5, 2.0), ["bg", "fg"])[0]
     assert row["dice"] == 1.0 and row["iou"] == 1.0
-    assert row["hd95_mm"] == 0.0 and row["assd_mm"] == 0.0
+    assert row["hd95_mm"] == 0.0 and row["assd_mm"] == 0.0 and row["nsd"] == 1.0
     assert row["flag"] == ""
+
+
+def test_surface_dice_counts_the_surface_within_the_tolerance() -> None:
+    gt = np.zeros((20, 20, 12), dtype=bool)
+    gt[5:15, 6:14, 3:8] = True
+    shifted_k = np.roll(gt, 1, axis=2)  # one slice along the 3rd axis, slices 3 mm apart
+    d_pred, d_gt = surface_distances(shifted_k, gt, (1, 1, 3))
+    d = np.concatenate([d_pred, d_gt])
+    # 512 surface voxels: 256 on both surfaces (the sides), the caps' 256 at 1, 2 (in-plane, near a side) or 3 mm.
+    assert d.size == 512 and np.unique(d).tolist() == [0.0, 1.0, 2.0, 3.0]
+    for tolerance, expected in ((0.0, 256), (1.0, 304), (2.9, 336), (3.0, 512)):
+        assert (d <= tolerance).sum() == expected
+        assert surface_dice(shifted_k, gt, (1, 1, 3), tolerance_mm=tolerance) == expected / 512
+    with pytest.raises(ValueError, match="tolerance_mm"):
+        surface_dice(gt, gt, tolerance_mm=-1.0)
+
+
+def test_the_surface_tolerance_default_is_one_fact() -> None:
+    from medseg.config import EvaluationConfig
+    from medseg.metrics import NSD_TOLERANCE_MM
+
+    assert EvaluationConfig().surface_tolerance_mm == NSD_TOLERANCE_MM
 
 
 def test_two_dimensional_masks_work() -> None:

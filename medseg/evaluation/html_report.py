@@ -516,7 +516,9 @@ def _section_evaluation(root: Path) -> str:
         # made the table four times as long and hid which class is worst.
         stats_rows = []
         for name, metrics in (summary.get("classes") or {}).items():
-            dice, hd95, assd, vol = ((metrics.get(m) or {}) for m in ("dice", "hd95_mm", "assd_mm", "vol_diff_ml"))
+            dice, hd95, assd, nsd, vol = (
+                (metrics.get(m) or {}) for m in ("dice", "hd95_mm", "assd_mm", "nsd", "vol_diff_ml")
+            )
             flags = ", ".join(f"{k} {v}" for k, v in (metrics.get("flags") or {}).items() if v)
             stats_rows.append(
                 [
@@ -524,13 +526,17 @@ def _section_evaluation(root: Path) -> str:
                     *(dice.get(k) for k in ("mean", "median", "std", "n")),
                     *(hd95.get(k) for k in ("mean", "median")),
                     assd.get("mean"),
+                    nsd.get("mean"),
                     vol.get("mean"),
                     flags,
                 ]
             )
         if stats_rows:
             headers = ["class", "Dice mean", "Dice median", "Dice std", "cases"]
-            headers += ["HD95 mean (mm)", "HD95 median (mm)", "ASSD mean (mm)", "volume diff mean (mL)", "flags"]
+            tolerance = summary.get("nsd_tolerance_mm")
+            nsd_header = f"NSD at {_fmt(tolerance)} mm mean" if tolerance is not None else "NSD mean"
+            headers += ["HD95 mean (mm)", "HD95 median (mm)", "ASSD mean (mm)", nsd_header, "volume diff mean (mL)"]
+            headers += ["flags"]
             parts.append("<h3>Per class</h3>" + _table(headers, stats_rows))
         failed = summary.get("failed_cases") or []
         if failed:

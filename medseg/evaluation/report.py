@@ -28,7 +28,7 @@ from medseg.io import case_id_from_path, is_supported_file, load_label, load_vol
 from medseg.io.atomic import atomic_write_text
 from medseg.io.segmentation import LabelKind, label_kind
 from medseg.io.structure_masks import structure_files
-from medseg.metrics import FLAGS, case_metrics
+from medseg.metrics import FLAGS, NSD_TOLERANCE_MM, case_metrics
 from medseg.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ CSV_COLUMNS = (
     "iou",
     "hd95_mm",
     "assd_mm",
+    "nsd",
     "vol_pred_ml",
     "vol_gt_ml",
     "vol_diff_ml",
@@ -48,7 +49,17 @@ CSV_COLUMNS = (
     "error",
 )
 #: Metrics summarised per class in ``summary.json`` (``abs_vol_diff_ml`` is derived from ``vol_diff_ml``).
-SUMMARY_METRICS = ("dice", "iou", "hd95_mm", "assd_mm", "vol_pred_ml", "vol_gt_ml", "vol_diff_ml", "abs_vol_diff_ml")
+SUMMARY_METRICS = (
+    "dice",
+    "iou",
+    "hd95_mm",
+    "assd_mm",
+    "nsd",
+    "vol_pred_ml",
+    "vol_gt_ml",
+    "vol_diff_ml",
+    "abs_vol_diff_ml",
+)
 
 #: Affine tolerance (mm) for "prediction and ground truth are on the same grid": float32 headers written by
 #: different tools differ in the 6th digit, a real misregistration is at least a fraction of a voxel.
@@ -280,6 +291,7 @@ def evaluate(
     *,
     labels: LabelReading | None = None,
     skip_both_empty: bool = False,
+    nsd_tolerance_mm: float = NSD_TOLERANCE_MM,
 ) -> dict[str, Any]:
     """Scores predictions against ground truth and writes the report.
 
@@ -291,7 +303,7 @@ def evaluate(
       ``mean_dice`` (mean over evaluated cases of the case's mean Dice over foreground classes; a class empty in
       both masks counts as Dice 1, or is left out with ``skip_both_empty``, and a case with no class left is
       then left out too), ``n_in_mean_dice`` (the cases that mean is over), ``both_empty`` (``"one"`` or
-      ``"skip"``), and per class the ``mean``/``median``/``std`` (sample SD)/``n`` of each of
+      ``"skip"``), ``nsd_tolerance_mm``, and per class the ``mean``/``median``/``std`` (sample SD)/``n`` of each of
       :data:`SUMMARY_METRICS` over the cases where it is defined, plus the count of each flag; ``overlays``
       lists the PNGs relative to ``out_dir``.
     - ``overlays/{best,worst}_NN_<case>.png`` for the ``overlays`` best and worst cases by mean Dice
@@ -307,6 +319,8 @@ def evaluate(
             RTSTRUCT files are matched by segment name instead; a ground truth in another axis order is always placed.
         skip_both_empty: Leave a class absent from both masks out of the Dice and IoU means (nnU-Net's
             convention; partial-field-of-view multi-organ sets) instead of counting it as 1 (BraTS, MSD).
+        nsd_tolerance_mm: Tolerance (mm) of the normalised surface Dice column ``nsd``; stored in the summary
+            as ``nsd_tolerance_mm``.
 
     Returns:
         The summary written to ``summary.json``.
@@ -341,6 +355,7 @@ def evaluate(
                 skip_both_empty=skip_both_empty,
                 unannotated=reading.ignore is not None,
                 membership=membership,
+                nsd_tolerance_mm=nsd_tolerance_mm,
             )
         except Exception as err:  # per-case isolation: one bad file must not stop the report
             if not isinstance(err, MedsegError):
@@ -413,6 +428,7 @@ def evaluate(
         "mean_dice": float(np.mean(list(case_dice.values()))) if case_dice else None,
         "n_in_mean_dice": len(case_dice),
         "both_empty": "skip" if skip_both_empty else "one",
+        "nsd_tolerance_mm": float(nsd_tolerance_mm),
         "classes": per_class,
         "overlays": written,
     }
