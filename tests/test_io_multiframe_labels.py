@@ -256,3 +256,43 @@ def test_dicom_layout_trains_from_a_label_drawn_on_a_multi_frame_image(kind: str
     _, direct, _ = _CaseReader(load_volume, 2).read(replace(c, label=nifti))
     np.testing.assert_array_equal(label, direct)
     assert label.sum() == labels.sum() > 0
+
+
+def test_seg_on_a_multi_frame_image_with_per_frame_orientation(enhanced, tmp_path: Path) -> None:
+    """Some enhanced exports repeat the orientation in every frame's functional group instead of sharing it;
+    highdicom needs it shared, so the SEG is written from a copy of the header with it moved there."""
+    _, path, _, _ = enhanced
+    ds = pydicom.dcmread(path)
+    orientation = ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence
+    del ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence
+    for frame in ds.PerFrameFunctionalGroupsSequence:
+        frame.PlaneOrientationSequence = orientation
+    folder = tmp_path / "per_frame"
+    folder.mkdir()
+    ds.save_as(folder / "enhanced.dcm")
+    before = (folder / "enhanced.dcm").read_bytes()
+    image = load_volume(folder)
+    labels = _bands(image)
+    seg_path = save_dicom_seg(labels, image, tmp_path / "seg.dcm", CLASSES)
+    assert (folder / "enhanced.dcm").read_bytes() == before  # the source is read, never changed
+    pixels = hd.seg.segread(seg_path).get_pixels_by_source_frame(
+        source_sop_instance_uid=ds.SOPInstanceUID,
+        source_frame_numbers=list(range(1, int(ds.NumberOfFrames) + 1)),
+        combine_segments=True,
+    )
+    np.testing.assert_array_equal(pixels, _expected_frames(labels, folder / "enhanced.dcm"))
+    np.testing.assert_array_equal(load_segmentation(seg_path, image, CLASSES).array, labels)
+
+
+def test_a_seg_of_the_single_frame_series_is_foreign_to_the_multi_frame_image(enhanced, tmp_path: Path) -> None:
+    image, _, _, single = enhanced
+    labels = _bands(single)
+    seg_path = save_dicom_seg(labels, single, tmp_path / "single.dcm", CLASSES)
+    with pytest.raises(ForeignReferenceError, match="references series"):
+        load_segmentation(seg_path, image, CLASSES)
+    # Without the series reference, its frames name instances the multi-frame image does not hold.
+    ds = pydicom.dcmread(seg_path)
+    del ds.ReferencedSeriesSequence
+    ds.save_as(tmp_path / "unnamed.dcm")
+    with pytest.raises(ForeignReferenceError, match=r"referenced instance.* not in the series"):
+        load_segmentation(tmp_path / "unnamed.dcm", image, CLASSES)

@@ -150,6 +150,42 @@ def _with_type2(datasets: Sequence[Dataset]) -> list[Dataset]:
     return out
 
 
+#: Largest difference between two frames' ImageOrientationPatient values still taken as one orientation.
+_SAME_ORIENTATION = 1e-4
+
+
+def _shared_orientation(ds: Dataset, path: Path) -> Dataset:
+    """A multi-frame source header with its orientation in the shared functional group, as highdicom requires.
+
+    Some enhanced exports repeat PlaneOrientationSequence in every per-frame group instead; when all frames agree
+    it is moved (in a copy) to the shared group. The source file is not touched.
+
+    Raises:
+        MedsegError: The frames have different orientations (a SEG over them cannot be written).
+    """
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if not per_frame or (shared and "PlaneOrientationSequence" in shared[0]):
+        return ds
+    if not all("PlaneOrientationSequence" in frame for frame in per_frame):
+        return ds  # highdicom names what is missing
+    values = np.array(
+        [[float(v) for v in frame.PlaneOrientationSequence[0].ImageOrientationPatient] for frame in per_frame]
+    )
+    if np.abs(values - values[0]).max() > _SAME_ORIENTATION:
+        raise MedsegError(
+            f"Cannot write SEG '{path}': the frames of the multi-frame source {ds.SOPInstanceUID} lie in different "
+            "orientations"
+        )
+    ds = copy.deepcopy(ds)
+    if not shared:
+        ds.SharedFunctionalGroupsSequence = [Dataset()]
+    ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence = copy.deepcopy(per_frame[0].PlaneOrientationSequence)
+    for frame in ds.PerFrameFunctionalGroupsSequence:
+        del frame.PlaneOrientationSequence
+    return ds
+
+
 def _frames(array: np.ndarray, src: SourceSeries) -> np.ndarray:
     return np.stack([src.frame(array, n) for n in src.writing_order()])
 
@@ -246,15 +282,18 @@ def save_dicom_seg(
         # highdicom checks the PatientName it copies from the source; a one-part name (e.g. "PGBM-003") is the
         # source's choice, and warning about it on every scan of a batch helps nobody.
         warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
-        seg = _segmentation(hd, src, pixels, seg_type, descriptions, options)
+        seg = _segmentation(hd, src, pixels, seg_type, descriptions, options, path)
     with atomic_path(path, overwrite=overwrite) as tmp:
         seg.save_as(tmp)
     return path
 
 
-def _segmentation(hd, src, pixels, seg_type, descriptions, options):
+def _segmentation(hd, src, pixels, seg_type, descriptions, options, path):
+    sources = _with_type2(src.instances)
+    if src.multi_frame:
+        sources = [_shared_orientation(ds, path) for ds in sources]
     return hd.seg.Segmentation(
-        source_images=_with_type2(src.instances),
+        source_images=sources,
         pixel_array=pixels,
         segmentation_type=seg_type,
         segment_descriptions=descriptions,
@@ -329,12 +368,12 @@ def load_dicom_seg(
             ) from exc
         # A frame of a multi-frame source is named by its number as well; a single-frame source's by none.
         number = source.get("ReferencedFrameNumber") if src.multi_frame else None
-        if src.multi_frame and number in (None, ""):
+        if src.multi_frame and number in (None, "") and uid in src.sop_uids:  # another UID: foreign, below
             raise ForeignReferenceError(
                 f"{where}: frame {n} references the multi-frame image {uid} without a ReferencedFrameNumber, so it "
                 "cannot be placed on one of its frames"
             )
-        referenced.append((uid, None if number is None else int(number)))
+        referenced.append((uid, None if number in (None, "") else int(number)))
     planes = {ref: src.plane_index(*ref) for ref in set(referenced)}
     foreign = sorted((uid, frame or 0) for (uid, frame), plane in planes.items() if plane is None)
     if foreign:

@@ -11,6 +11,7 @@ instance (and frame number), never by file or frame order, and whatever axis ord
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -119,10 +120,15 @@ class SourceSeries:
     def frame_of_reference_uid(self) -> str:
         return str(self.datasets[0].get("FrameOfReferenceUID", ""))
 
-    @property
+    @functools.cached_property
     def sop_uids(self) -> list[str]:
         """Per plane, its instance's SOPInstanceUID (repeated for the frames of a multi-frame instance)."""
         return [str(ds.SOPInstanceUID) for ds in self.datasets]
+
+    @functools.cached_property
+    def _planes_by_reference(self) -> dict[tuple[str, int | None], int]:
+        # Built once: an RTSTRUCT of a CT looks a plane up for each of its thousands of contours.
+        return {key: n for n, key in enumerate(zip(self.sop_uids, self.frame_numbers, strict=True))}
 
     @property
     def multi_frame(self) -> bool:
@@ -139,11 +145,7 @@ class SourceSeries:
 
     def plane_index(self, sop_uid: str, frame_number: int | None) -> int | None:
         """The plane that instance ``sop_uid`` (frame ``frame_number`` of a multi-frame one) is, or ``None``."""
-        key = (str(sop_uid), None if frame_number is None else int(frame_number))
-        for n, own in enumerate(zip(self.sop_uids, self.frame_numbers, strict=True)):
-            if own == key:
-                return n
-        return None
+        return self._planes_by_reference.get((str(sop_uid), None if frame_number is None else int(frame_number)))
 
     def writing_order(self) -> list[int]:
         """Plane indices in the order a SEG's frames follow its source images: position order for single-frame

@@ -246,21 +246,25 @@ def _slice_of_contour(
     ref = item.get("ContourImageSequence")
     if ref:
         uid = str(ref[0].ReferencedSOPInstanceUID)
-        if uid not in uids:
-            raise ForeignReferenceError(
-                f"RTSTRUCT '{path}': {what} references instance {uid}, which is not in the image series"
-            )
         number = ref[0].get("ReferencedFrameNumber") if src.multi_frame else None
-        if number in (None, ""):
-            # A single-frame instance is one plane; a multi-frame one without a frame number: the plane that the
-            # contour's points lie on, among its frames (the geometry decides, as without any reference).
-            candidates = [n for n, own in enumerate(uids) if own == uid]
+        if src.multi_frame and uid == uids[0]:
+            if number in (None, ""):
+                # The multi-frame image without a frame number: the frame that the contour's points lie on (the
+                # geometry decides, as without any reference).
+                candidates = range(len(uids))
+            else:
+                plane = src.plane_index(uid, int(number))
+                if plane is None:
+                    raise ForeignReferenceError(
+                        f"RTSTRUCT '{path}': {what} references frame {number} of instance {uid}, which the image "
+                        f"does not have ({len(uids)} frames)"
+                    )
+                candidates = [plane]
         else:
-            plane = src.plane_index(uid, int(number))
+            plane = None if src.multi_frame else src.plane_index(uid, None)
             if plane is None:
                 raise ForeignReferenceError(
-                    f"RTSTRUCT '{path}': {what} references frame {number} of instance {uid}, which the image "
-                    f"does not have ({len(uids)} frames)"
+                    f"RTSTRUCT '{path}': {what} references instance {uid}, which is not in the image series"
                 )
             candidates = [plane]
     spacing = 1.0
