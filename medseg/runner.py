@@ -485,7 +485,11 @@ def _merge_rank_tables(layout: RunLayout, result: Any, world_size: int) -> Any:
 
 
 def _predicted_masks(layout: RunLayout) -> dict[str, tuple[Path, Path | None]]:
-    """Case id -> (mask, input scan) from ``predictions.csv``: the masks of the last predict run, no stale files."""
+    """Case id -> (mask, input scan) from ``predictions.csv``: the masks of the last predict run, no stale files.
+
+    A mask is the file of that name in this run's ``predictions/`` (the batch predictor writes them there, flat):
+    ``predictions.csv`` records absolute paths, which in a copied or moved run folder name the original's masks.
+    """
     if not layout.predictions_csv.is_file():
         raise MedsegError(f"'{layout.predictions_csv}' does not exist: run the predict stage first (same output.dir).")
     with layout.predictions_csv.open(newline="") as fh:
@@ -494,8 +498,22 @@ def _predicted_masks(layout: RunLayout) -> dict[str, tuple[Path, Path | None]]:
     for row in rows:
         if row.get("status") in ("ok", "skipped") and row.get("case") and row.get("output"):
             scan = row.get("input")
-            out[row["case"]] = (Path(row["output"]), Path(scan) if scan else None)
+            out[row["case"]] = (layout.predictions / Path(row["output"]).name, Path(scan) if scan else None)
     return out
+
+
+def _overlay_scan(scan: Path | None, cfg: Config) -> Path | None:
+    """The file to draw a case's overlay on: the predicted input, or for a folders-layout case folder its first
+    channel's file (a DICOM series folder is a scan itself)."""
+    from medseg.data.cases import is_dicom_folder
+    from medseg.io.channels import match_channel_files
+
+    if scan is None or not scan.is_dir() or not cfg.data.channel_patterns or is_dicom_folder(scan):
+        return scan
+    try:
+        return match_channel_files(scan, cfg.data.channel_patterns[:1], exclude=[cfg.data.label_pattern])[0]
+    except MedsegError:
+        return scan  # the overlay says why it is drawn on the labels
 
 
 def evaluation_pairs(cfg: Config) -> tuple[list[Any], list[str], LabelReading]:
@@ -513,7 +531,7 @@ def evaluation_pairs(cfg: Config) -> tuple[list[Any], list[str], LabelReading]:
     masks = _predicted_masks(layout)
     if cfg.evaluation.ground_truth is not None:
         pairs = [
-            p._replace(image=p.image or masks[p.case_id][1])
+            p._replace(image=p.image or _overlay_scan(masks[p.case_id][1], cfg))
             for p in match_predictions(layout.predictions, cfg.evaluation.ground_truth)
             if p.case_id in masks and p.pred.resolve() == masks[p.case_id][0].resolve()
         ]

@@ -299,10 +299,30 @@ def _run_all_stages(config: str, root: Path, tmp_path: Path) -> tuple[Any, list[
     return result, rows
 
 
-def test_two_channel_run_trains_with_a_qc_reference_predicts_and_evaluates(folders_root: Path, tmp_path: Path) -> None:
+def test_two_channel_run_trains_with_a_qc_reference_predicts_and_evaluates(
+    folders_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """configs/brats_folders.yaml shortened on the cropped cases: the QC reference is measured with the
     checkpoint's own two-channel predictor, the validation case's mask is named after its folder and scored."""
-    _run_all_stages("brats_folders.yaml", folders_root, tmp_path)
+    from medseg.config import load_config
+    from medseg.runner import run_stages
+
+    result, _ = _run_all_stages("brats_folders.yaml", folders_root, tmp_path)
+    # Scored against a flat ground-truth folder (evaluation.ground_truth), the overlay is drawn on the case's
+    # first channel: the prediction's input is its case folder, which is no scan.
+    (val,) = result.train.val_cases
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    shutil.copy(folders_root / val.id / "OTMultiClass.nii.gz", truth / f"{val.id}.nii.gz")
+    repo = Path(__file__).resolve().parents[1]
+    cfg = load_config(
+        repo / "configs" / "brats_folders.yaml",
+        [f"data.root={folders_root}", f"evaluation.ground_truth={truth}", f"output.dir={tmp_path / 'run'}"],
+    )
+    with caplog.at_level("WARNING"):
+        summary = run_stages(cfg, ["evaluate"]).evaluate
+    assert summary is not None and summary["n_evaluated"] == 1 and summary["overlays"]
+    assert "drawn on the labels" not in caplog.text
 
 
 def test_msd_4d_task_runs_end_to_end_from_a_copy_of_the_hippocampus_config(folders_root: Path, tmp_path: Path) -> None:

@@ -269,3 +269,37 @@ def test_run_logging_writes_the_log_file_and_cleans_up(tmp_path: Path) -> None:
     assert "hello from a stage" in (tmp_path / "medseg.log").read_text()
     assert "printed elsewhere" in (tmp_path / "medseg.log").read_text()
     assert logging.getLogger("medseg").handlers == handlers_before
+
+
+def test_a_copied_run_folder_evaluates_its_own_masks(sample_hippo: Path, tmp_path: Path) -> None:
+    """predictions.csv records absolute mask paths; a copy of a run folder (or a moved one) must score the masks
+    in its own predictions/, not the original's."""
+    from medseg.config import config_from_dict
+    from medseg.runner import run_stages
+    from tests.conftest import run_tiny
+
+    first = run_tiny(tmp_path / "run", root=str(sample_hippo))
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "run", copy)
+    rows = list(csv.DictReader((copy / "predictions" / "predictions.csv").open()))
+    victim = rows[0]["case"]
+    # The copy's mask of one case becomes its ground truth: only the copy's own masks score Dice 1 there.
+    shutil.copy(sample_hippo / "labelsTr" / f"{victim}.nii.gz", copy / "predictions" / f"{victim}.nii.gz")
+    cfg = config_from_dict(
+        {
+            "data": {"root": str(sample_hippo), "val_fraction": 0.34, "seed": 0},
+            "evaluation": {"overlays": 0},
+            "output": {"dir": str(copy)},
+        },
+        base_dir=Path.cwd(),
+    )
+    summary = run_stages(cfg, ["evaluate"]).evaluate
+    scored = [r for r in csv.DictReader((copy / "evaluation" / "metrics.csv").open()) if r["case"] == victim]
+    assert summary["n_evaluated"] == first.evaluate["n_evaluated"]
+    assert [float(r["dice"]) for r in scored] == [1.0, 1.0]
+    before = csv.DictReader((tmp_path / "run" / "evaluation" / "metrics.csv").open())
+    original = [r for r in before if r["case"] == victim]
+    assert min(float(r["dice"]) for r in original) < 1.0  # a one-epoch model's mask
+    # Moved away from where predictions.csv says its masks are: still scored.
+    shutil.rmtree(tmp_path / "run")
+    assert run_stages(cfg, ["evaluate"]).evaluate["n_evaluated"] == first.evaluate["n_evaluated"]
