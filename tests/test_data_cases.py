@@ -262,6 +262,39 @@ def test_image_and_label_names_differing_by_a_tag_get_the_case_pattern(sample_hi
     ]
 
 
+def _acdc_like(sample_hippo: Path, root: Path) -> list[str]:
+    """ACDC's layout from the sample cases: a folder per patient holding two frames, each beside its '_gt' label,
+    and an Info.cfg. Returns the case ids (patient + frame)."""
+    images = sorted((sample_hippo / "imagesTr").glob("*.nii.gz"))[:4]
+    ids = []
+    for n, image in enumerate(images):
+        patient, frame = f"patient{n // 2 + 1:03d}", f"frame{1 + 11 * (n % 2):02d}"
+        folder = root / patient
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{patient}_{frame}.nii.gz").write_bytes(image.read_bytes())
+        label = sample_hippo / "labelsTr" / image.name
+        (folder / f"{patient}_{frame}_gt.nii.gz").write_bytes(label.read_bytes())
+        (folder / "Info.cfg").write_text("ED: 1\nES: 12\n")
+        ids.append(f"{patient}_{frame}")
+    return ids
+
+
+def test_labels_named_as_their_image_plus_a_suffix_get_the_case_pattern(sample_hippo: Path, tmp_path: Path) -> None:
+    """ACDC as a new user tries it: image_glob '*/*.nii.gz' also matches the '_gt' labels. A file is never both
+    an image and a label (each label was once paired with itself), and the message gives the case_pattern."""
+    ids = _acdc_like(sample_hippo, tmp_path)
+    cfg = {"root": tmp_path, "layout": "glob", "classes": ["bg", "a", "b"], "label_glob": "*/*_gt.nii.gz"}
+    with pytest.raises(ConfigError, match=r"plus '_gt': set data\.case_pattern: '\(\?P<case>\.\+\?\)\(_gt\)\?\\\.'"):
+        discover_cases(DataConfig(**cfg, image_glob="*/*.nii.gz"))  # type: ignore[arg-type]
+    suggested = r"(?P<case>.+?)(_gt)?\."
+    spec = discover_cases(DataConfig(**cfg, image_glob="*/*.nii.gz", case_pattern=suggested))  # type: ignore[arg-type]
+    assert [(c.id, c.image.name, c.label.name if c.label else None) for c in spec.cases] == [
+        (i, f"{i}.nii.gz", f"{i}_gt.nii.gz") for i in ids
+    ]
+    with pytest.raises(ConfigError, match=r"matches only files that data\.label_glob"):
+        discover_cases(DataConfig(**cfg, image_glob="*/*_gt.nii.gz"))  # type: ignore[arg-type]
+
+
 def test_an_image_folder_beside_a_label_folder_is_read_as_the_glob_layout(sample_hippo: Path, tmp_path: Path) -> None:
     _hippo_pairs(sample_hippo, tmp_path, 2, "images/{}.nii.gz", "labels/{}.nii.gz")
     # A copy of configs/hippocampus.yaml (layout msd) pointed at it says which keys read it, and they do.

@@ -655,14 +655,38 @@ def _case_pattern_hint(image_ids: list[str], label_ids: list[str]) -> str | None
     return None
 
 
+def _suffix_hint(image_ids: list[str], label_ids: list[str]) -> str | None:
+    """How to pair labels named as their image plus one suffix (ACDC's ``patient001_frame01_gt``): the
+    ``data.case_pattern`` that pairs them, when every label is an image's id plus the same suffix; else ``None``."""
+    known = set(image_ids)
+    suffixes = set()
+    for label in label_ids:
+        match = re.fullmatch(r"(.+)([_\-.][A-Za-z0-9]+)", label)
+        if match is None or match.group(1) not in known:
+            return None
+        suffixes.add(match.group(2))
+    if len(suffixes) != 1:
+        return None
+    suffix = suffixes.pop()
+    return (
+        f"each label is named as its image plus '{suffix}': set data.case_pattern: "
+        f"'(?P<case>.+?)({re.escape(suffix)})?\\.' (a regex on the file name; its case group is the case id)"
+    )
+
+
 def _discover_glob(root: Path, cfg: DataConfig, collector: BadCaseCollector, require_labels: bool) -> list[Case]:
     case_of = _case_namer(cfg.case_pattern)
     why = "does not match data.case_pattern" if cfg.case_pattern is not None else "is not a supported scan file"
+    # A file is never both an image and a label: image_glob '*/*.nii.gz' beside label_glob '*/*_gt.nii.gz'
+    # would otherwise pair each label with itself.
+    label_files = {path.resolve() for path in root.glob(cfg.label_glob)}
 
-    def by_case(glob: str, what: str) -> dict[str, Path]:
+    def by_case(glob: str, what: str, exclude: set[Path] | None = None) -> dict[str, Path]:
         found: dict[str, Path] = {}
         for path in sorted(root.glob(glob)):
             if any(is_hidden(part) for part in path.relative_to(root).parts):  # '._<name>', '.Trash/'...
+                continue
+            if exclude and path.resolve() in exclude:
                 continue
             case_id = case_of(path)
             if case_id is None:
@@ -673,15 +697,22 @@ def _discover_glob(root: Path, cfg: DataConfig, collector: BadCaseCollector, req
             found[case_id] = path
         return found
 
-    images = by_case(cfg.image_glob, "image")
+    images = by_case(cfg.image_glob, "image", exclude=label_files)
     if not images:
+        if any(path.resolve() in label_files for path in root.glob(cfg.image_glob)):
+            raise ConfigError(
+                f"data.image_glob '{cfg.image_glob}' matches only files that data.label_glob '{cfg.label_glob}' "
+                f"matches too, under '{root}': a file is an image or a label, so the two globs must differ"
+            )
         raise ConfigError(f"data.image_glob '{cfg.image_glob}' matches no files under '{root}': {layout_hint(root)}")
     labels = by_case(cfg.label_glob, "label")
     for orphan in sorted(set(labels) - set(images)):
         log.warning("Label '%s' has no image matching data.image_glob; ignored", labels[orphan])
     pairs: list[tuple[str, Path, Path | None]] = [(cid, img, labels.get(cid)) for cid, img in images.items()]
     missing = [(cid, img) for cid, img, lab in pairs if lab is None]
-    tagged = _case_pattern_hint(list(images), list(labels)) if labels and len(missing) == len(pairs) else None
+    tagged = None
+    if labels and len(missing) == len(pairs):  # not one pair: a naming convention apart?
+        tagged = _case_pattern_hint(list(images), list(labels)) or _suffix_hint(list(images), list(labels))
     if tagged and cfg.case_pattern is None:  # not one pair, and the names differ by a tag (case_2_img, case_2_label)
         raise ConfigError(
             f"No image under '{root}' has a label with its case id (images {_shown_ids(images)}, labels "
