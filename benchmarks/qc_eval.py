@@ -116,7 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_root = args.data_root.resolve()
     base = load_config(args.config, [f"data.root={data_root}", *args.overrides])
     spec = discover_cases(base.data)
-    rest, test = split_cases(spec.cases, 0.0, base.data.seed, folds=args.folds, fold=args.fold)
+    rest, test = split_cases(
+        spec.cases, 0.0, base.data.seed, folds=args.folds, fold=args.fold, group_pattern=base.data.group_pattern
+    )
     work = RUNS_DIR / f"qc_eval_{args.tag}"
     subset = _subset_dataset(data_root, {c.id for c in rest}, work / "data")
     overrides = [

@@ -327,7 +327,9 @@ def run_baseline_fold(args: argparse.Namespace, fold: int, run_dir: Path) -> dic
 
     cfg = fold_config(args, fold, run_dir)
     spec = discover_cases(cfg.data)
-    train_cases, val_cases = split_cases(spec.cases, 0.0, cfg.data.seed, folds=cfg.data.folds, fold=cfg.data.fold)
+    train_cases, val_cases = split_cases(
+        spec.cases, 0.0, cfg.data.seed, folds=cfg.data.folds, fold=cfg.data.fold, group_pattern=cfg.data.group_pattern
+    )
     device = str(resolve_device(cfg.training.device))
     run_dir.mkdir(parents=True, exist_ok=True)
     model, train_info = train_baseline(

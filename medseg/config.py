@@ -151,6 +151,10 @@ class DataConfig(_Section):
     """Which fold is the validation fold, ``0..folds-1`` (with ``folds``)."""
     seed: int = 0
     """Seed of the train/validation split."""
+    group_pattern: str | None = None
+    """Regex on the case id whose ``group`` group names the patient (or subject) a case belongs to; cases of one
+    group always fall on the same side of the split (and in the same fold), e.g. ACDC's two frames per patient:
+    ``'(?P<group>patient\\d+)'``. ``null`` = every case is its own group. A case id it does not match is refused."""
     max_cases: int | None = Field(default=None, ge=1)
     """Use only the first N cases (after sorting by id): for quick trials."""
     cache_dir: Literal["auto"] | Path | None = "auto"

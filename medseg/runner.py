@@ -347,7 +347,14 @@ def validation_cases(cfg: Config) -> list[Case]:
     from medseg.data.splits import split_cases
 
     cases, _ = discover_labelled_cases(cfg)
-    train, val = split_cases(cases, cfg.data.val_fraction, cfg.data.seed, folds=cfg.data.folds, fold=cfg.data.fold)
+    train, val = split_cases(
+        cases,
+        cfg.data.val_fraction,
+        cfg.data.seed,
+        folds=cfg.data.folds,
+        fold=cfg.data.fold,
+        group_pattern=cfg.data.group_pattern,
+    )
     if not val:
         why = "data.val_fraction is 0" if cfg.data.val_fraction == 0 else f"{len(train)} case(s): none held out"
         log.warning("%s: predicting the training cases (their Dice is not a held-out estimate)", why)

@@ -327,3 +327,26 @@ def test_every_bad_case_is_named_at_once(sample_hippo: Path, tmp_path: Path) -> 
     skipped: list = []
     kept = prepare_cases(spec.cases, params, axis=2, n_classes=3, skip_bad_cases=True, skipped=skipped)
     assert [p.id for p in kept] == [ids[0], ids[2]] and [s.id for s in skipped] == [ids[1], ids[3]]
+
+
+def test_an_acdc_like_run_keeps_each_patient_on_one_side(sample_hippo: Path, tmp_path: Path) -> None:
+    """data.group_pattern reaches the run's split: both frames of a patient train or both validate."""
+    from tests.conftest import run_tiny
+
+    _acdc_like(sample_hippo, tmp_path / "acdc")
+    result = run_tiny(
+        tmp_path / "run",
+        root=str(tmp_path / "acdc"),
+        layout="glob",
+        image_glob="*/*_frame??.nii.gz",
+        label_glob="*/*_gt.nii.gz",
+        case_pattern=r"(?P<case>.+?)(_gt)?\.",
+        group_pattern=r"(?P<group>patient\d+)",
+        val_fraction=0.5,
+        classes=["background", "anterior", "posterior"],
+    )
+    fingerprint = json.loads((tmp_path / "run" / "plan.json").read_text())["fingerprint"]  # the training cases
+    train = {c["id"].split("_")[0] for c in fingerprint["cases"]}
+    val = {c.id.split("_")[0] for c in result.train.val_cases}
+    assert train and val and not train & val
+    assert len(result.train.val_cases) == 2 and result.evaluate["n_evaluated"] == 2

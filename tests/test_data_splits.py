@@ -62,6 +62,51 @@ def test_split_edge_cases() -> None:
         split_cases(ids, 0.2, seed=0, folds=3, fold=3)
 
 
+def _patients_and_frames(n_patients: int) -> list[str]:
+    return [f"patient{p:03d}_frame{f:02d}" for p in range(1, n_patients + 1) for f in (1, 12)]
+
+
+def test_without_a_group_pattern_the_splits_are_those_of_before(sample_hippo: Path) -> None:
+    """Groups must not move any existing split (every figure in benchmarks/ was measured on them): the splits
+    of the 91 hippocampus ids, recomputed here as split_cases computed them before groups existed."""
+    sample = sorted(p.name.removesuffix(".nii.gz") for p in (sample_hippo / "imagesTr").glob("*.nii.gz"))
+    for ids, seed in ((sample, 0), ([f"hippocampus_{i:03d}" for i in range(91)], 3)):
+        order = np.random.default_rng(seed).permutation(len(ids))
+        for k in range(5):
+            held = set(np.array_split(order, 5)[k].tolist())
+            expected = [c for i, c in enumerate(ids) if i in held]
+            assert split_cases(ids, 0.0, seed, folds=5, fold=k)[1] == expected
+        n_val = min(max(round(0.2 * len(ids)), 1), len(ids) - 1)
+        assert split_cases(ids, 0.2, seed)[1] == [c for i, c in enumerate(ids) if i in set(order[:n_val].tolist())]
+
+
+def test_cases_of_one_patient_stay_together(sample_hippo: Path) -> None:
+    ids = _patients_and_frames(10)  # ACDC: two annotated frames per patient
+    pattern = r"(?P<group>patient\d+)"
+    patient = lambda cid: cid.split("_")[0]  # noqa: E731
+    leaked = 0
+    for seed in range(5):
+        ungrouped = split_cases(ids, 0.2, seed)
+        leaked += bool({patient(c) for c in ungrouped[0]} & {patient(c) for c in ungrouped[1]})
+        train, val = split_cases(ids, 0.2, seed, group_pattern=pattern)
+        assert not {patient(c) for c in train} & {patient(c) for c in val}
+        assert len(val) == 4 and sorted(train + val) == sorted(ids)  # 2 of 10 patients, both frames each
+        seen: set[str] = set()
+        for k in range(5):
+            fold_train, fold_val = split_cases(ids, 0.0, seed, folds=5, fold=k, group_pattern=pattern)
+            assert not {patient(c) for c in fold_train} & {patient(c) for c in fold_val}
+            assert not seen & set(fold_val)
+            seen |= set(fold_val)
+        assert seen == set(ids)  # the folds partition the cases
+    assert leaked  # without the pattern, frames of one patient do land on both sides
+    with pytest.raises(ConfigError, match="needs a named group"):
+        split_cases(ids, 0.2, 0, group_pattern=r"patient\d+")
+    with pytest.raises(ConfigError, match=r"'scan_7' does not match data\.group_pattern"):
+        split_cases([*ids, "scan_7"], 0.2, 0, group_pattern=pattern)
+    with pytest.raises(ConfigError, match="at least 11 groups"):
+        split_cases(ids, 0.0, 0, folds=11, group_pattern=pattern)
+
+
 def test_class_weights_inverse_frequency() -> None:
     labels = [np.array([0] * 80 + [1] * 15 + [2] * 5)]
     weights = compute_class_weights(labels, 3, clip=(0.01, 100.0))

@@ -70,7 +70,12 @@ def _training_patch(cfg: Config, spec: DatasetSpec, pad_multiple: int) -> tuple[
 
     modality, modality_reason = dataset_modality(cfg.data.modality, spec)
     train_cases, _ = split_cases(
-        spec.cases, cfg.data.val_fraction, cfg.data.seed, folds=cfg.data.folds, fold=cfg.data.fold
+        spec.cases,
+        cfg.data.val_fraction,
+        cfg.data.seed,
+        folds=cfg.data.folds,
+        fold=cfg.data.fold,
+        group_pattern=cfg.data.group_pattern,
     )
     if not train_cases:
         raise ConfigError(f"No training case left after the split of {len(spec.cases)} case(s) in data.root")

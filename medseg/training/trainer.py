@@ -327,7 +327,12 @@ class Trainer:
         self.membership = None if spec.regions is None else spec.regions.membership()
         self.channels = list(spec.channels)
         train_cases, val_cases = split_cases(
-            spec.cases, cfg.data.val_fraction, cfg.data.seed, folds=cfg.data.folds, fold=cfg.data.fold
+            spec.cases,
+            cfg.data.val_fraction,
+            cfg.data.seed,
+            folds=cfg.data.folds,
+            fold=cfg.data.fold,
+            group_pattern=cfg.data.group_pattern,
         )
         if not train_cases:
             raise ConfigError(f"No training case left after the split of {len(spec.cases)} case(s) in data.root")
