@@ -101,6 +101,7 @@ def test_labels_outside_classes_are_reported(sample_hippo: Path, tmp_path: Path)
     with pytest.raises(BadCaseError, match=r"label values 7 are outside the 3 classes") as err:
         _prepare(tmp_path, skip=False)
     assert f"labelsTr/{ids[1]}.nii.gz" in str(err.value) and f"imagesTr/{ids[1]}.nii.gz" in str(err.value)
+    assert "data.unlisted_labels: background reads it as background" in str(err.value)  # a structure not to train
     kept, skipped, data = _prepare(tmp_path, skip=True)
     assert kept == [ids[0], ids[2]] and skipped == [ids[1]]
     assert "outside" in data.skipped[0].reason  # the reason travels to the run's output

@@ -80,8 +80,11 @@ def label_problem(label: np.ndarray, n_classes: int, values: Sequence[int] | Non
             # One extra value above the classes: often the mark of voxels nobody annotated (255 in many sets).
             problem += (
                 f"; if {bad[0]:g} marks voxels nobody annotated (sparse annotation), say so with "
-                f"data.ignore_label: {bad[0]:g}"
+                f"data.ignore_label: {bad[0]:g}; if it is a structure not to train, data.unlisted_labels: "
+                "background reads it as background"
             )
+        else:
+            problem += "; data.unlisted_labels: background reads values that are no class's as background"
         return problem
     return None
 
