@@ -224,12 +224,22 @@ def discover_labelled_cases(
     unlabelled = [c.id for c in spec.cases if c.label is None]
     if unlabelled and (not cfg.data.skip_bad_cases or len(unlabelled) == len(spec.cases)):
         where, fix = _label_source(cfg)
+        skip = "." if cfg.data.skip_bad_cases else ", or set data.skip_bad_cases: true to train without them."
+        if spec.layout in ("folders", "dicom"):
+            # One folder per case: the label is looked for inside it, so show what the first such folder holds.
+            first = next(c for c in spec.cases if c.label is None)
+            folder = first.image.parent
+            held = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+            raise ConfigError(
+                f"{len(unlabelled)} of {len(spec.cases)} case folders under '{root}' have no label in {where} "
+                f"(e.g. {_id_list(unlabelled)}; '{folder.name}' holds {', '.join(held[:8])}"
+                f"{', ...' if len(held) > 8 else ''}): {fix}, or add the missing label files{skip}"
+            )
         raise ConfigError(
             f"The label folder does not match the images: {len(unlabelled)} of {len(spec.cases)} images under "
             f"'{root}' have no label with the same case id in {where} (e.g. {_id_list(unlabelled)}). "
             "Labels pair with images by case id (the file name without extension and without a _0000 channel "
-            f"suffix): rename the files, or {fix}"
-            + ("." if cfg.data.skip_bad_cases else ", or set data.skip_bad_cases: true to train without them.")
+            f"suffix): rename the files, or {fix}{skip}"
         )
     return [c for c in spec.cases if c.label is not None], spec
 

@@ -303,3 +303,29 @@ def test_a_copied_run_folder_evaluates_its_own_masks(sample_hippo: Path, tmp_pat
     # Moved away from where predictions.csv says its masks are: still scored.
     shutil.rmtree(tmp_path / "run")
     assert run_stages(cfg, ["evaluate"]).evaluate["n_evaluated"] == first.evaluate["n_evaluated"]
+
+
+def test_a_case_folder_without_its_label_is_named_with_what_it_holds(sample_hippo: Path, tmp_path: Path) -> None:
+    """KiTS-style folders (case_00000/imaging.nii.gz + segmentation.nii.gz), one segmentation missing: the message
+    names the case folder and its files, not "rename the files" as for a flat label folder."""
+    from medseg.config import config_from_dict
+    from medseg.errors import ConfigError
+    from medseg.runner import discover_labelled_cases
+
+    images = sorted((sample_hippo / "imagesTr").glob("*.nii.gz"))[:3]
+    for n, image in enumerate(images):
+        case = tmp_path / "kits" / f"case_{n:05d}"
+        case.mkdir(parents=True)
+        shutil.copy(image, case / "imaging.nii.gz")
+        if n != 1:
+            shutil.copy(sample_hippo / "labelsTr" / image.name, case / "segmentation.nii.gz")
+    data = {
+        "root": str(tmp_path / "kits"),
+        "layout": "folders",
+        "channel_patterns": ["imaging*"],
+        "label_pattern": "segmentation*",
+        "classes": ["background", "a", "b"],
+    }
+    cfg = config_from_dict({"data": data}, base_dir=Path.cwd())
+    with pytest.raises(ConfigError, match=r"1 of 3 case folders .* 'case_00001' holds imaging\.nii\.gz\): fix data"):
+        discover_labelled_cases(cfg)
