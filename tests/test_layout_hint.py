@@ -30,6 +30,39 @@ def test_case_folders_point_to_the_folders_layout_with_the_file_names(tmp_path: 
     assert "notes.txt" not in hint
 
 
+def test_patient_folders_of_several_cases_each_point_to_the_glob_layout(sample_hippo: Path, tmp_path: Path) -> None:
+    """ACDC: each patient folder holds two frames beside their '_gt' labels, a 4D cine and Info.cfg. The hint's
+    keys read it: following them word for word pairs every frame with its label."""
+    image = sorted((sample_hippo / "imagesTr").glob("*.nii.gz"))[0]
+    for patient in ("patient001", "patient002"):
+        folder = tmp_path / patient
+        folder.mkdir()
+        for name in ("frame01", "frame01_gt", "frame12", "frame12_gt"):
+            shutil.copy(image, folder / f"{patient}_{name}.nii.gz")
+        (folder / "Info.cfg").write_text("ED: 1\n")
+    hint = layout_hint(tmp_path)
+    assert hint.startswith("it holds 2 folder(s) with several cases each, every image beside its label")
+    assert (
+        "data.layout: glob" in hint
+        and "data.label_glob: '*/*_gt.nii.gz'" in hint
+        and "data.layout: folders" not in hint
+    )
+    pattern = hint.split("data.case_pattern: '")[1].split("'")[0]
+    spec = discover_cases(
+        DataConfig(
+            root=tmp_path,
+            layout="glob",
+            image_glob="*/*.nii.gz",
+            label_glob="*/*_gt.nii.gz",
+            case_pattern=pattern,
+            classes=["background", "a", "b"],
+        )
+    )
+    assert [(c.id, c.label.name if c.label else None) for c in spec.cases] == [
+        (f"{p}_{f}", f"{p}_{f}_gt.nii.gz") for p in ("patient001", "patient002") for f in ("frame01", "frame12")
+    ]
+
+
 def test_a_structure_folder_in_the_case_folders_is_named_as_the_label(tmp_path: Path) -> None:
     for case in ("ct_1", "ct_2"):
         _touch(tmp_path / case / "ct.nii.gz")

@@ -55,6 +55,18 @@ def _names(paths: list[Path]) -> str:
     return shown + (f", ... ({len(paths)} in all)" if len(paths) > _SHOWN else "")
 
 
+def _label_suffix(files: list[Path]) -> str | None:
+    """The suffix that names labels after their images in one folder (``_gt`` for ``x.nii.gz`` beside
+    ``x_gt.nii.gz``), when at least two files are such labels and all share it; else ``None``."""
+    stems = {p.name[: -len(image_suffix(p) or "")]: p for p in files}
+    found = []
+    for stem in stems:
+        match = re.fullmatch(r"(.+)([_\-.][A-Za-z0-9]+)", stem)
+        if match is not None and match.group(1) in stems:
+            found.append(match.group(2))
+    return found[0] if len(found) >= 2 and len(set(found)) == 1 else None
+
+
 def layout_hint(root: Path) -> str:
     """One sentence on what ``root`` holds and which ``data.layout`` (with which keys) reads it.
 
@@ -95,6 +107,17 @@ def layout_hint(root: Path) -> str:
                 if structures
                 else "data.label_pattern (e.g. '*label*')"
             )
+            suffix = _label_suffix(files)
+            if suffix is not None:  # several cases per folder, each beside its label (ACDC: frame01, frame01_gt)
+                ending = image_suffix(files[0])
+                hints.append(
+                    f"it holds {len(folders)} folder(s) with several cases each, every image beside its label "
+                    f"('{folder.name}' has {_names(files)}): set data.layout: glob with data.image_glob (e.g. "
+                    f"'*/*{ending}'; a file the label glob matches is a label), data.label_glob: "
+                    f"'*/*{suffix}{ending}', data.case_pattern: '(?P<case>.+?)({re.escape(suffix)})?\\.' and "
+                    "data.classes (background first)"
+                )
+                break
             hints.append(
                 f"it holds {len(folders)} folder(s) with scan files ('{folder.name}' has {_names(files)}): for one "
                 "folder per case set data.layout: folders, data.channel_patterns (one file-name pattern per input "
