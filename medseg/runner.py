@@ -604,9 +604,23 @@ def run_evaluate(cfg: Config) -> dict[str, Any]:
     layout = RunLayout(cfg.output.dir)
     pairs, classes, reading = evaluation_pairs(cfg)
     if not pairs:
+        where = (
+            f"evaluation.ground_truth '{cfg.evaluation.ground_truth}' (a flat folder of masks named <case id> plus a "
+            "scan ending, not searched recursively)"
+            if cfg.evaluation.ground_truth is not None
+            else f"the labelled cases of data.root '{cfg.data.root}' (read in data.layout '{cfg.data.layout}')"
+        )
+        other = (
+            "or point data.root at the labelled test set (read in the data.layout the model was trained with) and "
+            "leave evaluation.ground_truth unset"
+            if cfg.evaluation.ground_truth is not None
+            else "or set evaluation.ground_truth to a flat folder of masks named by case id"
+        )
+        masks = sorted(p.name for p in layout.predictions.iterdir() if p.is_file() and not p.name.endswith(".csv"))
         raise MedsegError(
-            f"Nothing to evaluate: no mask in '{layout.predictions}' has a ground truth with the same case id "
-            f"in {cfg.evaluation.ground_truth or cfg.data.root}."
+            f"Nothing to evaluate: no mask in '{layout.predictions}' ({', '.join(masks[:3]) or 'none'}"
+            f"{', ...' if len(masks) > 3 else ''}) has a ground truth with the same case id in {where}; rename the "
+            f"ground-truth files after the masks' case ids, {other}."
         )
     log.info("Evaluating %d case(s) against %s", len(pairs), cfg.evaluation.ground_truth or "the data's labels")
     summary = evaluate(

@@ -313,7 +313,7 @@ def test_match_predictions_errors(tmp_path: Path, sample_hippo: Path) -> None:
         match_predictions(tmp_path / "nothing", tmp_path / "gt")
     shutil.copy(lab, tmp_path / "pred" / "other.nii.gz")
     shutil.copy(lab, tmp_path / "gt" / lab.name)
-    with pytest.raises(MedsegError, match="No prediction"):
+    with pytest.raises(MedsegError, match="Nothing to evaluate: no prediction"):
         match_predictions(tmp_path / "pred", tmp_path / "gt")
     shutil.copy(lab, tmp_path / "pred" / lab.name)
     shutil.copy(lab, tmp_path / "pred" / lab.name.replace(".nii.gz", "_0000.nii.gz"))

@@ -329,3 +329,29 @@ def test_a_case_folder_without_its_label_is_named_with_what_it_holds(sample_hipp
     cfg = config_from_dict({"data": data}, base_dir=Path.cwd())
     with pytest.raises(ConfigError, match=r"1 of 3 case folders .* 'case_00001' holds imaging\.nii\.gz\): fix data"):
         discover_labelled_cases(cfg)
+
+
+def test_nothing_to_evaluate_says_what_pairs_and_the_other_way(sample_hippo: Path, tmp_path: Path) -> None:
+    from medseg.config import config_from_dict
+    from medseg.errors import MedsegError
+    from medseg.runner import run_stages
+    from tests.conftest import run_tiny
+
+    run_tiny(tmp_path / "run", root=str(sample_hippo))
+    nested = tmp_path / "truth" / "case_folders"  # ground truth one level down: not searched recursively
+    nested.mkdir(parents=True)
+    for label in sorted((sample_hippo / "labelsTr").glob("*.nii.gz")):
+        shutil.copy(label, nested / label.name)
+    cfg = config_from_dict(
+        {
+            "data": {"root": str(sample_hippo), "val_fraction": 0.34, "seed": 0},
+            "evaluation": {"overlays": 0, "ground_truth": str(tmp_path / "truth")},
+            "output": {"dir": str(tmp_path / "run")},
+        },
+        base_dir=Path.cwd(),
+    )
+    with pytest.raises(MedsegError, match=r"Nothing to evaluate: no prediction in .*case ids hippocampus_") as err:
+        run_stages(cfg, ["evaluate"])
+    assert "(case ids found: case_folders)" in str(err.value)  # the sub-folder, read as a structure folder
+    assert "a flat folder of masks named <case id> plus a scan ending, not searched recursively" in str(err.value)
+    assert "evaluate against a labelled test set with data.root" in str(err.value)

@@ -134,7 +134,14 @@ def match_predictions(pred_dir: str | Path, gt_dir: str | Path, image_dir: str |
         )
     pairs = [EvalPair(cid, preds[cid], gts[cid], images.get(cid)) for cid in sorted(set(preds) & set(gts))]
     if preds and not pairs:
-        raise MedsegError(f"No prediction in '{pred_dir}' has a ground truth with the same case id in '{gt_dir}'")
+        shown = ", ".join(sorted(preds)[:3]) + (", ..." if len(preds) > 3 else "")
+        found = ", ".join(sorted(gts)[:3]) + (", ..." if len(gts) > 3 else "") if gts else "none"
+        raise MedsegError(
+            f"Nothing to evaluate: no prediction in '{pred_dir}' (case ids {shown}) has a ground truth with the "
+            f"same case id in '{gt_dir}' (case ids found: {found}). The ground-truth folder is a flat folder of masks "
+            "named <case id> plus a scan ending, not searched recursively; or evaluate against a labelled test set "
+            "with data.root (in the data.layout the model was trained with) and no evaluation.ground_truth"
+        )
     return pairs
 
 
