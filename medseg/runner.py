@@ -10,7 +10,7 @@ train      :func:`medseg.training.train` (writes ``checkpoints/{best,last}.pt`` 
 predict    :meth:`medseg.inference.Predictor.from_checkpoint` (``inference.checkpoint``, else
            ``checkpoints/best.pt``), then :func:`medseg.inference.batch.predict_folder` over ``inference.input``,
            or, when that is ``None``, over the image files of the validation cases of ``data`` (the same split the
-           trainer used: :func:`medseg.data.splits.split_cases` with the same seed and fold)
+           trainer used: :func:`medseg.data.splits.split_for`: the same seed, fold and groups)
 evaluate   :func:`medseg.evaluation.match_predictions` against ``evaluation.ground_truth``, or the labels of the
            predicted cases of ``data``; then :func:`medseg.evaluation.evaluate` (images are the overlay background)
 =========  =====================================================================================================
@@ -354,17 +354,10 @@ def validation_cases(cfg: Config) -> list[Case]:
 
     As in the trainer, ``data.val_fraction: 0`` (no folds) validates on the training cases.
     """
-    from medseg.data.splits import split_cases
+    from medseg.data.splits import split_for
 
     cases, _ = discover_labelled_cases(cfg)
-    train, val = split_cases(
-        cases,
-        cfg.data.val_fraction,
-        cfg.data.seed,
-        folds=cfg.data.folds,
-        fold=cfg.data.fold,
-        group_pattern=cfg.data.group_pattern,
-    )
+    train, val = split_for(cases, cfg.data)
     if not val:
         why = "data.val_fraction is 0" if cfg.data.val_fraction == 0 else f"{len(train)} case(s): none held out"
         log.warning("%s: predicting the training cases (their Dice is not a held-out estimate)", why)

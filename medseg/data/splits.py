@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from medseg.errors import ConfigError
+
+if TYPE_CHECKING:
+    from medseg.config import DataConfig
 
 T = TypeVar("T")
 
@@ -100,3 +103,11 @@ def split_cases(
     train = [c for c, g in zip(ordered, groups, strict=True) if g not in held_out]
     val = [c for c, g in zip(ordered, groups, strict=True) if g in held_out]
     return train, val
+
+
+def split_for(cases: Sequence[T], data: DataConfig) -> tuple[list[T], list[T]]:
+    """:func:`split_cases` as the ``data`` section configures it (``val_fraction`` or ``folds``/``fold``, ``seed``,
+    ``group_pattern``): the one split every stage of a run agrees on."""
+    return split_cases(
+        cases, data.val_fraction, data.seed, folds=data.folds, fold=data.fold, group_pattern=data.group_pattern
+    )

@@ -28,38 +28,15 @@ from medseg.io import case_id_from_path, is_supported_file, load_label, load_vol
 from medseg.io.atomic import atomic_write_text
 from medseg.io.segmentation import LabelKind, label_kind
 from medseg.io.structure_masks import structure_files
-from medseg.metrics import FLAGS, NSD_TOLERANCE_MM, case_metrics
+from medseg.metrics import FLAGS, METRIC_COLUMNS, NSD_TOLERANCE_MM, case_metrics
 from medseg.volume import Volume
 
 log = logging.getLogger(__name__)
 
 #: Columns of ``metrics.csv``; a failed case has one row with ``case`` and ``error`` filled in.
-CSV_COLUMNS = (
-    "case",
-    "class",
-    "dice",
-    "iou",
-    "hd95_mm",
-    "assd_mm",
-    "nsd",
-    "vol_pred_ml",
-    "vol_gt_ml",
-    "vol_diff_ml",
-    "flag",
-    "error",
-)
+CSV_COLUMNS = ("case", *METRIC_COLUMNS, "error")
 #: Metrics summarised per class in ``summary.json`` (``abs_vol_diff_ml`` is derived from ``vol_diff_ml``).
-SUMMARY_METRICS = (
-    "dice",
-    "iou",
-    "hd95_mm",
-    "assd_mm",
-    "nsd",
-    "vol_pred_ml",
-    "vol_gt_ml",
-    "vol_diff_ml",
-    "abs_vol_diff_ml",
-)
+SUMMARY_METRICS = (*(c for c in METRIC_COLUMNS if c not in ("class", "flag")), "abs_vol_diff_ml")
 
 #: Affine tolerance (mm) for "prediction and ground truth are on the same grid": float32 headers written by
 #: different tools differ in the 6th digit, a real misregistration is at least a fraction of a voxel.

@@ -66,17 +66,10 @@ def _training_patch(cfg: Config, spec: DatasetSpec, pad_multiple: int) -> tuple[
     from medseg.data.label_reading import LabelReading
     from medseg.data.modality import dataset_modality
     from medseg.data.prepare import prepare_training_data
-    from medseg.data.splits import split_cases
+    from medseg.data.splits import split_for
 
     modality, modality_reason = dataset_modality(cfg.data.modality, spec)
-    train_cases, _ = split_cases(
-        spec.cases,
-        cfg.data.val_fraction,
-        cfg.data.seed,
-        folds=cfg.data.folds,
-        fold=cfg.data.fold,
-        group_pattern=cfg.data.group_pattern,
-    )
+    train_cases, _ = split_for(spec.cases, cfg.data)
     if not train_cases:
         raise ConfigError(f"No training case left after the split of {len(spec.cases)} case(s) in data.root")
     data = prepare_training_data(

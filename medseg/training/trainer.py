@@ -61,7 +61,7 @@ from medseg.data.modality import dataset_modality
 from medseg.data.plan import Plan, label_plan, write_plan
 from medseg.data.prepare import PreparedData, Reader, default_reader, prepare_training_data
 from medseg.data.sampling import foreground_sampler
-from medseg.data.splits import split_cases
+from medseg.data.splits import split_for
 from medseg.data.transforms import train_transforms
 from medseg.errors import CheckpointError, ConfigError
 from medseg.inference.budget import available_memory_bytes
@@ -326,14 +326,7 @@ class Trainer:
         # Overlapping regions (data.regions): which painted classes each region holds; None for plain classes.
         self.membership = None if spec.regions is None else spec.regions.membership()
         self.channels = list(spec.channels)
-        train_cases, val_cases = split_cases(
-            spec.cases,
-            cfg.data.val_fraction,
-            cfg.data.seed,
-            folds=cfg.data.folds,
-            fold=cfg.data.fold,
-            group_pattern=cfg.data.group_pattern,
-        )
+        train_cases, val_cases = split_for(spec.cases, cfg.data)
         if not train_cases:
             raise ConfigError(f"No training case left after the split of {len(spec.cases)} case(s) in data.root")
         # Before anything is read: data that cannot fit in memory goes to disk or stops the run with a message,
