@@ -16,7 +16,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from medseg.errors import ForeignReferenceError
+from medseg.errors import ContourOutsideImageError, ForeignReferenceError
 from medseg.io import load_segmentation, load_volume, save_mask
 from medseg.io.dicom_seg import save_dicom_seg
 from medseg.io.dicom_source import source_series
@@ -197,6 +197,15 @@ def test_rtstruct_on_a_multi_frame_image_round_trips_and_names_its_frames(enhanc
         ipp, normal = planes[int(ref.ReferencedFrameNumber) - 1]
         pts = np.asarray(c.ContourData, float).reshape(-1, 3)
         assert np.abs((pts - ipp) @ normal).max() < 1e-3
+    # A contour that names another (existing) frame than the one its points lie on: the error names that frame.
+    first = ds.ROIContourSequence[0].ContourSequence[0].ContourImageSequence[0]
+    first.ReferencedFrameNumber = 1 + int(first.ReferencedFrameNumber) % len(planes)
+    ds.save_as(tmp_path / "wrong_frame.dcm")
+    with pytest.raises(
+        ContourOutsideImageError,
+        match=rf"off the plane of the image it references \(frame {first.ReferencedFrameNumber} ",
+    ):
+        load_segmentation(tmp_path / "wrong_frame.dcm", image, CLASSES)
 
 
 @pytest.mark.skipif(not PGBM_T1, reason=f"needs the PGBM DICOM studies at {PGBM}")

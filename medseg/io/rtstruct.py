@@ -279,6 +279,14 @@ def _slice_of_contour(
     assert best is not None
     off, n, local = best
     if off > _PLANE_TOLERANCE * spacing:
+        if len(candidates) == 1 and len(uids) > 1:
+            # It names its image: say which, since a wrong reference (not a contour outside the image) is as likely.
+            frame = src.frame_numbers[n]
+            named = f"frame {frame} of instance {uids[n]}" if frame is not None else f"instance {uids[n]}"
+            raise ContourOutsideImageError(
+                f"RTSTRUCT '{path}': {what} lies {off:.2f} mm off the plane of the image it references ({named}; "
+                f"slice spacing {spacing:.2f} mm): a wrong reference, or a contour outside the image"
+            )
         raise ContourOutsideImageError(
             f"RTSTRUCT '{path}': {what} lies {off:.2f} mm off the nearest slice plane of the image series "
             f"(slice spacing {spacing:.2f} mm): it is outside the image"
