@@ -30,6 +30,7 @@ from medseg.config import DataConfig
 from medseg.data.label_values import MAX_LABEL_VALUE, is_identity, label_values_problem
 from medseg.data.layout_hint import layout_hint
 from medseg.data.modality import RecordedModality, from_channel_names
+from medseg.data.name_patterns import compile_named, shared_label_suffix, suffix_case_pattern
 from medseg.data.regions import Regions, regions_from_labels
 from medseg.errors import BadCaseError, ConfigError
 from medseg.io.scans import (
@@ -618,12 +619,7 @@ def _case_namer(case_pattern: str | None) -> Callable[[Path], str | None]:
     package's own :func:`medseg.io.scans.case_id_from_path` (scan files only); ``None`` = not a case file."""
     if case_pattern is None:
         return lambda path: case_id_from_path(path) if is_supported_file(path) else None
-    try:
-        pattern = re.compile(case_pattern)
-    except re.error as err:
-        raise ConfigError(f"data.case_pattern '{case_pattern}' is not a valid regex: {err}") from None
-    if "case" not in pattern.groupindex:
-        raise ConfigError(f"data.case_pattern '{case_pattern}' needs a named group (?P<case>...)")
+    pattern = compile_named(case_pattern, "data.case_pattern", "case")
 
     def from_pattern(path: Path) -> str | None:
         match = pattern.match(path.name)
@@ -658,19 +654,12 @@ def _case_pattern_hint(image_ids: list[str], label_ids: list[str]) -> str | None
 def _suffix_hint(image_ids: list[str], label_ids: list[str]) -> str | None:
     """How to pair labels named as their image plus one suffix (ACDC's ``patient001_frame01_gt``): the
     ``data.case_pattern`` that pairs them, when every label is an image's id plus the same suffix; else ``None``."""
-    known = set(image_ids)
-    suffixes = set()
-    for label in label_ids:
-        match = re.fullmatch(r"(.+)([_\-.][A-Za-z0-9]+)", label)
-        if match is None or match.group(1) not in known:
-            return None
-        suffixes.add(match.group(2))
-    if len(suffixes) != 1:
+    suffix = shared_label_suffix(label_ids, image_ids)
+    if suffix is None:
         return None
-    suffix = suffixes.pop()
     return (
         f"each label is named as its image plus '{suffix}': set data.case_pattern: "
-        f"'(?P<case>.+?)({re.escape(suffix)})?\\.' (a regex on the file name; its case group is the case id)"
+        f"'{suffix_case_pattern(suffix)}' (a regex on the file name; its case group is the case id)"
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from medseg.data.name_patterns import shared_label_suffix, suffix_case_pattern, suffixed_labels
 from medseg.io.scans import SUPPORTED_SUFFIXES, image_suffix, is_dicom_file, is_hidden
 from medseg.io.structure_masks import structure_files
 
@@ -58,13 +59,9 @@ def _names(paths: list[Path]) -> str:
 def _label_suffix(files: list[Path]) -> str | None:
     """The suffix that names labels after their images in one folder (``_gt`` for ``x.nii.gz`` beside
     ``x_gt.nii.gz``), when at least two files are such labels and all share it; else ``None``."""
-    stems = {p.name[: -len(image_suffix(p) or "")]: p for p in files}
-    found = []
-    for stem in stems:
-        match = re.fullmatch(r"(.+)([_\-.][A-Za-z0-9]+)", stem)
-        if match is not None and match.group(1) in stems:
-            found.append(match.group(2))
-    return found[0] if len(found) >= 2 and len(set(found)) == 1 else None
+    stems = [p.name[: -len(image_suffix(p) or "")] for p in files]
+    labels = suffixed_labels(stems)
+    return shared_label_suffix(labels, stems) if len(labels) >= 2 else None
 
 
 def layout_hint(root: Path) -> str:
@@ -114,7 +111,7 @@ def layout_hint(root: Path) -> str:
                     f"it holds {len(folders)} folder(s) with several cases each, every image beside its label "
                     f"('{folder.name}' has {_names(files)}): set data.layout: glob with data.image_glob (e.g. "
                     f"'*/*{ending}'; a file the label glob matches is a label), data.label_glob: "
-                    f"'*/*{suffix}{ending}', data.case_pattern: '(?P<case>.+?)({re.escape(suffix)})?\\.' and "
+                    f"'*/*{suffix}{ending}', data.case_pattern: '{suffix_case_pattern(suffix)}' and "
                     "data.classes (background first)"
                 )
                 break

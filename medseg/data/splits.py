@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
+from medseg.data.name_patterns import compile_named
 from medseg.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -29,12 +29,7 @@ def case_groups(ids: Sequence[str], group_pattern: str | None) -> list[str]:
     """
     if group_pattern is None:
         return list(ids)
-    try:
-        pattern = re.compile(group_pattern)
-    except re.error as err:
-        raise ConfigError(f"data.group_pattern '{group_pattern}' is not a valid regex: {err}") from None
-    if "group" not in pattern.groupindex:
-        raise ConfigError(f"data.group_pattern '{group_pattern}' needs a named group (?P<group>...)")
+    pattern = compile_named(group_pattern, "data.group_pattern", "group")
     groups = []
     for cid in ids:
         match = pattern.match(cid)
