@@ -51,14 +51,51 @@ def _tumour(study: tuple[Path, Path]) -> tuple[object, np.ndarray]:
     return image, (load_volume(study[1]).array > 0).astype(np.uint8)
 
 
-def _hippo() -> tuple[object, np.ndarray]:
-    """The sample DICOM series with a deterministic two-class mask (intensity bands: non-empty, irregular)."""
-    image = load_volume(SAMPLE_DATA / "dicom" / "HippoCrop_Study1")
-    a = image.array
+def band_labels(image) -> np.ndarray:
+    """A deterministic two-class mask of ``image`` from intensity bands (non-empty, irregular)."""
+    a = np.asarray(image.array)
     labels = np.zeros(image.shape, np.uint8)
     labels[a > np.percentile(a, 85)] = 1
     labels[a > np.percentile(a, 96)] = 2
-    return image, labels
+    return labels
+
+
+def _hippo() -> tuple[object, np.ndarray]:
+    """The sample DICOM series with :func:`band_labels`."""
+    image = load_volume(SAMPLE_DATA / "dicom" / "HippoCrop_Study1")
+    return image, band_labels(image)
+
+
+def highdicom_seg(sources: list[pydicom.Dataset], pixels: np.ndarray, names: list[str], path: Path) -> Path:
+    """A BINARY SEG written by highdicom itself (a third-party writer), one MANUAL "Tissue" segment per name, in
+    highdicom's ``(frames, rows, columns[, segments])`` form on ``sources``."""
+    tissue = hd.sr.CodedConcept("85756007", "SCT", "Tissue")
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=n,
+            segment_label=name,
+            segmented_property_category=tissue,
+            segmented_property_type=tissue,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        )
+        for n, name in enumerate(names, start=1)
+    ]
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=1,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="test",
+        manufacturer_model_name="test",
+        software_versions="0",
+        device_serial_number="0",
+    )
+    seg.save_as(path)
+    return path
 
 
 def _dcmqi(seg: Path, out: Path) -> list[Path]:
@@ -328,31 +365,8 @@ def test_overlapping_segments_keep_the_higher_class(ct2_reference, tmp_path: Pat
     a = np.zeros((3, rows, cols, 2), bool)
     a[:, 2:8, 2:8, 0] = True
     a[:, 5:12, 5:12, 1] = True
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=i + 1,
-            segment_label=name,
-            segmented_property_category=hd.sr.CodedConcept("85756007", "SCT", "Tissue"),
-            segmented_property_type=hd.sr.CodedConcept("85756007", "SCT", "Tissue"),
-            algorithm_type="MANUAL",
-        )
-        for i, name in enumerate(["B", "A"])
-    ]
-    seg = hd.seg.Segmentation(
-        source_images=[pydicom.dcmread(ct2_reference.source / n) for n in ("17136", "17166", "17196")],
-        pixel_array=a,
-        segmentation_type="BINARY",
-        segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
-        series_number=1,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="test",
-        manufacturer_model_name="test",
-        software_versions="0",
-        device_serial_number="0",
-    )
-    seg.save_as(tmp_path / "ov.dcm")
+    sources = [pydicom.dcmread(ct2_reference.source / n) for n in ("17136", "17166", "17196")]
+    highdicom_seg(sources, a, ["B", "A"], tmp_path / "ov.dcm")
     got = load_dicom_seg(tmp_path / "ov.dcm", ct2_reference, ["background", "A", "B"]).array
     # segment "A" (2nd) is class 1, "B" (1st) class 2: in the overlap the higher class, B, is kept
     assert got[6, 6, 0] == 2 and got[3, 3, 0] == 2 and got[10, 10, 0] == 1 and got[0, 0, 0] == 0

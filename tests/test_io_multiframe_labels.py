@@ -22,6 +22,7 @@ from medseg.io.dicom_seg import save_dicom_seg
 from medseg.io.dicom_source import source_series
 from medseg.io.rtstruct import save_rtstruct
 from tests.conftest import PGBM, SAMPLE_DATA
+from tests.test_io_dicom_seg import band_labels, highdicom_seg
 
 hd = pytest.importorskip("highdicom", reason="highdicom is in the dicom / dev extras")
 
@@ -45,15 +46,6 @@ def _multi_frame(series: Path, folder: Path) -> tuple[Path, list[pydicom.Dataset
     path = folder / "enhanced.dcm"
     image.save_as(path)
     return path, slices
-
-
-def _bands(image) -> np.ndarray:
-    """A deterministic two-class mask from intensity bands (non-empty, irregular)."""
-    a = np.asarray(image.array)
-    labels = np.zeros(image.shape, np.uint8)
-    labels[a > np.percentile(a, 85)] = 1
-    labels[a > np.percentile(a, 96)] = 2
-    return labels
 
 
 def _frame_planes(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -103,7 +95,7 @@ def test_the_multi_frame_image_reads_as_its_series_and_maps_frames_by_number(enh
 
 def test_seg_on_a_multi_frame_image_is_read_by_highdicom_and_dcmqi(enhanced, tmp_path: Path) -> None:
     image, path, slices, _ = enhanced
-    labels = _bands(image)
+    labels = band_labels(image)
     seg_path = save_dicom_seg(labels, image, tmp_path / "seg.dcm", CLASSES)
     seg = hd.seg.segread(seg_path)
     source = pydicom.dcmread(path, stop_before_pixels=True)
@@ -138,33 +130,9 @@ def test_seg_on_a_multi_frame_image_is_read_by_highdicom_and_dcmqi(enhanced, tmp
 
 def test_a_seg_that_highdicom_writes_on_the_multi_frame_image_is_read(enhanced, tmp_path: Path) -> None:
     image, path, slices, _ = enhanced
-    labels = _bands(image)
-    code = hd.sr.CodedConcept("85756007", "SCT", "Tissue")
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=n,
-            segment_label=name,
-            segmented_property_category=code,
-            segmented_property_type=code,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
-        )
-        for n, name in enumerate(CLASSES[1:], start=1)
-    ]
-    seg = hd.seg.Segmentation(
-        source_images=[pydicom.dcmread(path)],
-        pixel_array=_expected_frames(labels, path),  # frame f of the SEG on frame f of the image
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
-        series_number=5,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="tests",
-        manufacturer_model_name="tests",
-        software_versions="1",
-        device_serial_number="1",
-    )
-    seg.save_as(tmp_path / "theirs.dcm")
+    labels = band_labels(image)
+    # frame f of the SEG on frame f of the image
+    highdicom_seg([pydicom.dcmread(path)], _expected_frames(labels, path), CLASSES[1:], tmp_path / "theirs.dcm")
     np.testing.assert_array_equal(load_segmentation(tmp_path / "theirs.dcm", image, CLASSES).array, labels)
 
     # A frame number the image does not have is named, not guessed.
@@ -215,7 +183,7 @@ def test_seg_on_an_oblique_multi_frame_image(tmp_path: Path) -> None:
     image = load_volume(path.parent)
     iop = np.asarray(slices[0].ImageOrientationPatient, float)
     assert np.abs(iop - np.round(iop)).max() > 0.01  # oblique
-    labels = _bands(image)
+    labels = band_labels(image)
     seg_path = save_dicom_seg(labels, image, tmp_path / "seg.dcm", CLASSES)
     pixels = hd.seg.segread(seg_path).get_pixels_by_source_frame(
         source_sop_instance_uid=pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID,
@@ -254,7 +222,7 @@ def test_dicom_layout_trains_from_a_label_drawn_on_a_multi_frame_image(kind: str
     case = tmp_path / "set" / "patient1"
     path, _ = _multi_frame(HIPPO, case / "t1_enhanced")
     image = load_volume(path.parent)
-    labels = (_bands(image) > 0).astype(np.uint8)
+    labels = (band_labels(image) > 0).astype(np.uint8)
     classes = ["background", "hippocampus"]
     (save_dicom_seg if kind == "seg" else save_rtstruct)(labels, image, case / "mask.dcm", classes)
     (c,) = discover_cases(DataConfig(root=tmp_path / "set", layout="dicom", classes=classes)).cases
@@ -281,7 +249,7 @@ def test_seg_on_a_multi_frame_image_with_per_frame_orientation(enhanced, tmp_pat
     ds.save_as(folder / "enhanced.dcm")
     before = (folder / "enhanced.dcm").read_bytes()
     image = load_volume(folder)
-    labels = _bands(image)
+    labels = band_labels(image)
     seg_path = save_dicom_seg(labels, image, tmp_path / "seg.dcm", CLASSES)
     assert (folder / "enhanced.dcm").read_bytes() == before  # the source is read, never changed
     pixels = hd.seg.segread(seg_path).get_pixels_by_source_frame(
@@ -295,7 +263,7 @@ def test_seg_on_a_multi_frame_image_with_per_frame_orientation(enhanced, tmp_pat
 
 def test_a_seg_of_the_single_frame_series_is_foreign_to_the_multi_frame_image(enhanced, tmp_path: Path) -> None:
     image, _, _, single = enhanced
-    labels = _bands(single)
+    labels = band_labels(single)
     seg_path = save_dicom_seg(labels, single, tmp_path / "single.dcm", CLASSES)
     with pytest.raises(ForeignReferenceError, match="references series"):
         load_segmentation(seg_path, image, CLASSES)
